@@ -38,10 +38,15 @@ make_venv() {  # $1 venv dir, $2 requirements file, $3 extra pip args
   if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
-  echo "setting up $venv from $req (first use; later runs reuse it)" >&2
+  echo "setting up $venv from $req (first use; later runs reuse it; log: $venv.log)" >&2
+  rm -rf "$venv"
   "$PY" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip >&2
-  "$venv/bin/python" -m pip install -q -r "$req" ${3:-} >&2
+  if ! { "$venv/bin/python" -m pip install --upgrade pip &&
+         "$venv/bin/python" -m pip install -r "$req" ${3:-}; } >"$venv.log" 2>&1; then
+    echo "pip failed for $venv; the last lines of $venv.log:" >&2
+    grep -v "is ignored: it is neither" "$venv.log" | tail -n 20 >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 }
 
@@ -49,5 +54,17 @@ make_venv .venv-rucio requirements/rucio-server.txt
 make_venv .venv requirements/toolkit.txt
 # the toolkit itself, editable, so that tests and notebooks see the working tree
 if ! .venv/bin/python -c 'import multisite_nb' >/dev/null 2>&1; then
-  .venv/bin/python -m pip install -q --no-deps -e . >&2
+  .venv/bin/python -m pip install -q --no-deps -e . >>.venv.log 2>&1
+fi
+
+# The browser for the dashboard's end-to-end test comes from Debian (a test tool's own
+# browser download cannot work on this network).
+if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "installing Debian's chromium for the browser test (once)" >&2
+    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; } \
+      >/tmp/msnb-apt.log 2>&1 || { echo "apt-get install chromium failed; see /tmp/msnb-apt.log" >&2; exit 1; }
+  else
+    echo "chromium is missing: install it (Debian: apt-get install chromium) for the browser test" >&2
+  fi
 fi

@@ -1,0 +1,125 @@
+"""``multisite-nb``: the operator's command line (world, phases, whole campaign)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .config import ConfigError, repo_root
+
+DEFAULT_PARAMS = "parameters/campaign_3x3.yaml"
+ALL_PHASES = ["placement", "transfer", "verify", "submit", "gather_redistribute", "qa"]
+
+
+def _world(dir_: str | None, params: str):
+    from .world.manager import World, default_world_dir
+
+    root = Path(dir_).resolve() if dir_ else default_world_dir()
+    os.environ["MSNB_WORLD"] = str(root)
+    try:
+        return World(root, Path(params))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+world_dir_option = click.option(
+    "--dir", "dir_", default=None, help="World folder (default: $MSNB_WORLD or ./world)."
+)
+params_option = click.option(
+    "--params", default=DEFAULT_PARAMS, show_default=True, help="Campaign parameter file."
+)
+
+
+@click.group()
+def main() -> None:
+    """Multisite data production toolkit: run a campaign phase by phase, or all at once."""
+
+
+@main.group()
+def world() -> None:
+    """The embedded world: real Rucio, one Butler per site, synthetic HSC-like data."""
+
+
+@world.command("up")
+@world_dir_option
+@params_option
+def world_up(dir_: str | None, params: str) -> None:
+    """Start the world (idempotent: an up world is left as it is)."""
+    _world(dir_, params).up(log=click.echo)
+
+
+@world.command("down")
+@world_dir_option
+@params_option
+def world_down(dir_: str | None, params: str) -> None:
+    """Stop every process the world started, by PID."""
+    _world(dir_, params).down(log=click.echo)
+
+
+@world.command("status")
+@world_dir_option
+@params_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def world_status(dir_: str | None, params: str, as_json: bool) -> None:
+    """Each site's health: Rucio, RSE, Butler repository, dataset counts."""
+    st = _world(dir_, params).status()
+    if as_json:
+        click.echo(json.dumps(st, indent=2, default=str))
+        return
+    r = st["rucio"]
+    click.echo(f"world {st['root']}")
+    click.echo(f"  rucio: {'reachable' if r.get('reachable') else 'NOT reachable'} (port {r.get('port')})")
+    for site, s in st["sites"].items():
+        butler = (
+            f"butler ok, {s.get('datasets', 0)} datasets in {s.get('collections', 0)} collections"
+            if s.get("butler_ok")
+            else f"butler FAILED: {s.get('butler_error')}"
+        )
+        click.echo(f"  {site:6s} rse {s['rse']:11s} {'known' if s['rse_known'] else 'MISSING':7s} {butler}")
+    if not r.get("reachable") or not all(s.get("butler_ok") and s["rse_known"] for s in st["sites"].values()):
+        sys.exit(1)
+
+
+@main.command("run")
+@click.argument("params", default=DEFAULT_PARAMS)
+@click.option("--phases", default=",".join(ALL_PHASES), show_default=True, help="Comma-separated phases.")
+@click.option("--world", "world_dir", default=None, help="World folder (sets $MSNB_WORLD).")
+@click.option("--runs-root", default=None, help="Where run folders go (default: <checkout>/runs).")
+@click.option("--resume", "resume_dir", default=None, help="Continue this run folder, skipping passed phases.")
+def run(params: str, phases: str, world_dir: str | None, runs_root: str | None, resume_dir: str | None) -> None:
+    """Execute phase notebooks with papermill into a run folder; stop at a failed gate."""
+    from .config import load_campaign
+    from .runbook import new_run, run_chain
+
+    if world_dir:
+        os.environ["MSNB_WORLD"] = str(Path(world_dir).resolve())
+    try:
+        campaign = load_campaign(params)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    wanted = [p.strip() for p in phases.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in ALL_PHASES]
+    if unknown:
+        raise click.ClickException(f"--phases: unknown phase {unknown[0]!r} (known: {', '.join(ALL_PHASES)})")
+    root = Path(runs_root) if runs_root else repo_root() / "runs"
+    run_dir = Path(resume_dir).resolve() if resume_dir else new_run(root, campaign.name)
+    outcome = run_chain(
+        wanted,
+        run_dir,
+        {"campaign_file": str(campaign.path)},
+        repo_root() / "notebooks",
+        resume=bool(resume_dir),
+        log=click.echo,
+    )
+    click.echo(f"run folder: {run_dir}")
+    click.echo(f"index: {run_dir / 'index.html'}")
+    if not outcome.ok:
+        raise click.ClickException(f"stopped: {outcome.reason}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

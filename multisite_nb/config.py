@@ -1,0 +1,382 @@
+"""Campaign and site parameters: typed models, YAML loading, clear errors.
+
+A campaign file (``parameters/campaign_*.yaml``) says *what* to do: which sky units each
+site processes, which pipeline, and which stages run at the sites or centrally.  A site
+manifest (``parameters/sites/*.yaml``) says *where* things are: each site's Rucio RSE,
+Butler repository and BPS compute site.  Only the manifest differs between the embedded
+world and the real facilities.
+
+Every error raised while loading names the file and the key (or value) at fault, and
+nothing is touched before the whole campaign has validated.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "CampaignConfig",
+    "ConfigError",
+    "Campaign",
+    "SiteManifest",
+    "SiteSpec",
+    "SkyUnit",
+    "Stage",
+    "load_campaign",
+    "repo_root",
+]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A parameter file is wrong; the message names the file and the key."""
+
+
+def repo_root() -> Path:
+    """The checkout this package lives in (parameters/, notebooks/ sit here)."""
+    return Path(__file__).resolve().parent.parent
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SkyUnit(_Strict):
+    """One unit of sky a site owns: a whole tract, or one patch of a tract."""
+
+    tract: int = Field(ge=0)
+    patch: int | None = Field(default=None, ge=0)
+
+    @property
+    def key(self) -> tuple[int, int | None]:
+        return (self.tract, self.patch)
+
+    def __str__(self) -> str:
+        return f"tract {self.tract}" if self.patch is None else f"tract {self.tract} patch {self.patch}"
+
+    def where(self, skymap: str) -> str:
+        """A Butler query expression selecting this unit."""
+        expr = f"skymap = '{skymap}' AND tract = {self.tract}"
+        return expr if self.patch is None else f"{expr} AND patch = {self.patch}"
+
+
+class SiteSpec(_Strict):
+    """Where one site's things are (from the site manifest)."""
+
+    rse: str = Field(pattern=_NAME, description="Rucio RSE holding the site's Butler datastore")
+    butler: str = Field(description="Butler repository (path or URI) of the site")
+    rse_root: str | None = Field(
+        default=None, description="Root of the RSE as the site sees it (LFN = path relative to it)"
+    )
+    compute_site: str = Field(description="BPS computeSite (PanDA queue site), e.g. SLAC, CC-IN2P3")
+    compute_cloud: str = Field(default="US")
+    queue: str | None = Field(default=None, description="PanDA queue for ordinary jobs")
+    merge_queue: str | None = Field(default=None, description="PanDA queue for merge/final jobs")
+
+
+class RucioAccess(_Strict):
+    """How the toolkit reaches Rucio: a client config file (credentials stay in it)."""
+
+    config: str | None = Field(default=None, description="rucio client cfg; None = RUCIO_CONFIG / default")
+    account: str | None = None
+
+
+class WorkflowSpec(_Strict):
+    """How steps are executed: plain pipetask here, BPS (parsl or PanDA) for real runs."""
+
+    mode: Literal["pipetask", "bps"] = "pipetask"
+    bps_site_config: str | None = Field(
+        default=None, description="BPS config included by each submit file (wms class, site settings)"
+    )
+    jobs: int = Field(default=1, ge=1, description="pipetask -j")
+
+
+class SiteManifest(_Strict):
+    """The deployment: Rucio access, workflow system and every site's locations."""
+
+    rucio: RucioAccess = RucioAccess()
+    workflow: WorkflowSpec = WorkflowSpec()
+    sites: dict[str, SiteSpec]
+
+    @field_validator("sites")
+    @classmethod
+    def _names(cls, v: dict[str, SiteSpec]) -> dict[str, SiteSpec]:
+        for name in v:
+            if not re.match(_NAME, name):
+                raise ValueError(f"site name {name!r} is not a simple name")
+        rses = [s.rse for s in v.values()]
+        dup = sorted({r for r in rses if rses.count(r) > 1})
+        if dup:
+            raise ValueError(f"RSE {dup[0]!r} is given to more than one site")
+        return v
+
+
+class Stage(_Strict):
+    """A group of pipeline steps that runs either at every remote site or at the central site."""
+
+    name: str = Field(pattern=_NAME)
+    steps: list[str] = Field(min_length=1, description="pipeline subset labels, run in this order")
+    where: Literal["sites", "central"]
+
+
+class RemoteSite(_Strict):
+    sky_units: list[SkyUnit] = Field(min_length=1)
+    share: float | None = Field(default=None, gt=0, le=1, description="planned share of the work")
+
+
+class Collections(_Strict):
+    """Input collections in the central repo and the prefix of everything the campaign writes."""
+
+    inputs: list[str] = Field(default_factory=lambda: ["HSC/defaults"], min_length=1)
+    output_prefix: str | None = Field(default=None, description="default: the campaign name")
+
+
+class CampaignConfig(_Strict):
+    """The campaign file as written (paths still relative to it)."""
+
+    campaign: str = Field(pattern=_NAME)
+    instrument: str
+    skymap: str
+    scope: str | None = Field(default=None, description="Rucio scope; default: the campaign name")
+    manifest: str = Field(description="site manifest file, relative to this file")
+    central: str
+    sites: dict[str, RemoteSite] = Field(min_length=1)
+    pipeline: str = Field(description="pipeline YAML, relative to this file")
+    stages: list[Stage] = Field(min_length=1)
+    collections: Collections = Collections()
+    rule_lifetime_days: float | None = Field(default=None, gt=0)
+    activity: str = "User Subscriptions"
+
+    @model_validator(mode="after")
+    def _check(self) -> CampaignConfig:
+        if self.central in self.sites:
+            raise ValueError(f"sites.{self.central}: the central site is not also a remote site")
+        seen: dict[tuple[int, int | None], str] = {}
+        for site, spec in self.sites.items():
+            for i, unit in enumerate(spec.sky_units):
+                if unit.key in seen:
+                    raise ValueError(
+                        f"sites.{site}.sky_units[{i}]: {unit} is already given to site {seen[unit.key]}"
+                    )
+                seen[unit.key] = site
+            for i, unit in enumerate(spec.sky_units):
+                if unit.patch is not None and (unit.tract, None) in seen:
+                    raise ValueError(
+                        f"sites.{site}.sky_units[{i}]: {unit} lies in tract {unit.tract}, "
+                        f"which is given whole to site {seen[(unit.tract, None)]}"
+                    )
+        names = [s.name for s in self.stages]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"stages: stage name {dup[0]!r} is used twice")
+        steps = [st for s in self.stages for st in s.steps]
+        dup = sorted({n for n in steps if steps.count(n) > 1})
+        if dup:
+            raise ValueError(f"stages: step {dup[0]!r} appears in more than one stage")
+        shares = [s.share for s in self.sites.values() if s.share is not None]
+        if shares and sum(shares) > 1.0 + 1e-9:
+            raise ValueError(f"sites: the shares add up to {sum(shares):.2f}, more than 1")
+        return self
+
+
+class Campaign:
+    """A validated campaign with its manifest loaded and its paths resolved.
+
+    Parameters
+    ----------
+    config
+        The campaign file's content.
+    manifest
+        The site manifest's content.
+    path
+        The campaign file.
+    manifest_path
+        The manifest file.
+    """
+
+    def __init__(self, config: CampaignConfig, manifest: SiteManifest, path: Path, manifest_path: Path):
+        self.config = config
+        self.manifest = manifest
+        self.path = path
+        self.manifest_path = manifest_path
+
+    # -- convenient views -------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.campaign
+
+    @property
+    def central(self) -> str:
+        return self.config.central
+
+    @property
+    def remote_sites(self) -> list[str]:
+        return list(self.config.sites)
+
+    @property
+    def all_sites(self) -> list[str]:
+        return [self.central, *self.remote_sites]
+
+    @property
+    def scope(self) -> str:
+        return self.config.scope or self.config.campaign
+
+    @property
+    def output_prefix(self) -> str:
+        return self.config.collections.output_prefix or self.config.campaign
+
+    @property
+    def pipeline_path(self) -> Path:
+        return (self.path.parent / self.config.pipeline).resolve()
+
+    def site(self, name: str) -> SiteSpec:
+        """The manifest entry of a site."""
+        return self.manifest.sites[name]
+
+    def sky_units(self, site: str) -> list[SkyUnit]:
+        """The sky units a remote site owns (empty for the central site)."""
+        spec = self.config.sites.get(site)
+        return list(spec.sky_units) if spec else []
+
+    def butler_repo(self, site: str) -> str:
+        return self.site(site).butler
+
+    def rucio_env(self) -> dict[str, str]:
+        """Environment for rucio-clients: the manifest's client config, if it names one."""
+        env: dict[str, str] = {}
+        if self.manifest.rucio.config:
+            env["RUCIO_CONFIG"] = self.manifest.rucio.config
+        if self.manifest.rucio.account:
+            env["RUCIO_ACCOUNT"] = self.manifest.rucio.account
+        return env
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able description for notebooks and run logs (no credentials in it)."""
+        return {
+            "campaign": self.name,
+            "instrument": self.config.instrument,
+            "skymap": self.config.skymap,
+            "central": self.central,
+            "sites": {s: [str(u) for u in self.sky_units(s)] for s in self.remote_sites},
+            "pipeline": str(self.pipeline_path),
+            "stages": [s.model_dump() for s in self.config.stages],
+            "manifest": str(self.manifest_path),
+        }
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such parameter file")
+    try:
+        with path.open() as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def _expand(value: Any, env: Mapping[str, str], path: Path, where: str = "") -> Any:
+    """Expand ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {k: _expand(v, env, path, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, env, path, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path}: key '{where}' uses ${{{name}}}, which is not set")
+
+        return _VAR.sub(sub, value)
+    return value
+
+
+def _format_errors(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        if loc == "(top level)" and msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+            lines.append(f"{path}: {msg}")
+            continue
+        if "input" in err and err["type"] not in ("missing", "extra_forbidden") and not isinstance(
+            err["input"], (dict, list)
+        ):
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"{path}: key '{loc}': {msg.removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def load_manifest(path: Path, env: Mapping[str, str] | None = None) -> SiteManifest:
+    """Load and validate a site manifest (``${VAR}`` expanded from ``env``)."""
+    path = Path(path).resolve()
+    data = _expand(_read_yaml(path), dict(os.environ if env is None else env), path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return SiteManifest.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(path, exc)) from None
+
+
+def load_campaign(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Campaign:
+    """Load a campaign file and its site manifest; validate both together.
+
+    Parameters
+    ----------
+    path
+        The campaign YAML. A relative path is looked up from the current directory, then
+        from the checkout's root (so notebooks run from ``notebooks/`` find it too).
+    env
+        Variables for ``${VAR}`` in the manifest (default: the process environment).
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and the key at fault.
+    """
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and (repo_root() / p).exists():
+        p = repo_root() / p
+    p = p.resolve()
+    data = _read_yaml(p)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    try:
+        cfg = CampaignConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(p, exc)) from None
+
+    mpath = (p.parent / cfg.manifest).resolve()
+    manifest = load_manifest(mpath, env)
+    for site in [cfg.central, *cfg.sites]:
+        if site not in manifest.sites:
+            key = "central" if site == cfg.central else f"sites.{site}"
+            raise ConfigError(
+                f"{p}: key '{key}': site {site!r} is not in the site manifest {mpath} "
+                f"(known: {', '.join(manifest.sites)})"
+            )
+    pipe = (p.parent / cfg.pipeline).resolve()
+    if not pipe.is_file():
+        raise ConfigError(f"{p}: key 'pipeline': no such file {pipe}")
+    return Campaign(cfg, manifest, p, mpath)

@@ -1,0 +1,149 @@
+"""The embedded world: real Rucio, one Butler per site and synthetic data, in one folder.
+
+The world is a *deployment*, not a fake: phase code reaches it only through the site
+manifest (``parameters/sites/embedded.yaml``), exactly as it reaches the real facilities
+through ``parameters/sites/facilities.yaml``.
+
+Layout of a world folder ``W``::
+
+    W/rucio/            Rucio server config, SQLite DB, client config (credentials), logs, PIDs
+    W/rse/<RSE>/        each site's RSE directory = its Butler datastore root
+    W/butler/<SITE>/    each site's Butler repository (butler.yaml + SQLite registry)
+    W/world.json        what was set up, and when
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..config import Campaign, load_campaign
+
+__all__ = ["World", "default_world_dir", "world_env"]
+
+
+def default_world_dir() -> Path:
+    """``$MSNB_WORLD`` or ``./world``."""
+    return Path(os.environ.get("MSNB_WORLD", "world")).resolve()
+
+
+def world_env(root: Path) -> dict[str, str]:
+    """Environment under which the embedded manifest resolves to this world."""
+    return {**os.environ, "MSNB_WORLD": str(Path(root).resolve())}
+
+
+@dataclass
+class World:
+    """The embedded deployment for one campaign.
+
+    Parameters
+    ----------
+    root
+        The world folder.
+    campaign_file
+        A campaign whose manifest describes this world (sites, RSEs, repos).
+    """
+
+    root: Path
+    campaign_file: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+        self.campaign: Campaign = load_campaign(self.campaign_file, env=world_env(self.root))
+
+    # -- parts ----------------------------------------------------------------------
+    @property
+    def rucio(self):  # -> RucioServer (imported lazily: keeps `import multisite_nb` light)
+        from .rucio_server import RucioServer
+
+        rses = {
+            self.campaign.site(s).rse: Path(self._rse_root(s)) for s in self.campaign.all_sites
+        }
+        return RucioServer(self.root / "rucio", rses, [self.campaign.scope])
+
+    def _rse_root(self, site: str) -> str:
+        spec = self.campaign.site(site)
+        if spec.rse_root is None:
+            raise ValueError(f"{self.campaign.manifest_path}: key 'sites.{site}.rse_root' is needed for the world")
+        return spec.rse_root
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "world.json"
+
+    def env(self) -> dict[str, str]:
+        """Environment for tools run against this world (rucio CLI, butler CLI, notebooks)."""
+        return {**world_env(self.root), **self.rucio.client_env()}
+
+    # -- lifecycle --------------------------------------------------------------------
+    def up(self, log: Callable[[str], None] = print) -> bool:
+        """Bring the world up; idempotent. Returns False when it was already up (nothing changed)."""
+        from .butler_world import create_site_repo, populate_central
+        from .synthetic import SkySpec
+
+        t0 = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for site in self.campaign.all_sites:
+            Path(self._rse_root(site)).mkdir(parents=True, exist_ok=True)
+        started = self.rucio.up()
+        log(f"rucio: {'started' if started else 'already up'} ({time.monotonic() - t0:.1f} s)")
+        created = []
+        for site in self.campaign.all_sites:
+            if create_site_repo(Path(self.campaign.butler_repo(site)), Path(self._rse_root(site))):
+                created.append(site)
+        if created:
+            log(f"butler: created repos for {', '.join(created)}")
+        state = self._read_state()
+        populated = state.get("central_populated")
+        if not populated:
+            counts = populate_central(Path(self.campaign.butler_repo(self.campaign.central)), SkySpec())
+            state["central_populated"] = datetime.now(UTC).isoformat(timespec="seconds")
+            state["central_counts"] = counts
+            log(f"butler: central repo {self.campaign.central} populated: {counts}")
+        state.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
+        state["campaign_file"] = str(self.campaign.path)
+        self._write_state(state)
+        changed = started or bool(created) or not populated
+        log(f"world {'up' if changed else 'was already up; nothing changed'} in {time.monotonic() - t0:.1f} s: {self.root}")
+        return changed
+
+    def down(self, log: Callable[[str], None] = print) -> None:
+        """Stop every process the world started (by PID). Data stay on disk."""
+        self.rucio.down()
+        log(f"world down: {self.root}")
+
+    def status(self) -> dict[str, Any]:
+        """Each site's health: Rucio reachable, RSE known, Butler repo answering, dataset counts."""
+        from .. import butler_ops
+
+        rucio_status = self.rucio.status()
+        sites: dict[str, Any] = {}
+        for site in self.campaign.all_sites:
+            spec = self.campaign.site(site)
+            entry: dict[str, Any] = {"rse": spec.rse, "butler": spec.butler}
+            entry["rse_known"] = bool(rucio_status.get("rses", {}).get(spec.rse, {}).get("exists"))
+            try:
+                entry.update(butler_ops.repo_summary(spec.butler))
+                entry["butler_ok"] = True
+            except Exception as exc:  # report, do not raise: status must always answer
+                entry["butler_ok"] = False
+                entry["butler_error"] = f"{type(exc).__name__}: {exc}"
+            sites[site] = entry
+        return {"root": str(self.root), "rucio": rucio_status, "sites": sites}
+
+    # -- state --------------------------------------------------------------------------
+    def _read_state(self) -> dict[str, Any]:
+        if self.state_file.exists():
+            return json.loads(self.state_file.read_text())
+        return {}
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+        tmp.replace(self.state_file)
