@@ -1,0 +1,361 @@
+"""Phase 1: what each site needs, found by spatial query of the central registry.
+
+For every remote site the planner finds the visits and detectors whose regions overlap
+the site's sky units (a spatial join in the Butler registry), the raws of those
+exposures, and every other overall input of the site stages (calibrations, reference
+catalog shards, the sky map) restricted to the data IDs the site will touch.  Which
+dataset types to place comes from the pipeline graph (``wiring``), not from a list.
+
+Raws or visits needed by more than one site are *boundary* data: they are placed at every
+site that needs them, and the plan says what that costs.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .config import Campaign, SkyUnit
+
+__all__ = [
+    "Footprint",
+    "PlannedFile",
+    "Certification",
+    "PlacementPlan",
+    "site_footprint",
+    "plan_placement",
+    "units_where",
+    "adler32_of",
+]
+
+_OBS_PAIRS = (("exposure", "detector"), ("visit", "detector"))
+
+
+def adler32_of(path: Path, blocksize: int = 1 << 20) -> str:
+    """Adler-32 of a file as Rucio writes it (8 hex digits)."""
+    value = 1
+    with open(path, "rb") as fh:
+        while chunk := fh.read(blocksize):
+            value = zlib.adler32(chunk, value)
+    return f"{value & 0xFFFFFFFF:08x}"
+
+
+def units_where(units: Iterable[SkyUnit], skymap: str) -> str:
+    """A registry expression selecting a set of sky units (grouped by tract)."""
+    by_tract: dict[int, list[int] | None] = defaultdict(list)
+    for u in units:
+        if u.patch is None:
+            by_tract[u.tract] = None
+        elif by_tract[u.tract] is not None:
+            by_tract[u.tract].append(u.patch)  # type: ignore[union-attr]
+    terms = []
+    for tract, patches in sorted(by_tract.items()):
+        if patches is None:
+            terms.append(f"tract = {tract}")
+        else:
+            terms.append(f"(tract = {tract} AND patch IN ({', '.join(str(p) for p in sorted(patches))}))")
+    return f"skymap = '{skymap}' AND ({' OR '.join(terms)})"
+
+
+@dataclass
+class Footprint:
+    """The data IDs a site touches: observation pairs, dimension values and sky regions."""
+
+    site: str
+    pairs: dict[tuple[str, str], set[tuple[int, int]]] = field(default_factory=dict)
+    values: dict[str, set[Any]] = field(default_factory=lambda: defaultdict(set))
+    regions: list[Any] = field(default_factory=list)  # sphgeom regions of the site's sky units
+    visit_regions: dict[int, Any] = field(default_factory=dict)
+    _skypix: dict[str, set[int]] = field(default_factory=dict)
+
+    def skypix(self, dimension: Any) -> set[int]:
+        """Pixel indices of a skypix dimension (e.g. htm7) overlapping the site's sky units."""
+        name = dimension.name
+        if name not in self._skypix:
+            pix = dimension.pixelization
+            ids: set[int] = set()
+            for region in self.regions:
+                for begin, end in pix.envelope(region):
+                    ids.update(range(begin, end))
+            self._skypix[name] = ids
+        return self._skypix[name]
+
+    def admits(self, data_id: Any) -> bool:
+        """Whether a dataset with this data ID is one the site needs."""
+        mapping = dict(data_id.mapping) if data_id.hasFull() else dict(data_id.required)
+        for a, b in _OBS_PAIRS:
+            if a in mapping and b in mapping:
+                return (mapping[a], mapping[b]) in self.pairs.get((a, b), set())
+        universe = data_id.universe
+        for key, value in mapping.items():
+            dim = universe[key]
+            if hasattr(dim, "pixelization"):
+                if value not in self.skypix(dim):
+                    return False
+            elif key in self.values and value not in self.values[key]:
+                return False
+        return True
+
+
+def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
+    """Spatially query the registry for everything a site's sky units overlap."""
+    cfg = campaign.config
+    where = units_where(campaign.sky_units(site), cfg.skymap)
+    fp = Footprint(site)
+    vd: set[tuple[int, int]] = set()
+    for did in butler.query_data_ids(
+        ["visit", "detector", "patch"], where=where, instrument=cfg.instrument, limit=None, explain=False
+    ):
+        m = dict(did.mapping)
+        vd.add((m["visit"], m["detector"]))
+        for k in ("instrument", "visit", "detector", "physical_filter", "band", "day_obs", "skymap", "tract"):
+            if k in m:
+                fp.values[k].add(m[k])
+    fp.pairs[("visit", "detector")] = vd
+    # patches and tracts of the units themselves (not every patch a visit touches)
+    for rec in butler.query_dimension_records("patch", where=where, limit=None, explain=False):
+        fp.values["patch"].add(rec.id)
+        fp.regions.append(rec.region)
+    visits = sorted(fp.values["visit"])
+    ed: set[tuple[int, int]] = set()
+    if visits:
+        v2e: dict[int, set[int]] = defaultdict(set)
+        for rec in butler.query_dimension_records(
+            "visit_definition", where="visit IN (visits)", bind={"visits": visits},
+            instrument=cfg.instrument, limit=None, explain=False,
+        ):
+            v2e[rec.visit].add(rec.exposure)
+            fp.values["exposure"].add(rec.exposure)
+        for v, d in vd:
+            for e in v2e[v]:
+                ed.add((e, d))
+        for rec in butler.query_dimension_records(
+            "visit", where="visit IN (visits)", bind={"visits": visits},
+            instrument=cfg.instrument, limit=None, explain=False,
+        ):
+            fp.visit_regions[rec.id] = rec.region
+            if getattr(rec, "day_obs", None) is not None:
+                fp.values["day_obs"].add(rec.day_obs)
+        for rec in butler.query_dimension_records(
+            "exposure", where="exposure IN (exps)", bind={"exps": sorted(fp.values["exposure"])},
+            instrument=cfg.instrument, limit=None, explain=False,
+        ):
+            if getattr(rec, "group", None) is not None:
+                fp.values["group"].add(rec.group)
+    fp.pairs[("exposure", "detector")] = ed
+    return fp
+
+
+class PlannedFile(BaseModel):
+    """One file to place: which dataset it is, where it lives at the central site, who needs it."""
+
+    id: str
+    dataset_type: str
+    run: str
+    data_id: dict[str, Any]
+    lfn: str = Field(description="path relative to the central datastore root (= Rucio LFN)")
+    size: int
+    adler32: str
+    sites: list[str]
+
+
+class Certification(BaseModel):
+    """A calibration's validity range in a CALIBRATION collection (re-made at each site)."""
+
+    id: str
+    collection: str
+    begin: str | None
+    end: str | None
+
+
+class PlacementPlan(BaseModel):
+    """The phase-1 plan: per site the files to place, plus what the sites' collections look like."""
+
+    campaign: str
+    central: str
+    sites: dict[str, list[str]] = Field(description="site -> ids of the files it needs")
+    files: dict[str, PlannedFile]
+    visits: dict[str, list[int]]
+    detectors: dict[str, list[int]]
+    boundary_visits: dict[int, list[str]] = Field(default_factory=dict)
+    certifications: list[Certification] = Field(default_factory=list)
+    chains: dict[str, list[str]] = Field(default_factory=dict)
+    calibration_collections: list[str] = Field(default_factory=list)
+    dataset_types: list[str] = Field(default_factory=list)
+
+    # -- figures ----------------------------------------------------------------------
+    def site_files(self, site: str) -> list[PlannedFile]:
+        return [self.files[i] for i in self.sites[site]]
+
+    def counts(self) -> list[dict[str, Any]]:
+        """Per site: files, bytes, visits; and the boundary overhead."""
+        rows = []
+        for site in self.sites:
+            files = self.site_files(site)
+            shared = [f for f in files if len(f.sites) > 1]
+            row: dict[str, Any] = {
+                "site": site,
+                "files": len(files),
+                "bytes": sum(f.size for f in files),
+                "visits": len(self.visits[site]),
+                "shared files": len(shared),
+            }
+            for dt in self.dataset_types:
+                row[dt] = sum(1 for f in files if f.dataset_type == dt)
+            rows.append(row)
+        return rows
+
+    @property
+    def boundary_files(self) -> list[PlannedFile]:
+        return [f for f in self.files.values() if len(f.sites) > 1 and f.dataset_type in self._obs_types()]
+
+    def _obs_types(self) -> set[str]:
+        return {f.dataset_type for f in self.files.values() if "exposure" in f.data_id or "visit" in f.data_id}
+
+    def boundary_cost(self) -> dict[str, int]:
+        """Extra copies and bytes caused by raws more than one site needs."""
+        extra = [(len(f.sites) - 1, f.size) for f in self.boundary_files]
+        return {"files": len(self.boundary_files), "extra_copies": sum(n for n, _ in extra),
+                "extra_bytes": sum(n * s for n, s in extra)}
+
+    def manifest_rows(self, site: str) -> list[dict[str, Any]]:
+        return [
+            {"dataset_type": f.dataset_type, "data_id": json.dumps(f.data_id, sort_keys=True), "uuid": f.id,
+             "run": f.run, "file": f.lfn, "size": f.size, "adler32": f.adler32}
+            for f in self.site_files(site)
+        ]
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.model_dump_json(indent=1))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> PlacementPlan:
+        return cls.model_validate_json(Path(path).read_text())
+
+
+def _json_value(v: Any) -> Any:
+    return v if isinstance(v, (int, str, float)) or v is None else str(v)
+
+
+def _chains(butler: Any, names: Iterable[str]) -> dict[str, list[str]]:
+    from lsst.daf.butler import CollectionType
+
+    out: dict[str, list[str]] = {}
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        info = butler.collections.get_info(name)
+        if info.type == CollectionType.CHAINED and name not in out:
+            out[name] = list(info.children)
+            todo.extend(info.children)
+    return out
+
+
+def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -> PlacementPlan:
+    """Plan phase 1 from the central registry.
+
+    Parameters
+    ----------
+    campaign
+        The campaign (sites, sky units, pipeline, stage plan).
+    butler
+        The central repository (opened read-only from the manifest if not given).
+    wiring
+        The derived wiring (derived from the pipeline if not given).
+    """
+    from lsst.daf.butler import CollectionType
+
+    from .butler_ops import open_butler
+    from .wiring import derive_wiring, load_pipeline_graph
+
+    own = butler is None
+    if own:
+        butler = open_butler(campaign.butler_repo(campaign.central))
+    try:
+        if wiring is None:
+            graph = load_pipeline_graph(campaign.pipeline_path, registry=butler.registry)
+            wiring = derive_wiring(graph, campaign.config.stages)
+        inputs = list(campaign.config.collections.inputs)
+        roots = [Path(r.ospath) for r in butler.get_datastore_roots().values() if r is not None]
+        footprints = {s: site_footprint(butler, campaign, s) for s in campaign.remote_sites}
+        files: dict[str, PlannedFile] = {}
+        by_site: dict[str, list[str]] = {s: [] for s in campaign.remote_sites}
+        placed_types: list[str] = []
+        for dt in wiring.placed:
+            try:
+                refs = butler.query_datasets(dt, collections=inputs, find_first=False, explain=False, limit=None)
+            except Exception as exc:  # a placed type missing at the central site is a planning error
+                raise RuntimeError(f"placement: cannot find {dt!r} in {inputs}: {exc}") from exc
+            placed_types.append(dt)
+            seen: set[str] = set()
+            for ref in refs:
+                rid = str(ref.id)
+                if rid in seen:
+                    continue
+                seen.add(rid)
+                wanted = [s for s, fp in footprints.items() if fp.admits(ref.dataId)]
+                if not wanted:
+                    continue
+                path = Path(butler.getURI(ref).ospath)
+                lfn = next((str(path.relative_to(r)) for r in roots if path.is_relative_to(r)), None)
+                if lfn is None:
+                    raise RuntimeError(f"placement: {path} is outside the central datastore roots {roots}")
+                files[rid] = PlannedFile(
+                    id=rid, dataset_type=dt, run=ref.run,
+                    data_id={k: _json_value(v) for k, v in dict(ref.dataId.required).items()},
+                    lfn=lfn, size=path.stat().st_size, adler32=adler32_of(path), sites=wanted,
+                )
+                for s in wanted:
+                    by_site[s].append(rid)
+        # calibration collections among the inputs, and validity ranges of the planned calibs
+        chains = _chains(butler, inputs)
+        calib_colls = [
+            i.name for i in butler.collections.query_info(inputs, flatten_chains=True)
+            if i.type == CollectionType.CALIBRATION
+        ]
+        certs: list[Certification] = []
+        if calib_colls:
+            for dt in placed_types:
+                if not butler.get_dataset_type(dt).isCalibration():
+                    continue
+                for assoc in butler.registry.queryDatasetAssociations(
+                    dt, collections=calib_colls, collectionTypes={CollectionType.CALIBRATION}
+                ):
+                    if str(assoc.ref.id) in files and assoc.timespan is not None:
+                        ts = assoc.timespan
+                        certs.append(Certification(
+                            id=str(assoc.ref.id), collection=assoc.collection,
+                            begin=ts.begin.isot if ts.begin is not None else None,
+                            end=ts.end.isot if ts.end is not None else None,
+                        ))
+        visit_sites: dict[int, list[str]] = defaultdict(list)
+        for s, fp in footprints.items():
+            for v in fp.values["visit"]:
+                visit_sites[v].append(s)
+        return PlacementPlan(
+            campaign=campaign.name,
+            central=campaign.central,
+            sites=by_site,
+            files=files,
+            visits={s: sorted(fp.values["visit"]) for s, fp in footprints.items()},
+            detectors={s: sorted(fp.values["detector"]) for s, fp in footprints.items()},
+            boundary_visits={v: ss for v, ss in sorted(visit_sites.items()) if len(ss) > 1},
+            certifications=certs,
+            chains=chains,
+            calibration_collections=calib_colls,
+            dataset_types=placed_types,
+        )
+    finally:
+        if own:
+            butler.close()
