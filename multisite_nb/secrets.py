@@ -1,0 +1,306 @@
+"""Scan run folders for leaked credentials.
+
+Two kinds of evidence are looked for:
+
+* **known secrets** — exact values (the Rucio password, a cached auth token)
+  read from the client configuration with :func:`known_secrets_from_rucio_config`;
+  they are also matched in their JSON- and HTML-escaped spellings, since
+  executed notebooks are JSON and rendered notebooks are HTML;
+* **credential patterns** — ``password = ...``, ``Authorization: Bearer ...``,
+  ``X-Rucio-Auth-Token: ...``, passwords inside URLs, PEM private keys.
+
+A :class:`Finding` says where (file, line) and what kind, and never carries
+the secret itself, so findings can be printed and stored safely.
+"""
+
+from __future__ import annotations
+
+import configparser
+import getpass
+import html
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "CREDENTIAL_PATTERNS",
+    "REDACTED",
+    "SECRET_KEY_NAME",
+    "Finding",
+    "contains_secret",
+    "default_rucio_config",
+    "known_secrets_from_rucio_config",
+    "redact_parameters",
+    "scan_for_secrets",
+]
+
+#: Secrets shorter than this are not searched for by value (too many false hits).
+MIN_SECRET_LENGTH = 4
+
+#: Files larger than this are scanned only up to this many bytes.
+MAX_SCAN_BYTES = 64 * 1024 * 1024
+
+_TEXT_SUFFIXES = {
+    ".ipynb", ".json", ".html", ".htm", ".log", ".txt", ".out", ".err", ".csv", ".tsv",
+    ".md", ".yaml", ".yml", ".cfg", ".ini", ".py", ".sh", ".xml", ".toml", ".env",
+}
+
+# an optional quote, possibly JSON-escaped (\") as inside .ipynb files
+_Q = r"""(?:\\?["'])?"""
+# values that are clearly not a real password
+_PLACEHOLDER = re.compile(
+    r"""^(?:none|null|nil|true|false|\*+|x{3,}|\.{3}|…|<[^>]*>|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|%\(.*\)s"""
+    r"""|\{\{.*\}\}|redacted|\[redacted\]|changeme|secret|password)$""",
+    re.IGNORECASE,
+)
+
+#: Name → compiled pattern; group ``value`` is the credential (used for
+#: placeholder filtering only, never reported).
+CREDENTIAL_PATTERNS: dict[str, re.Pattern[str]] = {
+    "password assignment": re.compile(
+        r"""(?i)(?<![A-Za-z0-9_])(?:password|passwd|passphrase|pwd)"""
+        + _Q
+        + r"""\s*[=:]\s*"""
+        + _Q
+        + r"""(?P<value>[^\s"'\\,;(){}\[\]]{3,})"""
+    ),
+    "Authorization: Bearer": re.compile(
+        r"""(?i)authorization"""
+        + _Q
+        + r"""\s*[=:]\s*"""
+        + _Q
+        + r"""\s*bearer\s+(?P<value>[A-Za-z0-9._~+/=-]{8,})"""
+    ),
+    "X-Rucio-Auth-Token": re.compile(
+        r"""(?i)x-rucio-auth-token""" + _Q + r"""\s*[=:]\s*""" + _Q + r"""(?P<value>[^\s"'\\,;]{8,})"""
+    ),
+    "password in URL": re.compile(
+        r"""(?i)\b[a-z][a-z0-9+.-]*://[^/\s:@"'\\]+:(?P<value>[^/\s@"'\\]{3,})@"""
+    ),
+    "private key": re.compile(r"""-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----(?P<value>)"""),
+}
+
+
+class Finding(BaseModel):
+    """One suspected leak.  Safe to print: it never contains the secret.
+
+    Attributes
+    ----------
+    path : str
+        The file.
+    line : int
+        1-based line number.
+    kind : str
+        ``"known secret #<n>"`` (index into the secrets given) or a pattern name.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    line: int
+    kind: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.kind}"
+
+
+def _spellings(secret: str) -> set[str]:
+    """The secret as it may appear in plain text, JSON strings and HTML."""
+    forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    forms |= {html.escape(f) for f in list(forms)}
+    forms |= {html.escape(f, quote=False) for f in list(forms)}
+    return {f for f in forms if f}
+
+
+def _iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            for sub in sorted(path.rglob("*")):
+                if sub.is_file() and not sub.is_symlink() and sub.suffix.lower() in _TEXT_SUFFIXES:
+                    yield sub
+        elif path.is_file():
+            yield path
+
+
+def scan_for_secrets(
+    paths: Iterable[str | os.PathLike[str]],
+    secrets: Iterable[str] = (),
+    *,
+    patterns: bool = True,
+) -> list[Finding]:
+    """Look for secret values and credential patterns in files.
+
+    Parameters
+    ----------
+    paths : iterable of path
+        Files, or folders scanned recursively (text-like suffixes only:
+        ``.ipynb .json .html .log .txt .csv .yaml ...``).
+    secrets : iterable of str
+        Exact values that must not appear (shorter than
+        ``MIN_SECRET_LENGTH`` characters are ignored).
+    patterns : bool, optional
+        Also apply :data:`CREDENTIAL_PATTERNS`.
+
+    Returns
+    -------
+    list of Finding
+        At most one finding per (file, line, kind), in file order.
+    """
+    wanted = [s for s in dict.fromkeys(secrets) if s and len(s) >= MIN_SECRET_LENGTH]
+    spellings = [(i, _spellings(s)) for i, s in enumerate(wanted, start=1)]
+    findings: list[Finding] = []
+    for path in _iter_files(paths):
+        try:
+            with path.open("rb") as fh:
+                data = fh.read(MAX_SCAN_BYTES)
+        except OSError:
+            continue
+        text = data.decode("utf-8", errors="replace")
+        seen: set[tuple[int, str]] = set()
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            for i, forms in spellings:
+                if any(f in line for f in forms):
+                    seen.add((lineno, f"known secret #{i}"))
+            if not patterns:
+                continue
+            for kind, rx in CREDENTIAL_PATTERNS.items():
+                for m in rx.finditer(line):
+                    value = m.group("value")
+                    if kind != "private key":
+                        if _PLACEHOLDER.match(value):
+                            continue
+                        if line[m.end() : m.end() + 1] in ("(", "["):
+                            continue  # code reading a credential, not a credential
+                    seen.add((lineno, kind))
+                    break
+        findings.extend(Finding(path=str(path), line=ln, kind=k) for ln, k in sorted(seen))
+    return findings
+
+
+def default_rucio_config() -> Path | None:
+    """Locate the Rucio client config the way rucio-clients does.
+
+    ``$RUCIO_CONFIG``, then ``$RUCIO_HOME/etc/rucio.cfg``, then
+    ``/opt/rucio/etc/rucio.cfg``, then ``$VIRTUAL_ENV/etc/rucio.cfg``;
+    ``None`` if none exists.
+    """
+    candidates: list[Path] = []
+    if os.environ.get("RUCIO_CONFIG"):
+        candidates.append(Path(os.environ["RUCIO_CONFIG"]))
+    if os.environ.get("RUCIO_HOME"):
+        candidates.append(Path(os.environ["RUCIO_HOME"]) / "etc" / "rucio.cfg")
+    candidates.append(Path("/opt/rucio/etc/rucio.cfg"))
+    if os.environ.get("VIRTUAL_ENV"):
+        candidates.append(Path(os.environ["VIRTUAL_ENV"]) / "etc" / "rucio.cfg")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+_SECRET_KEY = re.compile(r"(?i)(password|passwd|secret|token)")
+_NOT_SECRET_KEY = re.compile(r"(?i)(_path|_file|_dir|lifetime|polling|_auto|audience|scope|issuer|_type)$")
+_URL_PASSWORD = re.compile(r"://[^/\s:@]+:([^/\s@]+)@")
+
+
+def _token_dir(vo: str | None) -> Path:
+    try:  # the same temporary folder rucio-clients uses
+        from rucio.common.utils import get_tmp_dir
+
+        base = get_tmp_dir()
+    except Exception:  # pragma: no cover - rucio-clients missing or changed
+        base = tempfile.gettempdir()
+    name = f".rucio_{getpass.getuser()}" + (f"@{vo}" if vo and vo != "def" else "")
+    return Path(base) / name
+
+
+def known_secrets_from_rucio_config(
+    path: str | os.PathLike[str] | None = None, *, cached_tokens: bool = True
+) -> list[str]:
+    """Collect secret values from a Rucio config, for :func:`scan_for_secrets`.
+
+    Reads ``[client] password`` and any other ``[client]`` key naming a
+    password, secret or token value (not a path or setting), passwords
+    embedded in URLs in any section (e.g. ``[database] default``), and, if
+    ``cached_tokens``, the auth tokens rucio-clients has cached for this user
+    (``auth_token_file_path`` or its temporary token folder).
+
+    Parameters
+    ----------
+    path : path, optional
+        The config file; default :func:`default_rucio_config`.  A missing
+        file gives an empty list.
+    cached_tokens : bool, optional
+        Also read cached token files.
+
+    Returns
+    -------
+    list of str
+        Distinct non-empty values; never print them.
+    """
+    cfg_path = Path(path) if path is not None else default_rucio_config()
+    if cfg_path is None or not cfg_path.is_file():
+        return []
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(cfg_path, encoding="utf-8")
+    found: list[str] = []
+    for section in cfg.sections():
+        for key, value in cfg.items(section):
+            value = value.strip()
+            if not value:
+                continue
+            if section == "client" and _SECRET_KEY.search(key) and not _NOT_SECRET_KEY.search(key):
+                found.append(value)
+            found.extend(_URL_PASSWORD.findall(value))
+    if cached_tokens and cfg.has_section("client"):
+        client = cfg["client"]
+        token_files: list[Path] = []
+        if client.get("auth_token_file_path"):
+            token_files.append(Path(client["auth_token_file_path"]).expanduser())
+        else:
+            folder = _token_dir(client.get("vo"))
+            if folder.is_dir():
+                token_files.extend(sorted(folder.glob("auth_token_for_*")))
+        for tf in token_files:
+            try:
+                token = tf.read_text(encoding="utf-8").strip()
+            except OSError:
+                continue
+            if token:
+                found.append(token)
+    return list(dict.fromkeys(v for v in found if v))
+
+
+#: Parameter / setting names whose values are never shown.
+SECRET_KEY_NAME = re.compile(r"(?i)(pass(word|wd|phrase)?|pwd|token|secret|key|credential|auth|cookie|cert)")
+
+REDACTED = "***redacted***"
+
+
+def redact_parameters(params: object) -> object:
+    """Return a copy of ``params`` with values under secret-looking keys redacted.
+
+    Keys matching :data:`SECRET_KEY_NAME` (password, token, secret, key, ...)
+    have their value replaced by ``"***redacted***"``, recursively through
+    dicts and lists.  Other values are returned unchanged.
+    """
+    if isinstance(params, dict):
+        return {
+            k: (REDACTED if SECRET_KEY_NAME.search(str(k)) and v not in (None, "") else redact_parameters(v))
+            for k, v in params.items()
+        }
+    if isinstance(params, (list, tuple)):
+        return [redact_parameters(v) for v in params]
+    return params
+
+
+def contains_secret(value: object, secrets: Iterable[str]) -> bool:
+    """Whether any of ``secrets`` occurs in ``value`` (strings inside dicts/lists too)."""
+    wanted = [s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH]
+    if not wanted:
+        return False
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return any(s in text or json.dumps(s, ensure_ascii=False)[1:-1] in text for s in wanted)
