@@ -1,0 +1,454 @@
+"""Register → rule → watch → ingest: moving Butler datasets between sites with Rucio.
+
+One *shipment* moves a set of Butler datasets from a source site to a destination site:
+
+1. the dimension records the destination needs are exported from the source Butler to a
+   small YAML file (Rubin's ``dim_file``), registered in Rucio and moved *first*;
+2. the data files are registered where they sit at the source (``add_replicas`` on the
+   source RSE, LFN = path relative to the RSE root, DID metadata ``rubin_butler`` and
+   ``rubin_sidecar`` = the serialized ``DatasetRef``, as Rubin's ``lsst-rucio-register``
+   does), attached to a dataset, and one replication rule moves that dataset;
+3. the rules are watched to completion (STUCK rules come back with Rucio's reason);
+4. what arrived is ingested in place into the destination Butler with the same dataset
+   UUIDs, read from the sidecars.
+
+Every step reads the real state first, so a second run creates no rule and no dataset
+twice. Placement, gather and redistribution are all shipments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Campaign
+from .placement import PlannedFile
+from .rucio_ops import FileDid, RucioOps, RuleState
+
+__all__ = [
+    "Shipment",
+    "ShipmentOutcome",
+    "export_records",
+    "register_shipment",
+    "watch_rules",
+    "ingest_shipment",
+    "run_shipments",
+]
+
+GOVERNORS = ("instrument", "skymap")
+
+
+@dataclass
+class Shipment:
+    """Datasets to move from one site to another under one Rucio dataset name."""
+
+    name: str  # Rucio dataset name of the data files (the records get "<name>.dimensions")
+    source: str
+    dest: str
+    files: list[PlannedFile]
+    extra_values: Mapping[str, Iterable[Any]] = field(default_factory=dict)
+
+    @property
+    def records_dataset(self) -> str:
+        return f"{self.name}.dimensions"
+
+
+@dataclass
+class ShipmentOutcome:
+    """What happened to one shipment."""
+
+    name: str
+    dest: str
+    rule_id: str | None = None
+    records_rule_id: str | None = None
+    rule_created: bool = False
+    registered: int = 0
+    state: str = "NEW"
+    error: str | None = None
+    ingested: int = 0
+    already_present: int = 0
+    records_file: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "shipment": self.name, "dest": self.dest, "files": self.registered, "rule": self.state,
+            "ingested": self.ingested, "already there": self.already_present, "error": self.error or "",
+        }
+
+
+# -- dimension records ------------------------------------------------------------------
+
+
+def _values_of(files: Iterable[PlannedFile], extra: Mapping[str, Iterable[Any]]) -> dict[str, set[Any]]:
+    values: dict[str, set[Any]] = defaultdict(set)
+    for f in files:
+        for k, v in f.data_id.items():
+            values[k].add(v)
+    for k, vs in extra.items():
+        values[k].update(vs)
+    return values
+
+
+def export_records(butler: Any, values: Mapping[str, set[Any]], path: Path) -> int:
+    """Export every dimension record a set of data-ID values needs, to a YAML file.
+
+    An element is exported when all its required dimensions have values (or are governors
+    such as instrument); its records are those whose required values are all in ``values``.
+    Records of implied dimensions (physical filters, day_obs, groups) follow automatically.
+    Returns the number of records written.
+    """
+    universe = butler.dimensions
+    values = {k: set(v) for k, v in values.items()}
+    # implied values first: e.g. exposure -> physical_filter, day_obs, group
+    keys = [k for k in values if k in universe.getStaticDimensions().names]
+    for name in keys:
+        dim = universe[name]
+        if not values[name] or not dim.implied:
+            continue
+        for rec in _records(butler, name, {name: values[name]}, values):
+            for imp in dim.implied:
+                v = getattr(rec, imp.name, None)
+                if v is not None:
+                    values.setdefault(imp.name, set()).add(v)
+    chosen: dict[str, list[Any]] = {}
+    for element in universe.getStaticElements():
+        if not element.has_own_table or element.name in ("band",):
+            continue
+        req = [d.name for d in element.required]
+        constrained = {d: values[d] for d in req if d in values and values[d]}
+        if any(d not in constrained and d not in GOVERNORS for d in req):
+            continue
+        if not any(d not in GOVERNORS for d in constrained) and element.name not in GOVERNORS and not (
+            set(req) <= set(GOVERNORS)
+        ):
+            continue
+        recs = list(_records(butler, element.name, constrained, values))
+        if recs:
+            chosen[element.name] = recs
+    n = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.yaml")
+    with butler.export(filename=str(tmp), format="yaml") as export:
+        for element in universe.sorted(chosen):
+            export.saveDimensionData(element, chosen[element.name])
+            n += len(chosen[element.name])
+    tmp.replace(path)
+    return n
+
+
+def _records(butler: Any, element: str, constrained: Mapping[str, set[Any]], values: Mapping[str, set[Any]]):
+    """Records of ``element`` whose required values are all in ``constrained``."""
+    terms, bind = [], {}
+    for i, (d, vs) in enumerate(sorted(constrained.items())):
+        bind[f"v{i}"] = sorted(vs)
+        terms.append(f"{d} IN (v{i})")
+    kwargs: dict[str, Any] = {}
+    for g in GOVERNORS:
+        if g in values and len(values[g]) == 1 and g not in constrained:
+            kwargs[g] = next(iter(values[g]))
+    try:
+        recs = butler.query_dimension_records(
+            element, where=" AND ".join(terms), bind=bind, limit=None, explain=False, **kwargs
+        )
+    except Exception:
+        return []
+    return recs
+
+
+def _content_name(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+# -- the steps --------------------------------------------------------------------------
+
+
+def register_shipment(
+    campaign: Campaign, ops: RucioOps, source_butler: Any, shipment: Shipment, outcome: ShipmentOutcome
+) -> None:
+    """Register the records file and the data files at the source RSE; attach; create the rules."""
+    from .placement import adler32_of
+
+    src = campaign.site(shipment.source)
+    dest = campaign.site(shipment.dest)
+    src_root = Path(_rse_root(campaign, shipment.source))
+    lifetime = int(campaign.config.rule_lifetime_days * 86400) if campaign.config.rule_lifetime_days else None
+    comment = f"multisite_nb campaign {campaign.name}: {shipment.name} {shipment.source}->{shipment.dest}"
+
+    # 1. dimension records: a content-addressed file, so a re-run with the same content is a no-op
+    t0 = time.monotonic()
+    staging = src_root / campaign.output_prefix / "dimensions" / shipment.dest
+    tmp = staging / f".{shipment.name}.yaml"
+    export_records(source_butler, _values_of(shipment.files, shipment.extra_values), tmp)
+    final = staging / f"{shipment.name}.{_content_name(tmp)}.yaml"
+    if final.exists():
+        tmp.unlink()
+    else:
+        tmp.replace(final)
+    lfn = str(final.relative_to(src_root))
+    outcome.records_file = lfn
+    rec = FileDid(lfn, final.stat().st_size, adler32_of(final), {"rubin_butler": "dim_file"})
+    ops.add_replicas(src.rse, [rec])
+    ops.set_metadata([rec])
+    ops.ensure_dataset(shipment.records_dataset)
+    ops.attach(shipment.records_dataset, [lfn])
+    outcome.records_rule_id, _ = ops.ensure_rule(
+        shipment.records_dataset, dest.rse, lifetime_s=lifetime, activity=campaign.config.activity,
+        comment=comment + " (dimension records)",
+    )
+    outcome.seconds["records"] = time.monotonic() - t0
+
+    # 2. data files with their sidecars
+    t0 = time.monotonic()
+    dids = []
+    for f in shipment.files:
+        ref = source_butler.get_dataset(f.id, dimension_records=True)
+        if ref is None:
+            raise RuntimeError(f"{shipment.name}: dataset {f.id} ({f.dataset_type}) is not in the {shipment.source} Butler")
+        kind = "raw_file" if "exposure" in f.data_id else "data_product"
+        dids.append(FileDid(f.lfn, f.size, f.adler32, {"rubin_butler": kind, "rubin_sidecar": ref.to_json()}))
+    outcome.registered = ops.add_replicas(src.rse, dids) or len(dids)
+    ops.set_metadata(dids)
+    ops.ensure_dataset(shipment.name)
+    ops.attach(shipment.name, [d.name for d in dids])
+    outcome.seconds["register"] = time.monotonic() - t0
+    outcome.registered = len(dids)
+
+
+def create_data_rule(campaign: Campaign, ops: RucioOps, shipment: Shipment, outcome: ShipmentOutcome) -> None:
+    """The rule that moves the data files (after the records have arrived)."""
+    lifetime = int(campaign.config.rule_lifetime_days * 86400) if campaign.config.rule_lifetime_days else None
+    outcome.rule_id, outcome.rule_created = ops.ensure_rule(
+        shipment.name, campaign.site(shipment.dest).rse, lifetime_s=lifetime,
+        activity=campaign.config.activity,
+        comment=f"multisite_nb campaign {campaign.name}: {shipment.name} {shipment.source}->{shipment.dest}",
+    )
+
+
+def watch_rules(
+    ops: RucioOps,
+    rule_ids: Sequence[str],
+    *,
+    timeout_s: float = 600,
+    poll_s: float = 1.0,
+    progress: bool = True,
+    desc: str = "rules",
+) -> dict[str, RuleState]:
+    """Poll rules until each is OK or STUCK (or the timeout passes); show lock progress."""
+    from tqdm.auto import tqdm
+
+    states: dict[str, RuleState] = {}
+    deadline = time.monotonic() + timeout_s
+    bar = None
+    while True:
+        states = {rid: ops.rule_state(rid) for rid in rule_ids}
+        total = sum(s.total for s in states.values())
+        done = sum(s.locks_ok for s in states.values())
+        if progress:
+            if bar is None:
+                bar = tqdm(total=total, desc=desc, unit="file", leave=True, mininterval=1.0)
+            bar.total = total
+            bar.n = done
+            bar.set_postfix_str(", ".join(f"{s.state}" for s in states.values())[:60], refresh=True)
+        if all(s.state in ("OK", "STUCK", "SUSPENDED") for s in states.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(poll_s)
+    if bar is not None:
+        bar.close()
+    return states
+
+
+def _rse_root(campaign: Campaign, site: str) -> str:
+    root = campaign.site(site).rse_root
+    if root is None:
+        raise ValueError(f"{campaign.manifest_path}: key 'sites.{site}.rse_root' is needed to ingest in place")
+    return root
+
+
+def ingest_shipment(
+    campaign: Campaign, ops: RucioOps, dest_butler: Any, shipment: Shipment, outcome: ShipmentOutcome
+) -> None:
+    """Import the records, then ingest the arrived files in place with the sidecars' UUIDs."""
+    from lsst.daf.butler import CollectionType, DatasetRef, FileDataset
+
+    root = Path(_rse_root(campaign, shipment.dest))
+    t0 = time.monotonic()
+    if outcome.records_file:
+        dest_butler.import_(filename=str(root / outcome.records_file), skip_dimensions=None)
+    present = {str(r.id) for r in dest_butler.get_many_datasets([f.id for f in shipment.files])}
+    todo = [f for f in shipment.files if f.id not in present]
+    outcome.already_present = len(shipment.files) - len(todo)
+    if not todo:
+        outcome.seconds["ingest"] = time.monotonic() - t0
+        return
+    meta = {m["name"]: m for m in ops.client.get_metadata_bulk(
+        [{"scope": ops.scope, "name": f.lfn} for f in todo], inherit=False, plugin="ALL")}
+    by_run: dict[str, list[Any]] = defaultdict(list)
+    for f in todo:
+        sidecar = meta.get(f.lfn, {}).get("rubin_sidecar")
+        if not sidecar:
+            raise RuntimeError(f"{shipment.name}: {f.lfn} has no rubin_sidecar metadata in Rucio")
+        ref = DatasetRef.from_json(sidecar, universe=dest_butler.dimensions)
+        if str(ref.id) != f.id:
+            raise RuntimeError(f"{shipment.name}: sidecar of {f.lfn} names dataset {ref.id}, the plan {f.id}")
+        path = root / f.lfn
+        if not path.exists():
+            raise RuntimeError(f"{shipment.name}: {path} has not arrived (rule {outcome.state})")
+        by_run[ref.run].append(FileDataset(path=str(path), refs=[ref]))
+    for run, datasets in by_run.items():
+        dest_butler.collections.register(run, CollectionType.RUN)
+        for dt in {fd.refs[0].datasetType for fd in datasets}:
+            dest_butler.registry.registerDatasetType(dt)
+        dest_butler.ingest(*datasets, transfer=None)
+        outcome.ingested += len(datasets)
+    outcome.seconds["ingest"] = time.monotonic() - t0
+
+
+def placement_dataset(campaign: Campaign, site: str) -> str:
+    """The Rucio dataset that carries a site's placed inputs."""
+    return f"{campaign.name}.placement.{site}"
+
+
+def place_data(
+    campaign: Campaign,
+    plan: Any,
+    *,
+    progress: bool = True,
+    timeout_s: float = 900,
+    log: Callable[[str], None] = print,
+) -> list[ShipmentOutcome]:
+    """Phase 2: one shipment per remote site from the central site, then the sites' collections.
+
+    Parameters
+    ----------
+    plan
+        The ``PlacementPlan`` of phase 1.
+    """
+    from .butler_ops import open_butler
+
+    shipments = [
+        Shipment(
+            name=placement_dataset(campaign, site),
+            source=campaign.central,
+            dest=site,
+            files=plan.site_files(site),
+            extra_values={
+                "visit": plan.visits[site],
+                "detector": plan.detectors[site],
+                "tract": {u.tract for u in campaign.sky_units(site)},
+                "patch": {u.patch for u in campaign.sky_units(site) if u.patch is not None},
+                "skymap": {campaign.config.skymap},
+                "instrument": {campaign.config.instrument},
+            },
+        )
+        for site in campaign.remote_sites
+    ]
+    outcomes = run_shipments(campaign, shipments, progress=progress, timeout_s=timeout_s, log=log)
+    for o in outcomes:
+        if o.error:
+            continue
+        with open_butler(campaign.butler_repo(o.dest), writeable=True) as butler:
+            apply_collections(butler, plan, o.dest)
+    return outcomes
+
+
+def apply_collections(butler: Any, plan: Any, site: str) -> dict[str, int]:
+    """Re-make at a site the calibration validity ranges and the input chains of the plan."""
+    from astropy.time import Time
+    from lsst.daf.butler import CollectionType, Timespan
+
+    wanted = set(plan.sites[site])
+    certified = 0
+    for coll in plan.calibration_collections:
+        butler.collections.register(coll, CollectionType.CALIBRATION)
+        have = set()
+        for dt in {plan.files[c.id].dataset_type for c in plan.certifications if c.collection == coll}:
+            for assoc in butler.registry.queryDatasetAssociations(
+                dt, collections=[coll], collectionTypes={CollectionType.CALIBRATION}
+            ):
+                have.add(str(assoc.ref.id))
+        groups: dict[tuple[str | None, str | None], list[str]] = defaultdict(list)
+        for c in plan.certifications:
+            if c.collection == coll and c.id in wanted and c.id not in have:
+                groups[(c.begin, c.end)].append(c.id)
+        for (begin, end), ids in groups.items():
+            ts = Timespan(
+                Time(begin, format="isot", scale="tai") if begin else None,
+                Time(end, format="isot", scale="tai") if end else None,
+            )
+            butler.registry.certify(coll, butler.get_many_datasets(ids), ts)
+            certified += len(ids)
+    chains = 0
+    for name, children in plan.chains.items():
+        butler.collections.register(name, CollectionType.CHAINED)
+        existing = [c for c in children if butler.collections.query(c, include_chains=True)]
+        if list(butler.collections.get_info(name).children) != existing:
+            butler.collections.redefine_chain(name, existing)
+            chains += 1
+    return {"certified": certified, "chains": chains}
+
+
+def run_shipments(
+    campaign: Campaign,
+    shipments: Sequence[Shipment],
+    *,
+    progress: bool = True,
+    timeout_s: float = 900,
+    log: Callable[[str], None] = print,
+) -> list[ShipmentOutcome]:
+    """Move a set of shipments end to end; returns one outcome per shipment.
+
+    Records go first (all records rules watched to OK, records imported), then the data
+    rules; a STUCK rule stops that shipment (its outcome carries Rucio's reason) but the
+    others go on.
+    """
+    from .butler_ops import open_butler
+
+    ops = RucioOps(campaign.rucio_env(), campaign.scope)
+    ops.ensure_scope()
+    outcomes = {s.name: ShipmentOutcome(s.name, s.dest) for s in shipments}
+    butlers: dict[str, Any] = {}
+
+    def butler(site: str) -> Any:
+        if site not in butlers:
+            butlers[site] = open_butler(campaign.butler_repo(site), writeable=True)
+        return butlers[site]
+
+    try:
+        for s in shipments:
+            register_shipment(campaign, ops, butler(s.source), s, outcomes[s.name])
+        rec_states = watch_rules(
+            ops, [o.records_rule_id for o in outcomes.values() if o.records_rule_id],
+            timeout_s=timeout_s, progress=progress, desc="dimension records",
+        )
+        for s in shipments:
+            o = outcomes[s.name]
+            st = rec_states.get(o.records_rule_id or "")
+            if st is None or st.state != "OK":
+                o.state = st.state if st else "MISSING"
+                o.error = f"dimension records rule {o.records_rule_id}: {st.error if st else 'not found'}"
+                continue
+            create_data_rule(campaign, ops, s, o)
+        live = [o for o in outcomes.values() if o.rule_id]
+        states = watch_rules(ops, [o.rule_id for o in live], timeout_s=timeout_s, progress=progress,
+                             desc="data rules")
+        for s in shipments:
+            o = outcomes[s.name]
+            if not o.rule_id:
+                continue
+            st = states[o.rule_id]
+            o.state = st.state
+            if st.state != "OK":
+                o.error = st.error or f"rule {st.state} after {timeout_s:.0f} s"
+                log(f"{s.name}: rule {o.rule_id} {st.state}: {o.error}")
+                continue
+            ingest_shipment(campaign, ops, butler(s.dest), s, o)
+    finally:
+        for b in butlers.values():
+            b.close()
+    return list(outcomes.values())

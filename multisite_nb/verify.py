@@ -1,0 +1,146 @@
+"""Phase 3: reconcile the plan with Rucio, each site's Butler and the disk.
+
+Per site and per planned file:
+
+* **Rucio**: the site's rule is OK and the replica is AVAILABLE on the site RSE. Dataset
+  level counts (``list_dataset_replicas``) come first; file level only where they differ.
+* **Butler**: the dataset is in the site's registry with the planned UUID, in the
+  planned RUN collection.
+* **Disk**: the file exists under the site's RSE root with the planned size and adler32.
+
+A problem is one of ``missing`` (not there), ``corrupt`` (there, wrong size or checksum),
+``wrong`` (there, but in another collection) or ``rule`` (the rule is not OK).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Campaign
+from .placement import PlannedFile, adler32_of
+from .rucio_ops import RucioOps
+
+__all__ = ["Problem", "SiteReport", "verify_site", "verify_shipments", "problems_table"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong at one site."""
+
+    site: str
+    layer: str  # rucio | butler | disk
+    kind: str  # missing | corrupt | wrong | rule
+    what: str  # the file (LFN) or rule
+    detail: str = ""
+
+    def as_row(self) -> dict[str, str]:
+        return {"site": self.site, "layer": self.layer, "problem": self.kind, "file": self.what, "detail": self.detail}
+
+
+@dataclass
+class SiteReport:
+    """Reconciliation of one site."""
+
+    site: str
+    planned: int
+    problems: list[Problem] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def counts(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"site": self.site, "planned": self.planned}
+        for kind in ("missing", "corrupt", "wrong", "rule"):
+            row[kind] = sum(1 for p in self.problems if p.kind == kind)
+        row["ok"] = self.ok
+        return row
+
+
+def verify_site(
+    campaign: Campaign,
+    ops: RucioOps,
+    site: str,
+    files: Sequence[PlannedFile],
+    dataset: str,
+    *,
+    checksums: bool = True,
+) -> SiteReport:
+    """Reconcile one site's planned files (shipped as Rucio ``dataset``) with Rucio, Butler and disk."""
+    from .butler_ops import open_butler
+
+    spec = campaign.site(site)
+    report = SiteReport(site, len(files))
+    by_lfn = {f.lfn: f for f in files}
+
+    # Rucio: rule, then dataset-level counts, file level only if they disagree
+    rule_id = ops.find_rule(dataset, spec.rse)
+    if rule_id is None:
+        report.problems.append(Problem(site, "rucio", "rule", dataset, f"no rule to {spec.rse}"))
+    else:
+        st = ops.rule_state(rule_id)
+        if st.state != "OK":
+            report.problems.append(Problem(site, "rucio", "rule", dataset, f"{st.state}: {st.error or ''}".strip()))
+    counts = ops.dataset_replica_counts(dataset).get(spec.rse, {"length": 0, "available": 0}) if rule_id else \
+        {"length": 0, "available": 0}
+    report.checked["rucio_dataset_available"] = counts["available"]
+    if counts["available"] != len(files) or counts["length"] != len(files):
+        states = ops.file_replica_states(list(by_lfn), spec.rse)
+        report.checked["rucio_file_level"] = len(files)
+        for lfn in by_lfn:
+            st = states.get(lfn)
+            if st != "AVAILABLE":
+                report.problems.append(
+                    Problem(site, "rucio", "missing", lfn, f"replica {st or 'absent'} on {spec.rse}")
+                )
+
+    # Butler: same UUID, same RUN
+    with open_butler(spec.butler) as butler:
+        found = {str(r.id): r for r in butler.get_many_datasets([f.id for f in files])}
+    for f in files:
+        ref = found.get(f.id)
+        if ref is None:
+            report.problems.append(Problem(site, "butler", "missing", f.lfn, f"{f.dataset_type} {f.id} not registered"))
+        elif ref.run != f.run:
+            report.problems.append(Problem(site, "butler", "wrong", f.lfn, f"in {ref.run}, planned {f.run}"))
+    report.checked["butler"] = len(files)
+
+    # Disk: exists, size, adler32
+    root = Path(spec.rse_root) if spec.rse_root else None
+    if root is not None:
+        for f in files:
+            path = root / f.lfn
+            if not path.exists():
+                report.problems.append(Problem(site, "disk", "missing", f.lfn, "no file"))
+                continue
+            size = path.stat().st_size
+            if size != f.size:
+                report.problems.append(Problem(site, "disk", "corrupt", f.lfn, f"size {size}, planned {f.size}"))
+            elif checksums and (a := adler32_of(path)) != f.adler32:
+                report.problems.append(Problem(site, "disk", "corrupt", f.lfn, f"adler32 {a}, planned {f.adler32}"))
+        report.checked["disk"] = len(files)
+    return report
+
+
+def verify_shipments(
+    campaign: Campaign, groups: dict[str, tuple[str, Sequence[PlannedFile]]], *, checksums: bool = True
+) -> list[SiteReport]:
+    """Verify several sites: ``groups`` maps site -> (Rucio dataset, planned files)."""
+    ops = RucioOps(campaign.rucio_env(), campaign.scope)
+    return [verify_site(campaign, ops, site, files, ds, checksums=checksums) for site, (ds, files) in groups.items()]
+
+
+def verify_placement(campaign: Campaign, plan: Any, *, checksums: bool = True) -> list[SiteReport]:
+    """Phase 3 for the placement of phase 1/2."""
+    from .transfer import placement_dataset
+
+    groups = {s: (placement_dataset(campaign, s), plan.site_files(s)) for s in campaign.remote_sites}
+    return verify_shipments(campaign, groups, checksums=checksums)
+
+
+def problems_table(reports: Sequence[SiteReport]) -> list[dict[str, str]]:
+    return [p.as_row() for r in reports for p in r.problems]
