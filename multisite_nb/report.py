@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -115,13 +116,30 @@ def render_notebook_html(ipynb: str | os.PathLike[str], target: str | os.PathLik
     return dst
 
 
-def _notebook_html(run_dir: Path, notebook: str) -> tuple[str | None, str]:
-    """Render ``notebook`` (relative) into ``html/`` unless up to date; return (rel html, note)."""
+def _flagged_files(record: RunRecord | None) -> set[str]:
+    """Run-relative paths named in the record's secret findings (``path:line: kind``)."""
+    out = set()
+    for entry in record.secret_findings if record else []:
+        m = re.match(r"^(.*):\d+: ", entry)
+        if m:
+            out.add(m.group(1))
+    return out
+
+
+def _notebook_html(run_dir: Path, notebook: str, withhold: bool = False) -> tuple[str | None, str]:
+    """Render ``notebook`` (relative) into ``html/`` unless up to date; return (rel html, note).
+
+    With ``withhold`` (the notebook was flagged by the secret scan) no HTML is
+    written and an existing one is removed, so the leak is not copied.
+    """
     src = run_dir / notebook
     if not src.is_file():
         return None, "notebook missing"
     rel = f"html/{Path(notebook).stem}.html"
     dst = run_dir / rel
+    if withhold:
+        dst.unlink(missing_ok=True)
+        return None, "HTML withheld: possible secret"
     try:
         if not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime:
             render_notebook_html(src, dst)
@@ -147,6 +165,7 @@ def _param_rows(params: Any) -> str:
 
 
 def _phase_rows(run_dir: Path, record: RunRecord | None, results: dict[str, PhaseResult]) -> str:
+    flagged = _flagged_files(record)
     entries: list[PhaseRun] = list(record.phases) if record else []
     known = {e.phase for e in entries}
     for name, res in results.items():  # results recorded outside the chain (e.g. by hand)
@@ -164,7 +183,7 @@ def _phase_rows(run_dir: Path, record: RunRecord | None, results: dict[str, Phas
         duration = e.duration_s if e.duration_s is not None else (res.duration_s if res else None)
         links = []
         if e.notebook:
-            rel_html, problem = _notebook_html(run_dir, e.notebook)
+            rel_html, problem = _notebook_html(run_dir, e.notebook, withhold=e.notebook in flagged)
             if rel_html:
                 links.append(_link(run_dir, rel_html, "notebook"))
             elif problem:
@@ -195,7 +214,8 @@ def render_index(run_dir: str | os.PathLike[str]) -> Path:
     """Write ``<run_dir>/index.html`` from ``run.json`` and ``results/``.
 
     Executed notebooks are rendered to ``html/NN_<phase>.html`` (only when the
-    notebook is newer than its HTML).  Links are relative and only emitted for
+    notebook is newer than its HTML; never for a notebook the secret scan
+    flagged in ``run.json``).  Links are relative and only emitted for
     files that exist in the run folder.
 
     Parameters
@@ -210,7 +230,7 @@ def render_index(run_dir: str | os.PathLike[str]) -> Path:
     """
     run_dir = Path(run_dir).resolve()
     record = load_run_record(run_dir)
-    results = load_results(run_dir)
+    results = load_results(run_dir, strict=False)
     title = f"{record.campaign} / {record.run_id}" if record else run_dir.name
     if record:
         outcome = record.outcome

@@ -200,15 +200,23 @@ def load_result(run_dir: str | os.PathLike[str], phase: str) -> PhaseResult | No
     return PhaseResult.model_validate_json(text)
 
 
-def load_results(run_dir: str | os.PathLike[str]) -> dict[str, PhaseResult]:
-    """Read every result in ``<run_dir>/results``, keyed by phase name (sorted)."""
+def load_results(run_dir: str | os.PathLike[str], *, strict: bool = True) -> dict[str, PhaseResult]:
+    """Read every result in ``<run_dir>/results``, keyed by phase name (sorted).
+
+    With ``strict=False`` an unreadable or invalid file is skipped instead of
+    raising.
+    """
     out: dict[str, PhaseResult] = {}
     folder = results_dir(run_dir)
     if not folder.is_dir():
         return out
     for path in sorted(folder.glob("*.json")):
         if PHASE_NAME.match(path.stem):
-            out[path.stem] = PhaseResult.model_validate_json(path.read_text(encoding="utf-8"))
+            try:
+                out[path.stem] = PhaseResult.model_validate_json(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                if strict:
+                    raise
     return out
 
 

@@ -209,13 +209,23 @@ def _declared_parameters(notebook: Path) -> set[str] | None:
     return set(declared) if declared else None
 
 
-def _supersede(run_dir: Path, phase: str) -> None:
-    """Move an earlier result of ``phase`` aside so it cannot pass for a new one."""
-    old = results_dir(run_dir) / f"{phase}.json"
-    if old.exists():
-        dest = results_dir(run_dir) / "superseded"
-        dest.mkdir(parents=True, exist_ok=True)
-        os.replace(old, dest / f"{phase}.{utcnow():%Y%m%dT%H%M%S%fZ}.json")
+def _supersede(run_dir: Path, phase: str, notebook: str | None = None) -> None:
+    """Move an earlier attempt of ``phase`` to ``superseded/`` so it cannot pass for a new one.
+
+    The result (and, if ``notebook`` is given, the executed notebook) are
+    moved, not deleted; the notebook's rendered HTML, derived, is removed.
+    """
+    stamp = f"{utcnow():%Y%m%dT%H%M%S%fZ}"
+    dest = run_dir / "superseded"
+    moves = [(results_dir(run_dir) / f"{phase}.json", dest / f"{phase}.{stamp}.json")]
+    if notebook:
+        stem = Path(notebook).stem
+        moves.append((run_dir / notebook, dest / f"{stem}.{stamp}.ipynb"))
+        (run_dir / "html" / f"{stem}.html").unlink(missing_ok=True)
+    for src, dst in moves:
+        if src.exists():
+            dest.mkdir(exist_ok=True)
+            os.replace(src, dst)
 
 
 def run_chain(
@@ -253,7 +263,9 @@ def run_chain(
     log : callable, optional
         Receives one short line per event (also appended to ``logs/chain.log``).
     resume : bool, optional
-        Skip phases whose result in ``run_dir`` already passed.
+        Skip the leading phases whose result in ``run_dir`` already passed;
+        from the first phase that runs again, all later phases run too.  An
+        earlier attempt's result and notebook are moved to ``superseded/``.
     campaign : str, optional
         Default: the run folder's parent folder name.
     cwd : path, optional
@@ -335,11 +347,12 @@ def run_chain(
 
     total = len(names)
     stop_reason = ""
+    executed = False  # once a phase runs again, every later phase must run again too
     try:
         for i, (name, entry) in enumerate(zip(names, record.phases, strict=True), start=1):
             tag = f"[{i}/{total}] {name}"
             out_nb = run_dir / notebooks[name].name
-            if resume:
+            if resume and not executed:
                 earlier = load_result(run_dir, name)
                 if earlier is not None and earlier.passed:
                     entry.status, entry.reason, entry.resumed = "pass", earlier.reason, True
@@ -347,7 +360,8 @@ def run_chain(
                     entry.notebook = out_nb.name if out_nb.exists() else None
                     say(f"{tag}: already passed, skipped")
                     continue
-            _supersede(run_dir, name)
+            _supersede(run_dir, name, out_nb.name)
+            executed = True
             entry.started = utcnow()
             write_run_record(run_dir, record)
             say(f"{tag}: running {notebooks[name].name}")
@@ -414,6 +428,7 @@ def run_chain(
                 stop_reason = f"{name} failed: {result.reason}"
                 for later in record.phases[i:]:
                     later.reason = f"not run: {name} failed"
+                    _supersede(run_dir, later.phase, notebooks[later.phase].name)
                 break
     except BaseException as exc:  # KeyboardInterrupt included: leave a truthful record
         record.outcome = "interrupted"
@@ -423,27 +438,39 @@ def run_chain(
         say(f"run interrupted: {record.reason}")
         try:
             render_index(run_dir)
-        finally:
-            raise
+        except Exception:  # the original exception matters more than a missing page
+            pass
+        raise
 
     record.finished = utcnow()
     record.outcome = "failed" if stop_reason else "passed"
     record.reason = stop_reason or f"all {total} phase(s) passed"
     write_run_record(run_dir, record)
-    index = render_index(run_dir)
+    base_reason = record.reason
 
+    def note(findings: list[Finding]) -> None:
+        rel = [f"{Path(f.path).relative_to(run_dir).as_posix()}:{f.line}: {f.kind}" for f in findings]
+        for line in rel[len(record.secret_findings) :][:20]:
+            say(f"secret scan: {line}")
+        files = sorted({Path(f.path).relative_to(run_dir).as_posix() for f in findings})
+        record.secret_findings = rel
+        record.outcome = "failed"
+        record.reason = f"possible secret in {', '.join(files)}; {base_reason}"
+        write_run_record(run_dir, record)
+
+    # scan what the phases wrote before rendering, so that a leak is not copied into the HTML
     findings = scan_for_secrets([run_dir], known, patterns=scan_patterns)
     if findings:
-        files = sorted({Path(f.path).relative_to(run_dir).as_posix() for f in findings})
-        record.secret_findings = [
-            f"{Path(f.path).relative_to(run_dir).as_posix()}:{f.line}: {f.kind}" for f in findings
-        ]
-        record.outcome = "failed"
-        leak = f"possible secret in {', '.join(files)}"
-        record.reason = f"{leak}; {record.reason}"
-        write_run_record(run_dir, record)
-        for line in record.secret_findings[:20]:
-            say(f"secret scan: {line}")
+        note(findings)
+    index = render_index(run_dir)  # withholds the HTML of flagged notebooks
+    late = [
+        f
+        for f in scan_for_secrets([index, run_dir / "html"], known, patterns=scan_patterns)
+        if f not in findings
+    ]
+    if late:
+        findings = findings + late
+        note(findings)
         index = render_index(run_dir)
     say(f"run {record.outcome}: {_short(record.reason, 1, 300)}; index: {index}")
     return ChainOutcome(

@@ -284,12 +284,17 @@ def redact_parameters(params: object) -> object:
     """Return a copy of ``params`` with values under secret-looking keys redacted.
 
     Keys matching :data:`SECRET_KEY_NAME` (password, token, secret, key, ...)
-    have their value replaced by ``"***redacted***"``, recursively through
-    dicts and lists.  Other values are returned unchanged.
+    have their value replaced by ``"***redacted***"`` (unless empty, ``None``
+    or a boolean flag), recursively through dicts and lists.  Other values
+    are returned unchanged.
     """
     if isinstance(params, dict):
         return {
-            k: (REDACTED if SECRET_KEY_NAME.search(str(k)) and v not in (None, "") else redact_parameters(v))
+            k: (
+                REDACTED
+                if SECRET_KEY_NAME.search(str(k)) and v not in (None, "") and not isinstance(v, bool)
+                else redact_parameters(v)
+            )
             for k, v in params.items()
         }
     if isinstance(params, (list, tuple)):
