@@ -139,7 +139,7 @@ def _notebook_html(run_dir: Path, notebook: str, withhold: bool = False) -> tupl
     dst = run_dir / rel
     if withhold:
         dst.unlink(missing_ok=True)
-        return None, "HTML withheld: possible secret"
+        return None, "HTML withheld: possible credential leak"
     try:
         if not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime:
             render_notebook_html(src, dst)
@@ -258,8 +258,8 @@ def render_index(run_dir: str | os.PathLike[str]) -> Path:
         more = len(record.secret_findings) - 100
         extra = f"<li>… {more} more</li>" if more > 0 else ""
         findings = (
-            '<h2>Secret scan</h2><p class="badge fail">possible secrets found — do not share this run '
-            f"folder until they are removed and the credentials rotated</p><ul>{items}{extra}</ul>"
+            '<h2>Secret scan</h2><p class="badge fail">possible credential leak — do not share this '
+            f"run folder until it is cleaned and the credentials are rotated</p><ul>{items}{extra}</ul>"
         )
 
     page = f"""<!DOCTYPE html>

@@ -15,6 +15,18 @@ chain of phases left behind::
 with papermill, passing ``run_dir`` and the given parameters, and stops at the
 first phase whose gate failed, that raised, or that recorded no result.  At the
 end the whole run folder is scanned for secrets; a finding fails the run.
+
+What a phase notebook must do to take part:
+
+* be named ``NN_<phase>.ipynb`` (``phase`` lower case, ``[a-z][a-z0-9_]*``);
+* have a code cell tagged ``parameters`` declaring ``run_dir = ""`` and every
+  other parameter it uses (only declared parameters are injected; never a
+  credential);
+* end with ``record_result(run_dir, PhaseResult(phase=..., passed=...,
+  reason=..., started=..., summary={...}, artifacts=[...]))`` from
+  :mod:`multisite_nb.results` — no result counts as a failed gate;
+* put long tables in ``save_table(run_dir, phase, name, df)`` and show
+  ``summarize(df)``.
 """
 
 from __future__ import annotations
@@ -455,7 +467,7 @@ def run_chain(
         files = sorted({Path(f.path).relative_to(run_dir).as_posix() for f in findings})
         record.secret_findings = rel
         record.outcome = "failed"
-        record.reason = f"possible secret in {', '.join(files)}; {base_reason}"
+        record.reason = f"possible credential leak in {', '.join(files)}; {base_reason}"
         write_run_record(run_dir, record)
 
     # scan what the phases wrote before rendering, so that a leak is not copied into the HTML

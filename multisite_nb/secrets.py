@@ -42,6 +42,9 @@ __all__ = [
 #: Secrets shorter than this are not searched for by value (too many false hits).
 MIN_SECRET_LENGTH = 4
 
+#: Secrets shorter than this only match as a whole word (``secret`` not in ``secrets``).
+WHOLE_WORD_BELOW = 12
+
 #: Files larger than this are scanned only up to this many bytes.
 MAX_SCAN_BYTES = 64 * 1024 * 1024
 
@@ -109,12 +112,19 @@ class Finding(BaseModel):
         return f"{self.path}:{self.line}: {self.kind}"
 
 
-def _spellings(secret: str) -> set[str]:
-    """The secret as it may appear in plain text, JSON strings and HTML."""
+def _spellings(secret: str) -> re.Pattern[str]:
+    """A pattern for the secret as it may appear in plain text, JSON strings and HTML.
+
+    Short secrets (below :data:`WHOLE_WORD_BELOW` characters) must stand as a
+    whole word, so that a weak password does not flag ordinary prose.
+    """
     forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
     forms |= {html.escape(f) for f in list(forms)}
     forms |= {html.escape(f, quote=False) for f in list(forms)}
-    return {f for f in forms if f}
+    alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True) if f)
+    if len(secret) < WHOLE_WORD_BELOW:
+        return re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
+    return re.compile(alternatives)
 
 
 def _iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
@@ -164,8 +174,8 @@ def scan_for_secrets(
         text = data.decode("utf-8", errors="replace")
         seen: set[tuple[int, str]] = set()
         for lineno, line in enumerate(text.splitlines(), start=1):
-            for i, forms in spellings:
-                if any(f in line for f in forms):
+            for i, rx in spellings:
+                if rx.search(line):
                     seen.add((lineno, f"known secret #{i}"))
             if not patterns:
                 continue

@@ -232,6 +232,12 @@ def test_scan_patterns_and_values(tmp_path: Path) -> None:
     assert scan_for_secrets([tmp_path / "a.log"], [], patterns=False) == []
 
 
+def test_short_secret_matches_whole_words_only(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("no secrets here\nSecret scan\nlogin with secret now\n")
+    found = scan_for_secrets([tmp_path], ["secret"], patterns=False)
+    assert [(f.line, f.kind) for f in found] == [(3, "known secret #1")]
+
+
 def test_redact_parameters() -> None:
     params = {
         "rucio_password": "x",
@@ -345,7 +351,7 @@ def test_planted_secret_fails_the_run(tmp_path: Path, kernel: str) -> None:
     for clean in (run_dir / "run.json", run_dir / "index.html", run_dir / "logs" / "chain.log"):
         assert SECRET not in clean.read_text(), clean.name
     assert all(SECRET not in line for line in lines)
-    assert "possible secrets found" in (run_dir / "index.html").read_text()
+    assert "possible credential leak" in (run_dir / "index.html").read_text()
     assert not (run_dir / "html" / "01_alpha.html").exists()  # the leak is not copied into HTML
     assert "HTML withheld" in (run_dir / "index.html").read_text()
     assert_links_resolve(run_dir)
