@@ -1,0 +1,592 @@
+"""The embedded world's real Rucio service: server, database and site daemons, by PID.
+
+:class:`RucioServer` runs Rucio 41 from its own venv (``.venv-rucio``; its pins clash with the
+toolkit's) on 127.0.0.1 with a SQLite database, everything inside one folder::
+
+    ROOT/
+      server.cfg         server-side Rucio config (no secret in it)
+      client.cfg         client config for the toolkit, the CLI and notebooks (mode 0600:
+                         it holds the service account's password)
+      secrets.json       generated passwords (mode 0600)
+      state.json         the port, remembered across ups
+      spec.json          account, scopes, RSEs, quota: input of rucio_side/bootstrap.py
+      rucio.db           the SQLite database
+      tokens/token       the client's cached auth token (auth_token_file_path)
+      transfers/         job files of the posix transfertool
+      run/*.pid          PIDs of gunicorn and the site-services daemon (own process groups)
+      logs/              gunicorn.log, site_services.log (rotated), bootstrap.log
+
+Processes: ``gunicorn app:application`` (``-w 1 --threads 1``: SQLite) and
+``site_services.py`` (Rucio's conveyor submitter/poller/finisher with a posix transfertool,
+judge injector/evaluator/repairer/cleaner, abacus), both from ``rucio_side/``.
+
+Only the standard library is used here: the toolkit never imports the Rucio server.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import io
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RucioServer", "RucioServerError"]
+
+RUCIO_SIDE = Path(__file__).resolve().parent / "rucio_side"
+#: The lfn2pfn algorithm registered by ``rucio_side/world_policy.py``: ``scope:NAME`` -> ``<prefix>/NAME``.
+LFN2PFN_ALGORITHM = "butler_path"
+_PROCESSES = ("gunicorn", "site_services")
+_LOG_MAX_BYTES = 5 * 1024 * 1024
+
+
+class RucioServerError(RuntimeError):
+    """The Rucio service could not be started or configured (the message names the log)."""
+
+
+def _default_venv() -> Path:
+    env = os.environ.get("MULTISITE_NB_RUCIO_VENV")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / ".venv-rucio"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _port_bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """Start time (clock ticks since boot) of a live, non-zombie process; None otherwise."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 (created that way, never world-readable)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _rotate(log: Path) -> None:
+    if log.exists() and log.stat().st_size > _LOG_MAX_BYTES:
+        os.replace(log, log.with_name(log.name + ".1"))
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class RucioServer:
+    """A real Rucio server with site daemons for the embedded world, managed by PID.
+
+    Parameters
+    ----------
+    root : Path
+        The world's Rucio folder (config, database, logs, PIDs; created if missing).
+    rses : Mapping[str, Path]
+        RSE name -> its prefix directory. A file DID ``scope:NAME`` lives at ``<prefix>/NAME``.
+    scopes : Sequence[str]
+        Scopes to create (owned by ``account``).
+    venv : Path, optional
+        The Rucio server venv; default ``$MULTISITE_NB_RUCIO_VENV`` or ``<repo>/.venv-rucio``.
+    port : int, optional
+        Loopback port; None picks a free one on the first ``up`` and remembers it.
+    account : str
+        The service account the clients use (``admin`` attribute, userpass identity).
+    quota_bytes : int
+        The account's local limit on every RSE (-1: unlimited).
+    """
+
+    def __init__(self, root: Path, rses: Mapping[str, Path], scopes: Sequence[str], *,
+                 venv: Path | None = None, port: int | None = None, account: str = "multisite",
+                 quota_bytes: int = 100 * 1024**4) -> None:
+        self.root = Path(root).resolve()
+        self.rses = {name: Path(prefix).resolve() for name, prefix in rses.items()}
+        self.scopes = list(dict.fromkeys(scopes))
+        self.venv = Path(venv) if venv is not None else _default_venv()
+        self._port_arg = port
+        self.account = account
+        self.quota_bytes = quota_bytes
+        self._children: dict[str, subprocess.Popen] = {}
+
+    # -- paths -----------------------------------------------------------------------------
+    @property
+    def server_config(self) -> Path:
+        """The server-side Rucio config (no secrets)."""
+        return self.root / "server.cfg"
+
+    @property
+    def client_config(self) -> Path:
+        """The client config: host, userpass credentials, token file inside ``root``."""
+        return self.root / "client.cfg"
+
+    @property
+    def log_dir(self) -> Path:
+        """Where gunicorn, the site services and the bootstrap log."""
+        return self.root / "logs"
+
+    @property
+    def port(self) -> int | None:
+        """The port in use or remembered (None before the first ``up`` with ``port=None``)."""
+        if self._port_arg is not None:
+            return self._port_arg
+        return self._state().get("port")
+
+    @property
+    def url(self) -> str | None:
+        """``http://127.0.0.1:<port>`` or None."""
+        return f"http://127.0.0.1:{self.port}" if self.port else None
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for Rucio clients (rucio-clients, ``rucio`` CLI) of this world."""
+        return {"RUCIO_CONFIG": str(self.client_config)}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def up(self, timeout: float = 90.0) -> bool:
+        """Start the server and the site daemons; idempotent.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the bootstrap, ``/ping`` and the daemons' first cycle.
+
+        Returns
+        -------
+        bool
+            False if it was already up and healthy (nothing changed), True if started.
+
+        Raises
+        ------
+        RucioServerError
+            If a step fails; what was started is stopped again, the message names the log.
+        """
+        if self.is_up():
+            return False
+        self.down()  # leftovers of a partial world (e.g. one process died)
+        python = self.venv / "bin" / "python"
+        if not python.exists():
+            raise RucioServerError(f"no Rucio server venv at {self.venv} (run scripts/setup.sh)")
+        for sub in ("", "logs", "run", "tokens", "transfers"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        for prefix in self.rses.values():
+            prefix.mkdir(parents=True, exist_ok=True)
+        port = self._choose_port()
+        creds = self._secrets()
+        self._write_server_config()
+        self._write_client_config(port, creds["password"])
+        self._write_spec()
+        for name in ("gunicorn.log", "site_services.out", "bootstrap.log"):
+            _rotate(self.log_dir / name)
+        ready = self.root / "run" / "site_services.ready"
+        ready.unlink(missing_ok=True)
+        deadline = time.monotonic() + timeout
+        spec_digest = self._spec_digest()
+        # The bootstrap (~1.5 s) is skipped when the database exists and was last set up from
+        # this very spec; ``sync()`` forces it.
+        need_bootstrap = not (self.root / "rucio.db").exists() or self._state().get("spec_sha256") != spec_digest
+        try:
+            # gunicorn imports Rucio (~1.5 s) while the bootstrap builds/updates the database.
+            self._spawn("gunicorn", [
+                str(python), "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                "--threads", "1", "--no-control-socket", "--timeout", "900", "--graceful-timeout", "10",
+                "--pythonpath", str(RUCIO_SIDE), "--error-logfile", "-", "app:application",
+            ], self.log_dir / "gunicorn.log")
+            if need_bootstrap:
+                result = self._run_bootstrap(python, deadline)
+                if result["created_db"]:
+                    # A new database knows no token: drop a token cached for an older one.
+                    (self.root / "tokens" / "token").unlink(missing_ok=True)
+                self._update_state(spec_sha256=spec_digest)
+            self._spawn("site_services", [
+                str(python), str(RUCIO_SIDE / "site_services.py"),
+                "--log", str(self.log_dir / "site_services.log"), "--ready-file", str(ready),
+            ], self.log_dir / "site_services.out")
+            self._wait_ready(port, ready, deadline)
+        except BaseException:
+            self.down()
+            raise
+        return True
+
+    def down(self, timeout: float = 20.0) -> None:
+        """Stop every process this world started (SIGTERM to its group, then SIGKILL); idempotent.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for a graceful stop before killing.
+        """
+        running = {name: pid for name in _PROCESSES if (pid := self._live_pid(name)) is not None}
+        for pid in running.values():
+            self._signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while running and time.monotonic() < deadline:
+            self._reap()
+            running = {n: p for n, p in running.items() if self._live_pid(n) is not None}
+            if running:
+                time.sleep(0.05)
+        for pid in running.values():
+            self._signal_group(pid, signal.SIGKILL)
+        kill_deadline = time.monotonic() + 5
+        while running and time.monotonic() < kill_deadline:
+            self._reap()
+            running = {n: p for n, p in running.items() if self._live_pid(n) is not None}
+            if running:
+                time.sleep(0.05)
+        if running:
+            raise RucioServerError(f"could not stop {sorted(running)} (pids {sorted(running.values())})")
+        for name in _PROCESSES:
+            (self.root / "run" / f"{name}.pid").unlink(missing_ok=True)
+        port = self.port
+        port_deadline = time.monotonic() + 5
+        while port and _port_listening(port) and time.monotonic() < port_deadline:
+            time.sleep(0.05)
+
+    def is_up(self) -> bool:
+        """True if both processes are alive and the server answers ``/ping``."""
+        return all(self._live_pid(n) is not None for n in _PROCESSES) and self._ping() is not None
+
+    def status(self) -> dict[str, Any]:
+        """What is running and what Rucio knows, without raising.
+
+        Returns
+        -------
+        dict
+            ``up``, ``reachable``, ``version``, ``port``, ``url``, ``root``, ``client_config``,
+            ``processes`` (name -> pid, alive) and ``rses`` (name -> ``exists`` in Rucio (None if
+            unreachable), ``prefix``, ``prefix_exists``, ``lfn2pfn_algorithm``).
+        """
+        processes = {}
+        for name in _PROCESSES:
+            pid = self._live_pid(name)
+            recorded = self._read_pid(name)
+            processes[name] = {"pid": pid if pid is not None else (recorded or {}).get("pid"),
+                               "alive": pid is not None}
+        ping = self._ping()
+        rses: dict[str, dict[str, Any]] = {}
+        known: dict[str, dict[str, Any]] | None = None
+        if ping is not None:
+            try:
+                known = self._rse_attributes()
+            except Exception:  # noqa: BLE001 - status must always answer
+                known = None
+        for name, prefix in self.rses.items():
+            rses[name] = {
+                "exists": None if known is None else name in known,
+                "prefix": str(prefix),
+                "prefix_exists": prefix.is_dir(),
+                "lfn2pfn_algorithm": (known or {}).get(name, {}).get("lfn2pfn_algorithm"),
+            }
+        return {
+            "up": ping is not None and all(p["alive"] for p in processes.values()),
+            "reachable": ping is not None,
+            "version": (ping or {}).get("version"),
+            "port": self.port,
+            "url": self.url,
+            "root": str(self.root),
+            "client_config": str(self.client_config),
+            "account": self.account,
+            "processes": processes,
+            "rses": rses,
+        }
+
+    def sync(self) -> list[str]:
+        """Re-apply account/scopes/RSEs/distances/quotas (e.g. after adding an RSE); returns changes.
+
+        Safe while up (the daemons pick RSE changes up within ~30 s). Never deletes anything.
+        """
+        self._write_spec()
+        result = self._run_bootstrap(self.venv / "bin" / "python", time.monotonic() + 120)
+        self._update_state(spec_sha256=self._spec_digest())
+        return result["changes"]
+
+    def _spec_digest(self) -> str:
+        # Spec and secrets: a regenerated password must reach the database too.
+        data = (self.root / "spec.json").read_bytes() + (self.root / "secrets.json").read_bytes()
+        return hashlib.sha256(data).hexdigest()
+
+    # -- internals: configuration ----------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.root / "state.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _choose_port(self) -> int:
+        if self._port_arg is not None:
+            if not _port_bindable(self._port_arg):
+                raise RucioServerError(f"port {self._port_arg} on 127.0.0.1 is in use")
+            port = self._port_arg
+        else:
+            port = self._state().get("port")
+            if not port or not _port_bindable(port):
+                port = _free_port()
+        self._update_state(port=port)
+        return port
+
+    def _update_state(self, **values: Any) -> None:
+        state = self._state()
+        state.update(values)
+        (self.root / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+
+    def _secrets(self) -> dict[str, str]:
+        path = self.root / "secrets.json"
+        try:
+            data = json.loads(path.read_text())
+            if data.get("password") and data.get("root_password"):
+                return data
+        except (OSError, ValueError):
+            pass
+        data = {"password": secrets.token_urlsafe(24), "root_password": secrets.token_urlsafe(24)}
+        _write_private(path, json.dumps(data) + "\n")
+        return data
+
+    def _write_server_config(self) -> None:
+        cfg = configparser.ConfigParser(interpolation=None)
+        cfg.read_dict({
+            "common": {"loglevel": "WARNING"},
+            "database": {"default": f"sqlite:///{self.root / 'rucio.db'}?timeout=60"},
+            # The root account gets a userpass identity only (its password is injected by
+            # bootstrap.py in memory); no default x509/gss/ssh identities.
+            "bootstrap": {"userpass_identity": "root", "userpass_email": "root@localhost",
+                          "x509_identity": "", "x509_email": "", "gss_identity": "", "gss_email": "",
+                          "ssh_identity": "", "ssh_email": ""},
+            "alembic": {"cfg": str(RUCIO_SIDE / "alembic.ini")},
+            "policy": {"permission": "generic", "schema": "generic", "lfn2pfn_module": "world_policy"},
+            # Unreachable memcached: Rucio then disables its caches (no stale RSE info, and no
+            # sharing with another world).
+            "cache": {"url": "127.0.0.1:1"},
+            "conveyor": {"transfertool": "posix", "scheme": "file"},
+            "transfers": {"stats_enabled": "False", "multihop_rse_expression": ""},
+            "posix_transfertool": {"job_dir": str(self.root / "transfers")},
+        })
+        with open(self.server_config, "w") as f:
+            f.write("# Rucio server config of the embedded world (generated by multisite_nb; no secrets).\n")
+            cfg.write(f)
+
+    def _write_client_config(self, port: int, password: str) -> None:
+        cfg = configparser.ConfigParser(interpolation=None)
+        cfg.read_dict({"client": {
+            "rucio_host": f"http://127.0.0.1:{port}",
+            "auth_host": f"http://127.0.0.1:{port}",
+            "auth_type": "userpass",
+            "username": self.account,
+            "password": password,
+            "account": self.account,
+            "auth_token_file_path": str(self.root / "tokens" / "token"),
+            "request_retries": "3",
+        }})
+        buf = io.StringIO()
+        buf.write("# Rucio client config of the embedded world (generated; holds a password: mode 0600).\n")
+        cfg.write(buf)
+        _write_private(self.client_config, buf.getvalue())
+
+    def _site_of(self, rse: str) -> str:
+        return rse.split("_")[0] if "_" in rse else rse
+
+    def _write_spec(self) -> None:
+        spec = {
+            "account": self.account,
+            "email": f"{self.account}@localhost",
+            "secrets_file": str(self.root / "secrets.json"),
+            "alembic_ini": str(RUCIO_SIDE / "alembic.ini"),
+            "scopes": self.scopes,
+            "quota_bytes": self.quota_bytes,
+            "distance": 1,
+            "rses": {
+                name: {"prefix": str(prefix), "attributes": {
+                    "site": self._site_of(name),
+                    "fts": "posix://localhost",
+                    "lfn2pfn_algorithm": LFN2PFN_ALGORITHM,
+                }}
+                for name, prefix in self.rses.items()
+            },
+        }
+        (self.root / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
+
+    # -- internals: processes --------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "GUNICORN_CMD_ARGS")
+               and not k.startswith("RUCIO_")}
+        env.update({
+            "RUCIO_CONFIG": str(self.server_config),
+            "PYTHONPATH": str(RUCIO_SIDE),
+            "PYTHONWARNINGS": "ignore::DeprecationWarning",
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    def _run_bootstrap(self, python: Path, deadline: float) -> dict[str, Any]:
+        log = self.log_dir / "bootstrap.log"
+        with open(log, "a") as err:
+            proc = subprocess.run(
+                [str(python), str(RUCIO_SIDE / "bootstrap.py"), str(self.root / "spec.json")],
+                cwd=self.root, env=self._env(), stdout=subprocess.PIPE, stderr=err, text=True,
+                timeout=max(5.0, deadline - time.monotonic()), check=False)
+        if proc.returncode != 0:
+            raise RucioServerError(f"Rucio bootstrap failed (exit {proc.returncode}); see {log}:\n{_tail(log)}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        with open(log, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {json.dumps(result)}\n")
+        return result
+
+    def _spawn(self, name: str, cmd: list[str], log: Path) -> None:
+        with open(log, "a") as out:
+            proc = subprocess.Popen(cmd, cwd=self.root, env=self._env(), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self._children[name] = proc
+        start = _proc_start_time(proc.pid)
+        record = {"pid": proc.pid, "start_time": start, "cmd": cmd[:3]}
+        (self.root / "run" / f"{name}.pid").write_text(json.dumps(record) + "\n")
+
+    def _read_pid(self, name: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.root / "run" / f"{name}.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _live_pid(self, name: str) -> int | None:
+        """PID of process ``name`` if it is alive and is the one we started (not a reused PID)."""
+        self._reap()
+        record = self._read_pid(name)
+        if not record:
+            return None
+        pid = int(record["pid"])
+        start = _proc_start_time(pid)
+        if start is None or (record.get("start_time") is not None and start != record["start_time"]):
+            return None
+        return pid
+
+    def _reap(self) -> None:
+        for name, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                del self._children[name]
+
+    @staticmethod
+    def _signal_group(pid: int, sig: int) -> None:
+        try:
+            os.killpg(pid, sig)  # started with start_new_session: pgid == pid
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _wait_ready(self, port: int, ready: Path, deadline: float) -> None:
+        pinged = daemon_ready = False
+        while time.monotonic() < deadline:
+            for name, log in (("gunicorn", "gunicorn.log"), ("site_services", "site_services.out")):
+                if self._live_pid(name) is None:
+                    raise RucioServerError(f"{name} exited during start-up; see {self.log_dir / log}:\n"
+                                           f"{_tail(self.log_dir / log)}")
+            pinged = pinged or self._ping(port) is not None
+            daemon_ready = daemon_ready or ready.exists()
+            if pinged and daemon_ready:
+                return
+            time.sleep(0.05)
+        raise RucioServerError(
+            f"Rucio not ready after the timeout (ping: {pinged}, site services: {daemon_ready}); "
+            f"see {self.log_dir}")
+
+    # -- internals: HTTP -------------------------------------------------------------------
+    def _ping(self, port: int | None = None) -> dict[str, Any] | None:
+        port = port or self.port
+        if not port:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
+                return json.loads(resp.read().decode())
+        except (OSError, ValueError):
+            return None
+
+    def _token(self) -> str:
+        cfg = configparser.ConfigParser(interpolation=None)
+        cfg.read(self.client_config)
+        client = cfg["client"]
+        req = urllib.request.Request(f"{self.url}/auth/userpass", headers={
+            "X-Rucio-Account": client["account"], "X-Rucio-Username": client["username"],
+            "X-Rucio-Password": client["password"]})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.headers["X-Rucio-Auth-Token"]
+
+    def _rse_attributes(self) -> dict[str, dict[str, Any]]:
+        """RSE name -> attributes, for the RSEs of this world that Rucio knows."""
+        token = self._token()
+        found: dict[str, dict[str, Any]] = {}
+        for name in self.rses:
+            req = urllib.request.Request(f"{self.url}/rses/{name}/attr/",
+                                         headers={"X-Rucio-Auth-Token": token})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    found[name] = json.loads(resp.read().decode())
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    raise
+        return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Tiny CLI for manual use: ``python -m multisite_nb.world.rucio_server ROOT up|down|status``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2 or args[1] not in ("up", "down", "status"):
+        print("usage: rucio_server ROOT up|down|status  (RSEs/scopes from ROOT/spec.json)", file=sys.stderr)
+        return 2
+    root = Path(args[0])
+    spec = json.loads((root / "spec.json").read_text())
+    server = RucioServer(root, {n: Path(r["prefix"]) for n, r in spec["rses"].items()}, spec["scopes"],
+                         account=spec["account"], quota_bytes=spec["quota_bytes"])
+    if args[1] == "up":
+        print("started" if server.up() else "already up")
+    elif args[1] == "down":
+        server.down()
+    else:
+        print(json.dumps(server.status(), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
