@@ -117,7 +117,7 @@ def run(params: str, phases: str, world_dir: str | None, runs_root: str | None, 
     )
     click.echo(f"run folder: {run_dir}")
     click.echo(f"index: {run_dir / 'index.html'}")
-    if not outcome.ok:
+    if not outcome.passed:
         raise click.ClickException(f"stopped: {outcome.reason}")
 
 

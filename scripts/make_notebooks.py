@@ -1,0 +1,113 @@
+"""Write the phase notebooks (stored without outputs). Edit here, run, commit both.
+
+Notebooks are views: a parameters cell, one library call per phase, then what a person
+wants to see. Run: ``.venv/bin/python scripts/make_notebooks.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent.parent / "notebooks"
+
+PARAMS = '''# Parameters (papermill overrides these; credentials never go here)
+campaign_file = "parameters/campaign_3x3.yaml"
+run_dir = ""'''
+
+SETUP = '''import os
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from multisite_nb import phases
+from multisite_nb.config import load_campaign, repo_root
+from multisite_nb.results import summarize
+from multisite_nb.runbook import new_run
+
+os.chdir(repo_root())  # paths in parameters are relative to the checkout
+campaign = load_campaign(campaign_file)
+if not run_dir:  # interactive use: a fresh run folder
+    run_dir = str(new_run(repo_root() / "runs", campaign.name))
+display(Markdown(f"**Campaign** `{campaign.name}` — central {campaign.central}, sites {', '.join(campaign.remote_sites)}; run folder `{run_dir}`"))'''
+
+GATE = '''display(Markdown(f"### Gate: {'PASSED' if result.passed else 'FAILED'}\\n\\n{result.reason}"))
+assert result.passed, result.reason'''
+
+
+def nb(title: str, intro: str, cells: list) -> nbformat.NotebookNode:
+    book = new_notebook()
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    p = new_code_cell(PARAMS)
+    p.metadata["tags"] = ["parameters"]
+    book.cells = [new_markdown_cell(f"# {title}\n\n{intro}"), p, new_code_cell(SETUP), *cells]
+    return book
+
+
+NOTEBOOKS = {
+    "01_placement": nb(
+        "Phase 1 — data placement",
+        "What each site needs: raws whose visit/detector regions overlap the site's sky units "
+        "(spatial registry query at the central Butler), plus the calibrations, reference catalog "
+        "shards and sky map the site stages consume (derived from the pipeline graph). Raws more "
+        "than one site needs are *boundary* data and are placed at each.",
+        [
+            new_code_cell("result, plan = phases.placement(campaign, run_dir)\n"
+                          "pd.DataFrame(plan.counts()).set_index('site')"),
+            new_markdown_cell("## Boundary visits and their cost"),
+            new_code_cell("cost = plan.boundary_cost()\n"
+                          "display(Markdown(f\"{len(plan.boundary_visits)} boundary visits; \"\n"
+                          "                 f\"{cost['files']} raws needed by more than one site, \"\n"
+                          "                 f\"{cost['extra_copies']} extra copies ({cost['extra_bytes']} bytes)\"))\n"
+                          "pd.DataFrame([{'visit': v, 'sites': ', '.join(s)} for v, s in plan.boundary_visits.items()])"),
+            new_markdown_cell("## Sky: sky units by site, planned visit footprints (dashed: boundary visits)"),
+            new_code_cell("from multisite_nb.sky import plot_sky\n_ = plot_sky(campaign, plan)"),
+            new_markdown_cell("## Per-site manifest (first rows; the full CSVs are in the run folder)"),
+            new_code_cell("for site in plan.sites:\n"
+                          "    display(Markdown(f'**{site}**'))\n"
+                          "    display(summarize(pd.DataFrame(plan.manifest_rows(site)), max_rows=6))"),
+            new_code_cell(GATE),
+        ],
+    ),
+    "02_transfer": nb(
+        "Phase 2 — transfer and ingest",
+        "Dimension records travel first, then the data: the planned files are registered where "
+        "they sit at the central site (replicas, datasets, `rubin_butler` / `rubin_sidecar` metadata), "
+        "one replication rule per site moves them, Rucio's conveyor copies and checks them, and what "
+        "arrived is ingested in place into each site's Butler with the same dataset UUIDs. "
+        "Re-running creates no second rule and no second ingest.",
+        [
+            new_code_cell("result, outcomes = phases.transfer(campaign, run_dir)\n"
+                          "pd.DataFrame([o.as_row() for o in outcomes]).set_index('shipment')"),
+            new_code_cell(GATE),
+        ],
+    ),
+    "03_verify": nb(
+        "Phase 3 — verification",
+        "Per site, the plan against Rucio (rule OK, replicas AVAILABLE: dataset counts first, files "
+        "only where counts differ), the site's Butler (same UUID, planned collection) and the disk "
+        "(size and adler32).",
+        [
+            new_code_cell("result, reports = phases.verify(campaign, run_dir)\n"
+                          "pd.DataFrame([r.counts() for r in reports]).set_index('site')"),
+            new_code_cell("from multisite_nb.verify import problems_table\n"
+                          "problems = pd.DataFrame(problems_table(reports))\n"
+                          "summarize(problems) if len(problems) else Markdown('No problems.')"),
+            new_code_cell(GATE),
+        ],
+    ),
+}
+
+
+def main() -> None:
+    HERE.mkdir(exist_ok=True)
+    for name, book in NOTEBOOKS.items():
+        nbformat.write(book, HERE / f"{name}.ipynb")
+        print(HERE / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    main()
