@@ -34,8 +34,8 @@ if not run_dir:  # interactive use: a fresh run folder
     run_dir = str(new_run(repo_root() / "runs", campaign.name))
 display(Markdown(f"**Campaign** `{campaign.name}` — central {campaign.central}, sites {', '.join(campaign.remote_sites)}; run folder `{run_dir}`"))'''
 
-GATE = '''display(Markdown(f"### Gate: {'PASSED' if result.passed else 'FAILED'}\\n\\n{result.reason}"))
-assert result.passed, result.reason'''
+GATE = '''# The chain reads the recorded result; a failed gate stops it with this reason.
+display(Markdown(f"### Gate: {'PASSED' if result.passed else 'FAILED'}\\n\\n{result.reason}"))'''
 
 
 def nb(title: str, intro: str, cells: list) -> nbformat.NotebookNode:
