@@ -23,7 +23,6 @@ with ``--mock``, which would rename every dataset type).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -54,9 +53,6 @@ __all__ = [
     "StandInTask",
     "data_id_dict",
 ]
-
-_LOG = logging.getLogger(__name__)
-
 
 class StandInFailure(RuntimeError):
     """Raised by a quantum that matches ``fail_condition`` (an injected failure)."""

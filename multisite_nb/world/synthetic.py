@@ -18,7 +18,7 @@ two tracts.
 
 A target visit's footprint is the bounding box of its target's patches, shrunk by
 ``footprint_inset_deg`` and dithered by at most ``dither_deg`` (< the inset): it covers
-about 95 % of the target patches and overlaps no other patch, so the spatial join
+about 85 % of the target patches (2 x 1 patches) and overlaps no other patch, so the spatial join
 visit <-> patch returns exactly the target patches.
 
 Boundary visits
@@ -180,6 +180,8 @@ class SkySpec(BaseModel):
             raise ValueError("detector_grid must be at least (1, 1)")
         if len({b.band for b in self.bands}) != len(self.bands):
             raise ValueError("bands must be unique")
+        if len(self.bands) * max(self.visits_per_band, self.boundary_visits) >= 1000:
+            raise ValueError("at most 999 visits a night (visit id = (night + 1) * 1000 + seq_num)")
         return self
 
     @classmethod
@@ -560,6 +562,8 @@ def build_sky(spec: SkySpec | None = None) -> SkyModel:
                 "(see SkySpec.neighbours_example())"
             )
         night = len(spec.targets)
+        if len(pairs) * len(spec.bands) * spec.boundary_visits >= 1000:
+            raise ValueError("too many boundary visits for one night (at most 999)")
         seq = 0
         for a, b, pa, pb in pairs:
             mid = _Frame(*_midpoint(pa, pb))
