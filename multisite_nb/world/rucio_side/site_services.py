@@ -34,9 +34,11 @@ import threading
 import time
 from typing import Any, Callable
 
-import world_policy  # noqa: F401  (must come before rucio.core: caps chunks, registers lfn2pfn)
+import world_policy  # (must come before rucio.core: caps chunks, registers lfn2pfn)
 
-import posix_transfertool
+world_policy.patch_core()
+
+import posix_transfertool  # noqa: E402
 
 posix_transfertool.register()
 
@@ -75,29 +77,35 @@ def _stop(signum: int, frame: Any) -> None:
         event.set()
 
 
+_PROBE: tuple[list[str], Any] | None = None
+
+
 def probe() -> dict[str, bool]:
-    """Which daemon queues hold work, in one read."""
-    req = models.Request
-    queries = {
-        "inject": exists().where(models.ReplicationRule.state == RuleState.INJECT),
-        "evaluate": exists().where(models.UpdatedDID.id.isnot(None)),
-        "submit": exists().where(req.state == RequestState.QUEUED, req.request_type.in_(TRANSFER_TYPES)),
-        "poll": exists().where(req.state == RequestState.SUBMITTED, req.request_type.in_(TRANSFER_TYPES)),
-        "finish": exists().where(req.state.in_(FINISHER_STATES), req.request_type.in_(TRANSFER_TYPES)),
-        "abacus_account": exists().where(models.UpdatedAccountCounter.id.isnot(None)),
-        "abacus_rse": exists().where(models.UpdatedRSECounter.id.isnot(None)),
-        "abacus_collection": exists().where(models.UpdatedCollectionReplica.id.isnot(None)),
-    }
-    names = list(queries)
+    """Which daemon queues hold work, in one cheap read (the statement is built once)."""
+    global _PROBE
+    if _PROBE is None:
+        req = models.Request
+        queries = {
+            "inject": exists().where(models.ReplicationRule.state == RuleState.INJECT),
+            "evaluate": exists().where(models.UpdatedDID.id.isnot(None)),
+            "submit": exists().where(req.state == RequestState.QUEUED, req.request_type.in_(TRANSFER_TYPES)),
+            "poll": exists().where(req.state == RequestState.SUBMITTED, req.request_type.in_(TRANSFER_TYPES)),
+            "finish": exists().where(req.state.in_(FINISHER_STATES), req.request_type.in_(TRANSFER_TYPES)),
+            "abacus_account": exists().where(models.UpdatedAccountCounter.id.isnot(None)),
+            "abacus_rse": exists().where(models.UpdatedRSECounter.id.isnot(None)),
+            "abacus_collection": exists().where(models.UpdatedCollectionReplica.id.isnot(None)),
+        }
+        _PROBE = (list(queries), select(*queries.values()))
+    names, stmt = _PROBE
     with get_session()() as session:
-        row = session.execute(select(*[queries[n] for n in names])).one()
+        row = session.execute(stmt).one()
     return dict(zip(names, (bool(v) for v in row)))
 
 
 class SiteServices:
     """Rucio's daemons for one world, stepped by :meth:`cycle`."""
 
-    def __init__(self, *, bulk: int = 500, slow_period: float = 30.0) -> None:
+    def __init__(self, *, bulk: int = 200, slow_period: float = 30.0) -> None:
         self.bulk = bulk
         self.slow_period = slow_period
         self.last_slow = 0.0
