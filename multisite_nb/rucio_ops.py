@@ -125,7 +125,7 @@ class RucioOps:
         for part in chunked(list(names), 1000):
             dids = [{"scope": self.scope, "name": n} for n in part]
             try:
-                for rep in self.client.list_replicas(dids, all_states=True, rse_expression=rse):
+                for rep in self.client.list_replicas(dids, all_states=True, rse_expression=rse, sort="random"):
                     if rep.get("rses", {}).get(rse) is not None or rse in rep.get("states", {}):
                         found.add(rep["name"])
             except Exception as exc:  # list_replicas on unknown DIDs raises DataIdentifierNotFound
@@ -134,7 +134,7 @@ class RucioOps:
                 for n in part:  # fall back per file
                     try:
                         for rep in self.client.list_replicas(
-                            [{"scope": self.scope, "name": n}], all_states=True, rse_expression=rse
+                            [{"scope": self.scope, "name": n}], all_states=True, rse_expression=rse, sort="random"
                         ):
                             if rse in rep.get("states", {}):
                                 found.add(n)
@@ -243,7 +243,7 @@ class RucioOps:
         states: dict[str, str] = {}
         for part in chunked(list(names), 1000):
             dids = [{"scope": self.scope, "name": n} for n in part]
-            for rep in self.client.list_replicas(dids, all_states=True, rse_expression=rse):
+            for rep in self.client.list_replicas(dids, all_states=True, rse_expression=rse, sort="random"):
                 st = rep.get("states", {}).get(rse)
                 if st is not None:
                     states[rep["name"]] = str(st)

@@ -116,17 +116,23 @@ def export_records(butler: Any, values: Mapping[str, set[Any]], path: Path) -> i
                 v = getattr(rec, imp.name, None)
                 if v is not None:
                     values.setdefault(imp.name, set()).add(v)
-    chosen: dict[str, list[Any]] = {}
-    for element in universe.getStaticElements():
-        if not element.has_own_table or element.name in ("band",):
-            continue
+    elements = [e for e in universe.getStaticElements() if e.has_own_table]
+    # pass 1: elements constrained only in part (e.g. visit_system_membership by visit) tell
+    # the values of their other dimensions (the visit systems), so those records go too
+    for element in elements:
         req = [d.name for d in element.required]
-        constrained = {d: values[d] for d in req if d in values and values[d]}
+        constrained = {d: values[d] for d in req if values.get(d)}
+        missing = [d for d in req if d not in constrained and d not in GOVERNORS]
+        if missing and any(d not in GOVERNORS for d in constrained):
+            for rec in _records(butler, element.name, constrained, values):
+                for d in missing:
+                    values.setdefault(d, set()).add(getattr(rec, d))
+    # pass 2: every element whose required dimensions all have values
+    chosen: dict[str, list[Any]] = {}
+    for element in elements:
+        req = [d.name for d in element.required]
+        constrained = {d: values[d] for d in req if values.get(d)}
         if any(d not in constrained and d not in GOVERNORS for d in req):
-            continue
-        if not any(d not in GOVERNORS for d in constrained) and element.name not in GOVERNORS and not (
-            set(req) <= set(GOVERNORS)
-        ):
             continue
         recs = list(_records(butler, element.name, constrained, values))
         if recs:
@@ -143,22 +149,32 @@ def export_records(butler: Any, values: Mapping[str, set[Any]], path: Path) -> i
 
 
 def _records(butler: Any, element: str, constrained: Mapping[str, set[Any]], values: Mapping[str, set[Any]]):
-    """Records of ``element`` whose required values are all in ``constrained``."""
+    """Records of ``element`` whose required values are all in ``constrained``.
+
+    Governor dimensions (instrument, skymap) must be constrained by equality, so the query
+    runs once per combination of their values; the others go in ``IN`` terms.
+    """
+    import itertools
+
     terms, bind = [], {}
-    for i, (d, vs) in enumerate(sorted(constrained.items())):
+    for i, (d, vs) in enumerate(sorted((d, vs) for d, vs in constrained.items() if d not in GOVERNORS)):
         bind[f"v{i}"] = sorted(vs)
         terms.append(f"{d} IN (v{i})")
-    kwargs: dict[str, Any] = {}
-    for g in GOVERNORS:
-        if g in values and len(values[g]) == 1 and g not in constrained:
-            kwargs[g] = next(iter(values[g]))
-    try:
-        recs = butler.query_dimension_records(
-            element, where=" AND ".join(terms), bind=bind, limit=None, explain=False, **kwargs
+    governors = sorted(g for g in GOVERNORS if g in constrained or (g in values and g in _required(butler, element)))
+    combos = itertools.product(*[sorted(values.get(g) or constrained.get(g) or []) for g in governors])
+    out = []
+    for combo in combos:
+        out.extend(
+            butler.query_dimension_records(
+                element, where=" AND ".join(terms), bind=bind, limit=None, explain=False,
+                **dict(zip(governors, combo)),
+            )
         )
-    except Exception:
-        return []
-    return recs
+    return out
+
+
+def _required(butler: Any, element: str) -> set[str]:
+    return {d.name for d in butler.dimensions[element].required}
 
 
 def _content_name(path: Path) -> str:
