@@ -129,3 +129,160 @@ def verify(campaign: Campaign | str | Path, run_dir: str | Path, *, checksums: b
     )
     record_result(run_dir, result)
     return result, reports
+
+
+# -- phases 4-6 ----------------------------------------------------------------------------
+
+
+def _stage(campaign: Campaign, name: str):
+    for st in campaign.config.stages:
+        if st.name == name:
+            return st
+    raise ValueError(f"{campaign.path}: no stage {name!r} in 'stages' (have: {', '.join(s.name for s in campaign.config.stages)})")
+
+
+def _wiring(campaign: Campaign):
+    from .wiring import derive_wiring, load_pipeline_graph
+
+    return derive_wiring(load_pipeline_graph(campaign.pipeline_path), campaign.config.stages)
+
+
+def _extra_inputs(run_dir: str | Path) -> dict[str, list[str]]:
+    """Runs earlier gates delivered to each site (recorded by gather_redistribute phases)."""
+    from .results import load_results
+
+    extra: dict[str, set[str]] = {}
+    for res in load_results(run_dir, strict=False).values():
+        for site, runs in (res.summary.get("delivered_runs") or {}).items():
+            extra.setdefault(site, set()).update(runs)
+    return {k: sorted(v) for k, v in extra.items()}
+
+
+def run_steps(campaign: Campaign, site: str, steps: list[str], run_dir: str | Path,
+              extra_inputs: list[str]) -> dict[str, Any]:
+    """Run steps in order at one site (pre-flight, run, restart when the run exists); stop at a failure."""
+    from .submit import preflight, run_step, step_run
+
+    out: dict[str, Any] = {}
+    log_dir = Path(run_dir) / "artifacts" / "logs" / site
+    for step in steps:
+        sr = step_run(campaign, site, step, extra_inputs=extra_inputs)
+        problems = preflight(campaign, sr)
+        restart = any("already exists" in p for p in problems)
+        blocking = [p for p in problems if "already exists" not in p]
+        if blocking:
+            out[step] = {"state": "failed", "succeeded": 0, "failed": 0, "pending": 0,
+                         "failures": [{"task": "(pre-flight)", "data_id": "", "cause": p} for p in blocking]}
+            break
+        status = run_step(campaign, sr, mode=campaign.manifest.workflow.mode, restart=restart, log_dir=log_dir)
+        out[step] = status.as_dict()
+        if status.state != "ok":
+            break
+    return out
+
+
+def _steps_verdict(steps: dict[str, dict[str, Any]]) -> tuple[bool, str]:
+    bad = [(site, step, st) for site, by in steps.items() for step, st in by.items() if st.get("state") != "ok"]
+    if not bad:
+        n = sum(st.get("succeeded", 0) for by in steps.values() for st in by.values())
+        return True, f"{n} quanta succeeded in {sum(len(by) for by in steps.values())} site-steps"
+    site, step, st = bad[0]
+    cause = (st.get("failures") or [{}])[0]
+    return False, (f"{site} {step}: {st.get('state')} ({st.get('failed', 0)} failed); first: "
+                   f"{cause.get('task', '')} {cause.get('data_id', '')}: {cause.get('cause', '')}").strip()
+
+
+def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> tuple[PhaseResult, dict[str, Any]]:
+    """Phase 4: run a site stage's steps at every remote site."""
+    started = utcnow()
+    campaign = _campaign(campaign)
+    st = _stage(campaign, stage)
+    if st.where != "sites":
+        raise ValueError(f"stage {stage!r} runs centrally: use gather_redistribute")
+    require_passed(run_dir, "verify")
+    extra = _extra_inputs(run_dir)
+    steps = {site: run_steps(campaign, site, st.steps, run_dir, extra.get(site, [])) for site in campaign.remote_sites}
+    passed, reason = _steps_verdict(steps)
+    rows = [{"site": s, "step": k, **{x: v.get(x) for x in ("state", "succeeded", "failed", "pending")}}
+            for s, by in steps.items() for k, v in by.items()]
+    table = save_table(run_dir, f"submit_{stage}", "steps", pd.DataFrame(rows))
+    result = PhaseResult(phase=f"submit_{stage}", passed=passed, reason=reason, started=started, finished=utcnow(),
+                         summary={"stage": stage, "steps": steps}, artifacts=[str(table)])
+    record_result(run_dir, result)
+    return result, steps
+
+
+def _ship(campaign: Campaign, plan: Any, run_dir: str | Path, label: str, progress: bool,
+          collisions_fatal: bool = True) -> tuple[bool, str, list[dict[str, Any]]]:
+    """Ship a gather/redistribution plan and verify it; returns (passed, reason, rows).
+
+    Collisions (one data ID from several sites) are fatal before a central stage, whose
+    lookups would see only one of them; brought home at the end they are fine, each in its
+    own site's RUN collection.
+    """
+    from .gather import ship_and_verify
+
+    if plan.collisions and collisions_fatal:
+        c = plan.collisions[0]
+        return False, (f"{len(plan.collisions)} collisions: {c.dataset_type} {c.data_id} comes from "
+                       f"{', '.join(c.sites)}; give those sites distinct sky (or runs)"), []
+    outcomes, reports = ship_and_verify(campaign, plan, progress=progress, log=lambda m: None)
+    rows = [o.as_row() for o in outcomes]
+    bad = [o for o in outcomes if o.error]
+    problems = [p for r in reports for p in r.problems]
+    if bad:
+        return False, f"{bad[0].name}: {bad[0].state}: {bad[0].error}", rows
+    if problems:
+        p = problems[0]
+        return False, f"{len(problems)} problems after {label}; first: {p.site} {p.layer} {p.kind} {p.what} ({p.detail})", rows
+    return True, f"{label}: {sum(r['files'] for r in rows)} files moved and verified", rows
+
+
+def gather_redistribute(campaign: Campaign | str | Path, run_dir: str | Path, stage: str, *,
+                        progress: bool = True, validation_set: list[str] | None = None) -> tuple[PhaseResult, dict[str, Any]]:
+    """Phase 5: for a central stage: gather, run it centrally, redistribute per site.
+
+    ``stage="final"`` brings the validation set (default: the site stages' final products) home.
+    """
+    from .gather import plan_gather, plan_redistribution
+
+    started = utcnow()
+    campaign = _campaign(campaign)
+    wiring = _wiring(campaign)
+    label = f"gather_redistribute_{stage}"
+    summary: dict[str, Any] = {"stage": stage}
+    tables: dict[str, Any] = {}
+    if stage == "final":
+        types = validation_set or wiring.final_products
+        plan = plan_gather(campaign, types, "final")
+        tables["final"] = pd.DataFrame(plan.counts())
+        passed, reason, rows = _ship(campaign, plan, run_dir, "final gather", progress, collisions_fatal=False)
+        summary.update(validation_set=types, shipments=rows, runs_at_central=plan.runs.get(campaign.central, []))
+    else:
+        st = _stage(campaign, stage)
+        if st.where != "central":
+            raise ValueError(f"stage {stage!r} runs at the sites: use submit")
+        gathered = wiring.gathered_before(stage)
+        gplan = plan_gather(campaign, gathered, f"gather_{stage}")
+        tables["gather"] = pd.DataFrame(gplan.counts())
+        passed, reason, rows = _ship(campaign, gplan, run_dir, f"gather for {stage}", progress)
+        summary.update(gathered=gathered, gather_shipments=rows)
+        if passed:
+            central_inputs = gplan.runs.get(campaign.central, [])
+            steps = {campaign.central: run_steps(campaign, campaign.central, st.steps, run_dir, central_inputs)}
+            summary["steps"] = steps
+            passed, reason = _steps_verdict(steps)
+        if passed:
+            produced = [f"{campaign.output_prefix}/{campaign.central}/{step}" for step in st.steps]
+            redistributed = wiring.redistributed_after(stage)
+            rplan = plan_redistribution(campaign, redistributed, produced, f"redistribute_{stage}")
+            tables["redistribute"] = pd.DataFrame(rplan.counts())
+            passed, reason2, rows2 = _ship(campaign, rplan, run_dir, f"redistribution after {stage}", progress)
+            summary.update(redistributed=redistributed, redistribute_shipments=rows2,
+                           delivered_runs=rplan.runs)
+            reason = reason2 if not passed else f"gathered {len(gathered)} types, ran {', '.join(st.steps)}, {reason2}"
+    artifacts = [str(save_table(run_dir, label, name, df)) for name, df in tables.items()]
+    result = PhaseResult(phase=label, passed=passed, reason=reason, started=started, finished=utcnow(),
+                         summary=summary, artifacts=artifacts)
+    record_result(run_dir, result)
+    return result, summary

@@ -110,6 +110,23 @@ def _phase_name(phase: str) -> str:
     return name
 
 
+def split_phase(spec: str) -> tuple[str, str, str | None]:
+    """``"submit@early"`` -> (notebook phase ``submit``, label ``submit_early``, stage ``early``).
+
+    One notebook can serve several stages of a campaign: each use gets its own label, its
+    own executed notebook (``NN_<label>.ipynb``) and its own result (``results/<label>.json``);
+    the stage is passed as the ``stage`` parameter.
+    """
+    phase, _, stage = spec.partition("@")
+    name = _phase_name(phase)
+    if not stage:
+        return name, name, None
+    label = f"{name}_{stage}"
+    if not PHASE_NAME.match(label):
+        raise ValueError(f"phase {spec!r}: stage {stage!r} must be a simple lower-case name")
+    return name, label, stage
+
+
 def find_notebook(notebooks_dir: str | os.PathLike[str], phase: str) -> Path:
     """Return ``<notebooks_dir>/NN_<phase>.ipynb`` (exactly one must exist).
 
@@ -307,10 +324,16 @@ def run_chain(
     notebooks_dir = Path(notebooks_dir).resolve()
     workdir = Path(cwd).resolve() if cwd is not None else repo_root()
     run_dir.mkdir(parents=True, exist_ok=True)
-    names = [_phase_name(p) for p in phases]
+    specs = [split_phase(p) for p in phases]
+    names = [label for _, label, _ in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"a phase is listed twice: {names}")
-    notebooks = {n: find_notebook(notebooks_dir, n) for n in names}  # fail before running anything
+    notebooks = {label: find_notebook(notebooks_dir, nb) for nb, label, _ in specs}  # fail before running anything
+    stages = {label: stage for _, label, stage in specs}
+
+    def out_name(label: str) -> str:
+        number = notebooks[label].stem.split("_", 1)[0]
+        return f"{number}_{label}.ipynb"
     params = _jsonable(parameters)
     if "run_dir" in params:
         raise ValueError("'run_dir' is set by run_chain; do not pass it in parameters")
@@ -363,7 +386,7 @@ def run_chain(
     try:
         for i, (name, entry) in enumerate(zip(names, record.phases, strict=True), start=1):
             tag = f"[{i}/{total}] {name}"
-            out_nb = run_dir / notebooks[name].name
+            out_nb = run_dir / out_name(name)
             if resume and not executed:
                 earlier = load_result(run_dir, name)
                 if earlier is not None and earlier.passed:
@@ -384,6 +407,7 @@ def run_chain(
                     str(out_nb),
                     parameters={
                         **{k: v for k, v in params.items() if k in (declared[name] or ())},
+                        **({"stage": stages[name]} if stages[name] else {}),
                         "run_dir": str(run_dir),
                     },
                     kernel_name=kernel_name,
@@ -440,7 +464,7 @@ def run_chain(
                 stop_reason = f"{name} failed: {result.reason}"
                 for later in record.phases[i:]:
                     later.reason = f"not run: {name} failed"
-                    _supersede(run_dir, later.phase, notebooks[later.phase].name)
+                    _supersede(run_dir, later.phase, out_name(later.phase))
                 break
     except BaseException as exc:  # KeyboardInterrupt included: leave a truthful record
         record.outcome = "interrupted"

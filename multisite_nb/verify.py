@@ -46,6 +46,7 @@ class SiteReport:
 
     site: str
     planned: int
+    dataset: str = ""
     problems: list[Problem] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
 
@@ -54,7 +55,7 @@ class SiteReport:
         return not self.problems
 
     def counts(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"site": self.site, "planned": self.planned}
+        row: dict[str, Any] = {"site": self.site, "shipment": self.dataset, "planned": self.planned}
         for kind in ("missing", "corrupt", "wrong", "rule"):
             row[kind] = sum(1 for p in self.problems if p.kind == kind)
         row["ok"] = self.ok
@@ -74,7 +75,7 @@ def verify_site(
     from .butler_ops import open_butler
 
     spec = campaign.site(site)
-    report = SiteReport(site, len(files))
+    report = SiteReport(site, len(files), dataset=dataset)
     by_lfn = {f.lfn: f for f in files}
 
     # Rucio: rule, then dataset-level counts, file level only if they disagree
@@ -127,18 +128,18 @@ def verify_site(
 
 
 def verify_shipments(
-    campaign: Campaign, groups: dict[str, tuple[str, Sequence[PlannedFile]]], *, checksums: bool = True
+    campaign: Campaign, groups: Sequence[tuple[str, str, Sequence[PlannedFile]]], *, checksums: bool = True
 ) -> list[SiteReport]:
-    """Verify several sites: ``groups`` maps site -> (Rucio dataset, planned files)."""
+    """Verify several shipments, each given as (destination site, Rucio dataset, planned files)."""
     ops = RucioOps(campaign.rucio_env(), campaign.scope)
-    return [verify_site(campaign, ops, site, files, ds, checksums=checksums) for site, (ds, files) in groups.items()]
+    return [verify_site(campaign, ops, site, files, ds, checksums=checksums) for site, ds, files in groups]
 
 
 def verify_placement(campaign: Campaign, plan: Any, *, checksums: bool = True) -> list[SiteReport]:
     """Phase 3 for the placement of phase 1/2."""
     from .transfer import placement_dataset
 
-    groups = {s: (placement_dataset(campaign, s), plan.site_files(s)) for s in campaign.remote_sites}
+    groups = [(s, placement_dataset(campaign, s), plan.site_files(s)) for s in campaign.remote_sites]
     return verify_shipments(campaign, groups, checksums=checksums)
 
 

@@ -1,0 +1,178 @@
+"""Gather to the central site, redistribute to the sites, bring the final products home.
+
+All three are shipments (``transfer``) checked by the same reconciliation (``verify``);
+what moves comes from the wiring, never from names written here:
+
+* before a central stage, every dataset type the wiring says it needs from the sites is
+  gathered from each site's output chain;
+* after it, every dataset type the later site stages consume is split *per site*: a site
+  receives only the data IDs it knows (its own visits, its own tracts), because a Butler
+  rejects datasets whose dimension records it lacks;
+* after the last site stage, the validation set (by default the site stages' final
+  products) comes home.
+
+Datasets keep their UUIDs and RUN collection names on the way, so what the central site
+holds says where it was made.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Campaign
+from .placement import PlannedFile, adler32_of, site_footprint
+from .transfer import Shipment, ShipmentOutcome, run_shipments
+
+__all__ = [
+    "Collision",
+    "GatherPlan",
+    "plan_gather",
+    "plan_redistribution",
+    "ship_and_verify",
+    "site_chain",
+]
+
+
+def site_chain(campaign: Campaign, site: str) -> str:
+    """The CHAINED output collection of a site (the submission convention)."""
+    return f"{campaign.output_prefix}/{site}"
+
+
+@dataclass(frozen=True)
+class Collision:
+    """The same dataset type and data ID produced at more than one site."""
+
+    dataset_type: str
+    data_id: str
+    sites: tuple[str, ...]
+
+
+@dataclass
+class GatherPlan:
+    """Shipments of one gate, plus what the receiving side must add to its inputs."""
+
+    kind: str
+    shipments: list[Shipment] = field(default_factory=list)
+    collisions: list[Collision] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # dataset type -> why nothing moves
+
+    @property
+    def runs(self) -> dict[str, list[str]]:
+        """Per destination: the RUN collections the shipped datasets live in."""
+        out: dict[str, set[str]] = defaultdict(set)
+        for s in self.shipments:
+            out[s.dest].update(f.run for f in s.files)
+        return {k: sorted(v) for k, v in out.items()}
+
+    def counts(self) -> list[dict[str, Any]]:
+        rows = []
+        for s in self.shipments:
+            by_type: dict[str, int] = defaultdict(int)
+            for f in s.files:
+                by_type[f.dataset_type] += 1
+            rows.append({"shipment": s.name, "from": s.source, "to": s.dest, "files": len(s.files),
+                         "bytes": sum(f.size for f in s.files), **dict(sorted(by_type.items()))})
+        return rows
+
+
+def _planned(butler: Any, refs: Sequence[Any], root: Path, dest: str) -> list[PlannedFile]:
+    roots = [Path(r.ospath) for r in butler.get_datastore_roots().values() if r is not None]
+    out = []
+    for ref in refs:
+        path = Path(butler.getURI(ref).ospath)
+        base = next((r for r in roots if path.is_relative_to(r)), None)
+        if base is None:
+            raise RuntimeError(f"{path} is outside the datastore roots {roots}")
+        out.append(PlannedFile(
+            id=str(ref.id), dataset_type=ref.datasetType.name, run=ref.run,
+            data_id={k: (v if isinstance(v, (int, str)) else str(v)) for k, v in dict(ref.dataId.required).items()},
+            lfn=str(path.relative_to(base)), size=path.stat().st_size, adler32=adler32_of(path), sites=[dest],
+        ))
+    return out
+
+
+def _query(butler: Any, dataset_type: str, collections: Sequence[str]) -> list[Any]:
+    from lsst.daf.butler import MissingDatasetTypeError
+
+    try:
+        return list(butler.query_datasets(dataset_type, collections=list(collections), find_first=True,
+                                          explain=False, limit=None))
+    except MissingDatasetTypeError:
+        return []
+
+
+def plan_gather(
+    campaign: Campaign, dataset_types: Sequence[str], label: str, *, sites: Sequence[str] | None = None
+) -> GatherPlan:
+    """Shipments bringing ``dataset_types`` from each remote site's chain to the central site.
+
+    Collisions (one data ID from several sites) are reported: the central stage's lookups
+    would see only one of them.
+    """
+    from .butler_ops import open_butler
+
+    plan = GatherPlan(kind="gather")
+    seen: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for site in sites or campaign.remote_sites:
+        with open_butler(campaign.butler_repo(site)) as butler:
+            chain = site_chain(campaign, site)
+            if not butler.collections.query(chain):
+                raise RuntimeError(f"gather: site {site} has no output collection {chain}: run its stage first")
+            refs = []
+            for dt in dataset_types:
+                found = _query(butler, dt, [chain])
+                # only what the site made, not inputs that reached it from elsewhere
+                found = [r for r in found if r.run.startswith(chain + "/")]
+                refs.extend(found)
+            for r in refs:
+                seen[(r.datasetType.name, str(r.dataId.required))].append(site)
+            files = _planned(butler, refs, Path(campaign.site(site).rse_root or "."), campaign.central)
+        plan.shipments.append(Shipment(f"{campaign.name}.{label}.{site}", site, campaign.central, files))
+    plan.collisions = [Collision(dt, did, tuple(ss)) for (dt, did), ss in sorted(seen.items()) if len(ss) > 1]
+    for dt in dataset_types:
+        if not any(f.dataset_type == dt for s in plan.shipments for f in s.files):
+            plan.skipped[dt] = "no site produced it"
+    return plan
+
+
+def plan_redistribution(campaign: Campaign, dataset_types: Sequence[str], runs: Sequence[str], label: str) -> GatherPlan:
+    """Shipments splitting the central ``dataset_types`` (found in ``runs``) per remote site.
+
+    Each site gets the datasets whose data IDs fall in its footprint (its visits,
+    detectors, tracts, patches), found by the same spatial query as the placement.
+    """
+    from .butler_ops import open_butler
+
+    plan = GatherPlan(kind="redistribute")
+    with open_butler(campaign.butler_repo(campaign.central)) as butler:
+        refs = [r for dt in dataset_types for r in _query(butler, dt, runs)]
+        footprints = {s: site_footprint(butler, campaign, s) for s in campaign.remote_sites}
+        for site, fp in footprints.items():
+            mine = [r for r in refs if fp.admits(r.dataId)]
+            files = _planned(butler, mine, Path("."), site)
+            plan.shipments.append(Shipment(f"{campaign.name}.{label}.{site}", campaign.central, site, files))
+        unplaced = [r for r in refs if not any(fp.admits(r.dataId) for fp in footprints.values())]
+        if unplaced:
+            plan.skipped["(no site)"] = f"{len(unplaced)} datasets belong to no site's footprint"
+    for dt in dataset_types:
+        if not any(f.dataset_type == dt for s in plan.shipments for f in s.files):
+            plan.skipped[dt] = "nothing for any site"
+    return plan
+
+
+def ship_and_verify(
+    campaign: Campaign, plan: GatherPlan, *, progress: bool = True, timeout_s: float = 900,
+    log: Callable[[str], None] = print,
+) -> tuple[list[ShipmentOutcome], list[Any]]:
+    """Move a gather/redistribution plan with Rucio, ingest, then reconcile every shipment."""
+    from .verify import verify_shipments
+
+    shipments = [s for s in plan.shipments if s.files]
+    outcomes = run_shipments(campaign, shipments, progress=progress, timeout_s=timeout_s, log=log)
+    ok = {o.name for o in outcomes if not o.error}
+    reports = verify_shipments(campaign, [(s.dest, s.name, s.files) for s in shipments if s.name in ok])
+    return outcomes, reports
