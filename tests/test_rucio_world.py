@@ -224,6 +224,19 @@ def test_no_secret_outside_the_client_config(rucio_world: dict[str, Any]) -> Non
     assert checked >= 5
 
 
+def test_sync_adds_an_rse_while_up(rucio_world: dict[str, Any], tmp_path: Path) -> None:
+    server: RucioServer = rucio_world["server"]
+    server.rses["EXTRA_DISK"] = tmp_path / "EXTRA_DISK"
+    try:
+        changes = server.sync()
+        assert "rse EXTRA_DISK" in changes and "distance USDF_DISK->EXTRA_DISK" in changes
+        assert server.sync() == []  # idempotent
+        extra = server.status()["rses"]["EXTRA_DISK"]
+        assert extra["exists"] and extra["prefix_exists"] and extra["lfn2pfn_algorithm"] == "butler_path"
+    finally:
+        del server.rses["EXTRA_DISK"]
+
+
 def test_down_stops_everything_and_up_again(rucio_world: dict[str, Any]) -> None:
     server: RucioServer = rucio_world["server"]
     status = server.status()

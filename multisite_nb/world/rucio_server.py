@@ -26,6 +26,8 @@ Only the standard library is used here: the toolkit never imports the Rucio serv
 from __future__ import annotations
 
 import configparser
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -38,7 +40,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,7 @@ class RucioServer:
         self.account = account
         self.quota_bytes = quota_bytes
         self._children: dict[str, subprocess.Popen] = {}
+        self._cached_token: tuple[str, float, int] | None = None  # token, obtained at, port
 
     # -- paths -----------------------------------------------------------------------------
     @property
@@ -178,6 +181,17 @@ class RucioServer:
         """``http://127.0.0.1:<port>`` or None."""
         return f"http://127.0.0.1:{self.port}" if self.port else None
 
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Serialize up/down of this world across processes (``run/lock``, flock)."""
+        (self.root / "run").mkdir(parents=True, exist_ok=True)
+        with open(self.root / "run" / "lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def client_env(self) -> dict[str, str]:
         """Environment for Rucio clients (rucio-clients, ``rucio`` CLI) of this world."""
         return {"RUCIO_CONFIG": str(self.client_config)}
@@ -189,7 +203,7 @@ class RucioServer:
         Parameters
         ----------
         timeout : float
-            Seconds to wait for the bootstrap, ``/ping`` and the daemons' first cycle.
+            Seconds to wait for the bootstrap, ``/ping`` and the site daemons' start.
 
         Returns
         -------
@@ -201,9 +215,14 @@ class RucioServer:
         RucioServerError
             If a step fails; what was started is stopped again, the message names the log.
         """
-        if self.is_up():
-            return False
-        self.down()  # leftovers of a partial world (e.g. one process died)
+        with self._lock():
+            if self.is_up():
+                return False
+            self._down()  # leftovers of a partial world (e.g. one process died)
+            self._start(timeout)
+        return True
+
+    def _start(self, timeout: float) -> None:
         python = self.venv / "bin" / "python"
         if not python.exists():
             raise RucioServerError(f"no Rucio server venv at {self.venv} (run scripts/setup.sh)")
@@ -245,9 +264,8 @@ class RucioServer:
             ], self.log_dir / "site_services.out")
             self._wait_ready(port, ready, deadline)
         except BaseException:
-            self.down()
+            self._down()
             raise
-        return True
 
     def down(self, timeout: float = 20.0) -> None:
         """Stop every process this world started (SIGTERM to its group, then SIGKILL); idempotent.
@@ -257,6 +275,12 @@ class RucioServer:
         timeout : float
             Seconds to wait for a graceful stop before killing.
         """
+        if not self.root.is_dir():
+            return
+        with self._lock():
+            self._down(timeout)
+
+    def _down(self, timeout: float = 20.0) -> None:
         running = {name: pid for name in _PROCESSES if (pid := self._live_pid(name)) is not None}
         for pid in running.values():
             self._signal_group(pid, signal.SIGTERM)
@@ -307,10 +331,13 @@ class RucioServer:
         rses: dict[str, dict[str, Any]] = {}
         known: dict[str, dict[str, Any]] | None = None
         if ping is not None:
-            try:
-                known = self._rse_attributes()
-            except Exception:  # noqa: BLE001 - status must always answer
-                known = None
+            for _attempt in range(2):  # a cached token may belong to a recreated database
+                try:
+                    known = self._rse_attributes()
+                    break
+                except Exception:  # noqa: BLE001 - status must always answer
+                    self._cached_token = None
+                    known = None
         for name, prefix in self.rses.items():
             rses[name] = {
                 "exists": None if known is None else name in known,
@@ -336,9 +363,17 @@ class RucioServer:
 
         Safe while up (the daemons pick RSE changes up within ~30 s). Never deletes anything.
         """
-        self._write_spec()
-        result = self._run_bootstrap(self.venv / "bin" / "python", time.monotonic() + 120)
-        self._update_state(spec_sha256=self._spec_digest())
+        with self._lock():
+            for sub in ("logs", "run"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            creds = self._secrets()
+            if self.port:
+                self._write_client_config(self.port, creds["password"])
+            for prefix in self.rses.values():
+                prefix.mkdir(parents=True, exist_ok=True)
+            self._write_spec()
+            result = self._run_bootstrap(self.venv / "bin" / "python", time.monotonic() + 120)
+            self._update_state(spec_sha256=self._spec_digest())
         return result["changes"]
 
     def _spec_digest(self) -> str:
@@ -544,6 +579,10 @@ class RucioServer:
             return None
 
     def _token(self) -> str:
+        """An auth token for status queries, kept in memory (never on disk) for 30 minutes."""
+        if self._cached_token and self._cached_token[2] == self.port \
+                and time.monotonic() - self._cached_token[1] < 1800:
+            return self._cached_token[0]
         cfg = configparser.ConfigParser(interpolation=None)
         cfg.read(self.client_config)
         client = cfg["client"]
@@ -551,7 +590,9 @@ class RucioServer:
             "X-Rucio-Account": client["account"], "X-Rucio-Username": client["username"],
             "X-Rucio-Password": client["password"]})
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.headers["X-Rucio-Auth-Token"]
+            token = resp.headers["X-Rucio-Auth-Token"]
+        self._cached_token = (token, time.monotonic(), self.port or 0)
+        return token
 
     def _rse_attributes(self) -> dict[str, dict[str, Any]]:
         """RSE name -> attributes, for the RSEs of this world that Rucio knows."""

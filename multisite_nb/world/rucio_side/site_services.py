@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--busy-sleep", type=float, default=0.05, help="seconds to sleep after a busy cycle")
     parser.add_argument("--slow-period", type=float, default=30.0, help="repairer/cleaner/prune period (s)")
     parser.add_argument("--once", action="store_true", help="run one cycle and exit")
-    parser.add_argument("--ready-file", help="file written after the first cycle (start-up handshake)")
+    parser.add_argument("--ready-file", help="file written once imports are done and the database answers (start-up handshake)")
     args = parser.parse_args(argv)
 
     _setup_logging(args.log, args.log_level)
@@ -284,13 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     LOG.info("site services started (pid %d)", os.getpid())
     try:
         with services.stats:
-            first = True
+            probe()  # the database answers
+            if args.ready_file:
+                with open(args.ready_file, "w") as f:
+                    f.write(f"{os.getpid()}\n")
             while not STOP.is_set():
                 busy = services.cycle()
-                if first and args.ready_file:
-                    with open(args.ready_file, "w") as f:
-                        f.write(f"{os.getpid()}\n")
-                    first = False
                 if args.once:
                     break
                 STOP.wait(args.busy_sleep if busy else args.idle_sleep)
