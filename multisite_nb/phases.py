@@ -286,3 +286,37 @@ def gather_redistribute(campaign: Campaign | str | Path, run_dir: str | Path, st
                          summary=summary, artifacts=artifacts)
     record_result(run_dir, result)
     return result, summary
+
+
+def qa(campaign: Campaign | str | Path, run_dir: str | Path, *, validation_set: list[str] | None = None,
+       reference: bool = True) -> tuple[PhaseResult, Any]:
+    """Phase 6: completeness per sky unit and agreement with a single-site reference run."""
+    from .qa import evaluate, run_reference
+
+    started = utcnow()
+    campaign = _campaign(campaign)
+    final = load_result(run_dir, "gather_redistribute_final")
+    types = validation_set or (final.summary.get("validation_set") if final else None) or _wiring(campaign).final_products
+    ref_steps = run_reference(campaign, Path(run_dir) / "artifacts" / "logs" / "reference") if reference else {}
+    ref_ok, ref_reason = _steps_verdict({"reference": ref_steps}) if ref_steps else (True, "")
+    report = evaluate(campaign, types)
+    artifacts = [str(save_table(run_dir, "qa", name, pd.DataFrame(rows)))
+                 for name, rows in (("completeness", report.completeness), ("units", report.units),
+                                    ("mismatches", report.mismatches), ("metrics", report.metrics))]
+    passed = ref_ok and report.passed
+    reason = report.verdict() if ref_ok else f"reference run failed: {ref_reason}"
+    result = PhaseResult(phase="qa", passed=passed, reason=reason, started=started, finished=utcnow(),
+                         summary={"validation_set": types, "missing": report.missing,
+                                  "mismatches": len(report.mismatches), "metrics": report.metrics,
+                                  "reference_steps": {k: v.get("state") for k, v in ref_steps.items()}},
+                         artifacts=artifacts)
+    record_result(run_dir, result)
+    return result, report
+
+
+def chain_for(campaign: Campaign) -> list[str]:
+    """The phase chain of a campaign, from its stage plan (``phase@stage`` for staged phases)."""
+    out = ["placement", "transfer", "verify"]
+    for st in campaign.config.stages:
+        out.append(f"submit@{st.name}" if st.where == "sites" else f"gather_redistribute@{st.name}")
+    return [*out, "gather_redistribute@final", "qa"]
