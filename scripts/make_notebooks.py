@@ -38,10 +38,14 @@ GATE = '''# The chain reads the recorded result; a failed gate stops it with thi
 display(Markdown(f"### Gate: {'PASSED' if result.passed else 'FAILED'}\\n\\n{result.reason}"))'''
 
 
-def nb(title: str, intro: str, cells: list) -> nbformat.NotebookNode:
+STAGED_PARAMS = PARAMS + '''
+stage = "early"  # which stage of the campaign's stage plan this run of the notebook serves'''
+
+
+def nb(title: str, intro: str, cells: list, params: str = PARAMS) -> nbformat.NotebookNode:
     book = new_notebook()
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    p = new_code_cell(PARAMS)
+    p = new_code_cell(params)
     p.metadata["tags"] = ["parameters"]
     book.cells = [new_markdown_cell(f"# {title}\n\n{intro}"), p, new_code_cell(SETUP), *cells]
     return book
@@ -96,6 +100,77 @@ NOTEBOOKS = {
             new_code_cell("from multisite_nb.verify import problems_table\n"
                           "problems = pd.DataFrame(problems_table(reports))\n"
                           "summarize(problems) if len(problems) else Markdown('No problems.')"),
+            new_code_cell(GATE),
+        ],
+    ),
+    "04_submit": nb(
+        "Phase 4 — processing at the sites",
+        "Runs one site stage of the stage plan (`stage` parameter) at every remote site: per site and "
+        "step a pre-flight check, then the step (BPS submit file per site and step; `pipetask` or BPS "
+        "as the site manifest says), its quanta succeeded / failed / pending and, for failures, the "
+        "first error lines of the failed quantum's log. A step whose output run exists is resumed "
+        "(only missing quanta run).",
+        [
+            new_markdown_cell("## What crosses the site boundary (derived from the pipeline graph)"),
+            new_code_cell("from multisite_nb.wiring import derive_wiring, load_pipeline_graph, plot_wiring\n"
+                          "wiring = derive_wiring(load_pipeline_graph(campaign.pipeline_path), campaign.config.stages)\n"
+                          "_ = plot_wiring(wiring)\n"
+                          "pd.DataFrame(wiring.table())"),
+            new_markdown_cell("## Submit files (PanDA at the real sites; the same keys drive the parsl plugin here)"),
+            new_code_cell("from multisite_nb.submit import step_run, submit_file\n"
+                          "import yaml\n"
+                          "st = next(s for s in campaign.config.stages if s.name == stage)\n"
+                          "site0 = campaign.remote_sites[0]\n"
+                          "print(yaml.safe_dump(submit_file(campaign, step_run(campaign, site0, st.steps[0]), 'panda'), sort_keys=False))"),
+            new_markdown_cell("## Run"),
+            new_code_cell("result, steps = phases.submit(campaign, run_dir, stage)\n"
+                          "pd.DataFrame([{'site': s, 'step': k, **{x: v.get(x) for x in ('state', 'succeeded', 'failed', 'pending')}}\n"
+                          "              for s, by in steps.items() for k, v in by.items()])"),
+            new_code_cell("failures = [{'site': s, 'step': k, **f} for s, by in steps.items() for k, v in by.items() for f in v.get('failures', [])]\n"
+                          "summarize(pd.DataFrame(failures)) if failures else Markdown('No failed quanta.')"),
+            new_code_cell(GATE),
+        ],
+        STAGED_PARAMS,
+    ),
+    "05_gather_redistribute": nb(
+        "Phase 5 — gather, central stage, redistribute",
+        "For a central stage (`stage` parameter): gather what it needs from every site to the central "
+        "site (Rucio rules, in-place ingest, verification), run it centrally, then split its outputs "
+        "per site — each site receives only the data IDs it knows — and move, ingest and verify them. "
+        "With `stage = \"final\"` it brings the validation set home instead.",
+        [
+            new_code_cell("result, summary = phases.gather_redistribute(campaign, run_dir, stage)\n"
+                          "for key in ('gather_shipments', 'redistribute_shipments', 'shipments'):\n"
+                          "    if summary.get(key):\n"
+                          "        display(Markdown(f'**{key.replace(\"_\", \" \")}**'))\n"
+                          "        display(pd.DataFrame(summary[key]))"),
+            new_code_cell("if summary.get('steps'):\n"
+                          "    display(pd.DataFrame([{'site': s, 'step': k, **{x: v.get(x) for x in ('state', 'succeeded', 'failed')}}\n"
+                          "                          for s, by in summary['steps'].items() for k, v in by.items()]))\n"
+                          "if summary.get('delivered_runs'):\n"
+                          "    display(Markdown('Delivered to the sites: ' + '; '.join(f'{s}: {\", \".join(r)}' for s, r in summary['delivered_runs'].items())))"),
+            new_code_cell(GATE),
+        ],
+        STAGED_PARAMS.replace('stage = "early"', 'stage = "calibration"'),
+    ),
+    "06_qa": nb(
+        "Phase 6 — product QA",
+        "Completeness per sky unit and band, at each site and at the central site after the final "
+        "gather; agreement of every product with a single-site reference run of the same data at the "
+        "central site (same counts; same values, the pipeline being deterministic).",
+        [
+            new_code_cell("result, report = phases.qa(campaign, run_dir)\n"
+                          "display(Markdown(f\"## Verdict: {'PASS' if result.passed else 'FAIL'}\\n\\n{result.reason}\"))\n"
+                          "pd.DataFrame(report.metrics).set_index('site')"),
+            new_code_cell("import matplotlib.pyplot as plt\n"
+                          "m = pd.DataFrame(report.metrics).set_index('site')\n"
+                          "ax = m[['reference products', 'products at site', 'products gathered']].plot.bar(figsize=(7, 3.5))\n"
+                          "ax.set_ylabel('validation products'); ax.set_title('Per site: reference vs produced vs gathered'); plt.show()"),
+            new_markdown_cell("## Completeness per sky unit and band"),
+            new_code_cell("summarize(pd.DataFrame(report.units), max_rows=24)"),
+            new_markdown_cell("## Per dataset type"),
+            new_code_cell("summarize(pd.DataFrame(report.completeness), max_rows=30)"),
+            new_code_cell("summarize(pd.DataFrame(report.mismatches)) if report.mismatches else Markdown('All values equal the reference.')"),
             new_code_cell(GATE),
         ],
     ),
