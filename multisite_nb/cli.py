@@ -12,7 +12,6 @@ import click
 from .config import ConfigError, repo_root
 
 DEFAULT_PARAMS = "parameters/campaign_3x3.yaml"
-ALL_PHASES = ["placement", "transfer", "verify", "submit", "gather_redistribute", "qa"]
 
 
 def _world(dir_: str | None, params: str):
@@ -84,16 +83,36 @@ def world_status(dir_: str | None, params: str, as_json: bool) -> None:
         sys.exit(1)
 
 
+def _run_chain(campaign, phases: list[str], runs_root: str | None, resume_dir: str | None):
+    from .runbook import new_run, run_chain, split_phase
+
+    known = {"placement", "transfer", "verify", "submit", "gather_redistribute", "qa"}
+    for p in phases:
+        name, _, _ = split_phase(p)
+        if name not in known:
+            raise click.ClickException(f"--phases: unknown phase {p!r} (known: {', '.join(sorted(known))})")
+    root = Path(runs_root) if runs_root else repo_root() / "runs"
+    run_dir = Path(resume_dir).resolve() if resume_dir else new_run(root, campaign.name)
+    click.echo(f"run folder: {run_dir}")
+    outcome = run_chain(
+        phases, run_dir, {"campaign_file": str(campaign.path)}, repo_root() / "notebooks",
+        resume=bool(resume_dir), campaign=campaign.name, log=click.echo,
+    )
+    return run_dir, outcome
+
+
 @main.command("run")
 @click.argument("params", default=DEFAULT_PARAMS)
-@click.option("--phases", default=",".join(ALL_PHASES), show_default=True, help="Comma-separated phases.")
+@click.option("--phases", default=None,
+              help="Comma-separated phases, e.g. placement,transfer,verify or submit@early "
+                   "(default: the whole chain from the campaign's stage plan).")
 @click.option("--world", "world_dir", default=None, help="World folder (sets $MSNB_WORLD).")
 @click.option("--runs-root", default=None, help="Where run folders go (default: <checkout>/runs).")
 @click.option("--resume", "resume_dir", default=None, help="Continue this run folder, skipping passed phases.")
-def run(params: str, phases: str, world_dir: str | None, runs_root: str | None, resume_dir: str | None) -> None:
+def run(params: str, phases: str | None, world_dir: str | None, runs_root: str | None, resume_dir: str | None) -> None:
     """Execute phase notebooks with papermill into a run folder; stop at a failed gate."""
     from .config import load_campaign
-    from .runbook import new_run, run_chain
+    from .phases import chain_for
 
     if world_dir:
         os.environ["MSNB_WORLD"] = str(Path(world_dir).resolve())
@@ -101,24 +120,42 @@ def run(params: str, phases: str, world_dir: str | None, runs_root: str | None, 
         campaign = load_campaign(params)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    wanted = [p.strip() for p in phases.split(",") if p.strip()]
-    unknown = [p for p in wanted if p not in ALL_PHASES]
-    if unknown:
-        raise click.ClickException(f"--phases: unknown phase {unknown[0]!r} (known: {', '.join(ALL_PHASES)})")
-    root = Path(runs_root) if runs_root else repo_root() / "runs"
-    run_dir = Path(resume_dir).resolve() if resume_dir else new_run(root, campaign.name)
-    outcome = run_chain(
-        wanted,
-        run_dir,
-        {"campaign_file": str(campaign.path)},
-        repo_root() / "notebooks",
-        resume=bool(resume_dir),
-        log=click.echo,
-    )
-    click.echo(f"run folder: {run_dir}")
+    wanted = [p.strip() for p in phases.split(",") if p.strip()] if phases else chain_for(campaign)
+    run_dir, outcome = _run_chain(campaign, wanted, runs_root, resume_dir)
     click.echo(f"index: {run_dir / 'index.html'}")
     if not outcome.passed:
         raise click.ClickException(f"stopped: {outcome.reason}")
+
+
+@main.command("campaign")
+@click.argument("params", default=DEFAULT_PARAMS)
+@click.option("--world", "world_dir", default=None, help="World folder (default: $MSNB_WORLD or ./world).")
+@click.option("--runs-root", default=None, help="Where run folders go (default: <checkout>/runs).")
+@click.option("--down/--keep-up", default=False, help="Stop the world's services afterwards (default: keep them up).")
+def campaign_cmd(params: str, world_dir: str | None, runs_root: str | None, down: bool) -> None:
+    """The main job: bring the embedded world up and run the whole campaign on it."""
+    import time
+
+    from .phases import chain_for
+    from .results import load_result
+
+    t0 = time.monotonic()
+    w = _world(world_dir, params)
+    w.up(log=click.echo)
+    try:
+        phases = chain_for(w.campaign)
+        run_dir, outcome = _run_chain(w.campaign, phases, runs_root, None)
+    finally:
+        if down:
+            w.down(log=click.echo)
+    qa = load_result(run_dir, "qa")
+    click.echo("")
+    click.echo(f"executed notebooks: {run_dir}")
+    click.echo(f"run log page:       {run_dir / 'index.html'}")
+    click.echo(f"wall time:          {time.monotonic() - t0:.0f} s")
+    if not outcome.passed:
+        raise click.ClickException(f"campaign stopped: {outcome.reason}")
+    click.echo(f"verdict:            {'PASS' if qa and qa.passed else 'FAIL'}: {qa.reason if qa else 'no QA result'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -180,6 +180,8 @@ NOTEBOOKS = {
 def main() -> None:
     HERE.mkdir(exist_ok=True)
     for name, book in NOTEBOOKS.items():
+        for i, cell in enumerate(book.cells):  # stable ids: regenerating changes nothing
+            cell.id = f"{name.split('_', 1)[0]}-{i:02d}"
         nbformat.write(book, HERE / f"{name}.ipynb")
         print(HERE / f"{name}.ipynb")
 
