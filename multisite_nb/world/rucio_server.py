@@ -530,8 +530,12 @@ class RucioServer:
             return None
         pid = int(record["pid"])
         start = _proc_start_time(pid)
-        if start is None or (record.get("start_time") is not None and start != record["start_time"]):
+        if start is None:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)  # reap our own zombie (started by another instance)
             return None
+        if record.get("start_time") is not None and start != record["start_time"]:
+            return None  # the PID was reused by an unrelated process
         return pid
 
     def _reap(self) -> None:
