@@ -110,6 +110,25 @@ def _phase_name(phase: str) -> str:
     return name
 
 
+def interactive_run_dir(runs_root: str | os.PathLike[str], campaign: str, *, new: bool) -> Path:
+    """The run folder a notebook opened by hand (no ``run_dir`` parameter) works in.
+
+    ``$MSNB_RUN_DIR`` when set (the dashboard under Voilà, nbval); otherwise a fresh folder
+    for a phase that starts a run (``new``), or the campaign's latest run folder so that a
+    later phase finds the earlier phases' results.
+    """
+    env = os.environ.get("MSNB_RUN_DIR")
+    if env:
+        path = Path(env).resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    parent = Path(runs_root) / campaign
+    existing = sorted(p for p in parent.glob("*") if p.is_dir()) if parent.is_dir() else []
+    if new or not existing:
+        return new_run(runs_root, campaign)
+    return existing[-1].resolve()
+
+
 def split_phase(spec: str) -> tuple[str, str, str | None]:
     """``"submit@early"`` -> (notebook phase ``submit``, label ``submit_early``, stage ``early``).
 

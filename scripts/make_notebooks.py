@@ -26,12 +26,12 @@ from IPython.display import Markdown, display
 from multisite_nb import phases
 from multisite_nb.config import load_campaign, repo_root
 from multisite_nb.results import summarize
-from multisite_nb.runbook import new_run
+from multisite_nb.runbook import interactive_run_dir
 
 os.chdir(repo_root())  # paths in parameters are relative to the checkout
 campaign = load_campaign(campaign_file)
-if not run_dir:  # interactive use: a fresh run folder
-    run_dir = str(new_run(repo_root() / "runs", campaign.name))
+if not run_dir:  # opened by hand: $MSNB_RUN_DIR, else a new run (placement) or the latest one
+    run_dir = str(interactive_run_dir(repo_root() / "runs", campaign.name, new=STARTS_RUN))
 display(Markdown(f"**Campaign** `{campaign.name}` — central {campaign.central}, sites {', '.join(campaign.remote_sites)}; run folder `{run_dir}`"))'''
 
 GATE = '''# The chain reads the recorded result; a failed gate stops it with this reason.
@@ -47,7 +47,9 @@ def nb(title: str, intro: str, cells: list, params: str = PARAMS) -> nbformat.No
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     p = new_code_cell(params)
     p.metadata["tags"] = ["parameters"]
-    book.cells = [new_markdown_cell(f"# {title}\n\n{intro}"), p, new_code_cell(SETUP), *cells]
+    starts = "True" if title.startswith("Phase 1 ") else "False"
+    book.cells = [new_markdown_cell(f"# {title}\n\n{intro}"), p,
+                  new_code_cell(SETUP.replace("STARTS_RUN", starts)), *cells]
     return book
 
 
