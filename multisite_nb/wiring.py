@@ -26,10 +26,17 @@ __all__ = ["Crossing", "Wiring", "derive_wiring", "load_pipeline_graph"]
 
 
 def load_pipeline_graph(path: str | Path, registry: Any = None):
-    """Load a pipeline YAML as a ``PipelineGraph`` (resolved against ``registry`` if given)."""
+    """Load a pipeline YAML as a resolved ``PipelineGraph``.
+
+    Resolved against ``registry`` if given (dataset types as the repository knows them),
+    else against the default dimension universe (from the connections alone).
+    """
+    from lsst.daf.butler import DimensionUniverse
     from lsst.pipe.base import Pipeline
 
     graph = Pipeline.from_uri(str(path)).to_graph(registry=registry)
+    if registry is None:
+        graph.resolve(dimensions=DimensionUniverse())
     return graph
 
 
