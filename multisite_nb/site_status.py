@@ -8,7 +8,8 @@ called and without any cache:
   ``files``, ``bytes``, ``visits`` (what the plan sends there);
 * **transfers** — Rucio, live: every replication rule of the campaign scope whose RSE
   expression names the site's RSE (``list_replication_rules``), counted by state
-  (OK / REPLICATING / STUCK), with their locks, and Rucio's reason for STUCK rules;
+  (OK / REPLICATING / STUCK), with their locks, and Rucio's reason for STUCK rules; rules
+  past their lifetime (deleted, or expired: Rucio's cleaner removes them soon) are left out;
 * **verification** — ``<run_dir>/results/verify.json``: ``summary["sites"][SITE]`` (``ok``,
   ``planned`` and problem counts ``missing``/``corrupt``/``wrong``/``rule``); the first
   problem of the site comes from the ``artifacts/verify/problems.csv`` table when present;
@@ -50,7 +51,8 @@ State rules (per site)
 ----------------------
 * ``trouble`` — a rule to the site is STUCK or SUSPENDED; the site's verification failed;
   a step has failed quanta; the site's Butler or Rucio cannot be read; a result file
-  cannot be read.
+  cannot be read (every site: it may hide a failure) or the site's steps entry is not a
+  mapping.
 * ``busy`` — nothing is wrong, and a rule is replicating (or waiting) or quanta are
   pending or running.
 * ``ok`` — nothing is wrong, nothing is in flight, and something was done: a rule is OK,
@@ -64,6 +66,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -181,6 +184,7 @@ class Transfers:
     replicating: int = 0
     stuck: int = 0
     other: int = 0
+    expired: int = 0  # rules past their lifetime, waiting for Rucio's cleaner: not counted above
     locks_ok: int = 0
     locks_replicating: int = 0
     locks_stuck: int = 0
@@ -375,25 +379,28 @@ def normalise_step(step: str, entry: Any, source: str | None = None) -> StepStat
                       source=source, **counts)
 
 
-def read_steps(results: Mapping[str, Any]) -> tuple[dict[str, dict[str, StepStatus]], list[str]]:
+def read_steps(
+    results: Mapping[str, Any],
+) -> tuple[dict[str, dict[str, StepStatus]], list[tuple[str | None, str]]]:
     """Site → step → :class:`StepStatus` from every result carrying ``summary["steps"]``.
 
     Results are applied in the order they finished, so the latest wins per site and step.
-    Returns the steps and a list of entries that could not be read.
+    Returns the steps and the entries that could not be read, as (site or None for all
+    sites, message).
     """
     out: dict[str, dict[str, StepStatus]] = {}
-    problems: list[str] = []
+    problems: list[tuple[str | None, str]] = []
     ordered = sorted(results.items(), key=lambda kv: (kv[1].finished, kv[0]))
     for phase, res in ordered:
         steps = res.summary.get("steps") if isinstance(res.summary, Mapping) else None
         if steps is None:
             continue
         if not isinstance(steps, Mapping):
-            problems.append(f"results/{phase}.json: summary.steps is not a mapping")
+            problems.append((None, f"results/{phase}.json: summary.steps is not a mapping"))
             continue
         for site, per_step in steps.items():
             if not isinstance(per_step, Mapping):
-                problems.append(f"results/{phase}.json: summary.steps.{site} is not a mapping")
+                problems.append((str(site), f"results/{phase}.json: summary.steps.{site} is not a mapping"))
                 continue
             for step, entry in per_step.items():
                 out.setdefault(str(site), {})[str(step)] = normalise_step(str(step), entry, phase)
@@ -425,19 +432,55 @@ def _targets(expression: str, rse: str) -> bool:
     return expression == rse or rse in re.split(r"[|&\\()\s]+", expression)
 
 
+_QUIET = logging.getLogger("multisite_nb.site_status.rucio_client")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
 def _rucio_rules(campaign: Campaign) -> tuple[Any, list[dict[str, Any]]]:
+    """A client and every rule of the campaign scope.
+
+    The client's own error logging is silenced: an unreachable Rucio is reported in the
+    status (a live dashboard must not fill its page with retry messages).
+    """
     from .rucio_ops import RucioOps
 
-    ops = RucioOps(campaign.rucio_env(), campaign.scope)
+    client_log = logging.getLogger("baseclient")  # rucio-clients' module logger
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        ops = RucioOps(campaign.rucio_env(), campaign.scope)
+    finally:
+        client_log.setLevel(level)
+    ops.client.logger = _QUIET
     return ops, list(ops.client.list_replication_rules(filters={"scope": campaign.scope}))
+
+
+def _expired(rule: Mapping[str, Any], now: datetime) -> bool:
+    """Whether a rule is past its lifetime (Rucio's judge-cleaner removes it soon)."""
+    when = rule.get("expires_at")
+    if isinstance(when, str):
+        try:
+            when = datetime.fromisoformat(when.replace("Z", "+00:00").replace(" UTC", ""))
+        except ValueError:
+            return False
+    if not isinstance(when, datetime):
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # Rucio's times are naive UTC
+    return when <= now
 
 
 def _transfers(campaign: Campaign, site: str, ops: Any, rules: list[dict[str, Any]]) -> Transfers:
     rse = campaign.site(site).rse
     t = Transfers(rse=rse, read=True)
     explained = 0
+    now = datetime.now(UTC)
     for r in rules:
         if not _targets(str(r.get("rse_expression", "")), rse):
+            continue
+        if _expired(r, now):
+            t.expired += 1
             continue
         state = str(r.get("state", "")).split(".")[-1].upper()
         info = RuleInfo(
@@ -582,7 +625,7 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
             for name, r in results.items()
         }
         steps, step_problems = read_steps(results)
-        status.problems.extend(step_problems)
+        status.problems.extend(msg for _, msg in step_problems)
         place = results.get("placement")
         place_sites = place.summary.get("sites") if place and isinstance(place.summary.get("sites"), Mapping) else {}
         ver = results.get("verify")
@@ -628,8 +671,9 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
             s.steps = steps.get(site, {})
             if site in butler_f:
                 s.butler = butler_f[site].result()
-            # a result that cannot be read may hide a failure: every site is in trouble until it is fixed
-            s.issues = [Issue("results", msg) for msg in status.problems]
+            # a result that cannot be read may hide a failure: the sites it may concern are in trouble
+            s.issues = [Issue("results", msg) for msg in problems] + [
+                Issue("results", msg) for where, msg in step_problems if where in (None, site)]
             s.state, s.reason = site_state(s)
             status.sites[site] = s
     status.seconds = round(time.monotonic() - t0, 3)

@@ -1,0 +1,383 @@
+"""The operator dashboard on the real world: site states read live, cards, snapshot, notebook.
+
+No mocks: the run folder is made by the real phases 1-3, a STUCK rule is made for real
+(a file registered with a wrong adler32 and a rule to RAL_DISK: the world's conveyor fails
+the transfer), an unreachable Rucio is a client config pointing at a closed port, and the
+notebook is executed by nbval in a real kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from multisite_nb import phases
+from multisite_nb.config import Campaign, load_campaign, repo_root
+from multisite_nb.dashboard import (
+    Dashboard,
+    history_file,
+    is_batch,
+    make_notebook,
+    read_history,
+    resolve_auto_refresh,
+    resolve_run_dir,
+    snapshot_html,
+)
+from multisite_nb.results import PhaseResult, record_result
+from multisite_nb.runbook import new_run
+from multisite_nb.site_status import CampaignStatus, collect, normalise_step
+
+pytestmark = [pytest.mark.world, pytest.mark.timeout(240)]
+
+NOTEBOOK = repo_root() / "notebooks" / "00_dashboard.ipynb"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def prepare_run(campaign: Campaign, runs_root: Path) -> Path:
+    """A run folder where placement, transfer and verification ran (the real phases)."""
+    run_dir = new_run(runs_root, campaign.name)
+    assert phases.placement(campaign, run_dir)[0].passed
+    res, _ = phases.transfer(campaign, run_dir, progress=False)
+    assert res.passed, res.reason
+    res, _ = phases.verify(campaign, run_dir)
+    assert res.passed, res.reason
+    return run_dir
+
+
+@contextlib.contextmanager
+def stuck_rule(campaign: Campaign, site: str, timeout: float = 60) -> Iterator[str]:
+    """A rule to ``site`` that the world's conveyor marks STUCK: its source file's adler32 is wrong.
+
+    Yields the rule id once Rucio says STUCK; afterwards the rule, the replica and the file go.
+    """
+    from multisite_nb.rucio_ops import FileDid, RucioOps
+
+    ops = RucioOps(campaign.rucio_env(), campaign.scope)
+    ops.ensure_scope()
+    tag = uuid.uuid4().hex[:8]
+    src = campaign.central
+    lfn = f"{campaign.output_prefix}/dashboard_test/{tag}/bad.fits"
+    path = Path(campaign.site(src).rse_root or "") / lfn
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not what the catalogue says\n" * 40)
+    dataset = f"{campaign.name}.dashboard_test.{tag}"
+    rule_id = None
+    try:
+        ops.add_replicas(campaign.site(src).rse, [FileDid(lfn, path.stat().st_size, "00000001")])
+        ops.ensure_dataset(dataset)
+        ops.attach(dataset, [lfn])
+        rule_id, _ = ops.ensure_rule(dataset, campaign.site(site).rse, lifetime_s=3600,
+                                     activity=campaign.config.activity, comment="dashboard test: bad checksum")
+        deadline = time.monotonic() + timeout
+        while (state := ops.rule_state(rule_id).state) != "STUCK":
+            assert state in ("REPLICATING", "INJECT"), state
+            assert time.monotonic() < deadline, f"rule {rule_id} not STUCK after {timeout} s ({state})"
+            time.sleep(0.3)
+        yield rule_id
+    finally:
+        if rule_id:  # expire it now (a deletion would leave it listed for an hour); the cleaner removes it
+            with contextlib.suppress(Exception):
+                ops.client.update_replication_rule(rule_id, {"lifetime": 0})
+        with contextlib.suppress(Exception):
+            ops.client.delete_replicas(campaign.site(src).rse, [{"scope": ops.scope, "name": lfn}])
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def wait_state(campaign: Campaign, run_dir: Path | None, site: str, want: str, timeout: float = 30) -> CampaignStatus:
+    """Collect until ``site`` is in state ``want`` (or the timeout passes); return the last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = collect(campaign, run_dir, butler=False)
+        if status.sites[site].state == want or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
+
+
+class Cards(HTMLParser):
+    """``data-site`` → ``data-state`` of every card in a piece of HTML."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.states: dict[str, str] = {}
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if "data-site" in a and "data-state" in a:
+            assert a["data-site"] not in self.states, f"two cards for {a['data-site']}"
+            self.states[str(a["data-site"])] = str(a["data-state"])
+
+
+def clean_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment without the variables that would make the dashboard think a frontend is there."""
+    return {k: v for k, v in env.items()
+            if not k.startswith(("VOILA_", "JPY_SESSION")) and k not in ("SERVER_SOFTWARE", "MSNB_DASHBOARD_MODE")}
+
+
+@pytest.fixture(scope="module")
+def campaign(world) -> Campaign:
+    return world.campaign
+
+
+@pytest.fixture(scope="module")
+def run_dir(world, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    t0 = time.monotonic()
+    run = prepare_run(world.campaign, tmp_path_factory.mktemp("runs"))
+    print(f"\nphases 1-3 for the dashboard: {time.monotonic() - t0:.1f} s")
+    return run
+
+
+# --------------------------------------------------------------------------- pure rules
+
+
+def test_batch_or_live_rule() -> None:
+    assert is_batch({}) is True  # papermill, nbval, nbconvert: nothing set
+    assert is_batch({"VOILA_BASE_URL": "/"}) is False
+    assert is_batch({"SERVER_SOFTWARE": "voila/0.5.13"}) is False
+    assert is_batch({"JPY_SESSION_NAME": "/home/x/00_dashboard.ipynb"}) is False  # JupyterLab / Notebook
+    assert is_batch({"JPY_SESSION_NAME": "x", "MSNB_DASHBOARD_MODE": "batch"}) is True
+    assert is_batch({"MSNB_DASHBOARD_MODE": "live"}) is False
+
+
+def test_run_dir_and_refresh_resolution(tmp_path: Path, campaign: Campaign) -> None:
+    runs = tmp_path / "runs"
+    assert resolve_run_dir(campaign, "", {}, runs) is None
+    older = runs / campaign.name / "20260101T000000Z-aaaaaa"
+    newer = runs / campaign.name / "20260102T000000Z-bbbbbb"
+    for p in (older, newer):
+        (p / "results").mkdir(parents=True)
+    (runs / campaign.name / "not-a-run").mkdir()  # no results/, no run.json: ignored
+    assert resolve_run_dir(campaign, "", {}, runs) == newer
+    assert resolve_run_dir(campaign, str(older), {"MSNB_RUN_DIR": str(newer)}, runs) == older
+    assert resolve_run_dir(campaign, "", {"MSNB_RUN_DIR": str(older)}, runs) == older
+    assert resolve_run_dir(campaign, "", {"QUERY_STRING": f"run={older.name}"}, runs) == older
+    assert resolve_run_dir(campaign, "", {"QUERY_STRING": "run=../../etc"}, runs) == newer  # only run ids
+    assert resolve_auto_refresh(0, {}) == 0
+    assert resolve_auto_refresh(15, {"MSNB_AUTO_REFRESH_S": "99"}) == 15
+    assert resolve_auto_refresh(0, {"MSNB_AUTO_REFRESH_S": "30"}) == 30
+    assert resolve_auto_refresh("", {"QUERY_STRING": "refresh=20&run=x"}) == 20
+    assert resolve_auto_refresh(0.1, {}) == 2.0  # never a busy loop
+
+
+def test_steps_entries_are_read_tolerantly() -> None:
+    st = normalise_step("step1", {"succeeded": "12", "failed": 1, "failures": [
+        {"task": "isr", "data_id": {"exposure": 903334, "detector": 42}, "cause": "ValueError: bad"}, "plain text"]})
+    assert (st.state, st.succeeded, st.failed, st.total) == ("failed", 12, 1, 13)
+    assert st.failures[0].data_id == "exposure=903334, detector=42" and st.failures[1].cause == "plain text"
+    assert normalise_step("s", "done").state == "succeeded"
+    assert normalise_step("s", {"state": "queued", "queued": 4}).pending == 4
+    assert normalise_step("s", {"running": 2, "pending": 1}).state == "running"
+    assert normalise_step("s", {"state": "succeeded", "failed": 2}).state == "failed"  # failed quanta win
+    assert normalise_step("s", {}).state == "not_started"
+    assert normalise_step("s", 42).state == "unknown"
+    assert normalise_step("s", {"state": "weird"}).state == "unknown"
+
+
+# --------------------------------------------------------------------------- on the world
+
+
+def test_sites_are_ok_after_placement_transfer_verify(campaign: Campaign, run_dir: Path) -> None:
+    t0 = time.monotonic()
+    status = collect(campaign, run_dir)
+    seconds = time.monotonic() - t0
+    assert set(status.sites) == {"USDF", "IN2P3", "RAL", "LANCS"}
+    assert status.rucio_ok and not status.problems
+    for site in campaign.remote_sites:
+        s = status.sites[site]
+        assert s.state == "ok", (site, s.reason, s.issues)
+        assert s.placement is not None and s.placement.files > 0 and s.placement.bytes > 0
+        t = s.transfers
+        assert t is not None and t.read and t.ok >= 2 and t.stuck == 0 and t.replicating == 0  # records + data
+        assert t.locks_ok >= s.placement.files
+        assert s.verification.ran and s.verification.ok and s.verification.planned == s.placement.files
+        assert s.butler.ok and s.butler.datasets is not None and s.butler.datasets >= s.placement.files
+        assert s.last_error is None
+    usdf = status.sites["USDF"]
+    assert usdf.role == "central" and usdf.state == "idle" and usdf.butler.ok and usdf.placement is None
+    assert usdf.site_steps == ["step2c"] and "step1" in status.sites["RAL"].site_steps
+    assert set(status.phases) >= {"placement", "transfer", "verify"}
+    data = json.loads(status.to_json())  # JSON-able, with the derived fields
+    assert data["sites"]["IN2P3"]["state"] == "ok" and "last_error" in data["sites"]["IN2P3"]
+    assert seconds < 20
+
+
+def test_stuck_rule_puts_the_site_in_trouble_with_the_reason(campaign: Campaign, run_dir: Path) -> None:
+    t0 = time.monotonic()
+    with stuck_rule(campaign, "RAL") as rule_id:
+        made = time.monotonic() - t0
+        status = collect(campaign, run_dir)  # read live: the rule is STUCK right now
+        ral = status.sites["RAL"]
+        assert ral.state == "trouble", ral.reason
+        assert ral.transfers is not None and ral.transfers.stuck == 1
+        assert any(r.id == rule_id and r.state == "STUCK" for r in ral.transfers.rules)
+        assert "STUCK" in (ral.last_error or "") and "RAL_DISK" in (ral.last_error or "")
+        cause = (ral.last_error_cause or "").lower()
+        assert "checksum" in cause or "adler32" in cause, ral.last_error_cause
+        assert {s: st.state for s, st in status.sites.items()} == {
+            "USDF": "idle", "IN2P3": "ok", "RAL": "trouble", "LANCS": "ok"}
+
+        cards = Cards(snapshot_html(status))
+        assert cards.states == status.states()
+        page = snapshot_html(status)
+        assert "TROUBLE" in page and "Last error" in page and "ADLER32" in page.upper()
+
+        dash = Dashboard(campaign, run_dir)
+        before = len(read_history(history_file(run_dir)))
+        dash.refresh()
+        rows = read_history(history_file(run_dir))
+        assert len(rows) == before + 4
+        ral_row = next(r for r in rows[-4:] if r["site"] == "RAL")
+        assert ral_row["stuck"] == 1 and ral_row["state"] == "trouble" and ral_row["ok"] > 0
+        figs = dash.images()
+        assert set(figs) == {"sky", "steps", "transfers"} and all(p[:4] == b"\x89PNG" for p in figs.values())
+    # the rule is gone: RAL is fine again (nothing cached)
+    assert wait_state(campaign, run_dir, "RAL", "ok").sites["RAL"].state == "ok"
+    print(f"\nSTUCK rule made in {made:.1f} s; whole test {time.monotonic() - t0:.1f} s")
+
+
+def test_steps_results_drive_busy_and_trouble(campaign: Campaign, run_dir: Path, tmp_path: Path) -> None:
+    """The steps-summary contract as the submission phase writes it, plus junk it must survive."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir / "results", run / "results")
+    shutil.copytree(run_dir / "artifacts" / "placement", run / "artifacts" / "placement")
+    record_result(run, PhaseResult(phase="submit_early", passed=False, reason="RAL step2a failed", summary={
+        "steps": {
+            "IN2P3": {"step1": {"succeeded": 24}, "step2a": {"state": "running", "running": 2, "pending": 3}},
+            "RAL": {"step1": {"state": "succeeded", "succeeded": 24},
+                    "step2a": {"succeeded": 5, "failed": 1, "failures": [
+                        {"task": "consolidateVisitSummary", "data_id": {"visit": 903334},
+                         "cause": "FileNotFoundError: calexp missing"}]}},
+            "LANCS": {"step1": "done", "step2a": {"succeeded": 6}},
+            "USDF": "not a mapping",
+        }}))
+    status = collect(campaign, run, butler=False)
+    assert status.sites["IN2P3"].state == "busy" and "step2a" in status.sites["IN2P3"].reason
+    ral = status.sites["RAL"]
+    assert ral.state == "trouble" and ral.last_error == "step2a: 1 failed quantum"
+    assert "consolidateVisitSummary" in (ral.last_error_cause or "") and "visit=903334" in ral.last_error_cause
+    assert status.sites["LANCS"].state == "ok" and status.sites["LANCS"].steps["step1"].state == "succeeded"
+    assert any("summary.steps.USDF" in p for p in status.problems)
+
+    # a later result wins for the same site and step
+    record_result(run, PhaseResult(phase="submit_retry", passed=True, reason="retried", summary={
+        "steps": {"RAL": {"step2a": {"succeeded": 6}}}}))
+    status = collect(campaign, run, butler=False)
+    assert status.sites["RAL"].steps["step2a"].state == "succeeded"
+    assert status.sites["RAL"].steps["step1"].succeeded == 24
+
+    # an unreadable result may hide a failure: every site is in trouble, with the file named
+    (run / "results" / "submit_late.json").write_text("{not json")
+    status = collect(campaign, run, butler=False)
+    assert all(s.state == "trouble" for s in status.sites.values())
+    assert "submit_late.json" in (status.sites["LANCS"].last_error or "")
+    assert Cards(snapshot_html(status)).states == {s: "trouble" for s in status.sites}
+
+
+def test_unreachable_rucio_and_butler_are_trouble_not_exceptions(campaign: Campaign, run_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """A client config pointing at a closed port, and a Butler repo that is not there."""
+    cfg = Path(campaign.manifest.rucio.config or "")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    text = cfg.read_text()
+    port = text.split("rucio_host", 1)[1].split("\n", 1)[0].rsplit(":", 1)[1].strip()
+    (tmp_path / "client.cfg").write_text(text.replace(f":{port}", f":{closed}"))
+    (tmp_path / "client.cfg").chmod(0o600)
+    manifest = yaml.safe_load(campaign.manifest_path.read_text())
+    manifest["rucio"]["config"] = str(tmp_path / "client.cfg")
+    manifest["sites"]["LANCS"]["butler"] = str(tmp_path / "no-such-repo")
+    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    camp = yaml.safe_load(campaign.path.read_text())
+    camp["manifest"] = str(tmp_path / "manifest.yaml")
+    camp["pipeline"] = str(campaign.pipeline_path)
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(camp))
+    broken = load_campaign(tmp_path / "campaign.yaml")
+
+    t0 = time.monotonic()
+    status = collect(broken, run_dir)
+    assert time.monotonic() - t0 < 30
+    assert status.rucio_ok is False and status.rucio_error
+    for site, s in status.sites.items():
+        assert s.state == "trouble", site
+        assert s.issues[0].source == "rucio" and s.last_error == "Rucio cannot be read"
+    lancs = status.sites["LANCS"]
+    assert lancs.butler.ok is False and any(i.source == "butler" for i in lancs.issues)
+    assert Cards(snapshot_html(status)).states == {s: "trouble" for s in status.sites}
+    # and the real campaign reads fine again right after (no cached client or state)
+    assert collect(campaign, run_dir, butler=False).rucio_ok
+
+
+def test_live_widgets_and_background_refresh(campaign: Campaign, run_dir: Path) -> None:
+    """The widget tree builds without a frontend; auto-refresh runs in a thread and stops cleanly."""
+    dash = Dashboard(campaign, run_dir, butler=False)
+    root = dash.widget
+    status = dash.refresh()
+    cards = dash._w["cards"]  # type: ignore[index]
+    assert set(cards) == set(campaign.all_sites)
+    for site, card in cards.items():
+        assert f'data-site="{site}"' in card.value and f'data-state="{status.sites[site].state}"' in card.value
+    assert all(img.value[:4] == b"\x89PNG" for img in dash._w["images"].values())  # type: ignore[index]
+    assert root.children and "updated" in dash._w["status"].value  # type: ignore[index]
+
+    n0 = len(dash.history())
+    t0 = time.monotonic()
+    dash.start(2)
+    assert dash.running and dash._w["auto"].value is True  # type: ignore[index]
+    assert time.monotonic() - t0 < 1  # start returns at once: the kernel is not blocked
+    deadline = time.monotonic() + 30
+    while len(dash.history()) < n0 + 8 and time.monotonic() < deadline:  # two background refreshes
+        time.sleep(0.2)
+    assert len(dash.history()) >= n0 + 8
+    thread = dash._thread
+    dash.stop()
+    assert not dash.running and thread is not None and not thread.is_alive()
+    assert dash._w["auto"].value is False  # type: ignore[index]
+    n1 = len(dash.history())
+    time.sleep(2.5)
+    assert len(dash.history()) == n1  # really stopped
+
+    dash._w["auto"].value = True  # type: ignore[index]  # the toggle, as a person clicks it
+    assert dash.running
+    Dashboard.stop_all()
+    assert not dash.running
+
+
+def test_stored_notebook_is_the_generated_one() -> None:
+    stored = nbformat.read(NOTEBOOK, as_version=4)
+    assert stored.cells == make_notebook().cells, "run: .venv/bin/python -m multisite_nb.dashboard"
+    assert all(not c.get("outputs") and not c.get("execution_count") for c in stored.cells if c.cell_type == "code")
+    params = [c for c in stored.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1
+    for line in ('campaign_file = "parameters/campaign_3x3.yaml"', 'run_dir = ""', "auto_refresh_s = 0"):
+        assert line in params[0].source
+    assert "voila notebooks/00_dashboard.ipynb --no-browser --port" in stored.cells[0].source
+
+
+def test_nbval_runs_the_dashboard_notebook(world, run_dir: Path) -> None:
+    """nbval (lax) executes the stored notebook in a real kernel: batch mode, one static snapshot."""
+    env = clean_env({**world.env(), "MSNB_RUN_DIR": str(run_dir)})
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+                          str(NOTEBOOK)], env=env, cwd=repo_root(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout
+    # opened by hand (no run_dir parameter), so no result is recorded; the history grew
+    assert not (run_dir / "results" / "dashboard.json").exists()
+    assert read_history(history_file(run_dir))
+    print(f"\nnbval on 00_dashboard: {time.monotonic() - t0:.1f} s")
