@@ -53,7 +53,9 @@ make_venv() {  # $1 venv dir, $2 requirements file, $3 extra pip args
 make_venv .venv-rucio requirements/rucio-server.txt
 make_venv .venv requirements/toolkit.txt
 # the toolkit itself, editable, so that tests and notebooks see the working tree
-if ! .venv/bin/python -c 'import multisite_nb' >/dev/null 2>&1; then
+# (checked from / so that the checkout's own folder on sys.path does not count)
+installed=$(cd / && "$here/.venv/bin/python" -c 'import multisite_nb, os; print(os.path.dirname(os.path.dirname(multisite_nb.__file__)))' 2>/dev/null || true)
+if [ "$installed" != "$here" ]; then
   .venv/bin/python -m pip install -q --no-deps -e . >>.venv.log 2>&1
 fi
 
