@@ -23,10 +23,12 @@ Where the run folder comes from (:func:`resolve_run_dir`): the ``run_dir`` param
 ``runs/<campaign>/``; else none (live systems only).  Auto-refresh: the ``auto_refresh_s``
 parameter, else ``$MSNB_AUTO_REFRESH_S``, else ``?refresh=<seconds>`` (:func:`resolve_auto_refresh`).
 
-Transfer history: each refresh appends one JSON line per site (``time``, ``site``, ``state``,
+Transfer history: a refresh appends one JSON line per site (``time``, ``site``, ``state``,
 locks ``ok`` / ``replicating`` / ``stuck``, rules ``rules_ok`` / ``rules_replicating`` /
-``rules_stuck``) to ``<run_dir>/artifacts/dashboard/history.jsonl``; the progress plot draws
-it.  Without a run folder the history lives in memory.
+``rules_stuck``) to ``<run_dir>/artifacts/dashboard/history.jsonl`` when the site's figures
+changed since this dashboard last wrote them, or :data:`HISTORY_EVERY_S` passed (a wall screen
+refreshing every few seconds does not grow the file for nothing); the progress plot draws it
+plus the current reading.  Without a run folder the history lives in memory.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import json
 import os
 import re
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -76,6 +79,8 @@ CENTRAL_COLOUR = "#444c56"
 DASH_SITE_COLOURS = ["#1f6feb", "#8250df", "#0e8a9c", "#a0522d", "#bf3989", "#0a3069", "#6639ba"]
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HISTORY_TAIL_BYTES = 1 << 20
+#: A site's unchanged figures are written to the history at most this often (seconds).
+HISTORY_EVERY_S = 60.0
 
 # --------------------------------------------------------------------------- batch / live
 
@@ -607,6 +612,7 @@ def progress_figure(history: list[dict[str, Any]], status: CampaignStatus) -> An
         _message(ax, "no transfer history yet: it grows with each refresh")
         return fig
     drawn = False
+    markers = dict(zip(status.sites, "osD^vP*X", strict=False))
     for site, points in by_site.items():
         points.sort(key=lambda p: p[0])
         xs = [p[0] for p in points]
@@ -617,7 +623,8 @@ def progress_figure(history: list[dict[str, Any]], status: CampaignStatus) -> An
             continue
         drawn = True
         colour = colours.get(site, "#57606a")
-        ax.plot(xs, ok, color=colour, lw=2, marker="o" if len(xs) < 30 else None, ms=4, label=f"{site} OK")
+        ax.plot(xs, ok, color=colour, lw=2, alpha=0.85, marker=markers.get(site, "o") if len(xs) < 40 else None,
+                ms=6, mfc="white", mew=1.5, label=f"{site} OK")
         if any(rep):
             ax.plot(xs, rep, color=colour, lw=1.2, ls="--", label=f"{site} replicating")
         if any(stuck):
@@ -667,6 +674,7 @@ class Dashboard:
         self.status: CampaignStatus | None = None
         self.batch: bool | None = None
         self._memory: list[dict[str, Any]] = []
+        self._last_written: dict[str, tuple[tuple[Any, ...], float]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop_event: threading.Event | None = None
@@ -683,20 +691,31 @@ class Dashboard:
             if self._w is not None:
                 self._w["status"].value = self._status_line("refreshing…")
             status = collect(self.campaign, self.run_dir, butler=self.butler)
-            rows = history_rows(status)
-            if self.history_path is not None:
+            rows = self._new_history(history_rows(status))
+            if rows and self.history_path is not None:
                 try:
                     _append_history(self.history_path, rows)
+                    rows = []
                 except OSError as exc:  # a read-only run folder: keep the history in memory
                     self.errors.append(f"history not written: {exc}")
                     self.history_path = None
-                    self._memory.extend(rows)
-            else:
-                self._memory.extend(rows)
+            self._memory.extend(rows)
             self.status = status
             if self._w is not None:
                 self._update_widgets(status)
             return status
+
+    def _new_history(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows worth writing: changed since last written here, or older than HISTORY_EVERY_S."""
+        now = time.monotonic()
+        out = []
+        for row in rows:
+            key = tuple(v for k, v in sorted(row.items()) if k != "time")
+            last = self._last_written.get(row["site"])
+            if last is None or last[0] != key or now - last[1] >= HISTORY_EVERY_S:
+                out.append(row)
+                self._last_written[row["site"]] = (key, now)
+        return out
 
     def history(self) -> list[dict[str, Any]]:
         """Recorded transfer history (file tail, or the in-memory rows)."""
@@ -705,23 +724,30 @@ class Dashboard:
         return list(self._memory)
 
     def figures(self, status: CampaignStatus | None = None) -> dict[str, Any]:
-        """``{"sky", "steps", "transfers"}`` Matplotlib figures for a status (default: the last)."""
+        """``{"sky", "steps", "transfers"}`` Matplotlib figures for a status (default: the last).
+
+        A figure that cannot be drawn becomes a figure saying why (never an exception).
+        """
         status = status or self.status or self.refresh()
-        return {
-            "sky": sky_figure(self.campaign, status, self.run_dir),
-            "steps": steps_figure(status),
-            "transfers": progress_figure(self.history(), status),
+        makers = {
+            "sky": lambda: sky_figure(self.campaign, status, self.run_dir),
+            "steps": lambda: steps_figure(status),
+            "transfers": lambda: progress_figure(self.history() + history_rows(status), status),
         }
+        out = {}
+        for name, make in makers.items():
+            try:
+                out[name] = make()
+            except Exception as exc:  # a status picture never raises
+                self.errors.append(f"{name} figure: {type(exc).__name__}: {exc}")
+                fig = _figure(7.2, 2.0)
+                _message(fig.add_subplot(), f"{name} figure unavailable: {type(exc).__name__}: {exc}"[:200])
+                out[name] = fig
+        return out
 
     def images(self, status: CampaignStatus | None = None) -> dict[str, bytes]:
         """The figures as PNG bytes."""
-        out = {}
-        for name, fig in self.figures(status).items():
-            try:
-                out[name] = png_bytes(fig)
-            except Exception as exc:  # pragma: no cover - a broken figure must not hide the cards
-                self.errors.append(f"{name} figure: {type(exc).__name__}: {exc}")
-        return out
+        return {name: png_bytes(fig) for name, fig in self.figures(status).items()}
 
     # -- showing -------------------------------------------------------------------------
     def show(self, *, batch: bool | None = None, auto_refresh_s: float = 0) -> CampaignStatus:
@@ -734,12 +760,14 @@ class Dashboard:
         auto_refresh_s
             Live mode: refresh every so many seconds in a background thread (0: only on click).
         """
-        from IPython.display import HTML, display
+        from IPython.display import HTML, Image, display
 
         self.batch = is_batch() if batch is None else batch
-        if self.batch:
+        if self.batch:  # HTML cards, then each plot as an image output (shown by every notebook viewer)
             status = self.refresh()
-            display(HTML(snapshot_html(status, self.images(status))))
+            display(HTML(snapshot_html(status)))
+            for png in self.images(status).values():
+                display(Image(data=png, format="png"))
             return status
         display(self.widget)
         status = self.refresh()
