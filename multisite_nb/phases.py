@@ -164,17 +164,16 @@ def run_steps(campaign: Campaign, site: str, steps: list[str], run_dir: str | Pa
     from .submit import preflight, run_step, step_run
 
     out: dict[str, Any] = {}
-    log_dir = Path(run_dir) / "artifacts" / "logs" / site
+    log_dir = Path(run_dir) / "artifacts" / "logs"
     for step in steps:
         sr = step_run(campaign, site, step, extra_inputs=extra_inputs)
-        problems = preflight(campaign, sr)
-        restart = any("already exists" in p for p in problems)
-        blocking = [p for p in problems if "already exists" not in p]
-        if blocking:
+        # restart=True: an existing run of this step is finished, not redone (idempotent phases)
+        problems = preflight(campaign, sr, restart=True)
+        if problems:
             out[step] = {"state": "failed", "succeeded": 0, "failed": 0, "pending": 0,
-                         "failures": [{"task": "(pre-flight)", "data_id": "", "cause": p} for p in blocking]}
+                         "failures": [{"task": "(pre-flight)", "data_id": "", "cause": p} for p in problems]}
             break
-        status = run_step(campaign, sr, mode=campaign.manifest.workflow.mode, restart=restart, log_dir=log_dir)
+        status = run_step(campaign, sr, restart=True, log_dir=log_dir)
         out[step] = status.as_dict()
         if status.state != "ok":
             break

@@ -71,7 +71,7 @@ class Footprint:
     site: str
     pairs: dict[tuple[str, str], set[tuple[int, int]]] = field(default_factory=dict)
     values: dict[str, set[Any]] = field(default_factory=lambda: defaultdict(set))
-    regions: list[Any] = field(default_factory=list)  # sphgeom regions of the site's sky units
+    regions: list[Any] = field(default_factory=list)  # sky units, their tracts, the site's visits
     visit_regions: dict[int, Any] = field(default_factory=dict)
     _skypix: dict[str, set[int]] = field(default_factory=dict)
 
@@ -123,6 +123,12 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
     for rec in butler.query_dimension_records("patch", where=where, limit=None, explain=False):
         fp.values["patch"].add(rec.id)
         fp.regions.append(rec.region)
+    # tract-level tasks look up spatial inputs (reference catalog shards) over the whole tract
+    for rec in butler.query_dimension_records(
+        "tract", where=f"skymap = '{cfg.skymap}' AND tract IN (t)", bind={"t": sorted(fp.values["tract"])},
+        limit=None, explain=False,
+    ):
+        fp.regions.append(rec.region)
     visits = sorted(fp.values["visit"])
     ed: set[tuple[int, int]] = set()
     if visits:
@@ -141,6 +147,7 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
             instrument=cfg.instrument, limit=None, explain=False,
         ):
             fp.visit_regions[rec.id] = rec.region
+            fp.regions.append(rec.region)  # visit-level tasks look up shards over the visit
             if getattr(rec, "day_obs", None) is not None:
                 fp.values["day_obs"].add(rec.day_obs)
         for rec in butler.query_dimension_records(

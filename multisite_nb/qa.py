@@ -49,9 +49,12 @@ def run_reference(campaign: Campaign, log_dir: Any) -> dict[str, Any]:
         base = step_run(campaign, campaign.central, step)
         sr = StepRun(**{**base.__dict__, "output_chain": chain, "output_run": f"{chain}/{step}",
                         "inputs": [c for c in base.inputs if not c.startswith(f"{campaign.output_prefix}/")]})
-        problems = preflight(campaign, sr)
-        restart = any("already exists" in p for p in problems)
-        status = run_step(campaign, sr, mode="pipetask", restart=restart, log_dir=log_dir)
+        problems = preflight(campaign, sr, restart=True)
+        if problems:
+            out[step] = {"state": "failed", "failures": [{"task": "(pre-flight)", "data_id": "", "cause": p}
+                                                         for p in problems]}
+            break
+        status = run_step(campaign, sr, mode="pipetask", restart=True, log_dir=log_dir)
         out[step] = status.as_dict()
         if status.state != "ok":
             break

@@ -126,7 +126,7 @@ def export_records(butler: Any, values: Mapping[str, set[Any]], path: Path) -> i
         if missing and any(d not in GOVERNORS for d in constrained):
             for rec in _records(butler, element.name, constrained, values):
                 for d in missing:
-                    values.setdefault(d, set()).add(getattr(rec, d))
+                    values.setdefault(d, set()).add(rec.dataId[d])
     # pass 2: every element whose required dimensions all have values
     chosen: dict[str, list[Any]] = {}
     for element in elements:
