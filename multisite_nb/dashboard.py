@@ -43,7 +43,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
@@ -230,7 +230,7 @@ _CSS = """
 .msnb-phase.pass{background:#1a7f37;color:#fff}.msnb-phase.fail{background:#cf222e;color:#fff}
 .msnb-summary{margin-left:auto;font-size:14px}
 .msnb-summary b{padding:2px 8px;border-radius:6px;color:#fff;margin-left:4px}
-.msnb-cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(280px,1fr));gap:14px}
+.msnb-cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(230px,1fr));gap:14px}
 .msnb-card{background:#fff;border:1px solid #d0d7de;border-radius:10px;overflow:hidden;
  box-shadow:0 1px 3px rgba(27,31,36,.12);display:flex;flex-direction:column}
 .msnb-head{display:flex;justify-content:space-between;align-items:center;padding:10px 14px;color:#fff}
@@ -635,6 +635,11 @@ def progress_figure(history: list[dict[str, Any]], status: CampaignStatus) -> An
         return fig
     import matplotlib.dates as mdates
 
+    times = [p[0] for points in by_site.values() for p in points]
+    first, last = min(times), max(times)
+    if last - first < timedelta(minutes=2):  # a few readings: a readable window, not ± years
+        middle = first + (last - first) / 2
+        ax.set_xlim(middle - timedelta(minutes=1), middle + timedelta(minutes=1))
     locator = mdates.AutoDateLocator(tz=UTC, minticks=3, maxticks=8)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))

@@ -63,7 +63,10 @@ def prepare_run(campaign: Campaign, runs_root: Path) -> Path:
 def stuck_rule(campaign: Campaign, site: str, timeout: float = 60) -> Iterator[str]:
     """A rule to ``site`` that the world's conveyor marks STUCK: its source file's adler32 is wrong.
 
-    Yields the rule id once Rucio says STUCK; afterwards the rule, the replica and the file go.
+    Yields the rule id once Rucio says STUCK; afterwards the rule is expired (Rucio's cleaner
+    removes it). The test dataset ``<campaign>.dashboard_test.<tag>`` and its one file stay
+    registered at the central RSE (the world's account may not delete replicas: nothing is
+    lost, by policy), and the file stays on disk so the catalogue never points at nothing.
     """
     from multisite_nb.rucio_ops import FileDid, RucioOps
 
@@ -93,9 +96,6 @@ def stuck_rule(campaign: Campaign, site: str, timeout: float = 60) -> Iterator[s
         if rule_id:  # expire it now (a deletion would leave it listed for an hour); the cleaner removes it
             with contextlib.suppress(Exception):
                 ops.client.update_replication_rule(rule_id, {"lifetime": 0})
-        with contextlib.suppress(Exception):
-            ops.client.delete_replicas(campaign.site(src).rse, [{"scope": ops.scope, "name": lfn}])
-        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def wait_state(campaign: Campaign, run_dir: Path | None, site: str, want: str, timeout: float = 30) -> CampaignStatus:
