@@ -480,10 +480,11 @@ def _dimension_problems(campaign: Campaign, step_run: StepRun, butler: Any, grap
             problems.append(f"{where}: the data query cannot be evaluated for {sorted(dims)} in {repo}: {exc}")
             continue
         if n == 0:
+            kinds = ", ".join(sorted(dims - {"instrument", "skymap"})) or "data"
             problems.append(
-                f"{where}: no {{{', '.join(sorted(dims))}}} data ID in {repo} matches the data query "
-                f"(task {label}): dimension records are missing, e.g. no "
-                f"{'/'.join(sorted(dims - {'instrument', 'skymap'})) or 'data'} overlapping the site's sky units"
+                f"{where}: no quantum data ID of task {label} ({', '.join(sorted(dims))}) in {repo} matches "
+                f"the data query: dimension records are missing (no {kinds} records overlapping the site's "
+                "sky units)"
             )
     return problems
 
@@ -671,7 +672,6 @@ def _prepare_chain(step_run: StepRun) -> None:
 def _has_init_outputs(step_run: StepRun) -> bool:
     """Whether the output run already holds the step's task configs (written once per run)."""
     from lsst.daf.butler import Butler
-    from lsst.daf.butler.registry import MissingCollectionError
 
     graph = _load_pipeline_graph(step_run.pipeline_path)
     names = [graph.tasks[label].init.config_output.dataset_type_name
@@ -682,10 +682,8 @@ def _has_init_outputs(step_run: StepRun) -> bool:
             try:
                 if butler.query_datasets(name, collections=step_run.output_run, explain=False, limit=1):
                     return True
-            except Exception:
+            except Exception:  # dataset type or run not registered yet
                 continue
-        return False
-    except MissingCollectionError:
         return False
     finally:
         butler.close()
@@ -726,7 +724,7 @@ def _run_logged(cmd: Sequence[str], log: Path, *, env: Mapping[str, str], cwd: P
             return proc.returncode, True
 
 
-def _pipetask_cmd(campaign: Campaign, step_run: StepRun, attempt: Path, *, extend: bool, skip_init: bool,
+def _pipetask_cmd(step_run: StepRun, attempt: Path, *, extend: bool, skip_init: bool,
                   jobs: int, config_overrides: Sequence[str]) -> tuple[list[str], Path, Path]:
     graph_file, summary = attempt / "quantum_graph.qg", attempt / "summary.json"
     cmd = [
@@ -817,7 +815,7 @@ def run_step(
     if mode == "pipetask":
         log = attempt / "pipetask.log"
         cmd, graph_file, summary = _pipetask_cmd(
-            campaign, step_run, attempt, extend=extend, skip_init=extend and _has_init_outputs(step_run),
+            step_run, attempt, extend=extend, skip_init=extend and _has_init_outputs(step_run),
             jobs=jobs or campaign.manifest.workflow.jobs, config_overrides=config_overrides)
         record.update({"graph": str(graph_file), "command": cmd})
         (attempt / "attempt.json").write_text(json.dumps(record, indent=2))
@@ -905,7 +903,10 @@ def _run_bps(campaign: Campaign, step_run: StepRun, attempt: Path, log: Path, re
         doc = yaml.safe_load(sub.read_text())
         environment = doc.get("environment") or {}
         env = _child_env(environment)
-        env = {k: v for k, v in env.items() if not _SECRET_NAME.search(k)}  # BPS dumps its environment
+        if _wms_of(_site_config_path(campaign)) == "parsl":
+            # BPS writes its whole environment to <submit>/<name>.env.info.yaml; a local parsl run
+            # needs no credentials, so none go there.  (PanDA needs its OIDC token variables.)
+            env = {k: v for k, v in env.items() if not _SECRET_NAME.search(k)}
         cmd = [bps, "--long-log", "submit", str(sub)]
         record.update({"submit_file": str(sub), "submit_path": str(submit_path), "command": cmd,
                        "environment": environment, "cwd": str(cwd)})

@@ -1,0 +1,289 @@
+"""Submission: submit files checked by BPS's own config loader, preflight, and steps run for
+real with ``pipetask`` and with ``bps submit`` (parsl plugin) against site repos in tmp."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from lsst.daf.butler import Butler, CollectionType
+from lsst.pipe.base import QuantumGraph
+
+from multisite_nb.config import Campaign, load_campaign, load_manifest, repo_root
+from multisite_nb.submit import (
+    PreflightError,
+    StepStatus,
+    preflight,
+    run_step,
+    step_run,
+    submit_file,
+    write_submit_file,
+)
+from multisite_nb.world.butler_world import (
+    collections_for,
+    copy_site_inputs,
+    create_site_repo,
+    dimension_records,
+    populate_central,
+)
+from multisite_nb.world.synthetic import SkySpec, build_sky
+
+CAMPAIGN = repo_root() / "parameters" / "campaign_3x3.yaml"
+FACILITIES = repo_root() / "parameters" / "sites" / "facilities.yaml"
+IN2P3_QUERY = "instrument = 'HSC' AND skymap = 'hsc_rings_3x3' AND ((tract = 0 AND patch IN (3, 4)))"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Central repo populated; IN2P3 holds target 0's inputs and RAL target 1's (as the campaign plans)."""
+    root = tmp_path_factory.mktemp("submit")
+    spec = SkySpec()
+    create_site_repo(root / "butler" / "USDF", root / "rse" / "USDF_DISK")
+    populate_central(root / "butler" / "USDF", spec)
+    for site, target in (("IN2P3", 0), ("RAL", 1)):
+        create_site_repo(root / "butler" / site, root / "rse" / f"{site}_DISK")
+        copy_site_inputs(root / "butler" / "USDF", root / "butler" / site, spec, targets=[target])
+    return root
+
+
+@pytest.fixture(scope="module")
+def campaign(root: Path) -> Campaign:
+    return load_campaign(CAMPAIGN, env={"MSNB_WORLD": str(root)})
+
+
+@pytest.fixture(scope="module")
+def facilities() -> Campaign:
+    """The same campaign with the real facilities' manifest (PanDA)."""
+    embedded = load_campaign(CAMPAIGN, env={})
+    return Campaign(embedded.config, load_manifest(FACILITIES, env={}), embedded.path, FACILITIES)
+
+
+@pytest.fixture(scope="module")
+def step1(root: Path, campaign: Campaign) -> StepStatus:
+    """step1 at IN2P3 with the real ``pipetask run``."""
+    return run_step(campaign, step_run(campaign, "IN2P3", "step1"), "pipetask", log_dir=root / "logs")
+
+
+def _bps_config(path: Path):
+    from lsst.ctrl.bps import BpsConfig
+    from lsst.ctrl.bps.bps_config import BPS_DEFAULTS, BPS_SEARCH_ORDER
+
+    return BpsConfig(str(path), search_order=BPS_SEARCH_ORDER, defaults=BPS_DEFAULTS)
+
+
+def _value(config, key: str, **opt):
+    found, value = config.search(key, opt=opt or None)
+    assert found, key
+    return value
+
+
+# ------------------------------------------------------------------------------ step runs
+def test_step_run_follows_the_collection_convention(campaign: Campaign) -> None:
+    sr = step_run(campaign, "IN2P3", "step1")
+    assert (sr.output_chain, sr.output_run) == ("3x3/IN2P3", "3x3/IN2P3/step1")
+    assert sr.inputs == ["HSC/defaults"]  # no chain yet in a fresh repo
+    assert sr.data_query == IN2P3_QUERY
+    assert sr.pipeline == f"{campaign.pipeline_path}#step1"
+    assert sr.repo == campaign.butler_repo("IN2P3")
+
+    extra = step_run(campaign, "IN2P3", "step2d", ["3x3/USDF/step2c"], chain_exists=True)
+    assert extra.inputs == ["3x3/IN2P3", "HSC/defaults", "3x3/USDF/step2c"]
+
+    central = step_run(campaign, "USDF", "step2c", ["3x3/IN2P3/step2b", "3x3/RAL/step2b"])
+    assert central.output_run == "3x3/USDF/step2c"
+    for tract in (0, 1, 2):  # a global step sees every remote site's sky units
+        assert f"(tract = {tract} AND patch IN (3, 4))" in central.data_query
+    with pytest.raises(KeyError):
+        step_run(campaign, "NOWHERE", "step1")
+
+
+def test_unreachable_repo_predicts_the_chain_from_the_stage_plan(facilities: Campaign) -> None:
+    assert step_run(facilities, "IN2P3", "step1").inputs == ["HSC/defaults"]
+    assert step_run(facilities, "IN2P3", "step2a").inputs == ["3x3/IN2P3", "HSC/defaults"]
+    assert step_run(facilities, "USDF", "step2c").inputs == ["HSC/defaults"]
+
+
+# ------------------------------------------------------------------------------ submit files
+def test_panda_submit_files_load_with_bps(facilities: Campaign, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # The PanDA client resolves its server at import unless told it is behind a load balancer.
+    monkeypatch.setenv("PANDA_BEHIND_REAL_LB", "1")
+    import lsst.ctrl.bps.panda  # noqa: F401  (the plugin imports offline with the variable set)
+
+    expected = {"USDF": ("SLAC", "US"), "IN2P3": ("CC-IN2P3", "EU"), "RAL": ("RAL", "EU"),
+                "LANCS": ("LANCS", "EU")}
+    for site, (compute_site, cloud) in expected.items():
+        sr = step_run(facilities, site, "step1")
+        doc = submit_file(facilities, sr)
+        assert doc["includeConfigs"] == [str(repo_root() / "bps" / "panda.yaml")]
+        path = write_submit_file(facilities, sr, tmp_path / f"{site}.yaml", operator="ops")
+        config = _bps_config(path)
+        assert _value(config, "wmsServiceClass") == "lsst.ctrl.bps.panda.PanDAService"
+        assert _value(config, "computeSite") == compute_site
+        assert _value(config, "computeCloud") == cloud
+        assert _value(config, "queue") == f"{compute_site}_Rubin"
+        assert _value(config, "queue", searchobj=config["finalJob"]) == f"{compute_site}_Rubin_Merge"
+        assert _value(config, "pipelineYaml") == f"{facilities.pipeline_path}#step1"
+        assert _value(config, "butlerConfig") == facilities.butler_repo(site)
+        assert _value(config, "inCollection") == "HSC/defaults"
+        assert _value(config, "dataQuery") == sr.data_query
+        assert _value(config, "output") == f"3x3/{site}"
+        assert _value(config, "outputRun") == f"3x3/{site}/step1"
+        assert _value(config, "requestMemory") == 2048
+        assert _value(config, "numberOfRetries") == 3
+        assert (_value(config, "project"), _value(config, "campaign"), _value(config, "operator")) == (
+            "multisite_nb", "3x3", "ops")
+        # Site-specific values of the PanDA site config resolve through computeSite.
+        cache = _value(config, "fileDistributionEndPointDefault", curvals={"curr_site": compute_site})
+        assert cache.startswith("file:///") and "{" not in cache
+        assert "environment" not in doc  # the facilities set up their own software
+
+
+def test_parsl_submit_file_loads_with_bps(campaign: Campaign, tmp_path: Path) -> None:
+    from lsst.ctrl.bps.parsl.site import SiteConfig
+    from lsst.ctrl.bps.parsl.sites import Local
+
+    sr = step_run(campaign, "RAL", "step1", ["3x3/USDF/step2c"])
+    path = write_submit_file(campaign, sr, tmp_path / "ral.yaml", submit_path=tmp_path / "submit")
+    config = _bps_config(path)
+    assert _value(config, "wmsServiceClass") == "lsst.ctrl.bps.parsl.ParslService"
+    assert _value(config, "computeSite") == "RAL"
+    assert _value(config, "inCollection") == "HSC/defaults,3x3/USDF/step2c"
+    assert _value(config, "outputRun") == "3x3/RAL/step1"
+    assert _value(config, "submitPath") == str(tmp_path / "submit")
+    assert _value(config, "requestCpus", searchobj=config["finalJob"]) == 1
+    assert _value(config, "requestMemory", searchobj=config["finalJob"]) == 2048
+    env = config["environment"]
+    assert {"CTRL_MPEXEC_DIR", "DAF_BUTLER_DIR", "PYTHONPATH", "PATH"} <= set(env)
+    # The parsl plugin's own lookup: site.<computeSite> -> a Local site with the configured cores.
+    site = SiteConfig.from_config(config)
+    assert isinstance(site, Local)
+    assert [e.label for e in site.get_executors()] == ["local"]
+
+
+# ------------------------------------------------------------------------------ preflight
+def test_preflight_passes_for_a_ready_step(campaign: Campaign) -> None:
+    assert preflight(campaign, step_run(campaign, "RAL", "step1")) == []
+
+
+def test_preflight_catches_missing_inputs_and_subsets(campaign: Campaign) -> None:
+    problems = preflight(campaign, step_run(campaign, "RAL", "step2d", ["3x3/USDF/step2c"]))
+    assert any("input collection 3x3/USDF/step2c does not exist" in p for p in problems), problems
+    problems = preflight(campaign, step_run(campaign, "RAL", "step9"))
+    assert any("no subset 'step9'" in p for p in problems), problems
+
+
+def test_preflight_catches_missing_dimension_records(root: Path, campaign: Campaign) -> None:
+    # A repo with the sky map and instrument but no visits or exposures at all.
+    repo = root / "butler" / "bare"
+    create_site_repo(repo, root / "rse" / "BARE_DISK")
+    records = dimension_records(build_sky(SkySpec()))
+    butler = Butler.from_config(str(repo), writeable=True)
+    with butler.transaction():
+        for element in ("instrument", "physical_filter", "detector", "skymap", "tract", "patch"):
+            butler.registry.insertDimensionData(element, *records[element])
+    butler.collections.register(collections_for(SkySpec()).defaults, CollectionType.CHAINED)
+    butler.close()
+    sr = dataclasses.replace(step_run(campaign, "IN2P3", "step1"), repo=str(repo))
+    problems = preflight(campaign, sr)
+    assert problems and all("dimension records are missing" in p for p in problems), problems
+    assert any("task isr" in p and "exposure" in p for p in problems)
+
+    # A repo holding another site's share: the sky units' records are not there.
+    elsewhere = dataclasses.replace(step_run(campaign, "IN2P3", "step1"), repo=campaign.butler_repo("RAL"))
+    problems = preflight(campaign, elsewhere)
+    assert any("no dimension records for tract 0 patch 3, tract 0 patch 4" in p for p in problems), problems
+
+    # An empty repo: not even the instrument.
+    empty = root / "butler" / "empty"
+    create_site_repo(empty, root / "rse" / "EMPTY_DISK")
+    problems = preflight(campaign, dataclasses.replace(sr, repo=str(empty)))
+    assert any("no dimension record for instrument HSC" in p for p in problems), problems
+
+
+def test_preflight_catches_an_existing_output_run(campaign: Campaign, step1: StepStatus) -> None:
+    sr = step_run(campaign, "IN2P3", "step1")
+    problems = preflight(campaign, sr)
+    assert any("output run 3x3/IN2P3/step1 already exists" in p and "datasets" in p for p in problems), problems
+    assert preflight(campaign, sr, restart=True) == []
+    with pytest.raises(PreflightError, match="already exists"):
+        run_step(campaign, sr, "pipetask", log_dir=Path(step1.log).parents[3])
+
+
+# ------------------------------------------------------------------------------ running
+def test_step1_with_pipetask_succeeds_and_counts_match_the_graph(campaign: Campaign, step1: StepStatus) -> None:
+    assert step1.state == "ok", str(step1)
+    attempt = Path(step1.log).parent
+    graph = QuantumGraph.loadUri(attempt / "quantum_graph.qg")
+    assert step1.total == len(graph) == 72
+    assert (step1.succeeded, step1.failed, step1.pending, step1.failures) == (72, 0, 0, [])
+    assert step1.by_task == {label: {"total": 24, "succeeded": 24, "failed": 0, "pending": 0}
+                             for label in ("calibrateImage", "isr", "transformPreSourceTable")}
+    assert (step1.run, step1.chain, step1.restart, step1.returncode) == ("3x3/IN2P3/step1", "3x3/IN2P3", False, 0)
+    assert (attempt / "status.json").is_file() and Path(step1.log).stat().st_size < 1_000_000
+    butler = Butler.from_config(campaign.butler_repo("IN2P3"))
+    assert butler.collections.get_info("3x3/IN2P3").children[0] == "3x3/IN2P3/step1"
+    assert len(butler.query_datasets("isr_metadata", collections="3x3/IN2P3/step1", explain=False)) == 24
+    # Once the chain exists, the next step reads it first.
+    assert step_run(campaign, "IN2P3", "step2a").inputs == ["3x3/IN2P3", "HSC/defaults"]
+
+
+def test_failure_is_reported_and_restart_finishes_without_rerunning(root: Path, campaign: Campaign) -> None:
+    repo = campaign.butler_repo("RAL")
+    butler = Butler.from_config(repo)
+    exposure = min(r.id for r in butler.query_dimension_records("exposure", explain=False))
+    butler.close()
+    sr = step_run(campaign, "RAL", "step1")
+    inject = f"isr:fail_condition=exposure IN ({exposure}) AND detector IN (1)"
+    failed = run_step(campaign, sr, "pipetask", log_dir=root / "logs", config_overrides=[inject])
+    assert failed.state == "failed", str(failed)
+    assert (failed.total, failed.succeeded, failed.failed, failed.pending) == (72, 69, 1, 2)
+    assert failed.by_task["isr"]["failed"] == 1 and failed.by_task["calibrateImage"]["pending"] == 1
+    [failure] = failed.failures
+    assert failure["task"] == "isr"
+    assert failure["data_id"] == {"detector": 1, "exposure": exposure, "instrument": "HSC"}
+    assert failure["cause"].startswith("StandInFailure: injected failure: task=isr")
+    assert failure["cause"] in Path(failed.log).read_text()
+    assert failed.as_dict()["failures"] == failed.failures
+
+    butler = Butler.from_config(repo)
+    before = {ref.dataId.required_values: ref.id
+              for ref in butler.query_datasets("calexp", collections=sr.output_run, explain=False)}
+    butler.close()
+    assert len(before) == 23
+
+    # The cause removed (no override), the step restarts in the same run.
+    assert any("already exists" in p for p in preflight(campaign, sr))
+    done = run_step(campaign, sr, "pipetask", restart=True, log_dir=root / "logs")
+    assert done.state == "ok", str(done)
+    assert (done.total, done.succeeded, done.failed, done.pending, done.restart) == (72, 72, 0, 0, True)
+    assert done.attempt == failed.attempt + 1
+    # Only the failed quantum and the two it blocked ran again ...
+    assert len(QuantumGraph.loadUri(Path(done.log).parent / "quantum_graph.qg")) == 3
+    butler = Butler.from_config(repo)
+    after = {ref.dataId.required_values: ref.id
+             for ref in butler.query_datasets("calexp", collections=sr.output_run, explain=False)}
+    assert butler.collections.get_info("3x3/RAL").children[0] == "3x3/RAL/step1"
+    butler.close()
+    # ... and the 23 earlier outputs are the same datasets.
+    assert len(after) == 24 and all(after[k] == v for k, v in before.items())
+
+
+@pytest.mark.slow
+def test_bps_parsl_runs_a_step(root: Path, campaign: Campaign, step1: StepStatus) -> None:
+    # An extra input collection (as a redistributed run would be) joins the site's chain.
+    butler = Butler.from_config(campaign.butler_repo("IN2P3"), writeable=True)
+    butler.collections.register("3x3/USDF/extra", CollectionType.RUN)
+    butler.close()
+    sr = step_run(campaign, "IN2P3", "step2a", ["3x3/USDF/extra"])
+    status = run_step(campaign, sr, "bps", log_dir=root / "logs")
+    assert status.state == "ok", str(status)
+    assert (status.mode, status.total, status.succeeded, status.failed) == ("bps", 12, 12, 0)
+    attempt = Path(status.log).parent
+    assert (attempt / "submit.yaml").is_file() and list((attempt / "submit").glob("*.qg"))
+    butler = Butler.from_config(campaign.butler_repo("IN2P3"))
+    chain = butler.collections.get_info("3x3/IN2P3").children
+    assert chain[:2] == ("3x3/IN2P3/step2a", "3x3/IN2P3/step1") and chain[-1] == "3x3/USDF/extra"
+    assert len(butler.query_datasets("visitSummary", collections="3x3/IN2P3/step2a", explain=False)) == 6
+    butler.close()
