@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from .config import Stage
 
-__all__ = ["Crossing", "Wiring", "derive_wiring", "load_pipeline_graph"]
+__all__ = ["Crossing", "Wiring", "derive_wiring", "load_pipeline_graph", "plot_wiring"]
 
 
 def load_pipeline_graph(path: str | Path, registry: Any = None):
@@ -192,8 +192,10 @@ def plot_wiring(wiring: Wiring, ax: Any = None):
         if crossing:
             kind = "gather" if b_st.where == "central" else "redistribute"
             names = wiring.gathered_before(b_st.name) if kind == "gather" else wiring.redistributed_after(a_st.name)
-            ax.text((x0 + x1) / 2 + 0.05, 0.5, f"{kind}:\n" + "\n".join(names), fontsize=7, color="#c0392b",
-                    ha="left", va="center")
+            left = kind == "gather"  # gather labels left of their arrow, redistribution right
+            ax.text((x0 + x1) / 2 + (-0.12 if left else 0.12), 0.5, f"{kind}:\n" + "\n".join(names), fontsize=7,
+                    color="#c0392b", ha="right" if left else "left", va="center",
+                    bbox=dict(fc="white", ec="none", alpha=0.85, pad=1.5))
     ax.axhline(0.5, color="#c0392b", ls="--", lw=0.8)
     ax.text(-0.45, 0.53, "site boundary", color="#c0392b", fontsize=8, va="bottom")
     ax.text(-0.45, 1.25, "at every remote site", fontsize=8, color="#1f4e79")
