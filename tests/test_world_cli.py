@@ -1,0 +1,48 @@
+"""The world as an operator sees it: `multisite-nb world status | up` and plain papermill."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multisite_nb.config import repo_root
+
+pytestmark = pytest.mark.world
+BIN = Path(sys.executable).parent
+
+
+def run(world, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / args[0]), *args[1:]], env=world.env(), cwd=repo_root(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_status_shows_every_site_healthy(world) -> None:
+    out = run(world, "multisite-nb", "world", "status", "--dir", str(world.root))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "rucio: reachable" in out.stdout
+    for site, rse in (("USDF", "USDF_DISK"), ("IN2P3", "IN2P3_DISK"), ("RAL", "RAL_DISK"), ("LANCS", "LANCS_DISK")):
+        line = next(ln for ln in out.stdout.splitlines() if ln.strip().startswith(site))
+        assert rse in line and "known" in line and "butler ok" in line, line
+    data = json.loads(run(world, "multisite-nb", "world", "status", "--dir", str(world.root), "--json").stdout)
+    assert data["sites"]["USDF"]["by_type"]["raw"] == 72
+
+
+def test_up_on_an_up_world_changes_nothing(world) -> None:
+    before = (world.root / "world.json").read_text()
+    out = run(world, "multisite-nb", "world", "up", "--dir", str(world.root))
+    assert out.returncode == 0, out.stderr
+    assert "already up" in out.stdout and "nothing changed" in out.stdout
+    assert (world.root / "world.json").read_text() == before
+
+
+def test_plain_papermill_with_a_parameters_file(world, tmp_path: Path) -> None:
+    out_nb = tmp_path / "01_placement.ipynb"
+    proc = run(world, "papermill", "notebooks/01_placement.ipynb", str(out_nb), "-f", "parameters/papermill_3x3.yaml",
+               "-p", "run_dir", str(tmp_path / "run"), "--no-progress-bar")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "run" / "results" / "placement.json").read_text())
+    assert result["passed"] and set(result["summary"]["sites"]) == {"IN2P3", "RAL", "LANCS"}
