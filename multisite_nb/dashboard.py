@@ -71,7 +71,7 @@ __all__ = [
 STATE_COLOURS = {"ok": "#1a7f37", "busy": "#b76e00", "trouble": "#cf222e", "idle": "#6e7781"}
 STATE_LABELS = {"ok": "OK", "busy": "BUSY", "trouble": "TROUBLE", "idle": "IDLE"}
 STEP_COLOURS = {
-    "succeeded": "#2da44e", "running": "#d4a72c", "pending": "#eed27c", "failed": "#cf222e",
+    "succeeded": "#2da44e", "running": "#d4a72c", "pending": "#eed27c", "failed": "#cf222e", "stopped": "#e16f24",
     "not_started": "#d8dee4", "unknown": "#8c959f",
 }
 CENTRAL_COLOUR = "#444c56"
@@ -341,7 +341,7 @@ def _steps_html(s: SiteStatus) -> str:
         st = s.steps.get(label)
         state = st.state if st else "not_started"
         colour = STEP_COLOURS.get(state, STEP_COLOURS["unknown"])
-        fg = "#fff" if state in ("succeeded", "failed", "unknown") else "#1f2328"
+        fg = "#fff" if state in ("succeeded", "failed", "stopped", "unknown") else "#1f2328"
         counts = f"{st.succeeded}/{st.total}" if st and st.total else ""
         tip = (f"{label}: {state}; {st.succeeded} succeeded, {st.failed} failed, {st.running} running, "
                f"{st.pending} pending" if st else f"{label}: not started")
@@ -577,7 +577,7 @@ def steps_figure(status: CampaignStatus) -> Any:
             if st and st.total:
                 label = f"{st.succeeded}/{st.total}" + (f"\n{st.failed} ✗" if st.failed else "")
                 ax.text(j + 0.5, i + 0.5, label, ha="center", va="center", fontsize=10,
-                        color="white" if state in ("succeeded", "failed") else "#1f2328")
+                        color="white" if state in ("succeeded", "failed", "stopped") else "#1f2328")
     ax.set_xlim(0, len(steps))
     ax.set_ylim(len(sites), 0)
     ax.set_xticks([j + 0.5 for j in range(len(steps))], steps, rotation=30, ha="right", fontsize=10)
@@ -590,8 +590,8 @@ def steps_figure(status: CampaignStatus) -> Any:
     for side in ax.spines.values():
         side.set_visible(False)
     handles = [Patch(color=STEP_COLOURS[k], label=k.replace("_", " ")) for k in
-               ("succeeded", "running", "pending", "failed", "not_started")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=9, frameon=False)
+               ("succeeded", "running", "pending", "failed", "stopped", "not_started")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=6, fontsize=9, frameon=False)
     ax.set_title("Steps by site (succeeded / total quanta)", fontsize=11)
     return fig
 

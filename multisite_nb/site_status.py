@@ -25,11 +25,12 @@ knows about pipeline steps puts this in its ``summary``::
     "steps": {
       "<SITE>": {                               # site name as in the campaign
         "<step>": {                             # pipeline subset label, e.g. "step1"
-          "state": "not_started" | "pending" | "running" | "succeeded" | "failed",
+          "state": "not_started" | "pending" | "running" | "succeeded" | "failed" | "stopped",
           "succeeded": 12,                      # quanta (jobs) finished OK
           "failed": 1,                          # quanta failed for good (after retries)
           "pending": 3,                         # submitted, waiting to run
           "running": 2,                         # running now
+          "total": 18,                          # optional: quanta in the step's graph
           "failures": [                         # the first few failed quanta
             {"task": "isr", "data_id": {"exposure": 903334, "detector": 42},
              "cause": "ValueError: ..."}
@@ -39,18 +40,23 @@ knows about pipeline steps puts this in its ``summary``::
       }
     }
 
+``pending`` and ``running`` mean *in flight* (the workflow system will still run them);
+``stopped`` is a step that ended with quanta neither run nor failed (killed, cancelled, or
+``partial`` as :mod:`multisite_nb.submit` says) — nothing will run them without an operator.
+
 It is read tolerantly: every key is optional (counts default to 0; ``state`` is derived
 from the counts when absent: failed > 0 → ``failed``, running > 0 → ``running``,
 pending > 0 → ``pending``, succeeded > 0 → ``succeeded``, else ``not_started``); common
 synonyms are accepted (``done``/``ok``/``success`` → succeeded, ``queued``/``submitted``/
-``waiting`` → pending, ``error`` → failed, ...); ``data_id`` may be a string or a mapping; a
+``waiting`` → pending, ``error`` → failed, ``partial``/``killed``/``cancelled`` → stopped,
+...); ``data_id`` may be a string or a mapping; a
 failure may be a plain string (taken as the cause); unknown keys are ignored.  When several
 results describe the same site and step, the one that finished last wins.
 
 State rules (per site)
 ----------------------
 * ``trouble`` — a rule to the site is STUCK or SUSPENDED; the site's verification failed;
-  a step has failed quanta; the site's Butler or Rucio cannot be read; a result file
+  a step has failed quanta or stopped with quanta not run; the site's Butler or Rucio cannot be read; a result file
   cannot be read (every site: it may hide a failure) or the site's steps entry is not a
   mapping.
 * ``busy`` — nothing is wrong, and a rule is replicating (or waiting) or quanta are
@@ -101,7 +107,7 @@ State = Literal["ok", "busy", "trouble", "idle"]
 #: Site states, most to least urgent.
 STATES: tuple[str, ...] = ("trouble", "busy", "ok", "idle")
 #: Step states after normalisation.
-STEP_STATES: tuple[str, ...] = ("failed", "running", "pending", "succeeded", "not_started", "unknown")
+STEP_STATES: tuple[str, ...] = ("failed", "stopped", "running", "pending", "succeeded", "not_started", "unknown")
 
 _STEP_SYNONYMS = {
     "succeeded": "succeeded", "success": "succeeded", "successful": "succeeded", "done": "succeeded",
@@ -110,6 +116,8 @@ _STEP_SYNONYMS = {
     "running": "running", "active": "running", "started": "running", "in_progress": "running",
     "pending": "pending", "queued": "pending", "submitted": "pending", "waiting": "pending",
     "ready": "pending", "scheduled": "pending", "held": "pending",
+    "stopped": "stopped", "partial": "stopped", "incomplete": "stopped", "killed": "stopped",
+    "cancelled": "stopped", "canceled": "stopped", "aborted": "stopped", "timeout": "stopped",
     "not_started": "not_started", "new": "not_started", "planned": "not_started", "none": "not_started",
     "not started": "not_started", "unsubmitted": "not_started",
 }
@@ -232,10 +240,11 @@ class StepStatus:
     failures: list[StepFailure] = field(default_factory=list)
     updated: str | None = None
     source: str | None = None  # the phase result it came from
+    expected: int = 0  # ``total`` as the result gave it (quanta in the graph), if it did
 
     @property
     def total(self) -> int:
-        return self.succeeded + self.failed + self.pending + self.running
+        return max(self.succeeded + self.failed + self.pending + self.running, self.expected)
 
 
 @dataclass
@@ -355,7 +364,7 @@ def normalise_step(step: str, entry: Any, source: str | None = None) -> StepStat
             did = f.get("data_id", f.get("dataId", ""))
             if isinstance(did, Mapping):
                 did = ", ".join(f"{k}={v}" for k, v in did.items())
-            failures.append(StepFailure(task=_short(f.get("task", f.get("label", "?")), 80),
+            failures.append(StepFailure(task=_short(f.get("task") or f.get("label") or "?", 80),
                                         data_id=_short(did, 160), cause=_short(f.get("cause", f.get("error", "")))))
         else:
             failures.append(StepFailure(task="?", data_id="", cause=_short(f)))
@@ -376,7 +385,7 @@ def normalise_step(step: str, entry: Any, source: str | None = None) -> StepStat
         state = "failed"  # failed quanta are failed, whatever the summary says
     updated = entry.get("updated")
     return StepStatus(step=step, state=state, failures=failures, updated=str(updated) if updated else None,
-                      source=source, **counts)
+                      source=source, expected=_int(entry.get("total")), **counts)
 
 
 def read_steps(
@@ -558,6 +567,12 @@ def site_state(s: SiteStatus) -> tuple[str, str]:
         cause = f"{f.task} {f.data_id}: {f.cause}".strip() if f else None
         issues.append(Issue("steps", f"{st.step}: {st.failed} failed quant{'a' if st.failed != 1 else 'um'}"
                             if st.failed else f"{st.step} failed", cause))
+    for st in s.steps.values():
+        if st.state == "stopped" and not st.failed:
+            left = st.pending + st.running
+            f = st.failures[0] if st.failures else None
+            issues.append(Issue("steps", f"{st.step} stopped with {left} quant{'a' if left != 1 else 'um'} not run",
+                                f"{f.task} {f.data_id}: {f.cause}".strip() if f else None))
     v = s.verification
     if v.ran and v.ok is False:
         kinds = ", ".join(f"{n} {k}" for k, n in v.counts.items() if n) or "problems"
@@ -569,9 +584,10 @@ def site_state(s: SiteStatus) -> tuple[str, str]:
     if t is not None and t.replicating:
         busy.append(f"{t.replicating} rule{'s' if t.replicating > 1 else ''} replicating "
                     f"({t.locks_ok}/{t.locks_ok + t.locks_replicating} files)")
-    running = sum(st.running for st in s.steps.values())
-    pending = sum(st.pending for st in s.steps.values())
-    in_flight = [st.step for st in s.steps.values() if st.state in ("running", "pending")]
+    flying = [st for st in s.steps.values() if st.state in ("running", "pending")]
+    running = sum(st.running for st in flying)
+    pending = sum(st.pending for st in flying)
+    in_flight = [st.step for st in flying]
     if running or pending or in_flight:
         busy.append(f"{', '.join(in_flight) or 'steps'}: {running} running, {pending} pending")
     if busy:

@@ -186,6 +186,11 @@ def test_steps_entries_are_read_tolerantly() -> None:
     assert normalise_step("s", {}).state == "not_started"
     assert normalise_step("s", 42).state == "unknown"
     assert normalise_step("s", {"state": "weird"}).state == "unknown"
+    ok = normalise_step("s", {"state": "ok", "total": 18, "succeeded": 18, "failures": [{"task": None, "cause": "x"}]})
+    assert (ok.state, ok.total, ok.failures[0].task) == ("succeeded", 18, "?")
+    assert normalise_step("s", {"total": 10, "succeeded": 4}).total == 10
+    # multisite_nb.submit's words: ok / failed / partial (ended with quanta not run)
+    assert normalise_step("s", {"state": "partial", "succeeded": 4, "pending": 2}).state == "stopped"
 
 
 # --------------------------------------------------------------------------- on the world
@@ -272,6 +277,13 @@ def test_steps_results_drive_busy_and_trouble(campaign: Campaign, run_dir: Path,
     assert "consolidateVisitSummary" in (ral.last_error_cause or "") and "visit=903334" in ral.last_error_cause
     assert status.sites["LANCS"].state == "ok" and status.sites["LANCS"].steps["step1"].state == "succeeded"
     assert any("summary.steps.USDF" in p for p in status.problems)
+
+    # a step that ended with quanta not run (submit's "partial") is trouble, not busy
+    record_result(run, PhaseResult(phase="submit_late", passed=False, reason="LANCS step2d partial", summary={
+        "steps": {"LANCS": {"step2d": {"state": "partial", "total": 6, "succeeded": 4, "pending": 2}}}}))
+    lancs = collect(campaign, run, butler=False).sites["LANCS"]
+    assert lancs.state == "trouble" and lancs.last_error == "step2d stopped with 2 quanta not run"
+    (run / "results" / "submit_late.json").unlink()
 
     # a later result wins for the same site and step
     record_result(run, PhaseResult(phase="submit_retry", passed=True, reason="retried", summary={
