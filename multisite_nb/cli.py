@@ -86,7 +86,7 @@ def world_status(dir_: str | None, params: str, as_json: bool) -> None:
 def _run_chain(campaign, phases: list[str], runs_root: str | None, resume_dir: str | None):
     from .runbook import new_run, run_chain, split_phase
 
-    known = {"placement", "transfer", "verify", "submit", "gather_redistribute", "qa"}
+    known = {"placement", "transfer", "verify", "submit", "gather_redistribute", "qa", "dashboard"}
     for p in phases:
         name, _, _ = split_phase(p)
         if name not in known:

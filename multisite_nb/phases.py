@@ -318,4 +318,5 @@ def chain_for(campaign: Campaign) -> list[str]:
     out = ["placement", "transfer", "verify"]
     for st in campaign.config.stages:
         out.append(f"submit@{st.name}" if st.where == "sites" else f"gather_redistribute@{st.name}")
-    return [*out, "gather_redistribute@final", "qa"]
+    # the last page of the run log: the operator dashboard as it stands at the end
+    return [*out, "gather_redistribute@final", "qa", "dashboard"]

@@ -22,8 +22,12 @@ def polygon_lonlat(region: Any) -> list[tuple[float, float]]:
     return pts + pts[:1]
 
 
-def plot_sky(campaign: Campaign, plan: Any = None, butler: Any = None, ax: Any = None, states: dict[str, str] | None = None):
+def plot_sky(campaign: Campaign, plan: Any = None, butler: Any = None, axes: Any = None,
+             states: dict[str, str] | None = None):
     """Draw every patch of the campaign's tracts, filled by owning site, and the planned visits.
+
+    One panel per tract (``axes``: one matplotlib axis per tract, made if not given); returns
+    the first axis.
 
     Parameters
     ----------
@@ -48,11 +52,11 @@ def plot_sky(campaign: Campaign, plan: Any = None, butler: Any = None, ax: Any =
             for u in campaign.sky_units(site):
                 owner[u.key] = site
         tracts = sorted({u.tract for s in campaign.remote_sites for u in campaign.sky_units(s)})
-        if ax is None:
-            _, axes = plt.subplots(1, len(tracts), figsize=(3.6 * len(tracts) + 1, 3.8), squeeze=False)
-            axes = list(axes[0])
-        else:
-            axes = [ax] * len(tracts)
+        if axes is None:
+            _, grid = plt.subplots(1, len(tracts), figsize=(3.6 * len(tracts) + 1, 3.8), squeeze=False)
+            axes = list(grid[0])
+        elif len(axes) != len(tracts):
+            raise ValueError(f"plot_sky: {len(tracts)} tracts need {len(tracts)} axes, got {len(axes)}")
         panel = dict(zip(tracts, axes))
         for rec in butler.query_dimension_records(
             "patch", where=f"skymap = '{skymap}' AND tract IN ({', '.join(map(str, tracts))})", limit=None, explain=False

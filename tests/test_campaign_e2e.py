@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.world]
 
 BIN = Path(sys.executable).parent
 PHASES = ["placement", "transfer", "verify", "submit_early", "gather_redistribute_calibration",
-          "submit_late", "gather_redistribute_final", "qa"]
+          "submit_late", "gather_redistribute_final", "qa", "dashboard"]
 
 
 @pytest.fixture(scope="module")
