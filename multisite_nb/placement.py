@@ -366,3 +366,88 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
     finally:
         if own:
             butler.close()
+
+
+# -- optional: suggest an assignment of sky units to sites -------------------------------
+
+
+class UnitGroup(BaseModel):
+    """Sky units that share visits (so they had better go to one site), and their volume."""
+
+    units: list[str]
+    keys: list[tuple[int, int | None]]
+    visits: list[int]
+    raws: int
+    site: str | None = None
+
+
+def suggest_assignment(
+    campaign: Campaign, units: Iterable[SkyUnit] | None = None, butler: Any = None
+) -> list[UnitGroup]:
+    """Group sky units that share visits and spread the groups over the remote sites.
+
+    Units linked by a common visit form one group (splitting them would make boundary
+    visits); groups are handed out largest first to the site furthest below its share of
+    the volume (``share`` in the campaign, equal shares where none is given).
+
+    Parameters
+    ----------
+    units
+        The candidate units (default: every unit the campaign assigns today).
+    """
+    from .butler_ops import open_butler
+
+    cfg = campaign.config
+    units = list(units) if units is not None else [u for s in campaign.remote_sites for u in campaign.sky_units(s)]
+    own = butler is None
+    if own:
+        butler = open_butler(campaign.butler_repo(campaign.central))
+    try:
+        visits_of: dict[tuple[int, int | None], set[int]] = defaultdict(set)
+        pairs_of: dict[tuple[int, int | None], set[tuple[int, int]]] = defaultdict(set)
+        for u in units:
+            for did in butler.query_data_ids(["visit", "detector", "patch"], where=units_where([u], cfg.skymap),
+                                             instrument=cfg.instrument, limit=None, explain=False):
+                m = dict(did.mapping)
+                visits_of[u.key].add(m["visit"])
+                pairs_of[u.key].add((m["visit"], m["detector"]))
+    finally:
+        if own:
+            butler.close()
+    # union-find over units sharing a visit
+    parent = {u.key: u.key for u in units}
+
+    def find(k: tuple[int, int | None]) -> tuple[int, int | None]:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    owner_of_visit: dict[int, tuple[int, int | None]] = {}
+    for u in units:
+        for v in visits_of[u.key]:
+            if v in owner_of_visit:
+                parent[find(u.key)] = find(owner_of_visit[v])
+            else:
+                owner_of_visit[v] = u.key
+    members: dict[tuple[int, int | None], list[SkyUnit]] = defaultdict(list)
+    for u in units:
+        members[find(u.key)].append(u)
+    groups = []
+    for ms in members.values():
+        vis = set().union(*(visits_of[u.key] for u in ms))
+        raws = len(set().union(*(pairs_of[u.key] for u in ms)))
+        groups.append(UnitGroup(units=[str(u) for u in ms], keys=[u.key for u in ms], visits=sorted(vis), raws=raws))
+    # largest first, each to the site furthest below its share
+    sites = campaign.remote_sites
+    given = {s: campaign.config.sites[s].share for s in sites}
+    free = 1.0 - sum(v for v in given.values() if v)
+    n_free = sum(1 for v in given.values() if not v)
+    shares = {s: (given[s] or (free / n_free if n_free else 0.0)) for s in sites}
+    total_share = sum(shares.values()) or 1.0
+    total = sum(g.raws for g in groups) or 1
+    load = {s: 0 for s in sites}
+    for g in sorted(groups, key=lambda g: (-g.raws, g.keys)):
+        g.site = max(sites, key=lambda s: (shares[s] / total_share * total - load[s], -sites.index(s)))
+        load[g.site] += g.raws
+    return sorted(groups, key=lambda g: g.keys)

@@ -69,6 +69,14 @@ NOTEBOOKS = {
                           "                 f\"{cost['files']} raws needed by more than one site, \"\n"
                           "                 f\"{cost['extra_copies']} extra copies ({cost['extra_bytes']} bytes)\"))\n"
                           "pd.DataFrame([{'visit': v, 'sites': ', '.join(s)} for v, s in plan.boundary_visits.items()])"),
+            new_markdown_cell("## Suggested assignment (optional)\n\nSky units that share visits grouped together, "
+                              "groups spread over the sites by their shares of the volume. Compare with the "
+                              "campaign's assignment; change `parameters/` to adopt it."),
+            new_code_cell("from multisite_nb.placement import suggest_assignment\n"
+                          "current = {str(u): s for s in campaign.remote_sites for u in campaign.sky_units(s)}\n"
+                          "pd.DataFrame([{'units': ', '.join(g.units), 'visits': len(g.visits), 'raws': g.raws,\n"
+                          "               'suggested site': g.site, 'campaign site': ', '.join(sorted({current[u] for u in g.units}))}\n"
+                          "              for g in suggest_assignment(campaign)])"),
             new_markdown_cell("## Sky: sky units by site, planned visit footprints (dashed: boundary visits)"),
             new_code_cell("from multisite_nb.sky import plot_sky\n_ = plot_sky(campaign, plan)"),
             new_markdown_cell("## Per-site manifest (first rows; the full CSVs are in the run folder)"),

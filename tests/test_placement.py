@@ -67,3 +67,18 @@ def test_each_site_gets_only_overlapping_raws(neighbours) -> None:
     for site in ("IN2P3", "RAL"):
         exposures = {f.data_id["exposure"] for f in plan.site_files(site) if f.dataset_type == "raw"}
         assert exposures == set(plan.visits[site])
+
+
+def test_suggested_assignment_keeps_units_that_share_visits_together(neighbours) -> None:
+    from multisite_nb.placement import suggest_assignment
+
+    _, campaign = neighbours
+    groups = suggest_assignment(campaign)
+    by_units = {tuple(g.units): g for g in groups}
+    assert ("tract 0 patch 3", "tract 0 patch 4") in by_units  # linked by the boundary visits
+    assert len(groups) == 2  # tract 0 pair, tract 1 pair (LANCS' two patches share their visits)
+    big = by_units[("tract 0 patch 3", "tract 0 patch 4")]
+    assert big.raws == max(g.raws for g in groups)
+    assert big.site == "IN2P3"  # the largest share takes the largest group first
+    assert all(g.site in campaign.remote_sites for g in groups)
+    assert suggest_assignment(campaign) == groups  # deterministic
