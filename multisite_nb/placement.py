@@ -33,6 +33,8 @@ __all__ = [
     "plan_placement",
     "units_where",
     "adler32_of",
+    "check_sky_units",
+    "suggest_assignment",
 ]
 
 _OBS_PAIRS = (("exposure", "detector"), ("visit", "detector"))
@@ -269,6 +271,28 @@ def _chains(butler: Any, names: Iterable[str]) -> dict[str, list[str]]:
     return out
 
 
+def check_sky_units(campaign: Campaign, butler: Any) -> None:
+    """Every sky unit of the campaign must exist in the central registry's sky map.
+
+    Raises
+    ------
+    ConfigError
+        Naming the campaign file, the key (``sites.<SITE>.sky_units[i]``) and the unit.
+    """
+    from .config import ConfigError
+
+    skymap = campaign.config.skymap
+    if not butler.query_dimension_records("skymap", where=f"skymap = '{skymap}'", limit=None, explain=False):
+        raise ConfigError(f"{campaign.path}: key 'skymap': {skymap!r} is not in the central repository")
+    patches = {(r.tract, r.id) for r in butler.query_dimension_records(
+        "patch", where=f"skymap = '{skymap}'", limit=None, explain=False)}
+    tracts = {t for t, _ in patches}
+    for site in campaign.remote_sites:
+        for i, u in enumerate(campaign.sky_units(site)):
+            if u.tract not in tracts or (u.patch is not None and (u.tract, u.patch) not in patches):
+                raise ConfigError(f"{campaign.path}: key 'sites.{site}.sky_units[{i}]': {u} is not in sky map {skymap!r}")
+
+
 def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -> PlacementPlan:
     """Plan phase 1 from the central registry.
 
@@ -290,6 +314,7 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
     if own:
         butler = open_butler(campaign.butler_repo(campaign.central))
     try:
+        check_sky_units(campaign, butler)
         if wiring is None:
             graph = load_pipeline_graph(campaign.pipeline_path, registry=butler.registry)
             wiring = derive_wiring(graph, campaign.config.stages)

@@ -82,3 +82,16 @@ def test_suggested_assignment_keeps_units_that_share_visits_together(neighbours)
     assert big.site == "IN2P3"  # the largest share takes the largest group first
     assert all(g.site in campaign.remote_sites for g in groups)
     assert suggest_assignment(campaign) == groups  # deterministic
+
+
+def test_unknown_sky_unit_is_named_before_anything_is_planned(neighbours, tmp_path) -> None:
+    from multisite_nb.config import ConfigError
+
+    world, campaign = neighbours
+    data = yaml.safe_load(campaign.path.read_text())
+    data["sites"]["RAL"]["sky_units"] = [{"tract": 0, "patch": 4}, {"tract": 7, "patch": 1}]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    bad = load_campaign(path, env={"MSNB_WORLD": str(world)})
+    with pytest.raises(ConfigError, match=r"bad\.yaml: key 'sites\.RAL\.sky_units\[1\]': tract 7 patch 1 is not in sky map"):
+        plan_placement(bad)
