@@ -379,4 +379,15 @@ def load_campaign(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     pipe = (p.parent / cfg.pipeline).resolve()
     if not pipe.is_file():
         raise ConfigError(f"{p}: key 'pipeline': no such file {pipe}")
+    pdata = _read_yaml(pipe)
+    if isinstance(pdata, dict) and not pdata.get("imports"):  # subsets of imported pipelines are not known here
+        subsets = set(pdata.get("subsets") or {}) | {
+            s.get("label") for s in pdata.get("steps") or [] if isinstance(s, dict)}
+        for i, stage in enumerate(cfg.stages):
+            for j, step in enumerate(stage.steps):
+                if step not in subsets:
+                    raise ConfigError(
+                        f"{p}: key 'stages.{i}.steps.{j}': {step!r} is not a subset of {pipe.name} "
+                        f"(it has: {', '.join(sorted(x for x in subsets if x))})"
+                    )
     return Campaign(cfg, manifest, p, mpath)
