@@ -68,6 +68,7 @@ class ShipmentOutcome:
     records_rule_id: str | None = None
     rule_created: bool = False
     registered: int = 0
+    newly_registered: int = 0
     state: str = "NEW"
     error: str | None = None
     ingested: int = 0
@@ -228,7 +229,7 @@ def register_shipment(
             raise RuntimeError(f"{shipment.name}: dataset {f.id} ({f.dataset_type}) is not in the {shipment.source} Butler")
         kind = "raw_file" if "exposure" in f.data_id else "data_product"
         dids.append(FileDid(f.lfn, f.size, f.adler32, {"rubin_butler": kind, "rubin_sidecar": ref.to_json()}))
-    outcome.registered = ops.add_replicas(src.rse, dids) or len(dids)
+    outcome.newly_registered = ops.add_replicas(src.rse, dids)
     ops.set_metadata(dids)
     ops.ensure_dataset(shipment.name)
     ops.attach(shipment.name, [d.name for d in dids])
