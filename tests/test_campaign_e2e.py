@@ -75,13 +75,17 @@ def test_final_products_are_home_per_site(campaign_run) -> None:
                           "forcedSourceTable_tract", "--collections", "3x3/*"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+    table = [ln.split() for ln in out.stdout.splitlines() if ln.strip() and not ln.startswith("-")]
+    run_col, tract_col = table[0].index("run"), table[0].index("tract")
     for site, tract in (("IN2P3", 0), ("RAL", 1), ("LANCS", 2)):
-        rows = [ln for ln in out.stdout.splitlines() if f"3x3/{site}/step5" in ln]
-        assert len(rows) == 1 and re.search(rf"\b{tract}\b", rows[0]), (site, out.stdout)
+        rows = [r for r in table[1:] if r[run_col] == f"3x3/{site}/step5"]
+        assert [int(r[tract_col]) for r in rows] == [tract], (site, out.stdout)
     # and the sites received only their own visits' calibration
     for site, first_visit in (("IN2P3", 1001), ("RAL", 2001), ("LANCS", 3001)):
         out = subprocess.run([str(BIN / "butler"), "query-datasets", str(world / "butler" / site),
                               "fgcmPhotoCalibCatalog", "--collections", "3x3/USDF/step2c"],
                              capture_output=True, text=True, timeout=120)
-        visits = {int(v) for v in re.findall(r"\b(\d{4})\b", out.stdout) if int(v) > 1000}
+        lines = [ln.split() for ln in out.stdout.splitlines() if ln.strip() and not ln.startswith("-")]
+        col = lines[0].index("visit")
+        visits = {int(row[col]) for row in lines[1:]}
         assert visits == set(range(first_visit, first_visit + 6)), (site, out.stdout)
