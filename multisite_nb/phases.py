@@ -200,7 +200,20 @@ def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> 
         raise ValueError(f"stage {stage!r} runs centrally: use gather_redistribute")
     require_passed(run_dir, "verify")
     extra = _extra_inputs(run_dir)
-    steps = {site: run_steps(campaign, site, st.steps, run_dir, extra.get(site, [])) for site in campaign.remote_sites}
+    # pre-flight every site's first step before submitting anything anywhere
+    # (later steps read what earlier ones write, so they are checked just before they run)
+    from .submit import preflight, step_run
+
+    blocked = {site: preflight(campaign, step_run(campaign, site, st.steps[0], extra_inputs=extra.get(site, [])),
+                               restart=True)
+               for site in campaign.remote_sites}
+    if any(blocked.values()):
+        steps = {site: {st.steps[0]: {"state": "failed", "succeeded": 0, "failed": 0, "pending": 0,
+                                      "failures": [{"task": "(pre-flight)", "data_id": "", "cause": p} for p in probs]}}
+                 for site, probs in blocked.items() if probs}
+    else:
+        steps = {site: run_steps(campaign, site, st.steps, run_dir, extra.get(site, []))
+                 for site in campaign.remote_sites}
     passed, reason = _steps_verdict(steps)
     rows = [{"site": s, "step": k, **{x: v.get(x) for x in ("state", "succeeded", "failed", "pending")}}
             for s, by in steps.items() for k, v in by.items()]

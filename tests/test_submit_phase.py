@@ -1,0 +1,36 @@
+"""The submit phase checks every site before it submits anything anywhere."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from multisite_nb import phases
+from multisite_nb.butler_ops import open_butler
+from multisite_nb.config import load_campaign
+
+pytestmark = pytest.mark.world
+
+
+def test_a_failed_preflight_submits_nothing(world, tmp_path) -> None:
+    data = yaml.safe_load(world.campaign.path.read_text())
+    for key in ("manifest", "pipeline"):
+        data[key] = str(world.campaign.path.parent / data[key])
+    data["collections"] = {"inputs": ["HSC/defaults", "HSC/no-such-collection"], "output_prefix": "pftest"}
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(data))
+    campaign = load_campaign(path)
+    run_dir = tmp_path / "run"
+    # phases 1-3 with the good campaign (idempotent on the shared world) ...
+    assert phases.placement(world.campaign, run_dir)[0].passed
+    assert phases.transfer(world.campaign, run_dir, progress=False)[0].passed
+    assert phases.verify(world.campaign, run_dir)[0].passed
+    # ... then a submission whose inputs name a collection no site has
+
+    result, steps = phases.submit(campaign, run_dir, "early")
+    assert not result.passed
+    assert "HSC/no-such-collection" in result.reason and "(pre-flight)" in result.reason
+    assert set(steps) == set(campaign.remote_sites)  # every site checked, and said why
+    for site in campaign.all_sites:  # nothing was run anywhere
+        with open_butler(campaign.butler_repo(site)) as butler:
+            assert not butler.collections.query("pftest/*")
