@@ -52,6 +52,7 @@ class Shipment:
     dest: str
     files: list[PlannedFile]
     extra_values: Mapping[str, Iterable[Any]] = field(default_factory=dict)
+    raw_inputs: bool = False  # placement of pipeline inputs: observations are Rubin "raw_file"s
 
     @property
     def records_dataset(self) -> str:
@@ -227,7 +228,7 @@ def register_shipment(
         ref = source_butler.get_dataset(f.id, dimension_records=True)
         if ref is None:
             raise RuntimeError(f"{shipment.name}: dataset {f.id} ({f.dataset_type}) is not in the {shipment.source} Butler")
-        kind = "raw_file" if "exposure" in f.data_id else "data_product"
+        kind = "raw_file" if shipment.raw_inputs and "exposure" in f.data_id else "data_product"
         dids.append(FileDid(f.lfn, f.size, f.adler32, {"rubin_butler": kind, "rubin_sidecar": ref.to_json()}))
     outcome.newly_registered = ops.add_replicas(src.rse, dids)
     ops.set_metadata(dids)
@@ -354,6 +355,7 @@ def place_data(
             source=campaign.central,
             dest=site,
             files=plan.site_files(site),
+            raw_inputs=True,
             extra_values={
                 "visit": plan.visits[site],
                 "detector": plan.detectors[site],
