@@ -142,3 +142,28 @@ def test_nbval_runs_the_three_notebooks(world, tmp_path) -> None:
     assert out.returncode == 0, out.stdout[-3000:]
     assert " passed" in out.stdout
     assert load_result(tmp_path / "run", "verify").passed
+
+
+def test_files_are_registered_the_rubin_way(world, chain_run) -> None:
+    """DID metadata as lsst-rucio-register writes it: rubin_butler kind + the DatasetRef sidecar."""
+    from lsst.daf.butler import DatasetRef
+
+    from multisite_nb.rucio_ops import RucioOps
+
+    plan = PlacementPlan.load(phases.plan_path(chain_run))
+    ops = RucioOps(world.campaign.rucio_env(), world.campaign.scope)
+    raw = next(f for f in plan.site_files("RAL") if f.dataset_type == "raw")
+    flat = next(f for f in plan.site_files("RAL") if f.dataset_type == "flat")
+    for f, kind in ((raw, "raw_file"), (flat, "data_product")):
+        meta = ops.get_metadata(f.lfn)
+        assert meta["rubin_butler"] == kind
+        assert meta["adler32"] == f.adler32 and meta["bytes"] == f.size
+        with open_central(world) as butler:
+            ref = DatasetRef.from_json(meta["rubin_sidecar"], universe=butler.dimensions)
+        assert str(ref.id) == f.id and ref.run == f.run and ref.datasetType.name == f.dataset_type
+
+
+def open_central(world):
+    from multisite_nb.butler_ops import open_butler
+
+    return open_butler(world.campaign.butler_repo(world.campaign.central))
