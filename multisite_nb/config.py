@@ -259,6 +259,17 @@ class Campaign:
             env["RUCIO_ACCOUNT"] = self.manifest.rucio.account
         return env
 
+    def with_manifest(self, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Campaign:
+        """The same campaign deployed elsewhere: another site manifest (e.g. the real facilities)."""
+        p = Path(path)
+        if not p.is_absolute() and not p.exists():
+            p = repo_root() / p
+        manifest = load_manifest(p, env)
+        for site in self.all_sites:
+            if site not in manifest.sites:
+                raise ConfigError(f"{p.resolve()}: key 'sites': site {site!r} of campaign {self.name} is missing")
+        return Campaign(self.config, manifest, self.path, p.resolve())
+
     def summary(self) -> dict[str, Any]:
         """A JSON-able description for notebooks and run logs (no credentials in it)."""
         return {

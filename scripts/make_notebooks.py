@@ -126,12 +126,18 @@ NOTEBOOKS = {
                           "wiring = derive_wiring(load_pipeline_graph(campaign.pipeline_path), campaign.config.stages)\n"
                           "_ = plot_wiring(wiring)\n"
                           "pd.DataFrame(wiring.table())"),
-            new_markdown_cell("## Submit files (PanDA at the real sites; the same keys drive the parsl plugin here)"),
+            new_markdown_cell("## Submit files\n\nThe same phase code writes the PanDA submit file for the real "
+                              "facilities (`parameters/sites/facilities.yaml`) and the one this deployment runs; "
+                              "only the site manifest differs. First step of this stage at the first site:"),
             new_code_cell("from multisite_nb.submit import step_run, submit_file\n"
                           "import yaml\n"
                           "st = next(s for s in campaign.config.stages if s.name == stage)\n"
                           "site0 = campaign.remote_sites[0]\n"
-                          "print(yaml.safe_dump(submit_file(campaign, step_run(campaign, site0, st.steps[0]), 'panda'), sort_keys=False))"),
+                          "facilities = campaign.with_manifest('parameters/sites/facilities.yaml', env={})\n"
+                          "print('# at the facility (PanDA)')\n"
+                          "print(yaml.safe_dump(submit_file(facilities, step_run(facilities, site0, st.steps[0]), 'panda'), sort_keys=False))\n"
+                          "print('# here (' + campaign.manifest.workflow.mode + ', site config ' + str(campaign.manifest.workflow.bps_site_config) + ')')\n"
+                          "print(yaml.safe_dump(submit_file(campaign, step_run(campaign, site0, st.steps[0])), sort_keys=False))"),
             new_markdown_cell("## Run"),
             new_code_cell("result, steps = phases.submit(campaign, run_dir, stage)\n"
                           "pd.DataFrame([{'site': s, 'step': k, **{x: v.get(x) for x in ('state', 'succeeded', 'failed', 'pending')}}\n"

@@ -94,3 +94,11 @@ def test_not_yaml(tmp_path: Path) -> None:
     path.write_text("campaign: [unclosed\n")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         load_campaign(path)
+
+
+def test_same_campaign_other_manifest(tmp_path: Path) -> None:
+    c = load_campaign(CAMPAIGN, env={"MSNB_WORLD": str(tmp_path)})
+    f = c.with_manifest("parameters/sites/facilities.yaml", env={})
+    assert f.config is c.config and f.sky_units("RAL") == c.sky_units("RAL")
+    assert f.site("IN2P3").compute_site == "CC-IN2P3" and f.manifest.workflow.mode == "bps"
+    assert c.site("IN2P3").butler.startswith(str(tmp_path))
