@@ -120,27 +120,22 @@ class RucioOps:
         return len(todo)
 
     def existing_file_replicas(self, rse: str, names: Sequence[str]) -> set[str]:
-        """Names (of ``names``) that have a replica (any state) on ``rse``."""
+        """Names (of ``names``) that have a replica (any state) on ``rse``.
+
+        ``list_replicas`` skips unknown DIDs, and raises ``DataIdentifierNotFound`` only
+        when none of a call's DIDs exists: then none of that chunk is registered.
+        """
+        from rucio.common.exception import DataIdentifierNotFound
+
         found: set[str] = set()
         for part in chunked(list(names), 1000):
             dids = [{"scope": self.scope, "name": n} for n in part]
             try:
                 for rep in self.client.list_replicas(dids, all_states=True, rse_expression=rse, sort="random"):
-                    if rep.get("rses", {}).get(rse) is not None or rse in rep.get("states", {}):
+                    if rse in (rep.get("states") or {}):
                         found.add(rep["name"])
-            except Exception as exc:  # list_replicas on unknown DIDs raises DataIdentifierNotFound
-                if type(exc).__name__ != "DataIdentifierNotFound":
-                    raise
-                for n in part:  # fall back per file
-                    try:
-                        for rep in self.client.list_replicas(
-                            [{"scope": self.scope, "name": n}], all_states=True, rse_expression=rse, sort="random"
-                        ):
-                            if rse in rep.get("states", {}):
-                                found.add(n)
-                    except Exception as exc2:
-                        if type(exc2).__name__ != "DataIdentifierNotFound":
-                            raise
+            except DataIdentifierNotFound:
+                continue
         return found
 
     def set_metadata(self, files: Sequence[FileDid]) -> None:
