@@ -79,7 +79,8 @@ class GatherPlan:
         return rows
 
 
-def _planned(butler: Any, refs: Sequence[Any], root: Path, dest: str) -> list[PlannedFile]:
+def _planned(butler: Any, refs: Sequence[Any], dest: str) -> list[PlannedFile]:
+    """Describe datasets of ``butler`` as files to ship to ``dest`` (LFN relative to the datastore root)."""
     roots = [Path(r.ospath) for r in butler.get_datastore_roots().values() if r is not None]
     out = []
     for ref in refs:
@@ -130,7 +131,7 @@ def plan_gather(
                 refs.extend(found)
             for r in refs:
                 seen[(r.datasetType.name, str(r.dataId.required))].append(site)
-            files = _planned(butler, refs, Path(campaign.site(site).rse_root or "."), campaign.central)
+            files = _planned(butler, refs, campaign.central)
         plan.shipments.append(Shipment(f"{campaign.name}.{label}.{site}", site, campaign.central, files))
     plan.collisions = [Collision(dt, did, tuple(ss)) for (dt, did), ss in sorted(seen.items()) if len(ss) > 1]
     for dt in dataset_types:
@@ -153,7 +154,7 @@ def plan_redistribution(campaign: Campaign, dataset_types: Sequence[str], runs: 
         footprints = {s: site_footprint(butler, campaign, s) for s in campaign.remote_sites}
         for site, fp in footprints.items():
             mine = [r for r in refs if fp.admits(r.dataId)]
-            files = _planned(butler, mine, Path("."), site)
+            files = _planned(butler, mine, site)
             plan.shipments.append(Shipment(f"{campaign.name}.{label}.{site}", campaign.central, site, files))
         unplaced = [r for r in refs if not any(fp.admits(r.dataId) for fp in footprints.values())]
         if unplaced:
