@@ -20,11 +20,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .config import Campaign
-from .placement import PlannedFile, adler32_of, site_footprint
+from .placement import PlannedFile, datastore_roots, describe_file, site_footprint
 from .transfer import Shipment, ShipmentOutcome, run_shipments
 
 __all__ = [
@@ -80,20 +79,9 @@ class GatherPlan:
 
 
 def _planned(butler: Any, refs: Sequence[Any], dest: str) -> list[PlannedFile]:
-    """Describe datasets of ``butler`` as files to ship to ``dest`` (LFN relative to the datastore root)."""
-    roots = [Path(r.ospath) for r in butler.get_datastore_roots().values() if r is not None]
-    out = []
-    for ref in refs:
-        path = Path(butler.getURI(ref).ospath)
-        base = next((r for r in roots if path.is_relative_to(r)), None)
-        if base is None:
-            raise RuntimeError(f"{path} is outside the datastore roots {roots}")
-        out.append(PlannedFile(
-            id=str(ref.id), dataset_type=ref.datasetType.name, run=ref.run,
-            data_id={k: (v if isinstance(v, (int, str)) else str(v)) for k, v in dict(ref.dataId.required).items()},
-            lfn=str(path.relative_to(base)), size=path.stat().st_size, adler32=adler32_of(path), sites=[dest],
-        ))
-    return out
+    """Describe datasets of ``butler`` as files to ship to ``dest``."""
+    roots = datastore_roots(butler)
+    return [describe_file(butler, ref, [dest], roots) for ref in refs]
 
 
 def _query(butler: Any, dataset_type: str, collections: Sequence[str]) -> list[Any]:

@@ -257,6 +257,25 @@ def _json_value(v: Any) -> Any:
     return v if isinstance(v, (int, str, float)) or v is None else str(v)
 
 
+def datastore_roots(butler: Any) -> list[Path]:
+    """The local datastore roots of a repository (= its RSE roots)."""
+    return [Path(r.ospath) for r in butler.get_datastore_roots().values() if r is not None]
+
+
+def describe_file(butler: Any, ref: Any, sites: list[str], roots: list[Path] | None = None) -> PlannedFile:
+    """A dataset as a file to ship: LFN relative to its datastore root, size, adler32."""
+    roots = roots if roots is not None else datastore_roots(butler)
+    path = Path(butler.getURI(ref).ospath)
+    base = next((r for r in roots if path.is_relative_to(r)), None)
+    if base is None:
+        raise RuntimeError(f"{path} is outside the datastore roots {[str(r) for r in roots]}")
+    return PlannedFile(
+        id=str(ref.id), dataset_type=ref.datasetType.name, run=ref.run,
+        data_id={k: _json_value(v) for k, v in dict(ref.dataId.required).items()},
+        lfn=str(path.relative_to(base)), size=path.stat().st_size, adler32=adler32_of(path), sites=sites,
+    )
+
+
 def _chains(butler: Any, names: Iterable[str]) -> dict[str, list[str]]:
     from lsst.daf.butler import CollectionType
 
@@ -319,7 +338,7 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
             graph = load_pipeline_graph(campaign.pipeline_path, registry=butler.registry)
             wiring = derive_wiring(graph, campaign.config.stages)
         inputs = list(campaign.config.collections.inputs)
-        roots = [Path(r.ospath) for r in butler.get_datastore_roots().values() if r is not None]
+        roots = datastore_roots(butler)
         footprints = {s: site_footprint(butler, campaign, s) for s in campaign.remote_sites}
         files: dict[str, PlannedFile] = {}
         by_site: dict[str, list[str]] = {s: [] for s in campaign.remote_sites}
@@ -339,15 +358,7 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
                 wanted = [s for s, fp in footprints.items() if fp.admits(ref.dataId)]
                 if not wanted:
                     continue
-                path = Path(butler.getURI(ref).ospath)
-                lfn = next((str(path.relative_to(r)) for r in roots if path.is_relative_to(r)), None)
-                if lfn is None:
-                    raise RuntimeError(f"placement: {path} is outside the central datastore roots {roots}")
-                files[rid] = PlannedFile(
-                    id=rid, dataset_type=dt, run=ref.run,
-                    data_id={k: _json_value(v) for k, v in dict(ref.dataId.required).items()},
-                    lfn=lfn, size=path.stat().st_size, adler32=adler32_of(path), sites=wanted,
-                )
+                files[rid] = describe_file(butler, ref, wanted, roots)
                 for s in wanted:
                     by_site[s].append(rid)
         # calibration collections among the inputs, and validity ranges of the planned calibs
