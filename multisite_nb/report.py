@@ -200,7 +200,8 @@ def _phase_rows(run_dir: Path, record: RunRecord | None, results: dict[str, Phas
             text = json.dumps(res.summary, default=str)
             if len(text) > 300:
                 text = text[:299] + "…"
-            summary = f'<div class="small"><code>{html.escape(text)}</code></div>'
+            summary = (f'<details class="small"><summary>figures</summary><code>{html.escape(text)}</code>'
+                       "</details>")
         reason = e.reason or (res.reason if res else "")
         rows.append(
             f'<tr class="{status.replace(" ", "")}"><td><b>{html.escape(e.phase)}</b></td>'
