@@ -7,6 +7,7 @@ phase's details (plan, outcomes, reports) for display.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,13 +160,18 @@ def _extra_inputs(run_dir: str | Path) -> dict[str, list[str]]:
 
 
 def run_steps(campaign: Campaign, site: str, steps: list[str], run_dir: str | Path,
-              extra_inputs: list[str]) -> dict[str, Any]:
-    """Run steps in order at one site (pre-flight, run, restart when the run exists); stop at a failure."""
+              extra_inputs: list[str], progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run steps in order at one site (pre-flight, run, restart when the run exists); stop at a failure.
+
+    ``progress`` is called with the site's steps so far, a step marked ``running`` while it runs.
+    """
     from .submit import preflight, run_step, step_run
 
     out: dict[str, Any] = {}
     log_dir = Path(run_dir) / "artifacts" / "logs"
     for step in steps:
+        if progress:
+            progress({**out, step: {"state": "running"}})
         sr = step_run(campaign, site, step, extra_inputs=extra_inputs)
         # restart=True: an existing run of this step is finished, not redone (idempotent phases)
         problems = preflight(campaign, sr, restart=True)
@@ -177,7 +183,30 @@ def run_steps(campaign: Campaign, site: str, steps: list[str], run_dir: str | Pa
         out[step] = status.as_dict()
         if status.state != "ok":
             break
+    if progress:
+        progress(out)
     return out
+
+
+class _InFlight:
+    """Keeps a phase's result file current while its steps run, for the dashboard.
+
+    The result says ``passed: false`` with ``in_progress`` until the phase records its
+    verdict, so nothing downstream mistakes a running phase for a finished one.
+    """
+
+    def __init__(self, run_dir: str | Path, label: str, started: Any, base: dict[str, Any]):
+        self.run_dir, self.label, self.started, self.base = run_dir, label, started, base
+        self.steps: dict[str, dict[str, Any]] = {}
+
+    def site(self, site: str) -> Callable[[dict[str, Any]], None]:
+        def update(site_steps: dict[str, Any]) -> None:
+            self.steps[site] = dict(site_steps)
+            running = [f"{s} {k}" for s, by in self.steps.items() for k, v in by.items() if v.get("state") == "running"]
+            record_result(self.run_dir, PhaseResult(
+                phase=self.label, passed=False, reason=f"in progress: {', '.join(running) or 'between steps'}",
+                started=self.started, summary={**self.base, "steps": self.steps, "in_progress": True}))
+        return update
 
 
 def _steps_verdict(steps: dict[str, dict[str, Any]]) -> tuple[bool, str]:
@@ -212,7 +241,8 @@ def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> 
                                       "failures": [{"task": "(pre-flight)", "data_id": "", "cause": p} for p in probs]}}
                  for site, probs in blocked.items() if probs}
     else:
-        steps = {site: run_steps(campaign, site, st.steps, run_dir, extra.get(site, []))
+        live = _InFlight(run_dir, f"submit_{stage}", started, {"stage": stage})
+        steps = {site: run_steps(campaign, site, st.steps, run_dir, extra.get(site, []), live.site(site))
                  for site in campaign.remote_sites}
     passed, reason = _steps_verdict(steps)
     rows = [{"site": s, "step": k, **{x: v.get(x) for x in ("state", "succeeded", "failed", "pending")}}
@@ -281,7 +311,9 @@ def gather_redistribute(campaign: Campaign | str | Path, run_dir: str | Path, st
         summary.update(gathered=gathered, gather_shipments=rows)
         if passed:
             central_inputs = gplan.runs.get(campaign.central, [])
-            steps = {campaign.central: run_steps(campaign, campaign.central, st.steps, run_dir, central_inputs)}
+            live = _InFlight(run_dir, label, started, dict(summary))
+            steps = {campaign.central: run_steps(campaign, campaign.central, st.steps, run_dir, central_inputs,
+                                                 live.site(campaign.central))}
             summary["steps"] = steps
             passed, reason = _steps_verdict(steps)
         if passed:

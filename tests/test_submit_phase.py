@@ -34,3 +34,18 @@ def test_a_failed_preflight_submits_nothing(world, tmp_path) -> None:
     for site in campaign.all_sites:  # nothing was run anywhere
         with open_butler(campaign.butler_repo(site)) as butler:
             assert not butler.collections.query("pftest/*")
+
+
+def test_a_running_step_shows_on_the_dashboard(world, tmp_path) -> None:
+    """While a phase runs, its result file says which step is running: the site reads 'busy'."""
+    from multisite_nb.phases import _InFlight
+    from multisite_nb.results import load_result, utcnow
+    from multisite_nb.site_status import collect
+
+    run_dir = tmp_path / "run"
+    live = _InFlight(run_dir, "submit_early", utcnow(), {"stage": "early"})
+    live.site("RAL")({"step1": {"state": "ok", "succeeded": 24, "total": 24}, "step2a": {"state": "running"}})
+    res = load_result(run_dir, "submit_early")
+    assert not res.passed and res.summary["in_progress"] and "RAL step2a" in res.reason
+    status = collect(world.campaign, run_dir, butler=False)
+    assert status.states()["RAL"] == "busy"
