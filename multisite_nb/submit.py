@@ -839,7 +839,12 @@ def run_step(
     status = StepStatus(site=step_run.site, step=step_run.step, run=step_run.output_run,
                         chain=step_run.output_chain, mode=mode, state="failed", seconds=round(seconds, 2),
                         log=str(log), attempt=number, restart=extend, returncode=rc, note=note)
-    if reference is not None and Path(reference).is_file():
+    done = _already_complete(log) if (mode == "pipetask" and extend and rc != 0 and not killed) else None
+    if done:
+        # a restart of a finished run: pipetask skips every quantum and refuses the empty graph
+        status.state, status.total, status.succeeded = "ok", done, done
+        status.note = f"nothing to do: all {done} quanta had already succeeded"
+    elif reference is not None and Path(reference).is_file():
         counts = _status_from_graph(step_run, Path(reference), summary=summary, max_failures=max_failures)
         status.total, status.succeeded = counts["total"], counts["succeeded"]
         status.failed, status.pending = counts["failed"], counts["pending"]
@@ -856,6 +861,21 @@ def run_step(
         status.failures = [{"task": None, "data_id": {}, "cause": _log_tail_cause(log, killed, timeout)}]
     (attempt / "status.json").write_text(json.dumps(status.as_dict(), indent=2, default=str))
     return status
+
+
+_SKIPPED = re.compile(r"Dropping task \S+ because no quanta remain \((\d+) previously succeeded and skipped\)")
+
+
+def _already_complete(log: Path) -> int | None:
+    """Quanta skipped as done, if pipetask stopped only because nothing was left to run."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    if "QuantumGraph was empty" not in text and "contains no quanta" not in text:
+        return None
+    skipped = [int(n) for n in _SKIPPED.findall(text)]
+    return sum(skipped) if skipped and all(n > 0 for n in skipped) else None
 
 
 def _log_tail_cause(log: Path, killed: bool, timeout: float | None) -> str:

@@ -229,6 +229,20 @@ def test_step1_with_pipetask_succeeds_and_counts_match_the_graph(campaign: Campa
     assert step_run(campaign, "IN2P3", "step2a").inputs == ["3x3/IN2P3", "HSC/defaults"]
 
 
+def test_restart_of_a_finished_step_is_ok_and_runs_nothing(tmp_path: Path, campaign: Campaign,
+                                                           step1: StepStatus) -> None:
+    """A phase run twice: the second restart finds every quantum done and says so."""
+    butler = Butler.from_config(campaign.butler_repo("IN2P3"))
+    before = {r.id for r in butler.query_datasets("calexp", collections="3x3/IN2P3/step1", explain=False)}
+    again = run_step(campaign, step_run(campaign, "IN2P3", "step1"), "pipetask", restart=True,
+                     log_dir=tmp_path / "other-run-folder")
+    assert again.state == "ok", str(again)
+    assert (again.total, again.succeeded, again.failed) == (72, 72, 0)
+    assert "already succeeded" in again.note
+    butler = Butler.from_config(campaign.butler_repo("IN2P3"))
+    assert {r.id for r in butler.query_datasets("calexp", collections="3x3/IN2P3/step1", explain=False)} == before
+
+
 def test_failure_is_reported_and_restart_finishes_without_rerunning(root: Path, campaign: Campaign) -> None:
     repo = campaign.butler_repo("RAL")
     butler = Butler.from_config(repo)
