@@ -30,17 +30,24 @@ def campaign_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     world, runs = tmp / "world", tmp / "runs"
     cmd = [str(BIN / "multisite-nb"), "campaign", "--world", str(world), "--runs-root", str(runs)]
+    status = [str(BIN / "multisite-nb"), "world", "status", "--dir", str(world), "--json"]
     try:
         proc = subprocess.run(cmd, cwd=repo_root(), capture_output=True, text=True, timeout=1500)
+        run_dirs = sorted(p for p in (runs / "3x3").iterdir() if p.is_dir()) if (runs / "3x3").exists() else []
+        counts = {}
+        if proc.returncode == 0:  # the same campaign again: every phase reads the state and does nothing new
+            counts["first"] = json.loads(subprocess.run(status, capture_output=True, text=True).stdout)
+            again = subprocess.run(cmd, cwd=repo_root(), capture_output=True, text=True, timeout=1500)
+            counts["again"] = json.loads(subprocess.run(status, capture_output=True, text=True).stdout)
+            counts["proc"] = again
     finally:
         subprocess.run([str(BIN / "multisite-nb"), "world", "down", "--dir", str(world)],
                        cwd=repo_root(), capture_output=True, text=True, timeout=120)
-    run_dirs = [p for p in (runs / "3x3").iterdir() if p.is_dir()] if (runs / "3x3").exists() else []
-    return proc, world, run_dirs
+    return proc, world, run_dirs, counts
 
 
 def test_campaign_passes_and_says_where_and_what(campaign_run) -> None:
-    proc, _, run_dirs = campaign_run
+    proc, _, run_dirs, _ = campaign_run
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert len(run_dirs) == 1
     assert f"executed notebooks: {run_dirs[0]}" in proc.stdout
@@ -48,7 +55,7 @@ def test_campaign_passes_and_says_where_and_what(campaign_run) -> None:
 
 
 def test_every_phase_left_an_executed_notebook_without_error(campaign_run) -> None:
-    _, _, (run_dir,) = campaign_run
+    _, _, (run_dir,), _ = campaign_run
     for phase in PHASES:
         result = json.loads((run_dir / "results" / f"{phase}.json").read_text())
         assert result["passed"], (phase, result["reason"])
@@ -60,7 +67,7 @@ def test_every_phase_left_an_executed_notebook_without_error(campaign_run) -> No
 
 
 def test_index_links_resolve(campaign_run) -> None:
-    _, _, (run_dir,) = campaign_run
+    _, _, (run_dir,), _ = campaign_run
     html = (run_dir / "index.html").read_text()
     links = re.findall(r'(?:href|src)="([^"#]+)"', html)
     assert len(links) >= len(PHASES)
@@ -70,7 +77,7 @@ def test_index_links_resolve(campaign_run) -> None:
 
 def test_final_products_are_home_per_site(campaign_run) -> None:
     """The central Butler holds each site's final products, in that site's own RUN collections."""
-    _, world, _ = campaign_run
+    _, world, _, _ = campaign_run
     out = subprocess.run([str(BIN / "butler"), "query-datasets", str(world / "butler" / "USDF"),
                           "forcedSourceTable_tract", "--collections", "3x3/*"],
                          capture_output=True, text=True, timeout=120)
@@ -89,3 +96,13 @@ def test_final_products_are_home_per_site(campaign_run) -> None:
         col = lines[0].index("visit")
         visits = {int(row[col]) for row in lines[1:]}
         assert visits == set(range(first_visit, first_visit + 6)), (site, out.stdout)
+
+
+def test_running_the_campaign_again_changes_nothing(campaign_run) -> None:
+    _, _, _, counts = campaign_run
+    again = counts["proc"]
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "0 ingested" in again.stdout and "verdict:            PASS" in again.stdout
+    first = {s: v["by_type"] for s, v in counts["first"]["sites"].items()}
+    second = {s: v["by_type"] for s, v in counts["again"]["sites"].items()}
+    assert first == second
