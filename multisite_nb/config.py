@@ -98,6 +98,10 @@ class WorkflowSpec(_Strict):
         default=None, description="BPS config included by each submit file (wms class, site settings)"
     )
     jobs: int = Field(default=1, ge=1, description="pipetask -j")
+    sites_at_once: int | None = Field(
+        default=None, ge=1,
+        description="how many sites run their steps at the same time (default: all, as at the facilities)",
+    )
 
 
 class SiteManifest(_Strict):

@@ -7,7 +7,9 @@ phase's details (plan, outcomes, reports) for display.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -179,8 +181,9 @@ def run_steps(campaign: Campaign, site: str, steps: list[str], run_dir: str | Pa
             out[step] = {"state": "failed", "succeeded": 0, "failed": 0, "pending": 0,
                          "failures": [{"task": "(pre-flight)", "data_id": "", "cause": p} for p in problems]}
             break
+        began = utcnow()
         status = run_step(campaign, sr, restart=True, log_dir=log_dir)
-        out[step] = status.as_dict()
+        out[step] = {**status.as_dict(), "started": began.isoformat(), "finished": utcnow().isoformat()}
         if status.state != "ok":
             break
     if progress:
@@ -198,14 +201,17 @@ class _InFlight:
     def __init__(self, run_dir: str | Path, label: str, started: Any, base: dict[str, Any]):
         self.run_dir, self.label, self.started, self.base = run_dir, label, started, base
         self.steps: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()  # sites report from their own threads
 
     def site(self, site: str) -> Callable[[dict[str, Any]], None]:
         def update(site_steps: dict[str, Any]) -> None:
-            self.steps[site] = dict(site_steps)
-            running = [f"{s} {k}" for s, by in self.steps.items() for k, v in by.items() if v.get("state") == "running"]
-            record_result(self.run_dir, PhaseResult(
-                phase=self.label, passed=False, reason=f"in progress: {', '.join(running) or 'between steps'}",
-                started=self.started, summary={**self.base, "steps": self.steps, "in_progress": True}))
+            with self._lock:
+                self.steps[site] = dict(site_steps)
+                running = [f"{s} {k}" for s, by in self.steps.items() for k, v in by.items()
+                           if v.get("state") == "running"]
+                record_result(self.run_dir, PhaseResult(
+                    phase=self.label, passed=False, reason=f"in progress: {', '.join(running) or 'between steps'}",
+                    started=self.started, summary={**self.base, "steps": dict(self.steps), "in_progress": True}))
         return update
 
 
@@ -242,8 +248,14 @@ def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> 
                  for site, probs in blocked.items() if probs}
     else:
         live = _InFlight(run_dir, f"submit_{stage}", started, {"stage": stage})
-        steps = {site: run_steps(campaign, site, st.steps, run_dir, extra.get(site, []), live.site(site))
-                 for site in campaign.remote_sites}
+        sites = campaign.remote_sites
+        # the sites work side by side, as the facilities do; each runs its own steps in order
+        at_once = min(len(sites), campaign.manifest.workflow.sites_at_once or len(sites))
+        with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="site") as pool:
+            futures = {site: pool.submit(run_steps, campaign, site, st.steps, run_dir, extra.get(site, []),
+                                         live.site(site))
+                       for site in sites}
+            steps = {site: futures[site].result() for site in sites}
     passed, reason = _steps_verdict(steps)
     rows = [{"site": s, "step": k, **{x: v.get(x) for x in ("state", "succeeded", "failed", "pending")}}
             for s, by in steps.items() for k, v in by.items()]

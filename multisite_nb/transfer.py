@@ -35,6 +35,7 @@ __all__ = [
     "ShipmentOutcome",
     "export_records",
     "register_shipment",
+    "sidecar_refs",
     "watch_rules",
     "ingest_shipment",
     "run_shipments",
@@ -186,6 +187,31 @@ def _content_name(path: Path) -> str:
 # -- the steps --------------------------------------------------------------------------
 
 
+def sidecar_refs(butler: Any, files: Iterable[PlannedFile]) -> dict[str, Any]:
+    """The expanded ``DatasetRef`` (with dimension records) of each planned file, by dataset id.
+
+    One registry query per (dataset type, RUN collection) rather than one per file: a
+    shipment of a data release holds millions of files in a handful of such groups.
+    Datasets the Butler does not hold are simply absent from the answer.
+    """
+    wanted: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for f in files:
+        wanted[(f.dataset_type, f.run)].add(f.id)
+    from lsst.daf.butler import MissingCollectionError, MissingDatasetTypeError
+
+    found: dict[str, Any] = {}
+    for (dataset_type, run), ids in wanted.items():
+        try:
+            refs = butler.query_datasets(
+                dataset_type, collections=run, find_first=False, with_dimension_records=True,
+                limit=None, explain=False,
+            )
+        except (MissingCollectionError, MissingDatasetTypeError):
+            continue
+        found.update((str(ref.id), ref) for ref in refs if str(ref.id) in ids)
+    return found
+
+
 def register_shipment(
     campaign: Campaign, ops: RucioOps, source_butler: Any, shipment: Shipment, outcome: ShipmentOutcome
 ) -> None:
@@ -223,9 +249,10 @@ def register_shipment(
 
     # 2. data files with their sidecars
     t0 = time.monotonic()
+    refs = sidecar_refs(source_butler, shipment.files)
     dids = []
     for f in shipment.files:
-        ref = source_butler.get_dataset(f.id, dimension_records=True)
+        ref = refs.get(f.id)
         if ref is None:
             raise RuntimeError(f"{shipment.name}: dataset {f.id} ({f.dataset_type}) is not in the {shipment.source} Butler")
         kind = "raw_file" if shipment.raw_inputs and "exposure" in f.data_id else "data_product"

@@ -106,3 +106,17 @@ def test_running_the_campaign_again_changes_nothing(campaign_run) -> None:
     first = {s: v["by_type"] for s, v in counts["first"]["sites"].items()}
     second = {s: v["by_type"] for s, v in counts["again"]["sites"].items()}
     assert first == second
+
+
+def test_sites_ran_their_steps_side_by_side(campaign_run) -> None:
+    """As at the facilities, the sites do not wait for each other: their first steps overlap."""
+    from datetime import datetime
+
+    _, _, (run_dir,), _ = campaign_run
+    steps = json.loads((run_dir / "results" / "submit_early.json").read_text())["summary"]["steps"]
+    spans = {site: (datetime.fromisoformat(by["step1"]["started"]), datetime.fromisoformat(by["step1"]["finished"]))
+             for site, by in steps.items()}
+    assert len(spans) == 3
+    latest_start = max(a for a, _ in spans.values())
+    earliest_end = min(b for _, b in spans.values())
+    assert latest_start < earliest_end, spans

@@ -167,3 +167,20 @@ def open_central(world):
     from multisite_nb.butler_ops import open_butler
 
     return open_butler(world.campaign.butler_repo(world.campaign.central))
+
+
+def test_sidecars_are_looked_up_in_bulk_and_match_the_per_file_lookup(world, chain_run) -> None:
+    """One query per (dataset type, run) gives every planned file the same expanded ref as a
+    per-file lookup; a dataset the Butler does not hold is absent, not invented."""
+    from multisite_nb.transfer import sidecar_refs
+
+    plan = PlacementPlan.load(phases.plan_path(chain_run))
+    files = list(plan.files.values())
+    ghost = files[0].model_copy(update={"id": "00000000-0000-0000-0000-000000000000"})
+    stray = files[0].model_copy(update={"run": "no/such/run"})
+    with open_central(world) as butler:
+        refs = sidecar_refs(butler, [*files, ghost, stray])
+        assert set(refs) == {f.id for f in files}
+        for f in files[:: max(1, len(files) // 20)]:
+            one = butler.get_dataset(f.id, dimension_records=True)
+            assert refs[f.id].to_json() == one.to_json(), f.lfn
