@@ -349,9 +349,34 @@ def load_manifest(path: Path, env: Mapping[str, str] | None = None) -> SiteManif
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        return SiteManifest.model_validate(data)
+        manifest = SiteManifest.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(path, exc)) from None
+    return _anchored(manifest)
+
+
+def _absolute(value: str | None) -> str | None:
+    """A local path made absolute against the current directory; URIs and None unchanged."""
+    if value is None or "://" in value or Path(value).is_absolute():
+        return value
+    return str(Path(value).resolve())
+
+
+def _anchored(manifest: SiteManifest) -> SiteManifest:
+    """The manifest with its local paths absolute, fixed when it is loaded.
+
+    Relative paths (e.g. ``world/butler/RAL`` when ``$MSNB_WORLD`` is unset) mean the
+    directory the toolkit was started from — the checkout for the CLI and the notebooks —
+    and must keep meaning it in the processes the toolkit starts elsewhere (``pipetask``
+    runs in its attempt folder).
+    """
+    def repo(value: str) -> str:  # a bare name is a Butler repository alias (DAF_BUTLER_REPOSITORY_INDEX)
+        return value if "/" not in value else _absolute(value) or value
+
+    sites = {name: spec.model_copy(update={"butler": repo(spec.butler), "rse_root": _absolute(spec.rse_root)})
+             for name, spec in manifest.sites.items()}
+    rucio = manifest.rucio.model_copy(update={"config": _absolute(manifest.rucio.config)})
+    return manifest.model_copy(update={"sites": sites, "rucio": rucio})
 
 
 def load_campaign(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Campaign:

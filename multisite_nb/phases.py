@@ -226,6 +226,15 @@ def _steps_verdict(steps: dict[str, dict[str, Any]]) -> tuple[bool, str]:
                    f"{cause.get('task', '')} {cause.get('data_id', '')}: {cause.get('cause', '')}").strip()
 
 
+def steps_table(steps: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per site and step: state, quanta counts, when it started (UTC) and how long it took."""
+    return pd.DataFrame([
+        {"site": site, "step": step, **{k: v.get(k) for k in ("state", "succeeded", "failed", "pending")},
+         "started": (v.get("started") or "")[11:19], "seconds": v.get("seconds")}
+        for site, by in steps.items() for step, v in by.items()
+    ])
+
+
 def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> tuple[PhaseResult, dict[str, Any]]:
     """Phase 4: run a site stage's steps at every remote site."""
     started = utcnow()
@@ -257,9 +266,7 @@ def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> 
                        for site in sites}
             steps = {site: futures[site].result() for site in sites}
     passed, reason = _steps_verdict(steps)
-    rows = [{"site": s, "step": k, **{x: v.get(x) for x in ("state", "succeeded", "failed", "pending")}}
-            for s, by in steps.items() for k, v in by.items()]
-    table = save_table(run_dir, f"submit_{stage}", "steps", pd.DataFrame(rows))
+    table = save_table(run_dir, f"submit_{stage}", "steps", steps_table(steps))
     result = PhaseResult(phase=f"submit_{stage}", passed=passed, reason=reason, started=started, finished=utcnow(),
                          summary={"stage": stage, "steps": steps}, artifacts=[str(table)])
     record_result(run_dir, result)

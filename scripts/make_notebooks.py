@@ -140,8 +140,7 @@ NOTEBOOKS = {
                           "print(yaml.safe_dump(submit_file(campaign, step_run(campaign, site0, st.steps[0])), sort_keys=False))"),
             new_markdown_cell("## Run"),
             new_code_cell("result, steps = phases.submit(campaign, run_dir, stage)\n"
-                          "pd.DataFrame([{'site': s, 'step': k, **{x: v.get(x) for x in ('state', 'succeeded', 'failed', 'pending')}}\n"
-                          "              for s, by in steps.items() for k, v in by.items()])"),
+                          "phases.steps_table(steps)"),
             new_code_cell("failures = [{'site': s, 'step': k, **f} for s, by in steps.items() for k, v in by.items() for f in v.get('failures', [])]\n"
                           "summarize(pd.DataFrame(failures)) if failures else Markdown('No failed quanta.')"),
             new_code_cell(GATE),

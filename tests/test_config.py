@@ -102,3 +102,22 @@ def test_same_campaign_other_manifest(tmp_path: Path) -> None:
     assert f.config is c.config and f.sky_units("RAL") == c.sky_units("RAL")
     assert f.site("IN2P3").compute_site == "CC-IN2P3" and f.manifest.workflow.mode == "bps"
     assert c.site("IN2P3").butler.startswith(str(tmp_path))
+
+
+def test_relative_manifest_paths_are_fixed_at_load(tmp_path: Path, monkeypatch) -> None:
+    """Relative paths mean the directory the toolkit started from, even for processes that run
+    elsewhere (pipetask runs in its attempt folder); a bare repository alias stays an alias."""
+    manifest = yaml.safe_load((CAMPAIGN.parent / "sites" / "embedded.yaml").read_text())
+    manifest["rucio"]["config"] = "w/rucio/client.cfg"
+    manifest["sites"]["USDF"]["butler"] = "main"  # an alias from DAF_BUTLER_REPOSITORY_INDEX
+    manifest["sites"]["RAL"]["butler"] = "w/butler/RAL"
+    manifest["sites"]["RAL"]["rse_root"] = "w/rse/RAL_DISK"
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(manifest))
+    path = write_variant(tmp_path, lambda d: d.update(manifest=str(tmp_path / "m.yaml")))
+    monkeypatch.chdir(tmp_path)
+    c = load_campaign(path, env={})
+    monkeypatch.chdir("/")
+    assert c.butler_repo("RAL") == str(tmp_path / "w" / "butler" / "RAL")
+    assert c.site("RAL").rse_root == str(tmp_path / "w" / "rse" / "RAL_DISK")
+    assert c.rucio_env()["RUCIO_CONFIG"] == str(tmp_path / "w" / "rucio" / "client.cfg")
+    assert c.butler_repo("USDF") == "main"
