@@ -162,16 +162,20 @@ def _extra_inputs(run_dir: str | Path) -> dict[str, list[str]]:
 
 
 def run_steps(campaign: Campaign, site: str, steps: list[str], run_dir: str | Path,
-              extra_inputs: list[str], progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              extra_inputs: list[str], progress: Callable[[dict[str, Any]], None] | None = None,
+              stop: threading.Event | None = None) -> dict[str, Any]:
     """Run steps in order at one site (pre-flight, run, restart when the run exists); stop at a failure.
 
     ``progress`` is called with the site's steps so far, a step marked ``running`` while it runs.
+    Once ``stop`` is set no further step starts.
     """
     from .submit import preflight, run_step, step_run
 
     out: dict[str, Any] = {}
     log_dir = Path(run_dir) / "artifacts" / "logs"
     for step in steps:
+        if stop is not None and stop.is_set():
+            break
         if progress:
             progress({**out, step: {"state": "running"}})
         sr = step_run(campaign, site, step, extra_inputs=extra_inputs)
@@ -214,6 +218,13 @@ class _InFlight:
                     started=self.started, summary={**self.base, "steps": dict(self.steps), "in_progress": True}))
         return update
 
+    def end(self, reason: str) -> None:
+        """Record the phase as ended without a verdict (failed, no longer in progress)."""
+        with self._lock:
+            record_result(self.run_dir, PhaseResult(
+                phase=self.label, passed=False, reason=reason, started=self.started, finished=utcnow(),
+                summary={**self.base, "steps": dict(self.steps), "in_progress": False}))
+
 
 def _steps_verdict(steps: dict[str, dict[str, Any]]) -> tuple[bool, str]:
     bad = [(site, step, st) for site, by in steps.items() for step, st in by.items() if st.get("state") != "ok"]
@@ -246,7 +257,7 @@ def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> 
     extra = _extra_inputs(run_dir)
     # pre-flight every site's first step before submitting anything anywhere
     # (later steps read what earlier ones write, so they are checked just before they run)
-    from .submit import preflight, step_run
+    from .submit import preflight, step_run, stop_running_steps
 
     blocked = {site: preflight(campaign, step_run(campaign, site, st.steps[0], extra_inputs=extra.get(site, [])),
                                restart=True)
@@ -260,11 +271,23 @@ def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> 
         sites = campaign.remote_sites
         # the sites work side by side, as the facilities do; each runs its own steps in order
         at_once = min(len(sites), campaign.manifest.workflow.sites_at_once or len(sites))
+        stop = threading.Event()
         with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="site") as pool:
             futures = {site: pool.submit(run_steps, campaign, site, st.steps, run_dir, extra.get(site, []),
-                                         live.site(site))
+                                         live.site(site), stop)
                        for site in sites}
-            steps = {site: futures[site].result() for site in sites}
+            try:
+                steps = {site: futures[site].result() for site in sites}
+            except BaseException as exc:  # interrupted, or a site raised: start nothing more, stop what runs
+                stop.set()
+                stopped = stop_running_steps()
+                interrupted: BaseException | None = exc
+            else:
+                interrupted = None
+        if interrupted is not None:  # the sites' threads have ended: record where things stand, not 'running'
+            what = "interrupted" if isinstance(interrupted, KeyboardInterrupt) else f"stopped by {interrupted!r}"
+            live.end(f"{what}; {stopped} running step(s) stopped, a new run of the phase restarts them")
+            raise interrupted
     passed, reason = _steps_verdict(steps)
     table = save_table(run_dir, f"submit_{stage}", "steps", steps_table(steps))
     result = PhaseResult(phase=f"submit_{stage}", passed=passed, reason=reason, started=started, finished=utcnow(),

@@ -38,6 +38,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -703,25 +704,73 @@ def _child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a step's whole process group: SIGTERM, then SIGKILL after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    except ProcessLookupError:  # already gone
+        proc.wait()
+
+
+def running_steps() -> int:
+    """How many step processes (``pipetask`` / ``bps``) this process has running now."""
+    with _RUNNING_LOCK:
+        return sum(1 for p in _RUNNING if p.poll() is None)
+
+
+def stop_running_steps() -> int:
+    """Stop every step process this process started and is still waiting for.
+
+    Used when the operator interrupts a phase (e.g. the kernel's stop button while the sites
+    run side by side): the interrupted steps end as failed or partial, and a later run of
+    the phase restarts them where they stopped. Returns how many were stopped.
+    """
+    with _RUNNING_LOCK:
+        procs = [p for p in _RUNNING if p.poll() is None]
+    for proc in procs:
+        _stop(proc)
+    return len(procs)
+
+
 def _run_logged(cmd: Sequence[str], log: Path, *, env: Mapping[str, str], cwd: Path,
                 timeout: float | None) -> tuple[int | None, bool]:
-    """Run ``cmd`` with stdout+stderr appended to ``log``; kill its process group on timeout."""
+    """Run ``cmd`` with stdout+stderr appended to ``log``; kill its process group on timeout.
+
+    The process runs in its own session, so an interrupt of the caller does not reach it:
+    the caller's interrupt stops it here instead of leaving it orphaned.
+    """
     with log.open("a") as fh:
         fh.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
         fh.flush()
         proc = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd,
                                 start_new_session=True)
+        with _RUNNING_LOCK:
+            _RUNNING.add(proc)
         try:
-            return proc.wait(timeout=timeout), False
+            rc = proc.wait(timeout=timeout)
+            if rc < 0:
+                fh.write(f"\n[multisite_nb.submit] stopped by signal {-rc}\n")
+            return rc, False
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _stop(proc)
             fh.write(f"\n[multisite_nb.submit] killed after {timeout} s\n")
             return proc.returncode, True
+        except BaseException:
+            _stop(proc)
+            fh.write("\n[multisite_nb.submit] stopped: the caller was interrupted\n")
+            raise
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(proc)
 
 
 def _pipetask_cmd(step_run: StepRun, attempt: Path, *, extend: bool, skip_init: bool,

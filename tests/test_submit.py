@@ -4,6 +4,7 @@ real with ``pipetask`` and with ``bps submit`` (parsl plugin) against site repos
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,36 @@ def test_bps_parsl_runs_a_step(root: Path, campaign: Campaign, step1: StepStatus
     assert chain[:2] == ("3x3/IN2P3/step2a", "3x3/IN2P3/step1") and chain[-1] == "3x3/USDF/extra"
     assert len(butler.query_datasets("visitSummary", collections="3x3/IN2P3/step2a", explain=False)) == 6
     butler.close()
+
+
+def test_a_stopped_step_leaves_no_process_and_restarts(root: Path, campaign: Campaign, step1: StepStatus) -> None:
+    """What an interrupted phase does to its running steps: each pipetask process group is
+    stopped (none left orphaned), the step reports not ok, and a restart finishes it."""
+    import threading
+    import time
+
+    from multisite_nb.submit import running_steps, stop_running_steps
+
+    assert step1.state == "ok"
+    sr = step_run(campaign, "IN2P3", "step2a")
+    out: dict[str, StepStatus] = {}
+    worker = threading.Thread(target=lambda: out.setdefault("s", run_step(
+        campaign, sr, "pipetask", log_dir=root / "logs", config_overrides=["consolidatePreSourceTable:sleep=20"])))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while running_steps() == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert running_steps() == 1
+    time.sleep(8)  # let it build its graph and start on the (slow) quanta
+    t0 = time.monotonic()
+    assert stop_running_steps() == 1
+    worker.join(timeout=60)
+    assert not worker.is_alive() and time.monotonic() - t0 < 40
+    stopped = out["s"]
+    assert stopped.state != "ok" and stopped.returncode != 0, str(stopped)
+    assert running_steps() == 0
+    assert "stopped by signal" in Path(stopped.log).read_text()
+    assert subprocess.run(["pgrep", "-f", str(Path(stopped.log).parent)], capture_output=True).returncode == 1
+
+    done = run_step(campaign, sr, "pipetask", restart=True, log_dir=root / "logs")
+    assert done.state == "ok" and done.restart and done.succeeded == done.total > 0, str(done)

@@ -49,3 +49,52 @@ def test_a_running_step_shows_on_the_dashboard(world, tmp_path) -> None:
     assert not res.passed and res.summary["in_progress"] and "RAL step2a" in res.reason
     status = collect(world.campaign, run_dir, butler=False)
     assert status.states()["RAL"] == "busy"
+
+
+def test_an_interrupted_phase_stops_every_site_and_a_new_run_finishes(world, tmp_path) -> None:
+    """Ctrl-C (the kernel's stop button) while the sites run side by side: every site's
+    pipetask is stopped, none is left running, the result says so (not 'in progress'), and
+    running the phase again restarts the steps and passes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from multisite_nb.results import load_result
+
+    data = yaml.safe_load(world.campaign.path.read_text())
+    for key in ("manifest", "pipeline"):
+        data[key] = str(world.campaign.path.parent / data[key])
+    data["collections"]["output_prefix"] = "inttest"
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "run"
+    assert phases.placement(world.campaign, run_dir)[0].passed
+    assert phases.transfer(world.campaign, run_dir, progress=False)[0].passed
+    assert phases.verify(world.campaign, run_dir)[0].passed
+
+    script = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              "from multisite_nb import phases\n"
+              f"phases.submit({str(path)!r}, {str(run_dir)!r}, 'early')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], env=world.env(), stderr=subprocess.PIPE, text=True)
+
+    def running() -> int:
+        out = subprocess.run(["pgrep", "-f", f"pipetask.*{run_dir}"], capture_output=True, text=True)
+        return len(out.stdout.split())
+
+    deadline = time.monotonic() + 120
+    while running() < len(world.campaign.remote_sites) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert running() == len(world.campaign.remote_sites), "the sites did not run side by side"
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err[-2000:]
+    assert running() == 0
+    res = load_result(run_dir, "submit_early")
+    assert not res.passed and res.reason.startswith("interrupted") and not res.summary["in_progress"]
+
+    campaign = load_campaign(path)
+    result, steps = phases.submit(campaign, run_dir, "early")
+    assert result.passed, result.reason
+    assert all(by["step1"]["attempt"] == 2 and by["step1"]["state"] == "ok" for by in steps.values())
