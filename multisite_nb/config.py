@@ -357,7 +357,7 @@ def load_manifest(path: Path, env: Mapping[str, str] | None = None) -> SiteManif
 
 def _absolute(value: str | None) -> str | None:
     """A local path made absolute against the current directory; URIs and None unchanged."""
-    if value is None or "://" in value or Path(value).is_absolute():
+    if value is None or "://" in value:
         return value
     return str(Path(value).resolve())
 
@@ -368,12 +368,12 @@ def _anchored(manifest: SiteManifest) -> SiteManifest:
     Relative paths (e.g. ``world/butler/RAL`` when ``$MSNB_WORLD`` is unset) mean the
     directory the toolkit was started from — the checkout for the CLI and the notebooks —
     and must keep meaning it in the processes the toolkit starts elsewhere (``pipetask``
-    runs in its attempt folder).
+    runs in its attempt folder). A bare name is a Butler repository alias
+    (``DAF_BUTLER_REPOSITORY_INDEX``) and stays as it is.
     """
-    def repo(value: str) -> str:  # a bare name is a Butler repository alias (DAF_BUTLER_REPOSITORY_INDEX)
-        return value if "/" not in value else _absolute(value) or value
-
-    sites = {name: spec.model_copy(update={"butler": repo(spec.butler), "rse_root": _absolute(spec.rse_root)})
+    sites = {name: spec.model_copy(update={
+                 "butler": spec.butler if "/" not in spec.butler else _absolute(spec.butler),
+                 "rse_root": _absolute(spec.rse_root)})
              for name, spec in manifest.sites.items()}
     rucio = manifest.rucio.model_copy(update={"config": _absolute(manifest.rucio.config)})
     return manifest.model_copy(update={"sites": sites, "rucio": rucio})

@@ -185,9 +185,8 @@ def run_steps(campaign: Campaign, site: str, steps: list[str], run_dir: str | Pa
             out[step] = {"state": "failed", "succeeded": 0, "failed": 0, "pending": 0,
                          "failures": [{"task": "(pre-flight)", "data_id": "", "cause": p} for p in problems]}
             break
-        began = utcnow()
         status = run_step(campaign, sr, restart=True, log_dir=log_dir)
-        out[step] = {**status.as_dict(), "started": began.isoformat(), "finished": utcnow().isoformat()}
+        out[step] = status.as_dict()
         if status.state != "ok":
             break
     if progress:
@@ -272,6 +271,8 @@ def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> 
         # the sites work side by side, as the facilities do; each runs its own steps in order
         at_once = min(len(sites), campaign.manifest.workflow.sites_at_once or len(sites))
         stop = threading.Event()
+        interrupted: BaseException | None = None
+        stopped = 0
         with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="site") as pool:
             futures = {site: pool.submit(run_steps, campaign, site, st.steps, run_dir, extra.get(site, []),
                                          live.site(site), stop)
@@ -281,9 +282,7 @@ def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> 
             except BaseException as exc:  # interrupted, or a site raised: start nothing more, stop what runs
                 stop.set()
                 stopped = stop_running_steps()
-                interrupted: BaseException | None = exc
-            else:
-                interrupted = None
+                interrupted = exc
         if interrupted is not None:  # the sites' threads have ended: record where things stand, not 'running'
             what = "interrupted" if isinstance(interrupted, KeyboardInterrupt) else f"stopped by {interrupted!r}"
             live.end(f"{what}; {stopped} running step(s) stopped, a new run of the phase restarts them")

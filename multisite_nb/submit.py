@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -520,6 +521,8 @@ class StepStatus:
     returncode: int | None = None
     by_task: dict[str, dict[str, int]] = field(default_factory=dict)
     note: str = ""
+    started: str = ""  # ISO UTC, when the attempt began
+    finished: str = ""  # ISO UTC, when its status was known
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able copy."""
@@ -858,7 +861,7 @@ def run_step(
     previous = _attempts(Path(log_dir), step_run)
     record: dict[str, Any] = {"run": step_run.output_run, "repo": step_run.repo, "mode": mode,
                               "restart": extend, "step_run": step_run.as_dict()}
-    start = time.monotonic()
+    start, began = time.monotonic(), datetime.now(UTC)
     _prepare_chain(step_run)
     note = ""
     if mode == "pipetask":
@@ -887,7 +890,8 @@ def run_step(
                 "the first attempt's quantum graph is not under this log dir: counts cover this attempt only")
     status = StepStatus(site=step_run.site, step=step_run.step, run=step_run.output_run,
                         chain=step_run.output_chain, mode=mode, state="failed", seconds=round(seconds, 2),
-                        log=str(log), attempt=number, restart=extend, returncode=rc, note=note)
+                        log=str(log), attempt=number, restart=extend, returncode=rc, note=note,
+                        started=began.isoformat())
     done = _already_complete(log) if (mode == "pipetask" and extend and rc != 0 and not killed) else None
     if done:
         # a restart of a finished run: pipetask skips every quantum and refuses the empty graph
@@ -908,6 +912,7 @@ def run_step(
             status.note = (status.note + " " if status.note else "") + f"killed after {timeout} s"
     else:
         status.failures = [{"task": None, "data_id": {}, "cause": _log_tail_cause(log, killed, timeout)}]
+    status.finished = datetime.now(UTC).isoformat()
     (attempt / "status.json").write_text(json.dumps(status.as_dict(), indent=2, default=str))
     return status
 

@@ -194,11 +194,11 @@ def sidecar_refs(butler: Any, files: Iterable[PlannedFile]) -> dict[str, Any]:
     shipment of a data release holds millions of files in a handful of such groups.
     Datasets the Butler does not hold are simply absent from the answer.
     """
+    from lsst.daf.butler import MissingCollectionError, MissingDatasetTypeError
+
     wanted: dict[tuple[str, str], set[str]] = defaultdict(set)
     for f in files:
         wanted[(f.dataset_type, f.run)].add(f.id)
-    from lsst.daf.butler import MissingCollectionError, MissingDatasetTypeError
-
     found: dict[str, Any] = {}
     for (dataset_type, run), ids in wanted.items():
         try:

@@ -160,8 +160,7 @@ NOTEBOOKS = {
                           "        display(Markdown(f'**{key.replace(\"_\", \" \")}**'))\n"
                           "        display(pd.DataFrame(summary[key]))"),
             new_code_cell("if summary.get('steps'):\n"
-                          "    display(pd.DataFrame([{'site': s, 'step': k, **{x: v.get(x) for x in ('state', 'succeeded', 'failed')}}\n"
-                          "                          for s, by in summary['steps'].items() for k, v in by.items()]))\n"
+                          "    display(phases.steps_table(summary['steps']))\n"
                           "if summary.get('delivered_runs'):\n"
                           "    display(Markdown('Delivered to the sites: ' + '; '.join(f'{s}: {\", \".join(r)}' for s, r in summary['delivered_runs'].items())))"),
             new_code_cell(GATE),
