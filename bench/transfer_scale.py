@@ -11,7 +11,6 @@ Prints; asserts nothing.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ REHEARSAL_FILES_PER_S = 1500 / (30 * 60)
 
 
 def run(n: int) -> dict[str, float]:
-    from multisite_nb.rucio_ops import FileDid, RucioOps
+    from multisite_nb.rucio_ops import FileDid, RucioClientConfig, RucioOps
     from multisite_nb.world.rucio_server import RucioServer
 
     tmp = Path(tempfile.mkdtemp(prefix="msnb-bench-transfer-"))
@@ -35,8 +34,7 @@ def run(n: int) -> dict[str, float]:
         t0 = time.monotonic()
         server.up()
         t["server up"] = time.monotonic() - t0
-        os.environ.update(server.client_env())
-        ops = RucioOps(server.client_env(), "bench")
+        ops = RucioOps(RucioClientConfig.from_file(server.client_config), "bench")
         files = []
         for i in range(n):
             name = f"bench/run/raw/{i // 100:03d}/file_{i:06d}.dat"
@@ -61,7 +59,7 @@ def run(n: int) -> dict[str, float]:
                                   comment="benchmark")
         t["rule creation"] = time.monotonic() - t0
         t0 = time.monotonic()
-        while (st := ops.rule_state(rule)).state not in ("OK", "STUCK"):
+        while (st := ops.rule(rule)).state not in ("OK", "STUCK"):
             time.sleep(0.5)
             if time.monotonic() - t0 > 1800:
                 break

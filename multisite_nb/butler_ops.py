@@ -1,34 +1,103 @@
-"""Thin, typed helpers over ``lsst.daf.butler`` used by several phases."""
+"""The toolkit's one door to the Butlers: opening repositories and the queries several phases share.
+
+No other module constructs a ``Butler``. Everything here is typed with daf_butler's own
+classes; errors opening a repository become :class:`~.errors.ButlerError` naming the repo.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from lsst.daf.butler import Butler, CollectionType
+from lsst.daf.butler import (
+    Butler,
+    CollectionType,
+    DatasetRef,
+    MissingCollectionError,
+    MissingDatasetTypeError,
+)
 
-__all__ = ["open_butler", "repo_summary", "dataset_counts"]
+from .errors import ButlerError
+
+__all__ = [
+    "collection_exists",
+    "count_datasets",
+    "dataset_counts",
+    "datastore_roots",
+    "find_refs",
+    "open_butler",
+    "repo_summary",
+]
 
 
 def open_butler(repo: str, *, writeable: bool = False, run: str | None = None) -> Butler:
-    """Open a site's repository (read-only unless asked)."""
-    return Butler.from_config(repo, writeable=writeable or run is not None, run=run)
+    """Open a site's repository (read-only unless asked).
+
+    Raises
+    ------
+    ButlerError
+        If it cannot be opened (the message names the repository).
+    """
+    try:
+        return Butler.from_config(repo, writeable=writeable or run is not None, run=run)
+    except Exception as exc:
+        raise ButlerError(f"the Butler repository {repo} cannot be opened: {type(exc).__name__}: {exc}") from exc
 
 
-def dataset_counts(butler: Butler, collections: str | list[str] = "*") -> dict[str, int]:
-    """Number of datasets per dataset type over the given collections (all RUNs by default)."""
-    runs = [
-        info.name
-        for info in butler.collections.query_info(collections, collection_types={CollectionType.RUN})
-    ]
-    counts: Counter[str] = Counter()
+def collection_exists(repo: str, name: str) -> bool | None:
+    """Whether ``name`` exists in ``repo``; `None` if the repository cannot be opened from here."""
+    try:
+        butler = open_butler(repo)
+    except ButlerError:
+        return None
+    with butler:
+        try:
+            butler.collections.get_info(name)
+            return True
+        except MissingCollectionError:
+            return False
+
+
+def _runs(butler: Butler, collections: str | Sequence[str]) -> list[str]:
+    try:
+        return [i.name for i in butler.collections.query_info(collections, collection_types={CollectionType.RUN})]
+    except MissingCollectionError:
+        return []
+
+
+def dataset_counts(butler: Butler, collections: str | Sequence[str] = "*") -> dict[str, int]:
+    """Datasets per dataset type over the RUN collections matching ``collections`` (counted in the registry)."""
+    runs = _runs(butler, collections)
+    counts: dict[str, int] = {}
     if not runs:
-        return {}
-    for dt in butler.registry.queryDatasetTypes():
-        n = len(butler.query_datasets(dt, collections=runs, find_first=False, explain=False, limit=None))
-        if n:
-            counts[dt.name] = n
+        return counts
+    with butler.query() as q:
+        for dt in butler.registry.queryDatasetTypes():
+            n = q.datasets(dt, collections=runs, find_first=False).count(exact=True)
+            if n:
+                counts[dt.name] = n
     return dict(sorted(counts.items()))
+
+
+def count_datasets(butler: Butler, collections: str | Sequence[str] = "*") -> int:
+    """All datasets in the RUN collections matching ``collections``."""
+    return sum(dataset_counts(butler, collections).values())
+
+
+def find_refs(butler: Butler, dataset_type: str, collections: Sequence[str], *,
+              find_first: bool = True, records: bool = False) -> list[DatasetRef]:
+    """Every dataset of a type in ``collections``; none (not an error) if the type is unknown here."""
+    try:
+        return list(butler.query_datasets(dataset_type, collections=list(collections), find_first=find_first,
+                                          with_dimension_records=records, explain=False, limit=None))
+    except (MissingDatasetTypeError, MissingCollectionError):
+        return []
+
+
+def datastore_roots(butler: Butler) -> list[Path]:
+    """The local datastore roots of a repository (= its RSE roots)."""
+    return [Path(r.ospath) for r in butler.get_datastore_roots().values() if r is not None]
 
 
 def repo_summary(repo: str) -> dict[str, Any]:
@@ -37,3 +106,4 @@ def repo_summary(repo: str) -> dict[str, Any]:
         collections = sorted(butler.collections.query("*"))
         counts = dataset_counts(butler)
     return {"collections": len(collections), "datasets": sum(counts.values()), "by_type": counts}
+

@@ -21,6 +21,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError
+
 __all__ = [
     "CampaignConfig",
     "ConfigError",
@@ -35,10 +37,6 @@ __all__ = [
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(ValueError):
-    """A parameter file is wrong; the message names the file and the key."""
 
 
 def repo_root() -> Path:
@@ -253,15 +251,6 @@ class Campaign:
 
     def butler_repo(self, site: str) -> str:
         return self.site(site).butler
-
-    def rucio_env(self) -> dict[str, str]:
-        """Environment for rucio-clients: the manifest's client config, if it names one."""
-        env: dict[str, str] = {}
-        if self.manifest.rucio.config:
-            env["RUCIO_CONFIG"] = self.manifest.rucio.config
-        if self.manifest.rucio.account:
-            env["RUCIO_ACCOUNT"] = self.manifest.rucio.account
-        return env
 
     def with_manifest(self, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Campaign:
         """The same campaign deployed elsewhere: another site manifest (e.g. the real facilities)."""

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Campaign
+from .errors import GateError
+from .naming import made_at, shipment_dataset, site_chain
 from .placement import PlannedFile, datastore_roots, describe_file, site_footprint
 from .transfer import Shipment, ShipmentOutcome, run_shipments
 
@@ -32,13 +34,7 @@ __all__ = [
     "plan_gather",
     "plan_redistribution",
     "ship_and_verify",
-    "site_chain",
-]
-
-
-def site_chain(campaign: Campaign, site: str) -> str:
-    """The CHAINED output collection of a site (the submission convention)."""
-    return f"{campaign.output_prefix}/{site}"
+    ]
 
 
 @dataclass(frozen=True)
@@ -110,17 +106,17 @@ def plan_gather(
         with open_butler(campaign.butler_repo(site)) as butler:
             chain = site_chain(campaign, site)
             if not butler.collections.query(chain):
-                raise RuntimeError(f"gather: site {site} has no output collection {chain}: run its stage first")
+                raise GateError(f"gather: site {site} has no output collection {chain}: run its stage first")
             refs = []
             for dt in dataset_types:
                 found = _query(butler, dt, [chain])
                 # only what the site made, not inputs that reached it from elsewhere
-                found = [r for r in found if r.run.startswith(chain + "/")]
+                found = [r for r in found if made_at(campaign, site, r.run)]
                 refs.extend(found)
             for r in refs:
                 seen[(r.datasetType.name, str(r.dataId.required))].append(site)
             files = _planned(butler, refs, campaign.central)
-        plan.shipments.append(Shipment(f"{campaign.name}.{label}.{site}", site, campaign.central, files))
+        plan.shipments.append(Shipment(shipment_dataset(campaign, label, site), site, campaign.central, files))
     plan.collisions = [Collision(dt, did, tuple(ss)) for (dt, did), ss in sorted(seen.items()) if len(ss) > 1]
     for dt in dataset_types:
         if not any(f.dataset_type == dt for s in plan.shipments for f in s.files):
@@ -143,7 +139,7 @@ def plan_redistribution(campaign: Campaign, dataset_types: Sequence[str], runs: 
         for site, fp in footprints.items():
             mine = [r for r in refs if fp.admits(r.dataId)]
             files = _planned(butler, mine, site)
-            plan.shipments.append(Shipment(f"{campaign.name}.{label}.{site}", campaign.central, site, files))
+            plan.shipments.append(Shipment(shipment_dataset(campaign, label, site), campaign.central, site, files))
         unplaced = [r for r in refs if not any(fp.admits(r.dataId) for fp in footprints.values())]
         if unplaced:
             plan.skipped["(no site)"] = f"{len(unplaced)} datasets belong to no site's footprint"

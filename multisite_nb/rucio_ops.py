@@ -1,25 +1,51 @@
-"""A thin, typed adapter over ``rucio-clients``: the only way the toolkit talks to Rucio.
+"""The toolkit's one door to Rucio: a thin, typed adapter over ``rucio-clients``.
 
-It adds what every phase needs on top of the client: bulk calls chunked to sizes the
-server accepts, idempotent creation (an existing DID, attachment or rule is not an
-error), and rule state with the reason Rucio gives for STUCK rules.
+No other module imports ``rucio``. On top of the client it adds what every phase needs:
+bulk calls chunked to sizes the server accepts, idempotent creation (an existing DID,
+attachment or rule is not an error), rule state as a typed :class:`~.records.RuleRecord`
+with the reason Rucio gives for STUCK rules.
+
+The client is built from an explicit client config file (the site manifest's
+``rucio.config``): the process environment and rucio-clients' cached global config are
+neither read for the connection nor changed, so two campaigns (or two worlds) can be used
+from one process. Each thread gets its own client (``requests`` sessions are not shared
+across threads), so the per-site threads of a phase can use one :class:`RucioOps`.
 """
 
 from __future__ import annotations
 
+import configparser
+import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["RucioOps", "RuleState", "FileDid", "chunked"]
+from .errors import ConfigError, RucioError
+from .records import RuleRecord, RuleState
 
-# Rucio builds OR-chains per call; SQLite-backed servers cap expression depth at 1000.
+if TYPE_CHECKING:
+    from rucio.client import Client
+
+    from .config import Campaign
+
+__all__ = ["CHUNK", "DID_LIMIT", "FileDid", "RucioClientConfig", "RucioOps", "chunked"]
+
+#: Rows per write call: Rucio builds OR-chains per call and SQLite caps expression depth at 1000.
 CHUNK = 500
-_last_config: str | None = None
+#: DIDs per read call: the server refuses more than 1,000 in one bulk request.
+DID_LIMIT = 1000
+
+T = TypeVar("T")
+
+_QUIET = logging.getLogger("multisite_nb.rucio_ops.client")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 
 
-def chunked(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+def chunked(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
     """Successive slices of ``items`` of at most ``size``."""
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -35,56 +61,147 @@ class FileDid:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class RuleState:
-    """What a replication rule says about itself."""
+# -- configuration -------------------------------------------------------------------------------
 
-    id: str
-    did: str
-    rse_expression: str
-    state: str  # OK, REPLICATING, STUCK, SUSPENDED, ...
-    locks_ok: int
-    locks_replicating: int
-    locks_stuck: int
-    error: str | None = None
-    comment: str | None = None
+_CRED_KEYS = {
+    "userpass": ("username", "password"),
+    "x509": ("client_cert", "client_key"),
+    "x509_proxy": ("client_proxy",),
+    "oidc": ("oidc_scope", "oidc_audience", "oidc_issuer", "oidc_refresh_lifetime"),
+}
 
-    @property
-    def total(self) -> int:
-        return self.locks_ok + self.locks_replicating + self.locks_stuck
+
+@dataclass(frozen=True)
+class RucioClientConfig:
+    """What a client needs, read from one client config file (credentials stay in memory)."""
+
+    path: Path
+    host: str
+    auth_host: str
+    auth_type: str
+    account: str | None
+    creds: Mapping[str, str] = field(repr=False, default_factory=dict)
+    ca_cert: str | None = None
+    vo: str | None = None
+    token_file: str | None = None
+    request_retries: int | None = None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], account: str | None = None) -> RucioClientConfig:
+        """Read ``[client]`` of a Rucio client config.
+
+        Raises
+        ------
+        ConfigError
+            Naming the file and the key that is missing or wrong.
+        """
+        p = Path(path).expanduser().resolve()
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            if not parser.read(p, encoding="utf-8"):
+                raise ConfigError(f"{p}: no such Rucio client config")
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: not a readable Rucio client config: {exc}") from None
+        if not parser.has_section("client"):
+            raise ConfigError(f"{p}: key 'client': the [client] section is missing")
+        sect = parser["client"]
+        for key in ("rucio_host", "auth_host", "auth_type"):
+            if not sect.get(key):
+                raise ConfigError(f"{p}: key 'client.{key}' is missing")
+        auth_type = sect["auth_type"]
+        creds = {k: sect[k] for k in _CRED_KEYS.get(auth_type, ()) if sect.get(k)}
+        retries = sect.get("request_retries")
+        try:
+            n_retries = int(retries) if retries else None
+        except ValueError:
+            raise ConfigError(f"{p}: key 'client.request_retries': not an integer (got {retries!r})") from None
+        return cls(path=p, host=sect["rucio_host"], auth_host=sect["auth_host"], auth_type=auth_type,
+                   account=account or sect.get("account"), creds=creds, ca_cert=sect.get("ca_cert"),
+                   vo=sect.get("vo"), token_file=sect.get("auth_token_file_path"), request_retries=n_retries)
+
+    @classmethod
+    def locate(cls, path: str | os.PathLike[str] | None, account: str | None = None) -> RucioClientConfig:
+        """The given config, else where rucio-clients itself would look (``$RUCIO_CONFIG``, ...)."""
+        if path:
+            return cls.from_file(path, account)
+        candidates = [os.environ.get("RUCIO_CONFIG")] + [
+            str(Path(os.environ[v]) / "etc" / "rucio.cfg") for v in ("RUCIO_HOME", "VIRTUAL_ENV", "CONDA_PREFIX")
+            if v in os.environ] + ["/opt/rucio/etc/rucio.cfg"]
+        for cand in candidates:
+            if cand and Path(cand).is_file():
+                return cls.from_file(cand, account)
+        raise ConfigError("no Rucio client config: set 'rucio.config' in the site manifest (or $RUCIO_CONFIG)")
+
+
+def _make_client(cfg: RucioClientConfig, *, quiet: bool) -> Client:
+    """A rucio-clients ``Client`` from ``cfg``, with its token file from ``cfg`` too."""
+    from rucio.client import Client
+
+    class _ConfiguredClient(Client):  # type: ignore[misc]
+        def _get_auth_tokens(self) -> tuple[str | None, str, str, str]:
+            if not cfg.token_file:
+                return super()._get_auth_tokens()  # type: ignore[no-any-return]
+            token_path = str(Path(cfg.token_file).parent)
+            suffix = "for_default_account" if self.account is None else "for_account_" + self.account
+            return cfg.token_file, f"{token_path}/{self.TOKEN_EXP_PREFIX}{suffix}", cfg.token_file, token_path
+
+    client_log = logging.getLogger("baseclient")  # rucio-clients' module logger
+    level = client_log.level
+    if quiet:
+        client_log.setLevel(logging.CRITICAL)
+    try:
+        client = _ConfiguredClient(rucio_host=cfg.host, auth_host=cfg.auth_host, account=cfg.account,
+                                   ca_cert=cfg.ca_cert, auth_type=cfg.auth_type, creds=dict(cfg.creds),
+                                   vo=cfg.vo, logger=_QUIET if quiet else logging.getLogger("baseclient"))
+    except Exception as exc:
+        raise RucioError(f"Rucio at {cfg.host} (config {cfg.path}) cannot be reached: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        client_log.setLevel(level)
+    if cfg.request_retries is not None:
+        client.request_retries = cfg.request_retries
+    return client
 
 
 class RucioOps:
-    """Rucio access for one campaign.
+    """Rucio access for one campaign scope.
 
     Parameters
     ----------
-    env
-        ``RUCIO_CONFIG`` (and optionally ``RUCIO_ACCOUNT``) from the site manifest. The
-        credentials stay in that config file; nothing here prints them.
+    config
+        The client config (see :meth:`RucioClientConfig.locate`).
     scope
         The campaign's scope.
+    quiet
+        Silence the client's own error logging (a live dashboard reports an unreachable Rucio
+        in its status instead of filling its page with retry messages).
     """
 
-    def __init__(self, env: Mapping[str, str], scope: str):
-        global _last_config
-        from rucio.common.config import clean_cached_config
-
-        cfg = env.get("RUCIO_CONFIG")
-        if cfg:
-            os.environ["RUCIO_CONFIG"] = cfg
-            if cfg != _last_config:
-                clean_cached_config()  # another world's (or campaign's) config may be cached
-                _last_config = cfg
-        if env.get("RUCIO_ACCOUNT"):
-            os.environ["RUCIO_ACCOUNT"] = env["RUCIO_ACCOUNT"]
-        from rucio.client import Client
-
-        self.client = Client()
+    def __init__(self, config: RucioClientConfig, scope: str, *, quiet: bool = False):
+        self.config = config
         self.scope = scope
+        self.quiet = quiet
+        self._local = threading.local()
         self.account = self.client.account
 
-    # -- DIDs -----------------------------------------------------------------------
+    @classmethod
+    def for_campaign(cls, campaign: Campaign, *, quiet: bool = False) -> RucioOps:
+        """The campaign's Rucio, from its site manifest's ``rucio.config`` and ``rucio.account``."""
+        access = campaign.manifest.rucio
+        return cls(RucioClientConfig.locate(access.config, access.account), campaign.scope, quiet=quiet)
+
+    @property
+    def client(self) -> Client:
+        """This thread's client (made on first use in each thread)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = _make_client(self.config, quiet=self.quiet)
+        return client
+
+    def _dids(self, names: Sequence[str]) -> list[dict[str, str]]:
+        return [{"scope": self.scope, "name": n} for n in names]
+
+    # -- DIDs -----------------------------------------------------------------------------------
     def ensure_scope(self) -> None:
         from rucio.common.exception import Duplicate
 
@@ -110,33 +227,13 @@ class RucioOps:
         have = self.existing_file_replicas(rse, [f.name for f in files])
         todo = [f for f in files if f.name not in have]
         for part in chunked(todo):
-            self.client.add_replicas(
-                rse=rse,
-                files=[
-                    {"scope": self.scope, "name": f.name, "bytes": f.bytes, "adler32": f.adler32}
-                    for f in part
-                ],
-            )
+            self.client.add_replicas(rse=rse, files=[
+                {"scope": self.scope, "name": f.name, "bytes": f.bytes, "adler32": f.adler32} for f in part])
         return len(todo)
 
     def existing_file_replicas(self, rse: str, names: Sequence[str]) -> set[str]:
-        """Names (of ``names``) that have a replica (any state) on ``rse``.
-
-        ``list_replicas`` skips unknown DIDs, and raises ``DataIdentifierNotFound`` only
-        when none of a call's DIDs exists: then none of that chunk is registered.
-        """
-        from rucio.common.exception import DataIdentifierNotFound
-
-        found: set[str] = set()
-        for part in chunked(list(names), 1000):
-            dids = [{"scope": self.scope, "name": n} for n in part]
-            try:
-                for rep in self.client.list_replicas(dids, all_states=True, rse_expression=rse, sort="random"):
-                    if rse in (rep.get("states") or {}):
-                        found.add(rep["name"])
-            except DataIdentifierNotFound:
-                continue
-        return found
+        """Names (of ``names``) that have a replica (any state) on ``rse``."""
+        return set(self.file_replica_states(names, rse))
 
     def set_metadata(self, files: Sequence[FileDid]) -> None:
         """Attach each file's DID metadata (``rubin_butler``, ``rubin_sidecar``) in bulk."""
@@ -144,12 +241,20 @@ class RucioOps:
         for part in chunked(items):
             self.client.set_dids_metadata_bulk(dids=list(part), recursive=False)
 
+    def get_metadata_bulk(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Every metadata key of each file, by name (chunked to the server's DID limit)."""
+        out: dict[str, dict[str, Any]] = {}
+        for part in chunked(list(names), DID_LIMIT):
+            for meta in self.client.get_metadata_bulk(self._dids(part), inherit=False, plugin="ALL"):
+                out[str(meta["name"])] = dict(meta)
+        return out
+
     def attach(self, dataset: str, names: Sequence[str]) -> int:
         """Attach files to a dataset; files already in it are skipped. Returns how many were new."""
         present = {f["name"] for f in self.client.list_files(self.scope, dataset)}
         todo = [n for n in names if n not in present]
         for part in chunked(todo):
-            self.client.attach_dids(self.scope, dataset, [{"scope": self.scope, "name": n} for n in part])
+            self.client.attach_dids(self.scope, dataset, self._dids(part))
         return len(todo)
 
     def close_dataset(self, name: str) -> None:
@@ -161,55 +266,35 @@ class RucioOps:
     def list_files(self, dataset: str) -> list[dict[str, Any]]:
         return list(self.client.list_files(self.scope, dataset))
 
-    # -- rules ----------------------------------------------------------------------
+    # -- rules ----------------------------------------------------------------------------------
     def find_rule(self, dataset: str, rse: str) -> str | None:
         """The rule of this account for ``dataset`` on exactly ``rse``, if any."""
         for rule in self.client.list_did_rules(self.scope, dataset):
             if rule["rse_expression"] == rse and rule["account"] == self.account:
-                return rule["id"]
+                return str(rule["id"])
         return None
 
-    def ensure_rule(
-        self,
-        dataset: str,
-        rse: str,
-        *,
-        lifetime_s: int | None,
-        activity: str,
-        comment: str,
-    ) -> tuple[str, bool]:
+    def ensure_rule(self, dataset: str, rse: str, *, lifetime_s: int | None, activity: str,
+                    comment: str) -> tuple[str, bool]:
         """A rule for ``dataset`` on ``rse``; created unless one exists. Returns (id, created)."""
         existing = self.find_rule(dataset, rse)
         if existing:
             return existing, False
         ids = self.client.add_replication_rule(
-            dids=[{"scope": self.scope, "name": dataset}],
-            copies=1,
-            rse_expression=rse,
-            lifetime=lifetime_s,
-            activity=activity,
-            comment=comment,
-            grouping="DATASET",
-            asynchronous=False,
-        )
-        return ids[0], True
+            dids=self._dids([dataset]), copies=1, rse_expression=rse, lifetime=lifetime_s,
+            activity=activity, comment=comment, grouping="DATASET", asynchronous=False)
+        return str(ids[0]), True
 
-    def rule_state(self, rule_id: str) -> RuleState:
-        r = self.client.get_replication_rule(rule_id)
-        state = RuleState(
-            id=r["id"],
-            did=f"{r['scope']}:{r['name']}",
-            rse_expression=r["rse_expression"],
-            state=str(r["state"]),
-            locks_ok=int(r.get("locks_ok_cnt") or 0),
-            locks_replicating=int(r.get("locks_replicating_cnt") or 0),
-            locks_stuck=int(r.get("locks_stuck_cnt") or 0),
-            error=r.get("error"),
-            comment=r.get("comments"),
-        )
-        if state.state == "STUCK" and not state.error:
-            state.error = self.stuck_reason(rule_id)
-        return state
+    def rule(self, rule_id: str) -> RuleRecord:
+        """A rule's state now; a STUCK rule comes with Rucio's reason."""
+        rec = RuleRecord.from_rucio(self.client.get_replication_rule(rule_id))
+        if rec.state is RuleState.STUCK and not rec.error:
+            rec = rec.model_copy(update={"error": self.stuck_reason(rule_id)})
+        return rec
+
+    def list_rules(self) -> list[RuleRecord]:
+        """Every rule of the scope (one call)."""
+        return [RuleRecord.from_rucio(r) for r in self.client.list_replication_rules(filters={"scope": self.scope})]
 
     def stuck_reason(self, rule_id: str) -> str:
         """Rucio's own account of why a rule is stuck (``examine_replication_rule``)."""
@@ -227,19 +312,26 @@ class RucioOps:
         """Per RSE: files in the dataset (``length``) and how many are available there."""
         out: dict[str, dict[str, int]] = {}
         for rep in self.client.list_dataset_replicas(self.scope, dataset, deep=True):
-            out[rep["rse"]] = {
-                "length": int(rep.get("length") or 0),
-                "available": int(rep.get("available_length") or 0),
-            }
+            out[rep["rse"]] = {"length": int(rep.get("length") or 0),
+                               "available": int(rep.get("available_length") or 0)}
         return out
 
     def file_replica_states(self, names: Sequence[str], rse: str) -> dict[str, str]:
-        """Per file name: its replica state on ``rse`` (``AVAILABLE``, ``COPYING``, ...), missing if none."""
+        """Per file name: its replica state on ``rse`` (``AVAILABLE``, ``COPYING``, ...), missing if none.
+
+        ``list_replicas`` skips unknown DIDs, and raises ``DataIdentifierNotFound`` only when
+        none of a call's DIDs exists: then none of that chunk has a replica.
+        """
+        from rucio.common.exception import DataIdentifierNotFound
+
         states: dict[str, str] = {}
-        for part in chunked(list(names), 1000):
-            dids = [{"scope": self.scope, "name": n} for n in part]
-            for rep in self.client.list_replicas(dids, all_states=True, rse_expression=rse, sort="random"):
-                st = rep.get("states", {}).get(rse)
-                if st is not None:
-                    states[rep["name"]] = str(st)
+        for part in chunked(list(names), DID_LIMIT):
+            try:
+                for rep in self.client.list_replicas(self._dids(part), all_states=True, rse_expression=rse,
+                                                     sort="random"):
+                    st = (rep.get("states") or {}).get(rse)
+                    if st is not None:
+                        states[rep["name"]] = str(st)
+            except DataIdentifierNotFound:
+                continue
         return states

@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -83,6 +82,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import Campaign
+from .records import RuleRecord, RuleState
 
 __all__ = [
     "STATES",
@@ -91,7 +91,6 @@ __all__ = [
     "CampaignStatus",
     "Issue",
     "Placement",
-    "RuleInfo",
     "SiteStatus",
     "StepFailure",
     "StepStatus",
@@ -121,8 +120,6 @@ _STEP_SYNONYMS = {
     "not_started": "not_started", "new": "not_started", "planned": "not_started", "none": "not_started",
     "not started": "not_started", "unsubmitted": "not_started",
 }
-_BUSY_RULES = {"REPLICATING", "WAITING_APPROVAL", "INJECT"}
-_BAD_RULES = {"STUCK", "SUSPENDED"}
 _MAX_TEXT = 400
 
 
@@ -168,21 +165,6 @@ class Placement:
 
 
 @dataclass
-class RuleInfo:
-    """One replication rule targeting the site's RSE, as Rucio reports it now."""
-
-    id: str
-    dataset: str
-    rse_expression: str
-    state: str
-    locks_ok: int
-    locks_replicating: int
-    locks_stuck: int
-    error: str | None = None
-    updated_at: str | None = None
-
-
-@dataclass
 class Transfers:
     """Rules of the campaign scope that target the site's RSE (read live from Rucio)."""
 
@@ -198,7 +180,7 @@ class Transfers:
     locks_stuck: int = 0
     stuck_reason: str | None = None
     error: str | None = None
-    rules: list[RuleInfo] = field(default_factory=list)
+    rules: list[RuleRecord] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -441,81 +423,43 @@ def _targets(expression: str, rse: str) -> bool:
     return expression == rse or rse in re.split(r"[|&\\()\s]+", expression)
 
 
-_QUIET = logging.getLogger("multisite_nb.site_status.rucio_client")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
-
-
-def _rucio_rules(campaign: Campaign) -> tuple[Any, list[dict[str, Any]]]:
-    """A client and every rule of the campaign scope.
-
-    The client's own error logging is silenced: an unreachable Rucio is reported in the
-    status (a live dashboard must not fill its page with retry messages).
-    """
+def _rucio_rules(campaign: Campaign) -> tuple[Any, list[RuleRecord]]:
+    """The campaign's Rucio (its client's error logging silenced) and every rule of its scope."""
     from .rucio_ops import RucioOps
 
-    client_log = logging.getLogger("baseclient")  # rucio-clients' module logger
-    level = client_log.level
-    client_log.setLevel(logging.CRITICAL)
-    try:
-        ops = RucioOps(campaign.rucio_env(), campaign.scope)
-    finally:
-        client_log.setLevel(level)
-    ops.client.logger = _QUIET
-    return ops, list(ops.client.list_replication_rules(filters={"scope": campaign.scope}))
+    ops = RucioOps.for_campaign(campaign, quiet=True)
+    return ops, ops.list_rules()
 
 
-def _expired(rule: Mapping[str, Any], now: datetime) -> bool:
-    """Whether a rule is past its lifetime (Rucio's judge-cleaner removes it soon)."""
-    when = rule.get("expires_at")
-    if isinstance(when, str):
-        try:
-            when = datetime.fromisoformat(when.replace("Z", "+00:00").replace(" UTC", ""))
-        except ValueError:
-            return False
-    if not isinstance(when, datetime):
-        return False
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # Rucio's times are naive UTC
-    return when <= now
-
-
-def _transfers(campaign: Campaign, site: str, ops: Any, rules: list[dict[str, Any]]) -> Transfers:
+def _transfers(campaign: Campaign, site: str, ops: Any, rules: list[RuleRecord]) -> Transfers:
     rse = campaign.site(site).rse
     t = Transfers(rse=rse, read=True)
     explained = 0
     now = datetime.now(UTC)
     for r in rules:
-        if not _targets(str(r.get("rse_expression", "")), rse):
+        if not _targets(r.rse_expression, rse):
             continue
-        if _expired(r, now):
+        if r.expired(now):
             t.expired += 1
             continue
-        state = str(r.get("state", "")).split(".")[-1].upper()
-        info = RuleInfo(
-            id=str(r["id"]), dataset=str(r.get("name")), rse_expression=str(r.get("rse_expression")),
-            state=state, locks_ok=_int(r.get("locks_ok_cnt")), locks_replicating=_int(r.get("locks_replicating_cnt")),
-            locks_stuck=_int(r.get("locks_stuck_cnt")), error=_short(r["error"]) if r.get("error") else None,
-            updated_at=str(r.get("updated_at")) if r.get("updated_at") else None,
-        )
-        if state in _BAD_RULES and not info.error and explained < 3:
+        if r.state.bad and not r.error and explained < 3:
             explained += 1
-            info.error = _short(ops.stuck_reason(info.id))
-        t.rules.append(info)
-        t.locks_ok += info.locks_ok
-        t.locks_replicating += info.locks_replicating
-        t.locks_stuck += info.locks_stuck
-        if state == "OK":
+            r = r.model_copy(update={"error": _short(ops.stuck_reason(r.id))})
+        t.rules.append(r)
+        t.locks_ok += r.locks_ok
+        t.locks_replicating += r.locks_replicating
+        t.locks_stuck += r.locks_stuck
+        if r.state is RuleState.OK:
             t.ok += 1
-        elif state in _BUSY_RULES:
+        elif r.state.in_flight:
             t.replicating += 1
-        elif state in _BAD_RULES:
+        elif r.state.bad:
             t.stuck += 1
             if t.stuck_reason is None:
-                t.stuck_reason = info.error or state
+                t.stuck_reason = r.error or str(r.state)
         else:
             t.other += 1
-    t.rules.sort(key=lambda x: (x.state != "STUCK", x.state != "REPLICATING", x.dataset))
+    t.rules.sort(key=lambda x: (x.state is not RuleState.STUCK, x.state is not RuleState.REPLICATING, x.name))
     return t
 
 
@@ -555,11 +499,11 @@ def site_state(s: SiteStatus) -> tuple[str, str]:
     if s.butler.ok is False:
         issues.append(Issue("butler", f"Butler repository of {s.site} does not answer", s.butler.error))
     if t is not None and t.stuck:
-        bad = [r for r in t.rules if r.state in _BAD_RULES]
+        bad = [r for r in t.rules if r.state.bad]
         first = bad[0] if bad else None
         what = f"{t.stuck} rule{'s' if t.stuck > 1 else ''} {first.state if first else 'STUCK'} to {t.rse}"
         if first:
-            what += f" ({first.dataset}, {first.locks_stuck} file{'s' if first.locks_stuck != 1 else ''} stuck)"
+            what += f" ({first.name}, {first.locks_stuck} file{'s' if first.locks_stuck != 1 else ''} stuck)"
         issues.append(Issue("rucio", what, t.stuck_reason))
     failed_steps = [st for st in s.steps.values() if st.state == "failed" or st.failed]
     for st in failed_steps:

@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import Campaign
+from .errors import ConfigError, PlanError
+from .naming import placement_dataset, records_dataset
 from .placement import PlannedFile
-from .rucio_ops import FileDid, RucioOps, RuleState
+from .records import RuleRecord, RuleState, ShipmentOutcome
+from .rucio_ops import FileDid, RucioOps
 
 __all__ = [
     "Shipment",
@@ -57,32 +60,7 @@ class Shipment:
 
     @property
     def records_dataset(self) -> str:
-        return f"{self.name}.dimensions"
-
-
-@dataclass
-class ShipmentOutcome:
-    """What happened to one shipment."""
-
-    name: str
-    dest: str
-    rule_id: str | None = None
-    records_rule_id: str | None = None
-    rule_created: bool = False
-    registered: int = 0
-    newly_registered: int = 0
-    state: str = "NEW"
-    error: str | None = None
-    ingested: int = 0
-    already_present: int = 0
-    records_file: str | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def as_row(self) -> dict[str, Any]:
-        return {
-            "shipment": self.name, "dest": self.dest, "files": self.registered, "rule": self.state,
-            "ingested": self.ingested, "already there": self.already_present, "error": self.error or "",
-        }
+        return records_dataset(self.name)
 
 
 # -- dimension records ------------------------------------------------------------------
@@ -254,7 +232,7 @@ def register_shipment(
     for f in shipment.files:
         ref = refs.get(f.id)
         if ref is None:
-            raise RuntimeError(f"{shipment.name}: dataset {f.id} ({f.dataset_type}) is not in the {shipment.source} Butler")
+            raise PlanError(f"{shipment.name}: dataset {f.id} ({f.dataset_type}) is not in the {shipment.source} Butler")
         kind = "raw_file" if shipment.raw_inputs and "exposure" in f.data_id else "data_product"
         dids.append(FileDid(f.lfn, f.size, f.adler32, {"rubin_butler": kind, "rubin_sidecar": ref.to_json()}))
     outcome.newly_registered = ops.add_replicas(src.rse, dids)
@@ -283,15 +261,15 @@ def watch_rules(
     poll_s: float = 1.0,
     progress: bool = True,
     desc: str = "rules",
-) -> dict[str, RuleState]:
+) -> dict[str, RuleRecord]:
     """Poll rules until each is OK or STUCK (or the timeout passes); show lock progress."""
     from tqdm.auto import tqdm
 
-    states: dict[str, RuleState] = {}
+    states: dict[str, RuleRecord] = {}
     deadline = time.monotonic() + timeout_s
     bar = None
     while True:
-        states = {rid: ops.rule_state(rid) for rid in rule_ids}
+        states = {rid: ops.rule(rid) for rid in rule_ids}
         total = sum(s.total for s in states.values())
         done = sum(s.locks_ok for s in states.values())
         if progress:
@@ -300,7 +278,7 @@ def watch_rules(
             bar.total = total
             bar.n = done
             bar.set_postfix_str(", ".join(f"{s.state}" for s in states.values())[:60], refresh=True)
-        if all(s.state in ("OK", "STUCK", "SUSPENDED") for s in states.values()) or time.monotonic() > deadline:
+        if all(s.state.settled for s in states.values()) or time.monotonic() > deadline:
             break
         time.sleep(poll_s)
     if bar is not None:
@@ -311,7 +289,7 @@ def watch_rules(
 def _rse_root(campaign: Campaign, site: str) -> str:
     root = campaign.site(site).rse_root
     if root is None:
-        raise ValueError(f"{campaign.manifest_path}: key 'sites.{site}.rse_root' is needed to ingest in place")
+        raise ConfigError(f"{campaign.manifest_path}: key 'sites.{site}.rse_root' is needed to ingest in place")
     return root
 
 
@@ -331,19 +309,18 @@ def ingest_shipment(
     if not todo:
         outcome.seconds["ingest"] = time.monotonic() - t0
         return
-    meta = {m["name"]: m for m in ops.client.get_metadata_bulk(
-        [{"scope": ops.scope, "name": f.lfn} for f in todo], inherit=False, plugin="ALL")}
+    meta = ops.get_metadata_bulk([f.lfn for f in todo])
     by_run: dict[str, list[Any]] = defaultdict(list)
     for f in todo:
         sidecar = meta.get(f.lfn, {}).get("rubin_sidecar")
         if not sidecar:
-            raise RuntimeError(f"{shipment.name}: {f.lfn} has no rubin_sidecar metadata in Rucio")
+            raise PlanError(f"{shipment.name}: {f.lfn} has no rubin_sidecar metadata in Rucio")
         ref = DatasetRef.from_json(sidecar, universe=dest_butler.dimensions)
         if str(ref.id) != f.id:
-            raise RuntimeError(f"{shipment.name}: sidecar of {f.lfn} names dataset {ref.id}, the plan {f.id}")
+            raise PlanError(f"{shipment.name}: sidecar of {f.lfn} names dataset {ref.id}, the plan {f.id}")
         path = root / f.lfn
         if not path.exists():
-            raise RuntimeError(f"{shipment.name}: {path} has not arrived (rule {outcome.state})")
+            raise PlanError(f"{shipment.name}: {path} has not arrived (rule {outcome.state})")
         by_run[ref.run].append(FileDataset(path=str(path), refs=[ref]))
     for run, datasets in by_run.items():
         dest_butler.collections.register(run, CollectionType.RUN)
@@ -352,11 +329,6 @@ def ingest_shipment(
         dest_butler.ingest(*datasets, transfer=None)
         outcome.ingested += len(datasets)
     outcome.seconds["ingest"] = time.monotonic() - t0
-
-
-def placement_dataset(campaign: Campaign, site: str) -> str:
-    """The Rucio dataset that carries a site's placed inputs."""
-    return f"{campaign.name}.placement.{site}"
 
 
 def place_data(
@@ -455,9 +427,9 @@ def run_shipments(
     """
     from .butler_ops import open_butler
 
-    ops = RucioOps(campaign.rucio_env(), campaign.scope)
+    ops = RucioOps.for_campaign(campaign)
     ops.ensure_scope()
-    outcomes = {s.name: ShipmentOutcome(s.name, s.dest) for s in shipments}
+    outcomes = {s.name: ShipmentOutcome(name=s.name, dest=s.dest) for s in shipments}
     butlers: dict[str, Any] = {}
 
     def butler(site: str) -> Any:
@@ -475,8 +447,8 @@ def run_shipments(
         for s in shipments:
             o = outcomes[s.name]
             st = rec_states.get(o.records_rule_id or "")
-            if st is None or st.state != "OK":
-                o.state = st.state if st else "MISSING"
+            if st is None or st.state is not RuleState.OK:
+                o.state = st.state if st else None
                 o.error = f"dimension records rule {o.records_rule_id}: {st.error if st else 'not found'}"
                 continue
             create_data_rule(campaign, ops, s, o)
@@ -489,7 +461,7 @@ def run_shipments(
                 continue
             st = states[o.rule_id]
             o.state = st.state
-            if st.state != "OK":
+            if st.state is not RuleState.OK:
                 o.error = st.error or f"rule {st.state} after {timeout_s:.0f} s"
                 log(f"{s.name}: rule {o.rule_id} {st.state}: {o.error}")
                 continue

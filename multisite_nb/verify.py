@@ -21,6 +21,7 @@ from typing import Any
 
 from .config import Campaign
 from .placement import PlannedFile, adler32_of
+from .records import RuleState
 from .rucio_ops import RucioOps
 
 __all__ = ["Problem", "SiteReport", "verify_site", "verify_shipments", "problems_table"]
@@ -83,8 +84,8 @@ def verify_site(
     if rule_id is None:
         report.problems.append(Problem(site, "rucio", "rule", dataset, f"no rule to {spec.rse}"))
     else:
-        st = ops.rule_state(rule_id)
-        if st.state != "OK":
+        st = ops.rule(rule_id)
+        if st.state is not RuleState.OK:
             report.problems.append(Problem(site, "rucio", "rule", dataset, f"{st.state}: {st.error or ''}".strip()))
     counts = ops.dataset_replica_counts(dataset).get(spec.rse, {"length": 0, "available": 0}) if rule_id else \
         {"length": 0, "available": 0}
@@ -131,13 +132,13 @@ def verify_shipments(
     campaign: Campaign, groups: Sequence[tuple[str, str, Sequence[PlannedFile]]], *, checksums: bool = True
 ) -> list[SiteReport]:
     """Verify several shipments, each given as (destination site, Rucio dataset, planned files)."""
-    ops = RucioOps(campaign.rucio_env(), campaign.scope)
+    ops = RucioOps.for_campaign(campaign)
     return [verify_site(campaign, ops, site, files, ds, checksums=checksums) for site, ds, files in groups]
 
 
 def verify_placement(campaign: Campaign, plan: Any, *, checksums: bool = True) -> list[SiteReport]:
     """Phase 3 for the placement of phase 1/2."""
-    from .transfer import placement_dataset
+    from .naming import placement_dataset
 
     groups = [(s, placement_dataset(campaign, s), plan.site_files(s)) for s in campaign.remote_sites]
     return verify_shipments(campaign, groups, checksums=checksums)

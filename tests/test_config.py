@@ -30,7 +30,7 @@ def test_shipped_campaign_loads(tmp_path: Path) -> None:
     assert [str(u) for u in c.sky_units("RAL")] == ["tract 1 patch 3", "tract 1 patch 4"]
     assert c.site("IN2P3").compute_site == "CC-IN2P3"
     assert c.site("LANCS").butler == f"{tmp_path}/butler/LANCS"
-    assert c.rucio_env()["RUCIO_CONFIG"] == f"{tmp_path}/rucio/client.cfg"
+    assert c.manifest.rucio.config == f"{tmp_path}/rucio/client.cfg"
     assert [s.where for s in c.config.stages] == ["sites", "central", "sites"]
 
 
@@ -119,5 +119,5 @@ def test_relative_manifest_paths_are_fixed_at_load(tmp_path: Path, monkeypatch) 
     monkeypatch.chdir("/")
     assert c.butler_repo("RAL") == str(tmp_path / "w" / "butler" / "RAL")
     assert c.site("RAL").rse_root == str(tmp_path / "w" / "rse" / "RAL_DISK")
-    assert c.rucio_env()["RUCIO_CONFIG"] == str(tmp_path / "w" / "rucio" / "client.cfg")
+    assert c.manifest.rucio.config == str(tmp_path / "w" / "rucio" / "client.cfg")
     assert c.butler_repo("USDF") == "main"

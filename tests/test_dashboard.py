@@ -70,7 +70,7 @@ def stuck_rule(campaign: Campaign, site: str, timeout: float = 60) -> Iterator[s
     """
     from multisite_nb.rucio_ops import FileDid, RucioOps
 
-    ops = RucioOps(campaign.rucio_env(), campaign.scope)
+    ops = RucioOps.for_campaign(campaign)
     ops.ensure_scope()
     tag = uuid.uuid4().hex[:8]
     src = campaign.central
@@ -87,7 +87,7 @@ def stuck_rule(campaign: Campaign, site: str, timeout: float = 60) -> Iterator[s
         rule_id, _ = ops.ensure_rule(dataset, campaign.site(site).rse, lifetime_s=3600,
                                      activity=campaign.config.activity, comment="dashboard test: bad checksum")
         deadline = time.monotonic() + timeout
-        while (state := ops.rule_state(rule_id).state) != "STUCK":
+        while (state := ops.rule(rule_id).state) != "STUCK":
             assert state in ("REPLICATING", "INJECT"), state
             assert time.monotonic() < deadline, f"rule {rule_id} not STUCK after {timeout} s ({state})"
             time.sleep(0.3)

@@ -151,7 +151,7 @@ def test_files_are_registered_the_rubin_way(world, chain_run) -> None:
     from multisite_nb.rucio_ops import RucioOps
 
     plan = PlacementPlan.load(phases.plan_path(chain_run))
-    ops = RucioOps(world.campaign.rucio_env(), world.campaign.scope)
+    ops = RucioOps.for_campaign(world.campaign)
     raw = next(f for f in plan.site_files("RAL") if f.dataset_type == "raw")
     flat = next(f for f in plan.site_files("RAL") if f.dataset_type == "flat")
     for f, kind in ((raw, "raw_file"), (flat, "data_product")):

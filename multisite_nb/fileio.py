@@ -1,0 +1,60 @@
+"""Writing state files so that a reader never sees half of one.
+
+Every state file of the toolkit (results, run records, plans, step attempts, the world's
+state) is written through :func:`atomic_write_text` or :func:`atomic_write_json`: a
+temporary file in the same folder, flushed to disk, then renamed over the target. A crash
+leaves either the old file or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename.
+
+    Parameters
+    ----------
+    path
+        The target; its folder is created if needed.
+    data
+        The whole content.
+    mode
+        Permission bits of the new file; default ``0o666`` minus the umask (the team can read a
+        run folder). Use ``0o600`` for a file holding a credential: it never exists with
+        wider permissions, not even for a moment.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode if mode is not None else 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, mode: int | None = None) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    return atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any, *, mode: int | None = None, indent: int = 2) -> Path:
+    """:func:`atomic_write_text` of ``data`` as JSON (sorted keys are the caller's choice)."""
+    return atomic_write_text(path, json.dumps(data, indent=indent, default=str) + "\n", mode=mode)
