@@ -84,13 +84,14 @@ def world_status(dir_: str | None, params: str, as_json: bool) -> None:
 
 
 def _run_chain(campaign, phases: list[str], runs_root: str | None, resume_dir: str | None):
-    from .runbook import new_run, run_chain, split_phase
+    from .registry import parse
+    from .runbook import new_run, run_chain
 
-    known = {"placement", "transfer", "verify", "submit", "gather_redistribute", "qa", "dashboard"}
     for p in phases:
-        name, _, _ = split_phase(p)
-        if name not in known:
-            raise click.ClickException(f"--phases: unknown phase {p!r} (known: {', '.join(sorted(known))})")
+        try:
+            parse(p)
+        except ConfigError as exc:
+            raise click.ClickException(f"--phases: {exc}") from None
     root = Path(runs_root) if runs_root else repo_root() / "runs"
     run_dir = Path(resume_dir).resolve() if resume_dir else new_run(root, campaign.name)
     click.echo(f"run folder: {run_dir}")
@@ -112,7 +113,7 @@ def _run_chain(campaign, phases: list[str], runs_root: str | None, resume_dir: s
 def run(params: str, phases: str | None, world_dir: str | None, runs_root: str | None, resume_dir: str | None) -> None:
     """Execute phase notebooks with papermill into a run folder; stop at a failed gate."""
     from .config import load_campaign
-    from .phases import chain_for
+    from .registry import chain_for
 
     if world_dir:
         os.environ["MSNB_WORLD"] = str(Path(world_dir).resolve())
@@ -136,7 +137,7 @@ def campaign_cmd(params: str, world_dir: str | None, runs_root: str | None, down
     """The main job: bring the embedded world up and run the whole campaign on it."""
     import time
 
-    from .phases import chain_for
+    from .registry import chain_for
     from .results import load_result
 
     t0 = time.monotonic()

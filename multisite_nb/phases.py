@@ -16,22 +16,20 @@ from typing import Any
 import pandas as pd
 
 from .config import Campaign, load_campaign
+from .errors import ConfigError, GateError
+from .naming import plan_path
 from .results import PhaseResult, load_result, record_result, save_table, utcnow
 
-__all__ = ["placement", "transfer", "verify", "plan_path", "require_passed"]
-
-
-def plan_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "artifacts" / "placement" / "plan.json"
+__all__ = ["gather_redistribute", "placement", "qa", "require_passed", "submit", "transfer", "verify"]
 
 
 def require_passed(run_dir: str | Path, phase: str) -> PhaseResult:
     """The earlier phase's result; raises if it is missing or its gate failed."""
     res = load_result(run_dir, phase)
     if res is None:
-        raise RuntimeError(f"phase {phase!r} has no result in {run_dir}: run it first")
+        raise GateError(f"phase {phase!r} has no result in {run_dir}: run it first")
     if not res.passed:
-        raise RuntimeError(f"phase {phase!r} failed its gate: {res.reason}")
+        raise GateError(f"phase {phase!r} failed its gate: {res.reason}")
     return res
 
 
@@ -141,7 +139,7 @@ def _stage(campaign: Campaign, name: str):
     for st in campaign.config.stages:
         if st.name == name:
             return st
-    raise ValueError(f"{campaign.path}: no stage {name!r} in 'stages' (have: {', '.join(s.name for s in campaign.config.stages)})")
+    raise ConfigError(f"{campaign.path}: no stage {name!r} in 'stages' (have: {', '.join(s.name for s in campaign.config.stages)})")
 
 
 def _wiring(campaign: Campaign):
@@ -397,12 +395,3 @@ def qa(campaign: Campaign | str | Path, run_dir: str | Path, *, validation_set: 
                          artifacts=artifacts)
     record_result(run_dir, result)
     return result, report
-
-
-def chain_for(campaign: Campaign) -> list[str]:
-    """The phase chain of a campaign, from its stage plan (``phase@stage`` for staged phases)."""
-    out = ["placement", "transfer", "verify"]
-    for st in campaign.config.stages:
-        out.append(f"submit@{st.name}" if st.where == "sites" else f"gather_redistribute@{st.name}")
-    # the last page of the run log: the operator dashboard as it stands at the end
-    return [*out, "gather_redistribute@final", "qa", "dashboard"]

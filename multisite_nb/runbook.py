@@ -18,7 +18,7 @@ end the whole run folder is scanned for secrets; a finding fails the run.
 
 What a phase notebook must do to take part:
 
-* be named ``NN_<phase>.ipynb`` (``phase`` lower case, ``[a-z][a-z0-9_]*``);
+* be registered in :mod:`multisite_nb.registry` (its notebook ``NN_<phase>.ipynb``);
 * have a code cell tagged ``parameters`` declaring ``run_dir = ""`` and every
   other parameter it uses (only declared parameters are injected; never a
   credential);
@@ -41,8 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from multisite_nb.config import repo_root
+from multisite_nb.errors import ConfigError
+from multisite_nb.registry import PhaseUse, get, parse
 from multisite_nb.results import (
-    PHASE_NAME,
     PhaseResult,
     PhaseRun,
     RunRecord,
@@ -62,17 +64,10 @@ from multisite_nb.secrets import (
     scan_for_secrets,
 )
 
-__all__ = ["ChainOutcome", "find_notebook", "new_run", "repo_root", "run_chain"]
+__all__ = ["ChainOutcome", "find_notebook", "interactive_run_dir", "new_run", "run_chain"]
 
 _CAMPAIGN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_NUMBERED = re.compile(r"^(?P<num>\d+)_(?P<phase>[a-z][a-z0-9_]*)$")
 _MAX_REASON = 600
-
-
-def repo_root() -> Path:
-    """The repository holding this package (where ``pyproject.toml`` is), else the cwd."""
-    here = Path(__file__).resolve().parents[1]
-    return here if (here / "pyproject.toml").is_file() else Path.cwd()
 
 
 def new_run(runs_root: str | os.PathLike[str], campaign: str) -> Path:
@@ -88,7 +83,7 @@ def new_run(runs_root: str | os.PathLike[str], campaign: str) -> Path:
         Campaign name (letters, digits, ``_ . -``).
     """
     if not _CAMPAIGN.match(campaign):
-        raise ValueError(f"campaign name {campaign!r} must be a plain folder name")
+        raise ConfigError(f"campaign name {campaign!r} must be a plain folder name")
     parent = Path(runs_root) / campaign
     parent.mkdir(parents=True, exist_ok=True)
     for _ in range(10):
@@ -99,22 +94,14 @@ def new_run(runs_root: str | os.PathLike[str], campaign: str) -> Path:
         except FileExistsError:
             continue
         return path.resolve()
-    raise RuntimeError(f"could not create a unique run folder under {parent}")  # pragma: no cover
+    raise OSError(f"could not create a unique run folder under {parent}")  # pragma: no cover
 
 
-def _phase_name(phase: str) -> str:
-    m = _NUMBERED.match(phase)
-    name = m.group("phase") if m else phase
-    if not PHASE_NAME.match(name):
-        raise ValueError(f"phase name {phase!r} must match {PHASE_NAME.pattern}")
-    return name
-
-
-def interactive_run_dir(runs_root: str | os.PathLike[str], campaign: str, *, new: bool) -> Path:
+def interactive_run_dir(campaign: str, phase: str, runs_root: str | os.PathLike[str] | None = None) -> Path:
     """The run folder a notebook opened by hand (no ``run_dir`` parameter) works in.
 
     ``$MSNB_RUN_DIR`` when set (the dashboard under Voilà, nbval); otherwise a fresh folder
-    for a phase that starts a run (``new``), or the campaign's latest run folder so that a
+    for a phase that starts a run (placement), or the campaign's latest run folder so that a
     later phase finds the earlier phases' results.
     """
     env = os.environ.get("MSNB_RUN_DIR")
@@ -122,47 +109,26 @@ def interactive_run_dir(runs_root: str | os.PathLike[str], campaign: str, *, new
         path = Path(env).resolve()
         path.mkdir(parents=True, exist_ok=True)
         return path
-    parent = Path(runs_root) / campaign
+    root = Path(runs_root) if runs_root is not None else repo_root() / "runs"
+    parent = root / campaign
     existing = sorted(p for p in parent.glob("*") if p.is_dir()) if parent.is_dir() else []
-    if new or not existing:
-        return new_run(runs_root, campaign)
+    if get(phase).starts_run or not existing:
+        return new_run(root, campaign)
     return existing[-1].resolve()
 
 
-def split_phase(spec: str) -> tuple[str, str, str | None]:
-    """``"submit@early"`` -> (notebook phase ``submit``, label ``submit_early``, stage ``early``).
-
-    One notebook can serve several stages of a campaign: each use gets its own label, its
-    own executed notebook (``NN_<label>.ipynb``) and its own result (``results/<label>.json``);
-    the stage is passed as the ``stage`` parameter.
-    """
-    phase, _, stage = spec.partition("@")
-    name = _phase_name(phase)
-    if not stage:
-        return name, name, None
-    label = f"{name}_{stage}"
-    if not PHASE_NAME.match(label):
-        raise ValueError(f"phase {spec!r}: stage {stage!r} must be a simple lower-case name")
-    return name, label, stage
-
-
 def find_notebook(notebooks_dir: str | os.PathLike[str], phase: str) -> Path:
-    """Return ``<notebooks_dir>/NN_<phase>.ipynb`` (exactly one must exist).
+    """The registered phase's notebook ``<notebooks_dir>/NN_<phase>.ipynb``.
 
-    ``phase`` may be given as ``"transfer"`` or ``"02_transfer"``.
+    Raises
+    ------
+    ConfigError
+        If the phase is not registered; FileNotFoundError if its notebook is missing.
     """
-    name = _phase_name(phase)
-    folder = Path(notebooks_dir)
-    hits = sorted(
-        p
-        for p in folder.glob(f"*_{name}.ipynb")
-        if (m := _NUMBERED.match(p.stem)) and m.group("phase") == name
-    )
-    if not hits:
-        raise FileNotFoundError(f"no notebook NN_{name}.ipynb in {folder}")
-    if len(hits) > 1:
-        raise ValueError(f"several notebooks for phase {name!r}: {', '.join(p.name for p in hits)}")
-    return hits[0]
+    path = Path(notebooks_dir) / f"{get(phase).notebook}.ipynb"
+    if not path.is_file():
+        raise FileNotFoundError(f"no notebook {path.name} in {notebooks_dir}")
+    return path
 
 
 @dataclass
@@ -276,6 +242,136 @@ def _supersede(run_dir: Path, phase: str, notebook: str | None = None) -> None:
             os.replace(src, dst)
 
 
+def _render_index(run_dir: Path) -> Path:
+    from multisite_nb.report import render_index
+
+    return render_index(run_dir)
+
+
+class _Chain:
+    """One execution of a chain of phases in one run folder (the state :func:`run_chain` keeps)."""
+
+    def __init__(self, uses: list[PhaseUse], run_dir: Path, notebooks_dir: Path, params: dict[str, Any],
+                 known: list[str], log: Callable[[str], object], scan_patterns: bool):
+        self.uses, self.run_dir, self.params, self.known = uses, run_dir, params, known
+        self.log, self.scan_patterns = log, scan_patterns
+        self.notebooks = {u.label: find_notebook(notebooks_dir, u.phase.name) for u in uses}
+        self.declared = {u.label: _declared_parameters(nb) for u in uses for nb in [self.notebooks[u.label]]}
+        self.chain_log = run_dir / "logs" / "chain.log"
+        self.record: RunRecord | None = None
+
+    def out_name(self, use: PhaseUse) -> str:
+        number = self.notebooks[use.label].stem.split("_", 1)[0]
+        return f"{number}_{use.label}.ipynb"
+
+    def say(self, line: str) -> None:
+        self.chain_log.parent.mkdir(parents=True, exist_ok=True)
+        with self.chain_log.open("a", encoding="utf-8") as fh:
+            fh.write(f"{utcnow():%Y-%m-%dT%H:%M:%SZ} {line}\n")
+        self.log(line)
+
+    def save(self) -> None:
+        assert self.record is not None
+        write_run_record(self.run_dir, self.record)
+
+    def start(self, campaign: str | None, resume: bool) -> RunRecord:
+        """Write ``run.json`` for this execution and warn about parameters nobody declares."""
+        now = utcnow()
+        previous = load_run_record(self.run_dir) if resume else None
+        names = [u.label for u in self.uses]
+        self.record = RunRecord(
+            campaign=campaign or (previous.campaign if previous else self.run_dir.parent.name),
+            run_id=self.run_dir.name, who=_who(), host=socket.gethostname(),
+            started=previous.started if previous else now,
+            resumed_at=[*previous.resumed_at, now] if previous else [],
+            phases_requested=names, parameters=redact_parameters(self.params),  # type: ignore[arg-type]
+            phases=[PhaseRun(phase=n) for n in names],
+        )
+        self.save()
+        self.say(f"run {self.run_dir.name} ({self.record.campaign}): {' → '.join(names)}"
+                 + (" [resume]" if resume else ""))
+        for label, declared in self.declared.items():
+            if declared is None:
+                self.say(f"warning: {self.notebooks[label].name} has no cell tagged 'parameters'; it gets run_dir only")
+            elif "run_dir" not in declared:
+                self.say(f"warning: {self.notebooks[label].name} does not declare run_dir in its parameters cell")
+        used = set().union(*(d or set() for d in self.declared.values()))
+        unused = sorted(set(self.params) - used)
+        if unused:
+            self.say(f"warning: parameter(s) not declared by any of these phases: {', '.join(unused)}")
+        return self.record
+
+    def execute(self, use: PhaseUse, entry: PhaseRun, kernel_name: str | None, workdir: Path,
+                start_timeout: int, execution_timeout: int | None) -> PhaseResult:
+        """Run one phase's notebook; its recorded result, or a failure the runner records for it."""
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
+
+        out_nb = self.run_dir / self.out_name(use)
+        failure: PhaseResult | None = None
+        try:
+            papermill.execute_notebook(
+                str(self.notebooks[use.label]), str(out_nb),
+                parameters={**{k: v for k, v in self.params.items() if k in (self.declared[use.label] or ())},
+                            **({"stage": use.stage} if use.stage else {}), "run_dir": str(self.run_dir)},
+                kernel_name=kernel_name, progress_bar=False, log_output=False, cwd=str(workdir),
+                start_timeout=start_timeout, execution_timeout=execution_timeout, config=_kernel_config(),
+            )
+        except PapermillExecutionError as exc:
+            failure = self._failed(use, entry, _short(f"{exc.ename}: {exc.evalue}") + f" (at In [{exc.exec_count}])",
+                                   {"error": exc.ename, "cell_index": exc.cell_index})
+        except Exception as exc:  # kernel died, timed out, failed to start ...
+            failure = self._failed(use, entry, _short(f"{type(exc).__name__}: {exc}"), {"error": type(exc).__name__})
+        entry.finished = utcnow()
+        entry.notebook = out_nb.name if out_nb.exists() else None
+        if failure is None:
+            try:
+                result = load_result(self.run_dir, use.label)
+                reason = f"the notebook finished without recording results/{use.label}.json"
+            except ValueError as exc:  # pydantic.ValidationError is a ValueError
+                result, reason = None, _short(f"results/{use.label}.json is invalid: {exc}")
+            if result is not None:
+                return result
+            failure = self._failed(use, entry, reason, {})
+            _supersede(self.run_dir, use.label)
+        record_result(self.run_dir, failure)
+        return failure
+
+    @staticmethod
+    def _failed(use: PhaseUse, entry: PhaseRun, reason: str, summary: dict[str, Any]) -> PhaseResult:
+        return PhaseResult(phase=use.label, passed=False, reason=reason, started=entry.started or utcnow(),
+                           summary={**summary, "recorded_by": "runbook"})
+
+    def scan(self) -> tuple[list[Finding], Path]:
+        """Scan the run folder for credentials before rendering, then the rendered pages; fail on a finding."""
+        assert self.record is not None
+        record = self.record
+        base_reason = record.reason
+
+        def note(found: list[Finding]) -> None:
+            rel = [f"{Path(f.path).relative_to(self.run_dir).as_posix()}:{f.line}: {f.kind}" for f in found]
+            for line in rel[len(record.secret_findings):][:20]:
+                self.say(f"secret scan: {line}")
+            files = sorted({Path(f.path).relative_to(self.run_dir).as_posix() for f in found})
+            record.secret_findings = rel
+            record.outcome = "failed"
+            record.reason = f"possible credential leak in {', '.join(files)}; {base_reason}"
+            self.save()
+
+        # scan what the phases wrote before rendering, so that a leak is not copied into the HTML
+        findings = scan_for_secrets([self.run_dir], self.known, patterns=self.scan_patterns)
+        if findings:
+            note(findings)
+        index = _render_index(self.run_dir)  # withholds the HTML of flagged notebooks
+        late = [f for f in scan_for_secrets([index, self.run_dir / "html"], self.known, patterns=self.scan_patterns)
+                if f not in findings]
+        if late:
+            findings = findings + late
+            note(findings)
+            index = _render_index(self.run_dir)
+        return findings, index
+
+
 def run_chain(
     phases: Sequence[str],
     run_dir: str | os.PathLike[str],
@@ -298,14 +394,14 @@ def run_chain(
     Parameters
     ----------
     phases : sequence of str
-        Phase names (``"placement"`` or ``"01_placement"``), in order.
+        Registered phases (``"placement"``, ``"submit@early"``), in order.
     run_dir : path
         The run folder (see :func:`new_run`); executed notebooks go in it.
     parameters : mapping
         Papermill parameters for every phase; ``run_dir`` is added.  Must not
-        carry a known secret (``ValueError``).
+        carry a known secret (``ConfigError``).
     notebooks_dir : path
-        Where ``NN_<phase>.ipynb`` live.
+        Where the phases' ``NN_<phase>.ipynb`` live.
     kernel_name : str, optional
         Jupyter kernel; default the one named in each notebook.
     log : callable, optional
@@ -317,7 +413,7 @@ def run_chain(
     campaign : str, optional
         Default: the run folder's parent folder name.
     cwd : path, optional
-        Kernel working directory; default :func:`repo_root`.
+        Kernel working directory; default the checkout.
     secrets : iterable of str, optional
         Extra secret values to scan for.
     rucio_config : path, optional
@@ -334,165 +430,64 @@ def run_chain(
     -------
     ChainOutcome
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    from multisite_nb.report import render_index
-
     run_dir = Path(run_dir).resolve()  # papermill chdirs while executing
-    notebooks_dir = Path(notebooks_dir).resolve()
     workdir = Path(cwd).resolve() if cwd is not None else repo_root()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    specs = [split_phase(p) for p in phases]
-    names = [label for _, label, _ in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"a phase is listed twice: {names}")
-    notebooks = {label: find_notebook(notebooks_dir, nb) for nb, label, _ in specs}  # fail before running anything
-    stages = {label: stage for _, label, stage in specs}
-
-    def out_name(label: str) -> str:
-        number = notebooks[label].stem.split("_", 1)[0]
-        return f"{number}_{label}.ipynb"
+    uses = [parse(p) for p in phases]
+    labels = [u.label for u in uses]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"a phase is listed twice: {labels}")
     params = _jsonable(parameters)
     if "run_dir" in params:
-        raise ValueError("'run_dir' is set by run_chain; do not pass it in parameters")
-    declared = {n: _declared_parameters(nb) for n, nb in notebooks.items()}
+        raise ConfigError("'run_dir' is set by run_chain; do not pass it in parameters")
     known = list(secrets) + known_secrets_from_rucio_config(rucio_config)
     leaking = [k for k, v in params.items() if contains_secret(v, known)]
     if leaking:
-        raise ValueError(
+        raise ConfigError(
             f"parameter(s) {', '.join(leaking)} carry a known secret; credentials must come "
-            "from the Rucio client config or the environment, never from notebook parameters"
-        )
+            "from the Rucio client config or the environment, never from notebook parameters")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    chain = _Chain(uses, run_dir, Path(notebooks_dir).resolve(), params, known, log, scan_patterns)
+    record = chain.start(campaign, resume)
 
-    chain_log = run_dir / "logs" / "chain.log"
-    chain_log.parent.mkdir(parents=True, exist_ok=True)
-
-    def say(line: str) -> None:
-        with chain_log.open("a", encoding="utf-8") as fh:
-            fh.write(f"{utcnow():%Y-%m-%dT%H:%M:%SZ} {line}\n")
-        log(line)
-
-    now = utcnow()
-    previous = load_run_record(run_dir) if resume else None
-    record = RunRecord(
-        campaign=campaign or (previous.campaign if previous else run_dir.parent.name),
-        run_id=run_dir.name,
-        who=_who(),
-        host=socket.gethostname(),
-        started=previous.started if previous else now,
-        resumed_at=[*previous.resumed_at, now] if previous else [],
-        phases_requested=names,
-        parameters=redact_parameters(params),  # type: ignore[arg-type]
-        phases=[PhaseRun(phase=n) for n in names],
-    )
-    write_run_record(run_dir, record)
-    say(f"run {run_dir.name} ({record.campaign}): {' → '.join(names)}" + (" [resume]" if resume else ""))
-    for n, names_declared in declared.items():
-        if names_declared is None:
-            say(f"warning: {notebooks[n].name} has no cell tagged 'parameters'; it gets run_dir only")
-        elif "run_dir" not in names_declared:
-            say(f"warning: {notebooks[n].name} does not declare run_dir in its parameters cell")
-    used = set().union(*(d or set() for d in declared.values())) if declared else set()
-    unused = sorted(set(params) - used)
-    if unused:
-        say(f"warning: parameter(s) not declared by any of these phases: {', '.join(unused)}")
-    kernel_config = _kernel_config()
-
-    total = len(names)
+    total = len(uses)
     stop_reason = ""
     executed = False  # once a phase runs again, every later phase must run again too
     try:
-        for i, (name, entry) in enumerate(zip(names, record.phases, strict=True), start=1):
-            tag = f"[{i}/{total}] {name}"
-            out_nb = run_dir / out_name(name)
+        for i, (use, entry) in enumerate(zip(uses, record.phases, strict=True), start=1):
+            tag = f"[{i}/{total}] {use.label}"
+            out_nb = run_dir / chain.out_name(use)
             if resume and not executed:
-                earlier = load_result(run_dir, name)
+                earlier = load_result(run_dir, use.label)
                 if earlier is not None and earlier.passed:
                     entry.status, entry.reason, entry.resumed = "pass", earlier.reason, True
                     entry.started, entry.finished = earlier.started, earlier.finished
                     entry.notebook = out_nb.name if out_nb.exists() else None
-                    say(f"{tag}: already passed, skipped")
+                    chain.say(f"{tag}: already passed, skipped")
                     continue
-            _supersede(run_dir, name, out_nb.name)
+            _supersede(run_dir, use.label, out_nb.name)
             executed = True
             entry.started = utcnow()
-            write_run_record(run_dir, record)
-            say(f"{tag}: running {notebooks[name].name}")
-            failure: PhaseResult | None = None
-            try:
-                papermill.execute_notebook(
-                    str(notebooks[name]),
-                    str(out_nb),
-                    parameters={
-                        **{k: v for k, v in params.items() if k in (declared[name] or ())},
-                        **({"stage": stages[name]} if stages[name] else {}),
-                        "run_dir": str(run_dir),
-                    },
-                    kernel_name=kernel_name,
-                    progress_bar=False,
-                    log_output=False,
-                    cwd=str(workdir),
-                    start_timeout=start_timeout,
-                    execution_timeout=execution_timeout,
-                    config=kernel_config,
-                )
-            except PapermillExecutionError as exc:
-                failure = PhaseResult(
-                    phase=name,
-                    passed=False,
-                    reason=_short(f"{exc.ename}: {exc.evalue}") + f" (at In [{exc.exec_count}])",
-                    started=entry.started,
-                    summary={"error": exc.ename, "cell_index": exc.cell_index, "recorded_by": "runbook"},
-                )
-            except Exception as exc:  # kernel died, timed out, failed to start ...
-                failure = PhaseResult(
-                    phase=name,
-                    passed=False,
-                    reason=_short(f"{type(exc).__name__}: {exc}"),
-                    started=entry.started,
-                    summary={"error": type(exc).__name__, "recorded_by": "runbook"},
-                )
-            entry.finished = utcnow()
-            entry.notebook = out_nb.name if out_nb.exists() else None
-            if failure is None:
-                try:
-                    result = load_result(run_dir, name)
-                except ValueError as exc:  # pydantic.ValidationError is a ValueError
-                    result = None
-                    failure_reason = _short(f"results/{name}.json is invalid: {exc}")
-                else:
-                    failure_reason = f"the notebook finished without recording results/{name}.json"
-                if result is None:
-                    failure = PhaseResult(
-                        phase=name,
-                        passed=False,
-                        reason=failure_reason,
-                        started=entry.started,
-                        summary={"recorded_by": "runbook"},
-                    )
-                    _supersede(run_dir, name)
-            if failure is not None:
-                record_result(run_dir, failure)
-                result = failure
+            chain.save()
+            chain.say(f"{tag}: running {chain.notebooks[use.label].name}")
+            result = chain.execute(use, entry, kernel_name, workdir, start_timeout, execution_timeout)
             entry.status = "pass" if result.passed else "fail"
             entry.reason = result.reason
-            write_run_record(run_dir, record)
-            say(f"{tag}: {entry.status} in {entry.duration_s:.1f} s: {_short(result.reason, 1, 200)}")
+            chain.save()
+            chain.say(f"{tag}: {entry.status} in {entry.duration_s or 0:.1f} s: {_short(result.reason, 1, 200)}")
             if not result.passed:
-                stop_reason = f"{name} failed: {result.reason}"
-                for later in record.phases[i:]:
-                    later.reason = f"not run: {name} failed"
-                    _supersede(run_dir, later.phase, out_name(later.phase))
+                stop_reason = f"{use.label} failed: {result.reason}"
+                for later, later_use in zip(record.phases[i:], uses[i:], strict=True):
+                    later.reason = f"not run: {use.label} failed"
+                    _supersede(run_dir, later.phase, chain.out_name(later_use))
                 break
     except BaseException as exc:  # KeyboardInterrupt included: leave a truthful record
         record.outcome = "interrupted"
         record.reason = _short(f"{type(exc).__name__}: {exc}") or type(exc).__name__
         record.finished = utcnow()
-        write_run_record(run_dir, record)
-        say(f"run interrupted: {record.reason}")
+        chain.save()
+        chain.say(f"run interrupted: {record.reason}")
         try:
-            render_index(run_dir)
+            _render_index(run_dir)
         except Exception:  # the original exception matters more than a missing page
             pass
         raise
@@ -500,40 +495,8 @@ def run_chain(
     record.finished = utcnow()
     record.outcome = "failed" if stop_reason else "passed"
     record.reason = stop_reason or f"all {total} phase(s) passed"
-    write_run_record(run_dir, record)
-    base_reason = record.reason
-
-    def note(findings: list[Finding]) -> None:
-        rel = [f"{Path(f.path).relative_to(run_dir).as_posix()}:{f.line}: {f.kind}" for f in findings]
-        for line in rel[len(record.secret_findings) :][:20]:
-            say(f"secret scan: {line}")
-        files = sorted({Path(f.path).relative_to(run_dir).as_posix() for f in findings})
-        record.secret_findings = rel
-        record.outcome = "failed"
-        record.reason = f"possible credential leak in {', '.join(files)}; {base_reason}"
-        write_run_record(run_dir, record)
-
-    # scan what the phases wrote before rendering, so that a leak is not copied into the HTML
-    findings = scan_for_secrets([run_dir], known, patterns=scan_patterns)
-    if findings:
-        note(findings)
-    index = render_index(run_dir)  # withholds the HTML of flagged notebooks
-    late = [
-        f
-        for f in scan_for_secrets([index, run_dir / "html"], known, patterns=scan_patterns)
-        if f not in findings
-    ]
-    if late:
-        findings = findings + late
-        note(findings)
-        index = render_index(run_dir)
-    say(f"run {record.outcome}: {_short(record.reason, 1, 300)}; index: {index}")
-    return ChainOutcome(
-        passed=record.outcome == "passed",
-        reason=record.reason,
-        run_dir=run_dir,
-        phases=record.phases,
-        results=load_results(run_dir),
-        findings=findings,
-        index=index,
-    )
+    chain.save()
+    findings, index = chain.scan()
+    chain.say(f"run {record.outcome}: {_short(record.reason, 1, 300)}; index: {index}")
+    return ChainOutcome(passed=record.outcome == "passed", reason=record.reason, run_dir=run_dir,
+                        phases=record.phases, results=load_results(run_dir), findings=findings, index=index)

@@ -31,7 +31,7 @@ from multisite_nb.runbook import interactive_run_dir
 os.chdir(repo_root())  # paths in parameters are relative to the checkout
 campaign = load_campaign(campaign_file)
 if not run_dir:  # opened by hand: $MSNB_RUN_DIR, else a new run (placement) or the latest one
-    run_dir = str(interactive_run_dir(repo_root() / "runs", campaign.name, new=STARTS_RUN))
+    run_dir = str(interactive_run_dir(campaign.name, PHASE))
 display(Markdown(f"**Campaign** `{campaign.name}` — central {campaign.central}, sites {', '.join(campaign.remote_sites)}; run folder `{run_dir}`"))'''
 
 GATE = '''# The chain reads the recorded result; a failed gate stops it with this reason.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from multisite_nb import phases
+from multisite_nb import naming, phases
 from multisite_nb.config import repo_root
 from multisite_nb.placement import PlacementPlan
 from multisite_nb.results import load_result
@@ -48,7 +48,7 @@ def chain_run(world, tmp_path_factory):
 
 
 def test_sites_hold_exactly_the_planned_raws(world, chain_run) -> None:
-    plan = PlacementPlan.load(phases.plan_path(chain_run))
+    plan = PlacementPlan.load(naming.plan_path(chain_run))
     for site in world.campaign.remote_sites:
         planned = {f.id for f in plan.site_files(site) if f.dataset_type == "raw"}
         assert len(planned) == 24
@@ -90,7 +90,7 @@ def test_verify_reports_zero_problems_and_a_rerun_changes_nothing(world, chain_r
 
 
 def _one_raw(world, run_dir, site):
-    plan = PlacementPlan.load(phases.plan_path(run_dir))
+    plan = PlacementPlan.load(naming.plan_path(run_dir))
     f = next(f for f in plan.site_files(site) if f.dataset_type == "raw")
     return f, Path(world.campaign.site(site).rse_root) / f.lfn
 
@@ -150,7 +150,7 @@ def test_files_are_registered_the_rubin_way(world, chain_run) -> None:
 
     from multisite_nb.rucio_ops import RucioOps
 
-    plan = PlacementPlan.load(phases.plan_path(chain_run))
+    plan = PlacementPlan.load(naming.plan_path(chain_run))
     ops = RucioOps.for_campaign(world.campaign)
     raw = next(f for f in plan.site_files("RAL") if f.dataset_type == "raw")
     flat = next(f for f in plan.site_files("RAL") if f.dataset_type == "flat")
@@ -174,7 +174,7 @@ def test_sidecars_are_looked_up_in_bulk_and_match_the_per_file_lookup(world, cha
     per-file lookup; a dataset the Butler does not hold is absent, not invented."""
     from multisite_nb.transfer import sidecar_refs
 
-    plan = PlacementPlan.load(phases.plan_path(chain_run))
+    plan = PlacementPlan.load(naming.plan_path(chain_run))
     files = list(plan.files.values())
     ghost = files[0].model_copy(update={"id": "00000000-0000-0000-0000-000000000000"})
     stray = files[0].model_copy(update={"run": "no/such/run"})

@@ -10,6 +10,7 @@ import json
 import os
 from datetime import datetime
 from html.parser import HTMLParser
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -28,6 +29,8 @@ from multisite_nb.results import (
     summarize,
     utcnow,
 )
+from multisite_nb import registry
+from multisite_nb.errors import ConfigError
 from multisite_nb.runbook import find_notebook, new_run, run_chain
 from multisite_nb.secrets import (
     REDACTED,
@@ -44,6 +47,16 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # --------------------------------------------------------------------------- fixtures / helpers
+
+
+@pytest.fixture(autouse=True)
+def test_phases() -> Iterator[None]:
+    """The test notebooks' phases, registered for the duration of a test."""
+    added = [registry.register(registry.Phase(name, f"{i:02d}_{name}", "builtins:print"))
+             for i, name in enumerate(("alpha", "beta", "gamma"), start=1)]
+    yield
+    for phase in added:
+        registry.unregister(phase.name)
 
 
 @pytest.fixture(autouse=True)
@@ -171,12 +184,22 @@ def test_new_run_folders(tmp_path: Path) -> None:
 def test_find_notebook(tmp_path: Path) -> None:
     assert find_notebook(NOTEBOOKS, "beta").name == "02_beta.ipynb"
     assert find_notebook(NOTEBOOKS, "02_beta").name == "02_beta.ipynb"
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="unknown phase 'delta'"):
         find_notebook(NOTEBOOKS, "delta")
-    for name in ("01_x.ipynb", "02_x.ipynb"):
-        (tmp_path / name).write_text("{}")
-    with pytest.raises(ValueError, match="several"):
-        find_notebook(tmp_path, "x")
+    with pytest.raises(FileNotFoundError, match="01_alpha.ipynb"):
+        find_notebook(tmp_path, "alpha")  # registered, but its notebook is not in that folder
+
+
+def test_registry_parses_staged_uses() -> None:
+    use = registry.parse("submit@early")
+    assert (use.phase.name, use.label, use.stage) == ("submit", "submit_early", "early")
+    assert registry.parse("transfer").label == "transfer"
+    with pytest.raises(ConfigError, match="one stage at a time"):
+        registry.parse("submit")
+    with pytest.raises(ConfigError, match="takes no stage"):
+        registry.parse("transfer@early")
+    with pytest.raises(ConfigError, match="unknown phase"):
+        registry.parse("transfre")
 
 
 def test_test_notebooks_are_stored_without_outputs() -> None:

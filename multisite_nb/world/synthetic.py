@@ -54,7 +54,8 @@ from typing import Any, Literal
 import numpy as np
 from astropy.time import Time, TimeDelta
 from lsst.sphgeom import ConvexPolygon, HtmPixelization, LonLat, Region, UnitVector3d
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .spec import BandSpec, SkySpec, TargetSpec, TractSpec
 
 __all__ = [
     "BandSpec",
@@ -73,133 +74,6 @@ __all__ = [
 
 REFCAT_LEVEL = 7
 """HTM level of the reference-catalog shards (the universe's common skypix, htm7)."""
-
-
-# --------------------------------------------------------------------------------------
-# Spec
-# --------------------------------------------------------------------------------------
-class TractSpec(BaseModel):
-    """One tract: its id and the (RA, Dec) of its centre in degrees."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: int = Field(ge=0)
-    ra: float
-    dec: float = Field(ge=-80.0, le=80.0)
-
-
-class BandSpec(BaseModel):
-    """A band and the instrument's physical filter for it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    band: str
-    physical_filter: str
-
-
-class TargetSpec(BaseModel):
-    """A group of patches of one tract that one site will be given (observed together)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    tract: int
-    patches: list[int] = Field(min_length=1)
-
-
-def _default_tracts() -> list[TractSpec]:
-    return [
-        TractSpec(id=0, ra=150.0, dec=-20.0),
-        TractSpec(id=1, ra=150.0, dec=0.0),
-        TractSpec(id=2, ra=150.0, dec=20.0),
-    ]
-
-
-def _default_bands() -> list[BandSpec]:
-    return [
-        BandSpec(band="g", physical_filter="HSC-G"),
-        BandSpec(band="r", physical_filter="HSC-R"),
-        BandSpec(band="i", physical_filter="HSC-I"),
-    ]
-
-
-class SkySpec(BaseModel):
-    """What to generate; the defaults are the 3x3 rehearsal world.
-
-    Every output is a pure function of this spec (``seed`` included): building twice gives
-    identical regions, ids, pixel values and hashes.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = 20250301
-    instrument: str = "HSC"
-    instrument_class: str = "lsst.obs.subaru.HyperSuprimeCam"
-    skymap: str = "hsc_rings_3x3"
-    tracts: list[TractSpec] = Field(default_factory=_default_tracts, min_length=1)
-    patches_per_side: int = Field(default=3, ge=1, le=10)
-    patch_size_deg: float = Field(default=0.2, gt=0.0, le=2.0)
-    bands: list[BandSpec] = Field(default_factory=_default_bands, min_length=1)
-    detector_grid: tuple[int, int] = (2, 2)
-    """Detectors per visit as (nx, ny); detector id = y * nx + x, each a tile of the focal plane."""
-    targets: list[TargetSpec] = Field(default_factory=list)
-    """Empty means: one target per tract, patches 3 and 4 (the middle row's west and centre)."""
-    visits_per_band: int = Field(default=2, ge=1, le=40)
-    boundary_visits: int = Field(default=0, ge=0, le=20)
-    neighbour_max_sep_deg: float = Field(default=0.3, gt=0.0)
-    footprint_inset_deg: float = Field(default=0.01, ge=0.0)
-    dither_deg: float = Field(default=0.004, ge=0.0)
-    first_day_obs: int = 20250301
-    exposure_time: float = Field(default=30.0, gt=0.0)
-    raw_shape: tuple[int, int] = (24, 24)
-    refcat: str = "ps1_pv3_3pi_20170110"
-    refcat_stars_per_shard: int = Field(default=12, ge=1, le=1000)
-
-    @model_validator(mode="after")
-    def _check(self) -> SkySpec:
-        ids = [t.id for t in self.tracts]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"tract ids must be unique, got {ids}")
-        if not self.targets:
-            self.targets = [TargetSpec(tract=t.id, patches=[3, 4]) for t in self.tracts]
-        n_patch = self.patches_per_side**2
-        for i, target in enumerate(self.targets):
-            if target.tract not in ids:
-                raise ValueError(f"targets[{i}]: tract {target.tract} is not one of {ids}")
-            bad = [p for p in target.patches if not 0 <= p < n_patch]
-            if bad:
-                raise ValueError(f"targets[{i}]: patches {bad} outside 0..{n_patch - 1}")
-        seen: dict[tuple[int, int], int] = {}
-        for i, target in enumerate(self.targets):
-            for p in target.patches:
-                if (target.tract, p) in seen:
-                    raise ValueError(f"patch {target.tract}/{p} is in targets {seen[(target.tract, p)]} and {i}")
-                seen[(target.tract, p)] = i
-        if self.dither_deg >= self.footprint_inset_deg and self.footprint_inset_deg > 0:
-            raise ValueError("dither_deg must be smaller than footprint_inset_deg (else visits reach other patches)")
-        if min(self.detector_grid) < 1:
-            raise ValueError("detector_grid must be at least (1, 1)")
-        if len({b.band for b in self.bands}) != len(self.bands):
-            raise ValueError("bands must be unique")
-        if len(self.bands) * max(self.visits_per_band, self.boundary_visits) >= 1000:
-            raise ValueError("at most 999 visits a night (visit id = (night + 1) * 1000 + seq_num)")
-        return self
-
-    @classmethod
-    def neighbours_example(cls, boundary_visits: int = 1) -> SkySpec:
-        """A spec whose first two targets share a patch edge (tract 0, patches 3 | 4)."""
-        return cls(
-            targets=[
-                TargetSpec(tract=0, patches=[3]),
-                TargetSpec(tract=0, patches=[4]),
-                TargetSpec(tract=1, patches=[3, 4]),
-                TargetSpec(tract=2, patches=[3, 4]),
-            ],
-            boundary_visits=boundary_visits,
-        )
-
-    def digest(self) -> str:
-        """SHA-1 of the spec's canonical JSON (the skymap record's hash)."""
-        return hashlib.sha1(self.model_dump_json().encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from lsst.pipe.base import connectionTypes as cT
 from lsst.utils.doImport import doImportType
 from lsst.utils.iteration import ensure_iterable
 
-from .world.synthetic import stable_value
+from .synthetic import stable_value
 
 __all__ = [
     "ConnectionSpec",
@@ -143,7 +143,7 @@ class StandInConfig(PipelineTaskConfig, pipelineConnections=StandInConnections):
     )
     fail_exception = Field[str](
         doc="Exception class raised on a match (e.g. 'lsst.pipe.base.NoWorkFound' for no-work).",
-        dtype=str, default="multisite_nb.standin.StandInFailure",
+        dtype=str, default="multisite_nb.world.standin.StandInFailure",
     )
     sleep = Field[float](doc="Seconds to sleep in each quantum (to make runs observable).",
                          dtype=float, default=0.0)
