@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .config import Campaign, SkyUnit
+from .errors import PlanError
 
 __all__ = [
     "Footprint",
@@ -268,7 +269,7 @@ def describe_file(butler: Any, ref: Any, sites: list[str], roots: list[Path] | N
     path = Path(butler.getURI(ref).ospath)
     base = next((r for r in roots if path.is_relative_to(r)), None)
     if base is None:
-        raise RuntimeError(f"{path} is outside the datastore roots {[str(r) for r in roots]}")
+        raise PlanError(f"{path} is outside the datastore roots {[str(r) for r in roots]}")
     return PlannedFile(
         id=str(ref.id), dataset_type=ref.datasetType.name, run=ref.run,
         data_id={k: _json_value(v) for k, v in dict(ref.dataId.required).items()},
@@ -347,7 +348,7 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
             try:
                 refs = butler.query_datasets(dt, collections=inputs, find_first=False, explain=False, limit=None)
             except Exception as exc:  # a placed type missing at the central site is a planning error
-                raise RuntimeError(f"placement: cannot find {dt!r} in {inputs}: {exc}") from exc
+                raise PlanError(f"placement: cannot find {dt!r} in {inputs}: {exc}") from exc
             placed_types.append(dt)
             seen: set[str] = set()
             for ref in refs:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import Stage
+from .errors import ConfigError
 
 __all__ = ["Crossing", "Wiring", "derive_wiring", "load_pipeline_graph", "plot_wiring"]
 
@@ -110,7 +111,7 @@ def derive_wiring(graph: Any, stages: Sequence[Stage]) -> Wiring:
 
     Raises
     ------
-    ValueError
+    ConfigError
         If a stage names a step the pipeline does not define, a task belongs to no stage,
         or a task consumes a dataset produced by a later stage.
     """
@@ -122,7 +123,7 @@ def derive_wiring(graph: Any, stages: Sequence[Stage]) -> Wiring:
     for stage in stages:
         for step in stage.steps:
             if step not in subsets:
-                raise ValueError(
+                raise ConfigError(
                     f"stage {stage.name!r}: step {step!r} is not a subset of the pipeline "
                     f"(it has: {', '.join(sorted(subsets))})"
                 )
@@ -132,7 +133,7 @@ def derive_wiring(graph: Any, stages: Sequence[Stage]) -> Wiring:
                 stage_of_task.setdefault(label, stage.name)
     missing = sorted(set(graph.tasks) - set(stage_of_task))
     if missing:
-        raise ValueError(f"tasks in no stage of the plan: {', '.join(missing)}")
+        raise ConfigError(f"tasks in no stage of the plan: {', '.join(missing)}")
 
     crossings: list[Crossing] = []
     for name, node in graph.dataset_types.items():
@@ -150,7 +151,7 @@ def derive_wiring(graph: Any, stages: Sequence[Stage]) -> Wiring:
             by_stage.setdefault(stage_of_task[c], []).append(c)
         for cstage, labels in sorted(by_stage.items(), key=lambda kv: order[kv[0]]):
             if pstage is not None and order[cstage] < order[pstage]:
-                raise ValueError(f"{name}: consumed in stage {cstage!r} before it is produced in {pstage!r}")
+                raise ConfigError(f"{name}: consumed in stage {cstage!r} before it is produced in {pstage!r}")
             kind: str | None = None
             if pstage is None:
                 kind = "place" if where[cstage] == "sites" else None

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from lsst.daf.butler import Butler
 
+from multisite_nb.errors import ButlerError
 from multisite_nb.world.butler_world import collections_for, create_site_repo, populate_central
 from multisite_nb.world.synthetic import SkySpec, TargetSpec, TractSpec, build_sky, regions_overlap
 
@@ -74,7 +75,7 @@ def test_create_site_repo_is_idempotent(world: Path) -> None:
     repo, root = world / "butler" / "IN2P3", world / "rse" / "IN2P3_DISK"
     assert create_site_repo(repo, root) is False
     assert (repo / "butler.yaml").exists() and (repo / "gen3.sqlite3").exists()
-    with pytest.raises(RuntimeError, match="datastore root"):
+    with pytest.raises(ButlerError, match="datastore root"):
         create_site_repo(repo, world / "rse" / "ELSEWHERE")
     butler = Butler.from_config(str(repo))
     assert butler.collections.query("*") == []

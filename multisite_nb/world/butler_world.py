@@ -30,6 +30,7 @@ from lsst.daf.butler import (
 )
 from lsst.sphgeom import HtmPixelization
 
+from ..errors import ButlerError
 from .synthetic import REFCAT_LEVEL, SkyModel, SkySpec, build_sky
 
 __all__ = [
@@ -102,11 +103,11 @@ def create_site_repo(repo: Path, datastore_root: Path) -> bool:
     config_file, registry_file = repo / "butler.yaml", repo / "gen3.sqlite3"
     if config_file.exists():
         if not registry_file.exists():
-            raise RuntimeError(f"{repo}: butler.yaml exists but gen3.sqlite3 does not (half-made repo)")
+            raise ButlerError(f"{repo}: butler.yaml exists but gen3.sqlite3 does not (half-made repo)")
         existing = Config(str(config_file))
         found = existing.get(("datastore", "root"))
         if found is not None and Path(str(found)).absolute() != root:
-            raise RuntimeError(f"{repo}: datastore root is {found}, not {root}")
+            raise ButlerError(f"{repo}: datastore root is {found}, not {root}")
         return False
     root.mkdir(parents=True, exist_ok=True)
     config = Config({"datastore": {"root": str(root)}})

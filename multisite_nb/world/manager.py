@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Campaign, load_campaign
+from ..errors import ConfigError
 
 __all__ = ["World", "default_world_dir", "world_env"]
 
@@ -70,7 +71,7 @@ class World:
     def _rse_root(self, site: str) -> str:
         spec = self.campaign.site(site)
         if spec.rse_root is None:
-            raise ValueError(f"{self.campaign.manifest_path}: key 'sites.{site}.rse_root' is needed for the world")
+            raise ConfigError(f"{self.campaign.manifest_path}: key 'sites.{site}.rse_root' is needed for the world")
         return spec.rse_root
 
     @property

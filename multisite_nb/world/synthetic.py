@@ -55,6 +55,7 @@ import numpy as np
 from astropy.time import Time, TimeDelta
 from lsst.sphgeom import ConvexPolygon, HtmPixelization, LonLat, Region, UnitVector3d
 
+from ..errors import ConfigError
 from .spec import BandSpec, SkySpec, TargetSpec, TractSpec
 
 __all__ = [
@@ -420,24 +421,24 @@ def build_sky(spec: SkySpec | None = None) -> SkyModel:
                 obs = add(ti, seq, frame, (bx0 + bx1) / 2 + dx, (by0 + by1) / 2 + dy,
                           bx1 - bx0, by1 - by0, 0.0, band, "target")
                 if obs.targets != (ti,):
-                    raise ValueError(f"visit {obs.visit} of target {ti} overlaps targets {obs.targets}; "
+                    raise ConfigError(f"visit {obs.visit} of target {ti} overlaps targets {obs.targets}; "
                                      "targets must not share patches and need footprint_inset_deg > dither_deg")
                 others = [t for t in tracts.values() if t.id != target.tract and regions_overlap(obs.region, t.region)]
                 if others:
-                    raise ValueError(f"visit {obs.visit} of target {ti} reaches tract(s) {[t.id for t in others]}")
+                    raise ConfigError(f"visit {obs.visit} of target {ti} reaches tract(s) {[t.id for t in others]}")
 
     # Boundary visits: one extra night.
     if spec.boundary_visits:
         pairs = _neighbour_pairs(spec, tracts)
         if not pairs:
-            raise ValueError(
+            raise ConfigError(
                 "boundary_visits > 0 needs two neighbouring targets (closest patch centres within "
                 f"{spec.neighbour_max_sep_deg} deg): put two targets in one tract or tracts side by side "
                 "(see SkySpec.neighbours_example())"
             )
         night = len(spec.targets)
         if len(pairs) * len(spec.bands) * spec.boundary_visits >= 1000:
-            raise ValueError("too many boundary visits for one night (at most 999)")
+            raise ConfigError("too many boundary visits for one night (at most 999)")
         seq = 0
         for a, b, pa, pb in pairs:
             mid = _Frame(*_midpoint(pa, pb))
@@ -452,7 +453,7 @@ def build_sky(spec: SkySpec | None = None) -> SkyModel:
                     dx, dy = rng.uniform(-spec.dither_deg, spec.dither_deg, size=2)
                     obs = add(night, seq, mid, dx, dy, length, width, angle, band, "boundary")
                     if not {a, b} <= set(obs.targets):
-                        raise ValueError(f"boundary visit {obs.visit} misses targets {a} and {b}: {obs.targets}")
+                        raise ConfigError(f"boundary visit {obs.visit} misses targets {a} and {b}: {obs.targets}")
     return SkyModel(spec, tracts, detectors, tuple(observations))
 
 
