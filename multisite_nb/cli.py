@@ -14,13 +14,13 @@ from .config import ConfigError, repo_root
 DEFAULT_PARAMS = "parameters/campaign_3x3.yaml"
 
 
-def _world(dir_: str | None, params: str):
+def _world(dir_: str | None, params: str, spec: str | None = None):
     from .world.manager import World, default_world_dir
 
     root = Path(dir_).resolve() if dir_ else default_world_dir()
     os.environ["MSNB_WORLD"] = str(root)
     try:
-        return World(root, Path(params))
+        return World(root, Path(params), Path(spec) if spec else None)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -46,9 +46,15 @@ def world() -> None:
 @world.command("up")
 @world_dir_option
 @params_option
-def world_up(dir_: str | None, params: str) -> None:
+@click.option("--spec", default=None,
+              help="World spec (sky, instrument, observations); default: what the world was built from, "
+                   "else parameters/worlds/rehearsal_3x3.yaml.")
+def world_up(dir_: str | None, params: str, spec: str | None) -> None:
     """Start the world (idempotent: an up world is left as it is)."""
-    _world(dir_, params).up(log=click.echo)
+    try:
+        _world(dir_, params, spec).up(log=click.echo)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @world.command("down")

@@ -32,6 +32,8 @@ __all__ = [
     "SkyUnit",
     "Stage",
     "load_campaign",
+    "read_yaml",
+    "validation_message",
     "repo_root",
 ]
 
@@ -280,12 +282,47 @@ class Campaign:
 # -- loading ------------------------------------------------------------------------------
 
 
-def _read_yaml(path: Path) -> Any:
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing what parameter files never need and hide mistakes by.
+
+    A key given twice in one mapping (the second would silently win) and aliases (``*name``,
+    the door to "billion laughs" documents) are errors naming the line.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, f"alias *{event.anchor} is not allowed in a parameter file", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"key {key!r} is given twice", key_node.start_mark)
+            seen[key] = True
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a parameter file (UTF-8 YAML, no duplicate keys, no aliases).
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, and the line for a YAML problem.
+    """
     if not path.is_file():
         raise ConfigError(f"{path}: no such parameter file")
     try:
-        with path.open() as fh:
-            return yaml.safe_load(fh)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
@@ -310,7 +347,8 @@ def _expand(value: Any, env: Mapping[str, str], path: Path, where: str = "") -> 
     return value
 
 
-def _format_errors(path: Path, exc: ValidationError) -> str:
+def validation_message(path: Path, exc: ValidationError) -> str:
+    """A pydantic error as one line per problem, each naming the file and the key."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -334,13 +372,13 @@ def _format_errors(path: Path, exc: ValidationError) -> str:
 def load_manifest(path: Path, env: Mapping[str, str] | None = None) -> SiteManifest:
     """Load and validate a site manifest (``${VAR}`` expanded from ``env``)."""
     path = Path(path).resolve()
-    data = _expand(_read_yaml(path), dict(os.environ if env is None else env), path)
+    data = _expand(read_yaml(path), dict(os.environ if env is None else env), path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
         manifest = SiteManifest.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(path, exc)) from None
+        raise ConfigError(validation_message(path, exc)) from None
     return _anchored(manifest)
 
 
@@ -388,13 +426,13 @@ def load_campaign(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     if not p.is_absolute() and not p.exists() and (repo_root() / p).exists():
         p = repo_root() / p
     p = p.resolve()
-    data = _read_yaml(p)
+    data = read_yaml(p)
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     try:
         cfg = CampaignConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(p, exc)) from None
+        raise ConfigError(validation_message(p, exc)) from None
 
     mpath = (p.parent / cfg.manifest).resolve()
     manifest = load_manifest(mpath, env)
@@ -408,7 +446,7 @@ def load_campaign(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     pipe = (p.parent / cfg.pipeline).resolve()
     if not pipe.is_file():
         raise ConfigError(f"{p}: key 'pipeline': no such file {pipe}")
-    pdata = _read_yaml(pipe)
+    pdata = read_yaml(pipe)
     if isinstance(pdata, dict) and not pdata.get("imports"):  # subsets of imported pipelines are not known here
         subsets = set(pdata.get("subsets") or {}) | {
             s.get("label") for s in pdata.get("steps") or [] if isinstance(s, dict)}

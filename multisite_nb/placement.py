@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from .config import Campaign, SkyUnit
 from .errors import PlanError
+from .fileio import atomic_write_text
 
 __all__ = [
     "Footprint",
@@ -243,11 +244,7 @@ class PlacementPlan(BaseModel):
         ]
 
     def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.model_dump_json(indent=1))
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, self.model_dump_json(indent=1))
 
     @classmethod
     def load(cls, path: Path) -> PlacementPlan:

@@ -39,6 +39,23 @@ def test_up_on_an_up_world_changes_nothing(world) -> None:
     assert (world.root / "world.json").read_text() == before
 
 
+def test_world_records_its_spec_and_refuses_another(world, tmp_path: Path) -> None:
+    state = json.loads((world.root / "world.json").read_text())
+    assert state["spec_file"] == str(repo_root() / "parameters" / "worlds" / "rehearsal_3x3.yaml")
+    other = tmp_path / "other.yaml"
+    text = (repo_root() / "parameters" / "worlds" / "rehearsal_3x3.yaml").read_text()
+    other.write_text(text.replace("visits_per_band: 2", "visits_per_band: 3"))
+    before = (world.root / "world.json").read_text()
+    out = run(world, "multisite-nb", "world", "up", "--dir", str(world.root), "--spec", str(other))
+    assert out.returncode != 0
+    assert f"{other}: the world {world.root} was built from another spec" in out.stderr
+    assert (world.root / "world.json").read_text() == before
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("visits_per_band: 2", "visits_per_band: many"))
+    out = run(world, "multisite-nb", "world", "up", "--dir", str(world.root), "--spec", str(bad))
+    assert out.returncode != 0 and f"{bad}: key 'visits_per_band'" in out.stderr
+
+
 def test_plain_papermill_with_a_parameters_file(world, tmp_path: Path) -> None:
     out_nb = tmp_path / "01_placement.ipynb"
     proc = run(world, "papermill", "notebooks/01_placement.ipynb", str(out_nb), "-f", "parameters/papermill_3x3.yaml",

@@ -25,6 +25,8 @@ from typing import Any
 
 from ..config import Campaign, load_campaign
 from ..errors import ConfigError
+from ..fileio import atomic_write_text
+from .spec import DEFAULT_SPEC, SkySpec, load_spec
 
 __all__ = ["World", "default_world_dir", "world_env"]
 
@@ -49,10 +51,14 @@ class World:
         The world folder.
     campaign_file
         A campaign whose manifest describes this world (sites, RSEs, repos).
+    spec_file
+        The world spec (sky, instrument, observations) to build it from; default: the one it
+        was built from (``world.json``), else :data:`~.spec.DEFAULT_SPEC`.
     """
 
     root: Path
     campaign_file: Path
+    spec_file: Path | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -83,12 +89,35 @@ class World:
         return {**world_env(self.root), **self.rucio.client_env()}
 
     # -- lifecycle --------------------------------------------------------------------
+    def spec(self) -> tuple[Path, SkySpec]:
+        """The world spec to build from, checked against the one the world was built from.
+
+        Raises
+        ------
+        ConfigError
+            If the world was built from another spec (nothing is changed).
+        """
+        state = self._read_state()
+        built_from = state.get("spec_file")
+        path, spec = load_spec(self.spec_file or built_from)
+        if state.get("central_populated") and state.get("spec_digest", SkySpec().digest()) != spec.digest():
+            raise ConfigError(
+                f"{path}: the world {self.root} was built from another spec ({built_from or DEFAULT_SPEC}); "
+                "nothing was changed: build this spec in another world folder (--dir)")
+        return path, spec
+
     def up(self, log: Callable[[str], None] = print) -> bool:
-        """Bring the world up; idempotent. Returns False when it was already up (nothing changed)."""
+        """Bring the world up; idempotent. Returns False when it was already up (nothing changed).
+
+        Raises
+        ------
+        ConfigError
+            If the world was built from another spec than the one asked for, before anything starts.
+        """
         from .butler_world import create_site_repo, populate_central
-        from .synthetic import SkySpec
 
         t0 = time.monotonic()
+        spec_path, spec = self.spec()
         self.root.mkdir(parents=True, exist_ok=True)
         for site in self.campaign.all_sites:
             Path(self._rse_root(site)).mkdir(parents=True, exist_ok=True)
@@ -103,10 +132,12 @@ class World:
         state = self._read_state()
         populated = state.get("central_populated")
         if not populated:
-            counts = populate_central(Path(self.campaign.butler_repo(self.campaign.central)), SkySpec())
+            counts = populate_central(Path(self.campaign.butler_repo(self.campaign.central)), spec)
             state["central_populated"] = datetime.now(UTC).isoformat(timespec="seconds")
             state["central_counts"] = counts
-            log(f"butler: central repo {self.campaign.central} populated: {counts}")
+            state["spec_file"] = str(spec_path)
+            state["spec_digest"] = spec.digest()
+            log(f"butler: central repo {self.campaign.central} populated from {spec_path.name}: {counts['datasets']}")
         state.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
         state["campaign_file"] = str(self.campaign.path)
         self._write_state(state)
@@ -145,6 +176,4 @@ class World:
         return {}
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-        tmp.replace(self.state_file)
+        atomic_write_text(self.state_file, json.dumps(state, indent=2, sort_keys=True))

@@ -8,10 +8,18 @@ See :mod:`.synthetic` for the geometry and the boundary visits.
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["BandSpec", "SkySpec", "TargetSpec", "TractSpec"]
+from ..config import read_yaml, repo_root, validation_message
+from ..errors import ConfigError
+
+__all__ = ["DEFAULT_SPEC", "BandSpec", "SkySpec", "TargetSpec", "TractSpec", "load_spec"]
+
+#: The world spec `multisite-nb world up` uses unless told otherwise (relative to the checkout).
+DEFAULT_SPEC = "parameters/worlds/rehearsal_3x3.yaml"
 
 
 # --------------------------------------------------------------------------------------
@@ -139,3 +147,24 @@ class SkySpec(BaseModel):
     def digest(self) -> str:
         """SHA-1 of the spec's canonical JSON (the skymap record's hash)."""
         return hashlib.sha1(self.model_dump_json().encode()).hexdigest()
+
+
+def load_spec(path: str | os.PathLike[str] | None = None) -> tuple[Path, SkySpec]:
+    """Read a world spec file (default: :data:`DEFAULT_SPEC`); returns its absolute path and the spec.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and the key at fault.
+    """
+    p = Path(path) if path else repo_root() / DEFAULT_SPEC
+    if not p.is_absolute() and not p.exists() and (repo_root() / p).exists():
+        p = repo_root() / p
+    p = p.resolve()
+    data = read_yaml(p)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    try:
+        return p, SkySpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(p, exc)) from None
