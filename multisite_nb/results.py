@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+
+from .fileio import atomic_write_text
 
 if TYPE_CHECKING:  # pandas is imported lazily: results.py must stay cheap to import
     import pandas as pd
@@ -27,6 +29,8 @@ __all__ = [
     "atomic_write_text",
     "PhaseResult",
     "PhaseRun",
+    "PhaseStatus",
+    "RunOutcome",
     "RunRecord",
     "load_result",
     "load_results",
@@ -82,7 +86,7 @@ class PhaseResult(BaseModel):
     reason: str
     started: datetime = Field(default_factory=utcnow)
     finished: datetime = Field(default_factory=utcnow)
-    summary: dict[str, JsonValue] = Field(default_factory=dict)
+    summary: dict[str, Any] = Field(default_factory=dict)
     artifacts: list[str] = Field(default_factory=list)
 
     @field_validator("phase")
@@ -132,30 +136,6 @@ def _relative_artifact(run_dir: Path, artifact: str) -> str:
     if ".." in rel.parts or rel.is_absolute() or str(rel) in ("", "."):
         raise ValueError(f"artifact path {artifact!r} must stay inside the run folder")
     return str(rel)
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename.
-
-    The file gets the usual permissions (``0o666`` minus the umask), not the
-    private ``0o600`` of a temporary file, so the team can read the run folder.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def record_result(run_dir: str | os.PathLike[str], result: PhaseResult) -> Path:
@@ -280,8 +260,21 @@ def summarize(df: pd.DataFrame, max_rows: int = 20) -> pd.DataFrame:
 
 RUN_RECORD = "run.json"
 
-PhaseStatus = Literal["pass", "fail", "not run"]
-RunOutcome = Literal["running", "passed", "failed", "interrupted"]
+class PhaseStatus(StrEnum):
+    """A phase as the chain runner saw it."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    NOT_RUN = "not run"
+
+
+class RunOutcome(StrEnum):
+    """How a chain run ended (``running`` while it runs)."""
+
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
 
 
 class PhaseRun(BaseModel):
@@ -305,7 +298,7 @@ class PhaseRun(BaseModel):
 
     phase: str
     notebook: str | None = None
-    status: PhaseStatus = "not run"
+    status: PhaseStatus = PhaseStatus.NOT_RUN
     reason: str = ""
     started: datetime | None = None
     finished: datetime | None = None
@@ -331,7 +324,7 @@ class RunRecord(BaseModel):
     resumed_at: list[datetime] = Field(default_factory=list)
     phases_requested: list[str]
     parameters: dict[str, JsonValue] = Field(default_factory=dict)
-    outcome: RunOutcome = "running"
+    outcome: RunOutcome = RunOutcome.RUNNING
     reason: str = ""
     phases: list[PhaseRun] = Field(default_factory=list)
     secret_findings: list[str] = Field(default_factory=list)
