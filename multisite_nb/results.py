@@ -86,7 +86,7 @@ class PhaseResult(BaseModel):
     reason: str
     started: datetime = Field(default_factory=utcnow)
     finished: datetime = Field(default_factory=utcnow)
-    summary: dict[str, Any] = Field(default_factory=dict)
+    summary: dict[str, JsonValue] = Field(default_factory=dict)
     artifacts: list[str] = Field(default_factory=list)
 
     @field_validator("phase")
