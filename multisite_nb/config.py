@@ -157,8 +157,19 @@ class CampaignConfig(_Strict):
     pipeline: str = Field(description="pipeline YAML, relative to this file")
     stages: list[Stage] = Field(min_length=1)
     collections: Collections = Collections()
-    rule_lifetime_days: float | None = Field(default=None, gt=0)
+    rule_lifetime_days: float | None = Field(
+        default=None, description="refused: replicas ingested in place must not expire under the Butler")
     activity: str = "User Subscriptions"
+
+    @field_validator("rule_lifetime_days")
+    @classmethod
+    def _no_lifetime(cls, v: float | None) -> None:
+        if v is not None:
+            raise ValueError(
+                "replication rules of this toolkit carry no lifetime: their replicas are ingested in place into "
+                "the site Butlers, and an expired rule lets Rucio delete files a Butler still holds; remove the key "
+                "(the campaign's data are removed on purpose by the cleanup phase)")
+        return None
 
     @model_validator(mode="after")
     def _check(self) -> CampaignConfig:

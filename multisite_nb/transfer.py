@@ -199,7 +199,6 @@ def register_shipment(
     src = campaign.site(shipment.source)
     dest = campaign.site(shipment.dest)
     src_root = Path(_rse_root(campaign, shipment.source))
-    lifetime = int(campaign.config.rule_lifetime_days * 86400) if campaign.config.rule_lifetime_days else None
     comment = f"multisite_nb campaign {campaign.name}: {shipment.name} {shipment.source}->{shipment.dest}"
 
     # 1. dimension records: a content-addressed file, so a re-run with the same content is a no-op
@@ -220,7 +219,7 @@ def register_shipment(
     ops.ensure_dataset(shipment.records_dataset)
     ops.attach(shipment.records_dataset, [lfn])
     outcome.records_rule_id, _ = ops.ensure_rule(
-        shipment.records_dataset, dest.rse, lifetime_s=lifetime, activity=campaign.config.activity,
+        shipment.records_dataset, dest.rse, lifetime_s=None, activity=campaign.config.activity,
         comment=comment + " (dimension records)",
     )
     outcome.seconds["records"] = time.monotonic() - t0
@@ -245,9 +244,8 @@ def register_shipment(
 
 def create_data_rule(campaign: Campaign, ops: RucioOps, shipment: Shipment, outcome: ShipmentOutcome) -> None:
     """The rule that moves the data files (after the records have arrived)."""
-    lifetime = int(campaign.config.rule_lifetime_days * 86400) if campaign.config.rule_lifetime_days else None
     outcome.rule_id, outcome.rule_created = ops.ensure_rule(
-        shipment.name, campaign.site(shipment.dest).rse, lifetime_s=lifetime,
+        shipment.name, campaign.site(shipment.dest).rse, lifetime_s=None,  # ingested in place: never expires
         activity=campaign.config.activity,
         comment=f"multisite_nb campaign {campaign.name}: {shipment.name} {shipment.source}->{shipment.dest}",
     )

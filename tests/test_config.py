@@ -59,6 +59,7 @@ def test_facilities_manifest_is_interchangeable(tmp_path: Path) -> None:
         (lambda d: d.update(pipeline="nope.yaml"), "key 'pipeline': no such file"),
         (lambda d: d["sites"]["IN2P3"].update(share=0.9), "shares add up to"),
         (lambda d: d["stages"][1]["steps"].__setitem__(0, "step2z"), "key 'stages.1.steps.0': 'step2z' is not a subset of drp_3x3.yaml"),
+        (lambda d: d.update(rule_lifetime_days=30), "key 'rule_lifetime_days': replication rules of this toolkit carry no lifetime"),
     ],
 )
 def test_bad_campaign_names_file_and_key(tmp_path: Path, change, needle: str) -> None:
