@@ -1,11 +1,19 @@
 # The two commands a newcomer needs (see README.md). Both set up what they need on first use.
-.PHONY: campaign test setup world-up world-down clean-world
+.PHONY: campaign test setup setup-test lint notebooks world-up world-down clean-world
 
 campaign: setup            ## set up, bring the world up, run the whole 3x3 campaign
 	.venv/bin/multisite-nb campaign
 
-test: setup-test           ## set up and run the whole test suite (what CI runs)
+test: setup-test lint      ## set up, lint and type-check, then run the whole test suite (what CI runs)
 	.venv/bin/python -m pytest
+
+lint: setup                ## ruff (lint + format check) and mypy, as CI runs them
+	.venv/bin/ruff check multisite_nb tests bench scripts notebooks
+	.venv/bin/ruff format --check multisite_nb tests bench scripts notebooks
+	.venv/bin/mypy
+
+notebooks: setup           ## after editing notebooks/*.py: bring the paired .ipynb up to date
+	.venv/bin/jupytext --sync notebooks/*.py
 
 setup:
 	bash scripts/setup.sh

@@ -1,0 +1,87 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Phase 1 — data placement
+#
+# What each site needs: raws whose visit/detector regions overlap the site's sky units (spatial registry query at the central Butler), plus the calibrations, reference catalog shards and sky map the site stages consume (derived from the pipeline graph). Raws more than one site needs are *boundary* data and are placed at each.
+
+# %% tags=["parameters"]
+# Parameters (papermill overrides these; credentials never go here)
+campaign_file = "parameters/campaign_3x3.yaml"
+run_dir = ""
+
+# %%
+import os
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from multisite_nb import phases
+from multisite_nb.config import load_campaign, repo_root
+from multisite_nb.results import summarize
+from multisite_nb.runbook import interactive_run_dir
+
+os.chdir(repo_root())  # paths in parameters are relative to the checkout
+campaign = load_campaign(campaign_file)
+if not run_dir:  # opened by hand: $MSNB_RUN_DIR, else a new run (placement) or the latest one
+    run_dir = str(interactive_run_dir(campaign.name, "placement"))
+display(Markdown(f"**Campaign** `{campaign.name}` — central {campaign.central}, sites {', '.join(campaign.remote_sites)}; run folder `{run_dir}`"))
+
+# %%
+result, plan = phases.placement(campaign, run_dir)
+pd.DataFrame(plan.counts()).set_index('site')
+
+# %% [markdown]
+# ## Boundary visits and their cost
+
+# %%
+cost = plan.boundary_cost()
+display(Markdown(f"{len(plan.boundary_visits)} boundary visits; "
+                 f"{cost['files']} raws needed by more than one site, "
+                 f"{cost['extra_copies']} extra copies ({cost['extra_bytes']} bytes)"))
+pd.DataFrame([{'visit': v, 'sites': ', '.join(s)} for v, s in plan.boundary_visits.items()])
+
+# %% [markdown]
+# ## Suggested assignment (optional)
+#
+# Sky units that share visits grouped together, groups spread over the sites by their shares of the volume. Compare with the campaign's assignment; change `parameters/` to adopt it.
+
+# %%
+from multisite_nb.placement import suggest_assignment
+current = {str(u): s for s in campaign.remote_sites for u in campaign.sky_units(s)}
+pd.DataFrame([{'units': ', '.join(g.units), 'visits': len(g.visits), 'raws': g.raws,
+               'suggested site': g.site, 'campaign site': ', '.join(sorted({current[u] for u in g.units}))}
+              for g in suggest_assignment(campaign)])
+
+# %% [markdown]
+# ## Sky: sky units by site, planned visit footprints (dashed: boundary visits)
+
+# %%
+from multisite_nb.sky import plot_sky
+_ = plot_sky(campaign, plan)
+
+# %% [markdown]
+# ## Per-site manifest (first rows; the full CSVs are in the run folder)
+
+# %%
+for site in plan.sites:
+    display(Markdown(f'**{site}**'))
+    display(summarize(pd.DataFrame(plan.manifest_rows(site)), max_rows=6))
+
+# %%
+# The chain reads the recorded result; a failed gate stops it with this reason.
+display(Markdown(f"### Gate: {'PASSED' if result.passed else 'FAILED'}\n\n{result.reason}"))

@@ -1,0 +1,60 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Phase 5 — gather, central stage, redistribute
+#
+# For a central stage (`stage` parameter): gather what it needs from every site to the central site (Rucio rules, in-place ingest, verification), run it centrally, then split its outputs per site — each site receives only the data IDs it knows — and move, ingest and verify them. With `stage = "final"` it brings the validation set home instead.
+
+# %% tags=["parameters"]
+# Parameters (papermill overrides these; credentials never go here)
+campaign_file = "parameters/campaign_3x3.yaml"
+run_dir = ""
+stage = "calibration"  # which stage of the campaign's stage plan this run of the notebook serves
+
+# %%
+import os
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from multisite_nb import phases
+from multisite_nb.config import load_campaign, repo_root
+from multisite_nb.results import summarize
+from multisite_nb.runbook import interactive_run_dir
+
+os.chdir(repo_root())  # paths in parameters are relative to the checkout
+campaign = load_campaign(campaign_file)
+if not run_dir:  # opened by hand: $MSNB_RUN_DIR, else a new run (placement) or the latest one
+    run_dir = str(interactive_run_dir(campaign.name, "gather_redistribute"))
+display(Markdown(f"**Campaign** `{campaign.name}` — central {campaign.central}, sites {', '.join(campaign.remote_sites)}; run folder `{run_dir}`"))
+
+# %%
+result, summary = phases.gather_redistribute(campaign, run_dir, stage)
+for key in ('gather_shipments', 'redistribute_shipments', 'shipments'):
+    if summary.get(key):
+        display(Markdown(f'**{key.replace("_", " ")}**'))
+        display(pd.DataFrame(summary[key]))
+
+# %%
+if summary.get('steps'):
+    display(phases.steps_table(summary['steps']))
+if summary.get('delivered_runs'):
+    display(Markdown('Delivered to the sites: ' + '; '.join(f'{s}: {", ".join(r)}' for s, r in summary['delivered_runs'].items())))
+
+# %%
+# The chain reads the recorded result; a failed gate stops it with this reason.
+display(Markdown(f"### Gate: {'PASSED' if result.passed else 'FAILED'}\n\n{result.reason}"))
