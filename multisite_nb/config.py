@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,6 +38,8 @@ __all__ = [
 ]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+#: A Butler collection name: path-like segments of plain characters (no quotes, no '..', not absolute).
+_COLLECTION = r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$"  # each segment starts plainly
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -140,17 +142,18 @@ class RemoteSite(_Strict):
 class Collections(_Strict):
     """Input collections in the central repo and the prefix of everything the campaign writes."""
 
-    inputs: list[str] = Field(default_factory=lambda: ["HSC/defaults"], min_length=1)
-    output_prefix: str | None = Field(default=None, description="default: the campaign name")
+    inputs: list[Annotated[str, Field(pattern=_COLLECTION)]] = Field(
+        default_factory=lambda: ["HSC/defaults"], min_length=1)
+    output_prefix: str | None = Field(default=None, pattern=_COLLECTION, description="default: the campaign name")
 
 
 class CampaignConfig(_Strict):
     """The campaign file as written (paths still relative to it)."""
 
     campaign: str = Field(pattern=_NAME)
-    instrument: str
-    skymap: str
-    scope: str | None = Field(default=None, description="Rucio scope; default: the campaign name")
+    instrument: str = Field(pattern=_NAME)
+    skymap: str = Field(pattern=_NAME)
+    scope: str | None = Field(default=None, pattern=_NAME, description="Rucio scope; default: the campaign name")
     manifest: str = Field(description="site manifest file, relative to this file")
     central: str
     sites: dict[str, RemoteSite] = Field(min_length=1)
@@ -183,6 +186,7 @@ class CampaignConfig(_Strict):
                         f"sites.{site}.sky_units[{i}]: {unit} is already given to site {seen[unit.key]}"
                     )
                 seen[unit.key] = site
+        for site, spec in self.sites.items():  # after all sites: the order of the file does not matter
             for i, unit in enumerate(spec.sky_units):
                 if unit.patch is not None and (unit.tract, None) in seen:
                     raise ValueError(
@@ -390,6 +394,9 @@ def load_manifest(path: Path, env: Mapping[str, str] | None = None) -> SiteManif
         manifest = SiteManifest.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(validation_message(path, exc)) from None
+    bps = manifest.workflow.bps_site_config
+    if bps and not (Path(bps) if Path(bps).is_absolute() else repo_root() / bps).is_file():
+        raise ConfigError(f"{path}: key 'workflow.bps_site_config': no such file {bps}")
     return _anchored(manifest)
 
 

@@ -1,0 +1,76 @@
+"""Malformed parameter and manifest files are refused with one clear error, before anything acts.
+
+Every ``tests/data/bad/*.yaml`` campaign file (``manifest_*.yaml`` are the bad manifests some of
+them use) starts with ``# expect: <text the error must contain>`` and, when the fault is in
+another file, ``# named file: <that file>``. Each is run through ``multisite-nb run`` against
+the running world: the command fails naming the file and the key, no run folder is made, and
+Rucio and every site's Butler are exactly as they were.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from multisite_nb.butler_ops import dataset_counts, open_butler
+from multisite_nb.cli import main
+from multisite_nb.config import load_campaign
+from multisite_nb.errors import ConfigError
+from multisite_nb.rucio_ops import RucioOps
+
+BAD = Path(__file__).parent / "data" / "bad"
+CASES = sorted(p for p in BAD.glob("*.yaml") if not p.name.startswith("manifest_"))
+
+
+def expectation(path: Path) -> tuple[str, Path]:
+    """(the text the error must contain, the file it must name)."""
+    head = path.read_bytes().split(b"\n", 2)
+    needle = head[0].decode().removeprefix("# expect: ")
+    named = path
+    if len(head) > 1 and head[1].startswith(b"# named file: "):
+        named = BAD / head[1].decode().removeprefix("# named file: ")
+    return needle, named.resolve()
+
+
+def test_there_are_enough_cases() -> None:
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_bad_file_is_refused_naming_file_and_key(path: Path) -> None:
+    needle, named = expectation(path)
+    with pytest.raises(ConfigError) as info:
+        load_campaign(path, env={"MSNB_WORLD": "/nonexistent/world"})
+    message = str(info.value)
+    assert message.startswith(f"{named}:"), message
+    assert needle in message, message
+    assert "Traceback" not in message
+
+
+@pytest.mark.world
+def test_bad_files_touch_nothing(world, tmp_path: Path) -> None:
+    campaign = world.campaign
+    ops = RucioOps.for_campaign(campaign)
+
+    def state() -> tuple[list[str], dict[str, dict[str, int]]]:
+        rules = sorted(r.id for r in ops.list_rules())
+        counts = {}
+        for site in campaign.all_sites:
+            with open_butler(campaign.butler_repo(site)) as butler:
+                counts[site] = dataset_counts(butler)
+        return rules, counts
+
+    before = state()
+    runner = CliRunner()
+    runs = tmp_path / "runs"
+    for path in CASES:
+        needle, named = expectation(path)
+        result = runner.invoke(main, ["run", str(path), "--phases", "placement,transfer,verify", "--world",
+                                      str(world.root), "--runs-root", str(runs)])
+        assert result.exit_code != 0, f"{path.name} was accepted"
+        assert f"{named}:" in result.output and needle in result.output, f"{path.name}: {result.output}"
+        assert result.exception is None or isinstance(result.exception, SystemExit), f"{path.name}: raw exception"
+    assert not runs.exists(), "a run folder was made for a refused campaign"
+    assert state() == before
