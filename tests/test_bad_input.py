@@ -74,3 +74,21 @@ def test_bad_files_touch_nothing(world, tmp_path: Path) -> None:
         assert result.exception is None or isinstance(result.exception, SystemExit), f"{path.name}: raw exception"
     assert not runs.exists(), "a run folder was made for a refused campaign"
     assert state() == before
+
+
+@pytest.mark.parametrize("key", ["butler", "rse_root"])
+def test_a_world_refuses_two_sites_sharing_a_path(tmp_path: Path, key: str) -> None:
+    """In one machine's world each site needs its own repository and RSE root (at the facilities it is fine)."""
+    from multisite_nb.world.manager import World
+
+    manifest = (Path(__file__).parents[1] / "parameters" / "sites" / "embedded.yaml").read_text()
+    old = "butler/LANCS" if key == "butler" else "rse/LANCS_DISK"
+    new = "butler/RAL" if key == "butler" else "rse/RAL_DISK"
+    (tmp_path / "manifest.yaml").write_text(manifest.replace(old, new))
+    campaign = (BAD.parents[2] / "parameters" / "campaign_3x3.yaml").read_text()
+    campaign = campaign.replace("manifest: sites/embedded.yaml", "manifest: manifest.yaml").replace(
+        "pipeline: pipelines/", f"pipeline: {BAD.parents[2] / 'parameters' / 'pipelines'}/")
+    (tmp_path / "campaign.yaml").write_text(campaign)
+    with pytest.raises(ConfigError, match=rf"manifest.yaml: key 'sites.LANCS.{key}': .* is also site RAL's"):
+        World(tmp_path / "world", tmp_path / "campaign.yaml")
+    assert not (tmp_path / "world").exists()

@@ -63,6 +63,25 @@ class World:
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
         self.campaign: Campaign = load_campaign(self.campaign_file, env=world_env(self.root))
+        self._check_distinct()
+
+    def _check_distinct(self) -> None:
+        """On one machine every site needs its own Butler repository and RSE root.
+
+        (At the facilities each path is local to its own site, so the same path at two sites
+        is fine there; here two sites would write into one place.)
+        """
+        for key in ("butler", "rse_root"):
+            owner: dict[str, str] = {}
+            for site in self.campaign.all_sites:
+                value = getattr(self.campaign.site(site), key)
+                if value is None:
+                    continue
+                where = str(Path(value).resolve()) if "/" in value else value
+                if where in owner:
+                    raise ConfigError(f"{self.campaign.manifest_path}: key 'sites.{site}.{key}': {value} is also "
+                                      f"site {owner[where]}'s; in one machine's world every site needs its own")
+                owner[where] = site
 
     # -- parts ----------------------------------------------------------------------
     @property
