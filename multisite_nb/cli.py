@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, repo_root
+from .config import repo_root
+from .errors import ConfigError, MsnbError
 
 DEFAULT_PARAMS = "parameters/campaign_3x3.yaml"
 
@@ -90,8 +91,9 @@ def world_status(dir_: str | None, params: str, as_json: bool) -> None:
 
 
 def _run_chain(campaign, phases: list[str], runs_root: str | None, resume_dir: str | None):
+    from .fileio import check_writable
     from .registry import parse
-    from .runbook import new_run, run_chain
+    from .runbook import check_run_folder, new_run, run_chain
 
     for p in phases:
         try:
@@ -99,12 +101,21 @@ def _run_chain(campaign, phases: list[str], runs_root: str | None, resume_dir: s
         except ConfigError as exc:
             raise click.ClickException(f"--phases: {exc}") from None
     root = Path(runs_root) if runs_root else repo_root() / "runs"
-    run_dir = Path(resume_dir).resolve() if resume_dir else new_run(root, campaign.name)
-    click.echo(f"run folder: {run_dir}")
-    outcome = run_chain(
-        phases, run_dir, {"campaign_file": str(campaign.path)}, repo_root() / "notebooks",
-        resume=bool(resume_dir), campaign=campaign.name, log=click.echo,
-    )
+    try:
+        if resume_dir:
+            run_dir = check_run_folder(resume_dir)
+            if not (run_dir / "run.json").is_file():
+                raise click.ClickException(f"--resume: {run_dir} holds no run.json: nothing to resume")
+        else:
+            check_writable(root)
+            run_dir = new_run(root, campaign.name)
+        click.echo(f"run folder: {run_dir}")
+        outcome = run_chain(
+            phases, run_dir, {"campaign_file": str(campaign.path)}, repo_root() / "notebooks",
+            resume=bool(resume_dir), campaign=campaign.name, log=click.echo,
+        )
+    except MsnbError as exc:
+        raise click.ClickException(str(exc)) from None
     return run_dir, outcome
 
 

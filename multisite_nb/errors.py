@@ -17,6 +17,7 @@ __all__ = [
     "PreflightError",
     "RucioError",
     "ServiceError",
+    "StorageError",
     "WorkflowError",
 ]
 
@@ -27,6 +28,10 @@ class MsnbError(Exception):
 
 class ConfigError(MsnbError, ValueError):
     """A parameter or manifest file is wrong; the message names the file and the key."""
+
+
+class StorageError(MsnbError, OSError):
+    """A folder the toolkit must write to cannot take it (read-only, full, not a run folder)."""
 
 
 class GateError(MsnbError):

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+from .errors import StorageError
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_writable"]
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -58,3 +61,32 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, mode: int | No
 def atomic_write_json(path: str | os.PathLike[str], data: Any, *, mode: int | None = None, indent: int = 2) -> Path:
     """:func:`atomic_write_text` of ``data`` as JSON (sorted keys are the caller's choice)."""
     return atomic_write_text(path, json.dumps(data, indent=indent, default=str) + "\n", mode=mode)
+
+
+def check_writable(folder: str | os.PathLike[str], *, need_bytes: int = 64 * 1024**2) -> None:
+    """Fail before anything acts if ``folder`` cannot take a state file, or its disk is (nearly) full.
+
+    Parameters
+    ----------
+    folder
+        Created if missing (with its parents).
+    need_bytes
+        Free space required on its file system.
+
+    Raises
+    ------
+    StorageError
+        Naming the folder and what is wrong (read-only, full).
+    """
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".msnb-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot write here ({exc.strerror}); choose a writable folder") from None
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise StorageError(f"{path}: only {free // 1024**2} MB free on its disk, {need_bytes // 1024**2} MB needed; "
+                      "free some space or choose another folder")

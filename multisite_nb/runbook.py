@@ -42,9 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from multisite_nb.config import repo_root
-from multisite_nb.errors import ConfigError
+from multisite_nb.errors import ConfigError, StorageError
+from multisite_nb.fileio import check_writable
 from multisite_nb.registry import PhaseUse, get, parse
 from multisite_nb.results import (
+    RUN_RECORD,
     PhaseResult,
     PhaseRun,
     RunRecord,
@@ -64,7 +66,7 @@ from multisite_nb.secrets import (
     scan_for_secrets,
 )
 
-__all__ = ["ChainOutcome", "find_notebook", "interactive_run_dir", "new_run", "run_chain"]
+__all__ = ["ChainOutcome", "check_run_folder", "find_notebook", "interactive_run_dir", "new_run", "run_chain"]
 
 _CAMPAIGN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MAX_REASON = 600
@@ -115,6 +117,23 @@ def interactive_run_dir(campaign: str, phase: str, runs_root: str | os.PathLike[
     if get(phase).starts_run or not existing:
         return new_run(root, campaign)
     return existing[-1].resolve()
+
+
+def check_run_folder(run_dir: str | os.PathLike[str]) -> Path:
+    """A folder fit to hold a run: new or empty, or one that already holds a run; writable, with room.
+
+    Raises
+    ------
+    StorageError
+        For a folder holding something else (a checkout, a home directory...), a read-only
+        folder, or a full disk — before anything acts.
+    """
+    path = Path(run_dir).resolve()
+    if path.is_dir() and any(path.iterdir()) and not ((path / RUN_RECORD).is_file() or results_dir(path).is_dir()):
+        raise StorageError(f"{path}: not a run folder (it holds other files and no run.json or results/); "
+                           "give a new folder, or one a run made")
+    check_writable(path)
+    return path
 
 
 def find_notebook(notebooks_dir: str | os.PathLike[str], phase: str) -> Path:
@@ -445,7 +464,7 @@ def run_chain(
         raise ConfigError(
             f"parameter(s) {', '.join(leaking)} carry a known secret; credentials must come "
             "from the Rucio client config or the environment, never from notebook parameters")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_folder(run_dir)
     chain = _Chain(uses, run_dir, Path(notebooks_dir).resolve(), params, known, log, scan_patterns)
     record = chain.start(campaign, resume)
 

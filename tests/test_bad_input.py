@@ -92,3 +92,24 @@ def test_a_world_refuses_two_sites_sharing_a_path(tmp_path: Path, key: str) -> N
     with pytest.raises(ConfigError, match=rf"manifest.yaml: key 'sites.LANCS.{key}': .* is also site RAL's"):
         World(tmp_path / "world", tmp_path / "campaign.yaml")
     assert not (tmp_path / "world").exists()
+
+
+def test_run_folder_must_be_a_run_folder_and_writable(tmp_path: Path) -> None:
+    from multisite_nb.errors import StorageError
+    from multisite_nb.fileio import check_writable
+    from multisite_nb.runbook import check_run_folder
+
+    repo = BAD.parents[2]
+    runner = CliRunner()
+    result = runner.invoke(main, ["run", str(repo / "parameters" / "campaign_3x3.yaml"), "--phases", "placement",
+                                  "--resume", str(repo)])
+    assert result.exit_code != 0 and f"{repo}: not a run folder" in result.output
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(StorageError, match="cannot write here"):
+        check_run_folder(tmp_path / "a-file" / "run")
+    with pytest.raises(StorageError, match="MB needed"):
+        check_writable(tmp_path, need_bytes=1 << 62)  # a full disk, as the check sees it
+    result = runner.invoke(main, ["run", str(repo / "parameters" / "campaign_3x3.yaml"), "--phases", "placement",
+                                  "--runs-root", str(tmp_path / "a-file" / "runs")])
+    assert result.exit_code != 0 and "cannot write here" in result.output
+    assert check_run_folder(tmp_path / "new") == (tmp_path / "new").resolve()
