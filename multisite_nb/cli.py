@@ -90,10 +90,12 @@ def world_status(dir_: str | None, params: str, as_json: bool) -> None:
         sys.exit(1)
 
 
-def _run_chain(campaign, phases: list[str], runs_root: str | None, resume_dir: str | None):
+def _run_chain(campaign, phases: list[str], runs_root: str | None, resume_dir: str | None,
+               world_dir: Path | None = None):
     from .fileio import check_writable
     from .registry import parse
     from .runbook import check_run_folder, new_run, run_chain
+    from .world.manager import world_secrets
 
     for p in phases:
         try:
@@ -110,9 +112,11 @@ def _run_chain(campaign, phases: list[str], runs_root: str | None, resume_dir: s
             check_writable(root)
             run_dir = new_run(root, campaign.name)
         click.echo(f"run folder: {run_dir}")
+        secrets = world_secrets(world_dir) if world_dir else []
         outcome = run_chain(
             phases, run_dir, {"campaign_file": str(campaign.path)}, repo_root() / "notebooks",
             resume=bool(resume_dir), campaign=campaign.name, log=click.echo,
+            secrets=secrets, rucio_config=campaign.manifest.rucio.config,
         )
     except MsnbError as exc:
         raise click.ClickException(str(exc)) from None
@@ -139,7 +143,9 @@ def run(params: str, phases: str | None, world_dir: str | None, runs_root: str |
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     wanted = [p.strip() for p in phases.split(",") if p.strip()] if phases else chain_for(campaign)
-    run_dir, outcome = _run_chain(campaign, wanted, runs_root, resume_dir)
+    world = Path(world_dir).resolve() if world_dir else (Path(os.environ["MSNB_WORLD"]) if os.environ.get("MSNB_WORLD")
+                                                          else None)
+    run_dir, outcome = _run_chain(campaign, wanted, runs_root, resume_dir, world)
     click.echo(f"index: {run_dir / 'index.html'}")
     if not outcome.passed:
         raise click.ClickException(f"stopped: {outcome.reason}")
@@ -162,7 +168,7 @@ def campaign_cmd(params: str, world_dir: str | None, runs_root: str | None, down
     w.up(log=click.echo)
     try:
         phases = chain_for(w.campaign)
-        run_dir, outcome = _run_chain(w.campaign, phases, runs_root, None)
+        run_dir, outcome = _run_chain(w.campaign, phases, runs_root, None, w.root)
     finally:
         if down:
             w.down(log=click.echo)

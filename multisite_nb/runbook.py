@@ -373,7 +373,8 @@ class _Chain:
                 self.say(f"secret scan: {line}")
             files = sorted({Path(f.path).relative_to(self.run_dir).as_posix() for f in found})
             record.secret_findings = rel
-            record.outcome = "failed"
+            if record.outcome != "interrupted":
+                record.outcome = "failed"
             record.reason = f"possible credential leak in {', '.join(files)}; {base_reason}"
             self.save()
 
@@ -505,8 +506,8 @@ def run_chain(
         record.finished = utcnow()
         chain.save()
         chain.say(f"run interrupted: {record.reason}")
-        try:
-            _render_index(run_dir)
+        try:  # an interrupted run is shared too: scan it, then render its page
+            chain.scan()
         except Exception:  # the original exception matters more than a missing page
             pass
         raise

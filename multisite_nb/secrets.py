@@ -48,10 +48,6 @@ WHOLE_WORD_BELOW = 12
 #: Files larger than this are scanned only up to this many bytes.
 MAX_SCAN_BYTES = 64 * 1024 * 1024
 
-_TEXT_SUFFIXES = {
-    ".ipynb", ".json", ".html", ".htm", ".log", ".txt", ".out", ".err", ".csv", ".tsv",
-    ".md", ".yaml", ".yml", ".cfg", ".ini", ".py", ".sh", ".xml", ".toml", ".env",
-}
 
 # an optional quote, possibly JSON-escaped (\") as inside .ipynb files
 _Q = r"""(?:\\?["'])?"""
@@ -86,7 +82,17 @@ CREDENTIAL_PATTERNS: dict[str, re.Pattern[str]] = {
         r"""(?i)\b[a-z][a-z0-9+.-]*://[^/\s:@"'\\]+:(?P<value>[^/\s@"'\\]{3,})@"""
     ),
     "private key": re.compile(r"""-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----(?P<value>)"""),
+    # environment dumps: RUCIO_PASSWORD=..., PGPASSWORD: ..., AWS_SECRET_ACCESS_KEY=..., PANDA_AUTH_ID_TOKEN=...
+    "secret environment variable": re.compile(
+        r"""(?<![A-Za-z0-9_])[A-Z][A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|SECRET_ACCESS_KEY|API_KEY|PRIVATE_KEY)"""
+        + _Q + r"""\s*[=:]\s*""" + _Q + r"""(?P<value>[^\s"'\\,;]{4,})"""
+    ),
+    "JSON web token": re.compile(r"""(?P<value>\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"""),
+    "X.509 proxy": re.compile(r"""-----BEGIN CERTIFICATE-----(?P<value>)"""),
 }
+
+#: Findings of these kinds only count in a file that also holds a private key (a proxy = cert + key).
+_NEEDS_KEY = {"X.509 proxy"}
 
 
 class Finding(BaseModel):
@@ -132,7 +138,7 @@ def _iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
         path = Path(p)
         if path.is_dir():
             for sub in sorted(path.rglob("*")):
-                if sub.is_file() and not sub.is_symlink() and sub.suffix.lower() in _TEXT_SUFFIXES:
+                if sub.is_file() and not sub.is_symlink():
                     yield sub
         elif path.is_file():
             yield path
@@ -149,8 +155,7 @@ def scan_for_secrets(
     Parameters
     ----------
     paths : iterable of path
-        Files, or folders scanned recursively (text-like suffixes only:
-        ``.ipynb .json .html .log .txt .csv .yaml ...``).
+        Files, or folders scanned recursively (every file: a proxy or a log may have no suffix).
     secrets : iterable of str
         Exact values that must not appear (shorter than
         ``MIN_SECRET_LENGTH`` characters are ignored).
@@ -182,13 +187,15 @@ def scan_for_secrets(
             for kind, rx in CREDENTIAL_PATTERNS.items():
                 for m in rx.finditer(line):
                     value = m.group("value")
-                    if kind != "private key":
+                    if value:
                         if _PLACEHOLDER.match(value):
                             continue
                         if line[m.end() : m.end() + 1] in ("(", "["):
                             continue  # code reading a credential, not a credential
                     seen.add((lineno, kind))
                     break
+        if not any(k == "private key" for _, k in seen):
+            seen = {(ln, k) for ln, k in seen if k not in _NEEDS_KEY}
         findings.extend(Finding(path=str(path), line=ln, kind=k) for ln, k in sorted(seen))
     return findings
 

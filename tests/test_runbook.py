@@ -255,6 +255,25 @@ def test_scan_patterns_and_values(tmp_path: Path) -> None:
     assert scan_for_secrets([tmp_path / "a.log"], [], patterns=False) == []
 
 
+def test_scan_finds_environment_dumps_tokens_and_proxies(tmp_path: Path) -> None:
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+    (tmp_path / "env.info.yaml").write_text(
+        "RUCIO_PASSWORD=hunter2xyz\nexport PGPASSWORD='abc123'\nAWS_SECRET_ACCESS_KEY: wJalrXUtnFEMIK7MDENG\n"
+        f"PATH=/usr/bin\nTOKEN_FILE=/tmp/x\nid_token={jwt}\nRUCIO_PASSWORD=${{RUCIO_PASSWORD}}\n")
+    (tmp_path / "x509up_u1000").write_text(  # a proxy has no suffix: every file is scanned
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n-----BEGIN RSA PRIVATE KEY-----\nMIIE\n")
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    got = {(Path(f.path).name, f.line, f.kind) for f in scan_for_secrets([tmp_path])}
+    assert got == {
+        ("env.info.yaml", 1, "secret environment variable"),
+        ("env.info.yaml", 2, "secret environment variable"),
+        ("env.info.yaml", 3, "secret environment variable"),
+        ("env.info.yaml", 6, "JSON web token"),
+        ("x509up_u1000", 1, "X.509 proxy"),
+        ("x509up_u1000", 4, "private key"),
+    }
+
+
 def test_short_secret_matches_whole_words_only(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("no secrets here\nSecret scan\nlogin with secret now\n")
     found = scan_for_secrets([tmp_path], ["secret"], patterns=False)
@@ -378,6 +397,22 @@ def test_planted_secret_fails_the_run(tmp_path: Path, kernel: str) -> None:
     assert not (run_dir / "html" / "01_alpha.html").exists()  # the leak is not copied into HTML
     assert "HTML withheld" in (run_dir / "index.html").read_text()
     assert_links_resolve(run_dir)
+
+
+def test_an_interrupted_run_is_scanned_too(tmp_path: Path) -> None:
+    run_dir = new_run(tmp_path, "demo")
+
+    def interrupt(line: str) -> None:  # something leaks, then the operator presses Ctrl-C
+        if "running" in line:
+            (run_dir / "logs" / "debug.txt").write_text(f"client password was {SECRET}\n")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_chain(["alpha"], run_dir, {}, NOTEBOOKS, log=interrupt)
+    record = load_run_record(run_dir)
+    assert record is not None and record.outcome == "interrupted"
+    assert record.secret_findings == ["logs/debug.txt:1: known secret #1"]
+    assert "possible credential leak" in (run_dir / "index.html").read_text()
 
 
 def test_render_index_without_run_record(tmp_path: Path) -> None:

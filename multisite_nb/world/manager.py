@@ -28,12 +28,20 @@ from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from .spec import DEFAULT_SPEC, SkySpec, load_spec
 
-__all__ = ["World", "default_world_dir", "world_env"]
+__all__ = ["World", "default_world_dir", "world_env", "world_secrets"]
 
 
 def default_world_dir() -> Path:
     """``$MSNB_WORLD`` or ``./world``."""
     return Path(os.environ.get("MSNB_WORLD", "world")).resolve()
+
+
+def world_secrets(root: Path) -> list[str]:
+    """The world's own credentials (its Rucio passwords), for the secret scan; never print them."""
+    try:
+        return [str(v) for v in json.loads((Path(root) / "rucio" / "secrets.json").read_text()).values() if v]
+    except (OSError, ValueError):
+        return []
 
 
 def world_env(root: Path) -> dict[str, str]:
