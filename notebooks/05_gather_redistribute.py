@@ -25,22 +25,13 @@ run_dir = ""
 stage = "calibration"  # which stage of the campaign's stage plan this run of the notebook serves
 
 # %%
-import os
-from pathlib import Path
-
 import pandas as pd
 from IPython.display import Markdown, display
 
 from multisite_nb import phases
-from multisite_nb.config import load_campaign, repo_root
-from multisite_nb.results import summarize
-from multisite_nb.runbook import interactive_run_dir
+from multisite_nb.notebook import open_phase, show_gate
 
-os.chdir(repo_root())  # paths in parameters are relative to the checkout
-campaign = load_campaign(campaign_file)
-if not run_dir:  # opened by hand: $MSNB_RUN_DIR, else a new run (placement) or the latest one
-    run_dir = str(interactive_run_dir(campaign.name, "gather_redistribute"))
-display(Markdown(f"**Campaign** `{campaign.name}` — central {campaign.central}, sites {', '.join(campaign.remote_sites)}; run folder `{run_dir}`"))
+campaign, run_dir = open_phase("gather_redistribute", campaign_file, run_dir)
 
 # %%
 result, summary = phases.gather_redistribute(campaign, run_dir, stage)
@@ -56,5 +47,4 @@ if summary.get('delivered_runs'):
     display(Markdown('Delivered to the sites: ' + '; '.join(f'{s}: {", ".join(r)}' for s, r in summary['delivered_runs'].items())))
 
 # %%
-# The chain reads the recorded result; a failed gate stops it with this reason.
-display(Markdown(f"### Gate: {'PASSED' if result.passed else 'FAILED'}\n\n{result.reason}"))
+show_gate(result)  # the chain reads the recorded result; a failed gate stops it
