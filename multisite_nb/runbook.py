@@ -9,7 +9,7 @@ chain of phases left behind::
     artifacts/<phase>/...    long tables and other files the phases saved
     logs/chain.log           the runner's compact progress lines
     html/NN_<phase>.html     rendered notebooks, linked from index.html
-    index.html               the page to review (multisite_nb.report)
+    index.html               the page to review (multisite_nb.views.report)
 
 :func:`run_chain` executes ``notebooks/NN_<phase>.ipynb`` one after the other
 with papermill, passing ``run_dir`` and the given parameters, and stops at the
@@ -337,7 +337,7 @@ def run_chain(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from multisite_nb.report import render_index
+    from multisite_nb.views.report import render_index
 
     run_dir = Path(run_dir).resolve()  # papermill chdirs while executing
     notebooks_dir = Path(notebooks_dir).resolve()

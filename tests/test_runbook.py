@@ -17,7 +17,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from multisite_nb.report import render_index
+from multisite_nb.views.report import render_index
 from multisite_nb.results import (
     PhaseResult,
     load_result,
