@@ -147,7 +147,7 @@ def _draw_sky(campaign: Campaign, plan: PlacementPlan | None, butler: Butler, pa
         site = owner.get((rec.tract, rec.id)) or owner.get((rec.tract, None))
         xs, ys = zip(*polygon_lonlat(rec.region), strict=True)
         a = panel[rec.tract]
-        edge, width = (STATE_COLOURS[states[site]], 2.6) if site in states else ("grey", 0.6)
+        edge, width = (STATE_COLOURS[states[site]], 2.6) if site is not None and site in states else ("grey", 0.6)
         a.fill(xs, ys, color=colour.get(site, "#eeeeee") if site else "#eeeeee", alpha=0.45 if site else 0.5,
                lw=width, ec=edge)
         a.text(sum(xs[:-1]) / (len(xs) - 1), sum(ys[:-1]) / (len(ys) - 1), f"patch {rec.id}", ha="center",
@@ -170,16 +170,16 @@ def _draw_sky(campaign: Campaign, plan: PlacementPlan | None, butler: Butler, pa
     for tract, a in panel.items():  # zoom on the tract: its patches set the limits (visits elsewhere fall outside)
         verts = [polygon_lonlat(r.region) for r in butler.query_dimension_records(
             "tract", where=f"skymap = '{skymap}' AND tract = {tract}", limit=None, explain=False)]
-        xs = [x for v in verts for x, _ in v]
-        ys = [y for v in verts for _, y in v]
-        pad = 0.05 * max(max(xs) - min(xs), max(ys) - min(ys))
-        a.set_xlim(max(xs) + pad, min(xs) - pad)  # RA grows to the left
-        a.set_ylim(min(ys) - pad, max(ys) + pad)
-        a.set_aspect(1.0 / max(0.05, math.cos(math.radians((min(ys) + max(ys)) / 2))))
+        ras = [x for v in verts for x, _ in v]
+        decs = [y for v in verts for _, y in v]
+        pad = 0.05 * max(max(ras) - min(ras), max(decs) - min(decs))
+        a.set_xlim(max(ras) + pad, min(ras) - pad)  # RA grows to the left
+        a.set_ylim(min(decs) - pad, max(decs) + pad)
+        a.set_aspect(1.0 / max(0.05, math.cos(math.radians((min(decs) + max(decs)) / 2))))
         a.set_xlabel("RA [deg]", fontsize=8)
         a.tick_params(labelsize=7)
         site = max(owned[tract], key=owned[tract].__getitem__) if owned[tract] else None
-        if site in states:
+        if site is not None and site in states:
             state = states[site]
             a.set_title(f"tract {tract} · {site} {STATE_LABELS.get(state, state)}", fontsize=10,
                         fontweight="bold", color=STATE_COLOURS.get(state, "#1f2328"))
@@ -196,7 +196,8 @@ def _draw_sky(campaign: Campaign, plan: PlacementPlan | None, butler: Butler, pa
         if site in states:
             text.set_color(STATE_COLOURS[states[site]])
             text.set_fontweight("bold")
-    fig = axes[0].figure
+    fig = axes[0].get_figure(root=True)
+    assert fig is not None
     title = f"{campaign.name}: sky units by site" + (" and planned visits" if plan is not None else "")
     if states:
         c = campaign.central
@@ -273,6 +274,8 @@ def steps_figure(status: CampaignStatus) -> Figure:
 
 def progress_figure(history: Sequence[HistoryRow], status: CampaignStatus) -> Figure:
     """Files at each site over time (locks OK solid, replicating dashed, stuck red crosses)."""
+    import matplotlib.dates as mdates
+
     fig = _figure(7.2, 3.6)
     ax = fig.add_subplot()
     colours = site_colours(status.central, status.remote_sites)
@@ -290,7 +293,7 @@ def progress_figure(history: Sequence[HistoryRow], status: CampaignStatus) -> Fi
     markers = dict(zip(status.sites, "osD^vP*X", strict=False))
     for site, points in by_site.items():
         points.sort(key=lambda p: p[0])
-        xs = [p[0] for p in points]
+        xs = [float(mdates.date2num(p[0])) for p in points]
         ok = [p[1]["ok"] for p in points]
         rep = [p[1]["replicating"] for p in points]
         stuck = [p[1]["stuck"] for p in points]
@@ -308,13 +311,12 @@ def progress_figure(history: Sequence[HistoryRow], status: CampaignStatus) -> Fi
     if not drawn:
         _message(ax, "no transfers to any site yet")
         return fig
-    import matplotlib.dates as mdates
-
     times = [p[0] for points in by_site.values() for p in points]
     first, last = min(times), max(times)
     if last - first < timedelta(minutes=2):  # a few readings: a readable window, not ± years
         middle = first + (last - first) / 2
-        ax.set_xlim(middle - timedelta(minutes=1), middle + timedelta(minutes=1))  # type: ignore[arg-type]
+        ax.set_xlim(float(mdates.date2num(middle - timedelta(minutes=1))),
+                    float(mdates.date2num(middle + timedelta(minutes=1))))
     locator = mdates.AutoDateLocator(tz=UTC, minticks=3, maxticks=8)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))

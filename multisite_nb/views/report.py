@@ -127,10 +127,11 @@ def _phase_rows(run_dir: Path, record: RunRecord | None, results: dict[str, Phas
     flagged = _flagged_files(record)
     entries: list[PhaseRun] = list(record.phases) if record else []
     known = {e.phase for e in entries}
-    for name, res in results.items():  # results recorded outside the chain (e.g. by hand)
+    for name, found in results.items():  # results recorded outside the chain (e.g. by hand)
         if name not in known:
             nb = next((p.name for p in sorted(run_dir.glob(f"*_{name}.ipynb"))), None)
-            entries.append(PhaseRun(phase=name, notebook=nb, status=res.status, reason=res.reason))
+            entries.append(PhaseRun(phase=name, notebook=nb, status="pass" if found.passed else "fail",
+                                    reason=found.reason))
     rows = []
     for e in entries:
         res = results.get(e.phase)

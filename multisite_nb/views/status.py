@@ -93,9 +93,11 @@ def _err(exc: BaseException) -> str:
 
 
 def _int(value: object) -> int:
+    if not isinstance(value, (int, float, str)):
+        return 0
     try:
-        return max(int(value), 0)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+        return max(int(value), 0)
+    except ValueError:
         return 0
 
 
@@ -255,8 +257,8 @@ class CampaignStatus:
             "rucio_ok": self.rucio_ok, "rucio_error": self.rucio_error, "problems": list(self.problems),
         }
 
-    def to_json(self, **kwargs: object) -> str:
-        return json.dumps(self.to_dict(), default=str, **kwargs)  # type: ignore[arg-type]
+    def to_json(self, *, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), default=str, indent=indent)
 
 
 # -- reading the run folder ---------------------------------------------------------------
