@@ -29,6 +29,7 @@ from .style import (
     fmt_bytes,
     fmt_duration,
     fmt_time,
+    plural,
     site_colours,
     step_text_colour,
 )
@@ -45,16 +46,12 @@ __all__ = [
 ]
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 @functools.cache
 def environment() -> Environment:
     """The templates' environment (autoescaping, shared filters and colours)."""
     env = Environment(loader=PackageLoader("multisite_nb.views", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(fmt_bytes=fmt_bytes, fmt_duration=fmt_duration, fmt_time=fmt_time, plural=_plural,
+    env.filters.update(fmt_bytes=fmt_bytes, fmt_duration=fmt_duration, fmt_time=fmt_time, plural=plural,
                        basename=lambda p: Path(p).name)
     env.globals.update(STATES=STATES, STATE_COLOURS=STATE_COLOURS, STATE_LABELS=STATE_LABELS,
                        STATE_TINTS=STATE_TINTS, STEP_COLOURS=STEP_COLOURS, REPLICATING_COLOUR=REPLICATING_COLOUR,

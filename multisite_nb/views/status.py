@@ -53,6 +53,7 @@ from pydantic import ValidationError
 from ..config import Campaign
 from ..records import RuleRecord, RuleState, StepRecord, StepState
 from ..results import PHASE_NAME, PhaseResult, results_dir
+from .style import plural
 
 if TYPE_CHECKING:
     from ..rucio_ops import RucioOps
@@ -99,10 +100,6 @@ def _int(value: object) -> int:
         return max(int(value), 0)
     except ValueError:
         return 0
-
-
-def _plural(n: int, one: str, many: str | None = None) -> str:
-    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 # -- the model ----------------------------------------------------------------------------
@@ -453,12 +450,12 @@ def _step_issues(steps: Mapping[str, StepRecord]) -> list[Issue]:
     for st in steps.values():
         cause = str(st.first_failure) if st.first_failure else None
         if st.state is StepState.FAILED or st.failed:
-            what = f"{st.step}: {_plural(st.failed, 'failed quantum', 'failed quanta')}" if st.failed \
+            what = f"{st.step}: {plural(st.failed, 'failed quantum', 'failed quanta')}" if st.failed \
                 else f"{st.step} failed"
             issues.append(Issue("steps", what, cause))
     for st in steps.values():
         if st.state is StepState.STOPPED and not st.failed:
-            left = _plural(st.pending + st.running, "quantum", "quanta")
+            left = plural(st.pending + st.running, "quantum", "quanta")
             issues.append(Issue("steps", f"{st.step} stopped with {left} not run",
                                 str(st.first_failure) if st.first_failure else None))
     return issues
@@ -479,7 +476,7 @@ def site_state(s: SiteStatus) -> tuple[SiteState, str]:
         first = next((r for r in t.rules if r.state.bad), None)
         what = f"{t.stuck} rule{'s' if t.stuck > 1 else ''} {first.state if first else 'STUCK'} to {t.rse}"
         if first:
-            what += f" ({first.name}, {_plural(first.locks_stuck, 'file')} stuck)"
+            what += f" ({first.name}, {plural(first.locks_stuck, 'file')} stuck)"
         issues.append(Issue("rucio", what, t.stuck_reason))
     issues += _step_issues(s.steps)
     v = s.verification

@@ -23,6 +23,7 @@ __all__ = [
     "fmt_bytes",
     "fmt_duration",
     "fmt_time",
+    "plural",
     "site_colours",
     "step_text_colour",
 ]
@@ -87,3 +88,8 @@ def fmt_time(value: datetime | str | None) -> str:
     if isinstance(value, str):
         return value.replace("T", " ").replace("Z", " UTC")
     return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """``plural(1, "file")`` → ``"1 file"``; ``plural(2, "quantum", "quanta")`` → ``"2 quanta"``."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
