@@ -9,7 +9,7 @@ chain of phases left behind::
     artifacts/<phase>/...    long tables and other files the phases saved
     logs/chain.log           the runner's compact progress lines
     html/NN_<phase>.html     rendered notebooks, linked from index.html
-    index.html               the page to review (multisite_nb.report)
+    index.html               the page to review (multisite_nb.views.report)
 
 :func:`run_chain` executes ``notebooks/NN_<phase>.ipynb`` one after the other
 with papermill, passing ``run_dir`` and the given parameters, and stops at the
@@ -262,7 +262,7 @@ def _supersede(run_dir: Path, phase: str, notebook: str | None = None) -> None:
 
 
 def _render_index(run_dir: Path) -> Path:
-    from multisite_nb.report import render_index
+    from multisite_nb.views.report import render_index
 
     return render_index(run_dir)
 

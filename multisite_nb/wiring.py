@@ -23,7 +23,7 @@ from typing import Any, Literal
 from .config import Stage
 from .errors import ConfigError
 
-__all__ = ["Crossing", "Wiring", "derive_wiring", "load_pipeline_graph", "plot_wiring"]
+__all__ = ["Crossing", "Wiring", "derive_wiring", "load_pipeline_graph"]
 
 
 def load_pipeline_graph(path: str | Path, registry: Any = None):
@@ -166,42 +166,3 @@ def derive_wiring(graph: Any, stages: Sequence[Stage]) -> Wiring:
     kind_order = {"place": 0, "gather": 1, "redistribute": 2, "final": 3}
     crossings.sort(key=lambda c: (order[c.stage], kind_order[c.kind], c.dataset_type))
     return Wiring(list(stages), stage_of_task, tasks_of_step, crossings)
-
-
-def plot_wiring(wiring: Wiring, ax: Any = None):
-    """The step graph in execution order: site steps above, central steps below the site
-    boundary, and the dataset types that cross it written on the crossing arrows."""
-    import matplotlib.pyplot as plt
-
-    steps = [(st, step) for st in wiring.stages for step in st.steps]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(max(8, 1.3 * len(steps)), 4.2))
-    ypos = {"sites": 1.0, "central": 0.0}
-    xy = {}
-    for i, (st, step) in enumerate(steps):
-        x, y = float(i), ypos[st.where]
-        xy[step] = (x, y)
-        colour = "#cfe3f6" if st.where == "sites" else "#f8d9b0"
-        ax.add_patch(plt.Rectangle((x - 0.4, y - 0.16), 0.8, 0.32, fc=colour, ec="#444", lw=0.8))
-        ax.text(x, y + 0.03, step, ha="center", va="center", fontsize=9, weight="bold")
-        ax.text(x, y - 0.09, f"{len(wiring.tasks_of_step.get(step, []))} tasks", ha="center", va="center", fontsize=7)
-    for (a_st, a), (b_st, b) in zip(steps, steps[1:]):
-        (x0, y0), (x1, y1) = xy[a], xy[b]
-        crossing = a_st.where != b_st.where
-        ax.annotate("", xy=(x1 - 0.4, y1), xytext=(x0 + 0.4, y0),
-                    arrowprops=dict(arrowstyle="->", color="#c0392b" if crossing else "#555", lw=1.6 if crossing else 0.8))
-        if crossing:
-            kind = "gather" if b_st.where == "central" else "redistribute"
-            names = wiring.gathered_before(b_st.name) if kind == "gather" else wiring.redistributed_after(a_st.name)
-            left = kind == "gather"  # gather labels left of their arrow, redistribution right
-            ax.text((x0 + x1) / 2 + (-0.12 if left else 0.12), 0.5, f"{kind}:\n" + "\n".join(names), fontsize=7,
-                    color="#c0392b", ha="right" if left else "left", va="center",
-                    bbox=dict(fc="white", ec="none", alpha=0.85, pad=1.5))
-    ax.axhline(0.5, color="#c0392b", ls="--", lw=0.8)
-    ax.text(-0.45, 0.53, "site boundary", color="#c0392b", fontsize=8, va="bottom")
-    ax.text(-0.45, 1.25, "at every remote site", fontsize=8, color="#1f4e79")
-    ax.text(-0.45, -0.3, "at the central site", fontsize=8, color="#8a5a00")
-    ax.set_xlim(-0.6, len(steps) - 0.4)
-    ax.set_ylim(-0.4, 1.4)
-    ax.axis("off")
-    return ax

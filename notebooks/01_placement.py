@@ -63,7 +63,7 @@ pd.DataFrame([{'units': ', '.join(g.units), 'visits': len(g.visits), 'raws': g.r
 # ## Sky: sky units by site, planned visit footprints (dashed: boundary visits)
 
 # %%
-from multisite_nb.sky import plot_sky
+from multisite_nb.views.figures import plot_sky
 _ = plot_sky(campaign, plan)
 
 # %% [markdown]

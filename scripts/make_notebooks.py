@@ -78,7 +78,7 @@ NOTEBOOKS = {
                           "               'suggested site': g.site, 'campaign site': ', '.join(sorted({current[u] for u in g.units}))}\n"
                           "              for g in suggest_assignment(campaign)])"),
             new_markdown_cell("## Sky: sky units by site, planned visit footprints (dashed: boundary visits)"),
-            new_code_cell("from multisite_nb.sky import plot_sky\n_ = plot_sky(campaign, plan)"),
+            new_code_cell("from multisite_nb.views.figures import plot_sky\n_ = plot_sky(campaign, plan)"),
             new_markdown_cell("## Per-site manifest (first rows; the full CSVs are in the run folder)"),
             new_code_cell("for site in plan.sites:\n"
                           "    display(Markdown(f'**{site}**'))\n"
@@ -122,7 +122,8 @@ NOTEBOOKS = {
         "(only missing quanta run).",
         [
             new_markdown_cell("## What crosses the site boundary (derived from the pipeline graph)"),
-            new_code_cell("from multisite_nb.wiring import derive_wiring, load_pipeline_graph, plot_wiring\n"
+            new_code_cell("from multisite_nb.views.figures import plot_wiring\n"
+                          "from multisite_nb.wiring import derive_wiring, load_pipeline_graph\n"
                           "wiring = derive_wiring(load_pipeline_graph(campaign.pipeline_path), campaign.config.stages)\n"
                           "_ = plot_wiring(wiring)\n"
                           "pd.DataFrame(wiring.table())"),

@@ -27,13 +27,13 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
+# helpers shared with the dashboard tests (tests/ is on sys.path: no package, rootdir conftest)
+from test_dashboard import Cards, clean_env, prepare_run, stuck_rule
+
 from multisite_nb.config import Campaign, repo_root
 from multisite_nb.results import load_result
 from multisite_nb.runbook import run_chain
-from multisite_nb.site_status import collect
-
-# helpers shared with the dashboard tests (tests/ is on sys.path: no package, rootdir conftest)
-from test_dashboard import Cards, clean_env, prepare_run, stuck_rule
+from multisite_nb.views.status import collect
 
 pytestmark = [pytest.mark.slow, pytest.mark.world, pytest.mark.timeout(300)]
 

@@ -20,25 +20,24 @@ from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
-import nbformat
 import pytest
 import yaml
 
 from multisite_nb import phases
 from multisite_nb.config import Campaign, load_campaign, repo_root
-from multisite_nb.dashboard import (
+from multisite_nb.records import StepRecord, StepState
+from multisite_nb.results import PhaseResult, record_result
+from multisite_nb.runbook import new_run
+from multisite_nb.views.dashboard import (
     Dashboard,
     history_file,
     is_batch,
-    make_notebook,
     read_history,
     resolve_auto_refresh,
     resolve_run_dir,
-    snapshot_html,
 )
-from multisite_nb.results import PhaseResult, record_result
-from multisite_nb.runbook import new_run
-from multisite_nb.site_status import CampaignStatus, collect, normalise_step
+from multisite_nb.views.html import card_html, snapshot_html
+from multisite_nb.views.status import CampaignStatus, collect, read_steps
 
 pytestmark = [pytest.mark.world, pytest.mark.timeout(240)]
 
@@ -98,6 +97,11 @@ def stuck_rule(campaign: Campaign, site: str, timeout: float = 60) -> Iterator[s
                 ops.client.update_replication_rule(rule_id, {"lifetime": 0})
 
 
+def step(site: str, label: str, **fields: object) -> dict[str, object]:
+    """A ``summary.steps`` entry as the submission code writes it: a StepRecord dump."""
+    return StepRecord(site=site, step=label, **fields).model_dump(mode="json")  # type: ignore[arg-type]
+
+
 def wait_state(campaign: Campaign, run_dir: Path | None, site: str, want: str, timeout: float = 30) -> CampaignStatus:
     """Collect until ``site`` is in state ``want`` (or the timeout passes); return the last status."""
     deadline = time.monotonic() + timeout
@@ -109,18 +113,38 @@ def wait_state(campaign: Campaign, run_dir: Path | None, site: str, want: str, t
 
 
 class Cards(HTMLParser):
-    """``data-site`` → ``data-state`` of every card in a piece of HTML."""
+    """``data-site`` → ``data-state`` of every card in a piece of HTML (and each card's text)."""
 
     def __init__(self, text: str) -> None:
         super().__init__()
         self.states: dict[str, str] = {}
+        self.texts: dict[str, str] = {}
+        self._site: str | None = None
+        self._depth = 0
         self.feed(text)
+
+    @classmethod
+    def text_of(cls, text: str, site: str) -> str:
+        return cls(text).texts.get(site, "")
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
         if "data-site" in a and "data-state" in a:
             assert a["data-site"] not in self.states, f"two cards for {a['data-site']}"
             self.states[str(a["data-site"])] = str(a["data-state"])
+            self._site, self._depth = str(a["data-site"]), 0
+        if self._site is not None and tag not in ("br", "img"):
+            self._depth += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._site is not None and tag not in ("br", "img"):
+            self._depth -= 1
+            if self._depth == 0:
+                self._site = None
+
+    def handle_data(self, data: str) -> None:
+        if self._site is not None:
+            self.texts[self._site] = self.texts.get(self._site, "") + data
 
 
 def clean_env(env: dict[str, str]) -> dict[str, str]:
@@ -174,23 +198,25 @@ def test_run_dir_and_refresh_resolution(tmp_path: Path, campaign: Campaign) -> N
     assert resolve_auto_refresh(0.1, {}) == 2.0  # never a busy loop
 
 
-def test_steps_entries_are_read_tolerantly() -> None:
-    st = normalise_step("step1", {"succeeded": "12", "failed": 1, "failures": [
-        {"task": "isr", "data_id": {"exposure": 903334, "detector": 42}, "cause": "ValueError: bad"}, "plain text"]})
-    assert (st.state, st.succeeded, st.failed, st.total) == ("failed", 12, 1, 13)
-    assert st.failures[0].data_id == "exposure=903334, detector=42" and st.failures[1].cause == "plain text"
-    assert normalise_step("s", "done").state == "succeeded"
-    assert normalise_step("s", {"state": "queued", "queued": 4}).pending == 4
-    assert normalise_step("s", {"running": 2, "pending": 1}).state == "running"
-    assert normalise_step("s", {"state": "succeeded", "failed": 2}).state == "failed"  # failed quanta win
-    assert normalise_step("s", {}).state == "not_started"
-    assert normalise_step("s", 42).state == "unknown"
-    assert normalise_step("s", {"state": "weird"}).state == "unknown"
-    ok = normalise_step("s", {"state": "ok", "total": 18, "succeeded": 18, "failures": [{"task": None, "cause": "x"}]})
-    assert (ok.state, ok.total, ok.failures[0].task) == ("succeeded", 18, "?")
-    assert normalise_step("s", {"total": 10, "succeeded": 4}).total == 10
-    # multisite_nb.submit's words: ok / failed / partial (ended with quanta not run)
-    assert normalise_step("s", {"state": "partial", "succeeded": 4, "pending": 2}).state == "stopped"
+def test_step_records_are_read_as_written_and_anything_else_is_named() -> None:
+    """``summary.steps.<SITE>.<step>`` is a StepRecord dump; an entry that is not one is reported, not guessed at."""
+    failed = step("RAL", "step1", state="failed", total=13, succeeded=12, failed=1, failures=[
+        {"task": "isr", "data_id": {"exposure": 903334, "detector": 42}, "cause": "ValueError: bad"}])
+    results = {"submit_early": PhaseResult(phase="submit_early", passed=False, reason="RAL step1 failed", summary={
+        "steps": {"RAL": {"step1": failed},
+                  "LANCS": {"step1": {"state": "done", "succeeded": 4}},  # an old free-form entry
+                  "IN2P3": {"step1": step("RAL", "step1")}}})}  # a record filed under the wrong key
+    steps, problems = read_steps(results)
+    assert steps == {"RAL": {"step1": StepRecord.model_validate(failed)}}  # as written, nothing derived
+    rec = steps["RAL"]["step1"]
+    assert (rec.state, rec.succeeded, rec.failed, rec.total) == (StepState.FAILED, 12, 1, 13)
+    assert str(rec.first_failure) == "isr exposure=903334, detector=42: ValueError: bad"
+    by_site = {p.site: p for p in problems}
+    assert set(by_site) == {"LANCS", "IN2P3"}
+    lancs = by_site["LANCS"]
+    assert lancs.message == "results/submit_early.json: summary.steps.LANCS.step1 is not a step record"
+    assert "state: Input should be" in (lancs.cause or "") and "site: Field required" in (lancs.cause or "")
+    assert "record of RAL step1" in (by_site["IN2P3"].cause or "")
 
 
 # --------------------------------------------------------------------------- on the world
@@ -256,18 +282,20 @@ def test_stuck_rule_puts_the_site_in_trouble_with_the_reason(campaign: Campaign,
 
 
 def test_steps_results_drive_busy_and_trouble(campaign: Campaign, run_dir: Path, tmp_path: Path) -> None:
-    """The steps-summary contract as the submission phase writes it, plus junk it must survive."""
+    """Step records as the submission code writes them (StepRecord dumps), plus junk it must survive."""
     run = tmp_path / "run"
     shutil.copytree(run_dir / "results", run / "results")
     shutil.copytree(run_dir / "artifacts" / "placement", run / "artifacts" / "placement")
     record_result(run, PhaseResult(phase="submit_early", passed=False, reason="RAL step2a failed", summary={
         "steps": {
-            "IN2P3": {"step1": {"succeeded": 24}, "step2a": {"state": "running", "running": 2, "pending": 3}},
-            "RAL": {"step1": {"state": "succeeded", "succeeded": 24},
-                    "step2a": {"succeeded": 5, "failed": 1, "failures": [
+            "IN2P3": {"step1": step("IN2P3", "step1", state="succeeded", total=24, succeeded=24),
+                      "step2a": step("IN2P3", "step2a", state="running", total=5, running=2, pending=3)},
+            "RAL": {"step1": step("RAL", "step1", state="succeeded", total=24, succeeded=24),
+                    "step2a": step("RAL", "step2a", state="failed", total=6, succeeded=5, failed=1, failures=[
                         {"task": "consolidateVisitSummary", "data_id": {"visit": 903334},
-                         "cause": "FileNotFoundError: calexp missing"}]}},
-            "LANCS": {"step1": "done", "step2a": {"succeeded": 6}},
+                         "cause": "FileNotFoundError: calexp missing"}])},
+            "LANCS": {"step1": step("LANCS", "step1", state="succeeded", total=24, succeeded=24),
+                      "step2a": step("LANCS", "step2a", state="succeeded", total=6, succeeded=6)},
             "USDF": "not a mapping",
         }}))
     status = collect(campaign, run, butler=False)
@@ -277,17 +305,34 @@ def test_steps_results_drive_busy_and_trouble(campaign: Campaign, run_dir: Path,
     assert "consolidateVisitSummary" in (ral.last_error_cause or "") and "visit=903334" in ral.last_error_cause
     assert status.sites["LANCS"].state == "ok" and status.sites["LANCS"].steps["step1"].state == "succeeded"
     assert any("summary.steps.USDF" in p for p in status.problems)
+    assert status.sites["USDF"].state == "trouble"
+    # a valid record is shown as it is: its state on the chip, its quanta as written
+    page = snapshot_html(status)
+    assert 'data-step="step2a" data-step-state="running"' in card_html(status.sites["IN2P3"])
+    assert 'data-step="step2a" data-step-state="failed"' in card_html(status.sites["RAL"]) and "5/6" in page
 
-    # a step that ended with quanta not run (submit's "partial") is trouble, not busy
-    record_result(run, PhaseResult(phase="submit_late", passed=False, reason="LANCS step2d partial", summary={
-        "steps": {"LANCS": {"step2d": {"state": "partial", "total": 6, "succeeded": 4, "pending": 2}}}}))
+    # an entry that is not a step record puts its site in trouble, naming the file and the key
+    record_result(run, PhaseResult(phase="submit_odd", passed=False, reason="by hand", summary={
+        "steps": {"LANCS": {"step2b": {"state": "done", "succeeded": 6}}}}))
+    status = collect(campaign, run, butler=False)
+    lancs = status.sites["LANCS"]
+    assert lancs.state == "trouble"
+    assert lancs.last_error == "results/submit_odd.json: summary.steps.LANCS.step2b is not a step record"
+    assert "state: Input should be" in (lancs.last_error_cause or "")
+    assert "summary.steps.LANCS.step2b" in Cards.text_of(snapshot_html(status), "LANCS")
+    assert status.sites["IN2P3"].state == "busy"  # the other sites read as before
+    (run / "results" / "submit_odd.json").unlink()
+
+    # a step that ended with quanta not run is trouble, not busy
+    record_result(run, PhaseResult(phase="submit_late", passed=False, reason="LANCS step2d stopped", summary={
+        "steps": {"LANCS": {"step2d": step("LANCS", "step2d", state="stopped", total=6, succeeded=4, pending=2)}}}))
     lancs = collect(campaign, run, butler=False).sites["LANCS"]
     assert lancs.state == "trouble" and lancs.last_error == "step2d stopped with 2 quanta not run"
     (run / "results" / "submit_late.json").unlink()
 
     # a later result wins for the same site and step
     record_result(run, PhaseResult(phase="submit_retry", passed=True, reason="retried", summary={
-        "steps": {"RAL": {"step2a": {"succeeded": 6}}}}))
+        "steps": {"RAL": {"step2a": step("RAL", "step2a", state="succeeded", total=6, succeeded=6)}}}))
     status = collect(campaign, run, butler=False)
     assert status.sites["RAL"].steps["step2a"].state == "succeeded"
     assert status.sites["RAL"].steps["step1"].succeeded == 24
@@ -374,17 +419,6 @@ def test_live_widgets_and_background_refresh(campaign: Campaign, run_dir: Path) 
     assert dash.running
     Dashboard.stop_all()
     assert not dash.running
-
-
-def test_stored_notebook_is_the_generated_one() -> None:
-    stored = nbformat.read(NOTEBOOK, as_version=4)
-    assert stored.cells == make_notebook().cells, "run: .venv/bin/python -m multisite_nb.dashboard"
-    assert all(not c.get("outputs") and not c.get("execution_count") for c in stored.cells if c.cell_type == "code")
-    params = [c for c in stored.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1
-    for line in ('campaign_file = "parameters/campaign_3x3.yaml"', 'run_dir = ""', "auto_refresh_s = 0"):
-        assert line in params[0].source
-    assert "voila notebooks/00_dashboard.ipynb --no-browser --port" in stored.cells[0].source
 
 
 def test_nbval_runs_the_dashboard_notebook(world, run_dir: Path) -> None:

@@ -18,7 +18,6 @@ import nbformat
 import pandas as pd
 import pytest
 
-from multisite_nb.report import render_index
 from multisite_nb.results import (
     PhaseResult,
     load_result,
@@ -38,6 +37,7 @@ from multisite_nb.secrets import (
     redact_parameters,
     scan_for_secrets,
 )
+from multisite_nb.views.report import render_index
 
 NOTEBOOKS = Path(__file__).parent / "data" / "notebooks"
 SECRET = "Tr0ub4dor-and-3-horses"

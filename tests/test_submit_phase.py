@@ -40,7 +40,7 @@ def test_a_running_step_shows_on_the_dashboard(world, tmp_path) -> None:
     """While a phase runs, its result file says which step is running: the site reads 'busy'."""
     from multisite_nb.phases import _InFlight
     from multisite_nb.results import load_result, utcnow
-    from multisite_nb.site_status import collect
+    from multisite_nb.views.status import collect
 
     run_dir = tmp_path / "run"
     live = _InFlight(run_dir, "submit_early", utcnow(), {"stage": "early"})

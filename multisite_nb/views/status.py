@@ -1,0 +1,585 @@
+"""Where each site of a campaign stands, read from the real systems on every call.
+
+:func:`collect` answers one question per site (the central site and every remote site):
+*is it fine, busy, in trouble, or has nothing happened yet?*  It reads, each time it is
+called and without any cache:
+
+* **placement** — ``<run_dir>/results/placement.json``: ``summary["sites"][SITE]`` with
+  ``files``, ``bytes``, ``visits`` (what the plan sends there);
+* **transfers** — Rucio, live: every replication rule of the campaign scope whose RSE
+  expression names the site's RSE (:meth:`~multisite_nb.rucio_ops.RucioOps.list_rules`),
+  counted by state (OK / REPLICATING / STUCK), with their locks, and Rucio's reason for
+  STUCK rules; rules past their lifetime (Rucio's cleaner removes them soon) are left out;
+* **verification** — ``<run_dir>/results/verify.json``: ``summary["sites"][SITE]`` (``ok``,
+  ``planned`` and problem counts ``missing``/``corrupt``/``wrong``/``rule``); the first
+  problem of the site comes from ``artifacts/verify/problems.csv`` when present;
+* **steps** — every phase result whose summary has ``steps``: ``summary["steps"][SITE][step]``
+  is a :class:`~multisite_nb.records.StepRecord` as ``model_dump(mode="json")`` wrote it,
+  read back with ``StepRecord.model_validate``. An entry that does not validate is not
+  guessed at: it is an unreadable result naming the file, the key and pydantic's reason.
+  When several results describe the same site and step, the one that finished last wins;
+* **Butler** — the site's repository answers, and how many datasets its RUN collections hold.
+
+State rules (per site)
+----------------------
+* ``trouble`` — a rule to the site is STUCK or SUSPENDED; the site's verification failed;
+  a step failed or stopped with quanta not run; the site's Butler or Rucio cannot be read;
+  a result file cannot be read (every site: it may hide a failure) or one of the site's
+  step entries is not a step record.
+* ``busy`` — nothing is wrong, and a rule is replicating (or waiting) or a step is
+  pending or running.
+* ``ok`` — nothing is wrong, nothing is in flight, and something was done: a rule is OK,
+  the verification passed, or a step has succeeded quanta.
+* ``idle`` — none of the above yet (e.g. the central site before anything is gathered).
+
+Reading a system never raises: a failure becomes a ``trouble`` issue with its message.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import ValidationError
+
+from ..config import Campaign
+from ..records import RuleRecord, RuleState, StepRecord, StepState
+from ..results import PHASE_NAME, PhaseResult, results_dir
+from .style import plural
+
+if TYPE_CHECKING:
+    from ..rucio_ops import RucioOps
+
+__all__ = [
+    "STATES",
+    "ButlerHealth",
+    "CampaignStatus",
+    "Issue",
+    "Placement",
+    "SiteState",
+    "SiteStatus",
+    "StepProblem",
+    "Transfers",
+    "Verification",
+    "collect",
+    "read_steps",
+    "site_state",
+]
+
+SiteState = Literal["ok", "busy", "trouble", "idle"]
+#: Site states, most to least urgent.
+STATES: tuple[SiteState, ...] = ("trouble", "busy", "ok", "idle")
+_MAX_TEXT = 400
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _short(text: object, limit: int = _MAX_TEXT) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def _err(exc: BaseException) -> str:
+    return _short(f"{type(exc).__name__}: {exc}")
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, (int, float, str)):
+        return 0
+    try:
+        return max(int(value), 0)
+    except ValueError:
+        return 0
+
+
+# -- the model ----------------------------------------------------------------------------
+
+
+@dataclass
+class Issue:
+    """Something wrong at a site: where it was seen (rucio, butler, verify, steps, results), what, why."""
+
+    source: str
+    message: str
+    cause: str | None = None
+
+
+@dataclass
+class Placement:
+    """What the placement plan sends to the site."""
+
+    files: int
+    bytes: int
+    visits: int | None = None
+
+
+@dataclass
+class Transfers:
+    """Rules of the campaign scope that target the site's RSE (read live from Rucio)."""
+
+    rse: str
+    read: bool = False
+    ok: int = 0
+    replicating: int = 0
+    stuck: int = 0
+    other: int = 0
+    expired: int = 0  # rules past their lifetime, waiting for Rucio's cleaner: not counted above
+    locks_ok: int = 0
+    locks_replicating: int = 0
+    locks_stuck: int = 0
+    stuck_reason: str | None = None
+    error: str | None = None
+    rules: list[RuleRecord] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.replicating + self.stuck + self.other
+
+    @property
+    def files(self) -> int:
+        return self.locks_ok + self.locks_replicating + self.locks_stuck
+
+
+@dataclass
+class Verification:
+    """The site's line of ``results/verify.json``."""
+
+    ran: bool = False
+    ok: bool | None = None
+    planned: int | None = None
+    problems: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    first_problem: str | None = None
+    finished: str | None = None
+
+    @property
+    def kinds(self) -> str:
+        """``"2 missing, 1 corrupt"`` (or ``"problems"``)."""
+        return ", ".join(f"{n} {k}" for k, n in self.counts.items() if n) or "problems"
+
+
+@dataclass
+class ButlerHealth:
+    """Whether the site's Butler answers, and how much it holds."""
+
+    ok: bool | None = None
+    datasets: int | None = None
+    collections: int | None = None
+    error: str | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class SiteStatus:
+    """Everything the dashboard shows for one site."""
+
+    site: str
+    role: Literal["central", "remote"]
+    rse: str
+    compute_site: str
+    state: SiteState = "idle"
+    reason: str = ""
+    placement: Placement | None = None
+    transfers: Transfers | None = None
+    verification: Verification = field(default_factory=Verification)
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    site_steps: list[str] = field(default_factory=list)  # the steps that run at this site
+    butler: ButlerHealth = field(default_factory=ButlerHealth)
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def last_error(self) -> str | None:
+        """The most pressing error now (Rucio/Butler unreachable, STUCK, failed quanta, verification)."""
+        return self.issues[0].message if self.issues else None
+
+    @property
+    def last_error_cause(self) -> str | None:
+        return self.issues[0].cause if self.issues else None
+
+    @property
+    def step_labels(self) -> list[str]:
+        """The site's own steps, then any other step a result reported for it."""
+        return list(self.site_steps) + [st for st in self.steps if st not in self.site_steps]
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["steps"] = {k: rec.model_dump(mode="json") for k, rec in self.steps.items()}
+        if self.transfers is not None:
+            d["transfers"]["rules"] = [r.model_dump(mode="json") for r in self.transfers.rules]
+        d["last_error"] = self.last_error
+        d["last_error_cause"] = self.last_error_cause
+        return d
+
+
+@dataclass
+class CampaignStatus:
+    """One reading of every site of a campaign (JSON-able via :meth:`to_dict`)."""
+
+    campaign: str
+    central: str
+    run_dir: str | None
+    collected_at: str
+    seconds: float = 0.0
+    sites: dict[str, SiteStatus] = field(default_factory=dict)
+    steps: list[str] = field(default_factory=list)  # every step label, in stage order
+    phases: dict[str, PhaseResult] = field(default_factory=dict)  # every readable result, by phase
+    rucio_ok: bool | None = None
+    rucio_error: str | None = None
+    problems: list[str] = field(default_factory=list)  # campaign-level read problems
+
+    def states(self) -> dict[str, SiteState]:
+        """Site → state."""
+        return {s: st.state for s, st in self.sites.items()}
+
+    @property
+    def remote_sites(self) -> list[str]:
+        return [s for s in self.sites if s != self.central]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "campaign": self.campaign, "central": self.central, "run_dir": self.run_dir,
+            "collected_at": self.collected_at, "seconds": self.seconds, "steps": list(self.steps),
+            "phases": {k: r.model_dump(mode="json") for k, r in self.phases.items()},
+            "sites": {s: st.to_dict() for s, st in self.sites.items()},
+            "rucio_ok": self.rucio_ok, "rucio_error": self.rucio_error, "problems": list(self.problems),
+        }
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), default=str, indent=indent)
+
+
+# -- reading the run folder ---------------------------------------------------------------
+
+
+def _read_results(run_dir: Path | None) -> tuple[dict[str, PhaseResult], list[str]]:
+    """Phase name → result for every readable result; and the read problems."""
+    out: dict[str, PhaseResult] = {}
+    problems: list[str] = []
+    folder = results_dir(run_dir) if run_dir is not None else None
+    if folder is None or not folder.is_dir():
+        return out, problems
+    for path in sorted(folder.glob("*.json")):
+        if not PHASE_NAME.match(path.stem):
+            continue
+        try:
+            out[path.stem] = PhaseResult.model_validate_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            problems.append(f"cannot read results/{path.name}: {_short(exc, 200)}")
+    return out, problems
+
+
+@dataclass(frozen=True)
+class StepProblem:
+    """A ``summary.steps`` entry that is not a step record: which site (None: all), what, why."""
+
+    site: str | None
+    message: str
+    cause: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.message}: {self.cause}" if self.cause else self.message
+
+
+def _validation_reason(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    parts = [f"{'.'.join(str(x) for x in e['loc']) or 'entry'}: {e['msg']}" for e in errors[:3]]
+    if len(errors) > 3:
+        parts.append(f"{len(errors) - 3} more")
+    return _short("; ".join(parts))
+
+
+def read_steps(results: Mapping[str, PhaseResult]) -> tuple[dict[str, dict[str, StepRecord]], list[StepProblem]]:
+    """Site → step → :class:`StepRecord` from every result carrying ``summary["steps"]``.
+
+    Results are applied in the order they finished, so the latest wins per site and step.
+
+    Returns
+    -------
+    steps, problems
+        The records, and one :class:`StepProblem` per entry that is not a step record.
+    """
+    out: dict[str, dict[str, StepRecord]] = {}
+    problems: list[StepProblem] = []
+    for phase, res in sorted(results.items(), key=lambda kv: (kv[1].finished, kv[0])):
+        steps = res.summary.get("steps")
+        where = f"results/{phase}.json"
+        if steps is None:
+            continue
+        if not isinstance(steps, Mapping):
+            problems.append(StepProblem(None, f"{where}: summary.steps is not a mapping"))
+            continue
+        for site, per_step in steps.items():
+            if not isinstance(per_step, Mapping):
+                problems.append(StepProblem(site, f"{where}: summary.steps.{site} is not a mapping"))
+                continue
+            for step, entry in per_step.items():
+                key = f"summary.steps.{site}.{step}"
+                try:
+                    rec = StepRecord.model_validate(entry)
+                except ValidationError as exc:
+                    problems.append(StepProblem(site, f"{where}: {key} is not a step record",
+                                                _validation_reason(exc)))
+                    continue
+                if (rec.site, rec.step) != (site, step):
+                    problems.append(StepProblem(site, f"{where}: {key} is not a step record",
+                                                f"it is the record of {rec.site} {rec.step}"))
+                    continue
+                out.setdefault(site, {})[step] = rec
+    return out, problems
+
+
+def _first_problems(run_dir: Path) -> dict[str, str]:
+    """Site → its first verification problem, from ``artifacts/verify/problems.csv``."""
+    path = run_dir / "artifacts" / "verify" / "problems.csv"
+    out: dict[str, str] = {}
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                site = row.get("site") or ""
+                if site and site not in out:
+                    out[site] = _short(" ".join(
+                        x for x in (row.get("layer"), row.get("problem"), row.get("file"),
+                                    f"({row['detail']})" if row.get("detail") else "") if x), 300)
+    except (OSError, csv.Error):
+        pass
+    return out
+
+
+def _site_entry(result: PhaseResult | None, site: str) -> Mapping[str, object] | None:
+    """``summary["sites"][site]`` of a result, if it is a mapping."""
+    sites = result.summary.get("sites") if result is not None else None
+    entry = sites.get(site) if isinstance(sites, Mapping) else None
+    return entry if isinstance(entry, Mapping) else None
+
+
+def _placement(entry: Mapping[str, object] | None) -> Placement | None:
+    if entry is None:
+        return None
+    visits = entry.get("visits")
+    return Placement(files=_int(entry.get("files")), bytes=_int(entry.get("bytes")),
+                     visits=_int(visits) if visits is not None else None)
+
+
+def _verification(entry: Mapping[str, object] | None, first_problem: str | None, finished: str) -> Verification:
+    if entry is None:
+        return Verification()
+    counts = {k: _int(entry.get(k)) for k in ("missing", "corrupt", "wrong", "rule")}
+    ok = entry.get("ok")
+    planned = entry.get("planned")
+    return Verification(ran=True, ok=bool(ok) if ok is not None else not any(counts.values()),
+                        planned=_int(planned) if planned is not None else None, problems=sum(counts.values()),
+                        counts=counts, first_problem=first_problem, finished=finished)
+
+
+# -- reading the live systems ------------------------------------------------------------
+
+
+def _targets(expression: str, rse: str) -> bool:
+    """Whether a rule's RSE expression names ``rse`` (exactly, or as one term of it)."""
+    return expression == rse or rse in re.split(r"[|&\\()\s]+", expression)
+
+
+def _rucio_rules(campaign: Campaign) -> tuple[RucioOps, list[RuleRecord]]:
+    """The campaign's Rucio (its client's error logging silenced) and every rule of its scope."""
+    from ..rucio_ops import RucioOps
+
+    ops = RucioOps.for_campaign(campaign, quiet=True)
+    return ops, ops.list_rules()
+
+
+def _transfers(rse: str, ops: RucioOps, rules: list[RuleRecord]) -> Transfers:
+    t = Transfers(rse=rse, read=True)
+    explained = 0
+    now = datetime.now(UTC)
+    for r in rules:
+        if not _targets(r.rse_expression, rse):
+            continue
+        if r.expired(now):
+            t.expired += 1
+            continue
+        if r.state.bad and not r.error and explained < 3:
+            explained += 1
+            r = r.model_copy(update={"error": _short(ops.stuck_reason(r.id))})
+        t.rules.append(r)
+        t.locks_ok += r.locks_ok
+        t.locks_replicating += r.locks_replicating
+        t.locks_stuck += r.locks_stuck
+        if r.state is RuleState.OK:
+            t.ok += 1
+        elif r.state.in_flight:
+            t.replicating += 1
+        elif r.state.bad:
+            t.stuck += 1
+            if t.stuck_reason is None:
+                t.stuck_reason = r.error or str(r.state)
+        else:
+            t.other += 1
+    t.rules.sort(key=lambda x: (x.state is not RuleState.STUCK, x.state is not RuleState.REPLICATING, x.name))
+    return t
+
+
+def _butler_health(repo: str) -> ButlerHealth:
+    """Open the repository read-only; count the datasets in its RUN collections."""
+    from ..butler_ops import count_datasets, open_butler
+
+    t0 = time.monotonic()
+    try:
+        with open_butler(repo) as butler:
+            collections = len(butler.collections.query("*"))
+            datasets = count_datasets(butler)
+        return ButlerHealth(ok=True, datasets=datasets, collections=collections, seconds=time.monotonic() - t0)
+    except Exception as exc:  # a status report never raises
+        return ButlerHealth(ok=False, error=_err(exc), seconds=time.monotonic() - t0)
+
+
+# -- judging ----------------------------------------------------------------------------
+
+
+def _step_issues(steps: Mapping[str, StepRecord]) -> list[Issue]:
+    issues = []
+    for st in steps.values():
+        cause = str(st.first_failure) if st.first_failure else None
+        if st.state is StepState.FAILED or st.failed:
+            what = f"{st.step}: {plural(st.failed, 'failed quantum', 'failed quanta')}" if st.failed \
+                else f"{st.step} failed"
+            issues.append(Issue("steps", what, cause))
+    for st in steps.values():
+        if st.state is StepState.STOPPED and not st.failed:
+            left = plural(st.pending + st.running, "quantum", "quanta")
+            issues.append(Issue("steps", f"{st.step} stopped with {left} not run",
+                                str(st.first_failure) if st.first_failure else None))
+    return issues
+
+
+def site_state(s: SiteStatus) -> tuple[SiteState, str]:
+    """The site's state and a one-line reason, by the rules in the module docstring.
+
+    Fills ``s.issues`` (most pressing first) as a side effect.
+    """
+    issues: list[Issue] = []
+    t = s.transfers
+    if t is not None and not t.read:
+        issues.append(Issue("rucio", "Rucio cannot be read", t.error))
+    if s.butler.ok is False:
+        issues.append(Issue("butler", f"Butler repository of {s.site} does not answer", s.butler.error))
+    if t is not None and t.stuck:
+        first = next((r for r in t.rules if r.state.bad), None)
+        what = f"{t.stuck} rule{'s' if t.stuck > 1 else ''} {first.state if first else 'STUCK'} to {t.rse}"
+        if first:
+            what += f" ({first.name}, {plural(first.locks_stuck, 'file')} stuck)"
+        issues.append(Issue("rucio", what, t.stuck_reason))
+    issues += _step_issues(s.steps)
+    v = s.verification
+    if v.ran and v.ok is False:
+        issues.append(Issue("verify", f"verification failed: {v.kinds}", v.first_problem))
+    s.issues = issues + [i for i in s.issues if i not in issues]  # keep read problems added earlier
+    if s.issues:
+        return "trouble", s.issues[0].message
+    busy = []
+    if t is not None and t.replicating:
+        busy.append(f"{t.replicating} rule{'s' if t.replicating > 1 else ''} replicating "
+                    f"({t.locks_ok}/{t.locks_ok + t.locks_replicating} files)")
+    flying = [st for st in s.steps.values() if st.state.in_flight]
+    if flying:
+        busy.append(f"{', '.join(st.step for st in flying)}: {sum(st.running for st in flying)} running, "
+                    f"{sum(st.pending for st in flying)} pending")
+    if busy:
+        return "busy", "; ".join(busy)
+    done = []
+    if t is not None and t.ok:
+        done.append(f"{t.ok} rule{'s' if t.ok > 1 else ''} OK")
+    if v.ran and v.ok:
+        done.append("verified")
+    succeeded = [st.step for st in s.steps.values() if st.state is StepState.SUCCEEDED or st.succeeded]
+    if succeeded:
+        done.append(f"{len(succeeded)} step{'s' if len(succeeded) > 1 else ''} done")
+    if done:
+        return "ok", ", ".join(done)
+    return "idle", "nothing yet"
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bool = True) -> CampaignStatus:
+    """Read every site's status now, from the run folder and the live systems.
+
+    Parameters
+    ----------
+    campaign
+        The campaign.
+    run_dir
+        Its run folder (phase results); ``None``: live systems only.
+    butler
+        Also check each site's Butler (a few tenths of a second per site here).
+
+    Returns
+    -------
+    CampaignStatus
+        Never raises for a system that cannot be read: that site is in ``trouble``.
+    """
+    t0 = time.monotonic()
+    run = Path(run_dir).resolve() if run_dir else None
+    status = CampaignStatus(campaign=campaign.name, central=campaign.central,
+                            run_dir=str(run) if run else None, collected_at=_now())
+    status.steps = [st for stage in campaign.config.stages for st in stage.steps]
+
+    with ThreadPoolExecutor(max_workers=1 + len(campaign.all_sites)) as pool:
+        rucio_f = pool.submit(_rucio_rules, campaign)
+        butler_f = {s: pool.submit(_butler_health, campaign.butler_repo(s)) for s in campaign.all_sites} \
+            if butler else {}
+
+        results, problems = _read_results(run)
+        status.problems.extend(problems)
+        status.phases = results
+        steps, step_problems = read_steps(results)
+        status.problems.extend(str(p) for p in step_problems)
+        ver = results.get("verify")
+        first_problem = _first_problems(run) if run and ver and not ver.passed else {}
+
+        try:
+            ops, rules = rucio_f.result()
+            status.rucio_ok = True
+        except Exception as exc:
+            ops, rules = None, []
+            status.rucio_ok, status.rucio_error = False, _err(exc)
+
+        for site in campaign.all_sites:
+            spec = campaign.site(site)
+            central = site == campaign.central
+            s = SiteStatus(
+                site=site, role="central" if central else "remote", rse=spec.rse, compute_site=spec.compute_site,
+                site_steps=[st for stage in campaign.config.stages
+                            if (stage.where == "central") == central for st in stage.steps],
+            )
+            s.placement = _placement(_site_entry(results.get("placement"), site))
+            if ops is not None:
+                try:
+                    s.transfers = _transfers(spec.rse, ops, rules)
+                except Exception as exc:
+                    s.transfers = Transfers(rse=spec.rse, read=False, error=_err(exc))
+            else:
+                s.transfers = Transfers(rse=spec.rse, read=False, error=status.rucio_error)
+            if ver is not None:
+                s.verification = _verification(_site_entry(ver, site), first_problem.get(site), _iso(ver.finished))
+            s.steps = steps.get(site, {})
+            if site in butler_f:
+                s.butler = butler_f[site].result()
+            # a result that cannot be read may hide a failure: the sites it may concern are in trouble
+            s.issues = [Issue("results", msg) for msg in problems] + [
+                Issue("results", p.message, p.cause) for p in step_problems if p.site in (None, site)]
+            s.state, s.reason = site_state(s)
+            status.sites[site] = s
+    status.seconds = round(time.monotonic() - t0, 3)
+    return status
