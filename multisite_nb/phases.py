@@ -395,3 +395,15 @@ def qa(campaign: Campaign | str | Path, run_dir: str | Path, *, validation_set: 
                          artifacts=artifacts)
     record_result(run_dir, result)
     return result, report
+
+
+def dashboard(campaign: Campaign | str | Path, run_dir: str | Path, view: Any = None) -> PhaseResult:
+    """The chain's last page: where every site stands, recorded as ``results/dashboard.json``.
+
+    ``view`` is a :class:`~multisite_nb.views.dashboard.Dashboard` already showing (its last
+    reading is recorded); without one, a reading is taken now.
+    """
+    from .views.dashboard import Dashboard
+
+    view = view or Dashboard(_campaign(campaign), run_dir)
+    return view.record_snapshot(run_dir)
