@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REFERENCE",
+    "lock_collection",
     "logs_dir",
     "made_at",
     "placement_dataset",
@@ -65,6 +66,11 @@ def reference_chain(campaign: Campaign) -> str:
 def reference_run(campaign: Campaign, step: str) -> str:
     """``P/reference/T``: the reference's RUN collection of step ``T``."""
     return f"{reference_chain(campaign)}/{step}"
+
+
+def lock_collection(campaign: Campaign) -> str:
+    """``P/operator-lock``: the campaign's one-operator lock, in the central repository."""
+    return f"{campaign.output_prefix}/operator-lock"
 
 
 def made_at(campaign: Campaign, site: str, run: str) -> bool:

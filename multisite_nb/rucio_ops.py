@@ -223,17 +223,44 @@ class RucioOps:
             return False
 
     def add_replicas(self, rse: str, files: Sequence[FileDid]) -> int:
-        """Register files as replicas on ``rse`` (bulk, chunked). Already registered ones are skipped."""
-        have = self.existing_file_replicas(rse, [f.name for f in files])
-        todo = [f for f in files if f.name not in have]
+        """Register files as replicas on ``rse`` (bulk, chunked); returns how many were new.
+
+        A file already registered (by an earlier run, or another operator at the same moment)
+        is "already there" once its size and adler32 are checked to match.
+
+        Raises
+        ------
+        RucioError
+            If a registered file has another size or checksum than ``files`` says.
+        """
+        from rucio.common.exception import Duplicate, RucioException
+
+        todo = self._unregistered(rse, files)
         for part in chunked(todo):
-            self.client.add_replicas(rse=rse, files=[
-                {"scope": self.scope, "name": f.name, "bytes": f.bytes, "adler32": f.adler32} for f in part])
+            try:
+                self.client.add_replicas(rse=rse, files=[
+                    {"scope": self.scope, "name": f.name, "bytes": f.bytes, "adler32": f.adler32} for f in part])
+            except (Duplicate, RucioException) as exc:  # registered meanwhile: check, then it is there
+                if self._unregistered(rse, part):
+                    raise RucioError(f"add_replicas on {rse} failed: {type(exc).__name__}: {exc}") from exc
         return len(todo)
+
+    def _unregistered(self, rse: str, files: Sequence[FileDid]) -> list[FileDid]:
+        """The files with no replica on ``rse``; those with one must match in size and adler32."""
+        found = self._replicas([f.name for f in files], rse)
+        todo = []
+        for f in files:
+            have = found.get(f.name)
+            if have is None:
+                todo.append(f)
+            elif (have.get("bytes"), have.get("adler32")) != (f.bytes, f.adler32):
+                raise RucioError(f"{self.scope}:{f.name} is registered on {rse} with {have.get('bytes')} bytes, "
+                                 f"adler32 {have.get('adler32')}; this run has {f.bytes} bytes, adler32 {f.adler32}")
+        return todo
 
     def existing_file_replicas(self, rse: str, names: Sequence[str]) -> set[str]:
         """Names (of ``names``) that have a replica (any state) on ``rse``."""
-        return set(self.file_replica_states(names, rse))
+        return set(self._replicas(names, rse))
 
     def set_metadata(self, files: Sequence[FileDid]) -> None:
         """Attach each file's DID metadata (``rubin_butler``, ``rubin_sidecar``) in bulk."""
@@ -251,10 +278,18 @@ class RucioOps:
 
     def attach(self, dataset: str, names: Sequence[str]) -> int:
         """Attach files to a dataset; files already in it are skipped. Returns how many were new."""
+        from rucio.common.exception import DuplicateContent, FileAlreadyExists
+
         present = {f["name"] for f in self.client.list_files(self.scope, dataset)}
         todo = [n for n in names if n not in present]
         for part in chunked(todo):
-            self.client.attach_dids(self.scope, dataset, self._dids(part))
+            try:
+                self.client.attach_dids(self.scope, dataset, self._dids(part))
+            except (DuplicateContent, FileAlreadyExists):  # attached meanwhile (another operator): check
+                now = {f["name"] for f in self.client.list_files(self.scope, dataset)}
+                if missing := [n for n in part if n not in now]:
+                    raise RucioError(f"{self.scope}:{dataset}: could not attach {len(missing)} files, "
+                                     f"first {missing[0]}") from None
         return len(todo)
 
     def close_dataset(self, name: str) -> None:
@@ -277,12 +312,20 @@ class RucioOps:
     def ensure_rule(self, dataset: str, rse: str, *, lifetime_s: int | None, activity: str,
                     comment: str) -> tuple[str, bool]:
         """A rule for ``dataset`` on ``rse``; created unless one exists. Returns (id, created)."""
+        from rucio.common.exception import DuplicateRule
+
         existing = self.find_rule(dataset, rse)
         if existing:
             return existing, False
-        ids = self.client.add_replication_rule(
-            dids=self._dids([dataset]), copies=1, rse_expression=rse, lifetime=lifetime_s,
-            activity=activity, comment=comment, grouping="DATASET", asynchronous=False)
+        try:
+            ids = self.client.add_replication_rule(
+                dids=self._dids([dataset]), copies=1, rse_expression=rse, lifetime=lifetime_s,
+                activity=activity, comment=comment, grouping="DATASET", asynchronous=False)
+        except DuplicateRule:  # made meanwhile (another operator): it is the rule asked for
+            existing = self.find_rule(dataset, rse)
+            if existing is None:
+                raise
+            return existing, False
         return str(ids[0]), True
 
     def rule(self, rule_id: str) -> RuleRecord:
@@ -317,21 +360,25 @@ class RucioOps:
         return out
 
     def file_replica_states(self, names: Sequence[str], rse: str) -> dict[str, str]:
-        """Per file name: its replica state on ``rse`` (``AVAILABLE``, ``COPYING``, ...), missing if none.
+        """Per file name: its replica state on ``rse`` (``AVAILABLE``, ``COPYING``, ...), missing if none."""
+        return {name: str(rep["state"]) for name, rep in self._replicas(names, rse).items()}
+
+    def _replicas(self, names: Sequence[str], rse: str) -> dict[str, dict[str, Any]]:
+        """Per file name with a replica on ``rse``: its ``state``, ``bytes`` and ``adler32``.
 
         ``list_replicas`` skips unknown DIDs, and raises ``DataIdentifierNotFound`` only when
         none of a call's DIDs exists: then none of that chunk has a replica.
         """
         from rucio.common.exception import DataIdentifierNotFound
 
-        states: dict[str, str] = {}
+        out: dict[str, dict[str, Any]] = {}
         for part in chunked(list(names), DID_LIMIT):
             try:
                 for rep in self.client.list_replicas(self._dids(part), all_states=True, rse_expression=rse,
                                                      sort="random"):
                     st = (rep.get("states") or {}).get(rse)
                     if st is not None:
-                        states[rep["name"]] = str(st)
+                        out[rep["name"]] = {"state": st, "bytes": rep.get("bytes"), "adler32": rep.get("adler32")}
             except DataIdentifierNotFound:
                 continue
-        return states
+        return out
