@@ -296,12 +296,13 @@ def ingest_shipment(
 ) -> None:
     """Import the records, then ingest the arrived files in place with the sidecars' UUIDs."""
     from lsst.daf.butler import CollectionType, DatasetRef, FileDataset
+    from lsst.daf.butler.registry import ConflictingDefinitionError
 
     root = Path(_rse_root(campaign, shipment.dest))
     t0 = time.monotonic()
     if outcome.records_file:
         dest_butler.import_(filename=str(root / outcome.records_file), skip_dimensions=None)
-    present = {str(r.id) for r in dest_butler.get_many_datasets([f.id for f in shipment.files])}
+    present = _present(dest_butler, shipment.files, shipment)
     todo = [f for f in shipment.files if f.id not in present]
     outcome.already_present = len(shipment.files) - len(todo)
     if not todo:
@@ -324,9 +325,28 @@ def ingest_shipment(
         dest_butler.collections.register(run, CollectionType.RUN)
         for dt in {fd.refs[0].datasetType for fd in datasets}:
             dest_butler.registry.registerDatasetType(dt)
-        dest_butler.ingest(*datasets, transfer=None)
-        outcome.ingested += len(datasets)
+        try:
+            dest_butler.ingest(*datasets, transfer=None)
+            outcome.ingested += len(datasets)
+        except ConflictingDefinitionError:  # another operator ingested them meanwhile: check they are ours
+            ids = [str(fd.refs[0].id) for fd in datasets]
+            there = _present(dest_butler, [f for f in todo if f.id in set(ids)], shipment)
+            if len(there) != len(ids):
+                raise
+            outcome.already_present += len(ids)
     outcome.seconds["ingest"] = time.monotonic() - t0
+
+
+def _present(butler: Any, files: Sequence[PlannedFile], shipment: Shipment) -> set[str]:
+    """Ids of ``files`` the Butler holds already, each checked to be the planned dataset (type and RUN)."""
+    planned = {f.id: f for f in files}
+    found = butler.get_many_datasets(list(planned))
+    for ref in found:
+        f = planned[str(ref.id)]
+        if ref.run != f.run or ref.datasetType.name != f.dataset_type:
+            raise PlanError(f"{shipment.name}: dataset {f.id} is at {shipment.dest} as {ref.datasetType.name} in "
+                            f"{ref.run}, the plan says {f.dataset_type} in {f.run}")
+    return {str(r.id) for r in found}
 
 
 def place_data(
