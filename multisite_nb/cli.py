@@ -182,5 +182,47 @@ def campaign_cmd(params: str, world_dir: str | None, runs_root: str | None, down
     click.echo(f"verdict:            {'PASS' if qa and qa.passed else 'FAIL'}: {qa.reason if qa else 'no QA result'}")
 
 
+def _run_campaign(run_dir: Path, params: str | None, world_dir: str | None):
+    """The campaign a run folder was made for (``run.json``'s parameters), or ``--params``."""
+    from .config import load_campaign
+    from .results import load_run_record
+
+    if world_dir:
+        os.environ["MSNB_WORLD"] = str(Path(world_dir).resolve())
+    if not params:
+        record = load_run_record(run_dir) if (run_dir / "run.json").is_file() else None
+        params = str(record.parameters.get("campaign_file") or "") if record else ""
+        if not params:
+            raise click.ClickException(f"{run_dir}: no run.json naming its campaign file: give --params")
+    try:
+        return load_campaign(params)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command("repair")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--world", "world_dir", default=None, help="World folder (sets $MSNB_WORLD).")
+@click.option("--params", default=None, help="Campaign file (default: the one the run was made with).")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for Rucio's re-replication.")
+def repair_cmd(run_dir: str, world_dir: str | None, params: str | None, timeout: float) -> None:
+    """Repair what verification found in a run's placement (declare bad, retry, re-ingest), then verify."""
+    from .repair import repair
+
+    folder = Path(run_dir).resolve()
+    campaign = _run_campaign(folder, params, world_dir)
+    try:
+        result, actions, _ = repair(campaign, folder, timeout_s=timeout, log=click.echo)
+    except MsnbError as exc:
+        raise click.ClickException(str(exc)) from None
+    for a in actions[:50]:
+        click.echo(f"  {a.site:6s} {a.action:15s} {a.what}  {a.detail}")
+    if len(actions) > 50:
+        click.echo(f"  ... {len(actions) - 50} more (results/repair.json)")
+    click.echo(f"repair: {'PASS' if result.passed else 'FAIL'}: {result.reason}")
+    if not result.passed:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -339,6 +339,18 @@ class RucioOps:
         """Every rule of the scope (one call)."""
         return [RuleRecord.from_rucio(r) for r in self.client.list_replication_rules(filters={"scope": self.scope})]
 
+    def retry_rule(self, rule_id: str) -> None:
+        """Retry a STUCK rule's stuck locks now (Rucio's ``boost_rule``)."""
+        self.client.update_replication_rule(rule_id, {"boost_rule": True})
+
+    def declare_bad(self, names: Sequence[str], rse: str, reason: str) -> None:
+        """Declare replicas on ``rse`` bad: Rucio re-replicates each from a good copy (or marks it lost)."""
+        for part in chunked(list(names), DID_LIMIT):
+            unknown = self.client.declare_bad_file_replicas(
+                [{"scope": self.scope, "name": n, "rse": rse} for n in part], reason)
+            if unknown:
+                raise RucioError(f"Rucio did not take these bad replicas on {rse}: {unknown}")
+
     def stuck_reason(self, rule_id: str) -> str:
         """Rucio's own account of why a rule is stuck (``examine_replication_rule``)."""
         try:

@@ -356,6 +356,7 @@ def place_data(
     progress: bool = True,
     timeout_s: float = 900,
     log: Callable[[str], None] = print,
+    sites: Sequence[str] | None = None,
 ) -> list[ShipmentOutcome]:
     """Phase 2: one shipment per remote site from the central site, then the sites' collections.
 
@@ -363,6 +364,8 @@ def place_data(
     ----------
     plan
         The ``PlacementPlan`` of phase 1.
+    sites
+        Only these remote sites (default: all).
     """
     from .butler_ops import open_butler
 
@@ -382,7 +385,7 @@ def place_data(
                 "instrument": {campaign.config.instrument},
             },
         )
-        for site in campaign.remote_sites
+        for site in (sites or campaign.remote_sites)
     ]
     outcomes = run_shipments(campaign, shipments, progress=progress, timeout_s=timeout_s, log=log)
     for o in outcomes:

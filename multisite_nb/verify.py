@@ -136,11 +136,12 @@ def verify_shipments(
     return [verify_site(campaign, ops, site, files, ds, checksums=checksums) for site, ds, files in groups]
 
 
-def verify_placement(campaign: Campaign, plan: Any, *, checksums: bool = True) -> list[SiteReport]:
-    """Phase 3 for the placement of phase 1/2."""
+def verify_placement(campaign: Campaign, plan: Any, *, checksums: bool = True,
+                     sites: Sequence[str] | None = None) -> list[SiteReport]:
+    """Phase 3 for the placement of phase 1/2 (``sites``: only these remote sites)."""
     from .naming import placement_dataset
 
-    groups = [(s, placement_dataset(campaign, s), plan.site_files(s)) for s in campaign.remote_sites]
+    groups = [(s, placement_dataset(campaign, s), plan.site_files(s)) for s in (sites or campaign.remote_sites)]
     return verify_shipments(campaign, groups, checksums=checksums)
 
 

@@ -8,8 +8,10 @@ conveyor daemons of ``site_services.py``:
   destination's parent directories, streams the source into a hidden temporary file next to
   the destination while computing adler32, checks size and adler32 against the catalogue
   (the request's ``bytes``/``adler32``), and renames the temporary file into place. A missing
-  source, a size or checksum mismatch, or an existing different destination file (without the
-  request's ``overwrite`` attribute) fails that file with an FTS-like reason. The outcome of
+  source or a size or checksum mismatch fails that file with an FTS-like reason. An existing
+  destination with the right size and adler32 is kept; one that differs (e.g. a replica
+  declared bad) is replaced only after the new copy checked out, as FTS overwrites on disk
+  RSEs — unless the destination RSE has the attribute ``overwrite = False``. The outcome of
   every file is written to a job file ``<job_dir>/<job id>.json``.
 * ``bulk_query`` reads the job files back as status reports, so the poller moves requests to
   DONE or FAILED with ``err_msg`` (``RequestErrMsg.TRANSFER_FAILED:<reason>``) exactly as with
@@ -137,6 +139,16 @@ def copy_file(src: str, dst: str, size: Optional[int], adler32: Optional[str],
     return None
 
 
+def _overwrite(transfer: DirectTransfer) -> bool:
+    """FTS's rule for disk RSEs: overwrite unless the destination RSE says ``overwrite = False``.
+
+    (The copy is checked against the catalogue before it replaces anything.)
+    """
+    if transfer.rws.attributes.get("overwrite"):
+        return True
+    return str(transfer.dst.rse.attributes.get("overwrite", True)).lower() not in ("false", "0", "no")
+
+
 class PosixTransferStatusReport(TransferStatusReport):
     """The outcome of one file of a posix job, as the poller expects it."""
 
@@ -225,7 +237,7 @@ class PosixTransfertool(Transfertool):
             started = time.time()
             try:
                 reason = copy_file(url_to_path(src_url), url_to_path(dst_url), rws.byte_count, rws.adler32,
-                                   overwrite=bool(rws.attributes.get("overwrite")))
+                                   overwrite=_overwrite(transfer))
             except Exception as exc:  # noqa: BLE001 - any error is a failed transfer, never a crash
                 reason = f"TRANSFER {type(exc).__name__}: {exc}"
             records[rws.request_id] = {

@@ -14,6 +14,8 @@ only where the database says there is work:
   happens at submission), conveyor-poller (job outcome -> request DONE/FAILED), and
   conveyor-finisher (replicas AVAILABLE, locks and rules OK; failures retried, then STUCK);
 * abacus account, rse and collection-replica (usage counters, ``list_dataset_replicas``);
+* necromancer (replicas declared bad: the rules' locks get new transfers from a good copy, or
+  the replica is marked lost when there is none);
 * every ``--slow-period`` seconds: judge-repairer, judge-cleaner, and pruning of old
   transfertool job files and undelivered hermes messages (no broker here).
 
@@ -51,11 +53,12 @@ from rucio.core.topology import ExpiringObjectCache, Topology  # noqa: E402
 from rucio.daemons.abacus import account as abacus_account  # noqa: E402
 from rucio.daemons.abacus import collection_replica as abacus_collection_replica  # noqa: E402
 from rucio.daemons.abacus import rse as abacus_rse  # noqa: E402
+from rucio.daemons.badreplicas import necromancer  # noqa: E402
 from rucio.daemons.common import HeartbeatHandler  # noqa: E402
 from rucio.daemons.conveyor import finisher, poller, submitter  # noqa: E402
 from rucio.daemons.judge import cleaner, evaluator, injector, repairer  # noqa: E402
 from rucio.db.sqla import models  # noqa: E402
-from rucio.db.sqla.constants import RequestState, RequestType, RuleState  # noqa: E402
+from rucio.db.sqla.constants import ReplicaState, RequestState, RequestType, RuleState  # noqa: E402
 from rucio.db.sqla.session import get_session  # noqa: E402
 
 LOG = logging.getLogger("site_services")
@@ -64,7 +67,7 @@ STOP = threading.Event()
 _DAEMON_STOP_EVENTS = [submitter.GRACEFUL_STOP, poller.GRACEFUL_STOP, finisher.GRACEFUL_STOP,
                        evaluator.graceful_stop, repairer.graceful_stop, injector.graceful_stop,
                        cleaner.graceful_stop, abacus_account.graceful_stop, abacus_rse.graceful_stop,
-                       abacus_collection_replica.graceful_stop]
+                       abacus_collection_replica.graceful_stop, necromancer.graceful_stop]
 
 FINISHER_STATES = [RequestState.DONE, RequestState.FAILED, RequestState.LOST, RequestState.SUBMISSION_FAILED,
                    RequestState.NO_SOURCES, RequestState.ONLY_TAPE_SOURCES, RequestState.MISMATCH_SCHEME]
@@ -94,6 +97,7 @@ def probe() -> dict[str, bool]:
             "abacus_account": exists().where(models.UpdatedAccountCounter.id.isnot(None)),
             "abacus_rse": exists().where(models.UpdatedRSECounter.id.isnot(None)),
             "abacus_collection": exists().where(models.UpdatedCollectionReplica.id.isnot(None)),
+            "necromancer": exists().where(models.RSEFileAssociation.state == ReplicaState.BAD),
         }
         _PROBE = (list(queries), select(*queries.values()))
     names, stmt = _PROBE
@@ -210,6 +214,8 @@ class SiteServices:
             ("abacus_rse", lambda: abacus_rse.run_once(heartbeat_handler=self.heartbeat("abacus-rse"))),
             ("abacus_collection", lambda: abacus_collection_replica.run_once(
                 heartbeat_handler=self.heartbeat("abacus-collection-replica"), limit=1000)),
+            ("necromancer", lambda: necromancer.run_once(heartbeat_handler=self.heartbeat("necromancer"),
+                                                         bulk=self.bulk)),
         ]
         counts: dict[str, int] = {}
         for name, func in steps:

@@ -94,6 +94,22 @@ def patch_core() -> None:
 
     add_replicas._world_chunked = True  # type: ignore[attr-defined]
     replica.add_replicas = add_replicas
+    _admins_declare_bad_replicas()
+
+
+def _admins_declare_bad_replicas() -> None:
+    """The world's site policy: accounts with the ``admin`` attribute may declare replicas bad.
+
+    (The generic policy keeps it to root; a data facility's operators are trusted with it, and
+    the toolkit's repair uses it to let Rucio re-replicate a corrupt or lost copy.)
+    """
+    from rucio.core.account import has_account_attribute
+    from rucio.core.permission import generic
+
+    def perm_declare_bad_file_replicas(issuer, kwargs, session):  # type: ignore[no-untyped-def]
+        return generic._is_root(issuer) or has_account_attribute(account=issuer, key="admin", session=session)
+
+    generic.perm_declare_bad_file_replicas = perm_declare_bad_file_replicas
 
 
 def _register() -> None:

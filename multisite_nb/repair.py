@@ -1,0 +1,166 @@
+"""Repair what verification found, through Rucio's own mechanisms, then verify again.
+
+For each remote site of a run's placement:
+
+* a replica that is corrupt or missing on the site's disk is **declared bad** to Rucio, after
+  checking that the central copy it will be replaced from is good; Rucio's necromancer then
+  re-queues the rule's lock and the conveyor replaces the copy from a good source (the
+  Butler's artifact is that same file, so the Butler holds good data again);
+* a STUCK rule is **retried** (Rucio's ``boost_rule``), its reason shown;
+* a dataset missing from the site's Butler is **ingested again** (the transfer's own
+  idempotent path, for that site only);
+* what cannot be repaired automatically — a file whose every source is bad or gone, a replica
+  Rucio does not know at all — is reported with what the operator can do.
+
+Then the affected sites are verified again; the outcome is recorded as ``results/repair.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from .config import Campaign
+from .naming import placement_dataset, plan_path
+from .placement import PlacementPlan, adler32_of
+from .records import RuleState
+from .results import PhaseResult, record_result, utcnow
+from .rucio_ops import RucioOps
+from .transfer import place_data, watch_rules
+from .verify import Problem, SiteReport, verify_placement
+
+__all__ = ["RepairAction", "repair"]
+
+
+class RepairAction(BaseModel):
+    """One thing repair did (or could not do) at one site."""
+
+    site: str
+    what: str  # a file (LFN) or a rule
+    action: str  # declared bad | rule retried | ingested again | cannot repair
+    detail: str = ""
+
+
+def _source_is_good(campaign: Campaign, plan: PlacementPlan, lfn: str) -> str | None:
+    """``None`` if the central copy of ``lfn`` matches the plan, else why not."""
+    root = campaign.site(campaign.central).rse_root
+    planned = next((f for f in plan.files.values() if f.lfn == lfn), None)
+    if planned is None:
+        return "not in the plan"
+    if root is None:
+        return None  # the source cannot be read from here: Rucio checks it when it copies
+    path = Path(root) / lfn
+    if not path.is_file():
+        return f"the central copy {path} is gone"
+    if path.stat().st_size != planned.size or adler32_of(path) != planned.adler32:
+        return f"the central copy {path} is corrupt too"
+    return None
+
+
+def _wait_available(ops: RucioOps, names: list[str], rse: str, timeout_s: float) -> list[str]:
+    """Wait until the declared-bad replicas are AVAILABLE again; returns those that are not."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = ops.file_replica_states(names, rse)
+        waiting = [n for n in names if states.get(n) != "AVAILABLE"]
+        if not waiting or time.monotonic() > deadline:
+            return waiting
+        time.sleep(1.0)
+
+
+def _plan_site(problems: list[Problem]) -> tuple[set[str], set[str], bool]:
+    """(files to declare bad, rules to retry, Butler datasets missing) from one site's problems."""
+    bad = {p.what for p in problems if p.layer == "disk" and p.kind in ("corrupt", "missing")}
+    rules = {p.what for p in problems if p.kind == "rule"}
+    butler = any(p.layer == "butler" for p in problems)
+    return bad, rules, butler
+
+
+def repair(campaign: Campaign, run_dir: str | Path, *, timeout_s: float = 600,
+           log: Callable[[str], Any] = print) -> tuple[PhaseResult, list[RepairAction], list[SiteReport]]:
+    """Repair the placement problems of ``run_dir`` and verify the sites again.
+
+    Returns
+    -------
+    tuple
+        The recorded result (passed when every repaired site verifies), the actions taken,
+        and the sites' reports after the repair.
+    """
+    started = utcnow()
+    plan = PlacementPlan.load(plan_path(run_dir))
+    before = [r for r in verify_placement(campaign, plan) if not r.ok]
+    ops = RucioOps.for_campaign(campaign)
+    actions: list[RepairAction] = []
+    rules: list[str] = []
+    declared: dict[str, list[str]] = {}
+    reingest: list[str] = []
+    for report in before:
+        site, rse = report.site, campaign.site(report.site).rse
+        bad, stuck, butler = _plan_site(report.problems)
+        good = []
+        for lfn in sorted(bad):
+            why = _source_is_good(campaign, plan, lfn)
+            if why is None:
+                good.append(lfn)
+            else:
+                actions.append(RepairAction(site=site, what=lfn, action="cannot repair", detail=(
+                    f"{why}: restore it at {campaign.central} (from the archive or the summit copy), then run "
+                    "repair again; or take the dataset out of the campaign")))
+        if good:
+            ops.declare_bad(good, rse, f"multisite_nb repair: verification found {len(good)} corrupt or missing "
+                                       f"replicas on {rse}")
+            actions += [RepairAction(site=site, what=lfn, action="declared bad",
+                                     detail=f"Rucio re-replicates it to {rse} from a good copy") for lfn in good]
+            declared[rse] = good
+        rule_id = ops.find_rule(placement_dataset(campaign, site), rse)
+        if stuck and rule_id:
+            state = ops.rule(rule_id)
+            if state.state is RuleState.STUCK:
+                ops.retry_rule(rule_id)
+                actions.append(RepairAction(site=site, what=f"rule {rule_id}", action="rule retried",
+                                            detail=state.error or "STUCK"))
+        if rule_id and (good or stuck):
+            rules.append(rule_id)
+        if butler:
+            reingest.append(site)
+        log(f"{site}: {len(good)} declared bad, {len(stuck)} rule problem(s), "
+            f"Butler {'to re-ingest' if butler else 'ok'}")
+    for rse, names in declared.items():
+        for lfn in _wait_available(ops, names, rse, timeout_s):
+            actions.append(RepairAction(site=rse, what=lfn, action="cannot repair",
+                                        detail=f"not AVAILABLE on {rse} {timeout_s:.0f} s after it was declared bad"))
+    if rules:
+        states = watch_rules(ops, rules, timeout_s=timeout_s, progress=False, desc="repairs")
+        for rid, st in states.items():
+            if st.state is not RuleState.OK:
+                actions.append(RepairAction(site="?", what=f"rule {rid}", action="cannot repair",
+                                            detail=f"{st.state}: {st.error or 'not OK after the repair'}"))
+    if reingest:
+        for o in place_data(campaign, plan, progress=False, timeout_s=timeout_s, log=log, sites=reingest):
+            actions.append(RepairAction(site=o.dest, what=o.name, action="ingested again",
+                                        detail=o.error or f"{o.ingested} ingested, {o.already_present} already there"))
+    sites = sorted({r.site for r in before})
+    after = verify_placement(campaign, plan, sites=sites) if sites else []
+    still = [p for r in after for p in r.problems]
+    by_kind: dict[str, int] = defaultdict(int)
+    for a in actions:
+        by_kind[a.action] += 1
+    if not before:
+        passed, reason = True, "nothing to repair: every planned file is in place"
+    elif not still:
+        passed, reason = True, (f"repaired {', '.join(sites)}: " + ", ".join(f"{n} {k}" for k, n in by_kind.items())
+                                + "; verification passes")
+    else:
+        first = still[0]
+        passed, reason = False, (f"{len(still)} problems remain; first: {first.site} {first.layer} {first.kind} "
+                                 f"{first.what} ({first.detail})")
+    result = PhaseResult(phase="repair", passed=passed, reason=reason, started=started, finished=utcnow(),
+                         summary={"actions": [a.model_dump() for a in actions[:200]], "counts": dict(by_kind),
+                                  "sites": sites, "remaining": len(still)})
+    record_result(run_dir, result)
+    return result, actions, after

@@ -1,0 +1,58 @@
+"""Faults repaired, not just reported: a corrupted remote raw is found, repaired by Rucio, and verified.
+
+On the running world after phases 1-3: one byte flipped in a raw at RAL makes verify fail
+naming the file; ``multisite-nb repair RUN_DIR --world W`` declares the replica bad, Rucio
+re-replicates it from USDF (the world's transfertool replaces the bad copy after checking the
+new one), and a new placement + transfer + verify passes. Placement rules carry no lifetime.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multisite_nb import naming, phases
+from multisite_nb.placement import PlacementPlan
+from multisite_nb.results import load_result
+from multisite_nb.rucio_ops import RucioOps
+from multisite_nb.runbook import new_run
+
+pytestmark = [pytest.mark.world, pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def _phases_1_3(world, run_dir: Path) -> None:
+    for phase in (phases.placement, phases.transfer, phases.verify):
+        phase(world.campaign, run_dir)
+
+
+def test_a_flipped_byte_is_repaired_by_rucio(world, tmp_path: Path) -> None:
+    campaign = world.campaign
+    run_dir = new_run(tmp_path / "runs", campaign.name)
+    _phases_1_3(world, run_dir)
+    assert load_result(run_dir, "verify").passed
+    plan = PlacementPlan.load(naming.plan_path(run_dir))
+    raw = next(f for f in plan.site_files("RAL") if f.dataset_type == "raw")
+    path = Path(campaign.site("RAL").rse_root or "") / raw.lfn
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, another checksum
+    path.write_bytes(bytes(data))
+
+    result, _ = phases.verify(campaign, run_dir)
+    assert not result.passed and raw.lfn in result.reason and "corrupt" in result.reason
+
+    out = subprocess.run([str(Path(sys.executable).parent / "multisite-nb"), "repair", str(run_dir),
+                          "--world", str(world.root), "--timeout", "300"],
+                         env=world.env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"RAL    declared bad    {raw.lfn}" in out.stdout
+    assert load_result(run_dir, "repair").passed
+    assert path.read_bytes() != bytes(data)  # the bad copy was replaced
+
+    again = new_run(tmp_path / "runs", campaign.name)
+    _phases_1_3(world, again)
+    assert load_result(again, "verify").passed, load_result(again, "verify").reason
+    rules = [r for r in RucioOps.for_campaign(campaign).list_rules() if ".placement." in r.name]
+    assert rules and all(r.expires_at is None for r in rules)  # nothing expires under the Butler
