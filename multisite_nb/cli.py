@@ -183,17 +183,20 @@ def campaign_cmd(params: str, world_dir: str | None, runs_root: str | None, down
 
 
 def _run_campaign(run_dir: Path, params: str | None, world_dir: str | None):
-    """The campaign a run folder was made for (``run.json``'s parameters), or ``--params``."""
+    """The campaign a run folder was made for (its placement result, or ``run.json``), or ``--params``."""
     from .config import load_campaign
-    from .results import load_run_record
+    from .results import load_result, load_run_record
 
     if world_dir:
         os.environ["MSNB_WORLD"] = str(Path(world_dir).resolve())
     if not params:
-        record = load_run_record(run_dir) if (run_dir / "run.json").is_file() else None
-        params = str(record.parameters.get("campaign_file") or "") if record else ""
+        placed = load_result(run_dir, "placement")
+        record = load_run_record(run_dir)
+        params = str((placed.summary.get("campaign_file") if placed else None)
+                     or (record.parameters.get("campaign_file") if record else None) or "")
         if not params:
-            raise click.ClickException(f"{run_dir}: no run.json naming its campaign file: give --params")
+            raise click.ClickException(f"{run_dir}: neither its placement result nor run.json names its campaign "
+                                       "file: give --params")
     try:
         return load_campaign(params)
     except ConfigError as exc:

@@ -61,7 +61,8 @@ def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[Pha
         )
     result = PhaseResult(
         phase="placement", passed=passed, reason=reason, started=started, finished=utcnow(),
-        summary={"sites": {r["site"]: {"files": r["files"], "bytes": r["bytes"], "visits": r["visits"]} for r in counts},
+        summary={"campaign_file": str(campaign.path),
+                 "sites": {r["site"]: {"files": r["files"], "bytes": r["bytes"], "visits": r["visits"]} for r in counts},
                  "boundary_visits": len(plan.boundary_visits), "boundary_cost": cost},
         artifacts=artifacts,
     )
