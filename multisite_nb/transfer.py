@@ -24,14 +24,17 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Campaign
-from .errors import ConfigError, PlanError
+from .errors import ConfigError, MsnbError, PlanError
 from .naming import placement_dataset, records_dataset
 from .placement import PlannedFile
 from .records import RuleRecord, RuleState, ShipmentOutcome
 from .rucio_ops import FileDid, RucioOps
+
+if TYPE_CHECKING:
+    from lsst.daf.butler import Butler
 
 __all__ = [
     "Shipment",
@@ -391,8 +394,11 @@ def place_data(
     for o in outcomes:
         if o.error:
             continue
-        with open_butler(campaign.butler_repo(o.dest), writeable=True) as butler:
-            apply_collections(butler, plan, o.dest)
+        try:
+            with open_butler(campaign.butler_repo(o.dest), writeable=True) as butler:
+                apply_collections(butler, plan, o.dest)
+        except Exception as exc:  # this site's collections fail; the others stand
+            o.error = f"collections at {o.dest}: {type(exc).__name__}: {exc}"
     return outcomes
 
 
@@ -443,50 +449,62 @@ def run_shipments(
     """Move a set of shipments end to end; returns one outcome per shipment.
 
     Records go first (all records rules watched to OK, records imported), then the data
-    rules; a STUCK rule stops that shipment (its outcome carries Rucio's reason) but the
-    others go on.
+    rules. Each shipment stands alone: a STUCK rule, a Butler that cannot be opened or an
+    error while registering or ingesting fails that shipment (its outcome names the reason)
+    while the others go on; a rerun does only what is missing.
     """
     from .butler_ops import open_butler
 
     ops = RucioOps.for_campaign(campaign)
     ops.ensure_scope()
     outcomes = {s.name: ShipmentOutcome(name=s.name, dest=s.dest) for s in shipments}
-    butlers: dict[str, Any] = {}
+    butlers: dict[str, Butler] = {}
 
-    def butler(site: str) -> Any:
+    def butler(site: str) -> Butler:
         if site not in butlers:
             butlers[site] = open_butler(campaign.butler_repo(site), writeable=True)
         return butlers[site]
 
+    def isolated(s: Shipment, what: str, step: Callable[[], None]) -> bool:
+        """Run one shipment's step; an error fails that shipment only."""
+        o = outcomes[s.name]
+        try:
+            step()
+            return True
+        except MsnbError as exc:
+            o.error = f"{what}: {exc}"
+        except Exception as exc:  # a site's service failing must not stop the other sites
+            o.error = f"{what}: {type(exc).__name__}: {exc}"
+        log(f"{s.name}: {o.error}")
+        return False
+
     try:
-        for s in shipments:
-            register_shipment(campaign, ops, butler(s.source), s, outcomes[s.name])
-        rec_states = watch_rules(
-            ops, [o.records_rule_id for o in outcomes.values() if o.records_rule_id],
-            timeout_s=timeout_s, progress=progress, desc="dimension records",
-        )
-        for s in shipments:
+        ok = [s for s in shipments
+              if isolated(s, "register", lambda s=s: register_shipment(campaign, ops, butler(s.source), s,
+                                                                       outcomes[s.name]))]
+        rec_states = watch_rules(ops, [outcomes[s.name].records_rule_id or "" for s in ok],
+                                 timeout_s=timeout_s, progress=progress, desc="dimension records")
+        ruled = []
+        for s in ok:
             o = outcomes[s.name]
             st = rec_states.get(o.records_rule_id or "")
             if st is None or st.state is not RuleState.OK:
                 o.state = st.state if st else None
                 o.error = f"dimension records rule {o.records_rule_id}: {st.error if st else 'not found'}"
                 continue
-            create_data_rule(campaign, ops, s, o)
-        live = [o for o in outcomes.values() if o.rule_id]
-        states = watch_rules(ops, [o.rule_id for o in live], timeout_s=timeout_s, progress=progress,
-                             desc="data rules")
-        for s in shipments:
+            if isolated(s, "rule", lambda s=s, o=o: create_data_rule(campaign, ops, s, o)):
+                ruled.append(s)
+        states = watch_rules(ops, [outcomes[s.name].rule_id or "" for s in ruled], timeout_s=timeout_s,
+                             progress=progress, desc="data rules")
+        for s in ruled:
             o = outcomes[s.name]
-            if not o.rule_id:
-                continue
-            st = states[o.rule_id]
+            st = states[o.rule_id or ""]
             o.state = st.state
             if st.state is not RuleState.OK:
                 o.error = st.error or f"rule {st.state} after {timeout_s:.0f} s"
                 log(f"{s.name}: rule {o.rule_id} {st.state}: {o.error}")
                 continue
-            ingest_shipment(campaign, ops, butler(s.dest), s, o)
+            isolated(s, f"ingest at {s.dest}", lambda s=s, o=o: ingest_shipment(campaign, ops, butler(s.dest), s, o))
     finally:
         for b in butlers.values():
             b.close()

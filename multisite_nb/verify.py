@@ -24,7 +24,10 @@ from .placement import PlannedFile, adler32_of
 from .records import RuleState
 from .rucio_ops import RucioOps
 
-__all__ = ["Problem", "SiteReport", "verify_site", "verify_shipments", "problems_table"]
+#: What can be wrong with a planned file at a site (``unreachable``: the layer could not be read).
+PROBLEM_KINDS = ("missing", "corrupt", "wrong", "rule", "unreachable")
+
+__all__ = ["PROBLEM_KINDS", "Problem", "SiteReport", "verify_site", "verify_shipments", "problems_table"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class SiteReport:
 
     def counts(self) -> dict[str, Any]:
         row: dict[str, Any] = {"site": self.site, "shipment": self.dataset, "planned": self.planned}
-        for kind in ("missing", "corrupt", "wrong", "rule"):
+        for kind in PROBLEM_KINDS:
             row[kind] = sum(1 for p in self.problems if p.kind == kind)
         row["ok"] = self.ok
         return row
@@ -72,36 +75,57 @@ def verify_site(
     *,
     checksums: bool = True,
 ) -> SiteReport:
-    """Reconcile one site's planned files (shipped as Rucio ``dataset``) with Rucio, Butler and disk."""
-    from .butler_ops import open_butler
+    """Reconcile one site's planned files (shipped as Rucio ``dataset``) with Rucio, Butler and disk.
 
+    Each layer stands alone: one that cannot be read (Rucio, the site's Butler) is an
+    ``unreachable`` problem naming the reason, and the other layers are still checked.
+    """
     spec = campaign.site(site)
     report = SiteReport(site, len(files), dataset=dataset)
     by_lfn = {f.lfn: f for f in files}
 
-    # Rucio: rule, then dataset-level counts, file level only if they disagree
-    rule_id = ops.find_rule(dataset, spec.rse)
+    try:
+        _check_rucio(report, ops, spec.rse, dataset, by_lfn)
+    except Exception as exc:  # this site's part fails with the reason; the other sites go on
+        report.problems.append(Problem(site, "rucio", "unreachable", dataset, f"{type(exc).__name__}: {exc}"[:500]))
+    try:
+        _check_butler(report, spec.butler, files)
+    except Exception as exc:
+        report.problems.append(Problem(site, "butler", "unreachable", spec.butler, f"{type(exc).__name__}: {exc}"[:500]))
+    _check_disk(report, Path(spec.rse_root) if spec.rse_root else None, files, checksums)
+    return report
+
+
+def _check_rucio(report: SiteReport, ops: RucioOps, rse: str, dataset: str, by_lfn: dict[str, PlannedFile]) -> None:
+    """The rule, then dataset-level counts; file level only if they disagree."""
+    site, files = report.site, list(by_lfn.values())
+    rule_id = ops.find_rule(dataset, rse)
     if rule_id is None:
-        report.problems.append(Problem(site, "rucio", "rule", dataset, f"no rule to {spec.rse}"))
+        report.problems.append(Problem(site, "rucio", "rule", dataset, f"no rule to {rse}"))
     else:
         st = ops.rule(rule_id)
         if st.state is not RuleState.OK:
             report.problems.append(Problem(site, "rucio", "rule", dataset, f"{st.state}: {st.error or ''}".strip()))
-    counts = ops.dataset_replica_counts(dataset).get(spec.rse, {"length": 0, "available": 0}) if rule_id else \
+    counts = ops.dataset_replica_counts(dataset).get(rse, {"length": 0, "available": 0}) if rule_id else \
         {"length": 0, "available": 0}
     report.checked["rucio_dataset_available"] = counts["available"]
     if counts["available"] != len(files) or counts["length"] != len(files):
-        states = ops.file_replica_states(list(by_lfn), spec.rse)
+        states = ops.file_replica_states(list(by_lfn), rse)
         report.checked["rucio_file_level"] = len(files)
         for lfn in by_lfn:
             st = states.get(lfn)
             if st != "AVAILABLE":
                 report.problems.append(
-                    Problem(site, "rucio", "missing", lfn, f"replica {st or 'absent'} on {spec.rse}")
+                    Problem(site, "rucio", "missing", lfn, f"replica {st or 'absent'} on {rse}")
                 )
 
-    # Butler: same UUID, same RUN
-    with open_butler(spec.butler) as butler:
+
+def _check_butler(report: SiteReport, repo: str, files: Sequence[PlannedFile]) -> None:
+    """Same UUID, same RUN."""
+    from .butler_ops import open_butler
+
+    site = report.site
+    with open_butler(repo) as butler:
         found = {str(r.id): r for r in butler.get_many_datasets([f.id for f in files])}
     for f in files:
         ref = found.get(f.id)
@@ -111,8 +135,10 @@ def verify_site(
             report.problems.append(Problem(site, "butler", "wrong", f.lfn, f"in {ref.run}, planned {f.run}"))
     report.checked["butler"] = len(files)
 
-    # Disk: exists, size, adler32
-    root = Path(spec.rse_root) if spec.rse_root else None
+
+def _check_disk(report: SiteReport, root: Path | None, files: Sequence[PlannedFile], checksums: bool) -> None:
+    """Exists, size, adler32 (when the site's RSE root is visible from here)."""
+    site = report.site
     if root is not None:
         for f in files:
             path = root / f.lfn
@@ -125,7 +151,6 @@ def verify_site(
             elif checksums and (a := adler32_of(path)) != f.adler32:
                 report.problems.append(Problem(site, "disk", "corrupt", f.lfn, f"adler32 {a}, planned {f.adler32}"))
         report.checked["disk"] = len(files)
-    return report
 
 
 def verify_shipments(

@@ -53,6 +53,7 @@ from pydantic import ValidationError
 from ..config import Campaign
 from ..records import RuleRecord, RuleState, StepRecord, StepState
 from ..results import PHASE_NAME, PhaseResult, results_dir
+from ..verify import PROBLEM_KINDS
 from .style import plural
 
 if TYPE_CHECKING:
@@ -373,7 +374,7 @@ def _placement(entry: Mapping[str, object] | None) -> Placement | None:
 def _verification(entry: Mapping[str, object] | None, first_problem: str | None, finished: str) -> Verification:
     if entry is None:
         return Verification()
-    counts = {k: _int(entry.get(k)) for k in ("missing", "corrupt", "wrong", "rule")}
+    counts = {k: _int(entry.get(k)) for k in PROBLEM_KINDS}
     ok = entry.get("ok")
     planned = entry.get("planned")
     return Verification(ran=True, ok=bool(ok) if ok is not None else not any(counts.values()),
