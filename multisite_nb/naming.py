@@ -30,6 +30,7 @@ __all__ = [
     "lock_collection",
     "logs_dir",
     "made_at",
+    "owner_collection",
     "placement_dataset",
     "plan_path",
     "records_dataset",
@@ -71,6 +72,11 @@ def reference_run(campaign: Campaign, step: str) -> str:
 def lock_collection(campaign: Campaign) -> str:
     """``P/operator-lock``: the campaign's one-operator lock, in the central repository."""
     return f"{campaign.output_prefix}/operator-lock"
+
+
+def owner_collection(campaign: Campaign) -> str:
+    """``P/multisite_nb-owner``: the marker saying which campaign owns the collections under ``P``."""
+    return f"{campaign.output_prefix}/multisite_nb-owner"
 
 
 def made_at(campaign: Campaign, site: str, run: str) -> bool:

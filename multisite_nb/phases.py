@@ -38,12 +38,18 @@ def _campaign(c: Campaign | str | Path) -> Campaign:
 
 
 def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[PhaseResult, Any]:
-    """Phase 1: plan what each site needs; save the plan and per-site manifests."""
+    """Phase 1: plan what each site needs; save the plan and per-site manifests; find collisions."""
+    from .collisions import preflight as preflight_collisions
     from .placement import plan_placement
+    from .runbook import check_run_folder
+    from .wiring import load_pipeline_graph
 
     started = utcnow()
     campaign = _campaign(campaign)
+    check_run_folder(run_dir)
     plan = plan_placement(campaign)
+    collisions = preflight_collisions(campaign, [n.dataset_type for n in
+                                                 load_pipeline_graph(campaign.pipeline_path).dataset_types.values()])
     artifacts = [str(plan.save(plan_path(run_dir)))]
     for site in plan.sites:
         artifacts.append(str(save_table(run_dir, "placement", f"manifest_{site}", pd.DataFrame(plan.manifest_rows(site)))))
@@ -51,7 +57,9 @@ def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[Pha
     artifacts.append(str(save_table(run_dir, "placement", "counts", pd.DataFrame(counts))))
     empty = [r["site"] for r in counts if r["files"] == 0 or r["visits"] == 0]
     cost = plan.boundary_cost()
-    if empty:
+    if collisions:
+        passed, reason = False, f"{len(collisions)} collision(s) before anything moved; first: {collisions[0]}"
+    elif empty:
         passed, reason = False, f"no data found for site(s) {', '.join(empty)}: check their sky units"
     else:
         passed = True
@@ -63,7 +71,7 @@ def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[Pha
         phase="placement", passed=passed, reason=reason, started=started, finished=utcnow(),
         summary={"campaign_file": str(campaign.path),
                  "sites": {r["site"]: {"files": r["files"], "bytes": r["bytes"], "visits": r["visits"]} for r in counts},
-                 "boundary_visits": len(plan.boundary_visits), "boundary_cost": cost},
+                 "boundary_visits": len(plan.boundary_visits), "boundary_cost": cost, "collisions": collisions},
         artifacts=artifacts,
     )
     record_result(run_dir, result)

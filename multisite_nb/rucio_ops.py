@@ -303,10 +303,15 @@ class RucioOps:
 
     # -- rules ----------------------------------------------------------------------------------
     def find_rule(self, dataset: str, rse: str) -> str | None:
-        """The rule of this account for ``dataset`` on exactly ``rse``, if any."""
-        for rule in self.client.list_did_rules(self.scope, dataset):
-            if rule["rse_expression"] == rse and rule["account"] == self.account:
-                return str(rule["id"])
+        """The rule of this account for ``dataset`` on exactly ``rse``, if any (none for an unknown dataset)."""
+        from rucio.common.exception import DataIdentifierNotFound
+
+        try:
+            for rule in self.client.list_did_rules(self.scope, dataset):
+                if rule["rse_expression"] == rse and rule["account"] == self.account:
+                    return str(rule["id"])
+        except DataIdentifierNotFound:
+            pass
         return None
 
     def ensure_rule(self, dataset: str, rse: str, *, lifetime_s: int | None, activity: str,

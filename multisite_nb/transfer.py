@@ -371,7 +371,18 @@ def place_data(
         Only these remote sites (default: all).
     """
     from .butler_ops import open_butler
+    from .collisions import claim
 
+    claim(campaign, campaign.central)  # the campaign acts here from now on: its output prefix is its own
+    refused: list[ShipmentOutcome] = []
+    ready = []
+    for site in sites or campaign.remote_sites:
+        try:
+            claim(campaign, site)
+            ready.append(site)
+        except Exception as exc:  # that site's part fails; the others go on
+            refused.append(ShipmentOutcome(name=placement_dataset(campaign, site), dest=site,
+                                           error=f"claim {campaign.output_prefix}/ at {site}: {exc}"[:500]))
     shipments = [
         Shipment(
             name=placement_dataset(campaign, site),
@@ -388,7 +399,7 @@ def place_data(
                 "instrument": {campaign.config.instrument},
             },
         )
-        for site in (sites or campaign.remote_sites)
+        for site in ready
     ]
     outcomes = run_shipments(campaign, shipments, progress=progress, timeout_s=timeout_s, log=log)
     for o in outcomes:
@@ -399,7 +410,7 @@ def place_data(
                 apply_collections(butler, plan, o.dest)
         except Exception as exc:  # this site's collections fail; the others stand
             o.error = f"collections at {o.dest}: {type(exc).__name__}: {exc}"
-    return outcomes
+    return refused + outcomes
 
 
 def apply_collections(butler: Any, plan: Any, site: str) -> dict[str, int]:

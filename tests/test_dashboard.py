@@ -59,7 +59,7 @@ def prepare_run(campaign: Campaign, runs_root: Path) -> Path:
 
 
 @contextlib.contextmanager
-def stuck_rule(campaign: Campaign, site: str, timeout: float = 60) -> Iterator[str]:
+def stuck_rule(campaign: Campaign, site: str, timeout: float = 60, dataset: str | None = None) -> Iterator[str]:
     """A rule to ``site`` that the world's conveyor marks STUCK: its source file's adler32 is wrong.
 
     Yields the rule id once Rucio says STUCK; afterwards the rule is expired (Rucio's cleaner
@@ -77,7 +77,7 @@ def stuck_rule(campaign: Campaign, site: str, timeout: float = 60) -> Iterator[s
     path = Path(campaign.site(src).rse_root or "") / lfn
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not what the catalogue says\n" * 40)
-    dataset = f"{campaign.name}.dashboard_test.{tag}"
+    dataset = dataset or f"{campaign.name}.dashboard_test.{tag}"
     rule_id = None
     try:
         ops.add_replicas(campaign.site(src).rse, [FileDid(lfn, path.stat().st_size, "00000001")])
