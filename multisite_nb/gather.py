@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Campaign
+from .ownership import Ownership
 from .errors import GateError
 from .naming import made_at, shipment_dataset, site_chain
 from .placement import PlannedFile, datastore_roots, describe_file, site_footprint
@@ -91,17 +92,21 @@ def _query(butler: Any, dataset_type: str, collections: Sequence[str]) -> list[A
 
 
 def plan_gather(
-    campaign: Campaign, dataset_types: Sequence[str], label: str, *, sites: Sequence[str] | None = None
+    campaign: Campaign, dataset_types: Sequence[str], label: str, *, sites: Sequence[str] | None = None,
+    ownership: Ownership | None = None,
 ) -> GatherPlan:
     """Shipments bringing ``dataset_types`` from each remote site's chain to the central site.
 
-    Collisions (one data ID from several sites) are reported: the central stage's lookups
-    would see only one of them.
+    With ``ownership``, only each data ID's canonical copy is gathered: a boundary visit's
+    products made at a site that does not own the visit stay there (counted in
+    ``skipped["non-canonical"]``). Collisions that remain (global data IDs from several sites)
+    are reported: a central stage's lookups would see only one of them.
     """
     from .butler_ops import open_butler
 
     plan = GatherPlan(kind="gather")
     seen: dict[tuple[str, str], list[str]] = defaultdict(list)
+    noncanonical = 0
     for site in sites or campaign.remote_sites:
         with open_butler(campaign.butler_repo(site)) as butler:
             chain = site_chain(campaign, site)
@@ -112,6 +117,10 @@ def plan_gather(
                 found = _query(butler, dt, [chain])
                 # only what the site made, not inputs that reached it from elsewhere
                 found = [r for r in found if made_at(campaign, site, r.run)]
+                if ownership is not None:
+                    mine = [r for r in found if ownership.is_canonical(site, r.dataId.required)]
+                    noncanonical += len(found) - len(mine)
+                    found = mine
                 refs.extend(found)
             for r in refs:
                 seen[(r.datasetType.name, str(r.dataId.required))].append(site)
@@ -121,6 +130,8 @@ def plan_gather(
     for dt in dataset_types:
         if not any(f.dataset_type == dt for s in plan.shipments for f in s.files):
             plan.skipped[dt] = "no site produced it"
+    if noncanonical:
+        plan.skipped["non-canonical"] = f"{noncanonical} datasets made at a site that does not own their data ID"
     return plan
 
 

@@ -40,6 +40,7 @@ def _campaign(c: Campaign | str | Path) -> Campaign:
 def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[PhaseResult, Any]:
     """Phase 1: plan what each site needs; save the plan and per-site manifests; find collisions."""
     from .collisions import preflight as preflight_collisions
+    from .ownership import refusals
     from .placement import plan_placement
     from .runbook import check_run_folder
     from .wiring import load_pipeline_graph
@@ -47,9 +48,10 @@ def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[Pha
     started = utcnow()
     campaign = _campaign(campaign)
     check_run_folder(run_dir)
+    graph = load_pipeline_graph(campaign.pipeline_path)
+    refused = refusals(campaign, graph)  # what no placement can make consistent, before any byte moves
     plan = plan_placement(campaign)
-    collisions = preflight_collisions(campaign, [n.dataset_type for n in
-                                                 load_pipeline_graph(campaign.pipeline_path).dataset_types.values()])
+    collisions = preflight_collisions(campaign, [n.dataset_type for n in graph.dataset_types.values()])
     artifacts = [str(plan.save(plan_path(run_dir)))]
     for site in plan.sites:
         artifacts.append(str(save_table(run_dir, "placement", f"manifest_{site}", pd.DataFrame(plan.manifest_rows(site)))))
@@ -57,7 +59,9 @@ def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[Pha
     artifacts.append(str(save_table(run_dir, "placement", "counts", pd.DataFrame(counts))))
     empty = [r["site"] for r in counts if r["files"] == 0 or r["visits"] == 0]
     cost = plan.boundary_cost()
-    if collisions:
+    if refused:
+        passed, reason = False, f"cannot be made consistent ({len(refused)}): {refused[0]}"
+    elif collisions:
         passed, reason = False, f"{len(collisions)} collision(s) before anything moved; first: {collisions[0]}"
     elif empty:
         passed, reason = False, f"no data found for site(s) {', '.join(empty)}: check their sky units"
@@ -71,11 +75,31 @@ def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[Pha
         phase="placement", passed=passed, reason=reason, started=started, finished=utcnow(),
         summary={"campaign_file": str(campaign.path),
                  "sites": {r["site"]: {"files": r["files"], "bytes": r["bytes"], "visits": r["visits"]} for r in counts},
-                 "boundary_visits": len(plan.boundary_visits), "boundary_cost": cost, "collisions": collisions},
+                 "boundary_visits": len(plan.boundary_visits), "boundary_cost": cost, "collisions": collisions,
+                 "refused": refused,
+                 "boundary_by_sites": _boundary_by_sites(plan)},
         artifacts=artifacts,
     )
     record_result(run_dir, result)
     return result, plan
+
+
+def _ownership(campaign: Campaign, run_dir: str | Path) -> Any:
+    """Each data ID's canonical site, from the run's placement plan."""
+    from .ownership import Ownership
+    from .placement import PlacementPlan
+
+    plan = PlacementPlan.load(plan_path(run_dir))
+    return Ownership(campaign, plan.visit_owner, plan.exposure_visit)
+
+
+def _boundary_by_sites(plan: Any) -> dict[str, int]:
+    """How many boundary visits each group of sites shares ("IN2P3+RAL": 4)."""
+    out: dict[str, int] = {}
+    for sites in plan.boundary_visits.values():
+        key = "+".join(sites)
+        out[key] = out.get(key, 0) + 1
+    return out
 
 
 def transfer(campaign: Campaign | str | Path, run_dir: str | Path, *, progress: bool = True,
@@ -344,7 +368,7 @@ def gather_redistribute(campaign: Campaign | str | Path, run_dir: str | Path, st
     tables: dict[str, Any] = {}
     if stage == "final":
         types = validation_set or wiring.final_products
-        plan = plan_gather(campaign, types, "final")
+        plan = plan_gather(campaign, types, "final", ownership=_ownership(campaign, run_dir))
         tables["final"] = pd.DataFrame(plan.counts())
         passed, reason, rows = _ship(campaign, plan, run_dir, "final gather", progress, collisions_fatal=False)
         summary.update(validation_set=types, shipments=rows, runs_at_central=plan.runs.get(campaign.central, []))
@@ -353,7 +377,7 @@ def gather_redistribute(campaign: Campaign | str | Path, run_dir: str | Path, st
         if st.where != "central":
             raise ValueError(f"stage {stage!r} runs at the sites: use submit")
         gathered = wiring.gathered_before(stage)
-        gplan = plan_gather(campaign, gathered, f"gather_{stage}")
+        gplan = plan_gather(campaign, gathered, f"gather_{stage}", ownership=_ownership(campaign, run_dir))
         tables["gather"] = pd.DataFrame(gplan.counts())
         passed, reason, rows = _ship(campaign, gplan, run_dir, f"gather for {stage}", progress)
         summary.update(gathered=gathered, gather_shipments=rows)
@@ -391,7 +415,7 @@ def qa(campaign: Campaign | str | Path, run_dir: str | Path, *, validation_set: 
     types = validation_set or (final.summary.get("validation_set") if final else None) or _wiring(campaign).final_products
     ref_steps = run_reference(campaign, Path(run_dir) / "artifacts" / "logs" / "reference") if reference else {}
     ref_ok, ref_reason = _steps_verdict({"reference": ref_steps}) if ref_steps else (True, "")
-    report = evaluate(campaign, types)
+    report = evaluate(campaign, types, _ownership(campaign, run_dir))
     artifacts = [str(save_table(run_dir, "qa", name, pd.DataFrame(rows)))
                  for name, rows in (("completeness", report.completeness), ("units", report.units),
                                     ("mismatches", report.mismatches), ("metrics", report.metrics))]

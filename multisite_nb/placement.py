@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .config import Campaign, SkyUnit
+from .ownership import visit_owners
 from .errors import PlanError
 from .fileio import atomic_write_text
 
@@ -77,6 +78,8 @@ class Footprint:
     values: dict[str, set[Any]] = field(default_factory=lambda: defaultdict(set))
     regions: list[Any] = field(default_factory=list)  # sky units, their tracts, the site's visits
     visit_regions: dict[int, Any] = field(default_factory=dict)
+    visit_weight: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # overlaps with the units
+    exposure_visit: dict[int, int] = field(default_factory=dict)
     _skypix: dict[str, set[int]] = field(default_factory=dict)
 
     def skypix(self, dimension: Any) -> set[int]:
@@ -119,9 +122,20 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
     ):
         m = dict(did.mapping)
         vd.add((m["visit"], m["detector"]))
-        for k in ("instrument", "visit", "detector", "physical_filter", "band", "day_obs", "skymap", "tract"):
+        fp.visit_weight[m["visit"]] += 1
+        for k in ("instrument", "visit", "physical_filter", "band", "day_obs", "skymap", "tract"):
             if k in m:
                 fp.values[k].add(m[k])
+    # visit-complete: every detector of a visit the site touches, so that the site's products of that
+    # visit are whole (and equal to its owner's, the pipeline being deterministic)
+    touched = sorted(fp.values["visit"])
+    if touched:
+        for rec in butler.query_dimension_records(
+            "visit_detector_region", where="visit IN (visits)", bind={"visits": touched},
+            instrument=cfg.instrument, limit=None, explain=False,
+        ):
+            vd.add((rec.visit, rec.detector))
+    fp.values["detector"].update(d for _, d in vd)
     fp.pairs[("visit", "detector")] = vd
     # patches and tracts of the units themselves (not every patch a visit touches)
     for rec in butler.query_dimension_records("patch", where=where, limit=None, explain=False):
@@ -143,6 +157,7 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
         ):
             v2e[rec.visit].add(rec.exposure)
             fp.values["exposure"].add(rec.exposure)
+            fp.exposure_visit[rec.exposure] = rec.visit
         for v, d in vd:
             for e in v2e[v]:
                 ed.add((e, d))
@@ -196,6 +211,8 @@ class PlacementPlan(BaseModel):
     visits: dict[str, list[int]]
     detectors: dict[str, list[int]]
     boundary_visits: dict[int, list[str]] = Field(default_factory=dict)
+    visit_owner: dict[int, str] = Field(default_factory=dict, description="each visit's canonical site")
+    exposure_visit: dict[int, int] = Field(default_factory=dict, description="exposure -> its visit")
     certifications: list[Certification] = Field(default_factory=list)
     chains: dict[str, list[str]] = Field(default_factory=dict)
     calibration_collections: list[str] = Field(default_factory=list)
@@ -384,6 +401,8 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
         for s, fp in footprints.items():
             for v in fp.values["visit"]:
                 visit_sites[v].append(s)
+        owners = visit_owners({s: fp.visit_weight for s, fp in footprints.items()}, campaign.remote_sites)
+        exposure_visit = {e: v for fp in footprints.values() for e, v in fp.exposure_visit.items()}
         return PlacementPlan(
             campaign=campaign.name,
             central=campaign.central,
@@ -392,6 +411,8 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
             visits={s: sorted(fp.values["visit"]) for s, fp in footprints.items()},
             detectors={s: sorted(fp.values["detector"]) for s, fp in footprints.items()},
             boundary_visits={v: ss for v, ss in sorted(visit_sites.items()) if len(ss) > 1},
+            visit_owner=owners,
+            exposure_visit=exposure_visit,
             certifications=certs,
             chains=chains,
             calibration_collections=calib_colls,

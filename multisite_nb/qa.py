@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Campaign
+from .ownership import Ownership
 
 __all__ = ["REFERENCE", "QAReport", "reference_collection", "run_reference", "evaluate"]
 
@@ -106,8 +107,12 @@ class QAReport:
         return "; ".join(parts)
 
 
-def evaluate(campaign: Campaign, validation_set: Sequence[str]) -> QAReport:
-    """Compare each site's products (at the site and gathered centrally) with the reference."""
+def evaluate(campaign: Campaign, validation_set: Sequence[str], ownership: Ownership | None = None) -> QAReport:
+    """Compare each site's products (at the site and gathered centrally) with the reference.
+
+    With ``ownership`` a site is held to the data IDs it owns (a boundary visit's products count
+    at its owner); without, to every data ID its footprint admits.
+    """
     from .butler_ops import open_butler
     from .gather import site_chain
     from .placement import site_footprint
@@ -132,7 +137,8 @@ def evaluate(campaign: Campaign, validation_set: Sequence[str]) -> QAReport:
                         found[_key(r)] = r
             gathered[site] = found
         for site, fp in footprints.items():
-            expected = {k: r for k, r in reference.items() if not _is_global(dict(k[1])) and fp.admits(r.dataId)}
+            expected = {k: r for k, r in reference.items() if not _is_global(dict(k[1])) and (
+                ownership.owner(dict(k[1])) == site if ownership is not None else fp.admits(r.dataId))}
             with open_butler(campaign.butler_repo(site)) as sb:
                 at_site = {}
                 for dt in validation_set:
