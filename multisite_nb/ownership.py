@@ -29,7 +29,7 @@ from typing import Any
 
 from .config import Campaign
 
-__all__ = ["Ownership", "refusals", "split_tracts", "tract_owners"]
+__all__ = ["Ownership", "refusals", "split_tracts", "tract_owners", "visit_owners", "whole_tract_tasks"]
 
 _OBS = ("visit", "exposure")
 
@@ -108,17 +108,8 @@ def visit_owners(weights: Mapping[str, Mapping[int, int]], order: Sequence[str])
     return {v: _first(w, order, w) for v, w in sorted(by_visit.items())}
 
 
-def refusals(campaign: Campaign, graph: Any) -> list[str]:
-    """Why the campaign cannot be consistent (empty: it can): tasks of site stages over split tracts.
-
-    Parameters
-    ----------
-    graph
-        The pipeline graph (resolved against a registry or the default universe).
-    """
-    split = split_tracts(campaign)
-    if not split:
-        return []
+def whole_tract_tasks(campaign: Campaign, graph: Any) -> list[tuple[str, str, str]]:
+    """(stage, step, task) of every site-stage task working on whole tracts (quantum: tract, no finer)."""
     subsets = graph.task_subsets
     out = []
     for stage in campaign.config.stages:
@@ -128,11 +119,22 @@ def refusals(campaign: Campaign, graph: Any) -> list[str]:
             for label in sorted(subsets[step]):
                 node = graph.tasks[label]
                 dims = set(node.dimensions.names if node.has_resolved_dimensions else node.raw_dimensions)
-                if "tract" not in dims or dims & {"patch", *_OBS}:
-                    continue
-                for tract, sites in split.items():
-                    out.append(f"tract {tract} is split between {', '.join(sites)}, but task {label} "
-                               f"({step}, site stage {stage.name}) works on whole tracts at the sites: each "
-                               "site would make the tract's product from part of its data; give the tract "
-                               "to one site (see the suggested assignment) or run that step centrally")
+                if "tract" in dims and not dims & {"patch", *_OBS}:
+                    out.append((stage.name, step, label))
     return out
+
+
+def refusals(campaign: Campaign, graph: Any) -> list[str]:
+    """Why the campaign cannot be consistent (empty: it can): tasks of site stages over split tracts.
+
+    Parameters
+    ----------
+    graph
+        The pipeline graph (resolved against a registry or the default universe).
+    """
+    split = split_tracts(campaign)
+    return [f"tract {tract} is split between {', '.join(sites)}, but task {label} ({step}, site stage {stage}) "
+            "works on whole tracts at the sites: each site would make the tract's product from part of its "
+            "data; give the tract to one site (see the suggested assignment) or run that step centrally"
+            for stage, step, label in whole_tract_tasks(campaign, graph) if split
+            for tract, sites in split.items()]

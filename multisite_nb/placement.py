@@ -437,19 +437,29 @@ class UnitGroup(BaseModel):
 
 
 def suggest_assignment(
-    campaign: Campaign, units: Iterable[SkyUnit] | None = None, butler: Any = None
+    campaign: Campaign, units: Iterable[SkyUnit] | None = None, butler: Any = None,
+    *, keep_tracts_whole: bool | None = None,
 ) -> list[UnitGroup]:
     """Group sky units that share visits and spread the groups over the remote sites.
 
     Units linked by a common visit form one group (splitting them would make boundary
-    visits); groups are handed out largest first to the site furthest below its share of
-    the volume (``share`` in the campaign, equal shares where none is given).
+    visits); so do the units of one tract when a site stage has a task working on whole
+    tracts (a split tract could not be consistent). Groups are handed out largest first to the
+    site furthest below its share of the volume (``share`` in the campaign, equal shares
+    where none is given).
 
     Parameters
     ----------
     units
         The candidate units (default: every unit the campaign assigns today).
+    keep_tracts_whole
+        Default: whether the campaign's stage plan has such a task.
     """
+    from .ownership import whole_tract_tasks
+    from .wiring import load_pipeline_graph
+
+    if keep_tracts_whole is None:
+        keep_tracts_whole = bool(whole_tract_tasks(campaign, load_pipeline_graph(campaign.pipeline_path)))
     from .butler_ops import open_butler
 
     cfg = campaign.config
@@ -485,6 +495,13 @@ def suggest_assignment(
                 parent[find(u.key)] = find(owner_of_visit[v])
             else:
                 owner_of_visit[v] = u.key
+    if keep_tracts_whole:
+        first_of_tract: dict[int, tuple[int, int | None]] = {}
+        for u in units:
+            if u.tract in first_of_tract:
+                parent[find(u.key)] = find(first_of_tract[u.tract])
+            else:
+                first_of_tract[u.tract] = u.key
     members: dict[tuple[int, int | None], list[SkyUnit]] = defaultdict(list)
     for u in units:
         members[find(u.key)].append(u)

@@ -49,6 +49,8 @@ from multisite_nb.results import (
     RUN_RECORD,
     PhaseResult,
     PhaseRun,
+    PhaseStatus,
+    RunOutcome,
     RunRecord,
     load_result,
     load_results,
@@ -373,8 +375,8 @@ class _Chain:
                 self.say(f"secret scan: {line}")
             files = sorted({Path(f.path).relative_to(self.run_dir).as_posix() for f in found})
             record.secret_findings = rel
-            if record.outcome != "interrupted":
-                record.outcome = "failed"
+            if record.outcome != RunOutcome.INTERRUPTED:
+                record.outcome = RunOutcome.FAILED
             record.reason = f"possible credential leak in {', '.join(files)}; {base_reason}"
             self.save()
 
@@ -479,7 +481,7 @@ def run_chain(
             if resume and not executed:
                 earlier = load_result(run_dir, use.label)
                 if earlier is not None and earlier.passed:
-                    entry.status, entry.reason, entry.resumed = "pass", earlier.reason, True
+                    entry.status, entry.reason, entry.resumed = PhaseStatus.PASS, earlier.reason, True
                     entry.started, entry.finished = earlier.started, earlier.finished
                     entry.notebook = out_nb.name if out_nb.exists() else None
                     chain.say(f"{tag}: already passed, skipped")
@@ -490,7 +492,7 @@ def run_chain(
             chain.save()
             chain.say(f"{tag}: running {chain.notebooks[use.label].name}")
             result = chain.execute(use, entry, kernel_name, workdir, start_timeout, execution_timeout)
-            entry.status = "pass" if result.passed else "fail"
+            entry.status = PhaseStatus.PASS if result.passed else PhaseStatus.FAIL
             entry.reason = result.reason
             chain.save()
             chain.say(f"{tag}: {entry.status} in {entry.duration_s or 0:.1f} s: {_short(result.reason, 1, 200)}")
@@ -501,7 +503,7 @@ def run_chain(
                     _supersede(run_dir, later.phase, chain.out_name(later_use))
                 break
     except BaseException as exc:  # KeyboardInterrupt included: leave a truthful record
-        record.outcome = "interrupted"
+        record.outcome = RunOutcome.INTERRUPTED
         record.reason = _short(f"{type(exc).__name__}: {exc}") or type(exc).__name__
         record.finished = utcnow()
         chain.save()
@@ -513,7 +515,7 @@ def run_chain(
         raise
 
     record.finished = utcnow()
-    record.outcome = "failed" if stop_reason else "passed"
+    record.outcome = RunOutcome.FAILED if stop_reason else RunOutcome.PASSED
     record.reason = stop_reason or f"all {total} phase(s) passed"
     chain.save()
     findings, index = chain.scan()

@@ -63,3 +63,24 @@ def test_a_dataset_type_defined_differently_is_named(world) -> None:
         other = DatasetType("raw", butler.dimensions.conform(["instrument", "detector"]), raw.storageClass_name)
         problems = _type_conflicts("USDF", butler, [raw, other])
     assert len(problems) == 1 and problems[0].startswith("USDF: dataset type raw is defined as")
+
+
+def test_a_tract_split_under_a_whole_tract_site_task_is_refused_before_anything_moves(world, tmp_path: Path) -> None:
+    """drp_3x3 runs isolatedStarAssociation (per tract) at the sites: tract 0 cannot be split between them."""
+    src = repo_root() / "parameters" / "campaign_3x3.yaml"
+    data = yaml.safe_load(src.read_text())
+    data.update(campaign="split", manifest=str(src.parent / data["manifest"]),
+                pipeline=str(src.parent / data["pipeline"]))
+    data["sites"]["RAL"]["sky_units"] = [{"tract": 0, "patch": 5}, {"tract": 1, "patch": 3}]
+    path = tmp_path / "split.yaml"
+    path.write_text(yaml.safe_dump(data))
+    campaign = load_campaign(path)
+    result, _ = phases.placement(campaign, new_run(tmp_path / "runs", campaign.name))
+    assert not result.passed
+    assert result.reason.startswith("cannot be made consistent")
+    assert "tract 0 is split between IN2P3, RAL, but task isolatedStarAssociation (step2b, site stage early)" \
+        in result.reason
+    refused = result.summary["refused"]
+    assert any("gbdesAstrometricFit" in r for r in refused) and any("consolidateObjectTable" in r for r in refused)
+    ops = RucioOps.for_campaign(campaign)
+    assert not [r for r in ops.list_rules() if r.name.startswith("split.")]  # nothing moved
