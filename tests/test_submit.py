@@ -12,7 +12,7 @@ from lsst.daf.butler import Butler, CollectionType
 from lsst.pipe.base import QuantumGraph
 
 from multisite_nb.config import Campaign, load_campaign, load_manifest, repo_root
-from multisite_nb.errors import PreflightError
+from multisite_nb.errors import ConfigError, PreflightError
 from multisite_nb.records import StepRecord, StepState
 from multisite_nb.submission import (
     preflight,
@@ -161,6 +161,40 @@ def test_parsl_submit_file_loads_with_bps(campaign: Campaign, tmp_path: Path) ->
     site = SiteConfig.from_config(config)
     assert isinstance(site, Local)
     assert [e.label for e in site.get_executors()] == ["local"]
+
+
+def test_executors_are_registered_by_name_and_chosen_from_the_manifest(campaign: Campaign,
+                                                                       facilities: Campaign) -> None:
+    from multisite_nb.submission import (
+        Executor,
+        executor_for,
+        executor_names,
+        get_executor,
+        register_executor,
+    )
+
+    assert {"pipetask", "bps-parsl", "bps-panda"} <= set(executor_names())
+    assert executor_for(campaign).name == "pipetask"  # workflow.mode: pipetask
+    assert executor_for(campaign, "bps").name == "bps-parsl"  # from bps/parsl_local.yaml's wmsServiceClass
+    assert executor_for(facilities).name == "bps-panda"  # workflow.mode: bps, bps/panda.yaml
+    with pytest.raises(ConfigError, match="no executor 'nowhere'"):
+        executor_for(campaign, "nowhere")
+
+    class Dry(Executor):
+        name, mode, log_name = "test-dry", "dry", "dry.log"
+
+        def run(self, attempt):  # pragma: no cover - never run
+            raise NotImplementedError
+
+    register_executor(Dry.name, Dry)
+    assert isinstance(get_executor("test-dry"), Dry) and executor_for(campaign, "test-dry").mode == "dry"
+
+    # a BPS submit file needs the manifest's BPS site config, and says which key is missing
+    workflow = campaign.manifest.workflow.model_copy(update={"bps_site_config": None})
+    unset = Campaign(campaign.config, campaign.manifest.model_copy(update={"workflow": workflow}), campaign.path,
+                     campaign.manifest_path)
+    with pytest.raises(ConfigError, match="workflow.bps_site_config"):
+        submit_file(unset, step_run(unset, "RAL", "step1", chain_exists=False))
 
 
 # ------------------------------------------------------------------------------ preflight
@@ -334,7 +368,7 @@ def test_a_stopped_step_leaves_no_process_and_restarts(root: Path, campaign: Cam
     assert stopped.state != StepState.SUCCEEDED and stopped.returncode != 0, str(stopped)
     assert running_steps() == 0
     assert "stopped by signal" in Path(stopped.log).read_text()
-    assert subprocess.run(["pgrep", "-f", str(Path(stopped.log).parent)], capture_output=True).returncode == 1
+    assert subprocess.run(["pgrep", "-f", str(Path(stopped.log).parent)], capture_output=True, check=False).returncode == 1
 
     done = run_step(campaign, sr, "pipetask", restart=True, log_dir=root / "logs")
     assert done.state == StepState.SUCCEEDED and done.restart and done.succeeded == done.total > 0, str(done)
