@@ -29,7 +29,7 @@ def as_record(value: StepRecord | Mapping[str, Any]) -> StepRecord:
     return value if isinstance(value, StepRecord) else StepRecord.model_validate(value)
 
 
-def dump_steps(steps: SiteSteps) -> dict[str, dict[str, dict[str, Any]]]:
+def dump_steps(steps: SiteSteps) -> dict[str, Any]:
     """``{site: {step: record.model_dump(mode="json")}}``, as a phase summary stores them."""
     return {site: {step: as_record(r).model_dump(mode="json") for step, r in by.items()}
             for site, by in steps.items()}

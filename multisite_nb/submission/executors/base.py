@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ __all__ = [
 _BUILTINS = ("multisite_nb.submission.executors.pipetask", "multisite_nb.submission.executors.bps")
 _REGISTRY: dict[str, type[Executor]] = {}
 _loaded = False
+_LOADING = threading.RLock()
 
 
 # -- what an executor gets and gives ----------------------------------------------------------
@@ -175,11 +177,13 @@ class BpsPlugin(ABC):
 
 
 def _load_builtins() -> None:
+    """Import the built-in executors once (sites look theirs up from several threads at once)."""
     global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in _BUILTINS:
-            importlib.import_module(module)
+    with _LOADING:
+        if not _loaded:
+            for module in _BUILTINS:
+                importlib.import_module(module)
+            _loaded = True
 
 
 def register_executor(name: str, cls: type[Executor]) -> None:
