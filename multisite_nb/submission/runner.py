@@ -29,8 +29,7 @@ from ..records import QuantumFailure, StepRecord, StepState
 from .executors import Attempt, Launch, executor_for
 from .preflight import preflight
 from .status import graph_status, log_tail_cause
-from .steprun import StepRun
-from .submitfile import safe_name
+from .steprun import StepRun, safe_name
 
 __all__ = ["run_step", "running_steps", "stop_running_steps"]
 

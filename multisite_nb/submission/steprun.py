@@ -11,6 +11,7 @@ of every remote site's units (a global step sees every site's data).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from ..config import Campaign, SkyUnit
 from ..naming import reference_chain, reference_run, site_chain, step_run_collection
 from ..placement import units_where
 
-__all__ = ["StepRun", "load_pipeline_graph", "reference_step_run", "site_units", "step_run"]
+__all__ = ["StepRun", "load_pipeline_graph", "reference_step_run", "safe_name", "site_units", "step_run"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,11 @@ class StepRun:
     def where(self) -> str:
         """``"<site> <step>"``, how messages name it."""
         return f"{self.site} {self.step}"
+
+
+def safe_name(name: str) -> str:
+    """``name`` with anything but letters, digits, ``_.-`` replaced (for file and payload names)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def load_pipeline_graph(path: str) -> PipelineGraph:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,14 +20,9 @@ from ..config import Campaign
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from .executors import BpsPlugin, bps_executor_for, get_executor, site_config_path
-from .steprun import StepRun
+from .steprun import StepRun, safe_name
 
 __all__ = ["submit_file", "write_submit_file"]
-
-
-def safe_name(name: str) -> str:
-    """``name`` with anything but letters, digits, ``_.-`` replaced (for file and payload names)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def _plugin(campaign: Campaign, wms: str | BpsPlugin | None) -> BpsPlugin:
