@@ -7,9 +7,6 @@ phase's details (plan, outcomes, reports) for display.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +14,10 @@ import pandas as pd
 
 from .config import Campaign, load_campaign
 from .errors import ConfigError, GateError
-from .naming import plan_path
+from .naming import logs_dir, plan_path
 from .results import PhaseResult, load_result, record_result, save_table, utcnow
+from .submission.summary import InFlight, dump_steps, steps_table
+from .submission.summary import steps_verdict as _steps_verdict
 
 __all__ = ["gather_redistribute", "placement", "qa", "require_passed", "submit", "transfer", "verify"]
 
@@ -192,134 +191,26 @@ def _extra_inputs(run_dir: str | Path) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in extra.items()}
 
 
-def run_steps(campaign: Campaign, site: str, steps: list[str], run_dir: str | Path,
-              extra_inputs: list[str], progress: Callable[[dict[str, Any]], None] | None = None,
-              stop: threading.Event | None = None) -> dict[str, Any]:
-    """Run steps in order at one site (pre-flight, run, restart when the run exists); stop at a failure.
-
-    ``progress`` is called with the site's steps so far, a step marked ``running`` while it runs.
-    Once ``stop`` is set no further step starts.
-    """
-    from .submit import preflight, run_step, step_run
-
-    out: dict[str, Any] = {}
-    log_dir = Path(run_dir) / "artifacts" / "logs"
-    for step in steps:
-        if stop is not None and stop.is_set():
-            break
-        if progress:
-            progress({**out, step: {"state": "running"}})
-        sr = step_run(campaign, site, step, extra_inputs=extra_inputs)
-        # restart=True: an existing run of this step is finished, not redone (idempotent phases)
-        problems = preflight(campaign, sr, restart=True)
-        if problems:
-            out[step] = {"state": "failed", "succeeded": 0, "failed": 0, "pending": 0,
-                         "failures": [{"task": "(pre-flight)", "data_id": "", "cause": p} for p in problems]}
-            break
-        status = run_step(campaign, sr, restart=True, log_dir=log_dir)
-        out[step] = status.as_dict()
-        if status.state != "ok":
-            break
-    if progress:
-        progress(out)
-    return out
-
-
-class _InFlight:
-    """Keeps a phase's result file current while its steps run, for the dashboard.
-
-    The result says ``passed: false`` with ``in_progress`` until the phase records its
-    verdict, so nothing downstream mistakes a running phase for a finished one.
-    """
-
-    def __init__(self, run_dir: str | Path, label: str, started: Any, base: dict[str, Any]):
-        self.run_dir, self.label, self.started, self.base = run_dir, label, started, base
-        self.steps: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()  # sites report from their own threads
-
-    def site(self, site: str) -> Callable[[dict[str, Any]], None]:
-        def update(site_steps: dict[str, Any]) -> None:
-            with self._lock:
-                self.steps[site] = dict(site_steps)
-                running = [f"{s} {k}" for s, by in self.steps.items() for k, v in by.items()
-                           if v.get("state") == "running"]
-                record_result(self.run_dir, PhaseResult(
-                    phase=self.label, passed=False, reason=f"in progress: {', '.join(running) or 'between steps'}",
-                    started=self.started, summary={**self.base, "steps": dict(self.steps), "in_progress": True}))
-        return update
-
-    def end(self, reason: str) -> None:
-        """Record the phase as ended without a verdict (failed, no longer in progress)."""
-        with self._lock:
-            record_result(self.run_dir, PhaseResult(
-                phase=self.label, passed=False, reason=reason, started=self.started, finished=utcnow(),
-                summary={**self.base, "steps": dict(self.steps), "in_progress": False}))
-
-
-def _steps_verdict(steps: dict[str, dict[str, Any]]) -> tuple[bool, str]:
-    bad = [(site, step, st) for site, by in steps.items() for step, st in by.items() if st.get("state") != "ok"]
-    if not bad:
-        n = sum(st.get("succeeded", 0) for by in steps.values() for st in by.values())
-        return True, f"{n} quanta succeeded in {sum(len(by) for by in steps.values())} site-steps"
-    site, step, st = bad[0]
-    cause = (st.get("failures") or [{}])[0]
-    return False, (f"{site} {step}: {st.get('state')} ({st.get('failed', 0)} failed); first: "
-                   f"{cause.get('task', '')} {cause.get('data_id', '')}: {cause.get('cause', '')}").strip()
-
-
-def steps_table(steps: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per site and step: state, quanta counts, when it started (UTC) and how long it took."""
-    return pd.DataFrame([
-        {"site": site, "step": step, **{k: v.get(k) for k in ("state", "succeeded", "failed", "pending")},
-         "started": (v.get("started") or "")[11:19], "seconds": v.get("seconds")}
-        for site, by in steps.items() for step, v in by.items()
-    ])
-
-
 def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> tuple[PhaseResult, dict[str, Any]]:
-    """Phase 4: run a site stage's steps at every remote site."""
+    """Phase 4: run a site stage's steps at every remote site, side by side.
+
+    Every site's first step is checked before anything is submitted anywhere. Returns the
+    steps as the summary stores them: ``{site: {step: StepRecord dump}}``.
+    """
+    from .submission import run_sites
+
     started = utcnow()
     campaign = _campaign(campaign)
     st = _stage(campaign, stage)
     if st.where != "sites":
-        raise ValueError(f"stage {stage!r} runs centrally: use gather_redistribute")
+        raise ConfigError(f"{campaign.path}: stage {stage!r} runs centrally: use gather_redistribute")
     require_passed(run_dir, "verify")
-    extra = _extra_inputs(run_dir)
-    # pre-flight every site's first step before submitting anything anywhere
-    # (later steps read what earlier ones write, so they are checked just before they run)
-    from .submit import preflight, step_run, stop_running_steps
-
-    blocked = {site: preflight(campaign, step_run(campaign, site, st.steps[0], extra_inputs=extra.get(site, [])),
-                               restart=True)
-               for site in campaign.remote_sites}
-    if any(blocked.values()):
-        steps = {site: {st.steps[0]: {"state": "failed", "succeeded": 0, "failed": 0, "pending": 0,
-                                      "failures": [{"task": "(pre-flight)", "data_id": "", "cause": p} for p in probs]}}
-                 for site, probs in blocked.items() if probs}
-    else:
-        live = _InFlight(run_dir, f"submit_{stage}", started, {"stage": stage})
-        sites = campaign.remote_sites
-        # the sites work side by side, as the facilities do; each runs its own steps in order
-        at_once = min(len(sites), campaign.manifest.workflow.sites_at_once or len(sites))
-        stop = threading.Event()
-        interrupted: BaseException | None = None
-        stopped = 0
-        with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="site") as pool:
-            futures = {site: pool.submit(run_steps, campaign, site, st.steps, run_dir, extra.get(site, []),
-                                         live.site(site), stop)
-                       for site in sites}
-            try:
-                steps = {site: futures[site].result() for site in sites}
-            except BaseException as exc:  # interrupted, or a site raised: start nothing more, stop what runs
-                stop.set()
-                stopped = stop_running_steps()
-                interrupted = exc
-        if interrupted is not None:  # the sites' threads have ended: record where things stand, not 'running'
-            what = "interrupted" if isinstance(interrupted, KeyboardInterrupt) else f"stopped by {interrupted!r}"
-            live.end(f"{what}; {stopped} running step(s) stopped, a new run of the phase restarts them")
-            raise interrupted
-    passed, reason = _steps_verdict(steps)
-    table = save_table(run_dir, f"submit_{stage}", "steps", steps_table(steps))
+    live = InFlight(run_dir, f"submit_{stage}", started, {"stage": stage})
+    records = run_sites(campaign, campaign.remote_sites, st.steps, logs_dir(run_dir), extra=_extra_inputs(run_dir),
+                        live=live)
+    steps = dump_steps(records)
+    passed, reason = _steps_verdict(records)
+    table = save_table(run_dir, f"submit_{stage}", "steps", steps_table(records))
     result = PhaseResult(phase=f"submit_{stage}", passed=passed, reason=reason, started=started, finished=utcnow(),
                          summary={"stage": stage, "steps": steps}, artifacts=[str(table)])
     record_result(run_dir, result)
@@ -382,12 +273,14 @@ def gather_redistribute(campaign: Campaign | str | Path, run_dir: str | Path, st
         passed, reason, rows = _ship(campaign, gplan, run_dir, f"gather for {stage}", progress)
         summary.update(gathered=gathered, gather_shipments=rows)
         if passed:
-            central_inputs = gplan.runs.get(campaign.central, [])
-            live = _InFlight(run_dir, label, started, dict(summary))
-            steps = {campaign.central: run_steps(campaign, campaign.central, st.steps, run_dir, central_inputs,
-                                                 live.site(campaign.central))}
-            summary["steps"] = steps
-            passed, reason = _steps_verdict(steps)
+            from .submission import run_sites
+
+            central = campaign.central
+            records = run_sites(campaign, [central], st.steps, logs_dir(run_dir), check_first=False,
+                                extra={central: gplan.runs.get(central, [])},
+                                live=InFlight(run_dir, label, started, dict(summary)))
+            summary["steps"] = dump_steps(records)
+            passed, reason = _steps_verdict(records)
         if passed:
             produced = [f"{campaign.output_prefix}/{campaign.central}/{step}" for step in st.steps]
             redistributed = wiring.redistributed_after(stage)

@@ -18,6 +18,7 @@ from what the sites produced and set beside the reference's.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,30 +37,18 @@ def reference_collection(campaign: Campaign) -> str:
     return f"{campaign.output_prefix}/{REFERENCE}"
 
 
-def run_reference(campaign: Campaign, log_dir: Any) -> dict[str, Any]:
+def run_reference(campaign: Campaign, log_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """Run every step of the pipeline at the central site over all the campaign's data.
 
-    Idempotent: an existing reference step is extended (skip-existing), not redone.
+    Idempotent: an existing reference step is finished (restarted), not redone. Returns
+    ``{step: StepRecord dump}`` up to the first step that did not succeed.
     """
-    from .submit import StepRun, preflight, run_step, step_run
+    from .submission import reference_step_run, run_steps
 
-    chain = reference_collection(campaign)
-    out: dict[str, Any] = {}
     steps = [s for st in campaign.config.stages for s in st.steps]
-    for step in steps:
-        base = step_run(campaign, campaign.central, step)
-        sr = StepRun(**{**base.__dict__, "output_chain": chain, "output_run": f"{chain}/{step}",
-                        "inputs": [c for c in base.inputs if not c.startswith(f"{campaign.output_prefix}/")]})
-        problems = preflight(campaign, sr, restart=True)
-        if problems:
-            out[step] = {"state": "failed", "failures": [{"task": "(pre-flight)", "data_id": "", "cause": p}
-                                                         for p in problems]}
-            break
-        status = run_step(campaign, sr, mode="pipetask", restart=True, log_dir=log_dir)
-        out[step] = status.as_dict()
-        if status.state != "ok":
-            break
-    return out
+    records = run_steps(campaign, campaign.central, steps, log_dir, mode="pipetask",
+                        make_run=lambda step: reference_step_run(campaign, step))
+    return {step: record.model_dump(mode="json") for step, record in records.items()}
 
 
 def _is_global(data_id: dict[str, Any]) -> bool:

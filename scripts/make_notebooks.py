@@ -130,7 +130,7 @@ NOTEBOOKS = {
             new_markdown_cell("## Submit files\n\nThe same phase code writes the PanDA submit file for the real "
                               "facilities (`parameters/sites/facilities.yaml`) and the one this deployment runs; "
                               "only the site manifest differs. First step of this stage at the first site:"),
-            new_code_cell("from multisite_nb.submit import step_run, submit_file\n"
+            new_code_cell("from multisite_nb.submission import step_run, submit_file\n"
                           "import yaml\n"
                           "st = next(s for s in campaign.config.stages if s.name == stage)\n"
                           "site0 = campaign.remote_sites[0]\n"

@@ -12,9 +12,9 @@ from lsst.daf.butler import Butler, CollectionType
 from lsst.pipe.base import QuantumGraph
 
 from multisite_nb.config import Campaign, load_campaign, load_manifest, repo_root
-from multisite_nb.submit import (
-    PreflightError,
-    StepStatus,
+from multisite_nb.errors import ConfigError, PreflightError
+from multisite_nb.records import StepRecord, StepState
+from multisite_nb.submission import (
     preflight,
     run_step,
     step_run,
@@ -61,7 +61,7 @@ def facilities() -> Campaign:
 
 
 @pytest.fixture(scope="module")
-def step1(root: Path, campaign: Campaign) -> StepStatus:
+def step1(root: Path, campaign: Campaign) -> StepRecord:
     """step1 at IN2P3 with the real ``pipetask run``."""
     return run_step(campaign, step_run(campaign, "IN2P3", "step1"), "pipetask", log_dir=root / "logs")
 
@@ -163,6 +163,40 @@ def test_parsl_submit_file_loads_with_bps(campaign: Campaign, tmp_path: Path) ->
     assert [e.label for e in site.get_executors()] == ["local"]
 
 
+def test_executors_are_registered_by_name_and_chosen_from_the_manifest(campaign: Campaign,
+                                                                       facilities: Campaign) -> None:
+    from multisite_nb.submission import (
+        Executor,
+        executor_for,
+        executor_names,
+        get_executor,
+        register_executor,
+    )
+
+    assert {"pipetask", "bps-parsl", "bps-panda"} <= set(executor_names())
+    assert executor_for(campaign).name == "pipetask"  # workflow.mode: pipetask
+    assert executor_for(campaign, "bps").name == "bps-parsl"  # from bps/parsl_local.yaml's wmsServiceClass
+    assert executor_for(facilities).name == "bps-panda"  # workflow.mode: bps, bps/panda.yaml
+    with pytest.raises(ConfigError, match="no executor 'nowhere'"):
+        executor_for(campaign, "nowhere")
+
+    class Dry(Executor):
+        name, mode, log_name = "test-dry", "dry", "dry.log"
+
+        def run(self, attempt):  # pragma: no cover - never run
+            raise NotImplementedError
+
+    register_executor(Dry.name, Dry)
+    assert isinstance(get_executor("test-dry"), Dry) and executor_for(campaign, "test-dry").mode == "dry"
+
+    # a BPS submit file needs the manifest's BPS site config, and says which key is missing
+    workflow = campaign.manifest.workflow.model_copy(update={"bps_site_config": None})
+    unset = Campaign(campaign.config, campaign.manifest.model_copy(update={"workflow": workflow}), campaign.path,
+                     campaign.manifest_path)
+    with pytest.raises(ConfigError, match="workflow.bps_site_config"):
+        submit_file(unset, step_run(unset, "RAL", "step1", chain_exists=False))
+
+
 # ------------------------------------------------------------------------------ preflight
 def test_preflight_passes_for_a_ready_step(campaign: Campaign) -> None:
     assert preflight(campaign, step_run(campaign, "RAL", "step1")) == []
@@ -203,7 +237,7 @@ def test_preflight_catches_missing_dimension_records(root: Path, campaign: Campa
     assert any("no dimension record for instrument HSC" in p for p in problems), problems
 
 
-def test_preflight_catches_an_existing_output_run(campaign: Campaign, step1: StepStatus) -> None:
+def test_preflight_catches_an_existing_output_run(campaign: Campaign, step1: StepRecord) -> None:
     sr = step_run(campaign, "IN2P3", "step1")
     problems = preflight(campaign, sr)
     assert any("output run 3x3/IN2P3/step1 already exists" in p and "datasets" in p for p in problems), problems
@@ -213,8 +247,8 @@ def test_preflight_catches_an_existing_output_run(campaign: Campaign, step1: Ste
 
 
 # ------------------------------------------------------------------------------ running
-def test_step1_with_pipetask_succeeds_and_counts_match_the_graph(campaign: Campaign, step1: StepStatus) -> None:
-    assert step1.state == "ok", str(step1)
+def test_step1_with_pipetask_succeeds_and_counts_match_the_graph(campaign: Campaign, step1: StepRecord) -> None:
+    assert step1.state == StepState.SUCCEEDED, str(step1)
     attempt = Path(step1.log).parent
     graph = QuantumGraph.loadUri(attempt / "quantum_graph.qg")
     assert step1.total == len(graph) == 72
@@ -231,13 +265,13 @@ def test_step1_with_pipetask_succeeds_and_counts_match_the_graph(campaign: Campa
 
 
 def test_restart_of_a_finished_step_is_ok_and_runs_nothing(tmp_path: Path, campaign: Campaign,
-                                                           step1: StepStatus) -> None:
+                                                           step1: StepRecord) -> None:
     """A phase run twice: the second restart finds every quantum done and says so."""
     butler = Butler.from_config(campaign.butler_repo("IN2P3"))
     before = {r.id for r in butler.query_datasets("calexp", collections="3x3/IN2P3/step1", explain=False)}
     again = run_step(campaign, step_run(campaign, "IN2P3", "step1"), "pipetask", restart=True,
                      log_dir=tmp_path / "other-run-folder")
-    assert again.state == "ok", str(again)
+    assert again.state == StepState.SUCCEEDED, str(again)
     assert (again.total, again.succeeded, again.failed) == (72, 72, 0)
     assert "already succeeded" in again.note
     butler = Butler.from_config(campaign.butler_repo("IN2P3"))
@@ -252,15 +286,17 @@ def test_failure_is_reported_and_restart_finishes_without_rerunning(root: Path, 
     sr = step_run(campaign, "RAL", "step1")
     inject = f"isr:fail_condition=exposure IN ({exposure}) AND detector IN (1)"
     failed = run_step(campaign, sr, "pipetask", log_dir=root / "logs", config_overrides=[inject])
-    assert failed.state == "failed", str(failed)
+    assert failed.state == StepState.FAILED, str(failed)
     assert (failed.total, failed.succeeded, failed.failed, failed.pending) == (72, 69, 1, 2)
     assert failed.by_task["isr"]["failed"] == 1 and failed.by_task["calibrateImage"]["pending"] == 1
     [failure] = failed.failures
-    assert failure["task"] == "isr"
-    assert failure["data_id"] == {"detector": 1, "exposure": exposure, "instrument": "HSC"}
-    assert failure["cause"].startswith("StandInFailure: injected failure: task=isr")
-    assert failure["cause"] in Path(failed.log).read_text()
-    assert failed.as_dict()["failures"] == failed.failures
+    assert failure.task == "isr"
+    assert failure.data_id == {"detector": 1, "exposure": exposure, "instrument": "HSC"}
+    assert failure.cause.startswith("StandInFailure: injected failure: task=isr")
+    assert failure.cause in Path(failed.log).read_text()
+    # the record round-trips through JSON, and status.json holds exactly it
+    assert StepRecord.model_validate(failed.model_dump(mode="json")) == failed
+    assert StepRecord.model_validate_json((Path(failed.log).parent / "status.json").read_text()) == failed
 
     butler = Butler.from_config(repo)
     before = {ref.dataId.required_values: ref.id
@@ -271,7 +307,7 @@ def test_failure_is_reported_and_restart_finishes_without_rerunning(root: Path, 
     # The cause removed (no override), the step restarts in the same run.
     assert any("already exists" in p for p in preflight(campaign, sr))
     done = run_step(campaign, sr, "pipetask", restart=True, log_dir=root / "logs")
-    assert done.state == "ok", str(done)
+    assert done.state == StepState.SUCCEEDED, str(done)
     assert (done.total, done.succeeded, done.failed, done.pending, done.restart) == (72, 72, 0, 0, True)
     assert done.attempt == failed.attempt + 1
     # Only the failed quantum and the two it blocked ran again ...
@@ -286,14 +322,14 @@ def test_failure_is_reported_and_restart_finishes_without_rerunning(root: Path, 
 
 
 @pytest.mark.slow
-def test_bps_parsl_runs_a_step(root: Path, campaign: Campaign, step1: StepStatus) -> None:
+def test_bps_parsl_runs_a_step(root: Path, campaign: Campaign, step1: StepRecord) -> None:
     # An extra input collection (as a redistributed run would be) joins the site's chain.
     butler = Butler.from_config(campaign.butler_repo("IN2P3"), writeable=True)
     butler.collections.register("3x3/USDF/extra", CollectionType.RUN)
     butler.close()
     sr = step_run(campaign, "IN2P3", "step2a", ["3x3/USDF/extra"])
     status = run_step(campaign, sr, "bps", log_dir=root / "logs")
-    assert status.state == "ok", str(status)
+    assert status.state == StepState.SUCCEEDED, str(status)
     assert (status.mode, status.total, status.succeeded, status.failed) == ("bps", 12, 12, 0)
     attempt = Path(status.log).parent
     assert (attempt / "submit.yaml").is_file() and list((attempt / "submit").glob("*.qg"))
@@ -310,12 +346,12 @@ def test_a_stopped_step_leaves_no_process_and_restarts(root: Path, campaign: Cam
     import threading
     import time
 
-    from multisite_nb.submit import running_steps, stop_running_steps
+    from multisite_nb.submission import running_steps, stop_running_steps
 
     # its own output collections, so no other test's runs are touched
     sr = dataclasses.replace(step_run(campaign, "RAL", "step1"), output_chain="stoptest/RAL",
                              output_run="stoptest/RAL/step1")
-    out: dict[str, StepStatus] = {}
+    out: dict[str, StepRecord] = {}
     worker = threading.Thread(target=lambda: out.setdefault("s", run_step(
         campaign, sr, "pipetask", log_dir=root / "logs", config_overrides=["isr:sleep=20"])))
     worker.start()
@@ -329,10 +365,10 @@ def test_a_stopped_step_leaves_no_process_and_restarts(root: Path, campaign: Cam
     worker.join(timeout=60)
     assert not worker.is_alive() and time.monotonic() - t0 < 40
     stopped = out["s"]
-    assert stopped.state != "ok" and stopped.returncode != 0, str(stopped)
+    assert stopped.state != StepState.SUCCEEDED and stopped.returncode != 0, str(stopped)
     assert running_steps() == 0
     assert "stopped by signal" in Path(stopped.log).read_text()
-    assert subprocess.run(["pgrep", "-f", str(Path(stopped.log).parent)], capture_output=True).returncode == 1
+    assert subprocess.run(["pgrep", "-f", str(Path(stopped.log).parent)], capture_output=True, check=False).returncode == 1
 
     done = run_step(campaign, sr, "pipetask", restart=True, log_dir=root / "logs")
-    assert done.state == "ok" and done.restart and done.succeeded == done.total > 0, str(done)
+    assert done.state == StepState.SUCCEEDED and done.restart and done.succeeded == done.total > 0, str(done)

@@ -38,13 +38,15 @@ def test_a_failed_preflight_submits_nothing(world, tmp_path) -> None:
 
 def test_a_running_step_shows_on_the_dashboard(world, tmp_path) -> None:
     """While a phase runs, its result file says which step is running: the site reads 'busy'."""
-    from multisite_nb.phases import _InFlight
+    from multisite_nb.records import StepRecord, StepState
     from multisite_nb.results import load_result, utcnow
+    from multisite_nb.submission import InFlight
     from multisite_nb.views.status import collect
 
     run_dir = tmp_path / "run"
-    live = _InFlight(run_dir, "submit_early", utcnow(), {"stage": "early"})
-    live.site("RAL")({"step1": {"state": "ok", "succeeded": 24, "total": 24}, "step2a": {"state": "running"}})
+    live = InFlight(run_dir, "submit_early", utcnow(), {"stage": "early"})
+    live.site("RAL")({"step1": StepRecord(site="RAL", step="step1", state=StepState.SUCCEEDED, succeeded=24, total=24),
+                      "step2a": StepRecord.in_progress("RAL", "step2a")})
     res = load_result(run_dir, "submit_early")
     assert not res.passed and res.summary["in_progress"] and "RAL step2a" in res.reason
     status = collect(world.campaign, run_dir, butler=False)
@@ -80,7 +82,7 @@ def test_an_interrupted_phase_stops_every_site_and_a_new_run_finishes(world, tmp
     proc = subprocess.Popen([sys.executable, "-c", script], env=world.env(), stderr=subprocess.PIPE, text=True)
 
     def running() -> int:
-        out = subprocess.run(["pgrep", "-f", f"pipetask.*{run_dir}"], capture_output=True, text=True)
+        out = subprocess.run(["pgrep", "-f", f"pipetask.*{run_dir}"], capture_output=True, text=True, check=False)
         return len(out.stdout.split())
 
     deadline = time.monotonic() + 120
@@ -97,4 +99,4 @@ def test_an_interrupted_phase_stops_every_site_and_a_new_run_finishes(world, tmp
     campaign = load_campaign(path)
     result, steps = phases.submit(campaign, run_dir, "early")
     assert result.passed, result.reason
-    assert all(by["step1"]["attempt"] == 2 and by["step1"]["state"] == "ok" for by in steps.values())
+    assert all(by["step1"]["attempt"] == 2 and by["step1"]["state"] == "succeeded" for by in steps.values())

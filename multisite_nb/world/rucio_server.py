@@ -20,7 +20,9 @@ Processes: ``gunicorn app:application`` (``-w 1 --threads 1``: SQLite) and
 ``site_services.py`` (Rucio's conveyor submitter/poller/finisher with a posix transfertool,
 judge injector/evaluator/repairer/cleaner, abacus), both from ``rucio_side/``.
 
-Only the standard library is used here: the toolkit never imports the Rucio server.
+Only the standard library and the toolkit's own process supervision (:mod:`multisite_nb.procs`)
+and atomic writer (:mod:`multisite_nb.fileio`) are used here: the toolkit never imports the
+Rucio server.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import io
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +44,9 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..fileio import atomic_write_json, atomic_write_text
+from ..procs import PidRecord, live_pid, read_pid_record, start, stop_groups
 
 __all__ = ["RucioServer", "RucioServerError"]
 
@@ -84,27 +88,6 @@ def _port_bindable(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _proc_start_time(pid: int) -> int | None:
-    """Start time (clock ticks since boot) of a live, non-zombie process; None otherwise."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 (created that way, never world-readable)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _rotate(log: Path) -> None:
@@ -150,7 +133,7 @@ class RucioServer:
         self._port_arg = port
         self.account = account
         self.quota_bytes = quota_bytes
-        self._children: dict[str, subprocess.Popen] = {}
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._cached_token: tuple[str, float, int] | None = None  # token, obtained at, port
 
     # -- paths -----------------------------------------------------------------------------
@@ -281,25 +264,17 @@ class RucioServer:
             self._down(timeout)
 
     def _down(self, timeout: float = 20.0) -> None:
-        running = {name: pid for name in _PROCESSES if (pid := self._live_pid(name)) is not None}
-        for pid in running.values():
-            self._signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while running and time.monotonic() < deadline:
-            self._reap()
-            running = {n: p for n, p in running.items() if self._live_pid(n) is not None}
-            if running:
-                time.sleep(0.05)
-        for pid in running.values():
-            self._signal_group(pid, signal.SIGKILL)
-        kill_deadline = time.monotonic() + 5
-        while running and time.monotonic() < kill_deadline:
-            self._reap()
-            running = {n: p for n, p in running.items() if self._live_pid(n) is not None}
-            if running:
-                time.sleep(0.05)
-        if running:
-            raise RucioServerError(f"could not stop {sorted(running)} (pids {sorted(running.values())})")
+        # our own children are stopped through their Popen (reaped there), others by their records
+        running: dict[str, subprocess.Popen[bytes] | PidRecord] = {}
+        for name in _PROCESSES:
+            record = self._read_pid(name)
+            if record is not None and self._live_pid(name) == record.pid:
+                child = self._children.get(name)
+                running[name] = child if child is not None and child.pid == record.pid else record
+        left = stop_groups(running.values(), timeout=timeout, kill_timeout=5)
+        if left:
+            names = sorted(n for n, t in running.items() if t in left)
+            raise RucioServerError(f"could not stop {names} (pids {sorted(t.pid for t in left)})")
         for name in _PROCESSES:
             (self.root / "run" / f"{name}.pid").unlink(missing_ok=True)
         port = self.port
@@ -325,7 +300,7 @@ class RucioServer:
         for name in _PROCESSES:
             pid = self._live_pid(name)
             recorded = self._read_pid(name)
-            processes[name] = {"pid": pid if pid is not None else (recorded or {}).get("pid"),
+            processes[name] = {"pid": pid if pid is not None else (recorded.pid if recorded else None),
                                "alive": pid is not None}
         ping = self._ping()
         rses: dict[str, dict[str, Any]] = {}
@@ -394,16 +369,15 @@ class RucioServer:
                 raise RucioServerError(f"port {self._port_arg} on 127.0.0.1 is in use")
             port = self._port_arg
         else:
-            port = self._state().get("port")
-            if not port or not _port_bindable(port):
-                port = _free_port()
+            remembered = self._state().get("port")
+            port = remembered if remembered and _port_bindable(remembered) else _free_port()
         self._update_state(port=port)
         return port
 
     def _update_state(self, **values: Any) -> None:
         state = self._state()
         state.update(values)
-        (self.root / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+        atomic_write_json(self.root / "state.json", state, indent=1)
 
     def _secrets(self) -> dict[str, str]:
         path = self.root / "secrets.json"
@@ -414,7 +388,7 @@ class RucioServer:
         except (OSError, ValueError):
             pass
         data = {"password": secrets.token_urlsafe(24), "root_password": secrets.token_urlsafe(24)}
-        _write_private(path, json.dumps(data) + "\n")
+        atomic_write_text(path, json.dumps(data) + "\n", mode=0o600)
         return data
 
     def _write_server_config(self) -> None:
@@ -455,7 +429,7 @@ class RucioServer:
         buf = io.StringIO()
         buf.write("# Rucio client config of the embedded world (generated; holds a password: mode 0600).\n")
         cfg.write(buf)
-        _write_private(self.client_config, buf.getvalue())
+        atomic_write_text(self.client_config, buf.getvalue(), mode=0o600)
 
     def _site_of(self, rse: str) -> str:
         return rse.split("_")[0] if "_" in rse else rse
@@ -478,7 +452,7 @@ class RucioServer:
                 for name, prefix in self.rses.items()
             },
         }
-        (self.root / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
+        atomic_write_json(self.root / "spec.json", spec, indent=1)
 
     # -- internals: processes --------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -508,52 +482,23 @@ class RucioServer:
         return result
 
     def _spawn(self, name: str, cmd: list[str], log: Path) -> None:
-        with open(log, "a") as out:
-            proc = subprocess.Popen(cmd, cwd=self.root, env=self._env(), stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self._children[name] = proc
-        start = _proc_start_time(proc.pid)
-        record = {"pid": proc.pid, "start_time": start, "cmd": cmd[:3]}
-        (self.root / "run" / f"{name}.pid").write_text(json.dumps(record) + "\n")
+        """Start daemon ``name`` in its own process group, its PID record in ``run/<name>.pid``."""
+        self._children[name] = start(cmd, log, env=self._env(), cwd=self.root,
+                                     pid_file=self.root / "run" / f"{name}.pid")
 
-    def _read_pid(self, name: str) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.root / "run" / f"{name}.pid").read_text())
-        except (OSError, ValueError):
-            return None
+    def _read_pid(self, name: str) -> PidRecord | None:
+        return read_pid_record(self.root / "run" / f"{name}.pid")
 
     def _live_pid(self, name: str) -> int | None:
         """PID of process ``name`` if it is alive and is the one we started (not a reused PID)."""
         self._reap()
-        record = self._read_pid(name)
-        if not record:
-            return None
-        pid = int(record["pid"])
-        start = _proc_start_time(pid)
-        if start is None:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)  # reap our own zombie (started by another instance)
-            return None
-        if record.get("start_time") is not None and start != record["start_time"]:
-            return None  # the PID was reused by an unrelated process
-        return pid
+        # reap=True: a zombie here is our own child started by another instance (ours are reaped above)
+        return live_pid(self._read_pid(name), reap=True)
 
     def _reap(self) -> None:
         for name, proc in list(self._children.items()):
             if proc.poll() is not None:
                 del self._children[name]
-
-    @staticmethod
-    def _signal_group(pid: int, sig: int) -> None:
-        try:
-            os.killpg(pid, sig)  # started with start_new_session: pgid == pid
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def _wait_ready(self, port: int, ready: Path, deadline: float) -> None:
         pinged = daemon_ready = False

@@ -1,0 +1,86 @@
+"""``pipetask run`` here, in this process's environment (the embedded world's mode).
+
+A restart extends the existing output run and runs only the quanta without outputs
+(``--extend-run --skip-existing --clobber-outputs``, and ``--skip-init-writes`` once the run
+holds the step's task configs).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lsst.daf.butler import MissingCollectionError, MissingDatasetTypeError
+
+from ...butler_ops import open_butler
+from ..steprun import StepRun, load_pipeline_graph
+from .base import Attempt, Executor, Launch, _register_builtin, child_env, tool_path
+
+__all__ = ["PipetaskExecutor"]
+
+_SKIPPED = re.compile(r"Dropping task \S+ because no quanta remain \((\d+) previously succeeded and skipped\)")
+
+
+class PipetaskExecutor(Executor):
+    """``pipetask run`` with the step's collections, data query and a saved quantum graph."""
+
+    name = "pipetask"
+    mode = "pipetask"
+    log_name = "pipetask.log"
+
+    def run(self, attempt: Attempt) -> Launch:
+        sr = attempt.step_run
+        graph, summary = attempt.folder / "quantum_graph.qg", attempt.folder / "summary.json"
+        cmd = [
+            tool_path("pipetask"), "--long-log", "run",
+            "-b", sr.repo,
+            "-i", ",".join(sr.inputs),
+            "-o", sr.output_chain,
+            "--output-run", sr.output_run,
+            "-p", sr.pipeline,
+            "-d", sr.data_query,
+            "--register-dataset-types",
+            "-j", str(attempt.jobs),
+            "--save-qgraph", str(graph),
+            "--summary", str(summary),
+        ]
+        for c in attempt.config_overrides:
+            cmd += ["-c", c]
+        if attempt.extend:
+            cmd += ["--extend-run", "--skip-existing", "--clobber-outputs"]
+            if _has_init_outputs(sr):
+                cmd.append("--skip-init-writes")
+        attempt.record.update({"graph": str(graph), "command": cmd})
+        attempt.save()
+        rc, timed_out = attempt.run(cmd, env=child_env(), cwd=attempt.folder, timeout=attempt.timeout)
+        done = _already_complete(attempt.log) if attempt.extend and rc != 0 and not timed_out else None
+        return Launch(rc, timed_out, graph=graph, summary=summary, already_done=done)
+
+
+def _has_init_outputs(sr: StepRun) -> bool:
+    """Whether the output run already holds the step's task configs (written once per run)."""
+    graph = load_pipeline_graph(sr.pipeline_path)
+    names = [graph.tasks[label].init.config_output.dataset_type_name for label in graph.task_subsets[sr.subset]]
+    with open_butler(sr.repo) as butler:
+        for name in names:
+            try:
+                if butler.query_datasets(name, collections=sr.output_run, explain=False, limit=1):
+                    return True
+            except (MissingDatasetTypeError, MissingCollectionError):  # not registered yet
+                continue
+    return False
+
+
+def _already_complete(log: Path) -> int | None:
+    """Quanta skipped as done, if pipetask stopped only because nothing was left to run."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    if "QuantumGraph was empty" not in text and "contains no quanta" not in text:
+        return None
+    skipped = [int(n) for n in _SKIPPED.findall(text)]
+    return sum(skipped) if skipped and all(n > 0 for n in skipped) else None
+
+
+_register_builtin(PipetaskExecutor.name, PipetaskExecutor)

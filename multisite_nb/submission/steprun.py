@@ -1,0 +1,166 @@
+"""What to run: one pipeline step at one site, its collections and its data query.
+
+Collections follow :mod:`multisite_nb.naming` (the gather/redistribute code relies on it):
+the step writes RUN ``P/S/T`` and prepends it to the site's CHAINED ``P/S``; it reads ``P/S``
+(if it exists), the campaign's input collections and any extra collections the caller passes
+(runs redistributed from the central site, or gathered at it), searched last.
+
+A remote site's data query selects its own sky units; the central site's selects the union
+of every remote site's units (a global step sees every site's data).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from lsst.pipe.base import Pipeline
+from lsst.pipe.base.pipeline_graph import PipelineGraph
+
+from ..butler_ops import collection_exists
+from ..config import Campaign, SkyUnit
+from ..naming import reference_chain, reference_run, site_chain, step_run_collection
+from ..placement import units_where
+
+__all__ = ["StepRun", "load_pipeline_graph", "reference_step_run", "safe_name", "site_units", "step_run"]
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """One step at one site: where it runs, what it reads, what it writes.
+
+    Attributes
+    ----------
+    site, step
+        Site name (from the campaign) and pipeline subset label.
+    repo
+        The site's Butler repository (from the manifest).
+    inputs
+        Input collections, in search order.
+    output_chain, output_run
+        ``P/S`` and ``P/S/T``.
+    data_query
+        Butler expression selecting the site's data.
+    pipeline
+        ``<absolute pipeline path>#<step>``.
+    """
+
+    site: str
+    step: str
+    repo: str
+    inputs: list[str]
+    output_chain: str
+    output_run: str
+    data_query: str
+    pipeline: str
+
+    @property
+    def pipeline_path(self) -> str:
+        return self.pipeline.partition("#")[0]
+
+    @property
+    def subset(self) -> str:
+        return self.pipeline.partition("#")[2]
+
+    @property
+    def where(self) -> str:
+        """``"<site> <step>"``, how messages name it."""
+        return f"{self.site} {self.step}"
+
+
+def safe_name(name: str) -> str:
+    """``name`` with anything but letters, digits, ``_.-`` replaced (for file and payload names)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def load_pipeline_graph(path: str) -> PipelineGraph:
+    """The pipeline at ``path`` as an unresolved graph (resolving is pre-flight's job)."""
+    return Pipeline.from_uri(path).to_graph()
+
+
+def site_units(campaign: Campaign, site: str) -> list[SkyUnit]:
+    """A remote site's units; for the central site, every remote site's units."""
+    if site == campaign.central:
+        return [u for s in campaign.remote_sites for u in campaign.sky_units(s)]
+    return campaign.sky_units(site)
+
+
+def _data_query(campaign: Campaign, site: str) -> str:
+    units = site_units(campaign, site)
+    return f"instrument = '{campaign.config.instrument}' AND {units_where(units, campaign.config.skymap)}"
+
+
+def _planned_before(campaign: Campaign, site: str, step: str) -> bool:
+    """Whether the stage plan runs an earlier step at this site (so ``P/S`` should exist)."""
+    role = "central" if site == campaign.central else "sites"
+    for stage in campaign.config.stages:
+        for st in stage.steps:
+            if st == step:
+                return False
+            if stage.where == role:
+                return True
+    return False
+
+
+def _dedupe(names: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+def step_run(
+    campaign: Campaign,
+    site: str,
+    step: str,
+    extra_inputs: Sequence[str] = (),
+    *,
+    chain_exists: bool | None = None,
+) -> StepRun:
+    """Describe ``step`` at ``site`` following the campaign's collection convention.
+
+    Parameters
+    ----------
+    campaign
+        The loaded campaign (its manifest gives the repo).
+    site
+        A remote site or the central site.
+    step
+        Pipeline subset label.
+    extra_inputs
+        More input collections (e.g. redistributed or gathered runs), searched last.
+    chain_exists
+        Whether ``P/S`` exists; `None` = look in the site's repo, or, when the repo cannot
+        be opened from here (a remote facility), predict it from the stage plan.
+
+    Raises
+    ------
+    KeyError
+        If ``site`` is not a site of the campaign.
+    """
+    if site not in campaign.all_sites:
+        raise KeyError(f"site {site!r} is not in campaign {campaign.name} (sites: {', '.join(campaign.all_sites)})")
+    chain, run = site_chain(campaign, site), step_run_collection(campaign, site, step)
+    repo = campaign.butler_repo(site)
+    if chain_exists is None:
+        chain_exists = collection_exists(repo, chain)
+        if chain_exists is None:
+            chain_exists = _planned_before(campaign, site, step)
+    inputs = _dedupe([*([chain] if chain_exists else []), *campaign.config.collections.inputs, *extra_inputs])
+    return StepRun(
+        site=site, step=step, repo=repo, inputs=inputs, output_chain=chain, output_run=run,
+        data_query=_data_query(campaign, site), pipeline=f"{campaign.pipeline_path}#{step}",
+    )
+
+
+def reference_step_run(campaign: Campaign, step: str) -> StepRun:
+    """``step`` of QA's single-site reference: at the central site over all the campaign's data.
+
+    It reads only the campaign's inputs (nothing the sites made) and writes its own
+    collections (``P/reference/T`` in ``P/reference``).
+    """
+    base = step_run(campaign, campaign.central, step, chain_exists=False)
+    own = f"{campaign.output_prefix}/"  # nothing the campaign wrote
+    return StepRun(
+        site=base.site, step=step, repo=base.repo, inputs=[c for c in base.inputs if not c.startswith(own)],
+        output_chain=reference_chain(campaign), output_run=reference_run(campaign, step),
+        data_query=base.data_query, pipeline=base.pipeline,
+    )
