@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (see README.md). Both set up what they need on first use.
-.PHONY: campaign test setup setup-test lint notebooks world-up world-down clean-world
+.PHONY: campaign test setup setup-test lock lint notebooks world-up world-down clean-world
 
 campaign: setup            ## set up, bring the world up, run the whole 3x3 campaign
 	.venv/bin/multisite-nb campaign
@@ -20,6 +20,9 @@ setup:
 
 setup-test:
 	bash scripts/setup.sh --browser
+
+lock:                      ## re-resolve requirements/*.txt into the hash-pinned requirements/*.lock setup.sh installs
+	bash scripts/lock.sh
 
 world-up: setup
 	.venv/bin/multisite-nb world up

@@ -2,47 +2,38 @@
 # Create (or reuse) the two virtual environments the project needs:
 #   .venv        the toolkit: LSST middleware, rucio-clients, Jupyter, papermill, tests
 #   .venv-rucio  the Rucio server (its pins clash with the toolkit's, so it lives apart)
-# Idempotent: a venv whose stamp matches its requirements file is reused as is.
+# Each venv installs the hash-pinned lock file of its requirements (requirements/*.lock, refreshed
+# by 'make lock'). Idempotent: a venv whose stamp matches its lock file is reused as is.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
 
-find_python312() {
-  local cand
-  for cand in "${MSNB_PYTHON:-}" python3.12 "$HOME/.pyenv/versions/3.12.1/bin/python3.12" \
-              $(ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null) \
-              /usr/bin/python3.12 /usr/local/bin/python3.12; do
-    [ -n "$cand" ] || continue
-    if "$cand" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1; then
-      command -v "$cand" 2>/dev/null || echo "$cand"; return 0
-    fi
-  done
-  # pyenv installs that are not on PATH by default
-  if command -v pyenv >/dev/null 2>&1; then
-    local v; v=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12' | tail -n1 || true)
-    if [ -n "$v" ]; then echo "$(pyenv root)/versions/$v/bin/python3.12"; return 0; fi
+# shellcheck source=scripts/find_python312.sh
+source "$here/scripts/find_python312.sh"
+
+make_venv() {  # $1 venv dir, $2 requirements file (.txt) whose lock file (.lock) it installs
+  local venv=$1 req=$2 lock="${2%.txt}.lock" stamp="$1/.msnb-stamp"
+  if [ ! -f "$lock" ]; then
+    echo "$lock is missing: run 'make lock' (scripts/lock.sh) to resolve $req" >&2
+    exit 1
   fi
-  return 1
-}
-
-PY=$(find_python312) || {
-  echo "multisite_nb needs Python 3.12 (the line Rubin's middleware is on)." >&2
-  echo "Install it, e.g. 'pyenv install 3.12' or 'apt-get install python3.12 python3.12-venv'," >&2
-  echo "or point MSNB_PYTHON at a 3.12 interpreter." >&2
-  exit 1
-}
-
-make_venv() {  # $1 venv dir, $2 requirements file, $3 extra pip args
-  local venv=$1 req=$2 stamp="$1/.msnb-stamp"
-  local want; want=$(sha256sum "$req" | cut -c1-16)
+  # the lock records the hash of the .txt it was resolved from: say so if the .txt moved on
+  local txt_hash; txt_hash=$(sha256sum "$req" | cut -c1-16)
+  if ! grep -q "^# from $req (sha256 $txt_hash" "$lock"; then
+    echo "warning: $req changed since $lock was generated; run 'make lock' to refresh it" >&2
+  fi
+  local want; want=$(sha256sum "$lock" | cut -c1-16)
   if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
-  echo "setting up $venv from $req (first use; later runs reuse it; log: $venv.log)" >&2
+  echo "setting up $venv from $lock (first use or a new lock; later runs reuse it; log: $venv.log)" >&2
   rm -rf "$venv"
   "$PY" -m venv "$venv"
-  if ! { "$venv/bin/python" -m pip install --upgrade pip &&
-         "$venv/bin/python" -m pip install -r "$req" ${3:-}; } >"$venv.log" 2>&1; then
+  # pip itself first, at the release the lock pins (hash-checked), then the locked set
+  awk '/^pip==/ {p = 1} p {print; if ($0 !~ /\\$/) exit}' "$lock" >"$venv/.msnb-pip.txt"
+  if ! { { [ ! -s "$venv/.msnb-pip.txt" ] ||
+           "$venv/bin/python" -m pip install --require-hashes -r "$venv/.msnb-pip.txt"; } &&
+         "$venv/bin/python" -m pip install --require-hashes -r "$lock"; } >"$venv.log" 2>&1; then
     echo "pip failed for $venv; the last lines of $venv.log:" >&2
     grep -v "is ignored: it is neither" "$venv.log" | tail -n 20 >&2
     exit 1
@@ -56,7 +47,11 @@ make_venv .venv requirements/toolkit.txt
 # (checked from / so that the checkout's own folder on sys.path does not count)
 installed=$(cd / && "$here/.venv/bin/python" -c 'import multisite_nb, os; print(os.path.dirname(os.path.dirname(multisite_nb.__file__)))' 2>/dev/null || true)
 if [ "$installed" != "$here" ]; then
-  .venv/bin/python -m pip install -q --no-deps -e . >>.venv.log 2>&1
+  .venv/bin/python -m pip install -q --no-deps -e . >>.venv.log 2>&1 || {
+    echo "pip failed to install the toolkit itself (editable) into .venv; the last lines of .venv.log:" >&2
+    grep -v "is ignored: it is neither" .venv.log | tail -n 20 >&2
+    exit 1
+  }
 fi
 
 # The browser for the dashboard's end-to-end test comes from Debian (a test tool's own
