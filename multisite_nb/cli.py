@@ -93,6 +93,7 @@ def world_status(dir_: str | None, params: str, as_json: bool) -> None:
 def _run_chain(campaign, phases: list[str], runs_root: str | None, resume_dir: str | None,
                world_dir: Path | None = None):
     from .fileio import check_writable
+    from .lock import chain_lock
     from .registry import parse
     from .runbook import check_run_folder, new_run, run_chain
     from .world.manager import world_secrets
@@ -113,11 +114,12 @@ def _run_chain(campaign, phases: list[str], runs_root: str | None, resume_dir: s
             run_dir = new_run(root, campaign.name)
         click.echo(f"run folder: {run_dir}")
         secrets = world_secrets(world_dir) if world_dir else []
-        outcome = run_chain(
-            phases, run_dir, {"campaign_file": str(campaign.path)}, repo_root() / "notebooks",
-            resume=bool(resume_dir), campaign=campaign.name, log=click.echo,
-            secrets=secrets, rucio_config=campaign.manifest.rucio.config,
-        )
+        with chain_lock(campaign, run_dir, resume=bool(resume_dir)):
+            outcome = run_chain(
+                phases, run_dir, {"campaign_file": str(campaign.path)}, repo_root() / "notebooks",
+                resume=bool(resume_dir), campaign=campaign.name, log=click.echo,
+                secrets=secrets, rucio_config=campaign.manifest.rucio.config,
+            )
     except MsnbError as exc:
         raise click.ClickException(str(exc)) from None
     return run_dir, outcome
@@ -201,6 +203,57 @@ def _run_campaign(run_dir: Path, params: str | None, world_dir: str | None):
         return load_campaign(params)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command("status")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def status_cmd(run_dir: str) -> None:
+    """How a run stands: running, passed, failed, interrupted, or died (its process gone), phase by phase."""
+    from .results import load_results, load_run_record
+    from .runbook import pid_records
+    from .procs import live_pid
+
+    folder = Path(run_dir).resolve()
+    record = load_run_record(folder)
+    if record is None:
+        raise click.ClickException(f"{folder}: no run.json: not a chain's run folder")
+    state = record.state()
+    click.echo(f"run {record.run_id} ({record.campaign}): {state}" + (f": {record.reason}" if record.reason else ""))
+    click.echo(f"  by {record.who} on {record.host}, pid {record.pid}, started {record.started:%Y-%m-%d %H:%M:%S} UTC"
+               + (f", last heartbeat {record.heartbeat:%H:%M:%S}" if record.heartbeat else ""))
+    results = load_results(folder, strict=False)
+    for entry in record.phases:
+        res = results.get(entry.phase)
+        note = res.reason if res else entry.reason
+        if res is not None and res.summary.get("in_progress"):
+            note = "in progress when last recorded: " + note
+        click.echo(f"  {entry.phase:32s} {entry.status:8s} {note[:140]}")
+    live = [(p, r) for p, r in pid_records(folder) if live_pid(r) is not None]
+    for path, rec in live:
+        click.echo(f"  still running: pid {rec.pid} ({path.relative_to(folder).as_posix()})")
+    if state == "died":
+        click.echo(f"  its chain is gone{f', {len(live)} process(es) it started still run' if live else ''}: "
+                   f"multisite-nb run --resume {folder} stops them and goes on")
+    if state in ("failed", "died", "interrupted"):
+        sys.exit(1)
+
+
+@main.command("unlock")
+@click.argument("params", default=DEFAULT_PARAMS)
+@click.option("--world", "world_dir", default=None, help="World folder (sets $MSNB_WORLD).")
+@click.option("--force", is_flag=True, help="Break it even if its holder may still work (another host, alive).")
+def unlock_cmd(params: str, world_dir: str | None, force: bool) -> None:
+    """Break a campaign's operator lock left by a dead run (only a stale one, unless --force)."""
+    from .config import load_campaign
+    from .lock import OperatorLock
+
+    if world_dir:
+        os.environ["MSNB_WORLD"] = str(Path(world_dir).resolve())
+    try:
+        holder = OperatorLock(load_campaign(params)).break_lock(force=force)
+    except MsnbError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"lock broken: it was held by {holder}" if holder else "the campaign is not locked")
 
 
 @main.command("repair")

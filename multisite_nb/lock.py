@@ -32,7 +32,7 @@ from .errors import MsnbError
 from .naming import lock_collection
 from .procs import PidRecord, live_pid, proc_start_time
 
-__all__ = ["ENV_TOKEN", "LockHolder", "LockedError", "OperatorLock", "operator_lock"]
+__all__ = ["ENV_TOKEN", "LockHolder", "LockedError", "OperatorLock", "chain_lock", "operator_lock"]
 
 #: The environment variable carrying a chain's lock token to the phases it runs.
 ENV_TOKEN = "MSNB_LOCK_TOKEN"
@@ -150,4 +150,35 @@ def operator_lock(campaign: Campaign, run_dir: str | os.PathLike[str] = "") -> I
         yield token
     finally:
         if token is not None:
+            lock.release(token)
+
+
+@contextlib.contextmanager
+def chain_lock(campaign: Campaign, run_dir: str | os.PathLike[str], *, resume: bool = False) -> Iterator[str | None]:
+    """Hold the lock for a whole chain, its token handed to the phase kernels in ``$MSNB_LOCK_TOKEN``.
+
+    Resuming a run whose own dead chain left the lock stale takes it over: resuming that run is
+    the operator's request to go on with it.
+    """
+    lock = OperatorLock(campaign)
+    try:
+        token = lock.acquire(run_dir)
+    except LockedError:
+        holder = lock.holder()
+        if not (resume and holder is not None and holder.stale
+                and holder.run_dir == str(Path(run_dir).resolve())):
+            raise
+        lock.break_lock()
+        token = lock.acquire(run_dir)
+    previous = os.environ.get(ENV_TOKEN)
+    if token is not None:
+        os.environ[ENV_TOKEN] = token
+    try:
+        yield token
+    finally:
+        if token is not None:
+            if previous is None:
+                os.environ.pop(ENV_TOKEN, None)
+            else:
+                os.environ[ENV_TOKEN] = previous
             lock.release(token)

@@ -7,14 +7,16 @@ phase's details (plan, outcomes, reports) for display.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
 from .config import Campaign, load_campaign
 from .errors import ConfigError, GateError
-from .naming import logs_dir, plan_path
+from .naming import logs_dir, plan_path, step_run_collection
 from .results import PhaseResult, load_result, record_result, save_table, utcnow
 from .submission.summary import InFlight, dump_steps, steps_table
 from .submission.summary import steps_verdict as _steps_verdict
@@ -34,6 +36,21 @@ def require_passed(run_dir: str | Path, phase: str) -> PhaseResult:
 
 def _campaign(c: Campaign | str | Path) -> Campaign:
     return c if isinstance(c, Campaign) else load_campaign(c)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _acting(func: F) -> F:
+    """A phase that changes Rucio or a Butler: it holds the campaign's operator lock while it runs."""
+    @functools.wraps(func)
+    def wrapper(campaign: Campaign | str | Path, run_dir: str | Path, *args: Any, **kwargs: Any) -> Any:
+        from .lock import operator_lock
+
+        campaign = _campaign(campaign)
+        with operator_lock(campaign, run_dir):
+            return func(campaign, run_dir, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[PhaseResult, Any]:
@@ -101,6 +118,7 @@ def _boundary_by_sites(plan: Any) -> dict[str, int]:
     return out
 
 
+@_acting
 def transfer(campaign: Campaign | str | Path, run_dir: str | Path, *, progress: bool = True,
              timeout_s: float = 900) -> tuple[PhaseResult, list[Any]]:
     """Phase 2: move each site's planned inputs with Rucio and ingest them in place."""
@@ -191,11 +209,13 @@ def _extra_inputs(run_dir: str | Path) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in extra.items()}
 
 
+@_acting
 def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> tuple[PhaseResult, dict[str, Any]]:
     """Phase 4: run a site stage's steps at every remote site, side by side.
 
-    Every site's first step is checked before anything is submitted anywhere. Returns the
-    steps as the summary stores them: ``{site: {step: StepRecord dump}}``.
+    Every site's first step is checked before anything runs there: a site with problems does
+    not run (named in the gate), the others go on. Returns the steps as the summary stores
+    them: ``{site: {step: StepRecord dump}}``.
     """
     from .submission import run_sites
 
@@ -243,6 +263,7 @@ def _ship(campaign: Campaign, plan: Any, run_dir: str | Path, label: str, progre
     return True, f"{label}: {sum(r['files'] for r in rows)} files moved and verified", rows
 
 
+@_acting
 def gather_redistribute(campaign: Campaign | str | Path, run_dir: str | Path, stage: str, *,
                         progress: bool = True, validation_set: list[str] | None = None) -> tuple[PhaseResult, dict[str, Any]]:
     """Phase 5: for a central stage: gather, run it centrally, redistribute per site.
@@ -266,7 +287,7 @@ def gather_redistribute(campaign: Campaign | str | Path, run_dir: str | Path, st
     else:
         st = _stage(campaign, stage)
         if st.where != "central":
-            raise ValueError(f"stage {stage!r} runs at the sites: use submit")
+            raise ConfigError(f"{campaign.path}: stage {stage!r} runs at the sites: use submit")
         gathered = wiring.gathered_before(stage)
         gplan = plan_gather(campaign, gathered, f"gather_{stage}", ownership=_ownership(campaign, run_dir))
         tables["gather"] = pd.DataFrame(gplan.counts())
@@ -282,7 +303,7 @@ def gather_redistribute(campaign: Campaign | str | Path, run_dir: str | Path, st
             summary["steps"] = dump_steps(records)
             passed, reason = _steps_verdict(records)
         if passed:
-            produced = [f"{campaign.output_prefix}/{campaign.central}/{step}" for step in st.steps]
+            produced = [step_run_collection(campaign, campaign.central, step) for step in st.steps]
             redistributed = wiring.redistributed_after(stage)
             rplan = plan_redistribution(campaign, redistributed, produced, f"redistribute_{stage}")
             tables["redistribute"] = pd.DataFrame(rplan.counts())
@@ -297,6 +318,7 @@ def gather_redistribute(campaign: Campaign | str | Path, run_dir: str | Path, st
     return result, summary
 
 
+@_acting
 def qa(campaign: Campaign | str | Path, run_dir: str | Path, *, validation_set: list[str] | None = None,
        reference: bool = True) -> tuple[PhaseResult, Any]:
     """Phase 6: completeness per sky unit and agreement with a single-site reference run."""

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .config import Campaign
+from .lock import operator_lock
 from .naming import placement_dataset, plan_path
 from .placement import PlacementPlan, adler32_of
 from .records import RuleState
@@ -91,6 +92,12 @@ def repair(campaign: Campaign, run_dir: str | Path, *, timeout_s: float = 600,
         The recorded result (passed when every repaired site verifies), the actions taken,
         and the sites' reports after the repair.
     """
+    with operator_lock(campaign, run_dir):
+        return _repair(campaign, run_dir, timeout_s, log)
+
+
+def _repair(campaign: Campaign, run_dir: str | Path, timeout_s: float,
+            log: Callable[[str], Any]) -> tuple[PhaseResult, list[RepairAction], list[SiteReport]]:
     started = utcnow()
     plan = PlacementPlan.load(plan_path(run_dir))
     before = [r for r in verify_placement(campaign, plan) if not r.ok]

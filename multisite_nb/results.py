@@ -328,6 +328,33 @@ class RunRecord(BaseModel):
     reason: str = ""
     phases: list[PhaseRun] = Field(default_factory=list)
     secret_findings: list[str] = Field(default_factory=list)
+    pid: int | None = None
+    pid_start: int | None = None
+    heartbeat: datetime | None = None
+
+    def state(self, now: datetime | None = None) -> str:
+        """The outcome, or ``died`` for a run recorded as running whose process is gone.
+
+        On the run's own host its process is looked up (PID and start time); elsewhere a
+        heartbeat older than :data:`HEARTBEAT_STALE_S` means it died.
+        """
+        if self.outcome is not RunOutcome.RUNNING:
+            return str(self.outcome)
+        import socket
+
+        from .procs import PidRecord, live_pid
+
+        if self.pid is not None and self.host == socket.gethostname():
+            return "running" if live_pid(PidRecord(self.pid, self.pid_start)) else "died"
+        beat = self.heartbeat or self.started
+        age = ((now or utcnow()) - beat).total_seconds()
+        return "running" if age < HEARTBEAT_STALE_S else "died"
+
+
+#: Seconds without a heartbeat after which a run on another host counts as died.
+HEARTBEAT_STALE_S = 120.0
+#: Seconds between a running chain's heartbeats (``run.json``).
+HEARTBEAT_EVERY_S = 15.0
 
 
 def write_run_record(run_dir: str | os.PathLike[str], record: RunRecord) -> Path:

@@ -35,6 +35,7 @@ import getpass
 import os
 import re
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,10 +43,12 @@ from pathlib import Path
 from typing import Any
 
 from multisite_nb.config import repo_root
+from multisite_nb.procs import PidRecord, live_pid, proc_start_time, read_pid_record, stop_groups
 from multisite_nb.errors import ConfigError, StorageError
 from multisite_nb.fileio import check_writable
 from multisite_nb.registry import PhaseUse, get, parse
 from multisite_nb.results import (
+    HEARTBEAT_EVERY_S,
     RUN_RECORD,
     PhaseResult,
     PhaseRun,
@@ -68,7 +71,7 @@ from multisite_nb.secrets import (
     scan_for_secrets,
 )
 
-__all__ = ["ChainOutcome", "check_run_folder", "find_notebook", "interactive_run_dir", "new_run", "run_chain"]
+__all__ = ["ChainOutcome", "check_run_folder", "find_notebook", "pid_records", "stop_orphans", "interactive_run_dir", "new_run", "run_chain"]
 
 _CAMPAIGN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MAX_REASON = 600
@@ -136,6 +139,25 @@ def check_run_folder(run_dir: str | os.PathLike[str]) -> Path:
                            "give a new folder, or one a run made")
     check_writable(path)
     return path
+
+
+def pid_records(run_dir: str | os.PathLike[str]) -> list[tuple[Path, PidRecord]]:
+    """Every step process a run recorded (each attempt's ``pid.json``)."""
+    folder = Path(run_dir)
+    return [(p, rec) for p in sorted(folder.glob("artifacts/logs/**/pid.json"))
+            if (rec := read_pid_record(p)) is not None]
+
+
+def stop_orphans(run_dir: str | os.PathLike[str]) -> list[str]:
+    """Stop the step process groups a dead chain of this run left running.
+
+    (Its phase kernels end by themselves: a kernel exits when the chain that started it is gone.)
+
+    Returns what was stopped (paths relative to the run folder).
+    """
+    live = [(p, rec) for p, rec in pid_records(run_dir) if live_pid(rec) is not None]
+    stop_groups([rec for _, rec in live])
+    return [p.relative_to(run_dir).as_posix() for p, _ in live]
 
 
 def find_notebook(notebooks_dir: str | os.PathLike[str], phase: str) -> Path:
@@ -280,6 +302,8 @@ class _Chain:
         self.declared = {u.label: _declared_parameters(nb) for u in uses for nb in [self.notebooks[u.label]]}
         self.chain_log = run_dir / "logs" / "chain.log"
         self.record: RunRecord | None = None
+        self._save_lock = threading.Lock()  # the heartbeat thread saves too
+        self._beating = threading.Event()
 
     def out_name(self, use: PhaseUse) -> str:
         number = self.notebooks[use.label].stem.split("_", 1)[0]
@@ -293,7 +317,21 @@ class _Chain:
 
     def save(self) -> None:
         assert self.record is not None
-        write_run_record(self.run_dir, self.record)
+        with self._save_lock:
+            self.record.heartbeat = utcnow()
+            write_run_record(self.run_dir, self.record)
+
+    def heartbeat(self) -> threading.Thread:
+        """Keep ``run.json``'s heartbeat fresh until :meth:`stop_heartbeat` (a dead chain's goes stale)."""
+        def beat() -> None:
+            while not self._beating.wait(HEARTBEAT_EVERY_S):
+                self.save()
+        thread = threading.Thread(target=beat, name="msnb-chain-heartbeat", daemon=True)
+        thread.start()
+        return thread
+
+    def stop_heartbeat(self) -> None:
+        self._beating.set()
 
     def start(self, campaign: str | None, resume: bool) -> RunRecord:
         """Write ``run.json`` for this execution and warn about parameters nobody declares."""
@@ -306,7 +344,7 @@ class _Chain:
             started=previous.started if previous else now,
             resumed_at=[*previous.resumed_at, now] if previous else [],
             phases_requested=names, parameters=redact_parameters(self.params),  # type: ignore[arg-type]
-            phases=[PhaseRun(phase=n) for n in names],
+            phases=[PhaseRun(phase=n) for n in names], pid=os.getpid(), pid_start=proc_start_time(os.getpid()),
         )
         self.save()
         self.say(f"run {self.run_dir.name} ({self.record.campaign}): {' → '.join(names)}"
@@ -468,8 +506,17 @@ def run_chain(
             f"parameter(s) {', '.join(leaking)} carry a known secret; credentials must come "
             "from the Rucio client config or the environment, never from notebook parameters")
     check_run_folder(run_dir)
+    previous = load_run_record(run_dir) if resume else None
+    if previous is not None and previous.state() == "running":
+        raise StorageError(f"{run_dir}: this run is still running (pid {previous.pid} on {previous.host}); "
+                           "it cannot be resumed beside itself")
     chain = _Chain(uses, run_dir, Path(notebooks_dir).resolve(), params, known, log, scan_patterns)
     record = chain.start(campaign, resume)
+    if previous is not None and previous.state() == "died":
+        stopped = stop_orphans(run_dir)
+        chain.say(f"the earlier chain of this run died (pid {previous.pid}); stopped {len(stopped)} of its "
+                  f"orphaned processes" + (f": {', '.join(stopped)}" if stopped else ""))
+    chain.heartbeat()
 
     total = len(uses)
     stop_reason = ""
@@ -503,6 +550,7 @@ def run_chain(
                     _supersede(run_dir, later.phase, chain.out_name(later_use))
                 break
     except BaseException as exc:  # KeyboardInterrupt included: leave a truthful record
+        chain.stop_heartbeat()
         record.outcome = RunOutcome.INTERRUPTED
         record.reason = _short(f"{type(exc).__name__}: {exc}") or type(exc).__name__
         record.finished = utcnow()
@@ -514,6 +562,7 @@ def run_chain(
             pass
         raise
 
+    chain.stop_heartbeat()
     record.finished = utcnow()
     record.outcome = RunOutcome.FAILED if stop_reason else RunOutcome.PASSED
     record.reason = stop_reason or f"all {total} phase(s) passed"

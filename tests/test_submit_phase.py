@@ -1,4 +1,4 @@
-"""The submit phase checks every site before it submits anything anywhere."""
+"""The submit phase checks every site before it runs anything there; a blocked site does not hold the others."""
 
 from __future__ import annotations
 

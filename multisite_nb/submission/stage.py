@@ -66,13 +66,16 @@ def run_steps(
             break
         if progress:
             progress({**out, step: StepRecord.in_progress(site, step)})
-        sr = make_run(step) if make_run else step_run(campaign, site, step, extra_inputs=extra_inputs)
-        problems = preflight(campaign, sr, restart=True)
-        if problems:
-            out[step] = StepRecord.not_started(site, step, problems)
-            break
-        # checked just above (restart=True: an existing run of this step is finished, not redone)
-        out[step] = run_step(campaign, sr, mode, restart=True, log_dir=log_dir, check=False)
+        try:
+            sr = make_run(step) if make_run else step_run(campaign, site, step, extra_inputs=extra_inputs)
+            problems = preflight(campaign, sr, restart=True)
+            if problems:
+                out[step] = StepRecord.not_started(site, step, problems)
+                break
+            # checked just above (restart=True: an existing run of this step is finished, not redone)
+            out[step] = run_step(campaign, sr, mode, restart=True, log_dir=log_dir, check=False)
+        except Exception as exc:  # this site's step fails with the reason; the other sites go on
+            out[step] = StepRecord.not_started(site, step, [f"{type(exc).__name__}: {exc}"])
         if out[step].state is not StepState.SUCCEEDED:
             break
     if progress:
@@ -104,9 +107,10 @@ def run_sites(
     live
         Keeps the phase's result current while the steps run.
     check_first
-        Pre-flight every site's first step before anything runs anywhere; if any site has
-        problems, nothing runs and those sites' first steps come back `StepRecord.not_started`
-        (later steps read what earlier ones write, so they are checked just before they run).
+        Pre-flight every site's first step before anything runs: a site with problems does not
+        run (its first step comes back `StepRecord.not_started`, naming them) while the other
+        sites go on (later steps read what earlier ones write, so they are checked just before
+        they run).
 
     Raises
     ------
@@ -115,14 +119,20 @@ def run_sites(
         was stopped and ``live`` recorded the phase as interrupted.
     """
     extra = extra or {}
+    refused: dict[str, dict[str, StepRecord]] = {}
     if check_first and steps:
         first = steps[0]
-        blocked = {site: preflight(campaign, step_run(campaign, site, first, extra_inputs=extra.get(site, ())),
-                                   restart=True)
-                   for site in sites}
-        if any(blocked.values()):
-            return {site: {first: StepRecord.not_started(site, first, problems)}
-                    for site, problems in blocked.items() if problems}
+        for site in sites:
+            try:
+                problems = preflight(campaign, step_run(campaign, site, first, extra_inputs=extra.get(site, ())),
+                                     restart=True)
+            except Exception as exc:  # a site that cannot even be checked is that site's problem
+                problems = [f"{site} {first}: cannot be checked: {type(exc).__name__}: {exc}"]
+            if problems:
+                refused[site] = {first: StepRecord.not_started(site, first, problems)}
+        sites = [s for s in sites if s not in refused]
+        if not sites:
+            return refused
     at_once = min(len(sites), campaign.manifest.workflow.sites_at_once or len(sites)) or 1
     stop = threading.Event()
     interrupted: BaseException | None = None
@@ -143,4 +153,4 @@ def run_sites(
         if live is not None:
             live.end(f"{what}; {stopped} running step(s) stopped, a new run of the phase restarts them")
         raise interrupted
-    return done
+    return {**refused, **done}

@@ -52,7 +52,7 @@ from pydantic import ValidationError
 
 from ..config import Campaign
 from ..records import RuleRecord, RuleState, StepRecord, StepState
-from ..results import PHASE_NAME, PhaseResult, results_dir
+from ..results import PHASE_NAME, PhaseResult, load_run_record, results_dir
 from ..verify import PROBLEM_KINDS
 from .style import plural
 
@@ -230,6 +230,7 @@ class CampaignStatus:
     central: str
     run_dir: str | None
     collected_at: str
+    run_state: str | None = None  # the chain's run.json: running, passed, failed, interrupted, died
     seconds: float = 0.0
     sites: dict[str, SiteStatus] = field(default_factory=dict)
     steps: list[str] = field(default_factory=list)  # every step label, in stage order
@@ -535,6 +536,12 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
     status = CampaignStatus(campaign=campaign.name, central=campaign.central,
                             run_dir=str(run) if run else None, collected_at=_now())
     status.steps = [st for stage in campaign.config.stages for st in stage.steps]
+    if run is not None:
+        try:
+            record = load_run_record(run)
+            status.run_state = record.state() if record else None
+        except (OSError, ValueError) as exc:
+            status.problems.append(f"cannot read run.json: {_short(exc, 200)}")
 
     with ThreadPoolExecutor(max_workers=1 + len(campaign.all_sites)) as pool:
         rucio_f = pool.submit(_rucio_rules, campaign)

@@ -1,0 +1,75 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Phase 4 — processing at the sites
+#
+# Runs one site stage of the stage plan (`stage` parameter) at every remote site: per site and step a pre-flight check, then the step (BPS submit file per site and step; `pipetask` or BPS as the site manifest says), its quanta succeeded / failed / pending and, for failures, the first error lines of the failed quantum's log. A step whose output run exists is resumed (only missing quanta run).
+
+# %% tags=["parameters"]
+# Parameters (papermill overrides these; credentials never go here)
+campaign_file = "parameters/campaign_3x3.yaml"
+run_dir = ""
+stage = "early"  # which stage of the campaign's stage plan this run of the notebook serves
+
+# %%
+import pandas as pd
+import yaml
+from IPython.display import Markdown
+
+from multisite_nb import phases
+from multisite_nb.notebook import open_phase, show_gate
+from multisite_nb.results import summarize
+from multisite_nb.submission import step_run, submit_file
+from multisite_nb.views.figures import plot_wiring
+from multisite_nb.wiring import derive_wiring, load_pipeline_graph
+
+campaign, run_dir = open_phase("submit", campaign_file, run_dir)
+
+# %% [markdown]
+# ## What crosses the site boundary (derived from the pipeline graph)
+
+# %%
+wiring = derive_wiring(load_pipeline_graph(campaign.pipeline_path), campaign.config.stages)
+_ = plot_wiring(wiring)
+pd.DataFrame(wiring.table())
+
+# %% [markdown]
+# ## Submit files
+#
+# The same phase code writes the PanDA submit file for the real facilities (`parameters/sites/facilities.yaml`) and the one this deployment runs; only the site manifest differs. First step of this stage at the first site:
+
+# %%
+st = next(s for s in campaign.config.stages if s.name == stage)
+site0 = campaign.remote_sites[0]
+facilities = campaign.with_manifest('parameters/sites/facilities.yaml', env={})
+print('# at the facility (PanDA)')
+print(yaml.safe_dump(submit_file(facilities, step_run(facilities, site0, st.steps[0]), 'panda'), sort_keys=False))
+print('# here (' + campaign.manifest.workflow.mode + ', site config ' + str(campaign.manifest.workflow.bps_site_config) + ')')
+print(yaml.safe_dump(submit_file(campaign, step_run(campaign, site0, st.steps[0])), sort_keys=False))
+
+# %% [markdown]
+# ## Run
+
+# %%
+result, steps = phases.submit(campaign, run_dir, stage)
+phases.steps_table(steps)
+
+# %%
+failures = [{'site': s, 'step': k, **f} for s, by in steps.items() for k, v in by.items() for f in v.get('failures', [])]
+summarize(pd.DataFrame(failures)) if failures else Markdown('No failed quanta.')
+
+# %%
+show_gate(result)  # the chain reads the recorded result; a failed gate stops it
