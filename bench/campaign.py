@@ -32,8 +32,13 @@ def main() -> int:
     env = {**os.environ, "MSNB_WORLD": str(world)}
     exe = ROOT / ".venv" / "bin" / "multisite-nb"
     t0 = time.monotonic()
-    proc = subprocess.run([str(exe), "campaign", "--world", str(world), "--runs-root", str(runs)],
-                          env=env, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(exe), "campaign", "--world", str(world), "--runs-root", str(runs)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     wall = time.monotonic() - t0
     subprocess.run([str(exe), "world", "down", "--dir", str(world)], env=env, cwd=ROOT, capture_output=True)
     if proc.returncode != 0:
@@ -56,7 +61,10 @@ def main() -> int:
         share = f"{100 * secs / total_phases:5.1f}%" if name != rows[0][0] else "   -  "
         ratio = f"{secs / ref:6.2f}x" if ref else "    - "
         print(f"{name:36s} {secs:9.1f} {share:>7s} {ref if ref else '-':>9} {ratio:>7s}")
-    print(f"target for the whole campaign: {base.get('campaign_s', 600)} s (ratio {wall / base.get('campaign_s', 600):.2f})")
+    print(
+        f"target for the whole campaign: {base.get('campaign_s', 600)} s "
+        f"(ratio {wall / base.get('campaign_s', 600):.2f})"
+    )
     print(f"run folder: {run_dir}" + ("" if args.keep else " (removed)"))
     if not args.keep:
         import shutil

@@ -31,14 +31,27 @@ def run(n: int) -> dict[str, float]:
         with Butler.from_config(str(tmp), writeable=True) as butler:
             butler.registry.insertDimensionData("instrument", {"name": "Bench", "detector_max": n})
             butler.registry.insertDimensionData(
-                "detector", *({"instrument": "Bench", "id": i, "full_name": f"d{i}"} for i in range(n)))
+                "detector", *({"instrument": "Bench", "id": i, "full_name": f"d{i}"} for i in range(n))
+            )
             dt = DatasetType("bench", {"instrument", "detector"}, "StructuredDataDict", universe=butler.dimensions)
             butler.registry.registerDatasetType(dt)
             butler.collections.register("bench/run")
             refs = butler.registry.insertDatasets(
-                dt, [{"instrument": "Bench", "detector": i} for i in range(n)], run="bench/run")
-            files = [PlannedFile(id=str(r.id), dataset_type="bench", run="bench/run", data_id=dict(r.dataId.mapping),
-                                 lfn=f"bench/{r.id}", size=0, adler32="00000001", sites=["X"]) for r in refs]
+                dt, [{"instrument": "Bench", "detector": i} for i in range(n)], run="bench/run"
+            )
+            files = [
+                PlannedFile(
+                    id=str(r.id),
+                    dataset_type="bench",
+                    run="bench/run",
+                    data_id=dict(r.dataId.mapping),
+                    lfn=f"bench/{r.id}",
+                    size=0,
+                    adler32="00000001",
+                    sites=["X"],
+                )
+                for r in refs
+            ]
 
             t0 = time.monotonic()
             per_file = {f.id: butler.get_dataset(f.id, dimension_records=True) for f in files}

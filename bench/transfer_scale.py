@@ -42,8 +42,14 @@ def run(n: int) -> dict[str, float]:
             path = rses["USDF_DISK"] / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-            files.append(FileDid(name, len(data), f"{zlib.adler32(data) & 0xFFFFFFFF:08x}",
-                                 {"rubin_butler": "data_product", "rubin_sidecar": "{}"}))
+            files.append(
+                FileDid(
+                    name,
+                    len(data),
+                    f"{zlib.adler32(data) & 0xFFFFFFFF:08x}",
+                    {"rubin_butler": "data_product", "rubin_sidecar": "{}"},
+                )
+            )
         t0 = time.monotonic()
         ops.add_replicas("USDF_DISK", files)
         t["register (add_replicas)"] = time.monotonic() - t0
@@ -55,8 +61,9 @@ def run(n: int) -> dict[str, float]:
         ops.attach("bench.ds", [f.name for f in files])
         t["attach"] = time.monotonic() - t0
         t0 = time.monotonic()
-        rule, _ = ops.ensure_rule("bench.ds", "IN2P3_DISK", lifetime_s=None, activity="User Subscriptions",
-                                  comment="benchmark")
+        rule, _ = ops.ensure_rule(
+            "bench.ds", "IN2P3_DISK", lifetime_s=None, activity="User Subscriptions", comment="benchmark"
+        )
         t["rule creation"] = time.monotonic() - t0
         t0 = time.monotonic()
         while (st := ops.rule(rule)).state not in ("OK", "STUCK"):
@@ -76,15 +83,20 @@ def main() -> int:
     sizes = [int(a) for a in sys.argv[1:]] or [500, 2000]
     for n in sizes:
         t = run(n)
-        moving = sum(v for k, v in t.items() if k in ("register (add_replicas)", "metadata", "attach",
-                                                      "rule creation", "transfer to OK"))
+        moving = sum(
+            v
+            for k, v in t.items()
+            if k in ("register (add_replicas)", "metadata", "attach", "rule creation", "transfer to OK")
+        )
         rate = n / moving if moving else float("nan")
         print(f"== {n} files: rule {t['state']}, {int(t['missing at destination'])} missing at the destination")
         for k, v in t.items():
             if k not in ("state", "missing at destination"):
                 print(f"   {k:26s} {v:8.2f} s")
-        print(f"   {'register → OK, files/s':26s} {rate:8.1f}   baseline (rehearsal) {REHEARSAL_FILES_PER_S:.2f}/s"
-              f"   ratio {rate / REHEARSAL_FILES_PER_S:.0f}x")
+        print(
+            f"   {'register → OK, files/s':26s} {rate:8.1f}   baseline (rehearsal) {REHEARSAL_FILES_PER_S:.2f}/s"
+            f"   ratio {rate / REHEARSAL_FILES_PER_S:.0f}x"
+        )
     return 0
 
 

@@ -85,12 +85,21 @@ def count_datasets(butler: Butler, collections: str | Sequence[str] = "*") -> in
     return sum(dataset_counts(butler, collections).values())
 
 
-def find_refs(butler: Butler, dataset_type: str, collections: Sequence[str], *,
-              find_first: bool = True, records: bool = False) -> list[DatasetRef]:
+def find_refs(
+    butler: Butler, dataset_type: str, collections: Sequence[str], *, find_first: bool = True, records: bool = False
+) -> list[DatasetRef]:
     """Every dataset of a type in ``collections``; none (not an error) if the type is unknown here."""
     try:
-        return list(butler.query_datasets(dataset_type, collections=list(collections), find_first=find_first,
-                                          with_dimension_records=records, explain=False, limit=None))
+        return list(
+            butler.query_datasets(
+                dataset_type,
+                collections=list(collections),
+                find_first=find_first,
+                with_dimension_records=records,
+                explain=False,
+                limit=None,
+            )
+        )
     except (MissingDatasetTypeError, MissingCollectionError):
         return []
 
@@ -106,4 +115,3 @@ def repo_summary(repo: str) -> dict[str, Any]:
         collections = sorted(butler.collections.query("*"))
         counts = dataset_counts(butler)
     return {"collections": len(collections), "datasets": sum(counts.values()), "by_type": counts}
-

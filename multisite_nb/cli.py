@@ -26,12 +26,8 @@ def _world(dir_: str | None, params: str, spec: str | None = None):
         raise click.ClickException(str(exc)) from None
 
 
-world_dir_option = click.option(
-    "--dir", "dir_", default=None, help="World folder (default: $MSNB_WORLD or ./world)."
-)
-params_option = click.option(
-    "--params", default=DEFAULT_PARAMS, show_default=True, help="Campaign parameter file."
-)
+world_dir_option = click.option("--dir", "dir_", default=None, help="World folder (default: $MSNB_WORLD or ./world).")
+params_option = click.option("--params", default=DEFAULT_PARAMS, show_default=True, help="Campaign parameter file.")
 
 
 @click.group()
@@ -47,9 +43,12 @@ def world() -> None:
 @world.command("up")
 @world_dir_option
 @params_option
-@click.option("--spec", default=None,
-              help="World spec (sky, instrument, observations); default: what the world was built from, "
-                   "else parameters/worlds/rehearsal_3x3.yaml.")
+@click.option(
+    "--spec",
+    default=None,
+    help="World spec (sky, instrument, observations); default: what the world was built from, "
+    "else parameters/worlds/rehearsal_3x3.yaml.",
+)
 def world_up(dir_: str | None, params: str, spec: str | None) -> None:
     """Start the world (idempotent: an up world is left as it is)."""
     try:
@@ -90,8 +89,9 @@ def world_status(dir_: str | None, params: str, as_json: bool) -> None:
         sys.exit(1)
 
 
-def _run_chain(campaign, phases: list[str], runs_root: str | None, resume_dir: str | None,
-               world_dir: Path | None = None):
+def _run_chain(
+    campaign, phases: list[str], runs_root: str | None, resume_dir: str | None, world_dir: Path | None = None
+):
     from .fileio import check_writable
     from .lock import chain_lock
     from .registry import parse
@@ -116,9 +116,15 @@ def _run_chain(campaign, phases: list[str], runs_root: str | None, resume_dir: s
         secrets = world_secrets(world_dir) if world_dir else []
         with chain_lock(campaign, run_dir, resume=bool(resume_dir)):
             outcome = run_chain(
-                phases, run_dir, {"campaign_file": str(campaign.path)}, repo_root() / "notebooks",
-                resume=bool(resume_dir), campaign=campaign.name, log=click.echo,
-                secrets=secrets, rucio_config=campaign.manifest.rucio.config,
+                phases,
+                run_dir,
+                {"campaign_file": str(campaign.path)},
+                repo_root() / "notebooks",
+                resume=bool(resume_dir),
+                campaign=campaign.name,
+                log=click.echo,
+                secrets=secrets,
+                rucio_config=campaign.manifest.rucio.config,
             )
     except MsnbError as exc:
         raise click.ClickException(str(exc)) from None
@@ -127,9 +133,12 @@ def _run_chain(campaign, phases: list[str], runs_root: str | None, resume_dir: s
 
 @main.command("run")
 @click.argument("params", default=DEFAULT_PARAMS)
-@click.option("--phases", default=None,
-              help="Comma-separated phases, e.g. placement,transfer,verify or submit@early "
-                   "(default: the whole chain from the campaign's stage plan).")
+@click.option(
+    "--phases",
+    default=None,
+    help="Comma-separated phases, e.g. placement,transfer,verify or submit@early "
+    "(default: the whole chain from the campaign's stage plan).",
+)
 @click.option("--world", "world_dir", default=None, help="World folder (sets $MSNB_WORLD).")
 @click.option("--runs-root", default=None, help="Where run folders go (default: <checkout>/runs).")
 @click.option("--resume", "resume_dir", default=None, help="Continue this run folder, skipping passed phases.")
@@ -145,8 +154,11 @@ def run(params: str, phases: str | None, world_dir: str | None, runs_root: str |
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     wanted = [p.strip() for p in phases.split(",") if p.strip()] if phases else chain_for(campaign)
-    world = Path(world_dir).resolve() if world_dir else (Path(os.environ["MSNB_WORLD"]) if os.environ.get("MSNB_WORLD")
-                                                          else None)
+    world = (
+        Path(world_dir).resolve()
+        if world_dir
+        else (Path(os.environ["MSNB_WORLD"]) if os.environ.get("MSNB_WORLD") else None)
+    )
     run_dir, outcome = _run_chain(campaign, wanted, runs_root, resume_dir, world)
     click.echo(f"index: {run_dir / 'index.html'}")
     if not outcome.passed:
@@ -194,11 +206,15 @@ def _run_campaign(run_dir: Path, params: str | None, world_dir: str | None):
     if not params:
         placed = load_result(run_dir, "placement")
         record = load_run_record(run_dir)
-        params = str((placed.summary.get("campaign_file") if placed else None)
-                     or (record.parameters.get("campaign_file") if record else None) or "")
+        params = str(
+            (placed.summary.get("campaign_file") if placed else None)
+            or (record.parameters.get("campaign_file") if record else None)
+            or ""
+        )
         if not params:
-            raise click.ClickException(f"{run_dir}: neither its placement result nor run.json names its campaign "
-                                       "file: give --params")
+            raise click.ClickException(
+                f"{run_dir}: neither its placement result nor run.json names its campaign file: give --params"
+            )
     try:
         return load_campaign(params)
     except ConfigError as exc:
@@ -209,9 +225,9 @@ def _run_campaign(run_dir: Path, params: str | None, world_dir: str | None):
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 def status_cmd(run_dir: str) -> None:
     """How a run stands: running, passed, failed, interrupted, or died (its process gone), phase by phase."""
+    from .procs import live_pid
     from .results import load_results, load_run_record
     from .runbook import pid_records
-    from .procs import live_pid
 
     folder = Path(run_dir).resolve()
     record = load_run_record(folder)
@@ -219,8 +235,10 @@ def status_cmd(run_dir: str) -> None:
         raise click.ClickException(f"{folder}: no run.json: not a chain's run folder")
     state = record.state()
     click.echo(f"run {record.run_id} ({record.campaign}): {state}" + (f": {record.reason}" if record.reason else ""))
-    click.echo(f"  by {record.who} on {record.host}, pid {record.pid}, started {record.started:%Y-%m-%d %H:%M:%S} UTC"
-               + (f", last heartbeat {record.heartbeat:%H:%M:%S}" if record.heartbeat else ""))
+    click.echo(
+        f"  by {record.who} on {record.host}, pid {record.pid}, started {record.started:%Y-%m-%d %H:%M:%S} UTC"
+        + (f", last heartbeat {record.heartbeat:%H:%M:%S}" if record.heartbeat else "")
+    )
     results = load_results(folder, strict=False)
     for entry in record.phases:
         res = results.get(entry.phase)
@@ -232,8 +250,10 @@ def status_cmd(run_dir: str) -> None:
     for path, rec in live:
         click.echo(f"  still running: pid {rec.pid} ({path.relative_to(folder).as_posix()})")
     if state == "died":
-        click.echo(f"  its chain is gone{f', {len(live)} process(es) it started still run' if live else ''}: "
-                   f"multisite-nb run --resume {folder} stops them and goes on")
+        click.echo(
+            f"  its chain is gone{f', {len(live)} process(es) it started still run' if live else ''}: "
+            f"multisite-nb run --resume {folder} stops them and goes on"
+        )
     if state in ("failed", "died", "interrupted"):
         sys.exit(1)
 

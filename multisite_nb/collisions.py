@@ -52,8 +52,10 @@ def _ownership(campaign: Campaign, site: str, butler: Butler) -> list[str]:
     if owner is None and not existing:
         return []
     made_by = f"by {owner}" if owner else "outside multisite_nb (no owner marker)"
-    return [f"{site}: collections under {prefix}/ exist in {campaign.butler_repo(site)} made {made_by}, "
-            f"e.g. {existing[0] if existing else marker}: give this campaign another collections.output_prefix"]
+    return [
+        f"{site}: collections under {prefix}/ exist in {campaign.butler_repo(site)} made {made_by}, "
+        f"e.g. {existing[0] if existing else marker}: give this campaign another collections.output_prefix"
+    ]
 
 
 def _type_conflicts(site: str, butler: Butler, wanted: Iterable[DatasetType]) -> list[str]:
@@ -66,9 +68,11 @@ def _type_conflicts(site: str, butler: Butler, wanted: Iterable[DatasetType]) ->
         except MissingDatasetTypeError:
             continue
         if have.dimensions != dt.dimensions or have.storageClass_name != dt.storageClass_name:
-            problems.append(f"{site}: dataset type {dt.name} is defined as {have.dimensions} / "
-                            f"{have.storageClass_name} there, the pipeline needs {dt.dimensions} / "
-                            f"{dt.storageClass_name}")
+            problems.append(
+                f"{site}: dataset type {dt.name} is defined as {have.dimensions} / "
+                f"{have.storageClass_name} there, the pipeline needs {dt.dimensions} / "
+                f"{dt.storageClass_name}"
+            )
     return problems
 
 
@@ -81,8 +85,10 @@ def _rules(campaign: Campaign, ops: RucioOps) -> list[str]:
             continue
         rule = ops.rule(rule_id)
         if rule.state.bad:
-            problems.append(f"{site}: rule {rule_id} ({dataset} -> {rse}) is {rule.state}: {rule.error or ''}; "
-                            "repair it first (multisite-nb repair RUN_DIR) instead of reusing it".replace(": ;", ";"))
+            problems.append(
+                f"{site}: rule {rule_id} ({dataset} -> {rse}) is {rule.state}: {rule.error or ''}; "
+                "repair it first (multisite-nb repair RUN_DIR) instead of reusing it".replace(": ;", ";")
+            )
     return problems
 
 

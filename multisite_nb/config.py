@@ -101,7 +101,8 @@ class WorkflowSpec(_Strict):
     )
     jobs: int = Field(default=1, ge=1, description="pipetask -j")
     sites_at_once: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="how many sites run their steps at the same time (default: all, as at the facilities)",
     )
 
@@ -143,7 +144,8 @@ class Collections(_Strict):
     """Input collections in the central repo and the prefix of everything the campaign writes."""
 
     inputs: list[Annotated[str, Field(pattern=_COLLECTION)]] = Field(
-        default_factory=lambda: ["HSC/defaults"], min_length=1)
+        default_factory=lambda: ["HSC/defaults"], min_length=1
+    )
     output_prefix: str | None = Field(default=None, pattern=_COLLECTION, description="default: the campaign name")
 
 
@@ -161,7 +163,8 @@ class CampaignConfig(_Strict):
     stages: list[Stage] = Field(min_length=1)
     collections: Collections = Collections()
     rule_lifetime_days: float | None = Field(
-        default=None, description="refused: replicas ingested in place must not expire under the Butler")
+        default=None, description="refused: replicas ingested in place must not expire under the Butler"
+    )
     activity: str = "User Subscriptions"
 
     @field_validator("rule_lifetime_days")
@@ -171,7 +174,8 @@ class CampaignConfig(_Strict):
             raise ValueError(
                 "replication rules of this toolkit carry no lifetime: their replicas are ingested in place into "
                 "the site Butlers, and an expired rule lets Rucio delete files a Butler still holds; remove the key "
-                "(the campaign's data are removed on purpose by the cleanup phase)")
+                "(the campaign's data are removed on purpose by the cleanup phase)"
+            )
         return None
 
     @model_validator(mode="after")
@@ -182,9 +186,7 @@ class CampaignConfig(_Strict):
         for site, spec in self.sites.items():
             for i, unit in enumerate(spec.sky_units):
                 if unit.key in seen:
-                    raise ValueError(
-                        f"sites.{site}.sky_units[{i}]: {unit} is already given to site {seen[unit.key]}"
-                    )
+                    raise ValueError(f"sites.{site}.sky_units[{i}]: {unit} is already given to site {seen[unit.key]}")
                 seen[unit.key] = site
         for site, spec in self.sites.items():  # after all sites: the order of the file does not matter
             for i, unit in enumerate(spec.sky_units):
@@ -308,7 +310,8 @@ class _StrictLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.constructor.ConstructorError(
-                None, None, f"alias *{event.anchor} is not allowed in a parameter file", event.start_mark)
+                None, None, f"alias *{event.anchor} is not allowed in a parameter file", event.start_mark
+            )
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
@@ -317,7 +320,8 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark, f"key {key!r} is given twice", key_node.start_mark)
+                    "while reading a mapping", node.start_mark, f"key {key!r} is given twice", key_node.start_mark
+                )
             seen[key] = True
         return super().construct_mapping(node, deep=deep)
 
@@ -373,11 +377,13 @@ def validation_message(path: Path, exc: ValidationError) -> str:
         elif err["type"] == "missing":
             msg = "required key is missing"
         if loc == "(top level)" and msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+            msg = msg[len("Value error, ") :]
             lines.append(f"{path}: {msg}")
             continue
-        if "input" in err and err["type"] not in ("missing", "extra_forbidden") and not isinstance(
-            err["input"], (dict, list)
+        if (
+            "input" in err
+            and err["type"] not in ("missing", "extra_forbidden")
+            and not isinstance(err["input"], (dict, list))
         ):
             msg = f"{msg} (got {err['input']!r})"
         lines.append(f"{path}: key '{loc}': {msg.removeprefix('Value error, ')}")
@@ -416,10 +422,15 @@ def _anchored(manifest: SiteManifest) -> SiteManifest:
     runs in its attempt folder). A bare name is a Butler repository alias
     (``DAF_BUTLER_REPOSITORY_INDEX``) and stays as it is.
     """
-    sites = {name: spec.model_copy(update={
-                 "butler": spec.butler if "/" not in spec.butler else _absolute(spec.butler),
-                 "rse_root": _absolute(spec.rse_root)})
-             for name, spec in manifest.sites.items()}
+    sites = {
+        name: spec.model_copy(
+            update={
+                "butler": spec.butler if "/" not in spec.butler else _absolute(spec.butler),
+                "rse_root": _absolute(spec.rse_root),
+            }
+        )
+        for name, spec in manifest.sites.items()
+    }
     rucio = manifest.rucio.model_copy(update={"config": _absolute(manifest.rucio.config)})
     return manifest.model_copy(update={"sites": sites, "rucio": rucio})
 
@@ -467,7 +478,8 @@ def load_campaign(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     pdata = read_yaml(pipe)
     if isinstance(pdata, dict) and not pdata.get("imports"):  # subsets of imported pipelines are not known here
         subsets = set(pdata.get("subsets") or {}) | {
-            s.get("label") for s in pdata.get("steps") or [] if isinstance(s, dict)}
+            s.get("label") for s in pdata.get("steps") or [] if isinstance(s, dict)
+        }
         for i, stage in enumerate(cfg.stages):
             for j, step in enumerate(stage.steps):
                 if step not in subsets:

@@ -88,5 +88,7 @@ def check_writable(folder: str | os.PathLike[str], *, need_bytes: int = 64 * 102
         raise StorageError(f"{path}: cannot write here ({exc.strerror}); choose a writable folder") from None
     free = shutil.disk_usage(path).free
     if free < need_bytes:
-        raise StorageError(f"{path}: only {free // 1024**2} MB free on its disk, {need_bytes // 1024**2} MB needed; "
-                      "free some space or choose another folder")
+        raise StorageError(
+            f"{path}: only {free // 1024**2} MB free on its disk, {need_bytes // 1024**2} MB needed; "
+            "free some space or choose another folder"
+        )

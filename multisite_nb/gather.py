@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Campaign
-from .ownership import Ownership
 from .errors import GateError
 from .naming import made_at, shipment_dataset, site_chain
+from .ownership import Ownership
 from .placement import PlannedFile, datastore_roots, describe_file, site_footprint
 from .transfer import Shipment, ShipmentOutcome, run_shipments
 
@@ -35,7 +35,7 @@ __all__ = [
     "plan_gather",
     "plan_redistribution",
     "ship_and_verify",
-    ]
+]
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,16 @@ class GatherPlan:
             by_type: dict[str, int] = defaultdict(int)
             for f in s.files:
                 by_type[f.dataset_type] += 1
-            rows.append({"shipment": s.name, "from": s.source, "to": s.dest, "files": len(s.files),
-                         "bytes": sum(f.size for f in s.files), **dict(sorted(by_type.items()))})
+            rows.append(
+                {
+                    "shipment": s.name,
+                    "from": s.source,
+                    "to": s.dest,
+                    "files": len(s.files),
+                    "bytes": sum(f.size for f in s.files),
+                    **dict(sorted(by_type.items())),
+                }
+            )
         return rows
 
 
@@ -85,14 +93,21 @@ def _query(butler: Any, dataset_type: str, collections: Sequence[str]) -> list[A
     from lsst.daf.butler import MissingDatasetTypeError
 
     try:
-        return list(butler.query_datasets(dataset_type, collections=list(collections), find_first=True,
-                                          explain=False, limit=None))
+        return list(
+            butler.query_datasets(
+                dataset_type, collections=list(collections), find_first=True, explain=False, limit=None
+            )
+        )
     except MissingDatasetTypeError:
         return []
 
 
 def plan_gather(
-    campaign: Campaign, dataset_types: Sequence[str], label: str, *, sites: Sequence[str] | None = None,
+    campaign: Campaign,
+    dataset_types: Sequence[str],
+    label: str,
+    *,
+    sites: Sequence[str] | None = None,
     ownership: Ownership | None = None,
 ) -> GatherPlan:
     """Shipments bringing ``dataset_types`` from each remote site's chain to the central site.
@@ -135,7 +150,9 @@ def plan_gather(
     return plan
 
 
-def plan_redistribution(campaign: Campaign, dataset_types: Sequence[str], runs: Sequence[str], label: str) -> GatherPlan:
+def plan_redistribution(
+    campaign: Campaign, dataset_types: Sequence[str], runs: Sequence[str], label: str
+) -> GatherPlan:
     """Shipments splitting the central ``dataset_types`` (found in ``runs``) per remote site.
 
     Each site gets the datasets whose data IDs fall in its footprint (its visits,
@@ -161,7 +178,11 @@ def plan_redistribution(campaign: Campaign, dataset_types: Sequence[str], runs: 
 
 
 def ship_and_verify(
-    campaign: Campaign, plan: GatherPlan, *, progress: bool = True, timeout_s: float = 900,
+    campaign: Campaign,
+    plan: GatherPlan,
+    *,
+    progress: bool = True,
+    timeout_s: float = 900,
     log: Callable[[str], None] = print,
 ) -> tuple[list[ShipmentOutcome], list[Any]]:
     """Move a gather/redistribution plan with Rucio, ingest, then reconcile every shipment."""

@@ -99,9 +99,15 @@ class OperatorLock:
             Naming the holder (and saying so when its process is gone).
         """
         mine = os.environ.get(ENV_TOKEN)
-        holder = LockHolder(owner=_who(), host=socket.gethostname(), pid=os.getpid(),
-                            pid_start=proc_start_time(os.getpid()), started=datetime.now(UTC).isoformat(),
-                            run_dir=str(Path(run_dir).resolve()) if run_dir else "", token=uuid.uuid4().hex)
+        holder = LockHolder(
+            owner=_who(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            pid_start=proc_start_time(os.getpid()),
+            started=datetime.now(UTC).isoformat(),
+            run_dir=str(Path(run_dir).resolve()) if run_dir else "",
+            token=uuid.uuid4().hex,
+        )
         with open_butler(self.repo, writeable=True) as butler:
             if butler.collections.register(self.name, CollectionType.RUN, doc=holder.model_dump_json()):
                 return holder.token
@@ -110,8 +116,7 @@ class OperatorLock:
             return None
         if current is None:  # released meanwhile: try once more
             return self.acquire(run_dir)
-        hint = ("; break it with `multisite-nb unlock`" if current.stale
-                else "; wait for it, or ask them")
+        hint = "; break it with `multisite-nb unlock`" if current.stale else "; wait for it, or ask them"
         raise LockedError(f"campaign {self.campaign.name} is locked by {current}{hint}")
 
     def release(self, token: str) -> None:
@@ -134,8 +139,10 @@ class OperatorLock:
         if current is None:
             return None
         if not current.stale and not force:
-            raise LockedError(f"campaign {self.campaign.name} is locked by {current}: not stale; "
-                              "--force breaks it anyway (only if you know that run is dead)")
+            raise LockedError(
+                f"campaign {self.campaign.name} is locked by {current}: not stale; "
+                "--force breaks it anyway (only if you know that run is dead)"
+            )
         with open_butler(self.repo, writeable=True) as butler, contextlib.suppress(MissingCollectionError):
             butler.collections.x_remove(self.name)
         return current
@@ -165,8 +172,7 @@ def chain_lock(campaign: Campaign, run_dir: str | os.PathLike[str], *, resume: b
         token = lock.acquire(run_dir)
     except LockedError:
         holder = lock.holder()
-        if not (resume and holder is not None and holder.stale
-                and holder.run_dir == str(Path(run_dir).resolve())):
+        if not (resume and holder is not None and holder.stale and holder.run_dir == str(Path(run_dir).resolve())):
             raise
         lock.break_lock()
         token = lock.acquire(run_dir)

@@ -43,8 +43,12 @@ def open_phase(phase: str, campaign_file: str, run_dir: str = "") -> tuple[Campa
         folder = interactive_run_dir(campaign.name, phase)
         _scan_hand_run(folder, campaign)
         run_dir = str(folder)
-    display(Markdown(f"**Campaign** `{campaign.name}` — central {campaign.central}, sites "
-                     f"{', '.join(campaign.remote_sites)}; run folder `{run_dir}`"))
+    display(
+        Markdown(
+            f"**Campaign** `{campaign.name}` — central {campaign.central}, sites "
+            f"{', '.join(campaign.remote_sites)}; run folder `{run_dir}`"
+        )
+    )
     return campaign, run_dir
 
 
@@ -58,8 +62,12 @@ def _scan_hand_run(folder: Path, campaign: Campaign) -> None:
         return
     lines = [f"{Path(f.path).relative_to(folder).as_posix()}:{f.line}: {f.kind}" for f in findings]
     atomic_write_text(folder / "logs" / "secret_scan.txt", "\n".join(lines) + "\n")
-    display(Markdown("**Possible credential leak in this run folder** — do not share it until it is cleaned "
-                     "and the credentials are rotated:\n\n" + "\n".join(f"* `{ln}`" for ln in lines[:20])))
+    display(
+        Markdown(
+            "**Possible credential leak in this run folder** — do not share it until it is cleaned "
+            "and the credentials are rotated:\n\n" + "\n".join(f"* `{ln}`" for ln in lines[:20])
+        )
+    )
 
 
 def show_gate(result: PhaseResult) -> None:

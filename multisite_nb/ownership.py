@@ -74,7 +74,8 @@ class Ownership:
 
     def __init__(self, campaign: Campaign, visit_owner: Mapping[int, str], exposure_visit: Mapping[int, int]):
         self.units: dict[tuple[int, int | None], str] = {
-            u.key: s for s in campaign.remote_sites for u in campaign.sky_units(s)}
+            u.key: s for s in campaign.remote_sites for u in campaign.sky_units(s)
+        }
         self.tracts = tract_owners(campaign)
         self.visits = dict(visit_owner)
         self.exposures = dict(exposure_visit)
@@ -133,8 +134,11 @@ def refusals(campaign: Campaign, graph: Any) -> list[str]:
         The pipeline graph (resolved against a registry or the default universe).
     """
     split = split_tracts(campaign)
-    return [f"tract {tract} is split between {', '.join(sites)}, but task {label} ({step}, site stage {stage}) "
-            "works on whole tracts at the sites: each site would make the tract's product from part of its "
-            "data; give the tract to one site (see the suggested assignment) or run that step centrally"
-            for stage, step, label in whole_tract_tasks(campaign, graph) if split
-            for tract, sites in split.items()]
+    return [
+        f"tract {tract} is split between {', '.join(sites)}, but task {label} ({step}, site stage {stage}) "
+        "works on whole tracts at the sites: each site would make the tract's product from part of its "
+        "data; give the tract to one site (see the suggested assignment) or run that step centrally"
+        for stage, step, label in whole_tract_tasks(campaign, graph)
+        if split
+        for tract, sites in split.items()
+    ]

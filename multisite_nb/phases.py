@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 
@@ -38,11 +38,9 @@ def _campaign(c: Campaign | str | Path) -> Campaign:
     return c if isinstance(c, Campaign) else load_campaign(c)
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _acting(func: F) -> F:
+def _acting[F: Callable[..., Any]](func: F) -> F:
     """A phase that changes Rucio or a Butler: it holds the campaign's operator lock while it runs."""
+
     @functools.wraps(func)
     def wrapper(campaign: Campaign | str | Path, run_dir: str | Path, *args: Any, **kwargs: Any) -> Any:
         from .lock import operator_lock
@@ -50,6 +48,7 @@ def _acting(func: F) -> F:
         campaign = _campaign(campaign)
         with operator_lock(campaign, run_dir):
             return func(campaign, run_dir, *args, **kwargs)
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -70,7 +69,9 @@ def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[Pha
     collisions = preflight_collisions(campaign, [n.dataset_type for n in graph.dataset_types.values()])
     artifacts = [str(plan.save(plan_path(run_dir)))]
     for site in plan.sites:
-        artifacts.append(str(save_table(run_dir, "placement", f"manifest_{site}", pd.DataFrame(plan.manifest_rows(site)))))
+        artifacts.append(
+            str(save_table(run_dir, "placement", f"manifest_{site}", pd.DataFrame(plan.manifest_rows(site))))
+        )
     counts = plan.counts()
     artifacts.append(str(save_table(run_dir, "placement", "counts", pd.DataFrame(counts))))
     empty = [r["site"] for r in counts if r["files"] == 0 or r["visits"] == 0]
@@ -85,15 +86,24 @@ def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[Pha
         passed = True
         reason = (
             f"{sum(r['files'] for r in counts)} files planned for {len(counts)} sites; "
-            f"{len(plan.boundary_visits)} boundary visits ({cost['extra_copies']} extra copies, {cost['extra_bytes']} bytes)"
+            f"{len(plan.boundary_visits)} boundary visits "
+            f"({cost['extra_copies']} extra copies, {cost['extra_bytes']} bytes)"
         )
     result = PhaseResult(
-        phase="placement", passed=passed, reason=reason, started=started, finished=utcnow(),
-        summary={"campaign_file": str(campaign.path),
-                 "sites": {r["site"]: {"files": r["files"], "bytes": r["bytes"], "visits": r["visits"]} for r in counts},
-                 "boundary_visits": len(plan.boundary_visits), "boundary_cost": cost, "collisions": collisions,
-                 "refused": refused,
-                 "boundary_by_sites": _boundary_by_sites(plan)},
+        phase="placement",
+        passed=passed,
+        reason=reason,
+        started=started,
+        finished=utcnow(),
+        summary={
+            "campaign_file": str(campaign.path),
+            "sites": {r["site"]: {"files": r["files"], "bytes": r["bytes"], "visits": r["visits"]} for r in counts},
+            "boundary_visits": len(plan.boundary_visits),
+            "boundary_cost": cost,
+            "collisions": collisions,
+            "refused": refused,
+            "boundary_by_sites": _boundary_by_sites(plan),
+        },
         artifacts=artifacts,
     )
     record_result(run_dir, result)
@@ -119,8 +129,9 @@ def _boundary_by_sites(plan: Any) -> dict[str, int]:
 
 
 @_acting
-def transfer(campaign: Campaign | str | Path, run_dir: str | Path, *, progress: bool = True,
-             timeout_s: float = 900) -> tuple[PhaseResult, list[Any]]:
+def transfer(
+    campaign: Campaign | str | Path, run_dir: str | Path, *, progress: bool = True, timeout_s: float = 900
+) -> tuple[PhaseResult, list[Any]]:
     """Phase 2: move each site's planned inputs with Rucio and ingest them in place."""
     from .placement import PlacementPlan
     from .transfer import place_data
@@ -135,22 +146,39 @@ def transfer(campaign: Campaign | str | Path, run_dir: str | Path, *, progress: 
     failed = [o for o in outcomes if o.error]
     passed = not failed
     reason = (
-        "all rules OK; " + ", ".join(f"{o.dest}: {o.ingested} ingested, {o.already_present} already there" for o in outcomes)
-        if passed else "; ".join(f"{o.dest}: {o.state}: {o.error}" for o in failed)
+        "all rules OK; "
+        + ", ".join(f"{o.dest}: {o.ingested} ingested, {o.already_present} already there" for o in outcomes)
+        if passed
+        else "; ".join(f"{o.dest}: {o.state}: {o.error}" for o in failed)
     )
     result = PhaseResult(
-        phase="transfer", passed=passed, reason=reason, started=started, finished=utcnow(),
-        summary={"shipments": {o.dest: {"rule": o.state, "rule_id": o.rule_id, "files": o.registered,
-                                        "ingested": o.ingested, "already_present": o.already_present,
-                                        "seconds": {k: round(v, 2) for k, v in o.seconds.items()}}
-                               for o in outcomes}},
+        phase="transfer",
+        passed=passed,
+        reason=reason,
+        started=started,
+        finished=utcnow(),
+        summary={
+            "shipments": {
+                o.dest: {
+                    "rule": o.state,
+                    "rule_id": o.rule_id,
+                    "files": o.registered,
+                    "ingested": o.ingested,
+                    "already_present": o.already_present,
+                    "seconds": {k: round(v, 2) for k, v in o.seconds.items()},
+                }
+                for o in outcomes
+            }
+        },
         artifacts=[str(table)],
     )
     record_result(run_dir, result)
     return result, outcomes
 
 
-def verify(campaign: Campaign | str | Path, run_dir: str | Path, *, checksums: bool = True) -> tuple[PhaseResult, list[Any]]:
+def verify(
+    campaign: Campaign | str | Path, run_dir: str | Path, *, checksums: bool = True
+) -> tuple[PhaseResult, list[Any]]:
     """Phase 3: reconcile the plan with Rucio, each site's Butler and the disk."""
     from .placement import PlacementPlan
     from .verify import problems_table, verify_placement
@@ -162,19 +190,34 @@ def verify(campaign: Campaign | str | Path, run_dir: str | Path, *, checksums: b
     reports = verify_placement(campaign, plan, checksums=checksums)
     counts = pd.DataFrame([r.counts() for r in reports])
     problems = problems_table(reports)
-    artifacts = [str(save_table(run_dir, "verify", "counts", counts)),
-                 str(save_table(run_dir, "verify", "problems",
-                                pd.DataFrame(problems, columns=["site", "layer", "problem", "file", "detail"])))]
+    artifacts = [
+        str(save_table(run_dir, "verify", "counts", counts)),
+        str(
+            save_table(
+                run_dir,
+                "verify",
+                "problems",
+                pd.DataFrame(problems, columns=["site", "layer", "problem", "file", "detail"]),
+            )
+        ),
+    ]
     bad = [r for r in reports if not r.ok]
     passed = not bad
     if passed:
-        reason = f"all {sum(r.planned for r in reports)} planned files in place at {len(reports)} sites (Rucio, Butler, disk)"
+        planned = sum(r.planned for r in reports)
+        reason = f"all {planned} planned files in place at {len(reports)} sites (Rucio, Butler, disk)"
     else:
         first = bad[0].problems[0]
-        reason = (f"{sum(len(r.problems) for r in bad)} problems at {', '.join(r.site for r in bad)}; "
-                  f"first: {first.site} {first.layer} {first.kind} {first.what} ({first.detail})")
+        reason = (
+            f"{sum(len(r.problems) for r in bad)} problems at {', '.join(r.site for r in bad)}; "
+            f"first: {first.site} {first.layer} {first.kind} {first.what} ({first.detail})"
+        )
     result = PhaseResult(
-        phase="verify", passed=passed, reason=reason, started=started, finished=utcnow(),
+        phase="verify",
+        passed=passed,
+        reason=reason,
+        started=started,
+        finished=utcnow(),
         summary={"sites": {r.site: r.counts() for r in reports}, "problems": len(problems)},
         artifacts=artifacts,
     )
@@ -189,7 +232,9 @@ def _stage(campaign: Campaign, name: str):
     for st in campaign.config.stages:
         if st.name == name:
             return st
-    raise ConfigError(f"{campaign.path}: no stage {name!r} in 'stages' (have: {', '.join(s.name for s in campaign.config.stages)})")
+    raise ConfigError(
+        f"{campaign.path}: no stage {name!r} in 'stages' (have: {', '.join(s.name for s in campaign.config.stages)})"
+    )
 
 
 def _wiring(campaign: Campaign):
@@ -226,19 +271,28 @@ def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> 
         raise ConfigError(f"{campaign.path}: stage {stage!r} runs centrally: use gather_redistribute")
     require_passed(run_dir, "verify")
     live = InFlight(run_dir, f"submit_{stage}", started, {"stage": stage})
-    records = run_sites(campaign, campaign.remote_sites, st.steps, logs_dir(run_dir), extra=_extra_inputs(run_dir),
-                        live=live)
+    records = run_sites(
+        campaign, campaign.remote_sites, st.steps, logs_dir(run_dir), extra=_extra_inputs(run_dir), live=live
+    )
     steps = dump_steps(records)
     passed, reason = _steps_verdict(records)
     table = save_table(run_dir, f"submit_{stage}", "steps", steps_table(records))
-    result = PhaseResult(phase=f"submit_{stage}", passed=passed, reason=reason, started=started, finished=utcnow(),
-                         summary={"stage": stage, "steps": steps}, artifacts=[str(table)])
+    result = PhaseResult(
+        phase=f"submit_{stage}",
+        passed=passed,
+        reason=reason,
+        started=started,
+        finished=utcnow(),
+        summary={"stage": stage, "steps": steps},
+        artifacts=[str(table)],
+    )
     record_result(run_dir, result)
     return result, steps
 
 
-def _ship(campaign: Campaign, plan: Any, run_dir: str | Path, label: str, progress: bool,
-          collisions_fatal: bool = True) -> tuple[bool, str, list[dict[str, Any]]]:
+def _ship(
+    campaign: Campaign, plan: Any, run_dir: str | Path, label: str, progress: bool, collisions_fatal: bool = True
+) -> tuple[bool, str, list[dict[str, Any]]]:
     """Ship a gather/redistribution plan and verify it; returns (passed, reason, rows).
 
     Collisions (one data ID from several sites) are fatal before a central stage, whose
@@ -249,8 +303,14 @@ def _ship(campaign: Campaign, plan: Any, run_dir: str | Path, label: str, progre
 
     if plan.collisions and collisions_fatal:
         c = plan.collisions[0]
-        return False, (f"{len(plan.collisions)} collisions: {c.dataset_type} {c.data_id} comes from "
-                       f"{', '.join(c.sites)}; give those sites distinct sky (or runs)"), []
+        return (
+            False,
+            (
+                f"{len(plan.collisions)} collisions: {c.dataset_type} {c.data_id} comes from "
+                f"{', '.join(c.sites)}; give those sites distinct sky (or runs)"
+            ),
+            [],
+        )
     outcomes, reports = ship_and_verify(campaign, plan, progress=progress, log=lambda m: None)
     rows = [o.as_row() for o in outcomes]
     bad = [o for o in outcomes if o.error]
@@ -259,13 +319,23 @@ def _ship(campaign: Campaign, plan: Any, run_dir: str | Path, label: str, progre
         return False, f"{bad[0].name}: {bad[0].state}: {bad[0].error}", rows
     if problems:
         p = problems[0]
-        return False, f"{len(problems)} problems after {label}; first: {p.site} {p.layer} {p.kind} {p.what} ({p.detail})", rows
+        return (
+            False,
+            f"{len(problems)} problems after {label}; first: {p.site} {p.layer} {p.kind} {p.what} ({p.detail})",
+            rows,
+        )
     return True, f"{label}: {sum(r['files'] for r in rows)} files moved and verified", rows
 
 
 @_acting
-def gather_redistribute(campaign: Campaign | str | Path, run_dir: str | Path, stage: str, *,
-                        progress: bool = True, validation_set: list[str] | None = None) -> tuple[PhaseResult, dict[str, Any]]:
+def gather_redistribute(
+    campaign: Campaign | str | Path,
+    run_dir: str | Path,
+    stage: str,
+    *,
+    progress: bool = True,
+    validation_set: list[str] | None = None,
+) -> tuple[PhaseResult, dict[str, Any]]:
     """Phase 5: for a central stage: gather, run it centrally, redistribute per site.
 
     ``stage="final"`` brings the validation set (default: the site stages' final products) home.
@@ -297,9 +367,15 @@ def gather_redistribute(campaign: Campaign | str | Path, run_dir: str | Path, st
             from .submission import run_sites
 
             central = campaign.central
-            records = run_sites(campaign, [central], st.steps, logs_dir(run_dir), check_first=False,
-                                extra={central: gplan.runs.get(central, [])},
-                                live=InFlight(run_dir, label, started, dict(summary)))
+            records = run_sites(
+                campaign,
+                [central],
+                st.steps,
+                logs_dir(run_dir),
+                check_first=False,
+                extra={central: gplan.runs.get(central, [])},
+                live=InFlight(run_dir, label, started, dict(summary)),
+            )
             summary["steps"] = dump_steps(records)
             passed, reason = _steps_verdict(records)
         if passed:
@@ -308,39 +384,68 @@ def gather_redistribute(campaign: Campaign | str | Path, run_dir: str | Path, st
             rplan = plan_redistribution(campaign, redistributed, produced, f"redistribute_{stage}")
             tables["redistribute"] = pd.DataFrame(rplan.counts())
             passed, reason2, rows2 = _ship(campaign, rplan, run_dir, f"redistribution after {stage}", progress)
-            summary.update(redistributed=redistributed, redistribute_shipments=rows2,
-                           delivered_runs=rplan.runs)
+            summary.update(redistributed=redistributed, redistribute_shipments=rows2, delivered_runs=rplan.runs)
             reason = reason2 if not passed else f"gathered {len(gathered)} types, ran {', '.join(st.steps)}, {reason2}"
     artifacts = [str(save_table(run_dir, label, name, df)) for name, df in tables.items()]
-    result = PhaseResult(phase=label, passed=passed, reason=reason, started=started, finished=utcnow(),
-                         summary=summary, artifacts=artifacts)
+    result = PhaseResult(
+        phase=label,
+        passed=passed,
+        reason=reason,
+        started=started,
+        finished=utcnow(),
+        summary=summary,
+        artifacts=artifacts,
+    )
     record_result(run_dir, result)
     return result, summary
 
 
 @_acting
-def qa(campaign: Campaign | str | Path, run_dir: str | Path, *, validation_set: list[str] | None = None,
-       reference: bool = True) -> tuple[PhaseResult, Any]:
+def qa(
+    campaign: Campaign | str | Path,
+    run_dir: str | Path,
+    *,
+    validation_set: list[str] | None = None,
+    reference: bool = True,
+) -> tuple[PhaseResult, Any]:
     """Phase 6: completeness per sky unit and agreement with a single-site reference run."""
     from .qa import evaluate, run_reference
 
     started = utcnow()
     campaign = _campaign(campaign)
     final = load_result(run_dir, "gather_redistribute_final")
-    types = validation_set or (final.summary.get("validation_set") if final else None) or _wiring(campaign).final_products
+    types = (
+        validation_set or (final.summary.get("validation_set") if final else None) or _wiring(campaign).final_products
+    )
     ref_steps = run_reference(campaign, Path(run_dir) / "artifacts" / "logs" / "reference") if reference else {}
     ref_ok, ref_reason = _steps_verdict({"reference": ref_steps}) if ref_steps else (True, "")
     report = evaluate(campaign, types, _ownership(campaign, run_dir))
-    artifacts = [str(save_table(run_dir, "qa", name, pd.DataFrame(rows)))
-                 for name, rows in (("completeness", report.completeness), ("units", report.units),
-                                    ("mismatches", report.mismatches), ("metrics", report.metrics))]
+    artifacts = [
+        str(save_table(run_dir, "qa", name, pd.DataFrame(rows)))
+        for name, rows in (
+            ("completeness", report.completeness),
+            ("units", report.units),
+            ("mismatches", report.mismatches),
+            ("metrics", report.metrics),
+        )
+    ]
     passed = ref_ok and report.passed
     reason = report.verdict() if ref_ok else f"reference run failed: {ref_reason}"
-    result = PhaseResult(phase="qa", passed=passed, reason=reason, started=started, finished=utcnow(),
-                         summary={"validation_set": types, "missing": report.missing,
-                                  "mismatches": len(report.mismatches), "metrics": report.metrics,
-                                  "reference_steps": {k: v.get("state") for k, v in ref_steps.items()}},
-                         artifacts=artifacts)
+    result = PhaseResult(
+        phase="qa",
+        passed=passed,
+        reason=reason,
+        started=started,
+        finished=utcnow(),
+        summary={
+            "validation_set": types,
+            "missing": report.missing,
+            "mismatches": len(report.mismatches),
+            "metrics": report.metrics,
+            "reference_steps": {k: v.get("state") for k, v in ref_steps.items()},
+        },
+        artifacts=artifacts,
+    )
     record_result(run_dir, result)
     return result, report
 

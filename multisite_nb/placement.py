@@ -23,9 +23,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .config import Campaign, SkyUnit
-from .ownership import visit_owners
 from .errors import PlanError
 from .fileio import atomic_write_text
+from .ownership import visit_owners
 
 __all__ = [
     "Footprint",
@@ -131,8 +131,12 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
     touched = sorted(fp.values["visit"])
     if touched:
         for rec in butler.query_dimension_records(
-            "visit_detector_region", where="visit IN (visits)", bind={"visits": touched},
-            instrument=cfg.instrument, limit=None, explain=False,
+            "visit_detector_region",
+            where="visit IN (visits)",
+            bind={"visits": touched},
+            instrument=cfg.instrument,
+            limit=None,
+            explain=False,
         ):
             vd.add((rec.visit, rec.detector))
     fp.values["detector"].update(d for _, d in vd)
@@ -143,8 +147,11 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
         fp.regions.append(rec.region)
     # tract-level tasks look up spatial inputs (reference catalog shards) over the whole tract
     for rec in butler.query_dimension_records(
-        "tract", where=f"skymap = '{cfg.skymap}' AND tract IN (t)", bind={"t": sorted(fp.values["tract"])},
-        limit=None, explain=False,
+        "tract",
+        where=f"skymap = '{cfg.skymap}' AND tract IN (t)",
+        bind={"t": sorted(fp.values["tract"])},
+        limit=None,
+        explain=False,
     ):
         fp.regions.append(rec.region)
     visits = sorted(fp.values["visit"])
@@ -152,8 +159,12 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
     if visits:
         v2e: dict[int, set[int]] = defaultdict(set)
         for rec in butler.query_dimension_records(
-            "visit_definition", where="visit IN (visits)", bind={"visits": visits},
-            instrument=cfg.instrument, limit=None, explain=False,
+            "visit_definition",
+            where="visit IN (visits)",
+            bind={"visits": visits},
+            instrument=cfg.instrument,
+            limit=None,
+            explain=False,
         ):
             v2e[rec.visit].add(rec.exposure)
             fp.values["exposure"].add(rec.exposure)
@@ -162,16 +173,24 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
             for e in v2e[v]:
                 ed.add((e, d))
         for rec in butler.query_dimension_records(
-            "visit", where="visit IN (visits)", bind={"visits": visits},
-            instrument=cfg.instrument, limit=None, explain=False,
+            "visit",
+            where="visit IN (visits)",
+            bind={"visits": visits},
+            instrument=cfg.instrument,
+            limit=None,
+            explain=False,
         ):
             fp.visit_regions[rec.id] = rec.region
             fp.regions.append(rec.region)  # visit-level tasks look up shards over the visit
             if getattr(rec, "day_obs", None) is not None:
                 fp.values["day_obs"].add(rec.day_obs)
         for rec in butler.query_dimension_records(
-            "exposure", where="exposure IN (exps)", bind={"exps": sorted(fp.values["exposure"])},
-            instrument=cfg.instrument, limit=None, explain=False,
+            "exposure",
+            where="exposure IN (exps)",
+            bind={"exps": sorted(fp.values["exposure"])},
+            instrument=cfg.instrument,
+            limit=None,
+            explain=False,
         ):
             if getattr(rec, "group", None) is not None:
                 fp.values["group"].add(rec.group)
@@ -250,13 +269,23 @@ class PlacementPlan(BaseModel):
     def boundary_cost(self) -> dict[str, int]:
         """Extra copies and bytes caused by raws more than one site needs."""
         extra = [(len(f.sites) - 1, f.size) for f in self.boundary_files]
-        return {"files": len(self.boundary_files), "extra_copies": sum(n for n, _ in extra),
-                "extra_bytes": sum(n * s for n, s in extra)}
+        return {
+            "files": len(self.boundary_files),
+            "extra_copies": sum(n for n, _ in extra),
+            "extra_bytes": sum(n * s for n, s in extra),
+        }
 
     def manifest_rows(self, site: str) -> list[dict[str, Any]]:
         return [
-            {"dataset_type": f.dataset_type, "data_id": json.dumps(f.data_id, sort_keys=True), "uuid": f.id,
-             "run": f.run, "file": f.lfn, "size": f.size, "adler32": f.adler32}
+            {
+                "dataset_type": f.dataset_type,
+                "data_id": json.dumps(f.data_id, sort_keys=True),
+                "uuid": f.id,
+                "run": f.run,
+                "file": f.lfn,
+                "size": f.size,
+                "adler32": f.adler32,
+            }
             for f in self.site_files(site)
         ]
 
@@ -285,9 +314,14 @@ def describe_file(butler: Any, ref: Any, sites: list[str], roots: list[Path] | N
     if base is None:
         raise PlanError(f"{path} is outside the datastore roots {[str(r) for r in roots]}")
     return PlannedFile(
-        id=str(ref.id), dataset_type=ref.datasetType.name, run=ref.run,
+        id=str(ref.id),
+        dataset_type=ref.datasetType.name,
+        run=ref.run,
         data_id={k: _json_value(v) for k, v in dict(ref.dataId.required).items()},
-        lfn=str(path.relative_to(base)), size=path.stat().st_size, adler32=adler32_of(path), sites=sites,
+        lfn=str(path.relative_to(base)),
+        size=path.stat().st_size,
+        adler32=adler32_of(path),
+        sites=sites,
     )
 
 
@@ -318,13 +352,17 @@ def check_sky_units(campaign: Campaign, butler: Any) -> None:
     skymap = campaign.config.skymap
     if not butler.query_dimension_records("skymap", where=f"skymap = '{skymap}'", limit=None, explain=False):
         raise ConfigError(f"{campaign.path}: key 'skymap': {skymap!r} is not in the central repository")
-    patches = {(r.tract, r.id) for r in butler.query_dimension_records(
-        "patch", where=f"skymap = '{skymap}'", limit=None, explain=False)}
+    patches = {
+        (r.tract, r.id)
+        for r in butler.query_dimension_records("patch", where=f"skymap = '{skymap}'", limit=None, explain=False)
+    }
     tracts = {t for t, _ in patches}
     for site in campaign.remote_sites:
         for i, u in enumerate(campaign.sky_units(site)):
             if u.tract not in tracts or (u.patch is not None and (u.tract, u.patch) not in patches):
-                raise ConfigError(f"{campaign.path}: key 'sites.{site}.sky_units[{i}]': {u} is not in sky map {skymap!r}")
+                raise ConfigError(
+                    f"{campaign.path}: key 'sites.{site}.sky_units[{i}]': {u} is not in sky map {skymap!r}"
+                )
 
 
 def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -> PlacementPlan:
@@ -379,7 +417,8 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
         # calibration collections among the inputs, and validity ranges of the planned calibs
         chains = _chains(butler, inputs)
         calib_colls = [
-            i.name for i in butler.collections.query_info(inputs, flatten_chains=True)
+            i.name
+            for i in butler.collections.query_info(inputs, flatten_chains=True)
             if i.type == CollectionType.CALIBRATION
         ]
         certs: list[Certification] = []
@@ -392,11 +431,14 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
                 ):
                     if str(assoc.ref.id) in files and assoc.timespan is not None:
                         ts = assoc.timespan
-                        certs.append(Certification(
-                            id=str(assoc.ref.id), collection=assoc.collection,
-                            begin=ts.begin.isot if ts.begin is not None else None,
-                            end=ts.end.isot if ts.end is not None else None,
-                        ))
+                        certs.append(
+                            Certification(
+                                id=str(assoc.ref.id),
+                                collection=assoc.collection,
+                                begin=ts.begin.isot if ts.begin is not None else None,
+                                end=ts.end.isot if ts.end is not None else None,
+                            )
+                        )
         visit_sites: dict[int, list[str]] = defaultdict(list)
         for s, fp in footprints.items():
             for v in fp.values["visit"]:
@@ -437,8 +479,11 @@ class UnitGroup(BaseModel):
 
 
 def suggest_assignment(
-    campaign: Campaign, units: Iterable[SkyUnit] | None = None, butler: Any = None,
-    *, keep_tracts_whole: bool | None = None,
+    campaign: Campaign,
+    units: Iterable[SkyUnit] | None = None,
+    butler: Any = None,
+    *,
+    keep_tracts_whole: bool | None = None,
 ) -> list[UnitGroup]:
     """Group sky units that share visits and spread the groups over the remote sites.
 
@@ -471,8 +516,13 @@ def suggest_assignment(
         visits_of: dict[tuple[int, int | None], set[int]] = defaultdict(set)
         pairs_of: dict[tuple[int, int | None], set[tuple[int, int]]] = defaultdict(set)
         for u in units:
-            for did in butler.query_data_ids(["visit", "detector", "patch"], where=units_where([u], cfg.skymap),
-                                             instrument=cfg.instrument, limit=None, explain=False):
+            for did in butler.query_data_ids(
+                ["visit", "detector", "patch"],
+                where=units_where([u], cfg.skymap),
+                instrument=cfg.instrument,
+                limit=None,
+                explain=False,
+            ):
                 m = dict(did.mapping)
                 visits_of[u.key].add(m["visit"])
                 pairs_of[u.key].add((m["visit"], m["detector"]))

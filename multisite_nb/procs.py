@@ -61,7 +61,7 @@ def proc_start_time(pid: int) -> int | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     if fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
@@ -91,8 +91,9 @@ class PidRecord:
     @classmethod
     def of(cls, proc: subprocess.Popen[bytes], cmd: Sequence[str] = ()) -> PidRecord:
         """The record of a process just started."""
-        return cls(pid=proc.pid, start_time=proc_start_time(proc.pid), cmd=tuple(cmd),
-                   started=datetime.now(UTC).isoformat())
+        return cls(
+            pid=proc.pid, start_time=proc_start_time(proc.pid), cmd=tuple(cmd), started=datetime.now(UTC).isoformat()
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {"pid": self.pid, "start_time": self.start_time, "cmd": list(self.cmd), "started": self.started}
@@ -100,8 +101,12 @@ class PidRecord:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PidRecord:
         start = data.get("start_time")
-        return cls(pid=int(data["pid"]), start_time=None if start is None else int(start),
-                   cmd=tuple(data.get("cmd") or ()), started=str(data.get("started") or ""))
+        return cls(
+            pid=int(data["pid"]),
+            start_time=None if start is None else int(start),
+            cmd=tuple(data.get("cmd") or ()),
+            started=str(data.get("started") or ""),
+        )
 
 
 def write_pid_record(path: str | os.PathLike[str], record: PidRecord) -> Path:
@@ -172,8 +177,9 @@ def _leader_alive(target: subprocess.Popen[bytes] | PidRecord) -> bool:
     return target.poll() is None
 
 
-def _wait_ended(targets: list[subprocess.Popen[bytes] | PidRecord],
-                seconds: float) -> list[subprocess.Popen[bytes] | PidRecord]:
+def _wait_ended(
+    targets: list[subprocess.Popen[bytes] | PidRecord], seconds: float
+) -> list[subprocess.Popen[bytes] | PidRecord]:
     """Wait up to ``seconds`` for the targets' groups to end; those still running."""
     deadline = time.monotonic() + seconds
     while True:
@@ -183,8 +189,9 @@ def _wait_ended(targets: list[subprocess.Popen[bytes] | PidRecord],
         time.sleep(_POLL)
 
 
-def stop_groups(targets: Iterable[subprocess.Popen[bytes] | PidRecord], *, timeout: float = 30.0,
-                kill_timeout: float = 5.0) -> list[subprocess.Popen[bytes] | PidRecord]:
+def stop_groups(
+    targets: Iterable[subprocess.Popen[bytes] | PidRecord], *, timeout: float = 30.0, kill_timeout: float = 5.0
+) -> list[subprocess.Popen[bytes] | PidRecord]:
     """Stop whole process groups: SIGTERM to each, wait up to ``timeout``, then SIGKILL.
 
     Parameters
@@ -214,15 +221,22 @@ def stop_groups(targets: Iterable[subprocess.Popen[bytes] | PidRecord], *, timeo
     return _wait_ended(pending, kill_timeout)
 
 
-def stop_group(target: subprocess.Popen[bytes] | PidRecord, *, timeout: float = 30.0,
-               kill_timeout: float = 5.0) -> bool:
+def stop_group(
+    target: subprocess.Popen[bytes] | PidRecord, *, timeout: float = 30.0, kill_timeout: float = 5.0
+) -> bool:
     """`stop_groups` of one target; `True` if it ended."""
     return not stop_groups([target], timeout=timeout, kill_timeout=kill_timeout)
 
 
-def start(cmd: Sequence[str], log: str | os.PathLike[str], *, env: Mapping[str, str],
-          cwd: str | os.PathLike[str], pid_file: str | os.PathLike[str] | None = None,
-          echo: bool = False) -> subprocess.Popen[bytes]:
+def start(
+    cmd: Sequence[str],
+    log: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike[str],
+    pid_file: str | os.PathLike[str] | None = None,
+    echo: bool = False,
+) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in its own session, stdin from ``/dev/null``, output appended to ``log``.
 
     Parameters
@@ -240,8 +254,15 @@ def start(cmd: Sequence[str], log: str | os.PathLike[str], *, env: Mapping[str, 
         if echo:
             out.write("$ " + shlex.join(cmd) + "\n")
             out.flush()
-        proc = subprocess.Popen(list(cmd), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     if pid_file is not None:
         write_pid_record(pid_file, PidRecord.of(proc, cmd))
     return proc
@@ -290,9 +311,16 @@ def _note(log: str | os.PathLike[str], text: str) -> None:
         fh.write(f"\n[multisite_nb] {text}\n")
 
 
-def run_logged(cmd: Sequence[str], log: str | os.PathLike[str], *, env: Mapping[str, str],
-               cwd: str | os.PathLike[str], timeout: float | None = None, registry: ChildRegistry | None = None,
-               pid_file: str | os.PathLike[str] | None = None) -> tuple[int | None, bool]:
+def run_logged(
+    cmd: Sequence[str],
+    log: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike[str],
+    timeout: float | None = None,
+    registry: ChildRegistry | None = None,
+    pid_file: str | os.PathLike[str] | None = None,
+) -> tuple[int | None, bool]:
     """Run ``cmd`` (see `start`) and wait for it; stop its process group on timeout or interrupt.
 
     While it runs it is held in ``registry`` (if given), so another thread can stop it. Why

@@ -46,8 +46,14 @@ def run_reference(campaign: Campaign, log_dir: str | os.PathLike[str]) -> dict[s
     from .submission import reference_step_run, run_steps
 
     steps = [s for st in campaign.config.stages for s in st.steps]
-    records = run_steps(campaign, campaign.central, steps, log_dir, mode="pipetask",
-                        make_run=lambda step: reference_step_run(campaign, step))
+    records = run_steps(
+        campaign,
+        campaign.central,
+        steps,
+        log_dir,
+        mode="pipetask",
+        make_run=lambda step: reference_step_run(campaign, step),
+    )
     return {step: record.model_dump(mode="json") for step, record in records.items()}
 
 
@@ -85,14 +91,20 @@ class QAReport:
     def verdict(self) -> str:
         if self.passed:
             n = sum(r["expected"] for r in self.completeness)
-            return f"complete and consistent: {n} expected products present at the sites and at the central site, values equal to the reference"
+            return (
+                f"complete and consistent: {n} expected products present at the sites and at the central site, "
+                "values equal to the reference"
+            )
         parts = []
         if self.missing:
             first = next(r for r in self.completeness if r["missing at site"] or r["missing at central"])
             parts.append(f"{self.missing} products missing (first: {first['site']} {first['dataset type']})")
         if self.mismatches:
             m = self.mismatches[0]
-            parts.append(f"{len(self.mismatches)} values differ from the reference (first: {m['site']} {m['dataset type']} {m['data id']})")
+            parts.append(
+                f"{len(self.mismatches)} values differ from the reference "
+                f"(first: {m['site']} {m['dataset type']} {m['data id']})"
+            )
         return "; ".join(parts)
 
 
@@ -126,13 +138,18 @@ def evaluate(campaign: Campaign, validation_set: Sequence[str], ownership: Owner
                         found[_key(r)] = r
             gathered[site] = found
         for site, fp in footprints.items():
-            expected = {k: r for k, r in reference.items() if not _is_global(dict(k[1])) and (
-                ownership.owner(dict(k[1])) == site if ownership is not None else fp.admits(r.dataId))}
+            expected = {
+                k: r
+                for k, r in reference.items()
+                if not _is_global(dict(k[1]))
+                and (ownership.owner(dict(k[1])) == site if ownership is not None else fp.admits(r.dataId))
+            }
             with open_butler(campaign.butler_repo(site)) as sb:
                 at_site = {}
                 for dt in validation_set:
-                    for r in sb.query_datasets(dt, collections=[site_chain(campaign, site)], find_first=True,
-                                               explain=False, limit=None):
+                    for r in sb.query_datasets(
+                        dt, collections=[site_chain(campaign, site)], find_first=True, explain=False, limit=None
+                    ):
                         at_site[_key(r)] = r
                 site_values = {k: _value_digest(sb.get(r)) for k, r in at_site.items() if k in expected}
             at_central = gathered[site]
@@ -146,33 +163,63 @@ def evaluate(campaign: Campaign, validation_set: Sequence[str], ownership: Owner
                     report.mismatches.append({"site": site, "dataset type": k[0], "data id": dict(k[1])})
             globals_site = sum(1 for k in at_site if _is_global(dict(k[1])))
             for dt in validation_set:
-                row = by_type.get(dt)
-                if row is None:
+                tally = by_type.get(dt)
+                if tally is None:
                     glob = sum(1 for k in at_site if k[0] == dt and _is_global(dict(k[1])))
-                    report.completeness.append({"site": site, "dataset type": dt, "expected": 0,
-                                                "missing at site": 0, "missing at central": 0,
-                                                "note": f"global: {glob} at site (covers its own data only)" if glob else "none expected"})
+                    report.completeness.append(
+                        {
+                            "site": site,
+                            "dataset type": dt,
+                            "expected": 0,
+                            "missing at site": 0,
+                            "missing at central": 0,
+                            "note": f"global: {glob} at site (covers its own data only)" if glob else "none expected",
+                        }
+                    )
                 else:
-                    report.completeness.append({"site": site, "dataset type": dt, "expected": row["expected"],
-                                                "missing at site": row["missing at site"],
-                                                "missing at central": row["missing at central"], "note": ""})
+                    report.completeness.append(
+                        {
+                            "site": site,
+                            "dataset type": dt,
+                            "expected": tally["expected"],
+                            "missing at site": tally["missing at site"],
+                            "missing at central": tally["missing at central"],
+                            "note": "",
+                        }
+                    )
             # per sky unit and band
             for unit in campaign.sky_units(site):
                 for band in sorted(fp.values.get("band", set())):
-                    keyset = [k for k in expected if dict(k[1]).get("tract") == unit.tract
-                              and (unit.patch is None or dict(k[1]).get("patch") == unit.patch)
-                              and dict(k[1]).get("band") == band]
+                    keyset = [
+                        k
+                        for k in expected
+                        if dict(k[1]).get("tract") == unit.tract
+                        and (unit.patch is None or dict(k[1]).get("patch") == unit.patch)
+                        and dict(k[1]).get("band") == band
+                    ]
                     if keyset:
-                        report.units.append({"site": site, "sky unit": str(unit), "band": band,
-                                             "expected": len(keyset),
-                                             "at site": sum(k in at_site for k in keyset),
-                                             "at central": sum(k in at_central for k in keyset)})
+                        report.units.append(
+                            {
+                                "site": site,
+                                "sky unit": str(unit),
+                                "band": band,
+                                "expected": len(keyset),
+                                "at site": sum(k in at_site for k in keyset),
+                                "at central": sum(k in at_central for k in keyset),
+                            }
+                        )
             digest = hashlib.sha256("".join(sorted(site_values.values())).encode()).hexdigest()[:12]
             ref_digest = hashlib.sha256("".join(sorted(ref_values[k] for k in expected)).encode()).hexdigest()[:12]
-            report.metrics.append({
-                "site": site, "products at site": len(at_site), "products gathered": len(at_central),
-                "reference products": len(expected), "global products at site": globals_site,
-                "value digest": digest, "reference digest": ref_digest, "agree": digest == ref_digest,
-            })
+            report.metrics.append(
+                {
+                    "site": site,
+                    "products at site": len(at_site),
+                    "products gathered": len(at_central),
+                    "reference products": len(expected),
+                    "global products at site": globals_site,
+                    "value digest": digest,
+                    "reference digest": ref_digest,
+                    "agree": digest == ref_digest,
+                }
+            )
     return report
-

@@ -99,8 +99,12 @@ class StepRecord(_Record):
     @classmethod
     def not_started(cls, site: str, step: str, problems: Sequence[str]) -> StepRecord:
         """A step that failed before it started (pre-flight), one failure per problem."""
-        return cls(site=site, step=step, state=StepState.FAILED,
-                   failures=[QuantumFailure(task="(pre-flight)", data_id="", cause=p[:_MAX_TEXT]) for p in problems])
+        return cls(
+            site=site,
+            step=step,
+            state=StepState.FAILED,
+            failures=[QuantumFailure(task="(pre-flight)", data_id="", cause=p[:_MAX_TEXT]) for p in problems],
+        )
 
     @classmethod
     def in_progress(cls, site: str, step: str) -> StepRecord:
@@ -112,8 +116,10 @@ class StepRecord(_Record):
         return self.failures[0] if self.failures else None
 
     def __str__(self) -> str:
-        head = (f"{self.site} {self.step} [{self.state}] {self.succeeded}/{self.total} succeeded, "
-                f"{self.failed} failed, {self.pending} pending ({self.seconds:.1f} s)")
+        head = (
+            f"{self.site} {self.step} [{self.state}] {self.succeeded}/{self.total} succeeded, "
+            f"{self.failed} failed, {self.pending} pending ({self.seconds:.1f} s)"
+        )
         lines = [head] + [f"  {f}" for f in self.failures[:5]]
         if len(self.failures) > 5:
             lines.append(f"  ... {len(self.failures) - 5} more")
@@ -183,13 +189,19 @@ class RuleRecord(_Record):
         state = str(rule.get("state", "")).split(".")[-1].upper()
         error = rule.get("error")
         return cls(
-            id=str(rule["id"]), scope=str(rule.get("scope", "")), name=str(rule.get("name", "")),
-            rse_expression=str(rule.get("rse_expression", "")), account=str(rule.get("account") or ""),
-            state=RuleState(state), locks_ok=int(rule.get("locks_ok_cnt") or 0),
+            id=str(rule["id"]),
+            scope=str(rule.get("scope", "")),
+            name=str(rule.get("name", "")),
+            rse_expression=str(rule.get("rse_expression", "")),
+            account=str(rule.get("account") or ""),
+            state=RuleState(state),
+            locks_ok=int(rule.get("locks_ok_cnt") or 0),
             locks_replicating=int(rule.get("locks_replicating_cnt") or 0),
             locks_stuck=int(rule.get("locks_stuck_cnt") or 0),
-            error=str(error)[:_MAX_TEXT] if error else None, comment=rule.get("comments"),
-            expires_at=_naive_utc(rule.get("expires_at")), updated_at=_naive_utc(rule.get("updated_at")),
+            error=str(error)[:_MAX_TEXT] if error else None,
+            comment=rule.get("comments"),
+            expires_at=_naive_utc(rule.get("expires_at")),
+            updated_at=_naive_utc(rule.get("updated_at")),
         )
 
     @property
@@ -227,7 +239,11 @@ class ShipmentOutcome(_Record):
 
     def as_row(self) -> dict[str, Any]:
         return {
-            "shipment": self.name, "dest": self.dest, "files": self.registered,
+            "shipment": self.name,
+            "dest": self.dest,
+            "files": self.registered,
             "rule": str(self.state) if self.state else "none",
-            "ingested": self.ingested, "already there": self.already_present, "error": self.error or "",
+            "ingested": self.ingested,
+            "already there": self.already_present,
+            "error": self.error or "",
         }

@@ -60,7 +60,8 @@ class Phase:
     def load(self) -> Callable[..., Any]:
         """The phase's library function."""
         module, _, attr = self.function.partition(":")
-        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+        function: Callable[..., Any] = getattr(importlib.import_module(module), attr)
+        return function
 
 
 @dataclass(frozen=True)

@@ -82,8 +82,9 @@ def _plan_site(problems: list[Problem]) -> tuple[set[str], set[str], bool]:
     return bad, rules, butler
 
 
-def repair(campaign: Campaign, run_dir: str | Path, *, timeout_s: float = 600,
-           log: Callable[[str], Any] = print) -> tuple[PhaseResult, list[RepairAction], list[SiteReport]]:
+def repair(
+    campaign: Campaign, run_dir: str | Path, *, timeout_s: float = 600, log: Callable[[str], Any] = print
+) -> tuple[PhaseResult, list[RepairAction], list[SiteReport]]:
     """Repair the placement problems of ``run_dir`` and verify the sites again.
 
     Returns
@@ -96,8 +97,9 @@ def repair(campaign: Campaign, run_dir: str | Path, *, timeout_s: float = 600,
         return _repair(campaign, run_dir, timeout_s, log)
 
 
-def _repair(campaign: Campaign, run_dir: str | Path, timeout_s: float,
-            log: Callable[[str], Any]) -> tuple[PhaseResult, list[RepairAction], list[SiteReport]]:
+def _repair(
+    campaign: Campaign, run_dir: str | Path, timeout_s: float, log: Callable[[str], Any]
+) -> tuple[PhaseResult, list[RepairAction], list[SiteReport]]:
     started = utcnow()
     plan = PlacementPlan.load(plan_path(run_dir))
     before = [r for r in verify_placement(campaign, plan) if not r.ok]
@@ -115,42 +117,81 @@ def _repair(campaign: Campaign, run_dir: str | Path, timeout_s: float,
             if why is None:
                 good.append(lfn)
             else:
-                actions.append(RepairAction(site=site, what=lfn, action="cannot repair", detail=(
-                    f"{why}: restore it at {campaign.central} (from the archive or the summit copy), then run "
-                    "repair again; or take the dataset out of the campaign")))
+                actions.append(
+                    RepairAction(
+                        site=site,
+                        what=lfn,
+                        action="cannot repair",
+                        detail=(
+                            f"{why}: restore it at {campaign.central} (from the archive or the summit copy), then run "
+                            "repair again; or take the dataset out of the campaign"
+                        ),
+                    )
+                )
         if good:
-            ops.declare_bad(good, rse, f"multisite_nb repair: verification found {len(good)} corrupt or missing "
-                                       f"replicas on {rse}")
-            actions += [RepairAction(site=site, what=lfn, action="declared bad",
-                                     detail=f"Rucio re-replicates it to {rse} from a good copy") for lfn in good]
+            ops.declare_bad(
+                good, rse, f"multisite_nb repair: verification found {len(good)} corrupt or missing replicas on {rse}"
+            )
+            actions += [
+                RepairAction(
+                    site=site,
+                    what=lfn,
+                    action="declared bad",
+                    detail=f"Rucio re-replicates it to {rse} from a good copy",
+                )
+                for lfn in good
+            ]
             declared[rse] = good
         rule_id = ops.find_rule(placement_dataset(campaign, site), rse)
         if stuck and rule_id:
             state = ops.rule(rule_id)
             if state.state is RuleState.STUCK:
                 ops.retry_rule(rule_id)
-                actions.append(RepairAction(site=site, what=f"rule {rule_id}", action="rule retried",
-                                            detail=state.error or "STUCK"))
+                actions.append(
+                    RepairAction(
+                        site=site, what=f"rule {rule_id}", action="rule retried", detail=state.error or "STUCK"
+                    )
+                )
         if rule_id and (good or stuck):
             rules.append(rule_id)
         if butler:
             reingest.append(site)
-        log(f"{site}: {len(good)} declared bad, {len(stuck)} rule problem(s), "
-            f"Butler {'to re-ingest' if butler else 'ok'}")
+        log(
+            f"{site}: {len(good)} declared bad, {len(stuck)} rule problem(s), "
+            f"Butler {'to re-ingest' if butler else 'ok'}"
+        )
     for rse, names in declared.items():
         for lfn in _wait_available(ops, names, rse, timeout_s):
-            actions.append(RepairAction(site=rse, what=lfn, action="cannot repair",
-                                        detail=f"not AVAILABLE on {rse} {timeout_s:.0f} s after it was declared bad"))
+            actions.append(
+                RepairAction(
+                    site=rse,
+                    what=lfn,
+                    action="cannot repair",
+                    detail=f"not AVAILABLE on {rse} {timeout_s:.0f} s after it was declared bad",
+                )
+            )
     if rules:
         states = watch_rules(ops, rules, timeout_s=timeout_s, progress=False, desc="repairs")
         for rid, st in states.items():
             if st.state is not RuleState.OK:
-                actions.append(RepairAction(site="?", what=f"rule {rid}", action="cannot repair",
-                                            detail=f"{st.state}: {st.error or 'not OK after the repair'}"))
+                actions.append(
+                    RepairAction(
+                        site="?",
+                        what=f"rule {rid}",
+                        action="cannot repair",
+                        detail=f"{st.state}: {st.error or 'not OK after the repair'}",
+                    )
+                )
     if reingest:
         for o in place_data(campaign, plan, progress=False, timeout_s=timeout_s, log=log, sites=reingest):
-            actions.append(RepairAction(site=o.dest, what=o.name, action="ingested again",
-                                        detail=o.error or f"{o.ingested} ingested, {o.already_present} already there"))
+            actions.append(
+                RepairAction(
+                    site=o.dest,
+                    what=o.name,
+                    action="ingested again",
+                    detail=o.error or f"{o.ingested} ingested, {o.already_present} already there",
+                )
+            )
     sites = sorted({r.site for r in before})
     after = verify_placement(campaign, plan, sites=sites) if sites else []
     still = [p for r in after for p in r.problems]
@@ -160,14 +201,35 @@ def _repair(campaign: Campaign, run_dir: str | Path, timeout_s: float,
     if not before:
         passed, reason = True, "nothing to repair: every planned file is in place"
     elif not still:
-        passed, reason = True, (f"repaired {', '.join(sites)}: " + ", ".join(f"{n} {k}" for k, n in by_kind.items())
-                                + "; verification passes")
+        passed, reason = (
+            True,
+            (
+                f"repaired {', '.join(sites)}: "
+                + ", ".join(f"{n} {k}" for k, n in by_kind.items())
+                + "; verification passes"
+            ),
+        )
     else:
         first = still[0]
-        passed, reason = False, (f"{len(still)} problems remain; first: {first.site} {first.layer} {first.kind} "
-                                 f"{first.what} ({first.detail})")
-    result = PhaseResult(phase="repair", passed=passed, reason=reason, started=started, finished=utcnow(),
-                         summary={"actions": [a.model_dump() for a in actions[:200]], "counts": dict(by_kind),
-                                  "sites": sites, "remaining": len(still)})
+        passed, reason = (
+            False,
+            (
+                f"{len(still)} problems remain; first: {first.site} {first.layer} {first.kind} "
+                f"{first.what} ({first.detail})"
+            ),
+        )
+    result = PhaseResult(
+        phase="repair",
+        passed=passed,
+        reason=reason,
+        started=started,
+        finished=utcnow(),
+        summary={
+            "actions": [a.model_dump() for a in actions[:200]],
+            "counts": dict(by_kind),
+            "sites": sites,
+            "remaining": len(still),
+        },
+    )
     record_result(run_dir, result)
     return result, actions, after

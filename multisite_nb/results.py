@@ -10,6 +10,7 @@ long tables go beside them under ``<run_dir>/artifacts/<phase>/`` via
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import UTC, datetime
@@ -86,7 +87,7 @@ class PhaseResult(BaseModel):
     reason: str
     started: datetime = Field(default_factory=utcnow)
     finished: datetime = Field(default_factory=utcnow)
-    summary: dict[str, JsonValue] = Field(default_factory=dict)
+    summary: dict[str, Any] = Field(default_factory=dict)
     artifacts: list[str] = Field(default_factory=list)
 
     @field_validator("phase")
@@ -94,6 +95,15 @@ class PhaseResult(BaseModel):
     def _check_phase(cls, value: str) -> str:
         if not PHASE_NAME.match(value):
             raise ValueError(f"phase name {value!r} must match {PHASE_NAME.pattern}")
+        return value
+
+    @field_validator("summary")
+    @classmethod
+    def _check_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"summary must be JSON (small figures, not tables or objects): {exc}") from None
         return value
 
     @field_validator("started", "finished")
@@ -259,6 +269,7 @@ def summarize(df: pd.DataFrame, max_rows: int = 20) -> pd.DataFrame:
 # --------------------------------------------------------------------------- run record
 
 RUN_RECORD = "run.json"
+
 
 class PhaseStatus(StrEnum):
     """A phase as the chain runner saw it."""

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, RucioError
 from .records import RuleRecord, RuleState
@@ -38,14 +38,13 @@ CHUNK = 500
 #: DIDs per read call: the server refuses more than 1,000 in one bulk request.
 DID_LIMIT = 1000
 
-T = TypeVar("T")
 
 _QUIET = logging.getLogger("multisite_nb.rucio_ops.client")
 _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
 
 
-def chunked(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+def chunked[T](items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
     """Successive slices of ``items`` of at most ``size``."""
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -115,18 +114,33 @@ class RucioClientConfig:
             n_retries = int(retries) if retries else None
         except ValueError:
             raise ConfigError(f"{p}: key 'client.request_retries': not an integer (got {retries!r})") from None
-        return cls(path=p, host=sect["rucio_host"], auth_host=sect["auth_host"], auth_type=auth_type,
-                   account=account or sect.get("account"), creds=creds, ca_cert=sect.get("ca_cert"),
-                   vo=sect.get("vo"), token_file=sect.get("auth_token_file_path"), request_retries=n_retries)
+        return cls(
+            path=p,
+            host=sect["rucio_host"],
+            auth_host=sect["auth_host"],
+            auth_type=auth_type,
+            account=account or sect.get("account"),
+            creds=creds,
+            ca_cert=sect.get("ca_cert"),
+            vo=sect.get("vo"),
+            token_file=sect.get("auth_token_file_path"),
+            request_retries=n_retries,
+        )
 
     @classmethod
     def locate(cls, path: str | os.PathLike[str] | None, account: str | None = None) -> RucioClientConfig:
         """The given config, else where rucio-clients itself would look (``$RUCIO_CONFIG``, ...)."""
         if path:
             return cls.from_file(path, account)
-        candidates = [os.environ.get("RUCIO_CONFIG")] + [
-            str(Path(os.environ[v]) / "etc" / "rucio.cfg") for v in ("RUCIO_HOME", "VIRTUAL_ENV", "CONDA_PREFIX")
-            if v in os.environ] + ["/opt/rucio/etc/rucio.cfg"]
+        candidates = (
+            [os.environ.get("RUCIO_CONFIG")]
+            + [
+                str(Path(os.environ[v]) / "etc" / "rucio.cfg")
+                for v in ("RUCIO_HOME", "VIRTUAL_ENV", "CONDA_PREFIX")
+                if v in os.environ
+            ]
+            + ["/opt/rucio/etc/rucio.cfg"]
+        )
         for cand in candidates:
             if cand and Path(cand).is_file():
                 return cls.from_file(cand, account)
@@ -137,10 +151,10 @@ def _make_client(cfg: RucioClientConfig, *, quiet: bool) -> Client:
     """A rucio-clients ``Client`` from ``cfg``, with its token file from ``cfg`` too."""
     from rucio.client import Client
 
-    class _ConfiguredClient(Client):  # type: ignore[misc]
+    class _ConfiguredClient(Client):
         def _get_auth_tokens(self) -> tuple[str | None, str, str, str]:
             if not cfg.token_file:
-                return super()._get_auth_tokens()  # type: ignore[no-any-return]
+                return super()._get_auth_tokens()
             token_path = str(Path(cfg.token_file).parent)
             suffix = "for_default_account" if self.account is None else "for_account_" + self.account
             return cfg.token_file, f"{token_path}/{self.TOKEN_EXP_PREFIX}{suffix}", cfg.token_file, token_path
@@ -150,12 +164,20 @@ def _make_client(cfg: RucioClientConfig, *, quiet: bool) -> Client:
     if quiet:
         client_log.setLevel(logging.CRITICAL)
     try:
-        client = _ConfiguredClient(rucio_host=cfg.host, auth_host=cfg.auth_host, account=cfg.account,
-                                   ca_cert=cfg.ca_cert, auth_type=cfg.auth_type, creds=dict(cfg.creds),
-                                   vo=cfg.vo, logger=_QUIET if quiet else logging.getLogger("baseclient"))
+        client = _ConfiguredClient(
+            rucio_host=cfg.host,
+            auth_host=cfg.auth_host,
+            account=cfg.account,
+            ca_cert=cfg.ca_cert,
+            auth_type=cfg.auth_type,
+            creds=dict(cfg.creds),
+            vo=cfg.vo,
+            logger=_QUIET if quiet else logging.getLogger("baseclient"),
+        )
     except Exception as exc:
-        raise RucioError(f"Rucio at {cfg.host} (config {cfg.path}) cannot be reached: "
-                         f"{type(exc).__name__}: {exc}") from exc
+        raise RucioError(
+            f"Rucio at {cfg.host} (config {cfg.path}) cannot be reached: {type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         client_log.setLevel(level)
     if cfg.request_retries is not None:
@@ -238,8 +260,10 @@ class RucioOps:
         todo = self._unregistered(rse, files)
         for part in chunked(todo):
             try:
-                self.client.add_replicas(rse=rse, files=[
-                    {"scope": self.scope, "name": f.name, "bytes": f.bytes, "adler32": f.adler32} for f in part])
+                self.client.add_replicas(
+                    rse=rse,
+                    files=[{"scope": self.scope, "name": f.name, "bytes": f.bytes, "adler32": f.adler32} for f in part],
+                )
             except (Duplicate, RucioException) as exc:  # registered meanwhile: check, then it is there
                 if self._unregistered(rse, part):
                     raise RucioError(f"add_replicas on {rse} failed: {type(exc).__name__}: {exc}") from exc
@@ -254,8 +278,10 @@ class RucioOps:
             if have is None:
                 todo.append(f)
             elif (have.get("bytes"), have.get("adler32")) != (f.bytes, f.adler32):
-                raise RucioError(f"{self.scope}:{f.name} is registered on {rse} with {have.get('bytes')} bytes, "
-                                 f"adler32 {have.get('adler32')}; this run has {f.bytes} bytes, adler32 {f.adler32}")
+                raise RucioError(
+                    f"{self.scope}:{f.name} is registered on {rse} with {have.get('bytes')} bytes, "
+                    f"adler32 {have.get('adler32')}; this run has {f.bytes} bytes, adler32 {f.adler32}"
+                )
         return todo
 
     def existing_file_replicas(self, rse: str, names: Sequence[str]) -> set[str]:
@@ -288,8 +314,9 @@ class RucioOps:
             except (DuplicateContent, FileAlreadyExists):  # attached meanwhile (another operator): check
                 now = {f["name"] for f in self.client.list_files(self.scope, dataset)}
                 if missing := [n for n in part if n not in now]:
-                    raise RucioError(f"{self.scope}:{dataset}: could not attach {len(missing)} files, "
-                                     f"first {missing[0]}") from None
+                    raise RucioError(
+                        f"{self.scope}:{dataset}: could not attach {len(missing)} files, first {missing[0]}"
+                    ) from None
         return len(todo)
 
     def close_dataset(self, name: str) -> None:
@@ -314,8 +341,9 @@ class RucioOps:
             pass
         return None
 
-    def ensure_rule(self, dataset: str, rse: str, *, lifetime_s: int | None, activity: str,
-                    comment: str) -> tuple[str, bool]:
+    def ensure_rule(
+        self, dataset: str, rse: str, *, lifetime_s: int | None, activity: str, comment: str
+    ) -> tuple[str, bool]:
         """A rule for ``dataset`` on ``rse``; created unless one exists. Returns (id, created)."""
         from rucio.common.exception import DuplicateRule
 
@@ -324,8 +352,15 @@ class RucioOps:
             return existing, False
         try:
             ids = self.client.add_replication_rule(
-                dids=self._dids([dataset]), copies=1, rse_expression=rse, lifetime=lifetime_s,
-                activity=activity, comment=comment, grouping="DATASET", asynchronous=False)
+                dids=self._dids([dataset]),
+                copies=1,
+                rse_expression=rse,
+                lifetime=lifetime_s,
+                activity=activity,
+                comment=comment,
+                grouping="DATASET",
+                asynchronous=False,
+            )
         except DuplicateRule:  # made meanwhile (another operator): it is the rule asked for
             existing = self.find_rule(dataset, rse)
             if existing is None:
@@ -352,7 +387,8 @@ class RucioOps:
         """Declare replicas on ``rse`` bad: Rucio re-replicates each from a good copy (or marks it lost)."""
         for part in chunked(list(names), DID_LIMIT):
             unknown = self.client.declare_bad_file_replicas(
-                [{"scope": self.scope, "name": n, "rse": rse} for n in part], reason)
+                [{"scope": self.scope, "name": n, "rse": rse} for n in part], reason
+            )
             if unknown:
                 raise RucioError(f"Rucio did not take these bad replicas on {rse}: {unknown}")
 
@@ -372,8 +408,10 @@ class RucioOps:
         """Per RSE: files in the dataset (``length``) and how many are available there."""
         out: dict[str, dict[str, int]] = {}
         for rep in self.client.list_dataset_replicas(self.scope, dataset, deep=True):
-            out[rep["rse"]] = {"length": int(rep.get("length") or 0),
-                               "available": int(rep.get("available_length") or 0)}
+            out[rep["rse"]] = {
+                "length": int(rep.get("length") or 0),
+                "available": int(rep.get("available_length") or 0),
+            }
         return out
 
     def file_replica_states(self, names: Sequence[str], rse: str) -> dict[str, str]:
@@ -391,8 +429,9 @@ class RucioOps:
         out: dict[str, dict[str, Any]] = {}
         for part in chunked(list(names), DID_LIMIT):
             try:
-                for rep in self.client.list_replicas(self._dids(part), all_states=True, rse_expression=rse,
-                                                     sort="random"):
+                for rep in self.client.list_replicas(
+                    self._dids(part), all_states=True, rse_expression=rse, sort="random"
+                ):
                     st = (rep.get("states") or {}).get(rse)
                     if st is not None:
                         out[rep["name"]] = {"state": st, "bytes": rep.get("bytes"), "adler32": rep.get("adler32")}

@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from multisite_nb.config import repo_root
-from multisite_nb.procs import PidRecord, live_pid, proc_start_time, read_pid_record, stop_groups
 from multisite_nb.errors import ConfigError, StorageError
 from multisite_nb.fileio import check_writable
+from multisite_nb.procs import PidRecord, live_pid, proc_start_time, read_pid_record, stop_groups
 from multisite_nb.registry import PhaseUse, get, parse
 from multisite_nb.results import (
     HEARTBEAT_EVERY_S,
@@ -71,7 +71,16 @@ from multisite_nb.secrets import (
     scan_for_secrets,
 )
 
-__all__ = ["ChainOutcome", "check_run_folder", "find_notebook", "pid_records", "stop_orphans", "interactive_run_dir", "new_run", "run_chain"]
+__all__ = [
+    "ChainOutcome",
+    "check_run_folder",
+    "find_notebook",
+    "pid_records",
+    "stop_orphans",
+    "interactive_run_dir",
+    "new_run",
+    "run_chain",
+]
 
 _CAMPAIGN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MAX_REASON = 600
@@ -135,8 +144,10 @@ def check_run_folder(run_dir: str | os.PathLike[str]) -> Path:
     """
     path = Path(run_dir).resolve()
     if path.is_dir() and any(path.iterdir()) and not ((path / RUN_RECORD).is_file() or results_dir(path).is_dir()):
-        raise StorageError(f"{path}: not a run folder (it holds other files and no run.json or results/); "
-                           "give a new folder, or one a run made")
+        raise StorageError(
+            f"{path}: not a run folder (it holds other files and no run.json or results/); "
+            "give a new folder, or one a run made"
+        )
     check_writable(path)
     return path
 
@@ -144,8 +155,9 @@ def check_run_folder(run_dir: str | os.PathLike[str]) -> Path:
 def pid_records(run_dir: str | os.PathLike[str]) -> list[tuple[Path, PidRecord]]:
     """Every step process a run recorded (each attempt's ``pid.json``)."""
     folder = Path(run_dir)
-    return [(p, rec) for p in sorted(folder.glob("artifacts/logs/**/pid.json"))
-            if (rec := read_pid_record(p)) is not None]
+    return [
+        (p, rec) for p in sorted(folder.glob("artifacts/logs/**/pid.json")) if (rec := read_pid_record(p)) is not None
+    ]
 
 
 def stop_orphans(run_dir: str | os.PathLike[str]) -> list[str]:
@@ -294,8 +306,16 @@ def _render_index(run_dir: Path) -> Path:
 class _Chain:
     """One execution of a chain of phases in one run folder (the state :func:`run_chain` keeps)."""
 
-    def __init__(self, uses: list[PhaseUse], run_dir: Path, notebooks_dir: Path, params: dict[str, Any],
-                 known: list[str], log: Callable[[str], object], scan_patterns: bool):
+    def __init__(
+        self,
+        uses: list[PhaseUse],
+        run_dir: Path,
+        notebooks_dir: Path,
+        params: dict[str, Any],
+        known: list[str],
+        log: Callable[[str], object],
+        scan_patterns: bool,
+    ):
         self.uses, self.run_dir, self.params, self.known = uses, run_dir, params, known
         self.log, self.scan_patterns = log, scan_patterns
         self.notebooks = {u.label: find_notebook(notebooks_dir, u.phase.name) for u in uses}
@@ -323,9 +343,11 @@ class _Chain:
 
     def heartbeat(self) -> threading.Thread:
         """Keep ``run.json``'s heartbeat fresh until :meth:`stop_heartbeat` (a dead chain's goes stale)."""
+
         def beat() -> None:
             while not self._beating.wait(HEARTBEAT_EVERY_S):
                 self.save()
+
         thread = threading.Thread(target=beat, name="msnb-chain-heartbeat", daemon=True)
         thread.start()
         return thread
@@ -340,15 +362,21 @@ class _Chain:
         names = [u.label for u in self.uses]
         self.record = RunRecord(
             campaign=campaign or (previous.campaign if previous else self.run_dir.parent.name),
-            run_id=self.run_dir.name, who=_who(), host=socket.gethostname(),
+            run_id=self.run_dir.name,
+            who=_who(),
+            host=socket.gethostname(),
             started=previous.started if previous else now,
             resumed_at=[*previous.resumed_at, now] if previous else [],
-            phases_requested=names, parameters=redact_parameters(self.params),  # type: ignore[arg-type]
-            phases=[PhaseRun(phase=n) for n in names], pid=os.getpid(), pid_start=proc_start_time(os.getpid()),
+            phases_requested=names,
+            parameters=redact_parameters(self.params),  # type: ignore[arg-type]
+            phases=[PhaseRun(phase=n) for n in names],
+            pid=os.getpid(),
+            pid_start=proc_start_time(os.getpid()),
         )
         self.save()
-        self.say(f"run {self.run_dir.name} ({self.record.campaign}): {' → '.join(names)}"
-                 + (" [resume]" if resume else ""))
+        self.say(
+            f"run {self.run_dir.name} ({self.record.campaign}): {' → '.join(names)}" + (" [resume]" if resume else "")
+        )
         for label, declared in self.declared.items():
             if declared is None:
                 self.say(f"warning: {self.notebooks[label].name} has no cell tagged 'parameters'; it gets run_dir only")
@@ -360,8 +388,15 @@ class _Chain:
             self.say(f"warning: parameter(s) not declared by any of these phases: {', '.join(unused)}")
         return self.record
 
-    def execute(self, use: PhaseUse, entry: PhaseRun, kernel_name: str | None, workdir: Path,
-                start_timeout: int, execution_timeout: int | None) -> PhaseResult:
+    def execute(
+        self,
+        use: PhaseUse,
+        entry: PhaseRun,
+        kernel_name: str | None,
+        workdir: Path,
+        start_timeout: int,
+        execution_timeout: int | None,
+    ) -> PhaseResult:
         """Run one phase's notebook; its recorded result, or a failure the runner records for it."""
         import papermill
         from papermill.exceptions import PapermillExecutionError
@@ -370,15 +405,28 @@ class _Chain:
         failure: PhaseResult | None = None
         try:
             papermill.execute_notebook(
-                str(self.notebooks[use.label]), str(out_nb),
-                parameters={**{k: v for k, v in self.params.items() if k in (self.declared[use.label] or ())},
-                            **({"stage": use.stage} if use.stage else {}), "run_dir": str(self.run_dir)},
-                kernel_name=kernel_name, progress_bar=False, log_output=False, cwd=str(workdir),
-                start_timeout=start_timeout, execution_timeout=execution_timeout, config=_kernel_config(),
+                str(self.notebooks[use.label]),
+                str(out_nb),
+                parameters={
+                    **{k: v for k, v in self.params.items() if k in (self.declared[use.label] or ())},
+                    **({"stage": use.stage} if use.stage else {}),
+                    "run_dir": str(self.run_dir),
+                },
+                kernel_name=kernel_name,
+                progress_bar=False,
+                log_output=False,
+                cwd=str(workdir),
+                start_timeout=start_timeout,
+                execution_timeout=execution_timeout,
+                config=_kernel_config(),
             )
         except PapermillExecutionError as exc:
-            failure = self._failed(use, entry, _short(f"{exc.ename}: {exc.evalue}") + f" (at In [{exc.exec_count}])",
-                                   {"error": exc.ename, "cell_index": exc.cell_index})
+            failure = self._failed(
+                use,
+                entry,
+                _short(f"{exc.ename}: {exc.evalue}") + f" (at In [{exc.exec_count}])",
+                {"error": exc.ename, "cell_index": exc.cell_index},
+            )
         except Exception as exc:  # kernel died, timed out, failed to start ...
             failure = self._failed(use, entry, _short(f"{type(exc).__name__}: {exc}"), {"error": type(exc).__name__})
         entry.finished = utcnow()
@@ -398,8 +446,13 @@ class _Chain:
 
     @staticmethod
     def _failed(use: PhaseUse, entry: PhaseRun, reason: str, summary: dict[str, Any]) -> PhaseResult:
-        return PhaseResult(phase=use.label, passed=False, reason=reason, started=entry.started or utcnow(),
-                           summary={**summary, "recorded_by": "runbook"})
+        return PhaseResult(
+            phase=use.label,
+            passed=False,
+            reason=reason,
+            started=entry.started or utcnow(),
+            summary={**summary, "recorded_by": "runbook"},
+        )
 
     def scan(self) -> tuple[list[Finding], Path]:
         """Scan the run folder for credentials before rendering, then the rendered pages; fail on a finding."""
@@ -409,7 +462,7 @@ class _Chain:
 
         def note(found: list[Finding]) -> None:
             rel = [f"{Path(f.path).relative_to(self.run_dir).as_posix()}:{f.line}: {f.kind}" for f in found]
-            for line in rel[len(record.secret_findings):][:20]:
+            for line in rel[len(record.secret_findings) :][:20]:
                 self.say(f"secret scan: {line}")
             files = sorted({Path(f.path).relative_to(self.run_dir).as_posix() for f in found})
             record.secret_findings = rel
@@ -423,8 +476,11 @@ class _Chain:
         if findings:
             note(findings)
         index = _render_index(self.run_dir)  # withholds the HTML of flagged notebooks
-        late = [f for f in scan_for_secrets([index, self.run_dir / "html"], self.known, patterns=self.scan_patterns)
-                if f not in findings]
+        late = [
+            f
+            for f in scan_for_secrets([index, self.run_dir / "html"], self.known, patterns=self.scan_patterns)
+            if f not in findings
+        ]
         if late:
             findings = findings + late
             note(findings)
@@ -504,18 +560,23 @@ def run_chain(
     if leaking:
         raise ConfigError(
             f"parameter(s) {', '.join(leaking)} carry a known secret; credentials must come "
-            "from the Rucio client config or the environment, never from notebook parameters")
+            "from the Rucio client config or the environment, never from notebook parameters"
+        )
     check_run_folder(run_dir)
     previous = load_run_record(run_dir) if resume else None
     if previous is not None and previous.state() == "running":
-        raise StorageError(f"{run_dir}: this run is still running (pid {previous.pid} on {previous.host}); "
-                           "it cannot be resumed beside itself")
+        raise StorageError(
+            f"{run_dir}: this run is still running (pid {previous.pid} on {previous.host}); "
+            "it cannot be resumed beside itself"
+        )
     chain = _Chain(uses, run_dir, Path(notebooks_dir).resolve(), params, known, log, scan_patterns)
     record = chain.start(campaign, resume)
     if previous is not None and previous.state() == "died":
         stopped = stop_orphans(run_dir)
-        chain.say(f"the earlier chain of this run died (pid {previous.pid}); stopped {len(stopped)} of its "
-                  f"orphaned processes" + (f": {', '.join(stopped)}" if stopped else ""))
+        chain.say(
+            f"the earlier chain of this run died (pid {previous.pid}); stopped {len(stopped)} of its "
+            f"orphaned processes" + (f": {', '.join(stopped)}" if stopped else "")
+        )
     chain.heartbeat()
 
     total = len(uses)
@@ -569,5 +630,12 @@ def run_chain(
     chain.save()
     findings, index = chain.scan()
     chain.say(f"run {record.outcome}: {_short(record.reason, 1, 300)}; index: {index}")
-    return ChainOutcome(passed=record.outcome == "passed", reason=record.reason, run_dir=run_dir,
-                        phases=record.phases, results=load_results(run_dir), findings=findings, index=index)
+    return ChainOutcome(
+        passed=record.outcome == "passed",
+        reason=record.reason,
+        run_dir=run_dir,
+        phases=record.phases,
+        results=load_results(run_dir),
+        findings=findings,
+        index=index,
+    )

@@ -69,23 +69,20 @@ CREDENTIAL_PATTERNS: dict[str, re.Pattern[str]] = {
         + r"""(?P<value>[^\s"'\\,;(){}\[\]]{3,})"""
     ),
     "Authorization: Bearer": re.compile(
-        r"""(?i)authorization"""
-        + _Q
-        + r"""\s*[=:]\s*"""
-        + _Q
-        + r"""\s*bearer\s+(?P<value>[A-Za-z0-9._~+/=-]{8,})"""
+        r"""(?i)authorization""" + _Q + r"""\s*[=:]\s*""" + _Q + r"""\s*bearer\s+(?P<value>[A-Za-z0-9._~+/=-]{8,})"""
     ),
     "X-Rucio-Auth-Token": re.compile(
         r"""(?i)x-rucio-auth-token""" + _Q + r"""\s*[=:]\s*""" + _Q + r"""(?P<value>[^\s"'\\,;]{8,})"""
     ),
-    "password in URL": re.compile(
-        r"""(?i)\b[a-z][a-z0-9+.-]*://[^/\s:@"'\\]+:(?P<value>[^/\s@"'\\]{3,})@"""
-    ),
+    "password in URL": re.compile(r"""(?i)\b[a-z][a-z0-9+.-]*://[^/\s:@"'\\]+:(?P<value>[^/\s@"'\\]{3,})@"""),
     "private key": re.compile(r"""-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----(?P<value>)"""),
     # environment dumps: RUCIO_PASSWORD=..., PGPASSWORD: ..., AWS_SECRET_ACCESS_KEY=..., PANDA_AUTH_ID_TOKEN=...
     "secret environment variable": re.compile(
         r"""(?<![A-Za-z0-9_])[A-Z][A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|SECRET_ACCESS_KEY|API_KEY|PRIVATE_KEY)"""
-        + _Q + r"""\s*[=:]\s*""" + _Q + r"""(?P<value>[^\s"'\\,;]{4,})"""
+        + _Q
+        + r"""\s*[=:]\s*"""
+        + _Q
+        + r"""(?P<value>[^\s"'\\,;]{4,})"""
     ),
     "JSON web token": re.compile(r"""(?P<value>\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"""),
     "X.509 proxy": re.compile(r"""-----BEGIN CERTIFICATE-----(?P<value>)"""),

@@ -150,8 +150,12 @@ def _records(butler: Any, element: str, constrained: Mapping[str, set[Any]], val
     for combo in combos:
         out.extend(
             butler.query_dimension_records(
-                element, where=" AND ".join(terms), bind=bind, limit=None, explain=False,
-                **dict(zip(governors, combo)),
+                element,
+                where=" AND ".join(terms),
+                bind=bind,
+                limit=None,
+                explain=False,
+                **dict(zip(governors, combo, strict=True)),
             )
         )
     return out
@@ -184,8 +188,12 @@ def sidecar_refs(butler: Any, files: Iterable[PlannedFile]) -> dict[str, Any]:
     for (dataset_type, run), ids in wanted.items():
         try:
             refs = butler.query_datasets(
-                dataset_type, collections=run, find_first=False, with_dimension_records=True,
-                limit=None, explain=False,
+                dataset_type,
+                collections=run,
+                find_first=False,
+                with_dimension_records=True,
+                limit=None,
+                explain=False,
             )
         except (MissingCollectionError, MissingDatasetTypeError):
             continue
@@ -222,7 +230,10 @@ def register_shipment(
     ops.ensure_dataset(shipment.records_dataset)
     ops.attach(shipment.records_dataset, [lfn])
     outcome.records_rule_id, _ = ops.ensure_rule(
-        shipment.records_dataset, dest.rse, lifetime_s=None, activity=campaign.config.activity,
+        shipment.records_dataset,
+        dest.rse,
+        lifetime_s=None,
+        activity=campaign.config.activity,
         comment=comment + " (dimension records)",
     )
     outcome.seconds["records"] = time.monotonic() - t0
@@ -234,7 +245,9 @@ def register_shipment(
     for f in shipment.files:
         ref = refs.get(f.id)
         if ref is None:
-            raise PlanError(f"{shipment.name}: dataset {f.id} ({f.dataset_type}) is not in the {shipment.source} Butler")
+            raise PlanError(
+                f"{shipment.name}: dataset {f.id} ({f.dataset_type}) is not in the {shipment.source} Butler"
+            )
         kind = "raw_file" if shipment.raw_inputs and "exposure" in f.data_id else "data_product"
         dids.append(FileDid(f.lfn, f.size, f.adler32, {"rubin_butler": kind, "rubin_sidecar": ref.to_json()}))
     outcome.newly_registered = ops.add_replicas(src.rse, dids)
@@ -248,7 +261,9 @@ def register_shipment(
 def create_data_rule(campaign: Campaign, ops: RucioOps, shipment: Shipment, outcome: ShipmentOutcome) -> None:
     """The rule that moves the data files (after the records have arrived)."""
     outcome.rule_id, outcome.rule_created = ops.ensure_rule(
-        shipment.name, campaign.site(shipment.dest).rse, lifetime_s=None,  # ingested in place: never expires
+        shipment.name,
+        campaign.site(shipment.dest).rse,
+        lifetime_s=None,  # ingested in place: never expires
         activity=campaign.config.activity,
         comment=f"multisite_nb campaign {campaign.name}: {shipment.name} {shipment.source}->{shipment.dest}",
     )
@@ -347,8 +362,10 @@ def _present(butler: Any, files: Sequence[PlannedFile], shipment: Shipment) -> s
     for ref in found:
         f = planned[str(ref.id)]
         if ref.run != f.run or ref.datasetType.name != f.dataset_type:
-            raise PlanError(f"{shipment.name}: dataset {f.id} is at {shipment.dest} as {ref.datasetType.name} in "
-                            f"{ref.run}, the plan says {f.dataset_type} in {f.run}")
+            raise PlanError(
+                f"{shipment.name}: dataset {f.id} is at {shipment.dest} as {ref.datasetType.name} in "
+                f"{ref.run}, the plan says {f.dataset_type} in {f.run}"
+            )
     return {str(r.id) for r in found}
 
 
@@ -381,8 +398,13 @@ def place_data(
             claim(campaign, site)
             ready.append(site)
         except Exception as exc:  # that site's part fails; the others go on
-            refused.append(ShipmentOutcome(name=placement_dataset(campaign, site), dest=site,
-                                           error=f"claim {campaign.output_prefix}/ at {site}: {exc}"[:500]))
+            refused.append(
+                ShipmentOutcome(
+                    name=placement_dataset(campaign, site),
+                    dest=site,
+                    error=f"claim {campaign.output_prefix}/ at {site}: {exc}"[:500],
+                )
+            )
     shipments = [
         Shipment(
             name=placement_dataset(campaign, site),
@@ -476,11 +498,20 @@ def run_shipments(
             butlers[site] = open_butler(campaign.butler_repo(site), writeable=True)
         return butlers[site]
 
-    def isolated(s: Shipment, what: str, step: Callable[[], None]) -> bool:
+    def do_register(s: Shipment) -> None:
+        register_shipment(campaign, ops, butler(s.source), s, outcomes[s.name])
+
+    def do_rule(s: Shipment) -> None:
+        create_data_rule(campaign, ops, s, outcomes[s.name])
+
+    def do_ingest(s: Shipment) -> None:
+        ingest_shipment(campaign, ops, butler(s.dest), s, outcomes[s.name])
+
+    def isolated(s: Shipment, what: str, step: Callable[[Shipment], None]) -> bool:
         """Run one shipment's step; an error fails that shipment only."""
         o = outcomes[s.name]
         try:
-            step()
+            step(s)
             return True
         except MsnbError as exc:
             o.error = f"{what}: {exc}"
@@ -490,11 +521,14 @@ def run_shipments(
         return False
 
     try:
-        ok = [s for s in shipments
-              if isolated(s, "register", lambda s=s: register_shipment(campaign, ops, butler(s.source), s,
-                                                                       outcomes[s.name]))]
-        rec_states = watch_rules(ops, [outcomes[s.name].records_rule_id or "" for s in ok],
-                                 timeout_s=timeout_s, progress=progress, desc="dimension records")
+        ok = [s for s in shipments if isolated(s, "register", do_register)]
+        rec_states = watch_rules(
+            ops,
+            [outcomes[s.name].records_rule_id or "" for s in ok],
+            timeout_s=timeout_s,
+            progress=progress,
+            desc="dimension records",
+        )
         ruled = []
         for s in ok:
             o = outcomes[s.name]
@@ -503,10 +537,15 @@ def run_shipments(
                 o.state = st.state if st else None
                 o.error = f"dimension records rule {o.records_rule_id}: {st.error if st else 'not found'}"
                 continue
-            if isolated(s, "rule", lambda s=s, o=o: create_data_rule(campaign, ops, s, o)):
+            if isolated(s, "rule", do_rule):
                 ruled.append(s)
-        states = watch_rules(ops, [outcomes[s.name].rule_id or "" for s in ruled], timeout_s=timeout_s,
-                             progress=progress, desc="data rules")
+        states = watch_rules(
+            ops,
+            [outcomes[s.name].rule_id or "" for s in ruled],
+            timeout_s=timeout_s,
+            progress=progress,
+            desc="data rules",
+        )
         for s in ruled:
             o = outcomes[s.name]
             st = states[o.rule_id or ""]
@@ -515,7 +554,7 @@ def run_shipments(
                 o.error = st.error or f"rule {st.state} after {timeout_s:.0f} s"
                 log(f"{s.name}: rule {o.rule_id} {st.state}: {o.error}")
                 continue
-            isolated(s, f"ingest at {s.dest}", lambda s=s, o=o: ingest_shipment(campaign, ops, butler(s.dest), s, o))
+            isolated(s, f"ingest at {s.dest}", do_ingest)
     finally:
         for b in butlers.values():
             b.close()

@@ -91,7 +91,9 @@ def verify_site(
     try:
         _check_butler(report, spec.butler, files)
     except Exception as exc:
-        report.problems.append(Problem(site, "butler", "unreachable", spec.butler, f"{type(exc).__name__}: {exc}"[:500]))
+        report.problems.append(
+            Problem(site, "butler", "unreachable", spec.butler, f"{type(exc).__name__}: {exc}"[:500])
+        )
     _check_disk(report, Path(spec.rse_root) if spec.rse_root else None, files, checksums)
     return report
 
@@ -103,11 +105,14 @@ def _check_rucio(report: SiteReport, ops: RucioOps, rse: str, dataset: str, by_l
     if rule_id is None:
         report.problems.append(Problem(site, "rucio", "rule", dataset, f"no rule to {rse}"))
     else:
-        st = ops.rule(rule_id)
-        if st.state is not RuleState.OK:
-            report.problems.append(Problem(site, "rucio", "rule", dataset, f"{st.state}: {st.error or ''}".strip()))
-    counts = ops.dataset_replica_counts(dataset).get(rse, {"length": 0, "available": 0}) if rule_id else \
-        {"length": 0, "available": 0}
+        rule = ops.rule(rule_id)
+        if rule.state is not RuleState.OK:
+            report.problems.append(Problem(site, "rucio", "rule", dataset, f"{rule.state}: {rule.error or ''}".strip()))
+    counts = (
+        ops.dataset_replica_counts(dataset).get(rse, {"length": 0, "available": 0})
+        if rule_id
+        else {"length": 0, "available": 0}
+    )
     report.checked["rucio_dataset_available"] = counts["available"]
     if counts["available"] != len(files) or counts["length"] != len(files):
         states = ops.file_replica_states(list(by_lfn), rse)
@@ -115,9 +120,7 @@ def _check_rucio(report: SiteReport, ops: RucioOps, rse: str, dataset: str, by_l
         for lfn in by_lfn:
             st = states.get(lfn)
             if st != "AVAILABLE":
-                report.problems.append(
-                    Problem(site, "rucio", "missing", lfn, f"replica {st or 'absent'} on {rse}")
-                )
+                report.problems.append(Problem(site, "rucio", "missing", lfn, f"replica {st or 'absent'} on {rse}"))
 
 
 def _check_butler(report: SiteReport, repo: str, files: Sequence[PlannedFile]) -> None:
@@ -161,8 +164,9 @@ def verify_shipments(
     return [verify_site(campaign, ops, site, files, ds, checksums=checksums) for site, ds, files in groups]
 
 
-def verify_placement(campaign: Campaign, plan: Any, *, checksums: bool = True,
-                     sites: Sequence[str] | None = None) -> list[SiteReport]:
+def verify_placement(
+    campaign: Campaign, plan: Any, *, checksums: bool = True, sites: Sequence[str] | None = None
+) -> list[SiteReport]:
     """Phase 3 for the placement of phase 1/2 (``sites``: only these remote sites)."""
     from .naming import placement_dataset
 

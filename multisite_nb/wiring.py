@@ -84,9 +84,7 @@ class Wiring:
 
     def redistributed_after(self, stage: str) -> list[str]:
         """Dataset types produced by central ``stage`` and needed at the sites later."""
-        return sorted(
-            {c.dataset_type for c in self.of_kind("redistribute") if self._producer_stage(c) == stage}
-        )
+        return sorted({c.dataset_type for c in self.of_kind("redistribute") if self._producer_stage(c) == stage})
 
     @property
     def final_products(self) -> list[str]:

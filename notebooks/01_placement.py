@@ -35,17 +35,21 @@ campaign, run_dir = open_phase("placement", campaign_file, run_dir)
 
 # %%
 result, plan = phases.placement(campaign, run_dir)
-pd.DataFrame(plan.counts()).set_index('site')
+pd.DataFrame(plan.counts()).set_index("site")
 
 # %% [markdown]
 # ## Boundary visits and their cost
 
 # %%
 cost = plan.boundary_cost()
-display(Markdown(f"{len(plan.boundary_visits)} boundary visits; "
-                 f"{cost['files']} raws needed by more than one site, "
-                 f"{cost['extra_copies']} extra copies ({cost['extra_bytes']} bytes)"))
-pd.DataFrame([{'visit': v, 'sites': ', '.join(s)} for v, s in plan.boundary_visits.items()])
+display(
+    Markdown(
+        f"{len(plan.boundary_visits)} boundary visits; "
+        f"{cost['files']} raws needed by more than one site, "
+        f"{cost['extra_copies']} extra copies ({cost['extra_bytes']} bytes)"
+    )
+)
+pd.DataFrame([{"visit": v, "sites": ", ".join(s)} for v, s in plan.boundary_visits.items()])
 
 # %% [markdown]
 # ## Suggested assignment (optional)
@@ -54,16 +58,27 @@ pd.DataFrame([{'visit': v, 'sites': ', '.join(s)} for v, s in plan.boundary_visi
 
 # %%
 from multisite_nb.placement import suggest_assignment
+
 current = {str(u): s for s in campaign.remote_sites for u in campaign.sky_units(s)}
-pd.DataFrame([{'units': ', '.join(g.units), 'visits': len(g.visits), 'raws': g.raws,
-               'suggested site': g.site, 'campaign site': ', '.join(sorted({current[u] for u in g.units}))}
-              for g in suggest_assignment(campaign)])
+pd.DataFrame(
+    [
+        {
+            "units": ", ".join(g.units),
+            "visits": len(g.visits),
+            "raws": g.raws,
+            "suggested site": g.site,
+            "campaign site": ", ".join(sorted({current[u] for u in g.units})),
+        }
+        for g in suggest_assignment(campaign)
+    ]
+)
 
 # %% [markdown]
 # ## Sky: sky units by site, planned visit footprints (dashed: boundary visits)
 
 # %%
 from multisite_nb.views.figures import plot_sky
+
 _ = plot_sky(campaign, plan)
 
 # %% [markdown]
@@ -71,7 +86,7 @@ _ = plot_sky(campaign, plan)
 
 # %%
 for site in plan.sites:
-    display(Markdown(f'**{site}**'))
+    display(Markdown(f"**{site}**"))
     display(summarize(pd.DataFrame(plan.manifest_rows(site)), max_rows=6))
 
 # %%

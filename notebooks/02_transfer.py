@@ -25,7 +25,6 @@ run_dir = ""
 
 # %%
 import pandas as pd
-from IPython.display import Markdown, display
 
 from multisite_nb import phases
 from multisite_nb.notebook import open_phase, show_gate
@@ -34,7 +33,7 @@ campaign, run_dir = open_phase("transfer", campaign_file, run_dir)
 
 # %%
 result, outcomes = phases.transfer(campaign, run_dir)
-pd.DataFrame([o.as_row() for o in outcomes]).set_index('shipment')
+pd.DataFrame([o.as_row() for o in outcomes]).set_index("shipment")
 
 # %%
 show_gate(result)  # the chain reads the recorded result; a failed gate stops it

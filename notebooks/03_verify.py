@@ -25,7 +25,7 @@ run_dir = ""
 
 # %%
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import Markdown
 
 from multisite_nb import phases
 from multisite_nb.notebook import open_phase, show_gate
@@ -35,12 +35,13 @@ campaign, run_dir = open_phase("verify", campaign_file, run_dir)
 
 # %%
 result, reports = phases.verify(campaign, run_dir)
-pd.DataFrame([r.counts() for r in reports]).set_index('site')
+pd.DataFrame([r.counts() for r in reports]).set_index("site")
 
 # %%
 from multisite_nb.verify import problems_table
+
 problems = pd.DataFrame(problems_table(reports))
-summarize(problems) if len(problems) else Markdown('No problems.')
+summarize(problems) if len(problems) else Markdown("No problems.")
 
 # %%
 show_gate(result)  # the chain reads the recorded result; a failed gate stops it

@@ -54,10 +54,16 @@ pd.DataFrame(wiring.table())
 # %%
 st = next(s for s in campaign.config.stages if s.name == stage)
 site0 = campaign.remote_sites[0]
-facilities = campaign.with_manifest('parameters/sites/facilities.yaml', env={})
-print('# at the facility (PanDA)')
-print(yaml.safe_dump(submit_file(facilities, step_run(facilities, site0, st.steps[0]), 'panda'), sort_keys=False))
-print('# here (' + campaign.manifest.workflow.mode + ', site config ' + str(campaign.manifest.workflow.bps_site_config) + ')')
+facilities = campaign.with_manifest("parameters/sites/facilities.yaml", env={})
+print("# at the facility (PanDA)")
+print(yaml.safe_dump(submit_file(facilities, step_run(facilities, site0, st.steps[0]), "panda"), sort_keys=False))
+print(
+    "# here ("
+    + campaign.manifest.workflow.mode
+    + ", site config "
+    + str(campaign.manifest.workflow.bps_site_config)
+    + ")"
+)
 print(yaml.safe_dump(submit_file(campaign, step_run(campaign, site0, st.steps[0])), sort_keys=False))
 
 # %% [markdown]
@@ -68,8 +74,10 @@ result, steps = phases.submit(campaign, run_dir, stage)
 phases.steps_table(steps)
 
 # %%
-failures = [{'site': s, 'step': k, **f} for s, by in steps.items() for k, v in by.items() for f in v.get('failures', [])]
-summarize(pd.DataFrame(failures)) if failures else Markdown('No failed quanta.')
+failures = [
+    {"site": s, "step": k, **f} for s, by in steps.items() for k, v in by.items() for f in v.get("failures", [])
+]
+summarize(pd.DataFrame(failures)) if failures else Markdown("No failed quanta.")
 
 # %%
 show_gate(result)  # the chain reads the recorded result; a failed gate stops it

@@ -35,16 +35,20 @@ campaign, run_dir = open_phase("gather_redistribute", campaign_file, run_dir)
 
 # %%
 result, summary = phases.gather_redistribute(campaign, run_dir, stage)
-for key in ('gather_shipments', 'redistribute_shipments', 'shipments'):
+for key in ("gather_shipments", "redistribute_shipments", "shipments"):
     if summary.get(key):
-        display(Markdown(f'**{key.replace("_", " ")}**'))
+        display(Markdown(f"**{key.replace('_', ' ')}**"))
         display(pd.DataFrame(summary[key]))
 
 # %%
-if summary.get('steps'):
-    display(phases.steps_table(summary['steps']))
-if summary.get('delivered_runs'):
-    display(Markdown('Delivered to the sites: ' + '; '.join(f'{s}: {", ".join(r)}' for s, r in summary['delivered_runs'].items())))
+if summary.get("steps"):
+    display(phases.steps_table(summary["steps"]))
+if summary.get("delivered_runs"):
+    display(
+        Markdown(
+            "Delivered to the sites: " + "; ".join(f"{s}: {', '.join(r)}" for s, r in summary["delivered_runs"].items())
+        )
+    )
 
 # %%
 show_gate(result)  # the chain reads the recorded result; a failed gate stops it

@@ -36,13 +36,16 @@ campaign, run_dir = open_phase("qa", campaign_file, run_dir)
 # %%
 result, report = phases.qa(campaign, run_dir)
 display(Markdown(f"## Verdict: {'PASS' if result.passed else 'FAIL'}\n\n{result.reason}"))
-pd.DataFrame(report.metrics).set_index('site')
+pd.DataFrame(report.metrics).set_index("site")
 
 # %%
 import matplotlib.pyplot as plt
-m = pd.DataFrame(report.metrics).set_index('site')
-ax = m[['reference products', 'products at site', 'products gathered']].plot.bar(figsize=(7, 3.5))
-ax.set_ylabel('validation products'); ax.set_title('Per site: reference vs produced vs gathered'); plt.show()
+
+m = pd.DataFrame(report.metrics).set_index("site")
+ax = m[["reference products", "products at site", "products gathered"]].plot.bar(figsize=(7, 3.5))
+ax.set_ylabel("validation products")
+ax.set_title("Per site: reference vs produced vs gathered")
+plt.show()
 
 # %% [markdown]
 # ## Completeness per sky unit and band
@@ -57,7 +60,7 @@ summarize(pd.DataFrame(report.units), max_rows=24)
 summarize(pd.DataFrame(report.completeness), max_rows=30)
 
 # %%
-summarize(pd.DataFrame(report.mismatches)) if report.mismatches else Markdown('All values equal the reference.')
+summarize(pd.DataFrame(report.mismatches)) if report.mismatches else Markdown("All values equal the reference.")
 
 # %%
 show_gate(result)  # the chain reads the recorded result; a failed gate stops it

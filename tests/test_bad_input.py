@@ -67,8 +67,19 @@ def test_bad_files_touch_nothing(world, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for path in CASES:
         needle, named = expectation(path)
-        result = runner.invoke(main, ["run", str(path), "--phases", "placement,transfer,verify", "--world",
-                                      str(world.root), "--runs-root", str(runs)])
+        result = runner.invoke(
+            main,
+            [
+                "run",
+                str(path),
+                "--phases",
+                "placement,transfer,verify",
+                "--world",
+                str(world.root),
+                "--runs-root",
+                str(runs),
+            ],
+        )
         assert result.exit_code != 0, f"{path.name} was accepted"
         assert f"{named}:" in result.output and needle in result.output, f"{path.name}: {result.output}"
         assert result.exception is None or isinstance(result.exception, SystemExit), f"{path.name}: raw exception"
@@ -87,7 +98,8 @@ def test_a_world_refuses_two_sites_sharing_a_path(tmp_path: Path, key: str) -> N
     (tmp_path / "manifest.yaml").write_text(manifest.replace(old, new))
     campaign = (BAD.parents[2] / "parameters" / "campaign_3x3.yaml").read_text()
     campaign = campaign.replace("manifest: sites/embedded.yaml", "manifest: manifest.yaml").replace(
-        "pipeline: pipelines/", f"pipeline: {BAD.parents[2] / 'parameters' / 'pipelines'}/")
+        "pipeline: pipelines/", f"pipeline: {BAD.parents[2] / 'parameters' / 'pipelines'}/"
+    )
     (tmp_path / "campaign.yaml").write_text(campaign)
     with pytest.raises(ConfigError, match=rf"manifest.yaml: key 'sites.LANCS.{key}': .* is also site RAL's"):
         World(tmp_path / "world", tmp_path / "campaign.yaml")
@@ -101,15 +113,25 @@ def test_run_folder_must_be_a_run_folder_and_writable(tmp_path: Path) -> None:
 
     repo = BAD.parents[2]
     runner = CliRunner()
-    result = runner.invoke(main, ["run", str(repo / "parameters" / "campaign_3x3.yaml"), "--phases", "placement",
-                                  "--resume", str(repo)])
+    result = runner.invoke(
+        main, ["run", str(repo / "parameters" / "campaign_3x3.yaml"), "--phases", "placement", "--resume", str(repo)]
+    )
     assert result.exit_code != 0 and f"{repo}: not a run folder" in result.output
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(StorageError, match="cannot write here"):
         check_run_folder(tmp_path / "a-file" / "run")
     with pytest.raises(StorageError, match="MB needed"):
         check_writable(tmp_path, need_bytes=1 << 62)  # a full disk, as the check sees it
-    result = runner.invoke(main, ["run", str(repo / "parameters" / "campaign_3x3.yaml"), "--phases", "placement",
-                                  "--runs-root", str(tmp_path / "a-file" / "runs")])
+    result = runner.invoke(
+        main,
+        [
+            "run",
+            str(repo / "parameters" / "campaign_3x3.yaml"),
+            "--phases",
+            "placement",
+            "--runs-root",
+            str(tmp_path / "a-file" / "runs"),
+        ],
+    )
     assert result.exit_code != 0 and "cannot write here" in result.output
     assert check_run_folder(tmp_path / "new") == (tmp_path / "new").resolve()

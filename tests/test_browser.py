@@ -38,14 +38,23 @@ from multisite_nb.views.status import collect
 pytestmark = [pytest.mark.slow, pytest.mark.world, pytest.mark.timeout(300)]
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = repo_root() / "test-artifacts"
 TROUBLED = "LANCS"  # the site that gets a STUCK rule here
 
 if not CHROMIUM.is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's (apt-get install chromium) for the browser test",
-                allow_module_level=True)
+    pytest.skip(
+        f"no Chromium at {CHROMIUM}: install Debian's (apt-get install chromium) for the browser test",
+        allow_module_level=True,
+    )
 
 
 def free_port() -> int:
@@ -76,11 +85,22 @@ def voila(env: dict[str, str], tmp: Path) -> Iterator[str]:
     runtime = tmp / "jupyter-runtime"
     runtime.mkdir()
     log_path = tmp / "voila.log"
-    cmd = [str(Path(sys.executable).parent / "voila"), "notebooks/00_dashboard.ipynb", "--no-browser",
-           f"--port={port}", "--Voila.ip=127.0.0.1"]
+    cmd = [
+        str(Path(sys.executable).parent / "voila"),
+        "notebooks/00_dashboard.ipynb",
+        "--no-browser",
+        f"--port={port}",
+        "--Voila.ip=127.0.0.1",
+    ]
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=repo_root(), env={**env, "JUPYTER_RUNTIME_DIR": str(runtime)},
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=repo_root(),
+            env={**env, "JUPYTER_RUNTIME_DIR": str(runtime)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -132,8 +152,12 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1920, "height": 1200})
+            str(profile),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1920, "height": 1200},
+        )
         try:
             yield context
         finally:
@@ -147,8 +171,14 @@ def scene(world, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     t0 = time.monotonic()
     run_dir = prepare_run(campaign, tmp_path_factory.mktemp("runs"))
     with stuck_rule(campaign, TROUBLED) as rule_id:
-        outcome = run_chain(["dashboard"], run_dir, {"campaign_file": str(campaign.path)},
-                            repo_root() / "notebooks", campaign=campaign.name, log=lambda m: None)
+        outcome = run_chain(
+            ["dashboard"],
+            run_dir,
+            {"campaign_file": str(campaign.path)},
+            repo_root() / "notebooks",
+            campaign=campaign.name,
+            log=lambda m: None,
+        )
         assert outcome.passed, outcome.reason
         print(f"\nbrowser scene (phases 1-3, STUCK rule, chain of the dashboard): {time.monotonic() - t0:.1f} s")
         yield {"campaign": campaign, "run_dir": run_dir, "rule": rule_id, "index": outcome.index}
@@ -164,8 +194,10 @@ def test_voila_dashboard_shows_each_site_state(world, scene: dict[str, Any], bro
         page.wait_for_selector(f"[data-site={TROUBLED}][data-state]", timeout=120_000)
         shown = time.monotonic() - t0
         truth = collect(campaign, run_dir, butler=False).states()  # what the systems say now
-        seen = {el.get_attribute("data-site"): el.get_attribute("data-state")
-                for el in page.query_selector_all(".msnb-card[data-site]")}
+        seen = {
+            el.get_attribute("data-site"): el.get_attribute("data-state")
+            for el in page.query_selector_all(".msnb-card[data-site]")
+        }
         assert seen == truth, (seen, truth)
         assert set(seen) == set(campaign.all_sites)
         assert seen[TROUBLED] == "trouble" and "ok" in seen.values()
@@ -180,8 +212,9 @@ def test_voila_dashboard_shows_each_site_state(world, scene: dict[str, Any], bro
         before = header.inner_text()
         time.sleep(1.1)
         page.locator("button.widget-button", has_text="Refresh").click()
-        page.wait_for_function("b => document.querySelector('.msnb-top .meta').innerText !== b", arg=before,
-                               timeout=30_000)
+        page.wait_for_function(
+            "b => document.querySelector('.msnb-top .meta').innerText !== b", arg=before, timeout=30_000
+        )
 
         # Auto-refresh from the page: every 2 s, no click needed after the toggle
         field = page.locator(".widget-text input").first
@@ -190,20 +223,23 @@ def test_voila_dashboard_shows_each_site_state(world, scene: dict[str, Any], bro
         page.locator("button.widget-toggle-button", has_text="Auto-refresh").click()
         page.wait_for_function("() => document.body.innerText.includes('auto-refresh every 2 s')", timeout=15_000)
         before = header.inner_text()
-        page.wait_for_function("b => document.querySelector('.msnb-top .meta').innerText !== b", arg=before,
-                               timeout=20_000)
+        page.wait_for_function(
+            "b => document.querySelector('.msnb-top .meta').innerText !== b", arg=before, timeout=20_000
+        )
 
         ARTIFACTS.mkdir(exist_ok=True)
-        height = page.evaluate("() => Math.ceil(document.querySelector('.msnb-dash').getBoundingClientRect().bottom"
-                               " + window.scrollY + 24)")
+        height = page.evaluate(
+            "() => Math.ceil(document.querySelector('.msnb-dash').getBoundingClientRect().bottom + window.scrollY + 24)"
+        )
         page.set_viewport_size({"width": 1920, "height": max(1080, int(height))})
         page.wait_for_timeout(300)
         shot = ARTIFACTS / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 50_000
         page.close()
-    print(f"\nvoila: cards shown {shown:.1f} s after start; whole test {time.monotonic() - t0:.1f} s; "
-          f"screenshot {shot}")
+    print(
+        f"\nvoila: cards shown {shown:.1f} s after start; whole test {time.monotonic() - t0:.1f} s; screenshot {shot}"
+    )
 
 
 def test_run_index_links_resolve_and_show_the_snapshot(scene: dict[str, Any], browser: Any) -> None:

@@ -94,7 +94,11 @@ def test_central_holds_inputs_inside_its_rse(world: Path) -> None:
     butler = Butler.from_config(str(world / "butler" / "USDF"))
     cols = collections_for(SkySpec())
     assert list(butler.collections.get_info(cols.defaults).children) == [
-        "HSC/raw/all", "HSC/calib", "refcats", "skymaps"]
+        "HSC/raw/all",
+        "HSC/calib",
+        "refcats",
+        "skymaps",
+    ]
     raws = butler.query_datasets("raw", collections=cols.defaults, explain=False)
     assert len(raws) == 72
     rse = (world / "rse" / "USDF_DISK").resolve()
@@ -104,8 +108,12 @@ def test_central_holds_inputs_inside_its_rse(world: Path) -> None:
     assert len(raw["pixels"]) == 24 * 24 and raw["exposure"] == raws[0].dataId["exposure"]
     # Calibs are certified: a lookup by exposure (timespan) through the chain finds them.
     for name in ("bias", "flat"):
-        found = butler.query_datasets(name, collections=cols.defaults,
-                                      data_id={"instrument": "HSC", "exposure": 2003, "detector": 1}, explain=False)
+        found = butler.query_datasets(
+            name,
+            collections=cols.defaults,
+            data_id={"instrument": "HSC", "exposure": 2003, "detector": 1},
+            explain=False,
+        )
         assert len(found) == 1 and found[0].run == cols.calib_run
     assert len(butler.query_datasets("skyMap", collections=cols.defaults, explain=False)) == 1
 
@@ -142,8 +150,7 @@ def test_boundary_visits_are_found_by_a_spatial_query(tmp_path: Path) -> None:
     butler = Butler.from_config(str(repo))
 
     def visits(patch: int) -> set[int]:
-        rows = butler.query_data_ids(["visit"], where=f"skymap='{SKYMAP}' AND tract=0 AND patch={patch}",
-                                     explain=False)
+        rows = butler.query_data_ids(["visit"], where=f"skymap='{SKYMAP}' AND tract=0 AND patch={patch}", explain=False)
         return {d["visit"] for d in rows}
 
     shared = visits(3) & visits(4)

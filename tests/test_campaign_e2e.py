@@ -21,8 +21,17 @@ from multisite_nb.config import repo_root
 pytestmark = [pytest.mark.slow, pytest.mark.world]
 
 BIN = Path(sys.executable).parent
-PHASES = ["placement", "transfer", "verify", "submit_early", "gather_redistribute_calibration",
-          "submit_late", "gather_redistribute_final", "qa", "dashboard"]
+PHASES = [
+    "placement",
+    "transfer",
+    "verify",
+    "submit_early",
+    "gather_redistribute_calibration",
+    "submit_late",
+    "gather_redistribute_final",
+    "qa",
+    "dashboard",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +50,13 @@ def campaign_run(tmp_path_factory):
             counts["again"] = json.loads(subprocess.run(status, capture_output=True, text=True).stdout)
             counts["proc"] = again
     finally:
-        subprocess.run([str(BIN / "multisite-nb"), "world", "down", "--dir", str(world)],
-                       cwd=repo_root(), capture_output=True, text=True, timeout=120)
+        subprocess.run(
+            [str(BIN / "multisite-nb"), "world", "down", "--dir", str(world)],
+            cwd=repo_root(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     return proc, world, run_dirs, counts
 
 
@@ -78,9 +92,19 @@ def test_index_links_resolve(campaign_run) -> None:
 def test_final_products_are_home_per_site(campaign_run) -> None:
     """The central Butler holds each site's final products, in that site's own RUN collections."""
     _, world, _, _ = campaign_run
-    out = subprocess.run([str(BIN / "butler"), "query-datasets", str(world / "butler" / "USDF"),
-                          "forcedSourceTable_tract", "--collections", "3x3/*"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            str(BIN / "butler"),
+            "query-datasets",
+            str(world / "butler" / "USDF"),
+            "forcedSourceTable_tract",
+            "--collections",
+            "3x3/*",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     table = [ln.split() for ln in out.stdout.splitlines() if ln.strip() and not ln.startswith("-")]
     run_col, tract_col = table[0].index("run"), table[0].index("tract")
@@ -89,9 +113,19 @@ def test_final_products_are_home_per_site(campaign_run) -> None:
         assert [int(r[tract_col]) for r in rows] == [tract], (site, out.stdout)
     # and the sites received only their own visits' calibration
     for site, first_visit in (("IN2P3", 1001), ("RAL", 2001), ("LANCS", 3001)):
-        out = subprocess.run([str(BIN / "butler"), "query-datasets", str(world / "butler" / site),
-                              "fgcmPhotoCalibCatalog", "--collections", "3x3/USDF/step2c"],
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [
+                str(BIN / "butler"),
+                "query-datasets",
+                str(world / "butler" / site),
+                "fgcmPhotoCalibCatalog",
+                "--collections",
+                "3x3/USDF/step2c",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         lines = [ln.split() for ln in out.stdout.splitlines() if ln.strip() and not ln.startswith("-")]
         col = lines[0].index("visit")
         visits = {int(row[col]) for row in lines[1:]}
@@ -114,8 +148,10 @@ def test_sites_ran_their_steps_side_by_side(campaign_run) -> None:
 
     _, _, (run_dir,), _ = campaign_run
     steps = json.loads((run_dir / "results" / "submit_early.json").read_text())["summary"]["steps"]
-    spans = {site: (datetime.fromisoformat(by["step1"]["started"]), datetime.fromisoformat(by["step1"]["finished"]))
-             for site, by in steps.items()}
+    spans = {
+        site: (datetime.fromisoformat(by["step1"]["started"]), datetime.fromisoformat(by["step1"]["finished"]))
+        for site, by in steps.items()
+    }
     assert len(spans) == 3
     latest_start = max(a for a, _ in spans.values())
     earliest_end = min(b for _, b in spans.values())

@@ -30,8 +30,9 @@ def _other_campaign(tmp_path: Path):
     """A campaign named 'collide' writing under the shipped campaign's prefix (same scope, same world)."""
     src = repo_root() / "parameters" / "campaign_3x3.yaml"
     data = yaml.safe_load(src.read_text())
-    data.update(campaign="collide", manifest=str(src.parent / data["manifest"]),
-                pipeline=str(src.parent / data["pipeline"]))
+    data.update(
+        campaign="collide", manifest=str(src.parent / data["manifest"]), pipeline=str(src.parent / data["pipeline"])
+    )
     path = tmp_path / "collide.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_campaign(path)
@@ -48,10 +49,12 @@ def test_another_campaigns_prefix_and_a_stuck_rule_are_refused_at_placement(worl
         result, _ = phases.placement(other, run_dir)
         assert not result.passed and "collision" in result.reason
         found = result.summary["collisions"]
-        assert any(c.startswith("IN2P3: collections under 3x3/ exist") and "multisite_nb campaign 3x3" in c
-                   for c in found), found
-        assert any(c.startswith(f"RAL: rule {rule_id}") and "STUCK" in c and "multisite-nb repair" in c
-                   for c in found), found
+        assert any(
+            c.startswith("IN2P3: collections under 3x3/ exist") and "multisite_nb campaign 3x3" in c for c in found
+        ), found
+        assert any(
+            c.startswith(f"RAL: rule {rule_id}") and "STUCK" in c and "multisite-nb repair" in c for c in found
+        ), found
         with pytest.raises(GateError, match="placement.* failed its gate: .* collision"):
             phases.transfer(other, run_dir)  # the gate failed: nothing moves
     assert {r.id for r in ops.list_rules()} - rules_before == {rule_id}  # only the test's own rule
@@ -69,8 +72,9 @@ def test_a_tract_split_under_a_whole_tract_site_task_is_refused_before_anything_
     """drp_3x3 runs isolatedStarAssociation (per tract) at the sites: tract 0 cannot be split between them."""
     src = repo_root() / "parameters" / "campaign_3x3.yaml"
     data = yaml.safe_load(src.read_text())
-    data.update(campaign="split", manifest=str(src.parent / data["manifest"]),
-                pipeline=str(src.parent / data["pipeline"]))
+    data.update(
+        campaign="split", manifest=str(src.parent / data["manifest"]), pipeline=str(src.parent / data["pipeline"])
+    )
     data["sites"]["RAL"]["sky_units"] = [{"tract": 0, "patch": 5}, {"tract": 1, "patch": 3}]
     path = tmp_path / "split.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -78,8 +82,10 @@ def test_a_tract_split_under_a_whole_tract_site_task_is_refused_before_anything_
     result, _ = phases.placement(campaign, new_run(tmp_path / "runs", campaign.name))
     assert not result.passed
     assert result.reason.startswith("cannot be made consistent")
-    assert "tract 0 is split between IN2P3, RAL, but task isolatedStarAssociation (step2b, site stage early)" \
+    assert (
+        "tract 0 is split between IN2P3, RAL, but task isolatedStarAssociation (step2b, site stage early)"
         in result.reason
+    )
     refused = result.summary["refused"]
     assert any("gbdesAstrometricFit" in r for r in refused) and any("consolidateObjectTable" in r for r in refused)
     ops = RucioOps.for_campaign(campaign)

@@ -35,9 +35,7 @@ def test_shipped_campaign_loads(tmp_path: Path) -> None:
 
 
 def test_facilities_manifest_is_interchangeable(tmp_path: Path) -> None:
-    path = write_variant(
-        tmp_path, lambda d: d.update(manifest=str(CAMPAIGN.parent / "sites" / "facilities.yaml"))
-    )
+    path = write_variant(tmp_path, lambda d: d.update(manifest=str(CAMPAIGN.parent / "sites" / "facilities.yaml")))
     c = load_campaign(path, env={"RUCIO_CONFIG": "/etc/rucio.cfg"})
     assert {c.site(s).compute_site for s in c.all_sites} == {"SLAC", "CC-IN2P3", "RAL", "LANCS"}
     assert c.manifest.workflow.mode == "bps"
@@ -51,15 +49,24 @@ def test_facilities_manifest_is_interchangeable(tmp_path: Path) -> None:
         (lambda d: d["sites"]["RAL"]["sky_units"][0].update(tract="one"), "key 'sites.RAL.sky_units.0.tract'"),
         (lambda d: d["sites"]["RAL"]["sky_units"][0].update(patch=-1), "key 'sites.RAL.sky_units.0.patch'"),
         (lambda d: d["sites"]["LANCS"]["sky_units"].append({"tract": 0, "patch": 3}), "already given to site IN2P3"),
-        (lambda d: d["sites"].update(CERN={"sky_units": [{"tract": 5}]}), "key 'sites.CERN': site 'CERN' is not in the site manifest"),
+        (
+            lambda d: d["sites"].update(CERN={"sky_units": [{"tract": 5}]}),
+            "key 'sites.CERN': site 'CERN' is not in the site manifest",
+        ),
         (lambda d: d.update(central="FNAL"), "key 'central': site 'FNAL' is not in the site manifest"),
         (lambda d: d.pop("skymap"), "key 'skymap': required key is missing"),
         (lambda d: d["stages"][0].update(where="everywhere"), "key 'stages.0.where'"),
         (lambda d: d["stages"][2]["steps"].append("step1"), "step 'step1' appears in more than one stage"),
         (lambda d: d.update(pipeline="nope.yaml"), "key 'pipeline': no such file"),
         (lambda d: d["sites"]["IN2P3"].update(share=0.9), "shares add up to"),
-        (lambda d: d["stages"][1]["steps"].__setitem__(0, "step2z"), "key 'stages.1.steps.0': 'step2z' is not a subset of drp_3x3.yaml"),
-        (lambda d: d.update(rule_lifetime_days=30), "key 'rule_lifetime_days': replication rules of this toolkit carry no lifetime"),
+        (
+            lambda d: d["stages"][1]["steps"].__setitem__(0, "step2z"),
+            "key 'stages.1.steps.0': 'step2z' is not a subset of drp_3x3.yaml",
+        ),
+        (
+            lambda d: d.update(rule_lifetime_days=30),
+            "key 'rule_lifetime_days': replication rules of this toolkit carry no lifetime",
+        ),
     ],
 )
 def test_bad_campaign_names_file_and_key(tmp_path: Path, change, needle: str) -> None:

@@ -83,8 +83,13 @@ def stuck_rule(campaign: Campaign, site: str, timeout: float = 60, dataset: str 
         ops.add_replicas(campaign.site(src).rse, [FileDid(lfn, path.stat().st_size, "00000001")])
         ops.ensure_dataset(dataset)
         ops.attach(dataset, [lfn])
-        rule_id, _ = ops.ensure_rule(dataset, campaign.site(site).rse, lifetime_s=3600,
-                                     activity=campaign.config.activity, comment="dashboard test: bad checksum")
+        rule_id, _ = ops.ensure_rule(
+            dataset,
+            campaign.site(site).rse,
+            lifetime_s=3600,
+            activity=campaign.config.activity,
+            comment="dashboard test: bad checksum",
+        )
         deadline = time.monotonic() + timeout
         while (state := ops.rule(rule_id).state) != "STUCK":
             assert state in ("REPLICATING", "INJECT"), state
@@ -149,8 +154,11 @@ class Cards(HTMLParser):
 
 def clean_env(env: dict[str, str]) -> dict[str, str]:
     """The environment without the variables that would make the dashboard think a frontend is there."""
-    return {k: v for k, v in env.items()
-            if not k.startswith(("VOILA_", "JPY_SESSION")) and k not in ("SERVER_SOFTWARE", "MSNB_DASHBOARD_MODE")}
+    return {
+        k: v
+        for k, v in env.items()
+        if not k.startswith(("VOILA_", "JPY_SESSION")) and k not in ("SERVER_SOFTWARE", "MSNB_DASHBOARD_MODE")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -200,12 +208,29 @@ def test_run_dir_and_refresh_resolution(tmp_path: Path, campaign: Campaign) -> N
 
 def test_step_records_are_read_as_written_and_anything_else_is_named() -> None:
     """``summary.steps.<SITE>.<step>`` is a StepRecord dump; an entry that is not one is reported, not guessed at."""
-    failed = step("RAL", "step1", state="failed", total=13, succeeded=12, failed=1, failures=[
-        {"task": "isr", "data_id": {"exposure": 903334, "detector": 42}, "cause": "ValueError: bad"}])
-    results = {"submit_early": PhaseResult(phase="submit_early", passed=False, reason="RAL step1 failed", summary={
-        "steps": {"RAL": {"step1": failed},
-                  "LANCS": {"step1": {"state": "done", "succeeded": 4}},  # an old free-form entry
-                  "IN2P3": {"step1": step("RAL", "step1")}}})}  # a record filed under the wrong key
+    failed = step(
+        "RAL",
+        "step1",
+        state="failed",
+        total=13,
+        succeeded=12,
+        failed=1,
+        failures=[{"task": "isr", "data_id": {"exposure": 903334, "detector": 42}, "cause": "ValueError: bad"}],
+    )
+    results = {
+        "submit_early": PhaseResult(
+            phase="submit_early",
+            passed=False,
+            reason="RAL step1 failed",
+            summary={
+                "steps": {
+                    "RAL": {"step1": failed},
+                    "LANCS": {"step1": {"state": "done", "succeeded": 4}},  # an old free-form entry
+                    "IN2P3": {"step1": step("RAL", "step1")},
+                }
+            },
+        )
+    }  # a record filed under the wrong key
     steps, problems = read_steps(results)
     assert steps == {"RAL": {"step1": StepRecord.model_validate(failed)}}  # as written, nothing derived
     rec = steps["RAL"]["step1"]
@@ -260,7 +285,11 @@ def test_stuck_rule_puts_the_site_in_trouble_with_the_reason(campaign: Campaign,
         cause = (ral.last_error_cause or "").lower()
         assert "checksum" in cause or "adler32" in cause, ral.last_error_cause
         assert {s: st.state for s, st in status.sites.items()} == {
-            "USDF": "idle", "IN2P3": "ok", "RAL": "trouble", "LANCS": "ok"}
+            "USDF": "idle",
+            "IN2P3": "ok",
+            "RAL": "trouble",
+            "LANCS": "ok",
+        }
 
         cards = Cards(snapshot_html(status))
         assert cards.states == status.states()
@@ -286,18 +315,45 @@ def test_steps_results_drive_busy_and_trouble(campaign: Campaign, run_dir: Path,
     run = tmp_path / "run"
     shutil.copytree(run_dir / "results", run / "results")
     shutil.copytree(run_dir / "artifacts" / "placement", run / "artifacts" / "placement")
-    record_result(run, PhaseResult(phase="submit_early", passed=False, reason="RAL step2a failed", summary={
-        "steps": {
-            "IN2P3": {"step1": step("IN2P3", "step1", state="succeeded", total=24, succeeded=24),
-                      "step2a": step("IN2P3", "step2a", state="running", total=5, running=2, pending=3)},
-            "RAL": {"step1": step("RAL", "step1", state="succeeded", total=24, succeeded=24),
-                    "step2a": step("RAL", "step2a", state="failed", total=6, succeeded=5, failed=1, failures=[
-                        {"task": "consolidateVisitSummary", "data_id": {"visit": 903334},
-                         "cause": "FileNotFoundError: calexp missing"}])},
-            "LANCS": {"step1": step("LANCS", "step1", state="succeeded", total=24, succeeded=24),
-                      "step2a": step("LANCS", "step2a", state="succeeded", total=6, succeeded=6)},
-            "USDF": "not a mapping",
-        }}))
+    record_result(
+        run,
+        PhaseResult(
+            phase="submit_early",
+            passed=False,
+            reason="RAL step2a failed",
+            summary={
+                "steps": {
+                    "IN2P3": {
+                        "step1": step("IN2P3", "step1", state="succeeded", total=24, succeeded=24),
+                        "step2a": step("IN2P3", "step2a", state="running", total=5, running=2, pending=3),
+                    },
+                    "RAL": {
+                        "step1": step("RAL", "step1", state="succeeded", total=24, succeeded=24),
+                        "step2a": step(
+                            "RAL",
+                            "step2a",
+                            state="failed",
+                            total=6,
+                            succeeded=5,
+                            failed=1,
+                            failures=[
+                                {
+                                    "task": "consolidateVisitSummary",
+                                    "data_id": {"visit": 903334},
+                                    "cause": "FileNotFoundError: calexp missing",
+                                }
+                            ],
+                        ),
+                    },
+                    "LANCS": {
+                        "step1": step("LANCS", "step1", state="succeeded", total=24, succeeded=24),
+                        "step2a": step("LANCS", "step2a", state="succeeded", total=6, succeeded=6),
+                    },
+                    "USDF": "not a mapping",
+                }
+            },
+        ),
+    )
     status = collect(campaign, run, butler=False)
     assert status.sites["IN2P3"].state == "busy" and "step2a" in status.sites["IN2P3"].reason
     ral = status.sites["RAL"]
@@ -312,8 +368,15 @@ def test_steps_results_drive_busy_and_trouble(campaign: Campaign, run_dir: Path,
     assert 'data-step="step2a" data-step-state="failed"' in card_html(status.sites["RAL"]) and "5/6" in page
 
     # an entry that is not a step record puts its site in trouble, naming the file and the key
-    record_result(run, PhaseResult(phase="submit_odd", passed=False, reason="by hand", summary={
-        "steps": {"LANCS": {"step2b": {"state": "done", "succeeded": 6}}}}))
+    record_result(
+        run,
+        PhaseResult(
+            phase="submit_odd",
+            passed=False,
+            reason="by hand",
+            summary={"steps": {"LANCS": {"step2b": {"state": "done", "succeeded": 6}}}},
+        ),
+    )
     status = collect(campaign, run, butler=False)
     lancs = status.sites["LANCS"]
     assert lancs.state == "trouble"
@@ -324,15 +387,33 @@ def test_steps_results_drive_busy_and_trouble(campaign: Campaign, run_dir: Path,
     (run / "results" / "submit_odd.json").unlink()
 
     # a step that ended with quanta not run is trouble, not busy
-    record_result(run, PhaseResult(phase="submit_late", passed=False, reason="LANCS step2d stopped", summary={
-        "steps": {"LANCS": {"step2d": step("LANCS", "step2d", state="stopped", total=6, succeeded=4, pending=2)}}}))
+    record_result(
+        run,
+        PhaseResult(
+            phase="submit_late",
+            passed=False,
+            reason="LANCS step2d stopped",
+            summary={
+                "steps": {
+                    "LANCS": {"step2d": step("LANCS", "step2d", state="stopped", total=6, succeeded=4, pending=2)}
+                }
+            },
+        ),
+    )
     lancs = collect(campaign, run, butler=False).sites["LANCS"]
     assert lancs.state == "trouble" and lancs.last_error == "step2d stopped with 2 quanta not run"
     (run / "results" / "submit_late.json").unlink()
 
     # a later result wins for the same site and step
-    record_result(run, PhaseResult(phase="submit_retry", passed=True, reason="retried", summary={
-        "steps": {"RAL": {"step2a": step("RAL", "step2a", state="succeeded", total=6, succeeded=6)}}}))
+    record_result(
+        run,
+        PhaseResult(
+            phase="submit_retry",
+            passed=True,
+            reason="retried",
+            summary={"steps": {"RAL": {"step2a": step("RAL", "step2a", state="succeeded", total=6, succeeded=6)}}},
+        ),
+    )
     status = collect(campaign, run, butler=False)
     assert status.sites["RAL"].steps["step2a"].state == "succeeded"
     assert status.sites["RAL"].steps["step1"].succeeded == 24
@@ -345,8 +426,9 @@ def test_steps_results_drive_busy_and_trouble(campaign: Campaign, run_dir: Path,
     assert Cards(snapshot_html(status)).states == {s: "trouble" for s in status.sites}
 
 
-def test_unreachable_rucio_and_butler_are_trouble_not_exceptions(campaign: Campaign, run_dir: Path,
-                                                                  tmp_path: Path) -> None:
+def test_unreachable_rucio_and_butler_are_trouble_not_exceptions(
+    campaign: Campaign, run_dir: Path, tmp_path: Path
+) -> None:
     """A client config pointing at a closed port, and a Butler repo that is not there."""
     cfg = Path(campaign.manifest.rucio.config or "")
     with socket.socket() as s:
@@ -425,8 +507,14 @@ def test_nbval_runs_the_dashboard_notebook(world, run_dir: Path) -> None:
     """nbval (lax) executes the stored notebook in a real kernel: batch mode, one static snapshot."""
     env = clean_env({**world.env(), "MSNB_RUN_DIR": str(run_dir)})
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-                          str(NOTEBOOK)], env=env, cwd=repo_root(), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider", str(NOTEBOOK)],
+        env=env,
+        cwd=repo_root(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert " passed" in out.stdout
     # opened by hand (no run_dir parameter), so no result is recorded; the history grew

@@ -30,8 +30,7 @@ UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 def cli(world, *args: str) -> str:
     """Run a real CLI from the venv against the world (its env: MSNB_WORLD, RUCIO_CONFIG)."""
-    out = subprocess.run([str(BIN / args[0]), *args[1:]], env=world.env(), capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([str(BIN / args[0]), *args[1:]], env=world.env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
@@ -40,9 +39,14 @@ def cli(world, *args: str) -> str:
 def chain_run(world, tmp_path_factory):
     """The papermill chain placement -> transfer -> verify, as `multisite-nb run` does it."""
     run_dir = new_run(tmp_path_factory.mktemp("runs"), world.campaign.name)
-    outcome = run_chain(["placement", "transfer", "verify"], run_dir,
-                        {"campaign_file": str(world.campaign.path)}, repo_root() / "notebooks",
-                        campaign=world.campaign.name, log=lambda m: None)
+    outcome = run_chain(
+        ["placement", "transfer", "verify"],
+        run_dir,
+        {"campaign_file": str(world.campaign.path)},
+        repo_root() / "notebooks",
+        campaign=world.campaign.name,
+        log=lambda m: None,
+    )
     assert outcome.passed, outcome.reason
     return run_dir
 
@@ -52,8 +56,9 @@ def test_sites_hold_exactly_the_planned_raws(world, chain_run) -> None:
     for site in world.campaign.remote_sites:
         planned = {f.id for f in plan.site_files(site) if f.dataset_type == "raw"}
         assert len(planned) == 24
-        text = cli(world, "butler", "query-datasets", world.campaign.butler_repo(site), "raw",
-                   "--collections", "HSC/raw/all")
+        text = cli(
+            world, "butler", "query-datasets", world.campaign.butler_repo(site), "raw", "--collections", "HSC/raw/all"
+        )
         found = set(UUID.findall(text))
         assert found == planned, site
     # Rucio's own CLI: every placement rule OK
@@ -62,7 +67,9 @@ def test_sites_hold_exactly_the_planned_raws(world, chain_run) -> None:
         line = next(ln for ln in rules.splitlines() if f"3x3.placement.{site} " in ln + " ")
         assert " OK[" in line, line
     # the central site keeps its raws; nothing was moved away
-    text = cli(world, "butler", "query-datasets", world.campaign.butler_repo("USDF"), "raw", "--collections", "HSC/raw/all")
+    text = cli(
+        world, "butler", "query-datasets", world.campaign.butler_repo("USDF"), "raw", "--collections", "HSC/raw/all"
+    )
     assert sum(1 for ln in text.splitlines() if "HSC/raw/all" in ln) == 72
 
 
@@ -72,8 +79,13 @@ def test_calibrations_and_chains_are_remade_at_sites(world, chain_run) -> None:
     from lsst.daf.butler import Butler
 
     with Butler.from_config(world.campaign.butler_repo("RAL")) as b:
-        flats = b.query_datasets("flat", collections="HSC/defaults", where="instrument='HSC' AND exposure=2001",
-                                 find_first=True, explain=False)
+        flats = b.query_datasets(
+            "flat",
+            collections="HSC/defaults",
+            where="instrument='HSC' AND exposure=2001",
+            find_first=True,
+            explain=False,
+        )
         assert len(flats) == 4  # one per detector, found through the calibration validity range
 
 
@@ -137,8 +149,14 @@ def test_nbval_runs_the_three_notebooks(world, tmp_path) -> None:
     """nbval (lax) executes the stored notebooks against the world, as a person would by hand."""
     env = {**world.env(), "MSNB_RUN_DIR": str(tmp_path / "run")}  # the three share one run folder
     nbs = [str(repo_root() / "notebooks" / n) for n in ("01_placement.ipynb", "02_transfer.ipynb", "03_verify.ipynb")]
-    out = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider", *nbs],
-                         env=env, cwd=repo_root(), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider", *nbs],
+        env=env,
+        cwd=repo_root(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:]
     assert " passed" in out.stdout
     assert load_result(tmp_path / "run", "verify").passed

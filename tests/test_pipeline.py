@@ -29,8 +29,24 @@ def _pipetask() -> str:
 
 
 def _run(repo: Path, output: str, subset: str, where: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = [_pipetask(), "run", "-b", str(repo), "-i", "HSC/defaults", "-o", output,
-           "-p", f"{PIPELINE}#{subset}", "-d", where, "--register-dataset-types", "-j", "1", *extra]
+    cmd = [
+        _pipetask(),
+        "run",
+        "-b",
+        str(repo),
+        "-i",
+        "HSC/defaults",
+        "-o",
+        output,
+        "-p",
+        f"{PIPELINE}#{subset}",
+        "-d",
+        where,
+        "--register-dataset-types",
+        "-j",
+        "1",
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
 
 
@@ -90,8 +106,12 @@ def test_site_repo_holds_only_its_share(world: Path) -> None:
     assert len(butler.query_datasets("raw", collections="HSC/defaults", explain=False)) == 24
     assert {r.id for r in butler.query_dimension_records("visit", explain=False)} == set(range(1001, 1007))
     # Calibs were re-certified: the lookup by exposure timespan works at the site too.
-    found = butler.query_datasets("flat", collections="HSC/defaults",
-                                  data_id={"instrument": "HSC", "exposure": 1004, "detector": 2}, explain=False)
+    found = butler.query_datasets(
+        "flat",
+        collections="HSC/defaults",
+        data_id={"instrument": "HSC", "exposure": 1004, "detector": 2},
+        explain=False,
+    )
     assert len(found) == 1
 
 
@@ -102,8 +122,10 @@ def test_steps_1_2a_2b_run_at_a_site_and_are_deterministic(world: Path) -> None:
     done = _run(site, "u/ops/step1", "step1", where)
     assert done.returncode == 0, done.stderr[-3000:]
     butler = Butler.from_config(str(site))
-    counts = {label: len(butler.query_datasets(f"{label}_metadata", collections="u/ops/step1", explain=False))
-              for label in ("isr", "calibrateImage", "transformPreSourceTable")}
+    counts = {
+        label: len(butler.query_datasets(f"{label}_metadata", collections="u/ops/step1", explain=False))
+        for label in ("isr", "calibrateImage", "transformPreSourceTable")
+    }
     assert counts == {"isr": 24, "calibrateImage": 24, "transformPreSourceTable": 24}
 
     # The same quanta run again in another repo (the central one: other UUIDs, other run) agree.
@@ -117,20 +139,37 @@ def test_steps_1_2a_2b_run_at_a_site_and_are_deterministic(world: Path) -> None:
     done = _run(site, "u/ops/step1", "step2a,step2b", where)
     assert done.returncode == 0, done.stderr[-3000:]
     butler = Butler.from_config(str(site))
-    n = {name: len(butler.query_datasets(name, collections="u/ops/step1", explain=False))
-         for name in ("visitSummary", "preSourceTable_visit", "isolated_star_presources",
-                      "isolated_star_presource_associations", "gbdesAstrometricFitSkyWcsCatalog")}
-    assert n == {"visitSummary": 6, "preSourceTable_visit": 6, "isolated_star_presources": 1,
-                 "isolated_star_presource_associations": 1, "gbdesAstrometricFitSkyWcsCatalog": 6}
+    n = {
+        name: len(butler.query_datasets(name, collections="u/ops/step1", explain=False))
+        for name in (
+            "visitSummary",
+            "preSourceTable_visit",
+            "isolated_star_presources",
+            "isolated_star_presource_associations",
+            "gbdesAstrometricFitSkyWcsCatalog",
+        )
+    }
+    assert n == {
+        "visitSummary": 6,
+        "preSourceTable_visit": 6,
+        "isolated_star_presources": 1,
+        "isolated_star_presource_associations": 1,
+        "gbdesAstrometricFitSkyWcsCatalog": 6,
+    }
     summary = butler.get("visitSummary", instrument="HSC", visit=1001, collections="u/ops/step1")
     assert summary["n_inputs"] == 4 and summary["data_id"] == {"instrument": "HSC", "visit": 1001}
 
 
 @pytest.mark.slow
 def test_fail_condition_injects_a_failure(world: Path) -> None:
-    done = _run(world / "butler" / "IN2P3", "u/ops/fail", "step1",
-                "instrument='HSC' AND visit=1002 AND detector IN (0, 1)",
-                "-c", "isr:fail_condition=detector IN (1)")
+    done = _run(
+        world / "butler" / "IN2P3",
+        "u/ops/fail",
+        "step1",
+        "instrument='HSC' AND visit=1002 AND detector IN (0, 1)",
+        "-c",
+        "isr:fail_condition=detector IN (1)",
+    )
     assert done.returncode != 0
     log = done.stdout + done.stderr
     assert "injected failure: task=isr" in log

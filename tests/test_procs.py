@@ -23,11 +23,13 @@ from multisite_nb.procs import (
 )
 
 # a parent that starts a child in its own group and ignores SIGTERM, so only SIGKILL ends them
-STUBBORN = ("import signal, subprocess, sys, time\n"
-            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-            "print('ready', flush=True)\n"
-            "time.sleep(60)\n")
+STUBBORN = (
+    "import signal, subprocess, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n"
+)
 
 
 def _wait_for(text: str, log: Path, seconds: float = 10) -> None:
@@ -39,8 +41,14 @@ def _wait_for(text: str, log: Path, seconds: float = 10) -> None:
 
 def test_a_started_process_has_its_own_group_and_a_record(tmp_path: Path) -> None:
     log, pid_file = tmp_path / "out.log", tmp_path / "pid.json"
-    proc = start([sys.executable, "-c", "print('hello', flush=True); import time; time.sleep(30)"], log,
-                 env=os.environ, cwd=tmp_path, pid_file=pid_file, echo=True)
+    proc = start(
+        [sys.executable, "-c", "print('hello', flush=True); import time; time.sleep(30)"],
+        log,
+        env=os.environ,
+        cwd=tmp_path,
+        pid_file=pid_file,
+        echo=True,
+    )
     try:
         assert os.getpgid(proc.pid) == proc.pid != os.getpgid(0)
         record = read_pid_record(pid_file)
@@ -73,9 +81,20 @@ def test_stop_groups_kills_what_ignores_sigterm_from_its_record(tmp_path: Path) 
 def test_the_registry_stops_every_child_another_thread_waits_for(tmp_path: Path) -> None:
     registry = ChildRegistry()
     results: list[tuple[int | None, bool]] = []
-    workers = [threading.Thread(target=lambda i=i: results.append(run_logged(
-        [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / f"{i}.log", env=os.environ,
-        cwd=tmp_path, registry=registry))) for i in range(2)]
+    workers = [
+        threading.Thread(
+            target=lambda i=i: results.append(
+                run_logged(
+                    [sys.executable, "-c", "import time; time.sleep(60)"],
+                    tmp_path / f"{i}.log",
+                    env=os.environ,
+                    cwd=tmp_path,
+                    registry=registry,
+                )
+            )
+        )
+        for i in range(2)
+    ]
     for w in workers:
         w.start()
     deadline = time.monotonic() + 10
@@ -92,8 +111,9 @@ def test_the_registry_stops_every_child_another_thread_waits_for(tmp_path: Path)
 
 def test_a_timeout_stops_the_group_and_says_so(tmp_path: Path) -> None:
     log = tmp_path / "out.log"
-    rc, timed_out = run_logged([sys.executable, "-c", "import time; time.sleep(60)"], log, env=os.environ,
-                               cwd=tmp_path, timeout=0.5)
+    rc, timed_out = run_logged(
+        [sys.executable, "-c", "import time; time.sleep(60)"], log, env=os.environ, cwd=tmp_path, timeout=0.5
+    )
     assert timed_out and rc == -signal.SIGTERM
     assert "killed after 0.5 s" in log.read_text()
 

@@ -43,9 +43,21 @@ def test_a_flipped_byte_is_repaired_by_rucio(world, tmp_path: Path) -> None:
     result, _ = phases.verify(campaign, run_dir)
     assert not result.passed and raw.lfn in result.reason and "corrupt" in result.reason
 
-    out = subprocess.run([str(Path(sys.executable).parent / "multisite-nb"), "repair", str(run_dir),
-                          "--world", str(world.root), "--timeout", "300"],
-                         env=world.env(), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "multisite-nb"),
+            "repair",
+            str(run_dir),
+            "--world",
+            str(world.root),
+            "--timeout",
+            "300",
+        ],
+        env=world.env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert f"RAL    declared bad    {raw.lfn}" in out.stdout
     assert load_result(run_dir, "repair").passed

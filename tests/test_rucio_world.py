@@ -111,8 +111,12 @@ def test_up_is_idempotent_and_status(rucio_world: dict[str, Any]) -> None:
     assert status["port"] and _port_listening(status["port"])
     assert all(p["alive"] for p in status["processes"].values())
     for name, prefix in rucio_world["rses"].items():
-        assert status["rses"][name] == {"exists": True, "prefix": str(prefix.resolve()), "prefix_exists": True,
-                                        "lfn2pfn_algorithm": "butler_path"}
+        assert status["rses"][name] == {
+            "exists": True,
+            "prefix": str(prefix.resolve()),
+            "prefix_exists": True,
+            "lfn2pfn_algorithm": "butler_path",
+        }
     assert server.client_env() == {"RUCIO_CONFIG": str(server.client_config)}
     client = rucio_world["client"]
     assert client.whoami()["account"] == server.account
@@ -174,9 +178,14 @@ def test_dataset_replicates_with_butler_paths(rucio_world: dict[str, Any]) -> No
 
     # The real rucio CLI (rucio-clients 41: `rucio rule list`) agrees.
     rucio_cli = Path(sys.executable).parent / "rucio"
-    out = subprocess.run([str(rucio_cli), "rule", "list", "--did", f"{SCOPE}:ds_ok", "--csv"],
-                         env={**os.environ, **rucio_world["server"].client_env()}, capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [str(rucio_cli), "rule", "list", "--did", f"{SCOPE}:ds_ok", "--csv"],
+        env={**os.environ, **rucio_world["server"].client_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     row = next(line for line in out.splitlines() if line.startswith(rule_id))
     assert ",OK[4/0/0],IN2P3_DISK," in row, out
 
@@ -212,13 +221,19 @@ def test_no_secret_outside_the_client_config(rucio_world: dict[str, Any]) -> Non
     root = server.root
     assert stat.S_IMODE(server.client_config.stat().st_mode) == 0o600
     assert stat.S_IMODE((root / "secrets.json").stat().st_mode) == 0o600
-    password = next(line.split("=", 1)[1].strip() for line in server.client_config.read_text().splitlines()
-                    if line.startswith("password"))
+    password = next(
+        line.split("=", 1)[1].strip()
+        for line in server.client_config.read_text().splitlines()
+        if line.startswith("password")
+    )
     assert len(password) >= 20
     checked = 0
     for path in root.rglob("*"):
-        if path.is_file() and path.name not in ("client.cfg", "secrets.json", "rucio.db") \
-                and not path.name.startswith("rucio.db"):
+        if (
+            path.is_file()
+            and path.name not in ("client.cfg", "secrets.json", "rucio.db")
+            and not path.name.startswith("rucio.db")
+        ):
             assert password not in path.read_text(errors="replace"), path
             checked += 1
     assert checked >= 5
@@ -259,8 +274,12 @@ def test_down_stops_everything_and_up_again(rucio_world: dict[str, Any]) -> None
     assert server.up() is False
     assert server.status()["port"] == port  # the remembered port
     client = rucio_world["client"]
-    assert client.get_replication_rule(client.list_replication_rules({"scope": SCOPE})
-                                       .__next__()["id"])["state"] in ("OK", "STUCK")
-    print(f"\nrucio world: cold up {rucio_world['up_seconds']:.1f} s, down {down_seconds:.1f} s, "
-          f"warm up {warm_seconds:.1f} s")
+    assert client.get_replication_rule(client.list_replication_rules({"scope": SCOPE}).__next__()["id"])["state"] in (
+        "OK",
+        "STUCK",
+    )
+    print(
+        f"\nrucio world: cold up {rucio_world['up_seconds']:.1f} s, down {down_seconds:.1f} s, "
+        f"warm up {warm_seconds:.1f} s"
+    )
     assert warm_seconds < 20

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from datetime import datetime
 from html.parser import HTMLParser
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -18,6 +18,8 @@ import nbformat
 import pandas as pd
 import pytest
 
+from multisite_nb import registry
+from multisite_nb.errors import ConfigError
 from multisite_nb.results import (
     PhaseResult,
     load_result,
@@ -28,8 +30,6 @@ from multisite_nb.results import (
     summarize,
     utcnow,
 )
-from multisite_nb import registry
-from multisite_nb.errors import ConfigError
 from multisite_nb.runbook import find_notebook, new_run, run_chain
 from multisite_nb.secrets import (
     REDACTED,
@@ -52,8 +52,10 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(autouse=True)
 def test_phases() -> Iterator[None]:
     """The test notebooks' phases, registered for the duration of a test."""
-    added = [registry.register(registry.Phase(name, f"{i:02d}_{name}", "builtins:print"))
-             for i, name in enumerate(("alpha", "beta", "gamma"), start=1)]
+    added = [
+        registry.register(registry.Phase(name, f"{i:02d}_{name}", "builtins:print"))
+        for i, name in enumerate(("alpha", "beta", "gamma"), start=1)
+    ]
     yield
     for phase in added:
         registry.unregister(phase.name)
@@ -259,9 +261,11 @@ def test_scan_finds_environment_dumps_tokens_and_proxies(tmp_path: Path) -> None
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
     (tmp_path / "env.info.yaml").write_text(
         "RUCIO_PASSWORD=hunter2xyz\nexport PGPASSWORD='abc123'\nAWS_SECRET_ACCESS_KEY: wJalrXUtnFEMIK7MDENG\n"
-        f"PATH=/usr/bin\nTOKEN_FILE=/tmp/x\nid_token={jwt}\nRUCIO_PASSWORD=${{RUCIO_PASSWORD}}\n")
+        f"PATH=/usr/bin\nTOKEN_FILE=/tmp/x\nid_token={jwt}\nRUCIO_PASSWORD=${{RUCIO_PASSWORD}}\n"
+    )
     (tmp_path / "x509up_u1000").write_text(  # a proxy has no suffix: every file is scanned
-        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n-----BEGIN RSA PRIVATE KEY-----\nMIIE\n")
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n-----BEGIN RSA PRIVATE KEY-----\nMIIE\n"
+    )
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     got = {(Path(f.path).name, f.line, f.kind) for f in scan_for_secrets([tmp_path])}
     assert got == {

@@ -106,14 +106,14 @@ def test_unreachable_repo_predicts_the_chain_from_the_stage_plan(facilities: Cam
 
 
 # ------------------------------------------------------------------------------ submit files
-def test_panda_submit_files_load_with_bps(facilities: Campaign, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_panda_submit_files_load_with_bps(
+    facilities: Campaign, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The PanDA client resolves its server at import unless told it is behind a load balancer.
     monkeypatch.setenv("PANDA_BEHIND_REAL_LB", "1")
     import lsst.ctrl.bps.panda  # noqa: F401  (the plugin imports offline with the variable set)
 
-    expected = {"USDF": ("SLAC", "US"), "IN2P3": ("CC-IN2P3", "EU"), "RAL": ("RAL", "EU"),
-                "LANCS": ("LANCS", "EU")}
+    expected = {"USDF": ("SLAC", "US"), "IN2P3": ("CC-IN2P3", "EU"), "RAL": ("RAL", "EU"), "LANCS": ("LANCS", "EU")}
     for site, (compute_site, cloud) in expected.items():
         sr = step_run(facilities, site, "step1")
         doc = submit_file(facilities, sr)
@@ -134,7 +134,10 @@ def test_panda_submit_files_load_with_bps(facilities: Campaign, tmp_path: Path,
         assert _value(config, "requestMemory") == 2048
         assert _value(config, "numberOfRetries") == 3
         assert (_value(config, "project"), _value(config, "campaign"), _value(config, "operator")) == (
-            "multisite_nb", "3x3", "ops")
+            "multisite_nb",
+            "3x3",
+            "ops",
+        )
         # Site-specific values of the PanDA site config resolve through computeSite.
         cache = _value(config, "fileDistributionEndPointDefault", curvals={"curr_site": compute_site})
         assert cache.startswith("file:///") and "{" not in cache
@@ -163,8 +166,9 @@ def test_parsl_submit_file_loads_with_bps(campaign: Campaign, tmp_path: Path) ->
     assert [e.label for e in site.get_executors()] == ["local"]
 
 
-def test_executors_are_registered_by_name_and_chosen_from_the_manifest(campaign: Campaign,
-                                                                       facilities: Campaign) -> None:
+def test_executors_are_registered_by_name_and_chosen_from_the_manifest(
+    campaign: Campaign, facilities: Campaign
+) -> None:
     from multisite_nb.submission import (
         Executor,
         executor_for,
@@ -191,8 +195,12 @@ def test_executors_are_registered_by_name_and_chosen_from_the_manifest(campaign:
 
     # a BPS submit file needs the manifest's BPS site config, and says which key is missing
     workflow = campaign.manifest.workflow.model_copy(update={"bps_site_config": None})
-    unset = Campaign(campaign.config, campaign.manifest.model_copy(update={"workflow": workflow}), campaign.path,
-                     campaign.manifest_path)
+    unset = Campaign(
+        campaign.config,
+        campaign.manifest.model_copy(update={"workflow": workflow}),
+        campaign.path,
+        campaign.manifest_path,
+    )
     with pytest.raises(ConfigError, match="workflow.bps_site_config"):
         submit_file(unset, step_run(unset, "RAL", "step1", chain_exists=False))
 
@@ -253,8 +261,10 @@ def test_step1_with_pipetask_succeeds_and_counts_match_the_graph(campaign: Campa
     graph = QuantumGraph.loadUri(attempt / "quantum_graph.qg")
     assert step1.total == len(graph) == 72
     assert (step1.succeeded, step1.failed, step1.pending, step1.failures) == (72, 0, 0, [])
-    assert step1.by_task == {label: {"total": 24, "succeeded": 24, "failed": 0, "pending": 0}
-                             for label in ("calibrateImage", "isr", "transformPreSourceTable")}
+    assert step1.by_task == {
+        label: {"total": 24, "succeeded": 24, "failed": 0, "pending": 0}
+        for label in ("calibrateImage", "isr", "transformPreSourceTable")
+    }
     assert (step1.run, step1.chain, step1.restart, step1.returncode) == ("3x3/IN2P3/step1", "3x3/IN2P3", False, 0)
     assert (attempt / "status.json").is_file() and Path(step1.log).stat().st_size < 1_000_000
     butler = Butler.from_config(campaign.butler_repo("IN2P3"))
@@ -264,13 +274,15 @@ def test_step1_with_pipetask_succeeds_and_counts_match_the_graph(campaign: Campa
     assert step_run(campaign, "IN2P3", "step2a").inputs == ["3x3/IN2P3", "HSC/defaults"]
 
 
-def test_restart_of_a_finished_step_is_ok_and_runs_nothing(tmp_path: Path, campaign: Campaign,
-                                                           step1: StepRecord) -> None:
+def test_restart_of_a_finished_step_is_ok_and_runs_nothing(
+    tmp_path: Path, campaign: Campaign, step1: StepRecord
+) -> None:
     """A phase run twice: the second restart finds every quantum done and says so."""
     butler = Butler.from_config(campaign.butler_repo("IN2P3"))
     before = {r.id for r in butler.query_datasets("calexp", collections="3x3/IN2P3/step1", explain=False)}
-    again = run_step(campaign, step_run(campaign, "IN2P3", "step1"), "pipetask", restart=True,
-                     log_dir=tmp_path / "other-run-folder")
+    again = run_step(
+        campaign, step_run(campaign, "IN2P3", "step1"), "pipetask", restart=True, log_dir=tmp_path / "other-run-folder"
+    )
     assert again.state == StepState.SUCCEEDED, str(again)
     assert (again.total, again.succeeded, again.failed) == (72, 72, 0)
     assert "already succeeded" in again.note
@@ -299,8 +311,10 @@ def test_failure_is_reported_and_restart_finishes_without_rerunning(root: Path, 
     assert StepRecord.model_validate_json((Path(failed.log).parent / "status.json").read_text()) == failed
 
     butler = Butler.from_config(repo)
-    before = {ref.dataId.required_values: ref.id
-              for ref in butler.query_datasets("calexp", collections=sr.output_run, explain=False)}
+    before = {
+        ref.dataId.required_values: ref.id
+        for ref in butler.query_datasets("calexp", collections=sr.output_run, explain=False)
+    }
     butler.close()
     assert len(before) == 23
 
@@ -313,8 +327,10 @@ def test_failure_is_reported_and_restart_finishes_without_rerunning(root: Path, 
     # Only the failed quantum and the two it blocked ran again ...
     assert len(QuantumGraph.loadUri(Path(done.log).parent / "quantum_graph.qg")) == 3
     butler = Butler.from_config(repo)
-    after = {ref.dataId.required_values: ref.id
-             for ref in butler.query_datasets("calexp", collections=sr.output_run, explain=False)}
+    after = {
+        ref.dataId.required_values: ref.id
+        for ref in butler.query_datasets("calexp", collections=sr.output_run, explain=False)
+    }
     assert butler.collections.get_info("3x3/RAL").children[0] == "3x3/RAL/step1"
     butler.close()
     # ... and the 23 earlier outputs are the same datasets.
@@ -349,11 +365,15 @@ def test_a_stopped_step_leaves_no_process_and_restarts(root: Path, campaign: Cam
     from multisite_nb.submission import running_steps, stop_running_steps
 
     # its own output collections, so no other test's runs are touched
-    sr = dataclasses.replace(step_run(campaign, "RAL", "step1"), output_chain="stoptest/RAL",
-                             output_run="stoptest/RAL/step1")
+    sr = dataclasses.replace(
+        step_run(campaign, "RAL", "step1"), output_chain="stoptest/RAL", output_run="stoptest/RAL/step1"
+    )
     out: dict[str, StepRecord] = {}
-    worker = threading.Thread(target=lambda: out.setdefault("s", run_step(
-        campaign, sr, "pipetask", log_dir=root / "logs", config_overrides=["isr:sleep=20"])))
+    worker = threading.Thread(
+        target=lambda: out.setdefault(
+            "s", run_step(campaign, sr, "pipetask", log_dir=root / "logs", config_overrides=["isr:sleep=20"])
+        )
+    )
     worker.start()
     deadline = time.monotonic() + 60
     while running_steps() == 0 and time.monotonic() < deadline:
@@ -368,7 +388,9 @@ def test_a_stopped_step_leaves_no_process_and_restarts(root: Path, campaign: Cam
     assert stopped.state != StepState.SUCCEEDED and stopped.returncode != 0, str(stopped)
     assert running_steps() == 0
     assert "stopped by signal" in Path(stopped.log).read_text()
-    assert subprocess.run(["pgrep", "-f", str(Path(stopped.log).parent)], capture_output=True, check=False).returncode == 1
+    assert (
+        subprocess.run(["pgrep", "-f", str(Path(stopped.log).parent)], capture_output=True, check=False).returncode == 1
+    )
 
     done = run_step(campaign, sr, "pipetask", restart=True, log_dir=root / "logs")
     assert done.state == StepState.SUCCEEDED and done.restart and done.succeeded == done.total > 0, str(done)

@@ -45,8 +45,12 @@ def test_a_running_step_shows_on_the_dashboard(world, tmp_path) -> None:
 
     run_dir = tmp_path / "run"
     live = InFlight(run_dir, "submit_early", utcnow(), {"stage": "early"})
-    live.site("RAL")({"step1": StepRecord(site="RAL", step="step1", state=StepState.SUCCEEDED, succeeded=24, total=24),
-                      "step2a": StepRecord.in_progress("RAL", "step2a")})
+    live.site("RAL")(
+        {
+            "step1": StepRecord(site="RAL", step="step1", state=StepState.SUCCEEDED, succeeded=24, total=24),
+            "step2a": StepRecord.in_progress("RAL", "step2a"),
+        }
+    )
     res = load_result(run_dir, "submit_early")
     assert not res.passed and res.summary["in_progress"] and "RAL step2a" in res.reason
     status = collect(world.campaign, run_dir, butler=False)
@@ -76,9 +80,11 @@ def test_an_interrupted_phase_stops_every_site_and_a_new_run_finishes(world, tmp
     assert phases.transfer(world.campaign, run_dir, progress=False)[0].passed
     assert phases.verify(world.campaign, run_dir)[0].passed
 
-    script = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-              "from multisite_nb import phases\n"
-              f"phases.submit({str(path)!r}, {str(run_dir)!r}, 'early')\n")
+    script = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from multisite_nb import phases\n"
+        f"phases.submit({str(path)!r}, {str(run_dir)!r}, 'early')\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", script], env=world.env(), stderr=subprocess.PIPE, text=True)
 
     def running() -> int:

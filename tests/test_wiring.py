@@ -65,8 +65,7 @@ def test_calibration_merged_into_a_larger_central_step(tmp_path: Path) -> None:
     ]
     w = derive_wiring(load_pipeline_graph(path), stages)
     # step2d at the centre now needs the sites' single-frame products and astrometry too
-    assert w.gathered_before("central") == sorted(
-        [*GATHER, "calexp", "gbdesAstrometricFitSkyWcsCatalog", "preSource"])
+    assert w.gathered_before("central") == sorted([*GATHER, "calexp", "gbdesAstrometricFitSkyWcsCatalog", "preSource"])
     # and the late site stages need what the centre made from them
     assert w.redistributed_after("central") == ["finalVisitSummary"]
 

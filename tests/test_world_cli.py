@@ -16,8 +16,9 @@ BIN = Path(sys.executable).parent
 
 
 def run(world, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / args[0]), *args[1:]], env=world.env(), cwd=repo_root(),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]], env=world.env(), cwd=repo_root(), capture_output=True, text=True, timeout=300
+    )
 
 
 def test_status_shows_every_site_healthy(world) -> None:
@@ -58,8 +59,18 @@ def test_world_records_its_spec_and_refuses_another(world, tmp_path: Path) -> No
 
 def test_plain_papermill_with_a_parameters_file(world, tmp_path: Path) -> None:
     out_nb = tmp_path / "01_placement.ipynb"
-    proc = run(world, "papermill", "notebooks/01_placement.ipynb", str(out_nb), "-f", "parameters/papermill_3x3.yaml",
-               "-p", "run_dir", str(tmp_path / "run"), "--no-progress-bar")
+    proc = run(
+        world,
+        "papermill",
+        "notebooks/01_placement.ipynb",
+        str(out_nb),
+        "-f",
+        "parameters/papermill_3x3.yaml",
+        "-p",
+        "run_dir",
+        str(tmp_path / "run"),
+        "--no-progress-bar",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "run" / "results" / "placement.json").read_text())
     assert result["passed"] and set(result["summary"]["sites"]) == {"IN2P3", "RAL", "LANCS"}

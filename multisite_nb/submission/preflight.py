@@ -70,18 +70,24 @@ def _collection_problems(step_run: StepRun, butler: Butler, *, restart: bool) ->
         info = None
     if info is not None:
         if info.type is not CollectionType.RUN:
-            problems.append(f"{where}: the output run {step_run.output_run} exists in {repo} as a "
-                            f"{info.type.name} collection, not a RUN")
+            problems.append(
+                f"{where}: the output run {step_run.output_run} exists in {repo} as a "
+                f"{info.type.name} collection, not a RUN"
+            )
         elif not restart:
             n = count_datasets(butler, step_run.output_run)
             held = f"holds {n} datasets" if n else "is empty"
-            problems.append(f"{where}: the output run {step_run.output_run} already exists in {repo} and "
-                            f"{held}; restart the step to finish it, or use another output prefix")
+            problems.append(
+                f"{where}: the output run {step_run.output_run} already exists in {repo} and "
+                f"{held}; restart the step to finish it, or use another output prefix"
+            )
     try:
         chain = butler.collections.get_info(step_run.output_chain)
         if chain.type is not CollectionType.CHAINED:
-            problems.append(f"{where}: {step_run.output_chain} exists in {repo} as a {chain.type.name} "
-                            "collection, not the site's CHAINED output collection")
+            problems.append(
+                f"{where}: {step_run.output_chain} exists in {repo} as a {chain.type.name} "
+                "collection, not the site's CHAINED output collection"
+            )
     except MissingCollectionError:
         pass
     for name in step_run.inputs:
@@ -92,8 +98,9 @@ def _collection_problems(step_run: StepRun, butler: Butler, *, restart: bool) ->
     return problems
 
 
-def _dimension_problems(campaign: Campaign, step_run: StepRun, butler: Butler, graph: PipelineGraph | None,
-                        labels: Sequence[str]) -> list[str]:
+def _dimension_problems(
+    campaign: Campaign, step_run: StepRun, butler: Butler, graph: PipelineGraph | None, labels: Sequence[str]
+) -> list[str]:
     where, repo = step_run.where, step_run.repo
     cfg = campaign.config
     problems: list[str] = []
@@ -104,12 +111,19 @@ def _dimension_problems(campaign: Campaign, step_run: StepRun, butler: Butler, g
     if problems:
         return problems
     units = site_units(campaign, step_run.site)
-    tracts = {r.id for r in butler.query_dimension_records(
-        "tract", where=f"skymap = '{cfg.skymap}'", explain=False, limit=None)}
-    patches = {(r.tract, r.id) for r in butler.query_dimension_records(
-        "patch", where=f"skymap = '{cfg.skymap}'", explain=False, limit=None)}
-    missing = [str(u) for u in units
-               if (u.patch is None and u.tract not in tracts) or (u.patch is not None and u.key not in patches)]
+    tracts = {
+        r.id
+        for r in butler.query_dimension_records("tract", where=f"skymap = '{cfg.skymap}'", explain=False, limit=None)
+    }
+    patches = {
+        (r.tract, r.id)
+        for r in butler.query_dimension_records("patch", where=f"skymap = '{cfg.skymap}'", explain=False, limit=None)
+    }
+    missing = [
+        str(u)
+        for u in units
+        if (u.patch is None and u.tract not in tracts) or (u.patch is not None and u.key not in patches)
+    ]
     if missing:
         problems.append(f"{where}: {repo} has no dimension records for {', '.join(missing)} of sky map {cfg.skymap}")
         return problems

@@ -117,25 +117,55 @@ def run_step(
     previous = _attempts(base, step_run)
     number, folder = _new_attempt(base)
     attempt = Attempt(
-        campaign=campaign, step_run=step_run, number=number, folder=folder, log=folder / executor.log_name,
-        extend=extend, previous=previous, config_overrides=tuple(config_overrides),
-        jobs=jobs or campaign.manifest.workflow.jobs, timeout=timeout, children=_STEPS,
-        record={"run": step_run.output_run, "repo": step_run.repo, "mode": executor.mode,
-                "executor": executor.name, "restart": extend, "step_run": dataclasses.asdict(step_run)},
+        campaign=campaign,
+        step_run=step_run,
+        number=number,
+        folder=folder,
+        log=folder / executor.log_name,
+        extend=extend,
+        previous=previous,
+        config_overrides=tuple(config_overrides),
+        jobs=jobs or campaign.manifest.workflow.jobs,
+        timeout=timeout,
+        children=_STEPS,
+        record={
+            "run": step_run.output_run,
+            "repo": step_run.repo,
+            "mode": executor.mode,
+            "executor": executor.name,
+            "restart": extend,
+            "step_run": dataclasses.asdict(step_run),
+        },
     )
     t0 = time.monotonic()
-    record = StepRecord(site=step_run.site, step=step_run.step, state=StepState.RUNNING, run=step_run.output_run,
-                        chain=step_run.output_chain, mode=executor.mode, log=str(attempt.log), attempt=number,
-                        restart=extend, started=datetime.now(UTC).isoformat())
+    record = StepRecord(
+        site=step_run.site,
+        step=step_run.step,
+        state=StepState.RUNNING,
+        run=step_run.output_run,
+        chain=step_run.output_chain,
+        mode=executor.mode,
+        log=str(attempt.log),
+        attempt=number,
+        restart=extend,
+        started=datetime.now(UTC).isoformat(),
+    )
     atomic_write_json(folder / "status.json", record.model_dump(mode="json"))
     try:
         _prepare_chain(step_run)
         launch = executor.run(attempt)
     except BaseException as exc:  # interrupted, or the workflow system refused: say so, not 'running'
         state = StepState.STOPPED if isinstance(exc, KeyboardInterrupt) else StepState.FAILED
-        _finish(folder, record.model_copy(update={
-            "state": state, "seconds": round(time.monotonic() - t0, 2),
-            "note": f"ended by {type(exc).__name__}: {exc}"[:500]}))
+        _finish(
+            folder,
+            record.model_copy(
+                update={
+                    "state": state,
+                    "seconds": round(time.monotonic() - t0, 2),
+                    "note": f"ended by {type(exc).__name__}: {exc}"[:500],
+                }
+            ),
+        )
         raise
     seconds = round(time.monotonic() - t0, 2)
     record = _outcome(record, attempt, launch, timeout=timeout, max_failures=max_failures)
@@ -149,15 +179,15 @@ def _finish(folder: Path, record: StepRecord) -> StepRecord:
     return record
 
 
-def _outcome(record: StepRecord, attempt: Attempt, launch: Launch, *, timeout: float | None,
-             max_failures: int) -> StepRecord:
+def _outcome(
+    record: StepRecord, attempt: Attempt, launch: Launch, *, timeout: float | None, max_failures: int
+) -> StepRecord:
     """The attempt's record once its commands ended (counts from the step's full graph)."""
     notes = [launch.note] if launch.note else []
     # The step's full graph: that of the first attempt of this run, if it was recorded here.
     reference = launch.graph
     if attempt.extend:
-        firsts = [a for a in attempt.previous
-                  if not a.get("restart") and a.get("graph") and Path(a["graph"]).is_file()]
+        firsts = [a for a in attempt.previous if not a.get("restart") and a.get("graph") and Path(a["graph"]).is_file()]
         if firsts:
             reference = Path(firsts[-1]["graph"])
         else:
@@ -181,8 +211,9 @@ def _outcome(record: StepRecord, attempt: Attempt, launch: Launch, *, timeout: f
         if launch.timed_out:
             notes.append(f"killed after {timeout} s")
     else:
-        record.failures = [QuantumFailure(task=None, data_id={},
-                                          cause=log_tail_cause(attempt.log, launch.timed_out, timeout))]
+        record.failures = [
+            QuantumFailure(task=None, data_id={}, cause=log_tail_cause(attempt.log, launch.timed_out, timeout))
+        ]
     record.note = " ".join(notes)
     return record
 

@@ -124,8 +124,9 @@ def run_sites(
         first = steps[0]
         for site in sites:
             try:
-                problems = preflight(campaign, step_run(campaign, site, first, extra_inputs=extra.get(site, ())),
-                                     restart=True)
+                problems = preflight(
+                    campaign, step_run(campaign, site, first, extra_inputs=extra.get(site, ())), restart=True
+                )
             except Exception as exc:  # a site that cannot even be checked is that site's problem
                 problems = [f"{site} {first}: cannot be checked: {type(exc).__name__}: {exc}"]
             if problems:
@@ -138,9 +139,19 @@ def run_sites(
     interrupted: BaseException | None = None
     stopped = 0
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="site") as pool:
-        futures = {site: pool.submit(run_steps, campaign, site, steps, log_dir, extra_inputs=extra.get(site, ()),
-                                     progress=live.site(site) if live else None, stop=stop)
-                   for site in sites}
+        futures = {
+            site: pool.submit(
+                run_steps,
+                campaign,
+                site,
+                steps,
+                log_dir,
+                extra_inputs=extra.get(site, ()),
+                progress=live.site(site) if live else None,
+                stop=stop,
+            )
+            for site in sites
+        }
         try:
             done = {site: futures[site].result() for site in sites}
         # interrupted, or a site raised: start nothing more, stop what runs (re-raised below)

@@ -84,8 +84,9 @@ def _summary_causes(summary: Path | None) -> dict[tuple[str, tuple[tuple[str, An
     return out
 
 
-def graph_status(step_run: StepRun, qgraph: Path, *, summary: Path | None = None,
-                 max_failures: int = 100) -> GraphStatus:
+def graph_status(
+    step_run: StepRun, qgraph: Path, *, summary: Path | None = None, max_failures: int = 100
+) -> GraphStatus:
     """Counts and failures of a step from its quantum graph and the datasets in its run.
 
     Parameters
@@ -106,8 +107,12 @@ def graph_status(step_run: StepRun, qgraph: Path, *, summary: Path | None = None
         qpg = QuantumProvenanceGraph(butler, [str(qgraph)], read_caveats=None, use_qbb=False)
         report = qpg.to_summary(do_store_logs=False)
         for label, ts in sorted(report.tasks.items()):
-            row = {"total": ts.n_expected, "succeeded": ts.n_successful, "failed": ts.n_failed + ts.n_wonky,
-                   "pending": ts.n_blocked + ts.n_unknown}
+            row = {
+                "total": ts.n_expected,
+                "succeeded": ts.n_successful,
+                "failed": ts.n_failed + ts.n_wonky,
+                "pending": ts.n_blocked + ts.n_unknown,
+            }
             out.by_task[label] = row
             out.total += row["total"]
             out.succeeded += row["succeeded"]

@@ -146,8 +146,14 @@ def step_run(
             chain_exists = _planned_before(campaign, site, step)
     inputs = _dedupe([*([chain] if chain_exists else []), *campaign.config.collections.inputs, *extra_inputs])
     return StepRun(
-        site=site, step=step, repo=repo, inputs=inputs, output_chain=chain, output_run=run,
-        data_query=_data_query(campaign, site), pipeline=f"{campaign.pipeline_path}#{step}",
+        site=site,
+        step=step,
+        repo=repo,
+        inputs=inputs,
+        output_chain=chain,
+        output_run=run,
+        data_query=_data_query(campaign, site),
+        pipeline=f"{campaign.pipeline_path}#{step}",
     )
 
 
@@ -160,7 +166,12 @@ def reference_step_run(campaign: Campaign, step: str) -> StepRun:
     base = step_run(campaign, campaign.central, step, chain_exists=False)
     own = f"{campaign.output_prefix}/"  # nothing the campaign wrote
     return StepRun(
-        site=base.site, step=step, repo=base.repo, inputs=[c for c in base.inputs if not c.startswith(own)],
-        output_chain=reference_chain(campaign), output_run=reference_run(campaign, step),
-        data_query=base.data_query, pipeline=base.pipeline,
+        site=base.site,
+        step=step,
+        repo=base.repo,
+        inputs=[c for c in base.inputs if not c.startswith(own)],
+        output_chain=reference_chain(campaign),
+        output_run=reference_run(campaign, step),
+        data_query=base.data_query,
+        pipeline=base.pipeline,
     )

@@ -31,8 +31,7 @@ def as_record(value: StepRecord | Mapping[str, Any]) -> StepRecord:
 
 def dump_steps(steps: SiteSteps) -> dict[str, Any]:
     """``{site: {step: record.model_dump(mode="json")}}``, as a phase summary stores them."""
-    return {site: {step: as_record(r).model_dump(mode="json") for step, r in by.items()}
-            for site, by in steps.items()}
+    return {site: {step: as_record(r).model_dump(mode="json") for step, r in by.items()} for site, by in steps.items()}
 
 
 class InFlight:
@@ -56,29 +55,51 @@ class InFlight:
 
     def site(self, site: str) -> Callable[[Mapping[str, StepRecord]], None]:
         """The progress callback of one site: it reports the site's steps so far."""
+
         def update(site_steps: Mapping[str, StepRecord]) -> None:
             with self._lock:
                 self.steps[site] = dump_steps({site: site_steps})[site]
-                running = [f"{s} {k}" for s, by in self.steps.items() for k, v in by.items()
-                           if v.get("state") == StepState.RUNNING.value]
-                record_result(self.run_dir, PhaseResult(
-                    phase=self.label, passed=False, reason=f"in progress: {', '.join(running) or 'between steps'}",
-                    started=self.started, summary={**self.base, "steps": dict(self.steps), "in_progress": True}))
+                running = [
+                    f"{s} {k}"
+                    for s, by in self.steps.items()
+                    for k, v in by.items()
+                    if v.get("state") == StepState.RUNNING.value
+                ]
+                record_result(
+                    self.run_dir,
+                    PhaseResult(
+                        phase=self.label,
+                        passed=False,
+                        reason=f"in progress: {', '.join(running) or 'between steps'}",
+                        started=self.started,
+                        summary={**self.base, "steps": dict(self.steps), "in_progress": True},
+                    ),
+                )
+
         return update
 
     def end(self, reason: str) -> None:
         """Record the phase as ended without a verdict (failed, no longer in progress)."""
         with self._lock:
-            record_result(self.run_dir, PhaseResult(
-                phase=self.label, passed=False, reason=reason, started=self.started, finished=utcnow(),
-                summary={**self.base, "steps": dict(self.steps), "in_progress": False}))
+            record_result(
+                self.run_dir,
+                PhaseResult(
+                    phase=self.label,
+                    passed=False,
+                    reason=reason,
+                    started=self.started,
+                    finished=utcnow(),
+                    summary={**self.base, "steps": dict(self.steps), "in_progress": False},
+                ),
+            )
 
 
 def steps_verdict(steps: SiteSteps) -> tuple[bool, str]:
     """Whether every step succeeded, and a sentence saying so or naming the first that did not."""
     records = {site: {step: as_record(r) for step, r in by.items()} for site, by in steps.items()}
-    bad = [(site, step, r) for site, by in records.items() for step, r in by.items()
-           if r.state is not StepState.SUCCEEDED]
+    bad = [
+        (site, step, r) for site, by in records.items() for step, r in by.items() if r.state is not StepState.SUCCEEDED
+    ]
     if not bad:
         n = sum(r.succeeded for by in records.values() for r in by.values())
         return True, f"{n} quanta succeeded in {sum(len(by) for by in records.values())} site-steps"
@@ -93,7 +114,16 @@ def steps_table(steps: SiteSteps) -> pd.DataFrame:
     for site, by in steps.items():
         for step, value in by.items():
             r = as_record(value)
-            rows.append({"site": site, "step": step, "state": r.state.value, "succeeded": r.succeeded,
-                         "failed": r.failed, "pending": r.pending, "started": r.started[11:19],
-                         "seconds": r.seconds})
+            rows.append(
+                {
+                    "site": site,
+                    "step": step,
+                    "state": r.state.value,
+                    "succeeded": r.succeeded,
+                    "failed": r.failed,
+                    "pending": r.pending,
+                    "started": r.started[11:19],
+                    "seconds": r.seconds,
+                }
+            )
     return pd.DataFrame(rows)

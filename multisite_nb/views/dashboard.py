@@ -130,8 +130,11 @@ def resolve_run_dir(
     if run_id and _RUN_ID.match(run_id) and (folder / run_id).is_dir():
         return (folder / run_id).resolve()
     if folder.is_dir():
-        runs = sorted(p for p in folder.iterdir() if p.is_dir() and _RUN_ID.match(p.name)
-                      and ((p / "results").is_dir() or (p / "run.json").is_file()))
+        runs = sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_dir() and _RUN_ID.match(p.name) and ((p / "results").is_dir() or (p / "run.json").is_file())
+        )
         if runs:
             return runs[-1].resolve()
     return None
@@ -183,8 +186,13 @@ class Dashboard:
 
     _instances: ClassVar[weakref.WeakSet[Dashboard]] = weakref.WeakSet()
 
-    def __init__(self, campaign: Campaign | str | os.PathLike[str], run_dir: str | os.PathLike[str] | None = None,
-                 *, butler: bool = True):
+    def __init__(
+        self,
+        campaign: Campaign | str | os.PathLike[str],
+        run_dir: str | os.PathLike[str] | None = None,
+        *,
+        butler: bool = True,
+    ):
         self.campaign = campaign if isinstance(campaign, Campaign) else load_campaign(campaign)
         self.run_dir = Path(run_dir).resolve() if run_dir else None
         self.history_path = history_file(self.run_dir) if self.run_dir else None
@@ -302,24 +310,48 @@ class Dashboard:
         import ipywidgets as w
 
         header = w.HTML(layout=w.Layout(width="100%"))
-        button = w.Button(description="Refresh", icon="refresh", button_style="primary",
-                          tooltip="Read Rucio, the Butlers and the run folder again", layout=w.Layout(width="110px"))
-        auto = w.ToggleButton(value=False, description="Auto-refresh", icon="clock-o",
-                              tooltip="Refresh in the background every N seconds", layout=w.Layout(width="130px"))
-        every = w.BoundedIntText(value=30, min=2, max=3600, step=5, description="every (s)",
-                                 layout=w.Layout(width="150px"), style={"description_width": "60px"})
+        button = w.Button(
+            description="Refresh",
+            icon="refresh",
+            button_style="primary",
+            tooltip="Read Rucio, the Butlers and the run folder again",
+            layout=w.Layout(width="110px"),
+        )
+        auto = w.ToggleButton(
+            value=False,
+            description="Auto-refresh",
+            icon="clock-o",
+            tooltip="Refresh in the background every N seconds",
+            layout=w.Layout(width="130px"),
+        )
+        every = w.BoundedIntText(
+            value=30,
+            min=2,
+            max=3600,
+            step=5,
+            description="every (s)",
+            layout=w.Layout(width="150px"),
+            style={"description_width": "60px"},
+        )
         status_line = w.HTML(layout=w.Layout(margin="0 0 0 12px"))
         bar = w.HBox([button, auto, every, status_line], layout=w.Layout(align_items="center", margin="0 0 10px 0"))
         cards = {s: w.HTML(layout=w.Layout(width="auto")) for s in self.campaign.all_sites}
-        grid = w.GridBox(list(cards.values()), layout=w.Layout(
-            grid_template_columns=f"repeat({min(len(cards), 4)}, minmax(260px, 1fr))", grid_gap="14px",
-            width="100%"))
+        grid = w.GridBox(
+            list(cards.values()),
+            layout=w.Layout(
+                grid_template_columns=f"repeat({min(len(cards), 4)}, minmax(260px, 1fr))", grid_gap="14px", width="100%"
+            ),
+        )
         problems = w.HTML()
         imgs = {n: w.Image(format="png", layout=w.Layout(width="100%", height="auto")) for n in _FIGURES}
         imgs["sky"].layout.max_width = "1400px"
         imgs["sky"].layout.align_self = "center"
-        pair = w.GridBox([imgs["steps"], imgs["transfers"]], layout=w.Layout(
-            grid_template_columns="repeat(auto-fit, minmax(520px, 1fr))", grid_gap="14px", width="100%"))
+        pair = w.GridBox(
+            [imgs["steps"], imgs["transfers"]],
+            layout=w.Layout(
+                grid_template_columns="repeat(auto-fit, minmax(520px, 1fr))", grid_gap="14px", width="100%"
+            ),
+        )
         figs = w.VBox([imgs["sky"], pair], layout=w.Layout(width="100%", margin="14px 0 0 0", grid_gap="14px"))
         root = w.VBox([w.HTML(live_style_html()), header, bar, problems, grid, figs], layout=w.Layout(width="100%"))
         root.add_class("msnb-dash")
@@ -344,13 +376,25 @@ class Dashboard:
         button.on_click(on_click)
         auto.observe(on_auto, names="value")
         every.observe(on_every, names="value")
-        return _Widgets(root=root, header=header, button=button, auto=auto, every=every, status=status_line,
-                        cards=cards, problems=problems, images=imgs)
+        return _Widgets(
+            root=root,
+            header=header,
+            button=button,
+            auto=auto,
+            every=every,
+            status=status_line,
+            cards=cards,
+            problems=problems,
+            images=imgs,
+        )
 
     def _status_line(self, note: str = "") -> str:
         when = fmt_time(self.status.collected_at) if self.status else "never"
-        return status_line_html(note or f"updated {when}", self.interval_s if self.running else 0.0,
-                                self.errors[-1] if self.errors else None)
+        return status_line_html(
+            note or f"updated {when}",
+            self.interval_s if self.running else 0.0,
+            self.errors[-1] if self.errors else None,
+        )
 
     def _update_widgets(self, status: CampaignStatus) -> None:
         w = self._w
@@ -444,17 +488,27 @@ class Dashboard:
         page = target / "artifacts" / "dashboard" / "snapshot.html"
         atomic_write_text(page, snapshot_page(status, self.images(status)))
         artifacts = [str(page)]
-        if self.history_path is not None and self.history_path.is_file() \
-                and target in self.history_path.resolve().parents:
+        if (
+            self.history_path is not None
+            and self.history_path.is_file()
+            and target in self.history_path.resolve().parents
+        ):
             artifacts.append(str(self.history_path))
         result = PhaseResult(
-            phase="dashboard", passed=True,
-            reason="snapshot: " + ", ".join(
+            phase="dashboard",
+            passed=True,
+            reason="snapshot: "
+            + ", ".join(
                 f"{s} {st.state}" + (f" ({st.reason})" if st.state == "trouble" else "")
-                for s, st in status.sites.items()),
-            started=datetime.fromisoformat(status.collected_at.replace("Z", "+00:00")), finished=utcnow(),
-            summary={"states": dict(status.states()), "reasons": {s: st.reason for s, st in status.sites.items()},
-                     "collected_at": status.collected_at},
+                for s, st in status.sites.items()
+            ),
+            started=datetime.fromisoformat(status.collected_at.replace("Z", "+00:00")),
+            finished=utcnow(),
+            summary={
+                "states": dict(status.states()),
+                "reasons": {s: st.reason for s, st in status.sites.items()},
+                "collected_at": status.collected_at,
+            },
             artifacts=artifacts,
         )
         record_result(target, result)

@@ -45,6 +45,7 @@ __all__ = [
     "steps_figure",
 ]
 
+
 def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
@@ -59,8 +60,7 @@ def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
 
 
 def _message(ax: Axes, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10, color="#57606a",
-            transform=ax.transAxes)
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10, color="#57606a", transform=ax.transAxes)
     ax.set_axis_off()
 
 
@@ -89,8 +89,13 @@ def _tracts(campaign: Campaign) -> list[int]:
     return sorted({u.tract for s in campaign.remote_sites for u in campaign.sky_units(s)})
 
 
-def plot_sky(campaign: Campaign, plan: PlacementPlan | None = None, butler: Butler | None = None,
-             axes: Sequence[Axes] | None = None, states: Mapping[str, str] | None = None) -> Axes:
+def plot_sky(
+    campaign: Campaign,
+    plan: PlacementPlan | None = None,
+    butler: Butler | None = None,
+    axes: Sequence[Axes] | None = None,
+    states: Mapping[str, str] | None = None,
+) -> Axes:
     """Draw every patch of the campaign's tracts, filled by owning site, and the planned visits.
 
     Parameters
@@ -135,8 +140,9 @@ def plot_sky(campaign: Campaign, plan: PlacementPlan | None = None, butler: Butl
     return axes[0]
 
 
-def _draw_sky(campaign: Campaign, plan: PlacementPlan | None, butler: Butler, panel: dict[int, Axes],
-              states: Mapping[str, str]) -> None:
+def _draw_sky(
+    campaign: Campaign, plan: PlacementPlan | None, butler: Butler, panel: dict[int, Axes], states: Mapping[str, str]
+) -> None:
     skymap = campaign.config.skymap
     colour = site_colours(campaign.central, campaign.remote_sites)
     owner = {u.key: site for site in campaign.remote_sites for u in campaign.sky_units(site)}
@@ -148,17 +154,34 @@ def _draw_sky(campaign: Campaign, plan: PlacementPlan | None, butler: Butler, pa
         xs, ys = zip(*polygon_lonlat(rec.region), strict=True)
         a = panel[rec.tract]
         edge, width = (STATE_COLOURS[states[site]], 2.6) if site is not None and site in states else ("grey", 0.6)
-        a.fill(xs, ys, color=colour.get(site, "#eeeeee") if site else "#eeeeee", alpha=0.45 if site else 0.5,
-               lw=width, ec=edge)
-        a.text(sum(xs[:-1]) / (len(xs) - 1), sum(ys[:-1]) / (len(ys) - 1), f"patch {rec.id}", ha="center",
-               va="center", fontsize=7, color="#333")
+        a.fill(
+            xs,
+            ys,
+            color=colour.get(site, "#eeeeee") if site else "#eeeeee",
+            alpha=0.45 if site else 0.5,
+            lw=width,
+            ec=edge,
+        )
+        a.text(
+            sum(xs[:-1]) / (len(xs) - 1),
+            sum(ys[:-1]) / (len(ys) - 1),
+            f"patch {rec.id}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="#333",
+        )
         if site:
             owned[rec.tract][site] = owned[rec.tract].get(site, 0) + 1
     visits = sorted({v for vs in plan.visits.values() for v in vs}) if plan is not None else []
     if plan is not None and visits:
         for rec in butler.query_dimension_records(
-            "visit", where="visit IN (v)", bind={"v": visits}, instrument=campaign.config.instrument,
-            limit=None, explain=False,
+            "visit",
+            where="visit IN (v)",
+            bind={"v": visits},
+            instrument=campaign.config.instrument,
+            limit=None,
+            explain=False,
         ):
             sites = [s for s, vs in plan.visits.items() if rec.id in vs]
             xs, ys = zip(*polygon_lonlat(rec.region), strict=True)
@@ -168,8 +191,12 @@ def _draw_sky(campaign: Campaign, plan: PlacementPlan | None, butler: Butler, pa
                 else:
                     a.plot(xs, ys, color=colour.get(sites[0], "grey"), lw=0.6, alpha=0.8)
     for tract, a in panel.items():  # zoom on the tract: its patches set the limits (visits elsewhere fall outside)
-        verts = [polygon_lonlat(r.region) for r in butler.query_dimension_records(
-            "tract", where=f"skymap = '{skymap}' AND tract = {tract}", limit=None, explain=False)]
+        verts = [
+            polygon_lonlat(r.region)
+            for r in butler.query_dimension_records(
+                "tract", where=f"skymap = '{skymap}' AND tract = {tract}", limit=None, explain=False
+            )
+        ]
         ras = [x for v in verts for x, _ in v]
         decs = [y for v in verts for _, y in v]
         pad = 0.05 * max(max(ras) - min(ras), max(decs) - min(decs))
@@ -181,8 +208,12 @@ def _draw_sky(campaign: Campaign, plan: PlacementPlan | None, butler: Butler, pa
         site = max(owned[tract], key=owned[tract].__getitem__) if owned[tract] else None
         if site is not None and site in states:
             state = states[site]
-            a.set_title(f"tract {tract} · {site} {STATE_LABELS.get(state, state)}", fontsize=10,
-                        fontweight="bold", color=STATE_COLOURS.get(state, "#1f2328"))
+            a.set_title(
+                f"tract {tract} · {site} {STATE_LABELS.get(state, state)}",
+                fontsize=10,
+                fontweight="bold",
+                color=STATE_COLOURS.get(state, "#1f2328"),
+            )
         else:
             a.set_title(f"tract {tract}", fontsize=9)
     axes = list(panel.values())
@@ -190,8 +221,13 @@ def _draw_sky(campaign: Campaign, plan: PlacementPlan | None, butler: Butler, pa
     for site in campaign.remote_sites:
         label = site + (f" ({states[site]})" if site in states else "")
         axes[-1].fill([], [], color=colour[site], alpha=0.45, label=label)
-    legend = axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8,
-                             title="site (state)" if states else None, title_fontsize=9)
+    legend = axes[-1].legend(
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        fontsize=8,
+        title="site (state)" if states else None,
+        title_fontsize=9,
+    )
     for text, site in zip(legend.get_texts(), campaign.remote_sites, strict=False):
         if site in states:
             text.set_color(STATE_COLOURS[states[site]])
@@ -251,22 +287,28 @@ def steps_figure(status: CampaignStatus) -> Figure:
             ax.add_patch(Rectangle((j, i), 1, 1, facecolor=STEP_COLOURS[state], edgecolor="white", lw=2))
             if rec and rec.total:
                 label = f"{rec.succeeded}/{rec.total}" + (f"\n{rec.failed} ✗" if rec.failed else "")
-                ax.text(j + 0.5, i + 0.5, label, ha="center", va="center", fontsize=10,
-                        color=step_text_colour(state))
+                ax.text(j + 0.5, i + 0.5, label, ha="center", va="center", fontsize=10, color=step_text_colour(state))
     ax.set_xlim(0, len(steps))
     ax.set_ylim(len(sites), 0)
     ax.set_xticks([j + 0.5 for j in range(len(steps))], steps, rotation=30, ha="right", fontsize=10)
-    ax.set_yticks([i + 0.5 for i in range(len(sites))],
-                  [f"{s} ({status.sites[s].state})" for s in sites], fontsize=11)
+    ax.set_yticks([i + 0.5 for i in range(len(sites))], [f"{s} ({status.sites[s].state})" for s in sites], fontsize=11)
     for tick, site in zip(ax.get_yticklabels(), sites, strict=True):
         tick.set_color(STATE_COLOURS.get(status.sites[site].state, "#1f2328"))
         tick.set_fontweight("bold")
     ax.tick_params(length=0)
     for side in ax.spines.values():
         side.set_visible(False)
-    handles = [Patch(color=STEP_COLOURS[k], label=k.value.replace("_", " ")) for k in
-               (StepState.SUCCEEDED, StepState.RUNNING, StepState.PENDING, StepState.FAILED, StepState.STOPPED,
-                StepState.NOT_STARTED)]
+    handles = [
+        Patch(color=STEP_COLOURS[k], label=k.value.replace("_", " "))
+        for k in (
+            StepState.SUCCEEDED,
+            StepState.RUNNING,
+            StepState.PENDING,
+            StepState.FAILED,
+            StepState.STOPPED,
+            StepState.NOT_STARTED,
+        )
+    ]
     fig.legend(handles=handles, loc="outside lower center", ncol=6, fontsize=9, frameon=False)
     ax.set_title("Steps by site (succeeded / total quanta)", fontsize=11)
     return fig
@@ -301,13 +343,30 @@ def progress_figure(history: Sequence[HistoryRow], status: CampaignStatus) -> Fi
             continue
         drawn = True
         colour = colours.get(site, "#57606a")
-        ax.plot(xs, ok, color=colour, lw=2, alpha=0.85, marker=markers.get(site, "o") if len(xs) < 40 else None,
-                ms=6, mfc="white", mew=1.5, label=f"{site} OK")
+        ax.plot(
+            xs,
+            ok,
+            color=colour,
+            lw=2,
+            alpha=0.85,
+            marker=markers.get(site, "o") if len(xs) < 40 else None,
+            ms=6,
+            mfc="white",
+            mew=1.5,
+            label=f"{site} OK",
+        )
         if any(rep):
             ax.plot(xs, rep, color=colour, lw=1.2, ls="--", label=f"{site} replicating")
         if any(stuck):
-            ax.scatter([x for x, n in zip(xs, stuck, strict=True) if n], [n for n in stuck if n],
-                       color=STATE_COLOURS["trouble"], marker="x", s=40, zorder=5, label=f"{site} stuck")
+            ax.scatter(
+                [x for x, n in zip(xs, stuck, strict=True) if n],
+                [n for n in stuck if n],
+                color=STATE_COLOURS["trouble"],
+                marker="x",
+                s=40,
+                zorder=5,
+                label=f"{site} stuck",
+            )
     if not drawn:
         _message(ax, "no transfers to any site yet")
         return fig
@@ -315,8 +374,9 @@ def progress_figure(history: Sequence[HistoryRow], status: CampaignStatus) -> Fi
     first, last = min(times), max(times)
     if last - first < timedelta(minutes=2):  # a few readings: a readable window, not ± years
         middle = first + (last - first) / 2
-        ax.set_xlim(float(mdates.date2num(middle - timedelta(minutes=1))),
-                    float(mdates.date2num(middle + timedelta(minutes=1))))
+        ax.set_xlim(
+            float(mdates.date2num(middle - timedelta(minutes=1))), float(mdates.date2num(middle + timedelta(minutes=1)))
+        )
     locator = mdates.AutoDateLocator(tz=UTC, minticks=3, maxticks=8)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))
@@ -352,16 +412,25 @@ def plot_wiring(wiring: Wiring, ax: Axes | None = None) -> Axes:
     for (a_st, a), (b_st, b) in zip(steps, steps[1:], strict=False):
         (x0, y0), (x1, y1) = xy[a], xy[b]
         crossing = a_st.where != b_st.where
-        ax.annotate("", xy=(x1 - 0.4, y1), xytext=(x0 + 0.4, y0),
-                    arrowprops={"arrowstyle": "->", "color": "#c0392b" if crossing else "#555",
-                                "lw": 1.6 if crossing else 0.8})
+        ax.annotate(
+            "",
+            xy=(x1 - 0.4, y1),
+            xytext=(x0 + 0.4, y0),
+            arrowprops={"arrowstyle": "->", "color": "#c0392b" if crossing else "#555", "lw": 1.6 if crossing else 0.8},
+        )
         if crossing:
             gather = b_st.where == "central"  # gather labels left of their arrow, redistribution right
             names = wiring.gathered_before(b_st.name) if gather else wiring.redistributed_after(a_st.name)
-            ax.text((x0 + x1) / 2 + (-0.12 if gather else 0.12), 0.5,
-                    f"{'gather' if gather else 'redistribute'}:\n" + "\n".join(names), fontsize=7,
-                    color="#c0392b", ha="right" if gather else "left", va="center",
-                    bbox={"fc": "white", "ec": "none", "alpha": 0.85, "pad": 1.5})
+            ax.text(
+                (x0 + x1) / 2 + (-0.12 if gather else 0.12),
+                0.5,
+                f"{'gather' if gather else 'redistribute'}:\n" + "\n".join(names),
+                fontsize=7,
+                color="#c0392b",
+                ha="right" if gather else "left",
+                va="center",
+                bbox={"fc": "white", "ec": "none", "alpha": 0.85, "pad": 1.5},
+            )
     ax.axhline(0.5, color="#c0392b", ls="--", lw=0.8)
     ax.text(-0.45, 0.53, "site boundary", color="#c0392b", fontsize=8, va="bottom")
     ax.text(-0.45, 1.25, "at every remote site", fontsize=8, color="#1f4e79")

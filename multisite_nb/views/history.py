@@ -46,11 +46,19 @@ def history_rows(status: CampaignStatus) -> list[HistoryRow]:
     rows = []
     for s in status.sites.values():
         t = s.transfers
-        rows.append(HistoryRow(
-            time=status.collected_at, site=s.site, state=s.state,
-            ok=t.locks_ok if t else 0, replicating=t.locks_replicating if t else 0, stuck=t.locks_stuck if t else 0,
-            rules_ok=t.ok if t else 0, rules_replicating=t.replicating if t else 0, rules_stuck=t.stuck if t else 0,
-        ))
+        rows.append(
+            HistoryRow(
+                time=status.collected_at,
+                site=s.site,
+                state=s.state,
+                ok=t.locks_ok if t else 0,
+                replicating=t.locks_replicating if t else 0,
+                stuck=t.locks_stuck if t else 0,
+                rules_ok=t.ok if t else 0,
+                rules_replicating=t.replicating if t else 0,
+                rules_stuck=t.stuck if t else 0,
+            )
+        )
     return rows
 
 

@@ -49,13 +49,31 @@ __all__ = [
 @functools.cache
 def environment() -> Environment:
     """The templates' environment (autoescaping, shared filters and colours)."""
-    env = Environment(loader=PackageLoader("multisite_nb.views", "templates"), autoescape=True,
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(fmt_bytes=fmt_bytes, fmt_duration=fmt_duration, fmt_time=fmt_time, plural=plural,
-                       basename=lambda p: Path(p).name)
-    env.globals.update(STATES=STATES, STATE_COLOURS=STATE_COLOURS, STATE_LABELS=STATE_LABELS,
-                       STATE_TINTS=STATE_TINTS, STEP_COLOURS=STEP_COLOURS, REPLICATING_COLOUR=REPLICATING_COLOUR,
-                       NOT_STARTED=StepState.NOT_STARTED, step_text_colour=step_text_colour)
+    env = Environment(
+        loader=PackageLoader("multisite_nb.views", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(
+        fmt_bytes=fmt_bytes,
+        fmt_duration=fmt_duration,
+        fmt_time=fmt_time,
+        plural=plural,
+        basename=lambda p: Path(p).name,
+    )
+    env.globals.update(
+        STATES=STATES,
+        STATE_COLOURS=STATE_COLOURS,
+        STATE_LABELS=STATE_LABELS,
+        STATE_TINTS=STATE_TINTS,
+        STEP_COLOURS=STEP_COLOURS,
+        REPLICATING_COLOUR=REPLICATING_COLOUR,
+        NOT_STARTED=StepState.NOT_STARTED,
+        step_text_colour=step_text_colour,
+    )
     return env
 
 
@@ -96,9 +114,12 @@ def live_style_html() -> str:
 
 
 def _context(status: CampaignStatus, images: Mapping[str, bytes] | None, with_style: bool) -> dict[str, object]:
-    return {"status": status, "with_style": with_style,
-            "colours": site_colours(status.central, status.remote_sites),
-            "images": {name: base64.b64encode(png).decode() for name, png in (images or {}).items()}}
+    return {
+        "status": status,
+        "with_style": with_style,
+        "colours": site_colours(status.central, status.remote_sites),
+        "images": {name: base64.b64encode(png).decode() for name, png in (images or {}).items()},
+    }
 
 
 def snapshot_html(status: CampaignStatus, images: Mapping[str, bytes] | None = None) -> str:

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from markupsafe import Markup
 
 from ..fileio import atomic_write_text
-from ..results import PhaseResult, PhaseRun, RunRecord, load_results, load_run_record
+from ..results import PhaseResult, PhaseRun, PhaseStatus, RunRecord, load_results, load_run_record
 from ..secrets import redact_parameters
 from .html import render
 
@@ -76,10 +76,13 @@ def render_notebook_html(ipynb: str | os.PathLike[str], target: str | os.PathLik
     nb = nbformat.read(src, as_version=4)
     exporter = HTMLExporter(template_name="basic", exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
-    page = render("notebook.html.j2", name=src.name,
-                  back=os.path.relpath(src.parent / "index.html", dst.parent).replace(os.sep, "/"),
-                  pygments_css=Markup(HtmlFormatter(style="default").get_style_defs(".highlight")),
-                  body=Markup(body))  # nbconvert's own HTML of the notebook
+    page = render(
+        "notebook.html.j2",
+        name=src.name,
+        back=os.path.relpath(src.parent / "index.html", dst.parent).replace(os.sep, "/"),
+        pygments_css=Markup(HtmlFormatter(style="default").get_style_defs(".highlight")),
+        body=Markup(body),
+    )  # nbconvert's own HTML of the notebook
     atomic_write_text(dst, page)
     return dst
 
@@ -130,26 +133,33 @@ def _phase_rows(run_dir: Path, record: RunRecord | None, results: dict[str, Phas
     for name, found in results.items():  # results recorded outside the chain (e.g. by hand)
         if name not in known:
             nb = next((p.name for p in sorted(run_dir.glob(f"*_{name}.ipynb"))), None)
-            entries.append(PhaseRun(phase=name, notebook=nb, status="pass" if found.passed else "fail",
-                                    reason=found.reason))
+            entries.append(PhaseRun(phase=name, notebook=nb, status=PhaseStatus(found.status), reason=found.reason))
     rows = []
     for e in entries:
         res = results.get(e.phase)
         links = []
         if e.notebook:
-            links += [_notebook_link(run_dir, e.notebook, withhold=e.notebook in flagged),
-                      _link(run_dir, e.notebook, ".ipynb")]
+            links += [
+                _notebook_link(run_dir, e.notebook, withhold=e.notebook in flagged),
+                _link(run_dir, e.notebook, ".ipynb"),
+            ]
         if res is not None:
             links.append(_link(run_dir, f"results/{e.phase}.json", "result"))
         summary = json.dumps(res.summary, default=str) if res and res.summary else ""
         if len(summary) > _SUMMARY_CHARS:
             summary = summary[: _SUMMARY_CHARS - 1] + "…"
-        rows.append(PhaseRow(
-            phase=e.phase, status=e.status, earlier=e.status == "pass" and e.resumed,
-            duration=e.duration_s if e.duration_s is not None else (res.duration_s if res else None),
-            reason=e.reason or (res.reason if res else ""), summary=summary, links=links,
-            artifacts=[_link(run_dir, a) for a in res.artifacts] if res else [],
-        ))
+        rows.append(
+            PhaseRow(
+                phase=e.phase,
+                status=e.status,
+                earlier=e.status == "pass" and e.resumed,
+                duration=e.duration_s if e.duration_s is not None else (res.duration_s if res else None),
+                reason=e.reason or (res.reason if res else ""),
+                summary=summary,
+                links=links,
+                artifacts=[_link(run_dir, a) for a in res.artifacts] if res else [],
+            )
+        )
     return rows
 
 
@@ -177,10 +187,12 @@ def render_index(run_dir: str | os.PathLike[str]) -> Path:
     page = render(
         "index.html.j2",
         title=f"{record.campaign} / {record.run_id}" if record else run_dir.name,
-        record=record, run_name=run_dir.name,
+        record=record,
+        run_name=run_dir.name,
         files=[_link(run_dir, r) for r in ("run.json", "logs/chain.log") if (run_dir / r).is_file()],
         phases=_phase_rows(run_dir, record, results),
-        findings=findings[:_FINDINGS_SHOWN], more_findings=len(findings) - _FINDINGS_SHOWN,
+        findings=findings[:_FINDINGS_SHOWN],
+        more_findings=len(findings) - _FINDINGS_SHOWN,
         parameters=_parameters(record.parameters if record else {}),
     )
     target = run_dir / "index.html"

@@ -249,11 +249,17 @@ class CampaignStatus:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "campaign": self.campaign, "central": self.central, "run_dir": self.run_dir,
-            "collected_at": self.collected_at, "seconds": self.seconds, "steps": list(self.steps),
+            "campaign": self.campaign,
+            "central": self.central,
+            "run_dir": self.run_dir,
+            "collected_at": self.collected_at,
+            "seconds": self.seconds,
+            "steps": list(self.steps),
             "phases": {k: r.model_dump(mode="json") for k, r in self.phases.items()},
             "sites": {s: st.to_dict() for s, st in self.sites.items()},
-            "rucio_ok": self.rucio_ok, "rucio_error": self.rucio_error, "problems": list(self.problems),
+            "rucio_ok": self.rucio_ok,
+            "rucio_error": self.rucio_error,
+            "problems": list(self.problems),
         }
 
     def to_json(self, *, indent: int | None = None) -> str:
@@ -329,12 +335,14 @@ def read_steps(results: Mapping[str, PhaseResult]) -> tuple[dict[str, dict[str, 
                 try:
                     rec = StepRecord.model_validate(entry)
                 except ValidationError as exc:
-                    problems.append(StepProblem(site, f"{where}: {key} is not a step record",
-                                                _validation_reason(exc)))
+                    problems.append(StepProblem(site, f"{where}: {key} is not a step record", _validation_reason(exc)))
                     continue
                 if (rec.site, rec.step) != (site, step):
-                    problems.append(StepProblem(site, f"{where}: {key} is not a step record",
-                                                f"it is the record of {rec.site} {rec.step}"))
+                    problems.append(
+                        StepProblem(
+                            site, f"{where}: {key} is not a step record", f"it is the record of {rec.site} {rec.step}"
+                        )
+                    )
                     continue
                 out.setdefault(site, {})[step] = rec
     return out, problems
@@ -349,9 +357,19 @@ def _first_problems(run_dir: Path) -> dict[str, str]:
             for row in csv.DictReader(fh):
                 site = row.get("site") or ""
                 if site and site not in out:
-                    out[site] = _short(" ".join(
-                        x for x in (row.get("layer"), row.get("problem"), row.get("file"),
-                                    f"({row['detail']})" if row.get("detail") else "") if x), 300)
+                    out[site] = _short(
+                        " ".join(
+                            x
+                            for x in (
+                                row.get("layer"),
+                                row.get("problem"),
+                                row.get("file"),
+                                f"({row['detail']})" if row.get("detail") else "",
+                            )
+                            if x
+                        ),
+                        300,
+                    )
     except (OSError, csv.Error):
         pass
     return out
@@ -368,8 +386,11 @@ def _placement(entry: Mapping[str, object] | None) -> Placement | None:
     if entry is None:
         return None
     visits = entry.get("visits")
-    return Placement(files=_int(entry.get("files")), bytes=_int(entry.get("bytes")),
-                     visits=_int(visits) if visits is not None else None)
+    return Placement(
+        files=_int(entry.get("files")),
+        bytes=_int(entry.get("bytes")),
+        visits=_int(visits) if visits is not None else None,
+    )
 
 
 def _verification(entry: Mapping[str, object] | None, first_problem: str | None, finished: str) -> Verification:
@@ -378,9 +399,15 @@ def _verification(entry: Mapping[str, object] | None, first_problem: str | None,
     counts = {k: _int(entry.get(k)) for k in PROBLEM_KINDS}
     ok = entry.get("ok")
     planned = entry.get("planned")
-    return Verification(ran=True, ok=bool(ok) if ok is not None else not any(counts.values()),
-                        planned=_int(planned) if planned is not None else None, problems=sum(counts.values()),
-                        counts=counts, first_problem=first_problem, finished=finished)
+    return Verification(
+        ran=True,
+        ok=bool(ok) if ok is not None else not any(counts.values()),
+        planned=_int(planned) if planned is not None else None,
+        problems=sum(counts.values()),
+        counts=counts,
+        first_problem=first_problem,
+        finished=finished,
+    )
 
 
 # -- reading the live systems ------------------------------------------------------------
@@ -452,14 +479,22 @@ def _step_issues(steps: Mapping[str, StepRecord]) -> list[Issue]:
     for st in steps.values():
         cause = str(st.first_failure) if st.first_failure else None
         if st.state is StepState.FAILED or st.failed:
-            what = f"{st.step}: {plural(st.failed, 'failed quantum', 'failed quanta')}" if st.failed \
+            what = (
+                f"{st.step}: {plural(st.failed, 'failed quantum', 'failed quanta')}"
+                if st.failed
                 else f"{st.step} failed"
+            )
             issues.append(Issue("steps", what, cause))
     for st in steps.values():
         if st.state is StepState.STOPPED and not st.failed:
             left = plural(st.pending + st.running, "quantum", "quanta")
-            issues.append(Issue("steps", f"{st.step} stopped with {left} not run",
-                                str(st.first_failure) if st.first_failure else None))
+            issues.append(
+                Issue(
+                    "steps",
+                    f"{st.step} stopped with {left} not run",
+                    str(st.first_failure) if st.first_failure else None,
+                )
+            )
     return issues
 
 
@@ -489,12 +524,16 @@ def site_state(s: SiteStatus) -> tuple[SiteState, str]:
         return "trouble", s.issues[0].message
     busy = []
     if t is not None and t.replicating:
-        busy.append(f"{t.replicating} rule{'s' if t.replicating > 1 else ''} replicating "
-                    f"({t.locks_ok}/{t.locks_ok + t.locks_replicating} files)")
+        busy.append(
+            f"{t.replicating} rule{'s' if t.replicating > 1 else ''} replicating "
+            f"({t.locks_ok}/{t.locks_ok + t.locks_replicating} files)"
+        )
     flying = [st for st in s.steps.values() if st.state.in_flight]
     if flying:
-        busy.append(f"{', '.join(st.step for st in flying)}: {sum(st.running for st in flying)} running, "
-                    f"{sum(st.pending for st in flying)} pending")
+        busy.append(
+            f"{', '.join(st.step for st in flying)}: {sum(st.running for st in flying)} running, "
+            f"{sum(st.pending for st in flying)} pending"
+        )
     if busy:
         return "busy", "; ".join(busy)
     done = []
@@ -533,8 +572,9 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
     """
     t0 = time.monotonic()
     run = Path(run_dir).resolve() if run_dir else None
-    status = CampaignStatus(campaign=campaign.name, central=campaign.central,
-                            run_dir=str(run) if run else None, collected_at=_now())
+    status = CampaignStatus(
+        campaign=campaign.name, central=campaign.central, run_dir=str(run) if run else None, collected_at=_now()
+    )
     status.steps = [st for stage in campaign.config.stages for st in stage.steps]
     if run is not None:
         try:
@@ -545,8 +585,9 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
 
     with ThreadPoolExecutor(max_workers=1 + len(campaign.all_sites)) as pool:
         rucio_f = pool.submit(_rucio_rules, campaign)
-        butler_f = {s: pool.submit(_butler_health, campaign.butler_repo(s)) for s in campaign.all_sites} \
-            if butler else {}
+        butler_f = (
+            {s: pool.submit(_butler_health, campaign.butler_repo(s)) for s in campaign.all_sites} if butler else {}
+        )
 
         results, problems = _read_results(run)
         status.problems.extend(problems)
@@ -567,9 +608,16 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
             spec = campaign.site(site)
             central = site == campaign.central
             s = SiteStatus(
-                site=site, role="central" if central else "remote", rse=spec.rse, compute_site=spec.compute_site,
-                site_steps=[st for stage in campaign.config.stages
-                            if (stage.where == "central") == central for st in stage.steps],
+                site=site,
+                role="central" if central else "remote",
+                rse=spec.rse,
+                compute_site=spec.compute_site,
+                site_steps=[
+                    st
+                    for stage in campaign.config.stages
+                    if (stage.where == "central") == central
+                    for st in stage.steps
+                ],
             )
             s.placement = _placement(_site_entry(results.get("placement"), site))
             if ops is not None:
@@ -586,7 +634,8 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
                 s.butler = butler_f[site].result()
             # a result that cannot be read may hide a failure: the sites it may concern are in trouble
             s.issues = [Issue("results", msg) for msg in problems] + [
-                Issue("results", p.message, p.cause) for p in step_problems if p.site in (None, site)]
+                Issue("results", p.message, p.cause) for p in step_problems if p.site in (None, site)
+            ]
             s.state, s.reason = site_state(s)
             status.sites[site] = s
     status.seconds = round(time.monotonic() - t0, 3)

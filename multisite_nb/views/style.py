@@ -35,8 +35,12 @@ STATE_TINTS = {"ok": "#dafbe1", "busy": "#fff8c5", "trouble": "#ffebe9", "idle":
 STATE_LABELS = {"ok": "OK", "busy": "BUSY", "trouble": "TROUBLE", "idle": "IDLE"}
 #: Step state → colour (chips on the cards, the steps grid).
 STEP_COLOURS: dict[StepState, str] = {
-    StepState.SUCCEEDED: "#2da44e", StepState.RUNNING: "#d4a72c", StepState.PENDING: "#eed27c",
-    StepState.FAILED: "#cf222e", StepState.STOPPED: "#e16f24", StepState.NOT_STARTED: "#d8dee4",
+    StepState.SUCCEEDED: "#2da44e",
+    StepState.RUNNING: "#d4a72c",
+    StepState.PENDING: "#eed27c",
+    StepState.FAILED: "#cf222e",
+    StepState.STOPPED: "#e16f24",
+    StepState.NOT_STARTED: "#d8dee4",
 }
 #: Files replicating (transfer bars).
 REPLICATING_COLOUR = "#d4a72c"

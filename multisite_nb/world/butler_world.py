@@ -70,8 +70,12 @@ def collections_for(spec: SkySpec) -> WorldCollections:
     """Collection names for ``spec``'s instrument (``HSC/raw/all``, ``HSC/calib``, ...)."""
     ins = spec.instrument
     return WorldCollections(
-        raw=f"{ins}/raw/all", calib=f"{ins}/calib", calib_run=f"{ins}/calib/synthetic",
-        refcats="refcats", skymaps="skymaps", defaults=f"{ins}/defaults",
+        raw=f"{ins}/raw/all",
+        calib=f"{ins}/calib",
+        calib_run=f"{ins}/calib/synthetic",
+        refcats="refcats",
+        skymaps="skymaps",
+        defaults=f"{ins}/defaults",
     )
 
 
@@ -126,15 +130,26 @@ def dimension_records(model: SkyModel) -> dict[str, list[dict[str, Any]]]:
     obs = model.observations
     band_of = {b.physical_filter: b.band for b in spec.bands}
     records: dict[str, list[dict[str, Any]]] = {
-        "instrument": [{
-            "name": ins, "class_name": spec.instrument_class, "visit_system": 0,
-            "visit_max": max(o.visit for o in obs) + 1, "exposure_max": max(o.exposure for o in obs) + 1,
-            "detector_max": max(d.id for d in model.detectors) + 1,
-        }],
+        "instrument": [
+            {
+                "name": ins,
+                "class_name": spec.instrument_class,
+                "visit_system": 0,
+                "visit_max": max(o.visit for o in obs) + 1,
+                "exposure_max": max(o.exposure for o in obs) + 1,
+                "detector_max": max(d.id for d in model.detectors) + 1,
+            }
+        ],
         "physical_filter": [{"instrument": ins, "name": pf, "band": b} for pf, b in band_of.items()],
         "detector": [
-            {"instrument": ins, "id": d.id, "full_name": d.full_name, "name_in_raft": f"{d.x}",
-             "raft": f"{d.y}", "purpose": "SCIENCE"}
+            {
+                "instrument": ins,
+                "id": d.id,
+                "full_name": d.full_name,
+                "name_in_raft": f"{d.x}",
+                "raft": f"{d.y}",
+                "purpose": "SCIENCE",
+            }
             for d in model.detectors
         ],
         "day_obs": [
@@ -143,15 +158,20 @@ def dimension_records(model: SkyModel) -> dict[str, list[dict[str, Any]]]:
         ],
         "group": [{"instrument": ins, "name": o.group} for o in obs],
         "visit_system": [{"instrument": ins, "id": 0, "name": "one-to-one"}],
-        "skymap": [{
-            "name": spec.skymap, "hash": bytes.fromhex(spec.digest()),
-            "tract_max": max(model.tracts) + 1, "patch_nx_max": spec.patches_per_side,
-            "patch_ny_max": spec.patches_per_side,
-        }],
+        "skymap": [
+            {
+                "name": spec.skymap,
+                "hash": bytes.fromhex(spec.digest()),
+                "tract_max": max(model.tracts) + 1,
+                "patch_nx_max": spec.patches_per_side,
+                "patch_ny_max": spec.patches_per_side,
+            }
+        ],
         "tract": [{"skymap": spec.skymap, "id": t.id, "region": t.region} for t in model.tracts.values()],
         "patch": [
             {"skymap": spec.skymap, "tract": p.tract, "id": p.id, "cell_x": p.x, "cell_y": p.y, "region": p.region}
-            for t in model.tracts.values() for p in t.patches
+            for t in model.tracts.values()
+            for p in t.patches
         ],
         "exposure": [],
         "visit": [],
@@ -164,21 +184,51 @@ def dimension_records(model: SkyModel) -> dict[str, list[dict[str, Any]]]:
         target = f"{spec.skymap}:" + ",".join(
             f"{spec.targets[i].tract}/{'+'.join(map(str, spec.targets[i].patches))}" for i in o.targets
         )
-        records["exposure"].append({
-            "instrument": ins, "id": o.exposure, "obs_id": o.obs_id, "physical_filter": o.physical_filter,
-            "group": o.group, "day_obs": o.day_obs, "exposure_time": spec.exposure_time,
-            "dark_time": spec.exposure_time, "observation_type": "science", "observation_reason": "science",
-            "seq_num": o.seq_num, "seq_start": o.seq_num, "seq_end": o.seq_num, "target_name": target,
-            "science_program": "synthetic", "tracking_ra": o.ra, "tracking_dec": o.dec,
-            "sky_angle": o.sky_angle, "azimuth": 0.0, "zenith_angle": 30.0, "has_simulated": True,
-            "can_see_sky": True, "timespan": timespan,
-        })
-        records["visit"].append({
-            "instrument": ins, "id": o.visit, "name": o.obs_id, "physical_filter": o.physical_filter,
-            "day_obs": o.day_obs, "seq_num": o.seq_num, "exposure_time": spec.exposure_time,
-            "target_name": target, "observation_reason": "science", "science_program": "synthetic",
-            "azimuth": 0.0, "zenith_angle": 30.0, "region": o.region, "timespan": timespan,
-        })
+        records["exposure"].append(
+            {
+                "instrument": ins,
+                "id": o.exposure,
+                "obs_id": o.obs_id,
+                "physical_filter": o.physical_filter,
+                "group": o.group,
+                "day_obs": o.day_obs,
+                "exposure_time": spec.exposure_time,
+                "dark_time": spec.exposure_time,
+                "observation_type": "science",
+                "observation_reason": "science",
+                "seq_num": o.seq_num,
+                "seq_start": o.seq_num,
+                "seq_end": o.seq_num,
+                "target_name": target,
+                "science_program": "synthetic",
+                "tracking_ra": o.ra,
+                "tracking_dec": o.dec,
+                "sky_angle": o.sky_angle,
+                "azimuth": 0.0,
+                "zenith_angle": 30.0,
+                "has_simulated": True,
+                "can_see_sky": True,
+                "timespan": timespan,
+            }
+        )
+        records["visit"].append(
+            {
+                "instrument": ins,
+                "id": o.visit,
+                "name": o.obs_id,
+                "physical_filter": o.physical_filter,
+                "day_obs": o.day_obs,
+                "seq_num": o.seq_num,
+                "exposure_time": spec.exposure_time,
+                "target_name": target,
+                "observation_reason": "science",
+                "science_program": "synthetic",
+                "azimuth": 0.0,
+                "zenith_angle": 30.0,
+                "region": o.region,
+                "timespan": timespan,
+            }
+        )
         records["visit_definition"].append({"instrument": ins, "exposure": o.exposure, "visit": o.visit})
         records["visit_system_membership"].append({"instrument": ins, "visit": o.visit, "visit_system": 0})
         records["visit_detector_region"].extend(
@@ -205,15 +255,17 @@ def _input_dataset_types(butler: Butler, spec: SkySpec) -> dict[str, DatasetType
     return {
         "raw": DatasetType("raw", ["instrument", "exposure", "detector"], STORAGE_CLASS, universe=u),
         "bias": DatasetType("bias", ["instrument", "detector"], STORAGE_CLASS, universe=u, isCalibration=True),
-        "flat": DatasetType("flat", ["instrument", "detector", "physical_filter"], STORAGE_CLASS, universe=u,
-                            isCalibration=True),
+        "flat": DatasetType(
+            "flat", ["instrument", "detector", "physical_filter"], STORAGE_CLASS, universe=u, isCalibration=True
+        ),
         spec.refcat: DatasetType(spec.refcat, [f"htm{REFCAT_LEVEL}"], STORAGE_CLASS, universe=u),
         "skyMap": DatasetType("skyMap", ["skymap"], STORAGE_CLASS, universe=u),
     }
 
 
-def _put_missing(butler: Butler, dataset_type: DatasetType, run: str,
-                 items: Iterable[tuple[dict[str, Any], Any]]) -> tuple[list[DatasetRef], int]:
+def _put_missing(
+    butler: Butler, dataset_type: DatasetType, run: str, items: Iterable[tuple[dict[str, Any], Any]]
+) -> tuple[list[DatasetRef], int]:
     """Put each (data ID, object-factory) whose data ID is not yet in ``run``; return (all refs, n new)."""
     existing = {
         ref.dataId.required_values: ref
@@ -266,33 +318,80 @@ def populate_central(repo: Path, spec: SkySpec | None = None) -> dict[str, Any]:
             datasets[name], written[name] = len(result[0]), result[1]
             return result[0]
 
-        record("raw", _put_missing(butler, types["raw"], cols.raw, (
-            ({"instrument": ins, "exposure": o.exposure, "detector": d},
-             lambda o=o, d=d: model.raw_content(o, d))
-            for o in model.observations for d in o.detector_regions
-        )))
-        bias = record("bias", _put_missing(butler, types["bias"], cols.calib_run, (
-            ({"instrument": ins, "detector": d.id}, lambda d=d: model.bias_content(d.id)) for d in model.detectors
-        )))
-        flat = record("flat", _put_missing(butler, types["flat"], cols.calib_run, (
-            ({"instrument": ins, "detector": d.id, "physical_filter": b.physical_filter},
-             lambda d=d, b=b: model.flat_content(d.id, b.physical_filter))
-            for d in model.detectors for b in spec.bands
-        )))
-        record(spec.refcat, _put_missing(butler, types[spec.refcat], cols.refcats, (
-            ({f"htm{REFCAT_LEVEL}": s}, lambda s=s: model.refcat_content(s)) for s in model.refcat_shards()
-        )))
-        record("skyMap", _put_missing(butler, types["skyMap"], cols.skymaps, [
-            ({"skymap": spec.skymap}, model.skymap_content)
-        ]))
+        record(
+            "raw",
+            _put_missing(
+                butler,
+                types["raw"],
+                cols.raw,
+                (
+                    (
+                        {"instrument": ins, "exposure": o.exposure, "detector": d},
+                        lambda o=o, d=d: model.raw_content(o, d),
+                    )
+                    for o in model.observations
+                    for d in o.detector_regions
+                ),
+            ),
+        )
+        bias = record(
+            "bias",
+            _put_missing(
+                butler,
+                types["bias"],
+                cols.calib_run,
+                (
+                    ({"instrument": ins, "detector": d.id}, lambda d=d: model.bias_content(d.id))
+                    for d in model.detectors
+                ),
+            ),
+        )
+        flat = record(
+            "flat",
+            _put_missing(
+                butler,
+                types["flat"],
+                cols.calib_run,
+                (
+                    (
+                        {"instrument": ins, "detector": d.id, "physical_filter": b.physical_filter},
+                        lambda d=d, b=b: model.flat_content(d.id, b.physical_filter),
+                    )
+                    for d in model.detectors
+                    for b in spec.bands
+                ),
+            ),
+        )
+        record(
+            spec.refcat,
+            _put_missing(
+                butler,
+                types[spec.refcat],
+                cols.refcats,
+                (({f"htm{REFCAT_LEVEL}": s}, lambda s=s: model.refcat_content(s)) for s in model.refcat_shards()),
+            ),
+        )
+        record(
+            "skyMap",
+            _put_missing(butler, types["skyMap"], cols.skymaps, [({"skymap": spec.skymap}, model.skymap_content)]),
+        )
         certified = _certify_missing(butler, cols.calib, bias + flat, Timespan(*model.validity_range()))
         butler.collections.register(cols.defaults, CollectionType.CHAINED)
         if list(butler.collections.get_info(cols.defaults).children) != cols.chain:
             butler.collections.redefine_chain(cols.defaults, cols.chain)
         return {
-            "records": records, "datasets": datasets, "written": written, "certified": certified,
-            "collections": {"raw": cols.raw, "calib": cols.calib, "calib_run": cols.calib_run,
-                            "refcats": cols.refcats, "skymaps": cols.skymaps, "defaults": cols.defaults},
+            "records": records,
+            "datasets": datasets,
+            "written": written,
+            "certified": certified,
+            "collections": {
+                "raw": cols.raw,
+                "calib": cols.calib,
+                "calib_run": cols.calib_run,
+                "refcats": cols.refcats,
+                "skymaps": cols.skymaps,
+                "defaults": cols.defaults,
+            },
         }
     finally:
         butler.close()
@@ -312,8 +411,9 @@ def _certify_missing(butler: Butler, collection: str, refs: Sequence[DatasetRef]
 # --------------------------------------------------------------------------------------
 # Copy a site's share (tests, reference runs)
 # --------------------------------------------------------------------------------------
-def copy_site_inputs(central: Path, site: Path, spec: SkySpec | None = None,
-                     targets: Sequence[int] = (0,), transfer: str = "copy") -> dict[str, int]:
+def copy_site_inputs(
+    central: Path, site: Path, spec: SkySpec | None = None, targets: Sequence[int] = (0,), transfer: str = "copy"
+) -> dict[str, int]:
     """Copy the inputs of ``targets`` from the central repo into a site repo (idempotent).
 
     Raws of every visit overlapping the targets (boundary visits included), all bias and
@@ -330,8 +430,9 @@ def copy_site_inputs(central: Path, site: Path, spec: SkySpec | None = None,
     spec = spec or SkySpec()
     model = build_sky(spec)
     cols = collections_for(spec)
-    obs = sorted({o.visit: o for i in targets for o in model.observations_for_target(i)}.values(),
-                 key=lambda o: o.visit)
+    obs = sorted(
+        {o.visit: o for i in targets for o in model.observations_for_target(i)}.values(), key=lambda o: o.visit
+    )
     tract_ids = sorted({spec.targets[i].tract for i in targets})
     pix = HtmPixelization(REFCAT_LEVEL)
     shards: set[int] = set()
@@ -343,21 +444,35 @@ def copy_site_inputs(central: Path, site: Path, spec: SkySpec | None = None,
     try:
         ins = spec.instrument
         refs: dict[str, list[DatasetRef]] = {
-            "raw": src.query_datasets("raw", collections=cols.raw, where="instrument = ins AND exposure IN (exps)",
-                                      bind={"ins": ins, "exps": [o.exposure for o in obs]}, explain=False),
+            "raw": src.query_datasets(
+                "raw",
+                collections=cols.raw,
+                where="instrument = ins AND exposure IN (exps)",
+                bind={"ins": ins, "exps": [o.exposure for o in obs]},
+                explain=False,
+            ),
             "bias": src.query_datasets("bias", collections=cols.calib_run, find_first=False, explain=False),
             "flat": src.query_datasets("flat", collections=cols.calib_run, find_first=False, explain=False),
-            spec.refcat: src.query_datasets(spec.refcat, collections=cols.refcats, where=f"htm{REFCAT_LEVEL} IN (px)",
-                                            bind={"px": sorted(shards)}, explain=False),
+            spec.refcat: src.query_datasets(
+                spec.refcat,
+                collections=cols.refcats,
+                where=f"htm{REFCAT_LEVEL} IN (px)",
+                bind={"px": sorted(shards)},
+                explain=False,
+            ),
             "skyMap": src.query_datasets("skyMap", collections=cols.skymaps, explain=False),
         }
         with src.query() as q:
-            visit_ids = list(q.data_ids(["instrument", "visit"]).where(
-                "instrument = ins AND visit IN (vs)", bind={"ins": ins, "vs": [o.visit for o in obs]}
-            ).with_dimension_records())
-            patch_ids = list(q.data_ids(["skymap", "tract", "patch"]).where(
-                "skymap = sm AND tract IN (ts)", bind={"sm": spec.skymap, "ts": tract_ids}
-            ).with_dimension_records())
+            visit_ids = list(
+                q.data_ids(["instrument", "visit"])
+                .where("instrument = ins AND visit IN (vs)", bind={"ins": ins, "vs": [o.visit for o in obs]})
+                .with_dimension_records()
+            )
+            patch_ids = list(
+                q.data_ids(["skymap", "tract", "patch"])
+                .where("skymap = sm AND tract IN (ts)", bind={"sm": spec.skymap, "ts": tract_ids})
+                .with_dimension_records()
+            )
         dst.transfer_dimension_records_from(src, visit_ids + patch_ids)
         all_refs = [r for rs in refs.values() for r in rs]
         dst.transfer_from(src, all_refs, transfer=transfer, register_dataset_types=True, transfer_dimensions=True)
@@ -379,4 +494,3 @@ def copy_site_inputs(central: Path, site: Path, spec: SkySpec | None = None,
     finally:
         src.close()
         dst.close()
-

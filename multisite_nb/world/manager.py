@@ -87,8 +87,10 @@ class World:
                     continue
                 where = str(Path(value).resolve()) if "/" in value else value
                 if where in owner:
-                    raise ConfigError(f"{self.campaign.manifest_path}: key 'sites.{site}.{key}': {value} is also "
-                                      f"site {owner[where]}'s; in one machine's world every site needs its own")
+                    raise ConfigError(
+                        f"{self.campaign.manifest_path}: key 'sites.{site}.{key}': {value} is also "
+                        f"site {owner[where]}'s; in one machine's world every site needs its own"
+                    )
                 owner[where] = site
 
     # -- parts ----------------------------------------------------------------------
@@ -96,9 +98,7 @@ class World:
     def rucio(self):  # -> RucioServer (imported lazily: keeps `import multisite_nb` light)
         from .rucio_server import RucioServer
 
-        rses = {
-            self.campaign.site(s).rse: Path(self._rse_root(s)) for s in self.campaign.all_sites
-        }
+        rses = {self.campaign.site(s).rse: Path(self._rse_root(s)) for s in self.campaign.all_sites}
         return RucioServer(self.root / "rucio", rses, [self.campaign.scope])
 
     def _rse_root(self, site: str) -> str:
@@ -130,7 +130,8 @@ class World:
         if state.get("central_populated") and state.get("spec_digest", SkySpec().digest()) != spec.digest():
             raise ConfigError(
                 f"{path}: the world {self.root} was built from another spec ({built_from or DEFAULT_SPEC}); "
-                "nothing was changed: build this spec in another world folder (--dir)")
+                "nothing was changed: build this spec in another world folder (--dir)"
+            )
         return path, spec
 
     def up(self, log: Callable[[str], None] = print) -> bool:
@@ -169,7 +170,10 @@ class World:
         state["campaign_file"] = str(self.campaign.path)
         self._write_state(state)
         changed = started or bool(created) or not populated
-        log(f"world {'up' if changed else 'was already up; nothing changed'} in {time.monotonic() - t0:.1f} s: {self.root}")
+        log(
+            f"world {'up' if changed else 'was already up; nothing changed'} "
+            f"in {time.monotonic() - t0:.1f} s: {self.root}"
+        )
         return changed
 
     def down(self, log: Callable[[str], None] = print) -> None:

@@ -123,9 +123,17 @@ class RucioServer:
         The account's local limit on every RSE (-1: unlimited).
     """
 
-    def __init__(self, root: Path, rses: Mapping[str, Path], scopes: Sequence[str], *,
-                 venv: Path | None = None, port: int | None = None, account: str = "multisite",
-                 quota_bytes: int = 100 * 1024**4) -> None:
+    def __init__(
+        self,
+        root: Path,
+        rses: Mapping[str, Path],
+        scopes: Sequence[str],
+        *,
+        venv: Path | None = None,
+        port: int | None = None,
+        account: str = "multisite",
+        quota_bytes: int = 100 * 1024**4,
+    ) -> None:
         self.root = Path(root).resolve()
         self.rses = {name: Path(prefix).resolve() for name, prefix in rses.items()}
         self.scopes = list(dict.fromkeys(scopes))
@@ -230,21 +238,49 @@ class RucioServer:
         need_bootstrap = not (self.root / "rucio.db").exists() or self._state().get("spec_sha256") != spec_digest
         try:
             # gunicorn imports Rucio (~1.5 s) while the bootstrap builds/updates the database.
-            self._spawn("gunicorn", [
-                str(python), "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-                "--threads", "1", "--no-control-socket", "--timeout", "900", "--graceful-timeout", "10",
-                "--pythonpath", str(RUCIO_SIDE), "--error-logfile", "-", "app:application",
-            ], self.log_dir / "gunicorn.log")
+            self._spawn(
+                "gunicorn",
+                [
+                    str(python),
+                    "-m",
+                    "gunicorn",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    "1",
+                    "--threads",
+                    "1",
+                    "--no-control-socket",
+                    "--timeout",
+                    "900",
+                    "--graceful-timeout",
+                    "10",
+                    "--pythonpath",
+                    str(RUCIO_SIDE),
+                    "--error-logfile",
+                    "-",
+                    "app:application",
+                ],
+                self.log_dir / "gunicorn.log",
+            )
             if need_bootstrap:
                 result = self._run_bootstrap(python, deadline)
                 if result["created_db"]:
                     # A new database knows no token: drop a token cached for an older one.
                     (self.root / "tokens" / "token").unlink(missing_ok=True)
                 self._update_state(spec_sha256=spec_digest)
-            self._spawn("site_services", [
-                str(python), str(RUCIO_SIDE / "site_services.py"),
-                "--log", str(self.log_dir / "site_services.log"), "--ready-file", str(ready),
-            ], self.log_dir / "site_services.out")
+            self._spawn(
+                "site_services",
+                [
+                    str(python),
+                    str(RUCIO_SIDE / "site_services.py"),
+                    "--log",
+                    str(self.log_dir / "site_services.log"),
+                    "--ready-file",
+                    str(ready),
+                ],
+                self.log_dir / "site_services.out",
+            )
             self._wait_ready(port, ready, deadline)
         except BaseException:
             self._down()
@@ -300,8 +336,10 @@ class RucioServer:
         for name in _PROCESSES:
             pid = self._live_pid(name)
             recorded = self._read_pid(name)
-            processes[name] = {"pid": pid if pid is not None else (recorded.pid if recorded else None),
-                               "alive": pid is not None}
+            processes[name] = {
+                "pid": pid if pid is not None else (recorded.pid if recorded else None),
+                "alive": pid is not None,
+            }
         ping = self._ping()
         rses: dict[str, dict[str, Any]] = {}
         known: dict[str, dict[str, Any]] | None = None
@@ -393,39 +431,52 @@ class RucioServer:
 
     def _write_server_config(self) -> None:
         cfg = configparser.ConfigParser(interpolation=None)
-        cfg.read_dict({
-            "common": {"loglevel": "WARNING"},
-            "database": {"default": f"sqlite:///{self.root / 'rucio.db'}?timeout=60"},
-            # The root account gets a userpass identity only (its password is injected by
-            # bootstrap.py in memory); no default x509/gss/ssh identities.
-            "bootstrap": {"userpass_identity": "root", "userpass_email": "root@localhost",
-                          "x509_identity": "", "x509_email": "", "gss_identity": "", "gss_email": "",
-                          "ssh_identity": "", "ssh_email": ""},
-            "alembic": {"cfg": str(RUCIO_SIDE / "alembic.ini")},
-            "policy": {"permission": "generic", "schema": "generic", "lfn2pfn_module": "world_policy"},
-            # Unreachable memcached: Rucio then disables its caches (no stale RSE info, and no
-            # sharing with another world).
-            "cache": {"url": "127.0.0.1:1"},
-            "conveyor": {"transfertool": "posix", "scheme": "file"},
-            "transfers": {"stats_enabled": "False", "multihop_rse_expression": ""},
-            "posix_transfertool": {"job_dir": str(self.root / "transfers")},
-        })
+        cfg.read_dict(
+            {
+                "common": {"loglevel": "WARNING"},
+                "database": {"default": f"sqlite:///{self.root / 'rucio.db'}?timeout=60"},
+                # The root account gets a userpass identity only (its password is injected by
+                # bootstrap.py in memory); no default x509/gss/ssh identities.
+                "bootstrap": {
+                    "userpass_identity": "root",
+                    "userpass_email": "root@localhost",
+                    "x509_identity": "",
+                    "x509_email": "",
+                    "gss_identity": "",
+                    "gss_email": "",
+                    "ssh_identity": "",
+                    "ssh_email": "",
+                },
+                "alembic": {"cfg": str(RUCIO_SIDE / "alembic.ini")},
+                "policy": {"permission": "generic", "schema": "generic", "lfn2pfn_module": "world_policy"},
+                # Unreachable memcached: Rucio then disables its caches (no stale RSE info, and no
+                # sharing with another world).
+                "cache": {"url": "127.0.0.1:1"},
+                "conveyor": {"transfertool": "posix", "scheme": "file"},
+                "transfers": {"stats_enabled": "False", "multihop_rse_expression": ""},
+                "posix_transfertool": {"job_dir": str(self.root / "transfers")},
+            }
+        )
         with open(self.server_config, "w") as f:
             f.write("# Rucio server config of the embedded world (generated by multisite_nb; no secrets).\n")
             cfg.write(f)
 
     def _write_client_config(self, port: int, password: str) -> None:
         cfg = configparser.ConfigParser(interpolation=None)
-        cfg.read_dict({"client": {
-            "rucio_host": f"http://127.0.0.1:{port}",
-            "auth_host": f"http://127.0.0.1:{port}",
-            "auth_type": "userpass",
-            "username": self.account,
-            "password": password,
-            "account": self.account,
-            "auth_token_file_path": str(self.root / "tokens" / "token"),
-            "request_retries": "3",
-        }})
+        cfg.read_dict(
+            {
+                "client": {
+                    "rucio_host": f"http://127.0.0.1:{port}",
+                    "auth_host": f"http://127.0.0.1:{port}",
+                    "auth_type": "userpass",
+                    "username": self.account,
+                    "password": password,
+                    "account": self.account,
+                    "auth_token_file_path": str(self.root / "tokens" / "token"),
+                    "request_retries": "3",
+                }
+            }
+        )
         buf = io.StringIO()
         buf.write("# Rucio client config of the embedded world (generated; holds a password: mode 0600).\n")
         cfg.write(buf)
@@ -444,11 +495,14 @@ class RucioServer:
             "quota_bytes": self.quota_bytes,
             "distance": 1,
             "rses": {
-                name: {"prefix": str(prefix), "attributes": {
-                    "site": self._site_of(name),
-                    "fts": "posix://localhost",
-                    "lfn2pfn_algorithm": LFN2PFN_ALGORITHM,
-                }}
+                name: {
+                    "prefix": str(prefix),
+                    "attributes": {
+                        "site": self._site_of(name),
+                        "fts": "posix://localhost",
+                        "lfn2pfn_algorithm": LFN2PFN_ALGORITHM,
+                    },
+                }
                 for name, prefix in self.rses.items()
             },
         }
@@ -456,15 +510,19 @@ class RucioServer:
 
     # -- internals: processes --------------------------------------------------------------
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "GUNICORN_CMD_ARGS")
-               and not k.startswith("RUCIO_")}
-        env.update({
-            "RUCIO_CONFIG": str(self.server_config),
-            "PYTHONPATH": str(RUCIO_SIDE),
-            "PYTHONWARNINGS": "ignore::DeprecationWarning",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "GUNICORN_CMD_ARGS") and not k.startswith("RUCIO_")
+        }
+        env.update(
+            {
+                "RUCIO_CONFIG": str(self.server_config),
+                "PYTHONPATH": str(RUCIO_SIDE),
+                "PYTHONWARNINGS": "ignore::DeprecationWarning",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         return env
 
     def _run_bootstrap(self, python: Path, deadline: float) -> dict[str, Any]:
@@ -472,8 +530,14 @@ class RucioServer:
         with open(log, "a") as err:
             proc = subprocess.run(
                 [str(python), str(RUCIO_SIDE / "bootstrap.py"), str(self.root / "spec.json")],
-                cwd=self.root, env=self._env(), stdout=subprocess.PIPE, stderr=err, text=True,
-                timeout=max(5.0, deadline - time.monotonic()), check=False)
+                cwd=self.root,
+                env=self._env(),
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                timeout=max(5.0, deadline - time.monotonic()),
+                check=False,
+            )
         if proc.returncode != 0:
             raise RucioServerError(f"Rucio bootstrap failed (exit {proc.returncode}); see {log}:\n{_tail(log)}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -483,8 +547,9 @@ class RucioServer:
 
     def _spawn(self, name: str, cmd: list[str], log: Path) -> None:
         """Start daemon ``name`` in its own process group, its PID record in ``run/<name>.pid``."""
-        self._children[name] = start(cmd, log, env=self._env(), cwd=self.root,
-                                     pid_file=self.root / "run" / f"{name}.pid")
+        self._children[name] = start(
+            cmd, log, env=self._env(), cwd=self.root, pid_file=self.root / "run" / f"{name}.pid"
+        )
 
     def _read_pid(self, name: str) -> PidRecord | None:
         return read_pid_record(self.root / "run" / f"{name}.pid")
@@ -505,16 +570,17 @@ class RucioServer:
         while time.monotonic() < deadline:
             for name, log in (("gunicorn", "gunicorn.log"), ("site_services", "site_services.out")):
                 if self._live_pid(name) is None:
-                    raise RucioServerError(f"{name} exited during start-up; see {self.log_dir / log}:\n"
-                                           f"{_tail(self.log_dir / log)}")
+                    raise RucioServerError(
+                        f"{name} exited during start-up; see {self.log_dir / log}:\n{_tail(self.log_dir / log)}"
+                    )
             pinged = pinged or self._ping(port) is not None
             daemon_ready = daemon_ready or ready.exists()
             if pinged and daemon_ready:
                 return
             time.sleep(0.05)
         raise RucioServerError(
-            f"Rucio not ready after the timeout (ping: {pinged}, site services: {daemon_ready}); "
-            f"see {self.log_dir}")
+            f"Rucio not ready after the timeout (ping: {pinged}, site services: {daemon_ready}); see {self.log_dir}"
+        )
 
     # -- internals: HTTP -------------------------------------------------------------------
     def _ping(self, port: int | None = None) -> dict[str, Any] | None:
@@ -529,15 +595,23 @@ class RucioServer:
 
     def _token(self) -> str:
         """An auth token for status queries, kept in memory (never on disk) for 30 minutes."""
-        if self._cached_token and self._cached_token[2] == self.port \
-                and time.monotonic() - self._cached_token[1] < 1800:
+        if (
+            self._cached_token
+            and self._cached_token[2] == self.port
+            and time.monotonic() - self._cached_token[1] < 1800
+        ):
             return self._cached_token[0]
         cfg = configparser.ConfigParser(interpolation=None)
         cfg.read(self.client_config)
         client = cfg["client"]
-        req = urllib.request.Request(f"{self.url}/auth/userpass", headers={
-            "X-Rucio-Account": client["account"], "X-Rucio-Username": client["username"],
-            "X-Rucio-Password": client["password"]})
+        req = urllib.request.Request(
+            f"{self.url}/auth/userpass",
+            headers={
+                "X-Rucio-Account": client["account"],
+                "X-Rucio-Username": client["username"],
+                "X-Rucio-Password": client["password"],
+            },
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             token = resp.headers["X-Rucio-Auth-Token"]
         self._cached_token = (token, time.monotonic(), self.port or 0)
@@ -548,8 +622,7 @@ class RucioServer:
         token = self._token()
         found: dict[str, dict[str, Any]] = {}
         for name in self.rses:
-            req = urllib.request.Request(f"{self.url}/rses/{name}/attr/",
-                                         headers={"X-Rucio-Auth-Token": token})
+            req = urllib.request.Request(f"{self.url}/rses/{name}/attr/", headers={"X-Rucio-Auth-Token": token})
             try:
                 with urllib.request.urlopen(req, timeout=10) as resp:
                     found[name] = json.loads(resp.read().decode())
@@ -567,8 +640,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     root = Path(args[0])
     spec = json.loads((root / "spec.json").read_text())
-    server = RucioServer(root, {n: Path(r["prefix"]) for n, r in spec["rses"].items()}, spec["scopes"],
-                         account=spec["account"], quota_bytes=spec["quota_bytes"])
+    server = RucioServer(
+        root,
+        {n: Path(r["prefix"]) for n, r in spec["rses"].items()},
+        spec["scopes"],
+        account=spec["account"],
+        quota_bytes=spec["quota_bytes"],
+    )
     if args[1] == "up":
         print("started" if server.up() else "already up")
     elif args[1] == "down":

@@ -54,6 +54,7 @@ __all__ = [
     "data_id_dict",
 ]
 
+
 class StandInFailure(RuntimeError):
     """Raised by a quantum that matches ``fail_condition`` (an injected failure)."""
 
@@ -65,18 +66,20 @@ class ConnectionSpec(Config):
     dimensions = ListField[str](doc="Dimensions of the dataset type.", dtype=str, default=[])
     storage_class = Field[str](doc="Butler storage class.", dtype=str, default="StructuredDataDict")
     multiple = Field[bool](doc="Several datasets per quantum (a list).", dtype=bool, default=False)
-    calibration = Field[bool](doc="A calibration dataset type (looked up by validity range).",
-                              dtype=bool, default=False)
-    deferred = Field[bool](doc="Load lazily (inputs only; the stand-in reads it anyway).",
-                           dtype=bool, default=False)
-    minimum = Field[int](doc="Least number of datasets a quantum needs (regular inputs only).",
-                         dtype=int, default=1)
+    calibration = Field[bool](
+        doc="A calibration dataset type (looked up by validity range).", dtype=bool, default=False
+    )
+    deferred = Field[bool](doc="Load lazily (inputs only; the stand-in reads it anyway).", dtype=bool, default=False)
+    minimum = Field[int](doc="Least number of datasets a quantum needs (regular inputs only).", dtype=int, default=1)
 
     def to_connection(self, kind: type[cT.BaseConnection]) -> cT.BaseConnection:
         """Build the connection object of type ``kind`` (Input, PrerequisiteInput or Output)."""
         common: dict[str, Any] = {
-            "name": self.name, "storageClass": self.storage_class, "multiple": self.multiple,
-            "dimensions": frozenset(self.dimensions), "isCalibration": self.calibration,
+            "name": self.name,
+            "storageClass": self.storage_class,
+            "multiple": self.multiple,
+            "dimensions": frozenset(self.dimensions),
+            "isCalibration": self.calibration,
         }
         if kind is cT.Input:
             return cT.Input(deferLoad=self.deferred, minimum=self.minimum, **common)
@@ -93,7 +96,7 @@ class _SpecDict(ConfigDict):
     def __setitem__(self, k: str, x: Any, at: Any = None, label: str = "setitem", setHistory: bool = True) -> None:
         if isinstance(x, dict):
             x = self._field.itemtype(**x)
-        super().__setitem__(k, x, at=at, label=label, setHistory=setHistory)
+        super().__setitem__(k, x, at=at, label=label, setHistory=setHistory)  # type: ignore[call-arg]
 
 
 class SpecDictField(ConfigDictField):
@@ -131,22 +134,22 @@ class StandInConfig(PipelineTaskConfig, pipelineConnections=StandInConnections):
     """Config of `StandInTask`: the task's shape, and optional failure injection."""
 
     dimensions = ListField[str](doc="Quantum dimensions.", dtype=str, default=[])
-    inputs = SpecDictField(doc="Regular inputs, by connection name.", keytype=str,
-                           itemtype=ConnectionSpec, default={})
-    prerequisites = SpecDictField(doc="Prerequisite inputs, by connection name.", keytype=str,
-                                  itemtype=ConnectionSpec, default={})
-    outputs = SpecDictField(doc="Outputs, by connection name.", keytype=str,
-                            itemtype=ConnectionSpec, default={})
+    inputs = SpecDictField(doc="Regular inputs, by connection name.", keytype=str, itemtype=ConnectionSpec, default={})
+    prerequisites = SpecDictField(
+        doc="Prerequisite inputs, by connection name.", keytype=str, itemtype=ConnectionSpec, default={}
+    )
+    outputs = SpecDictField(doc="Outputs, by connection name.", keytype=str, itemtype=ConnectionSpec, default={})
     fail_condition = Field[str](
         doc="Butler expression on the quantum data ID (e.g. 'visit = 1003'); matching quanta raise.",
-        dtype=str, default="",
+        dtype=str,
+        default="",
     )
     fail_exception = Field[str](
         doc="Exception class raised on a match (e.g. 'lsst.pipe.base.NoWorkFound' for no-work).",
-        dtype=str, default="multisite_nb.world.standin.StandInFailure",
+        dtype=str,
+        default="multisite_nb.world.standin.StandInFailure",
     )
-    sleep = Field[float](doc="Seconds to sleep in each quantum (to make runs observable).",
-                         dtype=float, default=0.0)
+    sleep = Field[float](doc="Seconds to sleep in each quantum (to make runs observable).", dtype=float, default=0.0)
 
     def validate(self) -> None:
         super().validate()

@@ -235,15 +235,24 @@ class SkyModel:
         """A bias 'frame' for one detector."""
         rng = np.random.default_rng([self.spec.seed, detector, 2])
         level = round(float(rng.normal(990.0, 2.0)), 4)
-        return {"instrument": self.spec.instrument, "detector": detector, "level": level,
-                "value": stable_value(["bias", detector, level])}
+        return {
+            "instrument": self.spec.instrument,
+            "detector": detector,
+            "level": level,
+            "value": stable_value(["bias", detector, level]),
+        }
 
     def flat_content(self, detector: int, physical_filter: str) -> dict[str, Any]:
         """A flat 'frame' for one detector and physical filter."""
         rng = np.random.default_rng([self.spec.seed, detector, 3, *physical_filter.encode()])
         gain = round(float(rng.normal(1.0, 0.01)), 6)
-        return {"instrument": self.spec.instrument, "detector": detector, "physical_filter": physical_filter,
-                "gain": gain, "value": stable_value(["flat", detector, physical_filter, gain])}
+        return {
+            "instrument": self.spec.instrument,
+            "detector": detector,
+            "physical_filter": physical_filter,
+            "gain": gain,
+            "value": stable_value(["flat", detector, physical_filter, gain]),
+        }
 
     def refcat_content(self, shard: int) -> dict[str, Any]:
         """A reference-catalog shard: a few stars inside htm7 pixel ``shard``."""
@@ -264,22 +273,35 @@ class SkyModel:
                 continue
             mags = rng.uniform(16.0, 21.0, size=len(self.spec.bands))
             star = {"id": shard * 10_000 + len(stars), "ra": round(ra % 360.0, 7), "dec": round(dec, 7)}
-            star.update({f"{b.band}_mag": round(float(m), 4) for b, m in zip(self.spec.bands, mags)})
+            star.update({f"{b.band}_mag": round(float(m), 4) for b, m in zip(self.spec.bands, mags, strict=True)})
             stars.append(star)
-        return {"name": self.spec.refcat, "htm7": shard, "stars": stars,
-                "value": stable_value([self.spec.refcat, shard, stars])}
+        return {
+            "name": self.spec.refcat,
+            "htm7": shard,
+            "stars": stars,
+            "value": stable_value([self.spec.refcat, shard, stars]),
+        }
 
     def skymap_content(self) -> dict[str, Any]:
         """The sky map 'object': its geometry as plain data."""
         tracts = [
-            {"id": t.id, "ra": t.ra, "dec": t.dec,
-             "patches": [{"id": p.id, "x": p.x, "y": p.y, "ra": round(p.ra, 7), "dec": round(p.dec, 7)}
-                         for p in t.patches]}
+            {
+                "id": t.id,
+                "ra": t.ra,
+                "dec": t.dec,
+                "patches": [
+                    {"id": p.id, "x": p.x, "y": p.y, "ra": round(p.ra, 7), "dec": round(p.dec, 7)} for p in t.patches
+                ],
+            }
             for t in self.tracts.values()
         ]
-        return {"name": self.spec.skymap, "patches_per_side": self.spec.patches_per_side,
-                "patch_size_deg": self.spec.patch_size_deg, "tracts": tracts,
-                "value": stable_value([self.spec.skymap, tracts])}
+        return {
+            "name": self.spec.skymap,
+            "patches_per_side": self.spec.patches_per_side,
+            "patch_size_deg": self.spec.patch_size_deg,
+            "tracts": tracts,
+            "value": stable_value([self.spec.skymap, tracts]),
+        }
 
 
 # --------------------------------------------------------------------------------------
@@ -320,8 +342,9 @@ class _Frame:
         w = v / float(v @ self.centre)
         return math.degrees(float(w @ self.east)), math.degrees(float(w @ self.north))
 
-    def box(self, x0: float, x1: float, y0: float, y1: float, angle: float = 0.0,
-            about: tuple[float, float] = (0.0, 0.0)) -> ConvexPolygon:
+    def box(
+        self, x0: float, x1: float, y0: float, y1: float, angle: float = 0.0, about: tuple[float, float] = (0.0, 0.0)
+    ) -> ConvexPolygon:
         """The polygon of a plane rectangle, rotated by ``angle`` (radians) about ``about``."""
         c, s = math.cos(angle), math.sin(angle)
         corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]  # counter-clockwise seen from outside
@@ -332,8 +355,9 @@ class _Frame:
         return ConvexPolygon(pts)
 
 
-def _footprint(frame: _Frame, cx: float, cy: float, width: float, height: float, angle: float,
-               grid: tuple[int, int]) -> tuple[ConvexPolygon, dict[int, ConvexPolygon]]:
+def _footprint(
+    frame: _Frame, cx: float, cy: float, width: float, height: float, angle: float, grid: tuple[int, int]
+) -> tuple[ConvexPolygon, dict[int, ConvexPolygon]]:
     """A visit polygon and its detector tiles: a width x height rectangle centred at (cx, cy)."""
     nx, ny = grid
     x0, y0 = cx - width / 2, cy - height / 2
@@ -342,8 +366,12 @@ def _footprint(frame: _Frame, cx: float, cy: float, width: float, height: float,
     for j in range(ny):
         for i in range(nx):
             detectors[j * nx + i] = frame.box(
-                x0 + i * width / nx, x0 + (i + 1) * width / nx,
-                y0 + j * height / ny, y0 + (j + 1) * height / ny, angle, (cx, cy),
+                x0 + i * width / nx,
+                x0 + (i + 1) * width / nx,
+                y0 + j * height / ny,
+                y0 + (j + 1) * height / ny,
+                angle,
+                (cx, cy),
             )
     return visit, detectors
 
@@ -376,30 +404,48 @@ def build_sky(spec: SkySpec | None = None) -> SkyModel:
         tracts[t.id] = Tract(t.id, t.ra, t.dec, frame.box(-half, half, -half, half), tuple(patches))
     detectors = tuple(
         Detector(j * spec.detector_grid[0] + i, i, j)
-        for j in range(spec.detector_grid[1]) for i in range(spec.detector_grid[0])
+        for j in range(spec.detector_grid[1])
+        for i in range(spec.detector_grid[0])
     )
     rng = np.random.default_rng([spec.seed, 0])
-    target_regions = [
-        [tracts[tg.tract].patches[p].region for p in tg.patches] for tg in spec.targets
-    ]
+    target_regions = [[tracts[tg.tract].patches[p].region for p in tg.patches] for tg in spec.targets]
 
     def overlapping_targets(region: ConvexPolygon) -> tuple[int, ...]:
         return tuple(i for i, regs in enumerate(target_regions) if any(regions_overlap(region, r) for r in regs))
 
     observations: list[Observation] = []
 
-    def add(night: int, seq: int, frame: _Frame, cx: float, cy: float, w: float, h: float, angle: float,
-            band: BandSpec, kind: Literal["target", "boundary"]) -> Observation:
+    def add(
+        night: int,
+        seq: int,
+        frame: _Frame,
+        cx: float,
+        cy: float,
+        w: float,
+        h: float,
+        angle: float,
+        band: BandSpec,
+        kind: Literal["target", "boundary"],
+    ) -> Observation:
         day = _day_obs_plus(spec.first_day_obs, night)
         visit_region, det_regions = _footprint(frame, cx, cy, w, h, angle, spec.detector_grid)
         ra, dec = frame.radec(cx, cy)
         s = str(day)
         begin = Time(f"{s[:4]}-{s[4:6]}-{s[6:]}T20:00:00", scale="tai") + TimeDelta(120.0 * seq, format="sec")
         obs = Observation(
-            visit=(night + 1) * 1000 + seq, band=band.band, physical_filter=band.physical_filter,
-            day_obs=day, seq_num=seq, ra=ra % 360.0, dec=dec, sky_angle=math.degrees(angle) % 360.0,
-            region=visit_region, detector_regions=det_regions, begin=begin,
-            end=begin + TimeDelta(spec.exposure_time, format="sec"), kind=kind,
+            visit=(night + 1) * 1000 + seq,
+            band=band.band,
+            physical_filter=band.physical_filter,
+            day_obs=day,
+            seq_num=seq,
+            ra=ra % 360.0,
+            dec=dec,
+            sky_angle=math.degrees(angle) % 360.0,
+            region=visit_region,
+            detector_regions=det_regions,
+            begin=begin,
+            end=begin + TimeDelta(spec.exposure_time, format="sec"),
+            kind=kind,
             targets=overlapping_targets(visit_region),
         )
         observations.append(obs)
@@ -418,11 +464,23 @@ def build_sky(spec: SkySpec | None = None) -> SkyModel:
             for _ in range(spec.visits_per_band):
                 seq += 1
                 dx, dy = rng.uniform(-spec.dither_deg, spec.dither_deg, size=2)
-                obs = add(ti, seq, frame, (bx0 + bx1) / 2 + dx, (by0 + by1) / 2 + dy,
-                          bx1 - bx0, by1 - by0, 0.0, band, "target")
+                obs = add(
+                    ti,
+                    seq,
+                    frame,
+                    (bx0 + bx1) / 2 + dx,
+                    (by0 + by1) / 2 + dy,
+                    bx1 - bx0,
+                    by1 - by0,
+                    0.0,
+                    band,
+                    "target",
+                )
                 if obs.targets != (ti,):
-                    raise ConfigError(f"visit {obs.visit} of target {ti} overlaps targets {obs.targets}; "
-                                     "targets must not share patches and need footprint_inset_deg > dither_deg")
+                    raise ConfigError(
+                        f"visit {obs.visit} of target {ti} overlaps targets {obs.targets}; "
+                        "targets must not share patches and need footprint_inset_deg > dither_deg"
+                    )
                 others = [t for t in tracts.values() if t.id != target.tract and regions_overlap(obs.region, t.region)]
                 if others:
                     raise ConfigError(f"visit {obs.visit} of target {ti} reaches tract(s) {[t.id for t in others]}")
@@ -483,9 +541,11 @@ def _neighbour_pairs(spec: SkySpec, tracts: dict[int, Tract]) -> list[tuple[int,
         for j in range(i + 1, len(spec.targets)):
             tj = spec.targets[j]
             best = min(
-                ((_separation_deg(pa, pb), pa, pb)
-                 for pa in (tracts[ti.tract].patches[p] for p in ti.patches)
-                 for pb in (tracts[tj.tract].patches[p] for p in tj.patches)),
+                (
+                    (_separation_deg(pa, pb), pa, pb)
+                    for pa in (tracts[ti.tract].patches[p] for p in ti.patches)
+                    for pb in (tracts[tj.tract].patches[p] for p in tj.patches)
+                ),
                 key=lambda item: (item[0], item[1].id, item[2].id),
             )
             if best[0] <= spec.neighbour_max_sep_deg:

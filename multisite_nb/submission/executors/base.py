@@ -104,11 +104,13 @@ class Attempt:
         """Write ``attempt.json`` (atomically)."""
         atomic_write_json(self.folder / "attempt.json", self.record)
 
-    def run(self, cmd: Sequence[str], *, env: Mapping[str, str], cwd: Path,
-            timeout: float | None) -> tuple[int | None, bool]:
+    def run(
+        self, cmd: Sequence[str], *, env: Mapping[str, str], cwd: Path, timeout: float | None
+    ) -> tuple[int | None, bool]:
         """Run one command of the attempt; returns (exit code, timed out). See `~multisite_nb.procs.run_logged`."""
-        return run_logged(cmd, self.log, env=env, cwd=cwd, timeout=timeout, registry=self.children,
-                          pid_file=self.pid_file)
+        return run_logged(
+            cmd, self.log, env=env, cwd=cwd, timeout=timeout, registry=self.children, pid_file=self.pid_file
+        )
 
 
 @dataclass

@@ -63,31 +63,53 @@ class BpsExecutor(Executor, BpsPlugin):
 
     def _submit(self, attempt: Attempt) -> tuple[list[str], dict[str, str], Path, Path]:
         submit_path, cwd = attempt.folder / "submit", attempt.folder
-        sub = write_submit_file(attempt.campaign, attempt.step_run, attempt.folder / "submit.yaml", self,
-                                submit_path=submit_path, config_overrides=attempt.config_overrides)
+        sub = write_submit_file(
+            attempt.campaign,
+            attempt.step_run,
+            attempt.folder / "submit.yaml",
+            self,
+            submit_path=submit_path,
+            config_overrides=attempt.config_overrides,
+        )
         environment = yaml.safe_load(sub.read_text()).get("environment") or {}
         cmd = [tool_path("bps"), "--long-log", "submit", str(sub)]
-        attempt.record.update({"submit_file": str(sub), "submit_path": str(submit_path), "command": cmd,
-                               "environment": environment, "cwd": str(cwd)})
+        attempt.record.update(
+            {
+                "submit_file": str(sub),
+                "submit_path": str(submit_path),
+                "command": cmd,
+                "environment": environment,
+                "cwd": str(cwd),
+            }
+        )
         return cmd, self.job_env(child_env(environment)), cwd, submit_path
 
     def _restart(self, attempt: Attempt) -> tuple[list[str], dict[str, str], Path, Path]:
         sr = attempt.step_run
         last = next((a for a in reversed(attempt.previous) if a.get("mode") == "bps" and a.get("submit_path")), None)
         if last is None:
-            raise WorkflowError(f"{sr.where}: restart in bps mode needs an earlier BPS attempt of "
-                                f"{sr.output_run} under this log dir")
+            raise WorkflowError(
+                f"{sr.where}: restart in bps mode needs an earlier BPS attempt of {sr.output_run} under this log dir"
+            )
         submit_path = Path(last["submit_path"])
         cwd = Path(last.get("cwd") or submit_path.parent)  # parsl finds its checkpoints under ./runinfo
         cmd = [tool_path("bps"), "--long-log", "restart", "--id", str(submit_path)]
         if wms_class := _wms_class(submit_path):
             cmd[3:3] = ["--wms-service-class", wms_class]
-        attempt.record.update({"submit_path": str(submit_path), "command": cmd, "environment": last.get("environment"),
-                               "cwd": str(cwd), "graph": last.get("graph")})
+        attempt.record.update(
+            {
+                "submit_path": str(submit_path),
+                "command": cmd,
+                "environment": last.get("environment"),
+                "cwd": str(cwd),
+                "graph": last.get("graph"),
+            }
+        )
         return cmd, self.job_env(child_env(last.get("environment"))), cwd, submit_path
 
-    def _wait(self, attempt: Attempt, run_id: str, wms_class: str, *, env: Mapping[str, str],
-              cwd: Path) -> tuple[int | None, bool]:
+    def _wait(
+        self, attempt: Attempt, run_id: str, wms_class: str, *, env: Mapping[str, str], cwd: Path
+    ) -> tuple[int | None, bool]:
         """Poll ``bps status`` (its exit code is a `WmsStates` value) until the workflow ends.
 
         A WMS that runs the workflow inside ``bps submit`` (parsl) has no status service: its
@@ -96,12 +118,15 @@ class BpsExecutor(Executor, BpsPlugin):
         from lsst.ctrl.bps import WmsStates
 
         states = {s.value for s in WmsStates}
-        ended = {WmsStates.SUCCEEDED.value, WmsStates.FAILED.value, WmsStates.DELETED.value,
-                 WmsStates.PRUNED.value}
+        ended = {WmsStates.SUCCEEDED.value, WmsStates.FAILED.value, WmsStates.DELETED.value, WmsStates.PRUNED.value}
         t0 = time.monotonic()
         while True:
-            rc, _ = attempt.run([tool_path("bps"), "status", "--wms-service-class", wms_class, "--id", run_id],
-                                env=env, cwd=cwd, timeout=600)
+            rc, _ = attempt.run(
+                [tool_path("bps"), "status", "--wms-service-class", wms_class, "--id", run_id],
+                env=env,
+                cwd=cwd,
+                timeout=600,
+            )
             if rc not in states:
                 return None, False
             if rc in ended:
@@ -122,12 +147,14 @@ class ParslExecutor(BpsExecutor):
     def submit_additions(self) -> dict[str, Any]:
         """The ``environment`` the local jobs need: the toolkit venv and the checkout."""
         venv = Path(sys.executable).parent.parent
-        return {"environment": {
-            "PATH": f"{venv / 'bin'}:${{PATH}}",
-            "CTRL_MPEXEC_DIR": str(venv),
-            "DAF_BUTLER_DIR": str(venv),
-            "PYTHONPATH": f"{repo_root()}:${{PYTHONPATH}}",
-        }}
+        return {
+            "environment": {
+                "PATH": f"{venv / 'bin'}:${{PATH}}",
+                "CTRL_MPEXEC_DIR": str(venv),
+                "DAF_BUTLER_DIR": str(venv),
+                "PYTHONPATH": f"{repo_root()}:${{PYTHONPATH}}",
+            }
+        }
 
     def job_env(self, env: Mapping[str, str]) -> dict[str, str]:
         """No credentials: BPS writes its whole environment to ``<submit>/<name>.env.info.yaml``,

@@ -32,17 +32,28 @@ class PipetaskExecutor(Executor):
         sr = attempt.step_run
         graph, summary = attempt.folder / "quantum_graph.qg", attempt.folder / "summary.json"
         cmd = [
-            tool_path("pipetask"), "--long-log", "run",
-            "-b", sr.repo,
-            "-i", ",".join(sr.inputs),
-            "-o", sr.output_chain,
-            "--output-run", sr.output_run,
-            "-p", sr.pipeline,
-            "-d", sr.data_query,
+            tool_path("pipetask"),
+            "--long-log",
+            "run",
+            "-b",
+            sr.repo,
+            "-i",
+            ",".join(sr.inputs),
+            "-o",
+            sr.output_chain,
+            "--output-run",
+            sr.output_run,
+            "-p",
+            sr.pipeline,
+            "-d",
+            sr.data_query,
             "--register-dataset-types",
-            "-j", str(attempt.jobs),
-            "--save-qgraph", str(graph),
-            "--summary", str(summary),
+            "-j",
+            str(attempt.jobs),
+            "--save-qgraph",
+            str(graph),
+            "--summary",
+            str(summary),
         ]
         for c in attempt.config_overrides:
             cmd += ["-c", c]

@@ -36,9 +36,8 @@ WAN_OPS = {"read": 1, "write": 1, "delete": 1, "third_party_copy_read": 1, "thir
 
 
 def _schema_exists() -> bool:
-    from sqlalchemy import inspect
-
     from rucio.db.sqla.session import get_engine
+    from sqlalchemy import inspect
 
     inspector = inspect(get_engine())
     return inspector.has_table("alembic_version") and inspector.has_table("accounts")
@@ -48,7 +47,6 @@ def build_database(alembic_ini: str, root_password: str) -> None:
     """Create the schema, stamp it at alembic head, add the base VO and the root account."""
     from alembic import command
     from alembic.config import Config
-
     from rucio.common import config as rucio_config
     from rucio.db.sqla import models
     from rucio.db.sqla.session import get_engine
@@ -72,13 +70,15 @@ def _set_password(identity: str, password: str, session: Any) -> None:
     """Give an existing userpass identity a new salted password (same hashing as Rucio's)."""
     import hashlib
 
-    from sqlalchemy import select
-
     from rucio.db.sqla import models
     from rucio.db.sqla.constants import IdentityType
-    row = session.execute(select(models.Identity).where(
-        models.Identity.identity == identity,
-        models.Identity.identity_type == IdentityType.USERPASS)).scalar_one()
+    from sqlalchemy import select
+
+    row = session.execute(
+        select(models.Identity).where(
+            models.Identity.identity == identity, models.Identity.identity_type == IdentityType.USERPASS
+        )
+    ).scalar_one()
     salt = os.urandom(255)
     row.salt = salt
     row.password = hashlib.sha256(salt + password.encode()).hexdigest()
@@ -141,16 +141,30 @@ def ensure_rse(name: str, prefix: str, attributes: dict[str, Any], changes: list
     protocols = [p for p in rse_core.get_rse_protocols(rse_id, session=session)["protocols"] if p["scheme"] == "file"]
     wanted_prefix = prefix.rstrip("/") + "/"
     if not protocols:
-        rse_core.add_protocol(rse_id, {
-            "scheme": "file", "hostname": "localhost", "port": 0, "prefix": wanted_prefix,
-            "impl": PROTOCOL_IMPL, "domains": {"lan": dict(ALL_OPS), "wan": dict(WAN_OPS)},
-        }, session=session)
+        rse_core.add_protocol(
+            rse_id,
+            {
+                "scheme": "file",
+                "hostname": "localhost",
+                "port": 0,
+                "prefix": wanted_prefix,
+                "impl": PROTOCOL_IMPL,
+                "domains": {"lan": dict(ALL_OPS), "wan": dict(WAN_OPS)},
+            },
+            session=session,
+        )
         changes.append(f"rse {name}: file protocol")
     else:
         proto = protocols[0]
         if proto["prefix"] != wanted_prefix or proto["impl"] != PROTOCOL_IMPL:
-            rse_core.update_protocols(rse_id, "file", {"prefix": wanted_prefix, "impl": PROTOCOL_IMPL},
-                                      hostname=proto["hostname"], port=proto["port"], session=session)
+            rse_core.update_protocols(
+                rse_id,
+                "file",
+                {"prefix": wanted_prefix, "impl": PROTOCOL_IMPL},
+                hostname=proto["hostname"],
+                port=proto["port"],
+                session=session,
+            )
             changes.append(f"rse {name}: file protocol prefix")
     return rse_id
 
@@ -201,13 +215,14 @@ def main(argv: list[str]) -> int:
     with db_session(DatabaseOperationType.WRITE) as session:  # one transaction, one commit
         ensure_account(spec["account"], spec["email"], secrets["password"], changes, session)
         ensure_scopes(list(spec["scopes"]), spec["account"], changes, session)
-        rse_ids = {name: ensure_rse(name, info["prefix"], info["attributes"], changes, session)
-                   for name, info in spec["rses"].items()}
+        rse_ids = {
+            name: ensure_rse(name, info["prefix"], info["attributes"], changes, session)
+            for name, info in spec["rses"].items()
+        }
         ensure_distances(rse_ids, int(spec.get("distance", 1)), changes, session)
         ensure_quotas(spec["account"], rse_ids, int(spec["quota_bytes"]), changes, session)
 
-    print(json.dumps({"created_db": created_db, "changes": changes,
-                      "seconds": round(time.monotonic() - start, 3)}))
+    print(json.dumps({"created_db": created_db, "changes": changes, "seconds": round(time.monotonic() - start, 3)}))
     return 0
 
 

@@ -33,7 +33,7 @@ import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from rucio.common.config import config_get
@@ -54,8 +54,9 @@ BLOCK = 4 * 1024 * 1024
 
 def job_dir() -> Path:
     """The directory holding one JSON file per submitted job."""
-    path = Path(config_get("posix_transfertool", "job_dir", raise_exception=False,
-                           default="/tmp/rucio-posix-transfertool"))
+    path = Path(
+        config_get("posix_transfertool", "job_dir", raise_exception=False, default="/tmp/rucio-posix-transfertool")
+    )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -68,7 +69,7 @@ def url_to_path(url: str) -> str:
     return os.path.normpath(unquote(parsed.path))
 
 
-def _same_checksum(a: Optional[str], b: Optional[str]) -> bool:
+def _same_checksum(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and int(a, 16) == int(b, 16)
 
 
@@ -81,8 +82,7 @@ def _file_adler32(path: str) -> tuple[int, str]:
     return size, "%08x" % (value & 0xFFFFFFFF)
 
 
-def copy_file(src: str, dst: str, size: Optional[int], adler32: Optional[str],
-              overwrite: bool = False) -> Optional[str]:
+def copy_file(src: str, dst: str, size: int | None, adler32: str | None, overwrite: bool = False) -> str | None:
     """Copy ``src`` to ``dst`` checking size and adler32; return None or the failure reason.
 
     Parameters
@@ -109,8 +109,10 @@ def copy_file(src: str, dst: str, size: Optional[int], adler32: Optional[str],
         if (size is None or dst_size == size) and (adler32 is None or _same_checksum(dst_adler, adler32)):
             return None  # already there with the right content (FTS: recoverable overwrite error)
         if not overwrite:
-            return (f"DESTINATION [17] Destination file exists and overwrite is not enabled "
-                    f"(existing size {dst_size}, adler32 {dst_adler}): {dst}")
+            return (
+                f"DESTINATION [17] Destination file exists and overwrite is not enabled "
+                f"(existing size {dst_size}, adler32 {dst_adler}): {dst}"
+            )
     parent = os.path.dirname(dst)
     tmp = os.path.join(parent, f".{os.path.basename(dst)}.part-{uuid.uuid4().hex[:12]}")
     try:
@@ -127,8 +129,7 @@ def copy_file(src: str, dst: str, size: Optional[int], adler32: Optional[str],
             return f"SOURCE SIZE MISMATCH source file size {copied} != catalogue size {size}: {src}"
         if adler32 is not None and not _same_checksum(got, adler32):
             os.unlink(tmp)
-            return (f"SOURCE CHECKSUM MISMATCH Source and catalogue ADLER32 do not match "
-                    f"({got} != {adler32}): {src}")
+            return f"SOURCE CHECKSUM MISMATCH Source and catalogue ADLER32 do not match ({got} != {adler32}): {src}"
         os.replace(tmp, dst)
     except OSError as exc:
         try:
@@ -154,8 +155,9 @@ class PosixTransferStatusReport(TransferStatusReport):
 
     supported_db_fields = ["state", "external_id", "started_at", "transferred_at", "source_rse_id", "err_msg"]
 
-    def __init__(self, request_id: str, external_id: str, record: dict[str, Any],
-                 request: Optional[dict[str, Any]] = None):
+    def __init__(
+        self, request_id: str, external_id: str, record: dict[str, Any], request: dict[str, Any] | None = None
+    ):
         super().__init__(request_id, request=request)
         self.record = record
         self._external_id = external_id
@@ -211,8 +213,9 @@ class PosixTransfertool(Transfertool):
         super().__init__(external_host, logger)
 
     @classmethod
-    def submission_builder_for_path(cls, transfer_path: list[DirectTransfer],
-                                    logger: Any = logging.log) -> tuple[list[DirectTransfer], Optional[TransferToolBuilder]]:
+    def submission_builder_for_path(
+        cls, transfer_path: list[DirectTransfer], logger: Any = logging.log
+    ) -> tuple[list[DirectTransfer], TransferToolBuilder | None]:
         """Accept the first hop when both its ends use the ``file`` scheme."""
         hop = transfer_path[0]
         if hop.src.scheme != "file" or hop.dst.scheme != "file":
@@ -222,10 +225,11 @@ class PosixTransfertool(Transfertool):
     def group_into_submit_jobs(self, transfer_paths: Iterable[list[DirectTransfer]]) -> list[dict[str, Any]]:
         """Jobs of at most ``JOB_SIZE`` files."""
         hops = [hop for path in transfer_paths for hop in path]
-        return [{"transfers": hops[i:i + JOB_SIZE], "job_params": {}} for i in range(0, len(hops), JOB_SIZE)]
+        return [{"transfers": hops[i : i + JOB_SIZE], "job_params": {}} for i in range(0, len(hops), JOB_SIZE)]
 
-    def submit(self, transfers: Iterable[DirectTransfer], job_params: dict[str, str],
-               timeout: Optional[int] = None) -> str:
+    def submit(
+        self, transfers: Iterable[DirectTransfer], job_params: dict[str, str], timeout: int | None = None
+    ) -> str:
         """Copy every file of the job now; record the outcomes; return the job id."""
         job_id = uuid.uuid4().hex
         records: dict[str, dict[str, Any]] = {}
@@ -236,8 +240,13 @@ class PosixTransfertool(Transfertool):
             dst_url = transfer.dest_url
             started = time.time()
             try:
-                reason = copy_file(url_to_path(src_url), url_to_path(dst_url), rws.byte_count, rws.adler32,
-                                   overwrite=_overwrite(transfer))
+                reason = copy_file(
+                    url_to_path(src_url),
+                    url_to_path(dst_url),
+                    rws.byte_count,
+                    rws.adler32,
+                    overwrite=_overwrite(transfer),
+                )
             except Exception as exc:  # noqa: BLE001 - any error is a failed transfer, never a crash
                 reason = f"TRANSFER {type(exc).__name__}: {exc}"
             records[rws.request_id] = {
@@ -255,19 +264,33 @@ class PosixTransfertool(Transfertool):
                 "bytes": rws.byte_count,
             }
             if reason is None:
-                self.logger(logging.INFO, "copied %s:%s %s -> %s", rws.scope.external, rws.name,
-                            src.rse.name, transfer.dst.rse.name)
+                self.logger(
+                    logging.INFO,
+                    "copied %s:%s %s -> %s",
+                    rws.scope.external,
+                    rws.name,
+                    src.rse.name,
+                    transfer.dst.rse.name,
+                )
             else:
-                self.logger(logging.WARNING, "failed %s:%s %s -> %s: %s", rws.scope.external, rws.name,
-                            src.rse.name, transfer.dst.rse.name, reason)
+                self.logger(
+                    logging.WARNING,
+                    "failed %s:%s %s -> %s: %s",
+                    rws.scope.external,
+                    rws.name,
+                    src.rse.name,
+                    transfer.dst.rse.name,
+                    reason,
+                )
         path = job_dir() / f"{job_id}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"job_id": job_id, "submitted": time.time(), "files": records}))
         os.replace(tmp, path)
         return job_id
 
-    def bulk_query(self, requests_by_eid: Mapping[str, Mapping[str, Any]],
-                   timeout: Optional[int] = None) -> dict[str, Any]:
+    def bulk_query(
+        self, requests_by_eid: Mapping[str, Mapping[str, Any]], timeout: int | None = None
+    ) -> dict[str, Any]:
         """Status reports of the given jobs; None for a job whose file is gone (lost)."""
         response: dict[str, Any] = {}
         for job_id, requests in requests_by_eid.items():
@@ -282,15 +305,16 @@ class PosixTransfertool(Transfertool):
             files = job["files"]
             response[job_id] = {
                 request_id: PosixTransferStatusReport(request_id, job_id, files[request_id], request=request)
-                for request_id, request in requests.items() if request_id in files
+                for request_id, request in requests.items()
+                if request_id in files
             }
         return response
 
-    def cancel(self, transfer_ids: Sequence[str], timeout: Optional[int] = None) -> bool:
+    def cancel(self, transfer_ids: Sequence[str], timeout: int | None = None) -> bool:
         """Nothing to cancel: copies finish during submission."""
         return True
 
-    def update_priority(self, transfer_id: str, priority: int, timeout: Optional[int] = None) -> bool:
+    def update_priority(self, transfer_id: str, priority: int, timeout: int | None = None) -> bool:
         """Priorities do not apply."""
         return True
 

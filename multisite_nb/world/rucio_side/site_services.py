@@ -34,7 +34,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import world_policy  # (must come before rucio.core: caps chunks, registers lfn2pfn)
 
@@ -43,8 +44,6 @@ world_policy.patch_core()
 import posix_transfertool  # noqa: E402
 
 posix_transfertool.register()
-
-from sqlalchemy import delete, exists, select  # noqa: E402
 
 from rucio.common.config import config_get_bool, config_get_int, config_get_list  # noqa: E402
 from rucio.core import request as request_core  # noqa: E402
@@ -60,17 +59,34 @@ from rucio.daemons.judge import cleaner, evaluator, injector, repairer  # noqa: 
 from rucio.db.sqla import models  # noqa: E402
 from rucio.db.sqla.constants import ReplicaState, RequestState, RequestType, RuleState  # noqa: E402
 from rucio.db.sqla.session import get_session  # noqa: E402
+from sqlalchemy import delete, exists, select  # noqa: E402
 
 LOG = logging.getLogger("site_services")
 STOP = threading.Event()
 # All daemon modules share their own GRACEFUL_STOP/graceful_stop events; set them on stop.
-_DAEMON_STOP_EVENTS = [submitter.GRACEFUL_STOP, poller.GRACEFUL_STOP, finisher.GRACEFUL_STOP,
-                       evaluator.graceful_stop, repairer.graceful_stop, injector.graceful_stop,
-                       cleaner.graceful_stop, abacus_account.graceful_stop, abacus_rse.graceful_stop,
-                       abacus_collection_replica.graceful_stop, necromancer.graceful_stop]
+_DAEMON_STOP_EVENTS = [
+    submitter.GRACEFUL_STOP,
+    poller.GRACEFUL_STOP,
+    finisher.GRACEFUL_STOP,
+    evaluator.graceful_stop,
+    repairer.graceful_stop,
+    injector.graceful_stop,
+    cleaner.graceful_stop,
+    abacus_account.graceful_stop,
+    abacus_rse.graceful_stop,
+    abacus_collection_replica.graceful_stop,
+    necromancer.graceful_stop,
+]
 
-FINISHER_STATES = [RequestState.DONE, RequestState.FAILED, RequestState.LOST, RequestState.SUBMISSION_FAILED,
-                   RequestState.NO_SOURCES, RequestState.ONLY_TAPE_SOURCES, RequestState.MISMATCH_SCHEME]
+FINISHER_STATES = [
+    RequestState.DONE,
+    RequestState.FAILED,
+    RequestState.LOST,
+    RequestState.SUBMISSION_FAILED,
+    RequestState.NO_SOURCES,
+    RequestState.ONLY_TAPE_SOURCES,
+    RequestState.MISMATCH_SCHEME,
+]
 TRANSFER_TYPES = [RequestType.TRANSFER, RequestType.STAGEIN, RequestType.STAGEOUT]
 
 
@@ -103,7 +119,7 @@ def probe() -> dict[str, bool]:
     names, stmt = _PROBE
     with get_session()() as session:
         row = session.execute(stmt).one()
-    return dict(zip(names, (bool(v) for v in row)))
+    return dict(zip(names, (bool(v) for v in row), strict=True))
 
 
 class SiteServices:
@@ -149,40 +165,77 @@ class SiteServices:
         """conveyor-submitter: queued requests -> posix jobs (files are copied here)."""
         hb = self.heartbeat("conveyor-submitter")
         _, batch = submitter._fetch_requests(
-            partition_hash_var=None, bulk=self.bulk, activity=None, rse_ids=None,
-            request_type=[RequestType.TRANSFER], ignore_availability=False, filter_transfertool=None,
-            metrics=self.metrics, cached_topology=self.topology, set_last_processed_by=False,
-            heartbeat_handler=hb)
+            partition_hash_var=None,
+            bulk=self.bulk,
+            activity=None,
+            rse_ids=None,
+            request_type=[RequestType.TRANSFER],
+            ignore_availability=False,
+            filter_transfertool=None,
+            metrics=self.metrics,
+            cached_topology=self.topology,
+            set_last_processed_by=False,
+            heartbeat_handler=hb,
+        )
         if batch[1]:
             submitter._handle_requests(
-                batch, transfertools=self.transfertools, schemes=self.schemes, failover_schemes=[],
-                max_sources=4, timeout=None, transfertool_kwargs={}, metrics=self.metrics, logger=hb.logger)
+                batch,
+                transfertools=self.transfertools,
+                schemes=self.schemes,
+                failover_schemes=[],
+                max_sources=4,
+                timeout=None,
+                transfertool_kwargs={},
+                metrics=self.metrics,
+                logger=hb.logger,
+            )
         return len(batch[1])
 
     def poll(self) -> int:
         """conveyor-poller: job outcomes -> requests DONE / FAILED."""
         hb = self.heartbeat("conveyor-poller")
         _, transfers = poller._fetch_requests(
-            db_bulk=self.bulk, older_than=0, activity_shares=None, transfertool=posix_transfertool.NAME,
-            filter_transfertool=None, cached_topology=self.topology, activity=None,
-            set_last_processed_by=False, heartbeat_handler=hb)
+            db_bulk=self.bulk,
+            older_than=0,
+            activity_shares=None,
+            transfertool=posix_transfertool.NAME,
+            filter_transfertool=None,
+            cached_topology=self.topology,
+            activity=None,
+            set_last_processed_by=False,
+            heartbeat_handler=hb,
+        )
         if transfers:
             poller._handle_requests(
-                transfers, fts_bulk=self.bulk, multi_vo=False, timeout=None,
-                transfertool=posix_transfertool.NAME, transfer_stats_manager=self.stats,
-                oidc_support=False, logger=hb.logger)
+                transfers,
+                fts_bulk=self.bulk,
+                multi_vo=False,
+                timeout=None,
+                transfertool=posix_transfertool.NAME,
+                transfer_stats_manager=self.stats,
+                oidc_support=False,
+                logger=hb.logger,
+            )
         return len(transfers)
 
     def finish(self) -> int:
         """conveyor-finisher: terminal requests -> replicas, locks, rules (retry or STUCK)."""
         hb = self.heartbeat("conveyor-finisher")
         _, batch = finisher._fetch_requests(
-            db_bulk=self.bulk, set_last_processed_by=False, cached_topology=self.topology,
-            heartbeat_handler=hb, activity=None)
+            db_bulk=self.bulk,
+            set_last_processed_by=False,
+            cached_topology=self.topology,
+            heartbeat_handler=hb,
+            activity=None,
+        )
         if batch[0]:
             finisher._handle_requests(
-                batch, bulk=100, suspicious_patterns=self.suspicious_patterns,
-                retry_protocol_mismatches=self.retry_protocol_mismatches, logger=hb.logger)
+                batch,
+                bulk=100,
+                suspicious_patterns=self.suspicious_patterns,
+                retry_protocol_mismatches=self.retry_protocol_mismatches,
+                logger=hb.logger,
+            )
         return len(batch[0])
 
     def _step(self, name: str, func: Callable[[], Any]) -> Any:
@@ -202,20 +255,35 @@ class SiteServices:
         work = self._step("probe", probe) or {}
         did = False
         steps: list[tuple[str, Callable[[], Any]]] = [
-            ("inject", lambda: injector.run_once(paused_rules=self.paused["injector"],
-                                                 heartbeat_handler=self.heartbeat("judge-injector"))),
-            ("evaluate", lambda: evaluator.run_once(paused_dids=self.paused["evaluator"], did_limit=100,
-                                                    heartbeat_handler=self.heartbeat("judge-evaluator"))),
+            (
+                "inject",
+                lambda: injector.run_once(
+                    paused_rules=self.paused["injector"], heartbeat_handler=self.heartbeat("judge-injector")
+                ),
+            ),
+            (
+                "evaluate",
+                lambda: evaluator.run_once(
+                    paused_dids=self.paused["evaluator"],
+                    did_limit=100,
+                    heartbeat_handler=self.heartbeat("judge-evaluator"),
+                ),
+            ),
             ("submit", self.submit),
             ("poll", self.poll),
             ("finish", self.finish),
-            ("abacus_account", lambda: abacus_account.run_once(
-                heartbeat_handler=self.heartbeat("abacus-account"))),
+            ("abacus_account", lambda: abacus_account.run_once(heartbeat_handler=self.heartbeat("abacus-account"))),
             ("abacus_rse", lambda: abacus_rse.run_once(heartbeat_handler=self.heartbeat("abacus-rse"))),
-            ("abacus_collection", lambda: abacus_collection_replica.run_once(
-                heartbeat_handler=self.heartbeat("abacus-collection-replica"), limit=1000)),
-            ("necromancer", lambda: necromancer.run_once(heartbeat_handler=self.heartbeat("necromancer"),
-                                                         bulk=self.bulk)),
+            (
+                "abacus_collection",
+                lambda: abacus_collection_replica.run_once(
+                    heartbeat_handler=self.heartbeat("abacus-collection-replica"), limit=1000
+                ),
+            ),
+            (
+                "necromancer",
+                lambda: necromancer.run_once(heartbeat_handler=self.heartbeat("necromancer"), bulk=self.bulk),
+            ),
         ]
         counts: dict[str, int] = {}
         for name, func in steps:
@@ -225,8 +293,11 @@ class SiteServices:
             # finish after a poll. Progress (for the sleep decision) is a polled or finished
             # request or any judge/abacus work; queued requests that cannot be submitted
             # (e.g. no source yet) are not progress.
-            wanted = work.get(name) or (name == "poll" and counts.get("submit", 0) > 0) \
+            wanted = (
+                work.get(name)
+                or (name == "poll" and counts.get("submit", 0) > 0)
                 or (name == "finish" and counts.get("poll", 0) > 0)
+            )
             if not wanted:
                 continue
             result = self._step(name, func)
@@ -237,11 +308,20 @@ class SiteServices:
         now = time.monotonic()
         if now - self.last_slow >= self.slow_period and not STOP.is_set():
             self.last_slow = now
-            self._step("repair", lambda: repairer.run_once(paused_rules=self.paused["repairer"],
-                                                           delta=self.repairer_delta,
-                                                           heartbeat_handler=self.heartbeat("judge-repairer")))
-            self._step("clean", lambda: cleaner.run_once(paused_rules=self.paused["cleaner"],
-                                                         heartbeat_handler=self.heartbeat("judge-cleaner")))
+            self._step(
+                "repair",
+                lambda: repairer.run_once(
+                    paused_rules=self.paused["repairer"],
+                    delta=self.repairer_delta,
+                    heartbeat_handler=self.heartbeat("judge-repairer"),
+                ),
+            )
+            self._step(
+                "clean",
+                lambda: cleaner.run_once(
+                    paused_rules=self.paused["cleaner"], heartbeat_handler=self.heartbeat("judge-cleaner")
+                ),
+            )
             self._step("prune", self.prune)
         return did
 
@@ -249,7 +329,7 @@ class SiteServices:
     def prune() -> None:
         """Drop transfertool job files older than 6 h and messages older than 1 h."""
         posix_transfertool.prune_jobs()
-        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # Rucio stores naive UTC
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # Rucio stores naive UTC
         cutoff = now - datetime.timedelta(hours=1)
         with get_session()() as session, session.begin():
             session.execute(delete(models.Message).where(models.Message.created_at < cutoff))
@@ -265,9 +345,19 @@ def _setup_logging(path: str | None, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
-    for noisy in ("conveyor-poller", "conveyor-finisher", "conveyor-submitter", "judge-evaluator",
-                  "abacus-account", "abacus-rse", "abacus-collection-replica", "judge-repairer",
-                  "judge-cleaner", "judge-injector", "rucio.core.topology"):
+    for noisy in (
+        "conveyor-poller",
+        "conveyor-finisher",
+        "conveyor-submitter",
+        "judge-evaluator",
+        "abacus-account",
+        "abacus-rse",
+        "abacus-collection-replica",
+        "judge-repairer",
+        "judge-cleaner",
+        "judge-injector",
+        "rucio.core.topology",
+    ):
         logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))
 
 
@@ -280,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--busy-sleep", type=float, default=0.05, help="seconds to sleep after a busy cycle")
     parser.add_argument("--slow-period", type=float, default=30.0, help="repairer/cleaner/prune period (s)")
     parser.add_argument("--once", action="store_true", help="run one cycle and exit")
-    parser.add_argument("--ready-file", help="file written once imports are done and the database answers (start-up handshake)")
+    parser.add_argument(
+        "--ready-file", help="file written once imports are done and the database answers (start-up handshake)"
+    )
     args = parser.parse_args(argv)
 
     _setup_logging(args.log, args.log_level)

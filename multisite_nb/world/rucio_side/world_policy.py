@@ -89,8 +89,9 @@ def patch_core() -> None:
     def add_replicas(rse_id, files, account, ignore_availability=True, dataset_meta=None, *, session):  # type: ignore[no-untyped-def]
         files = list(files)
         for start in range(0, len(files), MAX_CHUNK):
-            original(rse_id, files[start:start + MAX_CHUNK], account, ignore_availability, dataset_meta,
-                     session=session)
+            original(
+                rse_id, files[start : start + MAX_CHUNK], account, ignore_availability, dataset_meta, session=session
+            )
 
     add_replicas._world_chunked = True  # type: ignore[attr-defined]
     replica.add_replicas = add_replicas
