@@ -95,7 +95,8 @@ def _run_chain(
     from .fileio import check_writable
     from .lock import chain_lock
     from .registry import parse
-    from .runbook import check_run_folder, new_run, run_chain
+    from .runbook import run_chain
+    from .runfolder import check_run_folder, new_run
     from .world.manager import world_secrets
 
     for p in phases:
@@ -227,7 +228,7 @@ def status_cmd(run_dir: str) -> None:
     """How a run stands: running, passed, failed, interrupted, or died (its process gone), phase by phase."""
     from .procs import live_pid
     from .results import load_results, load_run_record
-    from .runbook import pid_records
+    from .runfolder import pid_records
 
     folder = Path(run_dir).resolve()
     record = load_run_record(folder)

@@ -390,16 +390,33 @@ def validation_message(path: Path, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def parameter_path(path: str | os.PathLike[str]) -> Path:
+    """A parameter file's absolute path: relative paths from the current directory, else from the checkout."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and (repo_root() / p).exists():
+        p = repo_root() / p
+    return p.resolve()
+
+
+_READ = object()
+
+
+def load_model[M: BaseModel](path: Path, model: type[M], data: Any = _READ) -> M:
+    """Validate a parameter file (or its already expanded ``data``) as ``model``, naming file and key at fault."""
+    data = read_yaml(path) if data is _READ else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(path, exc)) from None
+
+
 def load_manifest(path: Path, env: Mapping[str, str] | None = None) -> SiteManifest:
     """Load and validate a site manifest (``${VAR}`` expanded from ``env``)."""
     path = Path(path).resolve()
     data = _expand(read_yaml(path), dict(os.environ if env is None else env), path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    try:
-        manifest = SiteManifest.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(validation_message(path, exc)) from None
+    manifest = load_model(path, SiteManifest, data)
     bps = manifest.workflow.bps_site_config
     if bps and not (Path(bps) if Path(bps).is_absolute() else repo_root() / bps).is_file():
         raise ConfigError(f"{path}: key 'workflow.bps_site_config': no such file {bps}")
@@ -451,17 +468,8 @@ def load_campaign(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     ConfigError
         Naming the file and the key at fault.
     """
-    p = Path(path)
-    if not p.is_absolute() and not p.exists() and (repo_root() / p).exists():
-        p = repo_root() / p
-    p = p.resolve()
-    data = read_yaml(p)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
-    try:
-        cfg = CampaignConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(validation_message(p, exc)) from None
+    p = parameter_path(path)
+    cfg = load_model(p, CampaignConfig)
 
     mpath = (p.parent / cfg.manifest).resolve()
     manifest = load_manifest(mpath, env)

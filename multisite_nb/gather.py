@@ -18,7 +18,7 @@ holds says where it was made.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,18 +178,13 @@ def plan_redistribution(
 
 
 def ship_and_verify(
-    campaign: Campaign,
-    plan: GatherPlan,
-    *,
-    progress: bool = True,
-    timeout_s: float = 900,
-    log: Callable[[str], None] = print,
+    campaign: Campaign, plan: GatherPlan, *, progress: bool = True
 ) -> tuple[list[ShipmentOutcome], list[Any]]:
     """Move a gather/redistribution plan with Rucio, ingest, then reconcile every shipment."""
     from .verify import verify_shipments
 
     shipments = [s for s in plan.shipments if s.files]
-    outcomes = run_shipments(campaign, shipments, progress=progress, timeout_s=timeout_s, log=log)
+    outcomes = run_shipments(campaign, shipments, progress=progress, log=lambda m: None)
     ok = {o.name for o in outcomes if not o.error}
     reports = verify_shipments(campaign, [(s.dest, s.name, s.files) for s in shipments if s.name in ok])
     return outcomes, reports

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .config import Campaign, load_campaign, repo_root
 from .fileio import atomic_write_text
-from .runbook import interactive_run_dir
+from .runfolder import interactive_run_dir
 from .secrets import known_secrets_from_rucio_config, scan_for_secrets
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import pandas as pd
 from .config import Campaign, load_campaign
 from .errors import ConfigError, GateError
 from .naming import logs_dir, plan_path, step_run_collection
-from .results import PhaseResult, load_result, record_result, save_table, utcnow
+from .results import PhaseResult, finish_phase, load_result, save_table, utcnow
 from .submission.summary import InFlight, dump_steps, steps_table
 from .submission.summary import steps_verdict as _steps_verdict
 
@@ -57,7 +57,7 @@ def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[Pha
     from .collisions import preflight as preflight_collisions
     from .ownership import refusals
     from .placement import plan_placement
-    from .runbook import check_run_folder
+    from .runfolder import check_run_folder
     from .wiring import load_pipeline_graph
 
     started = utcnow()
@@ -89,12 +89,12 @@ def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[Pha
             f"{len(plan.boundary_visits)} boundary visits "
             f"({cost['extra_copies']} extra copies, {cost['extra_bytes']} bytes)"
         )
-    result = PhaseResult(
-        phase="placement",
-        passed=passed,
-        reason=reason,
-        started=started,
-        finished=utcnow(),
+    result = finish_phase(
+        run_dir,
+        "placement",
+        passed,
+        reason,
+        started,
         summary={
             "campaign_file": str(campaign.path),
             "sites": {r["site"]: {"files": r["files"], "bytes": r["bytes"], "visits": r["visits"]} for r in counts},
@@ -106,7 +106,6 @@ def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[Pha
         },
         artifacts=artifacts,
     )
-    record_result(run_dir, result)
     return result, plan
 
 
@@ -151,12 +150,12 @@ def transfer(
         if passed
         else "; ".join(f"{o.dest}: {o.state}: {o.error}" for o in failed)
     )
-    result = PhaseResult(
-        phase="transfer",
-        passed=passed,
-        reason=reason,
-        started=started,
-        finished=utcnow(),
+    result = finish_phase(
+        run_dir,
+        "transfer",
+        passed,
+        reason,
+        started,
         summary={
             "shipments": {
                 o.dest: {
@@ -172,7 +171,6 @@ def transfer(
         },
         artifacts=[str(table)],
     )
-    record_result(run_dir, result)
     return result, outcomes
 
 
@@ -212,16 +210,15 @@ def verify(
             f"{sum(len(r.problems) for r in bad)} problems at {', '.join(r.site for r in bad)}; "
             f"first: {first.site} {first.layer} {first.kind} {first.what} ({first.detail})"
         )
-    result = PhaseResult(
-        phase="verify",
-        passed=passed,
-        reason=reason,
-        started=started,
-        finished=utcnow(),
+    result = finish_phase(
+        run_dir,
+        "verify",
+        passed,
+        reason,
+        started,
         summary={"sites": {r.site: r.counts() for r in reports}, "problems": len(problems)},
         artifacts=artifacts,
     )
-    record_result(run_dir, result)
     return result, reports
 
 
@@ -277,16 +274,15 @@ def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> 
     steps = dump_steps(records)
     passed, reason = _steps_verdict(records)
     table = save_table(run_dir, f"submit_{stage}", "steps", steps_table(records))
-    result = PhaseResult(
-        phase=f"submit_{stage}",
-        passed=passed,
-        reason=reason,
-        started=started,
-        finished=utcnow(),
+    result = finish_phase(
+        run_dir,
+        f"submit_{stage}",
+        passed,
+        reason,
+        started,
         summary={"stage": stage, "steps": steps},
         artifacts=[str(table)],
     )
-    record_result(run_dir, result)
     return result, steps
 
 
@@ -311,7 +307,7 @@ def _ship(
             ),
             [],
         )
-    outcomes, reports = ship_and_verify(campaign, plan, progress=progress, log=lambda m: None)
+    outcomes, reports = ship_and_verify(campaign, plan, progress=progress)
     rows = [o.as_row() for o in outcomes]
     bad = [o for o in outcomes if o.error]
     problems = [p for r in reports for p in r.problems]
@@ -387,16 +383,15 @@ def gather_redistribute(
             summary.update(redistributed=redistributed, redistribute_shipments=rows2, delivered_runs=rplan.runs)
             reason = reason2 if not passed else f"gathered {len(gathered)} types, ran {', '.join(st.steps)}, {reason2}"
     artifacts = [str(save_table(run_dir, label, name, df)) for name, df in tables.items()]
-    result = PhaseResult(
-        phase=label,
-        passed=passed,
-        reason=reason,
-        started=started,
-        finished=utcnow(),
+    result = finish_phase(
+        run_dir,
+        label,
+        passed,
+        reason,
+        started,
         summary=summary,
         artifacts=artifacts,
     )
-    record_result(run_dir, result)
     return result, summary
 
 
@@ -431,12 +426,12 @@ def qa(
     ]
     passed = ref_ok and report.passed
     reason = report.verdict() if ref_ok else f"reference run failed: {ref_reason}"
-    result = PhaseResult(
-        phase="qa",
-        passed=passed,
-        reason=reason,
-        started=started,
-        finished=utcnow(),
+    result = finish_phase(
+        run_dir,
+        "qa",
+        passed,
+        reason,
+        started,
         summary={
             "validation_set": types,
             "missing": report.missing,
@@ -446,7 +441,6 @@ def qa(
         },
         artifacts=artifacts,
     )
-    record_result(run_dir, result)
     return result, report
 
 

@@ -111,6 +111,13 @@ class Footprint:
         return True
 
 
+def _records_of(butler: Any, element: str, key: str, ids: Iterable[int], instrument: str) -> Any:
+    """Dimension records of ``element`` whose ``key`` is one of ``ids`` (bound, not spelled out)."""
+    return butler.query_dimension_records(
+        element, where=f"{key} IN (ids)", bind={"ids": sorted(ids)}, instrument=instrument, limit=None, explain=False
+    )
+
+
 def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
     """Spatially query the registry for everything a site's sky units overlap."""
     cfg = campaign.config
@@ -130,14 +137,7 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
     # visit are whole (and equal to its owner's, the pipeline being deterministic)
     touched = sorted(fp.values["visit"])
     if touched:
-        for rec in butler.query_dimension_records(
-            "visit_detector_region",
-            where="visit IN (visits)",
-            bind={"visits": touched},
-            instrument=cfg.instrument,
-            limit=None,
-            explain=False,
-        ):
+        for rec in _records_of(butler, "visit_detector_region", "visit", touched, cfg.instrument):
             vd.add((rec.visit, rec.detector))
     fp.values["detector"].update(d for _, d in vd)
     fp.pairs[("visit", "detector")] = vd
@@ -158,40 +158,19 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
     ed: set[tuple[int, int]] = set()
     if visits:
         v2e: dict[int, set[int]] = defaultdict(set)
-        for rec in butler.query_dimension_records(
-            "visit_definition",
-            where="visit IN (visits)",
-            bind={"visits": visits},
-            instrument=cfg.instrument,
-            limit=None,
-            explain=False,
-        ):
+        for rec in _records_of(butler, "visit_definition", "visit", visits, cfg.instrument):
             v2e[rec.visit].add(rec.exposure)
             fp.values["exposure"].add(rec.exposure)
             fp.exposure_visit[rec.exposure] = rec.visit
         for v, d in vd:
             for e in v2e[v]:
                 ed.add((e, d))
-        for rec in butler.query_dimension_records(
-            "visit",
-            where="visit IN (visits)",
-            bind={"visits": visits},
-            instrument=cfg.instrument,
-            limit=None,
-            explain=False,
-        ):
+        for rec in _records_of(butler, "visit", "visit", visits, cfg.instrument):
             fp.visit_regions[rec.id] = rec.region
             fp.regions.append(rec.region)  # visit-level tasks look up shards over the visit
             if getattr(rec, "day_obs", None) is not None:
                 fp.values["day_obs"].add(rec.day_obs)
-        for rec in butler.query_dimension_records(
-            "exposure",
-            where="exposure IN (exps)",
-            bind={"exps": sorted(fp.values["exposure"])},
-            instrument=cfg.instrument,
-            limit=None,
-            explain=False,
-        ):
+        for rec in _records_of(butler, "exposure", "exposure", fp.values["exposure"], cfg.instrument):
             if getattr(rec, "group", None) is not None:
                 fp.values["group"].add(rec.group)
     fp.pairs[("exposure", "detector")] = ed
@@ -445,20 +424,27 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
                 visit_sites[v].append(s)
         owners = visit_owners({s: fp.visit_weight for s, fp in footprints.items()}, campaign.remote_sites)
         exposure_visit = {e: v for fp in footprints.values() for e, v in fp.exposure_visit.items()}
+        per_site: dict[str, Any] = {
+            "visits": {s: sorted(fp.values["visit"]) for s, fp in footprints.items()},
+            "detectors": {s: sorted(fp.values["detector"]) for s, fp in footprints.items()},
+        }
+        boundary = {v: ss for v, ss in sorted(visit_sites.items()) if len(ss) > 1}
+        collections: dict[str, Any] = {
+            "certifications": certs,
+            "chains": chains,
+            "calibration_collections": calib_colls,
+        }
         return PlacementPlan(
             campaign=campaign.name,
             central=campaign.central,
             sites=by_site,
             files=files,
-            visits={s: sorted(fp.values["visit"]) for s, fp in footprints.items()},
-            detectors={s: sorted(fp.values["detector"]) for s, fp in footprints.items()},
-            boundary_visits={v: ss for v, ss in sorted(visit_sites.items()) if len(ss) > 1},
+            boundary_visits=boundary,
             visit_owner=owners,
             exposure_visit=exposure_visit,
-            certifications=certs,
-            chains=chains,
-            calibration_collections=calib_colls,
             dataset_types=placed_types,
+            **per_site,
+            **collections,
         )
     finally:
         if own:

@@ -30,7 +30,7 @@ from .lock import operator_lock
 from .naming import placement_dataset, plan_path
 from .placement import PlacementPlan, adler32_of
 from .records import RuleState
-from .results import PhaseResult, record_result, utcnow
+from .results import PhaseResult, finish_phase, utcnow
 from .rucio_ops import RucioOps
 from .transfer import place_data, watch_rules
 from .verify import Problem, SiteReport, verify_placement
@@ -218,12 +218,12 @@ def _repair(
                 f"{first.what} ({first.detail})"
             ),
         )
-    result = PhaseResult(
-        phase="repair",
-        passed=passed,
-        reason=reason,
-        started=started,
-        finished=utcnow(),
+    result = finish_phase(
+        run_dir,
+        "repair",
+        passed,
+        reason,
+        started,
         summary={
             "actions": [a.model_dump() for a in actions[:200]],
             "counts": dict(by_kind),
@@ -231,5 +231,4 @@ def _repair(
             "remaining": len(still),
         },
     )
-    record_result(run_dir, result)
     return result, actions, after

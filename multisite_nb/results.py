@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pandas is imported lazily: results.py must stay cheap to im
 __all__ = [
     "PHASE_NAME",
     "atomic_write_text",
+    "finish_phase",
     "PhaseResult",
     "PhaseRun",
     "PhaseStatus",
@@ -172,6 +173,15 @@ def record_result(run_dir: str | os.PathLike[str], result: PhaseResult) -> Path:
     target = results_dir(run_dir) / f"{result.phase}.json"
     atomic_write_text(target, result.model_dump_json(indent=2) + "\n")
     return target
+
+
+def finish_phase(
+    run_dir: str | os.PathLike[str], phase: str, passed: bool, reason: str, started: datetime, **fields: Any
+) -> PhaseResult:
+    """Record a phase's gate (``summary``, ``artifacts`` in ``fields``), finished now; returns the result."""
+    result = PhaseResult(phase=phase, passed=passed, reason=reason, started=started, finished=utcnow(), **fields)
+    record_result(run_dir, result)
+    return result
 
 
 def load_result(run_dir: str | os.PathLike[str], phase: str) -> PhaseResult | None:

@@ -164,16 +164,9 @@ def _make_client(cfg: RucioClientConfig, *, quiet: bool) -> Client:
     if quiet:
         client_log.setLevel(logging.CRITICAL)
     try:
-        client = _ConfiguredClient(
-            rucio_host=cfg.host,
-            auth_host=cfg.auth_host,
-            account=cfg.account,
-            ca_cert=cfg.ca_cert,
-            auth_type=cfg.auth_type,
-            creds=dict(cfg.creds),
-            vo=cfg.vo,
-            logger=_QUIET if quiet else logging.getLogger("baseclient"),
-        )
+        where = {"rucio_host": cfg.host, "auth_host": cfg.auth_host, "ca_cert": cfg.ca_cert, "vo": cfg.vo}
+        who = {"account": cfg.account, "auth_type": cfg.auth_type, "creds": dict(cfg.creds)}
+        client = _ConfiguredClient(**where, **who, logger=_QUIET if quiet else logging.getLogger("baseclient"))
     except Exception as exc:
         raise RucioError(
             f"Rucio at {cfg.host} (config {cfg.path}) cannot be reached: {type(exc).__name__}: {exc}"

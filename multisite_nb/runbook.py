@@ -36,7 +36,6 @@ import os
 import re
 import socket
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +43,10 @@ from typing import Any
 
 from multisite_nb.config import repo_root
 from multisite_nb.errors import ConfigError, StorageError
-from multisite_nb.fileio import check_writable
-from multisite_nb.procs import PidRecord, live_pid, proc_start_time, read_pid_record, stop_groups
+from multisite_nb.procs import proc_start_time
 from multisite_nb.registry import PhaseUse, get, parse
 from multisite_nb.results import (
     HEARTBEAT_EVERY_S,
-    RUN_RECORD,
     PhaseResult,
     PhaseRun,
     PhaseStatus,
@@ -63,6 +60,7 @@ from multisite_nb.results import (
     utcnow,
     write_run_record,
 )
+from multisite_nb.runfolder import check_run_folder, stop_orphans
 from multisite_nb.secrets import (
     Finding,
     contains_secret,
@@ -71,105 +69,9 @@ from multisite_nb.secrets import (
     scan_for_secrets,
 )
 
-__all__ = [
-    "ChainOutcome",
-    "check_run_folder",
-    "find_notebook",
-    "pid_records",
-    "stop_orphans",
-    "interactive_run_dir",
-    "new_run",
-    "run_chain",
-]
+__all__ = ["ChainOutcome", "find_notebook", "run_chain"]
 
-_CAMPAIGN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MAX_REASON = 600
-
-
-def new_run(runs_root: str | os.PathLike[str], campaign: str) -> Path:
-    """Create and return a fresh run folder ``<runs_root>/<campaign>/<run id>/``.
-
-    The run id is ``YYYYMMDDTHHMMSSZ-<6 hex>`` (UTC), so ids sort by time.
-
-    Parameters
-    ----------
-    runs_root : path
-        Usually ``runs/`` at the repository root.
-    campaign : str
-        Campaign name (letters, digits, ``_ . -``).
-    """
-    if not _CAMPAIGN.match(campaign):
-        raise ConfigError(f"campaign name {campaign!r} must be a plain folder name")
-    parent = Path(runs_root) / campaign
-    parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(10):
-        run_id = f"{utcnow():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-        path = parent / run_id
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path.resolve()
-    raise OSError(f"could not create a unique run folder under {parent}")  # pragma: no cover
-
-
-def interactive_run_dir(campaign: str, phase: str, runs_root: str | os.PathLike[str] | None = None) -> Path:
-    """The run folder a notebook opened by hand (no ``run_dir`` parameter) works in.
-
-    ``$MSNB_RUN_DIR`` when set (the dashboard under Voilà, nbval); otherwise a fresh folder
-    for a phase that starts a run (placement), or the campaign's latest run folder so that a
-    later phase finds the earlier phases' results.
-    """
-    env = os.environ.get("MSNB_RUN_DIR")
-    if env:
-        path = Path(env).resolve()
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    root = Path(runs_root) if runs_root is not None else repo_root() / "runs"
-    parent = root / campaign
-    existing = sorted(p for p in parent.glob("*") if p.is_dir()) if parent.is_dir() else []
-    if get(phase).starts_run or not existing:
-        return new_run(root, campaign)
-    return existing[-1].resolve()
-
-
-def check_run_folder(run_dir: str | os.PathLike[str]) -> Path:
-    """A folder fit to hold a run: new or empty, or one that already holds a run; writable, with room.
-
-    Raises
-    ------
-    StorageError
-        For a folder holding something else (a checkout, a home directory...), a read-only
-        folder, or a full disk — before anything acts.
-    """
-    path = Path(run_dir).resolve()
-    if path.is_dir() and any(path.iterdir()) and not ((path / RUN_RECORD).is_file() or results_dir(path).is_dir()):
-        raise StorageError(
-            f"{path}: not a run folder (it holds other files and no run.json or results/); "
-            "give a new folder, or one a run made"
-        )
-    check_writable(path)
-    return path
-
-
-def pid_records(run_dir: str | os.PathLike[str]) -> list[tuple[Path, PidRecord]]:
-    """Every step process a run recorded (each attempt's ``pid.json``)."""
-    folder = Path(run_dir)
-    return [
-        (p, rec) for p in sorted(folder.glob("artifacts/logs/**/pid.json")) if (rec := read_pid_record(p)) is not None
-    ]
-
-
-def stop_orphans(run_dir: str | os.PathLike[str]) -> list[str]:
-    """Stop the step process groups a dead chain of this run left running.
-
-    (Its phase kernels end by themselves: a kernel exits when the chain that started it is gone.)
-
-    Returns what was stopped (paths relative to the run folder).
-    """
-    live = [(p, rec) for p, rec in pid_records(run_dir) if live_pid(rec) is not None]
-    stop_groups([rec for _, rec in live])
-    return [p.relative_to(run_dir).as_posix() for p, _ in live]
 
 
 def find_notebook(notebooks_dir: str | os.PathLike[str], phase: str) -> Path:

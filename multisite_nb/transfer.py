@@ -498,6 +498,9 @@ def run_shipments(
             butlers[site] = open_butler(campaign.butler_repo(site), writeable=True)
         return butlers[site]
 
+    def watch(ops: RucioOps, rule_ids: list[str], desc: str) -> dict[str, RuleRecord]:
+        return watch_rules(ops, rule_ids, timeout_s=timeout_s, progress=progress, desc=desc)
+
     def do_register(s: Shipment) -> None:
         register_shipment(campaign, ops, butler(s.source), s, outcomes[s.name])
 
@@ -522,13 +525,7 @@ def run_shipments(
 
     try:
         ok = [s for s in shipments if isolated(s, "register", do_register)]
-        rec_states = watch_rules(
-            ops,
-            [outcomes[s.name].records_rule_id or "" for s in ok],
-            timeout_s=timeout_s,
-            progress=progress,
-            desc="dimension records",
-        )
+        rec_states = watch(ops, [outcomes[s.name].records_rule_id or "" for s in ok], "dimension records")
         ruled = []
         for s in ok:
             o = outcomes[s.name]
@@ -539,13 +536,7 @@ def run_shipments(
                 continue
             if isolated(s, "rule", do_rule):
                 ruled.append(s)
-        states = watch_rules(
-            ops,
-            [outcomes[s.name].rule_id or "" for s in ruled],
-            timeout_s=timeout_s,
-            progress=progress,
-            desc="data rules",
-        )
+        states = watch(ops, [outcomes[s.name].rule_id or "" for s in ruled], "data rules")
         for s in ruled:
             o = outcomes[s.name]
             st = states[o.rule_id or ""]

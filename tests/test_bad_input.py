@@ -109,7 +109,7 @@ def test_a_world_refuses_two_sites_sharing_a_path(tmp_path: Path, key: str) -> N
 def test_run_folder_must_be_a_run_folder_and_writable(tmp_path: Path) -> None:
     from multisite_nb.errors import StorageError
     from multisite_nb.fileio import check_writable
-    from multisite_nb.runbook import check_run_folder
+    from multisite_nb.runfolder import check_run_folder
 
     repo = BAD.parents[2]
     runner = CliRunner()

@@ -21,7 +21,7 @@ from multisite_nb.config import load_campaign, repo_root
 from multisite_nb.errors import GateError
 from multisite_nb.naming import placement_dataset
 from multisite_nb.rucio_ops import RucioOps
-from multisite_nb.runbook import new_run
+from multisite_nb.runfolder import new_run
 
 pytestmark = [pytest.mark.world, pytest.mark.timeout(600)]
 

@@ -27,7 +27,7 @@ from multisite_nb import phases
 from multisite_nb.config import Campaign, load_campaign, repo_root
 from multisite_nb.records import StepRecord, StepState
 from multisite_nb.results import PhaseResult, record_result
-from multisite_nb.runbook import new_run
+from multisite_nb.runfolder import new_run
 from multisite_nb.views.dashboard import (
     Dashboard,
     history_file,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from multisite_nb import phases
-from multisite_nb.runbook import new_run
+from multisite_nb.runfolder import new_run
 
 pytestmark = [pytest.mark.world, pytest.mark.timeout(600)]
 

@@ -27,7 +27,7 @@ from multisite_nb.config import load_campaign, repo_root
 from multisite_nb.lock import LockedError, OperatorLock
 from multisite_nb.procs import live_pid, read_pid_record
 from multisite_nb.results import load_result, load_run_record
-from multisite_nb.runbook import new_run
+from multisite_nb.runfolder import new_run
 
 pytestmark = [pytest.mark.world, pytest.mark.slow, pytest.mark.timeout(1200)]
 BIN = Path(sys.executable).parent

@@ -20,7 +20,8 @@ from multisite_nb import naming, phases
 from multisite_nb.config import repo_root
 from multisite_nb.placement import PlacementPlan
 from multisite_nb.results import load_result
-from multisite_nb.runbook import new_run, run_chain
+from multisite_nb.runbook import run_chain
+from multisite_nb.runfolder import new_run
 
 pytestmark = pytest.mark.world
 

@@ -18,7 +18,7 @@ from multisite_nb import naming, phases
 from multisite_nb.placement import PlacementPlan
 from multisite_nb.results import load_result
 from multisite_nb.rucio_ops import RucioOps
-from multisite_nb.runbook import new_run
+from multisite_nb.runfolder import new_run
 
 pytestmark = [pytest.mark.world, pytest.mark.slow, pytest.mark.timeout(900)]
 

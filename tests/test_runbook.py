@@ -30,7 +30,8 @@ from multisite_nb.results import (
     summarize,
     utcnow,
 )
-from multisite_nb.runbook import find_notebook, new_run, run_chain
+from multisite_nb.runbook import find_notebook, run_chain
+from multisite_nb.runfolder import new_run
 from multisite_nb.secrets import (
     REDACTED,
     known_secrets_from_rucio_config,

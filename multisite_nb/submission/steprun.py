@@ -145,16 +145,9 @@ def step_run(
         if chain_exists is None:
             chain_exists = _planned_before(campaign, site, step)
     inputs = _dedupe([*([chain] if chain_exists else []), *campaign.config.collections.inputs, *extra_inputs])
-    return StepRun(
-        site=site,
-        step=step,
-        repo=repo,
-        inputs=inputs,
-        output_chain=chain,
-        output_run=run,
-        data_query=_data_query(campaign, site),
-        pipeline=f"{campaign.pipeline_path}#{step}",
-    )
+    # site, step, repo, inputs, output chain and run, data query, pipeline subset
+    query, pipeline = _data_query(campaign, site), f"{campaign.pipeline_path}#{step}"
+    return StepRun(site, step, repo, inputs, chain, run, query, pipeline)
 
 
 def reference_step_run(campaign: Campaign, step: str) -> StepRun:

@@ -40,7 +40,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, TypedDict
+from typing import TYPE_CHECKING, ClassVar, TypedDict, cast
 from urllib.parse import parse_qs
 
 from ..config import Campaign, load_campaign, repo_root
@@ -376,17 +376,9 @@ class Dashboard:
         button.on_click(on_click)
         auto.observe(on_auto, names="value")
         every.observe(on_every, names="value")
-        return _Widgets(
-            root=root,
-            header=header,
-            button=button,
-            auto=auto,
-            every=every,
-            status=status_line,
-            cards=cards,
-            problems=problems,
-            images=imgs,
-        )
+        controls: dict[str, Any] = {"button": button, "auto": auto, "every": every, "status": status_line}
+        views: dict[str, Any] = {"root": root, "header": header, "cards": cards, "problems": problems, "images": imgs}
+        return cast(_Widgets, {**controls, **views})
 
     def _status_line(self, note: str = "") -> str:
         when = fmt_time(self.status.collected_at) if self.status else "never"

@@ -64,16 +64,9 @@ def environment() -> Environment:
         plural=plural,
         basename=lambda p: Path(p).name,
     )
-    env.globals.update(
-        STATES=STATES,
-        STATE_COLOURS=STATE_COLOURS,
-        STATE_LABELS=STATE_LABELS,
-        STATE_TINTS=STATE_TINTS,
-        STEP_COLOURS=STEP_COLOURS,
-        REPLICATING_COLOUR=REPLICATING_COLOUR,
-        NOT_STARTED=StepState.NOT_STARTED,
-        step_text_colour=step_text_colour,
-    )
+    palette = {"STATE_COLOURS": STATE_COLOURS, "STATE_LABELS": STATE_LABELS, "STATE_TINTS": STATE_TINTS}
+    env.globals.update(palette, STATES=STATES, STEP_COLOURS=STEP_COLOURS, REPLICATING_COLOUR=REPLICATING_COLOUR)
+    env.globals.update(NOT_STARTED=StepState.NOT_STARTED, step_text_colour=step_text_colour)
     return env
 
 

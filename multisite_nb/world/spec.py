@@ -11,10 +11,9 @@ import hashlib
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..config import read_yaml, repo_root, validation_message
-from ..errors import ConfigError
+from ..config import load_model, parameter_path, repo_root
 
 __all__ = ["DEFAULT_SPEC", "BandSpec", "SkySpec", "TargetSpec", "TractSpec", "load_spec"]
 
@@ -157,14 +156,5 @@ def load_spec(path: str | os.PathLike[str] | None = None) -> tuple[Path, SkySpec
     ConfigError
         Naming the file and the key at fault.
     """
-    p = Path(path) if path else repo_root() / DEFAULT_SPEC
-    if not p.is_absolute() and not p.exists() and (repo_root() / p).exists():
-        p = repo_root() / p
-    p = p.resolve()
-    data = read_yaml(p)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
-    try:
-        return p, SkySpec.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(validation_message(p, exc)) from None
+    p = parameter_path(path) if path else repo_root() / DEFAULT_SPEC
+    return p, load_model(p, SkySpec)

@@ -5,32 +5,5 @@ Only the interface is imported here; the built-in executors load on first lookup
 
 from __future__ import annotations
 
-from .base import (
-    Attempt,
-    BpsPlugin,
-    Executor,
-    Launch,
-    bps_executor_for,
-    child_env,
-    executor_for,
-    executor_names,
-    get_executor,
-    register_executor,
-    site_config_path,
-    tool_path,
-)
-
-__all__ = [
-    "Attempt",
-    "BpsPlugin",
-    "Executor",
-    "Launch",
-    "bps_executor_for",
-    "child_env",
-    "executor_for",
-    "executor_names",
-    "get_executor",
-    "register_executor",
-    "site_config_path",
-    "tool_path",
-]
+from .base import *  # noqa: F403 - this package's public face is its interface module's
+from .base import __all__ as __all__

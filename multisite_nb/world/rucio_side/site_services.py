@@ -161,21 +161,27 @@ class SiteServices:
         self.heartbeats.clear()
 
     # -- daemon steps ------------------------------------------------------------------
+    def _fetching(self, hb: HeartbeatHandler) -> dict[str, Any]:
+        """What every conveyor daemon's request fetch is given here: any activity, this world's topology."""
+        return {
+            "activity": None,
+            "cached_topology": self.topology,
+            "set_last_processed_by": False,
+            "heartbeat_handler": hb,
+        }
+
     def submit(self) -> int:
         """conveyor-submitter: queued requests -> posix jobs (files are copied here)."""
         hb = self.heartbeat("conveyor-submitter")
         _, batch = submitter._fetch_requests(
             partition_hash_var=None,
             bulk=self.bulk,
-            activity=None,
             rse_ids=None,
             request_type=[RequestType.TRANSFER],
             ignore_availability=False,
             filter_transfertool=None,
             metrics=self.metrics,
-            cached_topology=self.topology,
-            set_last_processed_by=False,
-            heartbeat_handler=hb,
+            **self._fetching(hb),
         )
         if batch[1]:
             submitter._handle_requests(
@@ -200,10 +206,7 @@ class SiteServices:
             activity_shares=None,
             transfertool=posix_transfertool.NAME,
             filter_transfertool=None,
-            cached_topology=self.topology,
-            activity=None,
-            set_last_processed_by=False,
-            heartbeat_handler=hb,
+            **self._fetching(hb),
         )
         if transfers:
             poller._handle_requests(
@@ -221,13 +224,7 @@ class SiteServices:
     def finish(self) -> int:
         """conveyor-finisher: terminal requests -> replicas, locks, rules (retry or STUCK)."""
         hb = self.heartbeat("conveyor-finisher")
-        _, batch = finisher._fetch_requests(
-            db_bulk=self.bulk,
-            set_last_processed_by=False,
-            cached_topology=self.topology,
-            heartbeat_handler=hb,
-            activity=None,
-        )
+        _, batch = finisher._fetch_requests(db_bulk=self.bulk, **self._fetching(hb))
         if batch[0]:
             finisher._handle_requests(
                 batch,
