@@ -22,10 +22,11 @@
 # Parameters (papermill overrides these; credentials never go here)
 campaign_file = "parameters/campaign_3x3.yaml"
 run_dir = ""
+repair = False  # True: act on the problems found (Rucio re-replicates, rules retried, re-ingest), then verify again
 
 # %%
 import pandas as pd
-from IPython.display import Markdown
+from IPython.display import Markdown, display
 
 from multisite_nb import phases
 from multisite_nb.notebook import open_phase, show_gate
@@ -42,6 +43,22 @@ from multisite_nb.verify import problems_table
 
 problems = pd.DataFrame(problems_table(reports))
 summarize(problems) if len(problems) else Markdown("No problems.")
+
+# %% [markdown]
+# ## Repair
+#
+# With `repair = True` (or `multisite-nb repair RUN_DIR`): a corrupt or missing replica is declared bad to Rucio,
+# which re-replicates it from a good copy (its central source is checked first); a STUCK rule is retried with its
+# reason shown; a dataset a site's Butler lacks is ingested again. Then the sites are verified again and this
+# phase's gate is recorded anew.
+
+# %%
+if repair and not result.passed:
+    from multisite_nb.repair import repair as repair_placement
+
+    repaired, actions, _ = repair_placement(campaign, run_dir, log=print)
+    display(pd.DataFrame([a.model_dump() for a in actions]))
+    result, reports = phases.verify(campaign, run_dir)
 
 # %%
 show_gate(result)  # the chain reads the recorded result; a failed gate stops it
