@@ -11,6 +11,7 @@ of every remote site's units (a global step sees every site's data).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 from lsst.pipe.base import Pipeline
 from lsst.pipe.base.pipeline_graph import PipelineGraph
 
-from ..butler_ops import collection_exists
+from ..butler_ops import collection_exists, open_butler
 from ..config import Campaign, SkyUnit
+from ..errors import ButlerError
 from ..naming import reference_chain, reference_run, site_chain, step_run_collection
 from ..placement import units_where
 
@@ -86,9 +88,57 @@ def site_units(campaign: Campaign, site: str) -> list[SkyUnit]:
     return campaign.sky_units(site)
 
 
-def _data_query(campaign: Campaign, site: str) -> str:
+@functools.lru_cache(maxsize=32)
+def step_dimensions(pipeline: str, step: str) -> frozenset[str]:
+    """Every dimension of the quanta of a step's tasks (as the pipeline declares them)."""
+    graph = load_pipeline_graph(pipeline)
+    return frozenset(d for label in graph.task_subsets[step] for d in graph.tasks[label].raw_dimensions)
+
+
+def site_visits(campaign: Campaign, site: str) -> list[int] | None:
+    """The visits overlapping the site's sky units, from its own registry; `None` if it cannot be read here."""
+    cfg = campaign.config
+    try:
+        with open_butler(campaign.butler_repo(site)) as butler:
+            ids = butler.query_data_ids(
+                ["visit", "patch"],
+                where=units_where(site_units(campaign, site), cfg.skymap),
+                instrument=cfg.instrument,
+                limit=None,
+                explain=False,
+            )
+            return sorted({int(d["visit"]) for d in ids})
+    except ButlerError:
+        return None
+
+
+def data_query(campaign: Campaign, site: str, step: str) -> str:
+    """The Butler expression selecting what ``step`` works on at ``site``, from the step's quantum dimensions.
+
+    * a step with patch-level quanta works on the site's sky units (tracts and patches);
+    * one whose quanta are whole tracts works on the site's tracts (every visit of them it holds);
+    * anything else (per exposure, visit, detector, or global) on the site's visits — every
+      detector of each, so that a visit's products are whole wherever they are made.
+
+    Where the site's registry cannot be read from here (a remote facility), the sky units.
+    """
+    cfg = campaign.config
     units = site_units(campaign, site)
-    return f"instrument = '{campaign.config.instrument}' AND {units_where(units, campaign.config.skymap)}"
+    by_units = f"instrument = '{cfg.instrument}' AND {units_where(units, cfg.skymap)}"
+    dims = step_dimensions(str(campaign.pipeline_path), step)
+    if "patch" in dims:
+        return by_units
+    parts = [f"instrument = '{cfg.instrument}'"]
+    if "tract" in dims:
+        parts.append(
+            f"skymap = '{cfg.skymap}' AND tract IN ({', '.join(str(t) for t in sorted({u.tract for u in units}))})"
+        )
+    if "tract" not in dims or dims & {"visit", "exposure", "detector"}:
+        visits = site_visits(campaign, site)
+        if not visits:
+            return by_units
+        parts.append(f"visit IN ({', '.join(map(str, visits))})")
+    return " AND ".join(parts)
 
 
 def _planned_before(campaign: Campaign, site: str, step: str) -> bool:
@@ -146,7 +196,7 @@ def step_run(
             chain_exists = _planned_before(campaign, site, step)
     inputs = _dedupe([*([chain] if chain_exists else []), *campaign.config.collections.inputs, *extra_inputs])
     # site, step, repo, inputs, output chain and run, data query, pipeline subset
-    query, pipeline = _data_query(campaign, site), f"{campaign.pipeline_path}#{step}"
+    query, pipeline = data_query(campaign, site, step), f"{campaign.pipeline_path}#{step}"
     return StepRun(site, step, repo, inputs, chain, run, query, pipeline)
 
 
