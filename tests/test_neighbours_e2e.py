@@ -32,15 +32,27 @@ def neighbours(tmp_path_factory):
     world, runs = tmp / "world", tmp / "runs"
     nb = [str(BIN / "multisite-nb")]
     try:
-        up = subprocess.run([*nb, "world", "up", "--spec", SPEC, "--params", CAMPAIGN, "--dir", str(world)],
-                            cwd=repo_root(), capture_output=True, text=True, timeout=600)
+        up = subprocess.run(
+            [*nb, "world", "up", "--spec", SPEC, "--params", CAMPAIGN, "--dir", str(world)],
+            cwd=repo_root(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
-        proc = subprocess.run([*nb, "campaign", CAMPAIGN, "--world", str(world), "--runs-root", str(runs)],
-                              cwd=repo_root(), capture_output=True, text=True, timeout=2400)
+        proc = subprocess.run(
+            [*nb, "campaign", CAMPAIGN, "--world", str(world), "--runs-root", str(runs)],
+            cwd=repo_root(),
+            capture_output=True,
+            text=True,
+            timeout=2400,
+        )
     finally:
-        subprocess.run([*nb, "world", "down", "--dir", str(world)], cwd=repo_root(), capture_output=True,
-                       text=True, timeout=120)
-    run_dirs = sorted(p for p in (runs / "neighbours").iterdir() if p.is_dir()) if (runs / "neighbours").exists() else []
+        subprocess.run(
+            [*nb, "world", "down", "--dir", str(world)], cwd=repo_root(), capture_output=True, text=True, timeout=120
+        )
+    folder = runs / "neighbours"
+    run_dirs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
     return proc, run_dirs
 
 
