@@ -25,7 +25,7 @@ from lsst.daf.butler import Butler, CollectionType, MissingCollectionError
 
 from .butler_ops import open_butler
 from .config import Campaign
-from .naming import owner_collection, placement_dataset
+from .naming import lock_collection, owner_collection, placement_dataset
 from .rucio_ops import RucioOps
 
 if TYPE_CHECKING:
@@ -48,7 +48,8 @@ def _ownership(campaign: Campaign, site: str, butler: Butler) -> list[str]:
         owner = None
     if owner == identity(campaign):
         return []
-    existing = sorted(c for c in butler.collections.query(f"{prefix}/*") if c != marker)
+    ours = {marker, lock_collection(campaign)}  # the campaign's own bookkeeping, not its products
+    existing = sorted(c for c in butler.collections.query(f"{prefix}/*") if c not in ours)
     if owner is None and not existing:
         return []
     made_by = f"by {owner}" if owner else "outside multisite_nb (no owner marker)"
