@@ -23,11 +23,13 @@
 campaign_file = "parameters/campaign_3x3.yaml"
 run_dir = ""
 stage = "early"  # which stage of the campaign's stage plan this run of the notebook serves
+prepare_only = False  # True: build each site's PanDA workflow offline (no submission), e.g. with manifest below
+manifest = ""  # another site manifest for prepare_only, e.g. "parameters/sites/facilities.yaml"
 
 # %%
 import pandas as pd
 import yaml
-from IPython.display import Markdown
+from IPython.display import Markdown, display
 
 from multisite_nb import phases
 from multisite_nb.notebook import open_phase, show_gate
@@ -67,17 +69,28 @@ print(
 print(yaml.safe_dump(submit_file(campaign, step_run(campaign, site0, st.steps[0])), sort_keys=False))
 
 # %% [markdown]
+# ## Prepare only
+#
+# With `prepare_only = True` (and the facilities' `manifest`), each site's PanDA workflow of every step of the stage
+# is built offline by ctrl_bps_panda — queues, clouds, memory, attempts and each job's command — and nothing is
+# submitted. A step whose inputs come from an earlier step of the stage can be prepared once that step has run.
+
+# %%
+if prepare_only:
+    from multisite_nb.naming import logs_dir
+    from multisite_nb.submission.panda_prepare import prepare_stage
+
+    target = campaign.with_manifest(manifest, env={}) if manifest else campaign
+    prepared = pd.DataFrame(prepare_stage(target, st.steps, logs_dir(run_dir) / "prepare" / stage))
+    display(summarize(prepared, max_rows=40))
+
+# %% [markdown]
 # ## Run
 
 # %%
-result, steps = phases.submit(campaign, run_dir, stage)
-phases.steps_table(steps)
-
-# %%
-failures = [
-    {"site": s, "step": k, **f} for s, by in steps.items() for k, v in by.items() for f in v.get("failures", [])
-]
-summarize(pd.DataFrame(failures)) if failures else Markdown("No failed quanta.")
-
-# %%
-show_gate(result)  # the chain reads the recorded result; a failed gate stops it
+if not prepare_only:
+    result, steps = phases.submit(campaign, run_dir, stage)
+    display(phases.steps_table(steps))
+    failures = [{"site": s, "step": k, **f} for s, by in steps.items() for k, v in by.items() for f in v["failures"]]
+    display(summarize(pd.DataFrame(failures)) if failures else Markdown("No failed quanta."))
+    show_gate(result)  # the chain reads the recorded result; a failed gate stops it

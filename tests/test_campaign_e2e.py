@@ -156,3 +156,47 @@ def test_sites_ran_their_steps_side_by_side(campaign_run) -> None:
     latest_start = max(a for a, _ in spans.values())
     earliest_end = min(b for _, b in spans.values())
     assert latest_start < earliest_end, spans
+
+
+def test_facility_workflows_are_prepared_offline_for_every_site_and_step(campaign_run, tmp_path) -> None:
+    """The facilities' PanDA workflow of each early step at each site, built offline by ctrl_bps_panda.
+
+    The facilities' manifest (PanDA, queues, clouds) with this world's repositories standing in for
+    the facilities': each iDDS task sits on its site's queue (the final job on the merge queue), in
+    its cloud and site, with the submit file's memory and attempts, and every job reads that
+    site's repository. Nothing is sent to PanDA.
+    """
+    from multisite_nb.config import load_campaign
+    from multisite_nb.submission import step_run
+    from multisite_nb.submission.panda_prepare import prepare_panda
+    from multisite_nb.wiring import load_pipeline_graph
+
+    proc, world, _, _ = campaign_run
+    assert proc.returncode == 0
+    here = load_campaign(repo_root() / "parameters" / "campaign_3x3.yaml", env={"MSNB_WORLD": str(world)})
+    facilities = here.with_manifest("parameters/sites/facilities.yaml", env={})
+    sites = {n: s.model_copy(update={"butler": here.butler_repo(n)}) for n, s in facilities.manifest.sites.items()}
+    facilities = type(facilities)(
+        facilities.config,
+        facilities.manifest.model_copy(update={"sites": sites}),
+        facilities.path,
+        facilities.manifest_path,
+    )
+    graph = load_pipeline_graph(here.pipeline_path)
+    early = next(st for st in here.config.stages if st.name == "early")
+    for site in here.remote_sites:
+        spec = facilities.site(site)
+        for step in early.steps:
+            # a fresh output run, reading what the campaign made at the site
+            sr = step_run(facilities, site, step, extra_inputs=[f"3x3/{site}"])
+            sr = type(sr)(**{**sr.__dict__, "output_chain": f"prepare/{site}", "output_run": f"prepare/{site}/{step}"})
+            tasks = prepare_panda(facilities, sr, tmp_path / site / step)
+            by_label = {t.label: t for t in tasks}
+            assert set(by_label) == {"pipetaskInit", "finalJob", *graph.task_subsets[step]}, (site, step)
+            for t in tasks:
+                final = t.label == "finalJob"
+                assert t.queue == (spec.merge_queue if final else spec.queue), (site, step, t.name, t.queue)
+                assert (t.cloud, t.site) == (spec.compute_cloud, spec.compute_site)
+                assert t.max_attempts == 3
+                assert t.memory_mb == (8192 if final else 2048)
+                assert here.butler_repo(site) in t.command, t.command
