@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lsst.rucio.register.data_type import DataType
+from lsst.rucio.register.rubin_meta import RubinMeta
+
 from .config import Campaign
 from .errors import ConfigError, MsnbError, PlanError
 from .naming import placement_dataset, records_dataset
@@ -224,7 +227,7 @@ def register_shipment(
         tmp.replace(final)
     lfn = str(final.relative_to(src_root))
     outcome.records_file = lfn
-    rec = FileDid(lfn, final.stat().st_size, adler32_of(final), {"rubin_butler": "dim_file"})
+    rec = FileDid(lfn, final.stat().st_size, adler32_of(final), RubinMeta(rubin_butler=DataType.DIM_FILE).model_dump())
     ops.add_replicas(src.rse, [rec])
     ops.set_metadata([rec])
     ops.ensure_dataset(shipment.records_dataset)
@@ -248,8 +251,9 @@ def register_shipment(
             raise PlanError(
                 f"{shipment.name}: dataset {f.id} ({f.dataset_type}) is not in the {shipment.source} Butler"
             )
-        kind = "raw_file" if shipment.raw_inputs and "exposure" in f.data_id else "data_product"
-        dids.append(FileDid(f.lfn, f.size, f.adler32, {"rubin_butler": kind, "rubin_sidecar": ref.to_json()}))
+        kind = DataType.RAW_FILE if shipment.raw_inputs and "exposure" in f.data_id else DataType.DATA_PRODUCT
+        meta = RubinMeta(rubin_butler=kind, rubin_sidecar=ref.to_json())  # Rubin's own metadata model
+        dids.append(FileDid(f.lfn, f.size, f.adler32, meta.model_dump()))
     outcome.newly_registered = ops.add_replicas(src.rse, dids)
     ops.set_metadata(dids)
     ops.ensure_dataset(shipment.name)
