@@ -83,10 +83,10 @@ def test_a_tract_split_under_a_whole_tract_site_task_is_refused_before_anything_
     assert not result.passed
     assert result.reason.startswith("cannot be made consistent")
     assert (
-        "tract 0 is split between IN2P3, RAL, but task isolatedStarAssociation (step2b, site stage early)"
-        in result.reason
+        "tract 0 is split between IN2P3, RAL, but task gbdesAstrometricFit (step2b, site stage early)" in result.reason
     )
     refused = result.summary["refused"]
-    assert any("gbdesAstrometricFit" in r for r in refused) and any("consolidateObjectTable" in r for r in refused)
+    for task in ("isolatedStarAssociation", "consolidateObjectTable", "consolidateForcedSourceTable"):
+        assert any(f"task {task} (" in r for r in refused), refused
     ops = RucioOps.for_campaign(campaign)
     assert not [r for r in ops.list_rules() if r.name.startswith("split.")]  # nothing moved
