@@ -61,6 +61,7 @@ class PipetaskExecutor(Executor):
             cmd += ["--extend-run", "--skip-existing", "--clobber-outputs"]
             if _has_init_outputs(sr):
                 cmd.append("--skip-init-writes")
+            attempt.record["half_written_reset"] = _reset_half_written(sr)
         attempt.record.update({"graph": str(graph), "command": cmd})
         attempt.save()
         rc, timed_out = attempt.run(cmd, env=child_env(), cwd=attempt.folder, timeout=attempt.timeout)
@@ -80,6 +81,38 @@ def _has_init_outputs(sr: StepRun) -> bool:
             except (MissingDatasetTypeError, MissingCollectionError):  # not registered yet
                 continue
     return False
+
+
+def _reset_half_written(sr: StepRun) -> int:
+    """Quanta a stopped run left half-written (metadata, no log) made runnable again; how many.
+
+    ``--skip-existing`` takes a quantum's metadata for proof that it finished, but a process killed
+    between writing a quantum's metadata and its log leaves that proof without the log: such a
+    quantum would be skipped for ever and reported as failed. Its metadata is removed so that the
+    restart runs it again (``--clobber-outputs`` replaces its other outputs).
+    """
+    graph = load_pipeline_graph(sr.pipeline_path)
+    reset = 0
+    with open_butler(sr.repo, writeable=True) as butler:
+        for label in graph.task_subsets[sr.subset]:
+            node = graph.tasks[label]
+            if node.metadata_output is None or node.log_output is None:
+                continue
+            try:
+                meta = butler.query_datasets(
+                    node.metadata_output.dataset_type_name, collections=sr.output_run, explain=False, limit=None
+                )
+                logs = butler.query_datasets(
+                    node.log_output.dataset_type_name, collections=sr.output_run, explain=False, limit=None
+                )
+            except (MissingDatasetTypeError, MissingCollectionError):
+                continue
+            logged = {r.dataId for r in logs}
+            half = [r for r in meta if r.dataId not in logged]
+            if half:
+                butler.pruneDatasets(half, disassociate=True, unstore=True, purge=True)
+                reset += len(half)
+    return reset
 
 
 def _already_complete(log: Path) -> int | None:
