@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from .config import Campaign
 from .lock import operator_lock
 from .naming import placement_dataset, plan_path
-from .placement import PlacementPlan, adler32_of
+from .placement import PlacementPlan, PlannedFile, adler32_of
 from .records import RuleState
 from .results import PhaseResult, finish_phase, utcnow
 from .rucio_ops import RucioOps
@@ -47,10 +47,9 @@ class RepairAction(BaseModel):
     detail: str = ""
 
 
-def _source_is_good(campaign: Campaign, plan: PlacementPlan, lfn: str) -> str | None:
+def _source_is_good(campaign: Campaign, planned: PlannedFile | None, lfn: str) -> str | None:
     """``None`` if the central copy of ``lfn`` matches the plan, else why not."""
     root = campaign.site(campaign.central).rse_root
-    planned = next((f for f in plan.files.values() if f.lfn == lfn), None)
     if planned is None:
         return "not in the plan"
     if root is None:
@@ -104,6 +103,8 @@ def _repair(
     plan = PlacementPlan.load(plan_path(run_dir))
     before = [r for r in verify_placement(campaign, plan) if not r.ok]
     ops = RucioOps.for_campaign(campaign)
+    suspect = {p.what for r in before for p in r.problems if p.layer == "disk"}
+    planned = {f.lfn: f for f in plan.files.values() if f.lfn in suspect}  # one pass over the plan
     actions: list[RepairAction] = []
     rules: list[str] = []
     declared: dict[str, list[str]] = {}
@@ -113,7 +114,7 @@ def _repair(
         bad, stuck, butler = _plan_site(report.problems)
         good = []
         for lfn in sorted(bad):
-            why = _source_is_good(campaign, plan, lfn)
+            why = _source_is_good(campaign, planned.get(lfn), lfn)
             if why is None:
                 good.append(lfn)
             else:
