@@ -277,6 +277,26 @@ def unlock_cmd(params: str, world_dir: str | None, force: bool) -> None:
     click.echo(f"lock broken: it was held by {holder}" if holder else "the campaign is not locked")
 
 
+@main.command("cleanup")
+@click.argument("params", default=DEFAULT_PARAMS)
+@click.option("--world", "world_dir", default=None, help="World folder (sets $MSNB_WORLD).")
+@click.option("--yes", is_flag=True, help="Remove for real (default: only list what would go).")
+def cleanup_cmd(params: str, world_dir: str | None, yes: bool) -> None:
+    """Remove a campaign's products: its collections at every site and its non-placement rules."""
+    from .cleanup import cleanup
+    from .config import load_campaign
+
+    if world_dir:
+        os.environ["MSNB_WORLD"] = str(Path(world_dir).resolve())
+    try:
+        items = cleanup(load_campaign(params), dry_run=not yes)
+    except MsnbError as exc:
+        raise click.ClickException(str(exc)) from None
+    for i in items:
+        click.echo(f"  {i.site:6s} {i.kind:10s} {i.what}  {i.detail}")
+    click.echo(f"{'removed' if yes else 'would remove (dry run; --yes removes)'}: {len(items)} item(s)")
+
+
 @main.command("repair")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--world", "world_dir", default=None, help="World folder (sets $MSNB_WORLD).")

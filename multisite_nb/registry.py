@@ -150,5 +150,6 @@ for _phase in (
     Phase("submit", "04_submit", "multisite_nb.phases:submit", staged=True),
     Phase("gather_redistribute", "05_gather_redistribute", "multisite_nb.phases:gather_redistribute", staged=True),
     Phase("qa", "06_qa", "multisite_nb.phases:qa"),
+    Phase("cleanup", "07_cleanup", "multisite_nb.cleanup:cleanup"),  # on purpose only: never in a chain
 ):
     register(_phase)

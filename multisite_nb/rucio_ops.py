@@ -372,6 +372,10 @@ class RucioOps:
         """Every rule of the scope (one call)."""
         return [RuleRecord.from_rucio(r) for r in self.client.list_replication_rules(filters={"scope": self.scope})]
 
+    def delete_rule(self, rule_id: str) -> None:
+        """Delete a rule; its replicas are left to Rucio's reaper (``purge_replicas``)."""
+        self.client.delete_replication_rule(rule_id, purge_replicas=True)
+
     def retry_rule(self, rule_id: str) -> None:
         """Retry a STUCK rule's stuck locks now (Rucio's ``boost_rule``)."""
         self.client.update_replication_rule(rule_id, {"boost_rule": True})
