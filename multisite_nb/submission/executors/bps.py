@@ -33,6 +33,38 @@ __all__ = ["BpsExecutor", "PandaExecutor", "ParslExecutor"]
 
 _SECRET_NAME = re.compile(r"(?i)(pass|secret|token|credential|private|_key$|^key$)")
 _STATUS_POLL = 60.0
+#: What a PanDA submission passes on (names, and name prefixes) of this process's environment.
+_PANDA_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LANG",
+        "TZ",
+        "TMPDIR",
+        "PYTHONPATH",
+        "X509_USER_PROXY",
+        "X509_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "SSL_CERT_FILE",
+    }
+)
+_PANDA_ENV_PREFIXES = (
+    "LC_",
+    "PANDA_",
+    "IDDS_",
+    "BPS_",
+    "CTRL_",
+    "DAF_",
+    "LSST_",
+    "EUPS_",
+    "S3_",
+    "AWS_",
+    "PGPASS",
+    "DAF_BUTLER_",
+)
 
 
 class BpsExecutor(Executor, BpsPlugin):
@@ -163,11 +195,17 @@ class ParslExecutor(BpsExecutor):
 
 
 class PandaExecutor(BpsExecutor):
-    """BPS with the PanDA plugin: the facility runs the jobs (its OIDC token variables pass through)."""
+    """BPS with the PanDA plugin: the facility runs the jobs."""
 
     name = "bps-panda"
     wms_match = "panda"
     default_retries = 3
+
+    def job_env(self, env: Mapping[str, str]) -> dict[str, str]:
+        """Only what ``bps`` and the PanDA client need: the process basics, the LSST stack, PanDA/iDDS
+        (their OIDC token variables included) and the Butler's storage credentials; nothing else —
+        BPS writes its whole environment to ``<submit>/<name>.env.info.yaml``, which the facility keeps."""
+        return {k: v for k, v in env.items() if k in _PANDA_ENV or k.startswith(_PANDA_ENV_PREFIXES)}
 
 
 def _run_id(log: Path) -> str | None:
