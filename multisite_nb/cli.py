@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
-from .config import repo_root
+from .config import Campaign, repo_root
 from .errors import ConfigError, MsnbError
 
 DEFAULT_PARAMS = "parameters/campaign_3x3.yaml"
@@ -259,39 +261,51 @@ def status_cmd(run_dir: str) -> None:
         sys.exit(1)
 
 
-@main.command("unlock")
-@click.argument("params", default=DEFAULT_PARAMS)
-@click.option("--world", "world_dir", default=None, help="World folder (sets $MSNB_WORLD).")
-@click.option("--force", is_flag=True, help="Break it even if its holder may still work (another host, alive).")
-def unlock_cmd(params: str, world_dir: str | None, force: bool) -> None:
-    """Break a campaign's operator lock left by a dead run (only a stale one, unless --force)."""
+def _campaign_in(params: str, world_dir: str | None) -> Campaign:
+    """The campaign, its manifest read against ``--world`` if given."""
     from .config import load_campaign
-    from .lock import OperatorLock
 
     if world_dir:
         os.environ["MSNB_WORLD"] = str(Path(world_dir).resolve())
+    return load_campaign(params)
+
+
+@contextlib.contextmanager
+def _operator_errors() -> Iterator[None]:
+    """The toolkit's errors as one line for the operator, no traceback."""
     try:
-        holder = OperatorLock(load_campaign(params)).break_lock(force=force)
+        yield
     except MsnbError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+campaign_argument = click.argument("params", default=DEFAULT_PARAMS)
+world_option = click.option("--world", "world_dir", default=None, help="World folder (sets $MSNB_WORLD).")
+
+
+@main.command("unlock")
+@campaign_argument
+@world_option
+@click.option("--force", is_flag=True, help="Break it even if its holder may still work (another host, alive).")
+def unlock_cmd(params: str, world_dir: str | None, force: bool) -> None:
+    """Break a campaign's operator lock left by a dead run (only a stale one, unless --force)."""
+    from .lock import OperatorLock
+
+    with _operator_errors():
+        holder = OperatorLock(_campaign_in(params, world_dir)).break_lock(force=force)
     click.echo(f"lock broken: it was held by {holder}" if holder else "the campaign is not locked")
 
 
 @main.command("cleanup")
-@click.argument("params", default=DEFAULT_PARAMS)
-@click.option("--world", "world_dir", default=None, help="World folder (sets $MSNB_WORLD).")
+@campaign_argument
+@world_option
 @click.option("--yes", is_flag=True, help="Remove for real (default: only list what would go).")
 def cleanup_cmd(params: str, world_dir: str | None, yes: bool) -> None:
     """Remove a campaign's products: its collections at every site and its non-placement rules."""
     from .cleanup import cleanup
-    from .config import load_campaign
 
-    if world_dir:
-        os.environ["MSNB_WORLD"] = str(Path(world_dir).resolve())
-    try:
-        items = cleanup(load_campaign(params), dry_run=not yes)
-    except MsnbError as exc:
-        raise click.ClickException(str(exc)) from None
+    with _operator_errors():
+        items = cleanup(_campaign_in(params, world_dir), dry_run=not yes)
     for i in items:
         click.echo(f"  {i.site:6s} {i.kind:10s} {i.what}  {i.detail}")
     click.echo(f"{'removed' if yes else 'would remove (dry run; --yes removes)'}: {len(items)} item(s)")

@@ -147,6 +147,20 @@ class RucioClientConfig:
         raise ConfigError("no Rucio client config: set 'rucio.config' in the site manifest (or $RUCIO_CONFIG)")
 
 
+def token_cache_dir(vo: str | None) -> Path:
+    """Where rucio-clients caches this user's auth tokens when the config names no token file."""
+    import getpass
+    import tempfile
+
+    try:
+        from rucio.common.utils import get_tmp_dir
+
+        base = get_tmp_dir()
+    except Exception:  # pragma: no cover - rucio-clients missing or changed
+        base = tempfile.gettempdir()
+    return Path(base) / (f".rucio_{getpass.getuser()}" + (f"@{vo}" if vo and vo != "def" else ""))
+
+
 def _make_client(cfg: RucioClientConfig, *, quiet: bool) -> Client:
     """A rucio-clients ``Client`` from ``cfg``, with its token file from ``cfg`` too."""
     from rucio.client import Client

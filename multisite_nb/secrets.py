@@ -16,16 +16,16 @@ the secret itself, so findings can be printed and stored safely.
 from __future__ import annotations
 
 import configparser
-import getpass
 import html
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+
+from .rucio_ops import token_cache_dir
 
 __all__ = [
     "CREDENTIAL_PATTERNS",
@@ -220,17 +220,6 @@ _NOT_SECRET_KEY = re.compile(r"(?i)(_path|_file|_dir|lifetime|polling|_auto|audi
 _URL_PASSWORD = re.compile(r"://[^/\s:@]+:([^/\s@]+)@")
 
 
-def _token_dir(vo: str | None) -> Path:
-    try:  # the same temporary folder rucio-clients uses
-        from rucio.common.utils import get_tmp_dir
-
-        base = get_tmp_dir()
-    except Exception:  # pragma: no cover - rucio-clients missing or changed
-        base = tempfile.gettempdir()
-    name = f".rucio_{getpass.getuser()}" + (f"@{vo}" if vo and vo != "def" else "")
-    return Path(base) / name
-
-
 def known_secrets_from_rucio_config(
     path: str | os.PathLike[str] | None = None, *, cached_tokens: bool = True
 ) -> list[str]:
@@ -275,7 +264,7 @@ def known_secrets_from_rucio_config(
         if client.get("auth_token_file_path"):
             token_files.append(Path(client["auth_token_file_path"]).expanduser())
         else:
-            folder = _token_dir(client.get("vo"))
+            folder = token_cache_dir(client.get("vo"))
             if folder.is_dir():
                 token_files.extend(sorted(folder.glob("auth_token_for_*")))
         for tf in token_files:
