@@ -284,16 +284,16 @@ world_option = click.option("--world", "world_dir", default=None, help="World fo
 
 
 @main.command("unlock")
+@click.option("--force", is_flag=True, help="Break it even if its holder may still work (another host, alive).")
 @campaign_argument
 @world_option
-@click.option("--force", is_flag=True, help="Break it even if its holder may still work (another host, alive).")
-def unlock_cmd(params: str, world_dir: str | None, force: bool) -> None:
+def unlock_cmd(force: bool, params: str, world_dir: str | None) -> None:
     """Break a campaign's operator lock left by a dead run (only a stale one, unless --force)."""
-    from .lock import OperatorLock
-
     with _operator_errors():
+        from .lock import OperatorLock
+
         holder = OperatorLock(_campaign_in(params, world_dir)).break_lock(force=force)
-    click.echo(f"lock broken: it was held by {holder}" if holder else "the campaign is not locked")
+        click.echo(f"lock broken: it was held by {holder}" if holder else "the campaign is not locked")
 
 
 @main.command("cleanup")
