@@ -21,6 +21,7 @@ from multisite_nb.submission import (
     submit_file,
     write_submit_file,
 )
+from multisite_nb.submission.steprun import site_visits
 from multisite_nb.world.butler_world import (
     collections_for,
     copy_site_inputs,
@@ -84,7 +85,9 @@ def test_step_run_follows_the_collection_convention(campaign: Campaign) -> None:
     sr = step_run(campaign, "IN2P3", "step1")
     assert (sr.output_chain, sr.output_run) == ("3x3/IN2P3", "3x3/IN2P3/step1")
     assert sr.inputs == ["HSC/defaults"]  # no chain yet in a fresh repo
-    assert sr.data_query == IN2P3_QUERY
+    visits = site_visits(campaign, "IN2P3")  # per-detector quanta: every detector of the site's visits
+    assert visits and sr.data_query == f"instrument = 'HSC' AND visit IN ({', '.join(map(str, visits))})"
+    assert step_run(campaign, "IN2P3", "step3").data_query == IN2P3_QUERY  # patch-level quanta: the site's patches
     assert sr.pipeline == f"{campaign.pipeline_path}#step1"
     assert sr.repo == campaign.butler_repo("IN2P3")
 
@@ -93,8 +96,9 @@ def test_step_run_follows_the_collection_convention(campaign: Campaign) -> None:
 
     central = step_run(campaign, "USDF", "step2c", ["3x3/IN2P3/step2b", "3x3/RAL/step2b"])
     assert central.output_run == "3x3/USDF/step2c"
-    for tract in (0, 1, 2):  # a global step sees every remote site's sky units
-        assert f"(tract = {tract} AND patch IN (3, 4))" in central.data_query
+    held = {v for s in ("IN2P3", "RAL") for v in site_visits(campaign, s) or []}
+    central_visits = {int(v) for v in central.data_query.split("visit IN (")[1].rstrip(")").split(",")}
+    assert held < central_visits  # a global step sees every remote site's visits, LANCS's too (from USDF's registry)
     with pytest.raises(KeyError):
         step_run(campaign, "NOWHERE", "step1")
 

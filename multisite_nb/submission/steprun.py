@@ -90,9 +90,13 @@ def site_units(campaign: Campaign, site: str) -> list[SkyUnit]:
 
 @functools.lru_cache(maxsize=32)
 def step_dimensions(pipeline: str, step: str) -> frozenset[str]:
-    """Every dimension of the quanta of a step's tasks (as the pipeline declares them)."""
+    """Every dimension of the quanta of a step's tasks (as the pipeline declares them).
+
+    Empty for a step the pipeline does not define; pre-flight names that step.
+    """
     graph = load_pipeline_graph(pipeline)
-    return frozenset(d for label in graph.task_subsets[step] for d in graph.tasks[label].raw_dimensions)
+    labels = graph.task_subsets[step] if step in graph.task_subsets else ()
+    return frozenset(d for label in labels for d in graph.tasks[label].raw_dimensions)
 
 
 def site_visits(campaign: Campaign, site: str) -> list[int] | None:
