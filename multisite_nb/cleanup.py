@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from .butler_ops import count_datasets, open_butler
 from .config import Campaign
 from .lock import operator_lock
-from .naming import lock_collection, placement_dataset
+from .naming import campaign_dataset, lock_collection, placement_dataset
 from .rucio_ops import RucioOps
 
 if TYPE_CHECKING:
@@ -69,9 +69,9 @@ def _rules(campaign: Campaign, ops: RucioOps) -> list[CleanupItem]:
             detail=f"{r.did} -> {r.rse_expression} ({r.state}, {r.total} files)",
         )
         for r in ops.list_rules()
-        if r.name.startswith(f"{campaign.name}.")
+        if campaign_dataset(campaign, r.name)
         and r.name.split(".dimensions")[0] not in placement
-        and not r.expired()  # a deleted rule only waits for Rucio's cleaner
+        and not r.ending()  # a deleted rule only waits for Rucio's cleaner
     ]
 
 

@@ -81,9 +81,10 @@ def _rules(campaign: Campaign, ops: RucioOps) -> list[str]:
     problems = []
     for site in campaign.remote_sites:
         dataset, rse = placement_dataset(campaign, site), campaign.site(site).rse
-        rule_id = ops.find_rule(dataset, rse)
-        if rule_id is None:
+        found = ops.find_rule(dataset, rse)
+        if found is None:
             continue
+        rule_id = found.id
         rule = ops.rule(rule_id)
         if rule.state.bad:
             problems.append(

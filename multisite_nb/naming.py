@@ -92,6 +92,11 @@ def shipment_dataset(campaign: Campaign, label: str, site: str) -> str:
     return f"{campaign.name}.{label}.{site}"
 
 
+def campaign_dataset(campaign: Campaign, name: str) -> bool:
+    """Whether Rucio dataset ``name`` is one of the campaign's (scopes may be shared by campaigns)."""
+    return name.startswith(f"{campaign.name}.")
+
+
 def placement_dataset(campaign: Campaign, site: str) -> str:
     """The Rucio dataset that carries a site's placed inputs."""
     return shipment_dataset(campaign, "placement", site)

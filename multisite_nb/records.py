@@ -9,7 +9,7 @@ record that does not validate is reported as unreadable, never guessed at.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = [
 ]
 
 _MAX_TEXT = 500
+RUCIO_DELETE_GRACE = timedelta(hours=1)  # a deleted rule expires this long after the delete
 
 
 class _Record(BaseModel):
@@ -212,9 +213,15 @@ class RuleRecord(_Record):
     def total(self) -> int:
         return self.locks_ok + self.locks_replicating + self.locks_stuck
 
-    def expired(self, now: datetime | None = None) -> bool:
-        """Past its lifetime: Rucio's cleaner removes it (and may delete its replicas) soon."""
-        return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
+    def ending(self, now: datetime | None = None) -> bool:
+        """Deleted, or past its lifetime: Rucio's cleaner removes it (and may delete its replicas) soon.
+
+        Rucio deletes a rule softly: it sets the rule to expire within the hour
+        (:data:`RUCIO_DELETE_GRACE`), so a rule that ends that soon counts as deleted.
+        """
+        if self.expires_at is None:
+            return False
+        return self.expires_at <= (now or datetime.now(UTC)) + RUCIO_DELETE_GRACE + timedelta(minutes=1)
 
 
 # -- shipments ---------------------------------------------------------------------------------
@@ -227,6 +234,7 @@ class ShipmentOutcome(_Record):
     dest: str
     rule_id: str | None = None
     records_rule_id: str | None = None
+    source_rule_id: str | None = None  # pins the source copies, which the source Butler holds in place
     rule_created: bool = False
     registered: int = 0
     newly_registered: int = 0

@@ -143,7 +143,8 @@ def _repair(
                 for lfn in good
             ]
             declared[rse] = good
-        rule_id = ops.find_rule(placement_dataset(campaign, site), rse)
+        found = ops.find_rule(placement_dataset(campaign, site), rse)
+        rule_id = found.id if found else None
         if stuck and rule_id:
             state = ops.rule(rule_id)
             if state.state is RuleState.STUCK:

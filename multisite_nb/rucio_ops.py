@@ -336,27 +336,49 @@ class RucioOps:
         return list(self.client.list_files(self.scope, dataset))
 
     # -- rules ----------------------------------------------------------------------------------
-    def find_rule(self, dataset: str, rse: str) -> str | None:
+    def find_rule(self, dataset: str, rse: str) -> RuleRecord | None:
         """The rule of this account for ``dataset`` on exactly ``rse``, if any (none for an unknown dataset)."""
         from rucio.common.exception import DataIdentifierNotFound
 
         try:
             for rule in self.client.list_did_rules(self.scope, dataset):
                 if rule["rse_expression"] == rse and rule["account"] == self.account:
-                    return str(rule["id"])
+                    return RuleRecord.from_rucio(rule)
         except DataIdentifierNotFound:
             pass
         return None
 
+    def _kept(self, rule: RuleRecord, lifetime_s: int | None) -> str:
+        """An existing rule's id, its deletion undone first when it is ending (Rucio deletes softly).
+
+        Reusing a deleted rule as it is would let Rucio's cleaner take its replicas within the
+        hour, under a Butler that was just told they are there.
+        """
+        from rucio.common.exception import AccessDenied
+
+        if rule.ending() and lifetime_s is None:
+            try:
+                self.client.update_replication_rule(rule.id, {"lifetime": None})
+            except AccessDenied as exc:
+                raise RucioError(
+                    f"rule {rule.id} for {rule.did} on {rule.rse_expression} was deleted (it expires at "
+                    f"{rule.expires_at:%Y-%m-%d %H:%M} UTC) and account {self.account} may not keep it: "
+                    "ask a Rucio admin to clear its lifetime, or rerun after Rucio's cleaner has removed it"
+                ) from exc
+        return rule.id
+
     def ensure_rule(
         self, dataset: str, rse: str, *, lifetime_s: int | None, activity: str, comment: str
     ) -> tuple[str, bool]:
-        """A rule for ``dataset`` on ``rse``; created unless one exists. Returns (id, created)."""
+        """A rule for ``dataset`` on ``rse``; created unless one exists. Returns (id, created).
+
+        An existing rule that was deleted (or is past its lifetime) is kept alive again.
+        """
         from rucio.common.exception import DuplicateRule
 
         existing = self.find_rule(dataset, rse)
         if existing:
-            return existing, False
+            return self._kept(existing, lifetime_s), False
         try:
             ids = self.client.add_replication_rule(
                 dids=self._dids([dataset]),
@@ -372,7 +394,7 @@ class RucioOps:
             existing = self.find_rule(dataset, rse)
             if existing is None:
                 raise
-            return existing, False
+            return self._kept(existing, lifetime_s), False
         return str(ids[0]), True
 
     def rule(self, rule_id: str) -> RuleRecord:

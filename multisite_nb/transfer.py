@@ -207,13 +207,16 @@ def sidecar_refs(butler: Any, files: Iterable[PlannedFile]) -> dict[str, Any]:
 def register_shipment(
     campaign: Campaign, ops: RucioOps, source_butler: Any, shipment: Shipment, outcome: ShipmentOutcome
 ) -> None:
-    """Register the records file and the data files at the source RSE; attach; create the rules."""
+    """Register the records file and the data files at the source RSE; attach; create the rules.
+
+    The data files get a rule at the source RSE too: the source site's Butler holds them in
+    place, and a replica no rule protects is the first a reaper removes under space pressure.
+    """
     from .placement import adler32_of
 
     src = campaign.site(shipment.source)
     dest = campaign.site(shipment.dest)
     src_root = Path(_rse_root(campaign, shipment.source))
-    comment = f"multisite_nb campaign {campaign.name}: {shipment.name} {shipment.source}->{shipment.dest}"
 
     # 1. dimension records: a content-addressed file, so a re-run with the same content is a no-op
     t0 = time.monotonic()
@@ -232,13 +235,7 @@ def register_shipment(
     ops.set_metadata([rec])
     ops.ensure_dataset(shipment.records_dataset)
     ops.attach(shipment.records_dataset, [lfn])
-    outcome.records_rule_id, _ = ops.ensure_rule(
-        shipment.records_dataset,
-        dest.rse,
-        lifetime_s=None,
-        activity=campaign.config.activity,
-        comment=comment + " (dimension records)",
-    )
+    outcome.records_rule_id, _ = _rule(campaign, ops, shipment, shipment.records_dataset, dest.rse, "dimension records")
     outcome.seconds["records"] = time.monotonic() - t0
 
     # 2. data files with their sidecars
@@ -258,19 +255,29 @@ def register_shipment(
     ops.set_metadata(dids)
     ops.ensure_dataset(shipment.name)
     ops.attach(shipment.name, [d.name for d in dids])
+    outcome.source_rule_id, _ = _rule(campaign, ops, shipment, shipment.name, src.rse, "pins the source copies")
     outcome.seconds["register"] = time.monotonic() - t0
     outcome.registered = len(dids)
 
 
+def _rule(
+    campaign: Campaign, ops: RucioOps, shipment: Shipment, dataset: str, rse: str, what: str = ""
+) -> tuple[str, bool]:
+    """A rule of the shipment (none expires: its files are ingested in place). Returns (id, created)."""
+    comment = f"multisite_nb campaign {campaign.name}: {shipment.name} {shipment.source}->{shipment.dest}"
+    return ops.ensure_rule(
+        dataset,
+        rse,
+        lifetime_s=None,
+        activity=campaign.config.activity,
+        comment=f"{comment} ({what})" if what else comment,
+    )
+
+
 def create_data_rule(campaign: Campaign, ops: RucioOps, shipment: Shipment, outcome: ShipmentOutcome) -> None:
     """The rule that moves the data files (after the records have arrived)."""
-    outcome.rule_id, outcome.rule_created = ops.ensure_rule(
-        shipment.name,
-        campaign.site(shipment.dest).rse,
-        lifetime_s=None,  # ingested in place: never expires
-        activity=campaign.config.activity,
-        comment=f"multisite_nb campaign {campaign.name}: {shipment.name} {shipment.source}->{shipment.dest}",
-    )
+    dest = campaign.site(shipment.dest).rse
+    outcome.rule_id, outcome.rule_created = _rule(campaign, ops, shipment, shipment.name, dest)
 
 
 def watch_rules(

@@ -101,11 +101,16 @@ def verify_site(
 def _check_rucio(report: SiteReport, ops: RucioOps, rse: str, dataset: str, by_lfn: dict[str, PlannedFile]) -> None:
     """The rule, then dataset-level counts; file level only if they disagree."""
     site, files = report.site, list(by_lfn.values())
-    rule_id = ops.find_rule(dataset, rse)
-    if rule_id is None:
+    found = ops.find_rule(dataset, rse)
+    rule_id = found.id if found else None
+    if found is None:
         report.problems.append(Problem(site, "rucio", "rule", dataset, f"no rule to {rse}"))
+    elif found.ending():
+        report.problems.append(
+            Problem(site, "rucio", "rule", dataset, f"rule {found.id} is deleted: it expires at {found.expires_at}")
+        )
     else:
-        rule = ops.rule(rule_id)
+        rule = ops.rule(found.id)
         if rule.state is not RuleState.OK:
             report.problems.append(Problem(site, "rucio", "rule", dataset, f"{rule.state}: {rule.error or ''}".strip()))
     counts = (

@@ -44,9 +44,13 @@ def campaign_run(tmp_path_factory):
         proc = subprocess.run(cmd, cwd=repo_root(), capture_output=True, text=True, timeout=1500)
         run_dirs = sorted(p for p in (runs / "3x3").iterdir() if p.is_dir()) if (runs / "3x3").exists() else []
         counts = {}
-        if proc.returncode == 0:  # the same campaign again: every phase reads the state and does nothing new
+        if proc.returncode == 0:  # the same phases again: each reads the state and does nothing new
             counts["first"] = json.loads(subprocess.run(status, capture_output=True, text=True).stdout)
-            again = subprocess.run(cmd, cwd=repo_root(), capture_output=True, text=True, timeout=1500)
+            # through the central calibration, which every later step reads: a rerun of the
+            # late stage and QA is the same code path again, for minutes of suite time
+            rerun = [str(BIN / "multisite-nb"), "run", "--world", str(world), "--runs-root", str(runs)]
+            rerun += ["--phases", "placement,transfer,verify,submit@early,gather_redistribute@calibration"]
+            again = subprocess.run(rerun, cwd=repo_root(), capture_output=True, text=True, timeout=1500)
             counts["again"] = json.loads(subprocess.run(status, capture_output=True, text=True).stdout)
             counts["proc"] = again
     finally:
@@ -136,7 +140,7 @@ def test_running_the_campaign_again_changes_nothing(campaign_run) -> None:
     _, _, _, counts = campaign_run
     again = counts["proc"]
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "0 ingested" in again.stdout and "verdict:            PASS" in again.stdout
+    assert "0 ingested" in again.stdout and "gather_redistribute_calibration: pass" in again.stdout
     first = {s: v["by_type"] for s, v in counts["first"]["sites"].items()}
     second = {s: v["by_type"] for s, v in counts["again"]["sites"].items()}
     assert first == second
@@ -158,8 +162,11 @@ def test_sites_ran_their_steps_side_by_side(campaign_run) -> None:
     assert latest_start < earliest_end, spans
 
 
-def test_facility_workflows_are_prepared_offline_for_every_site_and_step(campaign_run, tmp_path) -> None:
-    """The facilities' PanDA workflow of each early step at each site, built offline by ctrl_bps_panda.
+def test_facility_workflows_are_prepared_offline_for_each_site(campaign_run, tmp_path) -> None:
+    """The facilities' PanDA workflows of the early steps, built offline by ctrl_bps_panda.
+
+    Every early step at the first site, and the first step at each other site (the sites differ
+    in queue, cloud and repository, not in how a step becomes a workflow; ~10 s a prepare).
 
     The facilities' manifest (PanDA, queues, clouds) with this world's repositories standing in for
     the facilities': each iDDS task sits on its site's queue (the final job on the merge queue), in
@@ -184,9 +191,9 @@ def test_facility_workflows_are_prepared_offline_for_every_site_and_step(campaig
     )
     graph = load_pipeline_graph(here.pipeline_path)
     early = next(st for st in here.config.stages if st.name == "early")
-    for site in here.remote_sites:
+    for i, site in enumerate(here.remote_sites):
         spec = facilities.site(site)
-        for step in early.steps:
+        for step in early.steps if i == 0 else early.steps[:1]:
             # a fresh output run, reading what the campaign made at the site
             sr = step_run(facilities, site, step, extra_inputs=[f"3x3/{site}"])
             sr = type(sr)(**{**sr.__dict__, "output_chain": f"prepare/{site}", "output_run": f"prepare/{site}/{step}"})

@@ -21,6 +21,7 @@ from multisite_nb.submission import (
     submit_file,
     write_submit_file,
 )
+from multisite_nb.submission.status import graph_status, summary_status
 from multisite_nb.submission.steprun import site_visits
 from multisite_nb.world.butler_world import (
     collections_for,
@@ -271,6 +272,10 @@ def test_step1_with_pipetask_succeeds_and_counts_match_the_graph(campaign: Campa
     }
     assert (step1.run, step1.chain, step1.restart, step1.returncode) == ("3x3/IN2P3/step1", "3x3/IN2P3", False, 0)
     assert (attempt / "status.json").is_file() and Path(step1.log).stat().st_size < 1_000_000
+    # a clean first attempt is counted from pipetask's own summary; the provenance graph agrees
+    clean = summary_status(attempt / "summary.json")
+    full = graph_status(step_run(campaign, "IN2P3", "step1"), attempt / "quantum_graph.qg")
+    assert clean is not None and clean == full and clean.by_task == step1.by_task
     butler = Butler.from_config(campaign.butler_repo("IN2P3"))
     assert butler.collections.get_info("3x3/IN2P3").children[0] == "3x3/IN2P3/step1"
     assert len(butler.query_datasets("isr_metadata", collections="3x3/IN2P3/step1", explain=False)) == 24
@@ -310,6 +315,7 @@ def test_failure_is_reported_and_restart_finishes_without_rerunning(root: Path, 
     assert failure.data_id == {"detector": 1, "exposure": exposure, "instrument": "HSC"}
     assert failure.cause.startswith("StandInFailure: injected failure: task=isr")
     assert failure.cause in Path(failed.log).read_text()
+    assert summary_status(Path(failed.log).parent / "summary.json") is None  # not clean: the graph is read
     # the record round-trips through JSON, and status.json holds exactly it
     assert StepRecord.model_validate(failed.model_dump(mode="json")) == failed
     assert StepRecord.model_validate_json((Path(failed.log).parent / "status.json").read_text()) == failed

@@ -28,7 +28,7 @@ from ..procs import ChildRegistry
 from ..records import QuantumFailure, StepRecord, StepState
 from .executors import Attempt, Launch, executor_for
 from .preflight import preflight
-from .status import graph_status, log_tail_cause
+from .status import graph_status, log_tail_cause, summary_status
 from .steprun import StepRun, safe_name
 
 __all__ = ["run_step", "running_steps", "stop_running_steps"]
@@ -198,7 +198,8 @@ def _outcome(
         record.state, record.total, record.succeeded = StepState.SUCCEEDED, launch.already_done, launch.already_done
         notes = [f"nothing to do: all {launch.already_done} quanta had already succeeded"]
     elif reference is not None and reference.is_file():
-        counts = graph_status(attempt.step_run, reference, summary=launch.summary, max_failures=max_failures)
+        clean = None if attempt.extend or launch.returncode != 0 else summary_status(launch.summary)
+        counts = clean or graph_status(attempt.step_run, reference, summary=launch.summary, max_failures=max_failures)
         record.total, record.succeeded = counts.total, counts.succeeded
         record.failed, record.pending = counts.failed, counts.pending
         record.failures, record.by_task = counts.failures, counts.by_task

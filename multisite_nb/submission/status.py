@@ -24,7 +24,7 @@ from ..butler_ops import open_butler
 from ..records import QuantumFailure
 from .steprun import StepRun, load_pipeline_graph
 
-__all__ = ["GraphStatus", "graph_status", "log_tail_cause"]
+__all__ = ["GraphStatus", "graph_status", "log_tail_cause", "summary_status"]
 
 _MAX_CAUSE = 500
 
@@ -81,6 +81,39 @@ def _summary_causes(summary: Path | None) -> dict[tuple[str, tuple[tuple[str, An
         if q.get("status") == "failure" and info:
             key = (q.get("taskLabel"), tuple(sorted(q.get("dataId", {}).items())))
             out[key] = f"{info['className'].rsplit('.', 1)[-1]}: {info['message']}"[:_MAX_CAUSE]
+    return out
+
+
+def summary_status(summary: Path | None) -> GraphStatus | None:
+    """Counts from a ``pipetask run --summary`` file when it says every quantum of the graph succeeded.
+
+    The middleware's own account of a clean first attempt: every task of the graph has as many
+    successful quantum reports as the graph has quanta for it. Anything else (a failure, a
+    missing report, no file, a file that does not parse) returns None: the provenance graph
+    is then read (:func:`graph_status`), which also sees what earlier attempts left.
+    """
+    if summary is None or not summary.is_file():
+        return None
+    try:
+        report = json.loads(summary.read_text())
+        expected = {label: int(t["numQuanta"]) for label, t in report["qgraphSummary"]["qgraphTaskSummaries"].items()}
+        quanta = report["quantaReports"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if report.get("status") != "success" or not expected:
+        return None
+    done: dict[str, int] = dict.fromkeys(expected, 0)
+    for q in quanta:
+        label = q.get("taskLabel")
+        if q.get("status") != "success" or label not in done:
+            return None
+        done[label] += 1
+    if done != expected:
+        return None
+    out = GraphStatus()
+    for label, n in sorted(expected.items()):
+        out.by_task[label] = {"total": n, "succeeded": n, "failed": 0, "pending": 0}
+    out.total = out.succeeded = sum(expected.values())
     return out
 
 

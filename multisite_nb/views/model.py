@@ -49,7 +49,7 @@ class Transfers:
     replicating: int = 0
     stuck: int = 0
     other: int = 0
-    expired: int = 0  # rules past their lifetime, waiting for Rucio's cleaner: not counted above
+    ending: int = 0  # rules deleted or past their lifetime, waiting for Rucio's cleaner: not counted above
     locks_ok: int = 0
     locks_replicating: int = 0
     locks_stuck: int = 0

@@ -7,7 +7,8 @@ called and without any cache:
 * **placement** — ``<run_dir>/results/placement.json``: ``summary["sites"][SITE]`` with
   ``files``, ``bytes``, ``visits`` (what the plan sends there);
 * **transfers** — Rucio, live: every replication rule of the campaign scope whose RSE
-  expression names the site's RSE (:meth:`~multisite_nb.rucio_ops.RucioOps.list_rules`),
+  expression names the site's RSE (:meth:`~multisite_nb.rucio_ops.RucioOps.list_rules`), the
+  campaign's own only (its datasets are named ``<campaign>.…``; a scope may hold several),
   counted by state (OK / REPLICATING / STUCK), with their locks, and Rucio's reason for
   STUCK rules; rules past their lifetime (Rucio's cleaner removes them soon) are left out;
 * **verification** — ``<run_dir>/results/verify.json``: ``summary["sites"][SITE]`` (``ok``,
@@ -50,6 +51,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from ..config import Campaign
+from ..naming import campaign_dataset
 from ..records import RuleRecord, RuleState, StepRecord, StepState
 from ..results import PHASE_NAME, PhaseResult, load_run_record, results_dir
 from ..verify import PROBLEM_KINDS
@@ -263,11 +265,11 @@ def _targets(expression: str, rse: str) -> bool:
 
 
 def _rucio_rules(campaign: Campaign) -> tuple[RucioOps, list[RuleRecord]]:
-    """The campaign's Rucio (its client's error logging silenced) and every rule of its scope."""
+    """The campaign's Rucio (its client's error logging silenced) and the campaign's rules in its scope."""
     from ..rucio_ops import RucioOps
 
     ops = RucioOps.for_campaign(campaign, quiet=True)
-    return ops, ops.list_rules()
+    return ops, [r for r in ops.list_rules() if campaign_dataset(campaign, r.name)]
 
 
 def _transfers(rse: str, ops: RucioOps, rules: list[RuleRecord]) -> Transfers:
@@ -277,8 +279,8 @@ def _transfers(rse: str, ops: RucioOps, rules: list[RuleRecord]) -> Transfers:
     for r in rules:
         if not _targets(r.rse_expression, rse):
             continue
-        if r.expired(now):
-            t.expired += 1
+        if r.ending(now):
+            t.ending += 1
             continue
         if r.state.bad and not r.error and explained < 3:
             explained += 1
