@@ -6,17 +6,20 @@ classes; errors opening a repository become :class:`~.errors.ButlerError` naming
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from lsst.daf.butler import (
     Butler,
     CollectionType,
+    DataCoordinate,
     DatasetRef,
+    DimensionRecord,
     MissingCollectionError,
     MissingDatasetTypeError,
 )
+from lsst.daf.butler.queries import Query
 
 from .errors import ButlerError
 
@@ -28,6 +31,8 @@ __all__ = [
     "find_refs",
     "open_butler",
     "repo_summary",
+    "unit_data_ids",
+    "unit_records",
 ]
 
 
@@ -115,3 +120,60 @@ def repo_summary(repo: str) -> dict[str, Any]:
         collections = sorted(butler.collections.query("*"))
         counts = dataset_counts(butler)
     return {"collections": len(collections), "datasets": sum(counts.values()), "by_type": counts}
+
+
+# -- sky units ------------------------------------------------------------------------------
+#
+# A set of sky units spelled as one expression, ``(tract = t AND patch IN (...)) OR ...``, is
+# rewritten by daf_butler into conjunctive normal form, which doubles with every tract: SQLite
+# refuses it from about ten tracts ("Expression tree is too large"). The units travel as
+# uploaded data IDs instead: whole tracts as (skymap, tract), the rest as (skymap, tract,
+# patch), one query each, whatever their number.
+
+
+def _unit_queries(
+    butler: Butler, units: Iterable[tuple[int, int | None]], skymap: str, instrument: str | None
+) -> Iterator[Query]:
+    """One query per kind of unit (whole tracts; patches), joined with the units as data IDs."""
+    whole = sorted({t for t, p in units if p is None})
+    wholes = set(whole)
+    patches = sorted({(t, p) for t, p in units if p is not None and t not in wholes})
+    u = butler.dimensions
+    groups = [
+        [DataCoordinate.standardize(skymap=skymap, tract=t, universe=u) for t in whole],
+        [DataCoordinate.standardize(skymap=skymap, tract=t, patch=p, universe=u) for t, p in patches],
+    ]
+    for coords in groups:
+        if not coords:
+            continue
+        with butler.query() as query:
+            query = query.join_data_coordinates(coords)
+            yield query.where(instrument=instrument) if instrument else query
+
+
+def unit_data_ids(
+    butler: Butler,
+    units: Iterable[tuple[int, int | None]],
+    skymap: str,
+    dimensions: Sequence[str],
+    *,
+    instrument: str | None = None,
+) -> set[DataCoordinate]:
+    """The data IDs (of ``dimensions``) overlapping sky units given as (tract, patch or None)."""
+    units = list(units)
+    out: set[DataCoordinate] = set()
+    for query in _unit_queries(butler, units, skymap, instrument):
+        out.update(query.data_ids(list(dimensions)))
+    return out
+
+
+def unit_records(
+    butler: Butler, units: Iterable[tuple[int, int | None]], skymap: str, element: str
+) -> list[DimensionRecord]:
+    """The ``element`` records (e.g. patches) of sky units given as (tract, patch or None)."""
+    units = list(units)
+    seen: dict[Any, DimensionRecord] = {}
+    for query in _unit_queries(butler, units, skymap, None):
+        for rec in query.dimension_records(element):
+            seen.setdefault(rec.dataId, rec)
+    return list(seen.values())

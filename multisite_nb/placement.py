@@ -120,16 +120,17 @@ def _records_of(butler: Any, element: str, key: str, ids: Iterable[int], instrum
 
 def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
     """Spatially query the registry for everything a site's sky units overlap."""
+    from .butler_ops import unit_data_ids, unit_records
+
     cfg = campaign.config
-    where = units_where(campaign.sky_units(site), cfg.skymap)
+    units = [(u.tract, u.patch) for u in campaign.sky_units(site)]
     fp = Footprint(site)
     vd: set[tuple[int, int]] = set()
-    for did in butler.query_data_ids(
-        ["visit", "detector", "patch"], where=where, instrument=cfg.instrument, limit=None, explain=False
-    ):
+    for did in unit_data_ids(butler, units, cfg.skymap, ["visit", "detector", "patch"], instrument=cfg.instrument):
         m = dict(did.mapping)
-        vd.add((m["visit"], m["detector"]))
-        fp.visit_weight[m["visit"]] += 1
+        visit, detector = int(m["visit"]), int(m["detector"])
+        vd.add((visit, detector))
+        fp.visit_weight[visit] += 1
         for k in ("instrument", "visit", "physical_filter", "band", "day_obs", "skymap", "tract"):
             if k in m:
                 fp.values[k].add(m[k])
@@ -142,7 +143,7 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
     fp.values["detector"].update(d for _, d in vd)
     fp.pairs[("visit", "detector")] = vd
     # patches and tracts of the units themselves (not every patch a visit touches)
-    for rec in butler.query_dimension_records("patch", where=where, limit=None, explain=False):
+    for rec in unit_records(butler, units, cfg.skymap, "patch"):
         fp.values["patch"].add(rec.id)
         fp.regions.append(rec.region)
     # tract-level tasks look up spatial inputs (reference catalog shards) over the whole tract

@@ -97,3 +97,72 @@ def test_unknown_sky_unit_is_named_before_anything_is_planned(neighbours, tmp_pa
         ConfigError, match=r"bad\.yaml: key 'sites\.RAL\.sky_units\[1\]': tract 7 patch 1 is not in sky map"
     ):
         plan_placement(bad)
+
+
+# --------------------------------------------------------------------------- many tracts
+
+
+@pytest.fixture(scope="module")
+def many_tracts(tmp_path_factory) -> tuple[Path, object]:
+    """32 tracts; IN2P3 holds patch units across 30 of them and one whole tract, RAL the rest.
+
+    Spelled as one registry expression, IN2P3's units are an OR over 30 tracts, which
+    daf_butler's normal form turns into an expression SQLite refuses from about ten.
+    """
+    from multisite_nb.world.spec import BandSpec, TargetSpec, TractSpec
+
+    world = tmp_path_factory.mktemp("many")
+    n = 32
+    spec = SkySpec(
+        skymap="many_tracts",
+        tracts=[TractSpec(id=t, ra=10.0 + 3.0 * (t % 16), dec=-20.0 + 3.0 * (t // 16)) for t in range(n)],
+        targets=[TargetSpec(tract=t, patches=[p]) for t in range(n) for p in (3, 4)],
+        bands=[BandSpec(band="g", physical_filter="HSC-G")],
+        visits_per_band=1,
+        detector_grid=(1, 1),
+    )
+    create_site_repo(world / "butler" / "USDF", world / "rse" / "USDF_DISK")
+    populate_central(world / "butler" / "USDF", spec)
+    data = yaml.safe_load(CAMPAIGN.read_text())
+    data.update(skymap="many_tracts", manifest=str(CAMPAIGN.parent / data["manifest"]))
+    data["pipeline"] = str(CAMPAIGN.parent / data["pipeline"])
+    in2p3 = [{"tract": t, "patch": 3} for t in range(30)] + [{"tract": t, "patch": 4} for t in range(0, 30, 2)]
+    ral = [{"tract": t, "patch": 4} for t in range(1, 30, 2)] + [{"tract": 31}]
+    data["sites"] = {
+        "IN2P3": {"share": 0.6, "sky_units": [*in2p3, {"tract": 30}]},
+        "RAL": {"share": 0.4, "sky_units": ral},
+    }
+    path = world / "campaign.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return world, load_campaign(path, env={"MSNB_WORLD": str(world)})
+
+
+def test_sky_units_over_many_tracts_are_queried_as_uploaded_data_ids(many_tracts) -> None:
+    from multisite_nb.butler_ops import open_butler, unit_data_ids
+
+    _, campaign = many_tracts
+    units = campaign.sky_units("IN2P3")
+    assert len({u.tract for u in units}) == 31 and len(units) == 46
+    with open_butler(campaign.butler_repo("USDF")) as butler:
+        found = unit_data_ids(butler, [(u.tract, u.patch) for u in units], "many_tracts", ["visit", "patch"])
+        one_by_one = {  # the reference: each unit alone, a one-term expression
+            d
+            for u in units
+            for d in butler.query_data_ids(
+                ["visit", "patch"], where=units_where([u], "many_tracts"), limit=None, explain=False
+            )
+        }
+    assert found == one_by_one
+    assert {(d["tract"], d["patch"]) for d in found if d["tract"] < 30} == {
+        (u.tract, u.patch) for u in units if u.patch is not None
+    }
+    assert {d["patch"] for d in found if d["tract"] == 30} == {3, 4}  # the whole tract: every patch observed
+
+
+def test_placement_plans_a_site_over_many_tracts(many_tracts) -> None:
+    _, campaign = many_tracts
+    plan = plan_placement(campaign)
+    # one visit per target: 30 + 15 patch units and the two observed patches of tract 30
+    assert len(plan.visits["IN2P3"]) == 30 + 15 + 2
+    assert len(plan.visits["RAL"]) == 15 + 2
+    assert not set(plan.visits["IN2P3"]) & set(plan.visits["RAL"]) and not plan.boundary_visits

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from lsst.pipe.base import Pipeline
 from lsst.pipe.base.pipeline_graph import PipelineGraph
 
-from ..butler_ops import collection_exists, open_butler
+from ..butler_ops import collection_exists, open_butler, unit_data_ids
 from ..config import Campaign, SkyUnit
 from ..errors import ButlerError
 from ..naming import reference_chain, reference_run, site_chain, step_run_collection
@@ -104,13 +104,8 @@ def site_visits(campaign: Campaign, site: str) -> list[int] | None:
     cfg = campaign.config
     try:
         with open_butler(campaign.butler_repo(site)) as butler:
-            ids = butler.query_data_ids(
-                ["visit", "patch"],
-                where=units_where(site_units(campaign, site), cfg.skymap),
-                instrument=cfg.instrument,
-                limit=None,
-                explain=False,
-            )
+            units = [(u.tract, u.patch) for u in site_units(campaign, site)]
+            ids = unit_data_ids(butler, units, cfg.skymap, ["visit", "patch"], instrument=cfg.instrument)
             return sorted({int(d["visit"]) for d in ids})
     except ButlerError:
         return None
