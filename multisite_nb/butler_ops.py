@@ -6,7 +6,7 @@ classes; errors opening a repository become :class:`~.errors.ButlerError` naming
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "collection_exists",
     "count_datasets",
     "dataset_counts",
+    "has_data_ids",
     "datastore_roots",
     "find_refs",
     "open_butler",
@@ -177,3 +178,12 @@ def unit_records(
         for rec in query.dimension_records(element):
             seen.setdefault(rec.dataId, rec)
     return list(seen.values())
+
+
+def has_data_ids(butler: Butler, dimensions: Sequence[str], where: str, rows: Iterable[Mapping[str, Any]] = ()) -> bool:
+    """Whether any data ID of ``dimensions`` matches ``where`` joined with ``rows`` (uploaded data IDs)."""
+    coords = [DataCoordinate.standardize(dict(r), universe=butler.dimensions) for r in rows]
+    with butler.query() as query:
+        if coords:
+            query = query.join_data_coordinates(coords)
+        return query.where(where).data_ids(list(dimensions)).any(exact=True)

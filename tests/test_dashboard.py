@@ -86,7 +86,7 @@ def stuck_rule(campaign: Campaign, site: str, timeout: float = 60, dataset: str 
         rule_id, _ = ops.ensure_rule(
             dataset,
             campaign.site(site).rse,
-            lifetime_s=3600,
+            lifetime_s=86400,  # a day: a rule ending within the hour counts as deleted
             activity=campaign.config.activity,
             comment="dashboard test: bad checksum",
         )

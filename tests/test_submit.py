@@ -88,7 +88,13 @@ def test_step_run_follows_the_collection_convention(campaign: Campaign) -> None:
     assert sr.inputs == ["HSC/defaults"]  # no chain yet in a fresh repo
     visits = site_visits(campaign, "IN2P3")  # per-detector quanta: every detector of the site's visits
     assert visits and sr.data_query == f"instrument = 'HSC' AND visit IN ({', '.join(map(str, visits))})"
-    assert step_run(campaign, "IN2P3", "step3").data_query == IN2P3_QUERY  # patch-level quanta: the site's patches
+    # patch-level quanta: the site's patches, as a data ID table (no expression grows with the tracts)
+    step3 = step_run(campaign, "IN2P3", "step3")
+    assert step3.data_query == "instrument = 'HSC' AND skymap = 'hsc_rings_3x3'"
+    assert step3.data_id_table is not None and step3.data_id_table.columns == ("skymap", "tract", "patch")
+    assert step3.data_id_table.rows == (("hsc_rings_3x3", 0, 3), ("hsc_rings_3x3", 0, 4))
+    # pre-flight evaluates the query with the table joined: each task finds its data IDs
+    assert not [p for p in preflight(campaign, step3) if "data query" in p or "no quantum data ID" in p]
     assert sr.pipeline == f"{campaign.pipeline_path}#step1"
     assert sr.repo == campaign.butler_repo("IN2P3")
 
@@ -106,6 +112,9 @@ def test_step_run_follows_the_collection_convention(campaign: Campaign) -> None:
 
 def test_unreachable_repo_predicts_the_chain_from_the_stage_plan(facilities: Campaign) -> None:
     assert step_run(facilities, "IN2P3", "step1").inputs == ["HSC/defaults"]
+    # a registry not readable from here: the sky units spelled as an expression
+    step3 = step_run(facilities, "IN2P3", "step3")
+    assert step3.data_query == IN2P3_QUERY and step3.data_id_table is None
     assert step_run(facilities, "IN2P3", "step2a").inputs == ["3x3/IN2P3", "HSC/defaults"]
     assert step_run(facilities, "USDF", "step2c").inputs == ["HSC/defaults"]
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from lsst.daf.butler import Butler, CollectionType, MissingCollectionError
 from lsst.pipe.base.pipeline_graph import PipelineGraph
 
-from ..butler_ops import count_datasets, open_butler
+from ..butler_ops import count_datasets, has_data_ids, open_butler
 from ..config import Campaign
 from ..errors import ButlerError
 from .steprun import StepRun, load_pipeline_graph, site_units
@@ -137,7 +137,9 @@ def _dimension_problems(
             continue
         seen.add(dims)
         try:
-            n = len(butler.query_data_ids(sorted(dims), where=step_run.data_query, explain=False, limit=1))
+            table = step_run.data_id_table
+            rows = [dict(zip(table.columns, r, strict=True)) for r in table.rows] if table else []
+            n = int(has_data_ids(butler, sorted(dims), step_run.data_query, rows))
         except Exception as exc:  # noqa: BLE001 - reported as a problem
             problems.append(f"{where}: the data query cannot be evaluated for {sorted(dims)} in {repo}: {exc}")
             continue

@@ -134,7 +134,8 @@ def run_step(
             "mode": executor.mode,
             "executor": executor.name,
             "restart": extend,
-            "step_run": dataclasses.asdict(step_run),
+            # the data ID table is a file beside the command or submit file: thousands of rows at scale
+            "step_run": {**dataclasses.asdict(step_run), "data_id_table": str(step_run.data_id_table or "")},
         },
     )
     t0 = time.monotonic()

@@ -12,20 +12,55 @@ of every remote site's units (a global step sees every site's data).
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from lsst.pipe.base import Pipeline
 from lsst.pipe.base.pipeline_graph import PipelineGraph
 
-from ..butler_ops import collection_exists, open_butler, unit_data_ids
+from ..butler_ops import collection_exists, open_butler, unit_data_ids, unit_records
 from ..config import Campaign, SkyUnit
 from ..errors import ButlerError
 from ..naming import reference_chain, reference_run, site_chain, step_run_collection
 from ..placement import units_where
 
-__all__ = ["StepRun", "load_pipeline_graph", "reference_step_run", "safe_name", "site_units", "step_run"]
+__all__ = [
+    "DataIdTable",
+    "StepRun",
+    "load_pipeline_graph",
+    "reference_step_run",
+    "safe_name",
+    "site_units",
+    "step_run",
+]
+
+
+@dataclass(frozen=True)
+class DataIdTable:
+    """Data IDs a step is restricted to, handed to the graph builder as a table.
+
+    ``pipetask --data-id-table`` joins it into the query that finds the quanta: thousands of
+    sky units need no expression (an OR over tracts is refused from about ten).
+    """
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str | int, ...], ...]
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Write the table as ECSV (atomically); returns its path."""
+        from astropy.table import Table
+
+        out = Path(path)
+        tmp = out.with_name(f".{out.name}.tmp")
+        Table(rows=list(self.rows), names=list(self.columns)).write(tmp, format="ascii.ecsv", overwrite=True)
+        tmp.replace(out)
+        return out
+
+    def __str__(self) -> str:
+        return f"{len(self.rows)} data IDs ({', '.join(self.columns)})"
 
 
 @dataclass(frozen=True)
@@ -46,6 +81,9 @@ class StepRun:
         Butler expression selecting the site's data.
     pipeline
         ``<absolute pipeline path>#<step>``.
+    data_id_table
+        Data IDs the quanta are further restricted to (the site's patches, for a step whose
+        quanta are patches), or None.
     """
 
     site: str
@@ -56,6 +94,7 @@ class StepRun:
     output_run: str
     data_query: str
     pipeline: str
+    data_id_table: DataIdTable | None = None
 
     @property
     def pipeline_path(self) -> str:
@@ -111,7 +150,19 @@ def site_visits(campaign: Campaign, site: str) -> list[int] | None:
         return None
 
 
-def data_query(campaign: Campaign, site: str, step: str) -> str:
+def site_patches(campaign: Campaign, site: str) -> list[tuple[int, int]] | None:
+    """(tract, patch) of every patch of the site's units in its own registry; `None` if it cannot be read here."""
+    cfg = campaign.config
+    try:
+        with open_butler(campaign.butler_repo(site)) as butler:
+            units = [(u.tract, u.patch) for u in site_units(campaign, site)]
+            records = unit_records(butler, units, cfg.skymap, "patch")
+            return sorted({(int(r.dataId["tract"]), int(r.id)) for r in records})
+    except ButlerError:
+        return None
+
+
+def data_selection(campaign: Campaign, site: str, step: str) -> tuple[str, DataIdTable | None]:
     """The Butler expression selecting what ``step`` works on at ``site``, from the step's quantum dimensions.
 
     * a step with patch-level quanta works on the site's sky units (tracts and patches);
@@ -119,14 +170,25 @@ def data_query(campaign: Campaign, site: str, step: str) -> str:
     * anything else (per exposure, visit, detector, or global) on the site's visits — every
       detector of each, so that a visit's products are whole wherever they are made.
 
-    Where the site's registry cannot be read from here (a remote facility), the sky units.
+    The patches travel as a data ID table (see :class:`DataIdTable`), the tracts and visits as
+    ``IN`` lists: no expression grows with the number of tracts. Where the site's registry
+    cannot be read from here (a remote facility), the sky units spelled as an expression.
+
+    Returns
+    -------
+    tuple
+        The data query, and the data ID table or None.
     """
     cfg = campaign.config
     units = site_units(campaign, site)
     by_units = f"instrument = '{cfg.instrument}' AND {units_where(units, cfg.skymap)}"
     dims = step_dimensions(str(campaign.pipeline_path), step)
     if "patch" in dims:
-        return by_units
+        patches = site_patches(campaign, site)
+        if not patches:
+            return by_units, None
+        table = DataIdTable(("skymap", "tract", "patch"), tuple((cfg.skymap, t, p) for t, p in patches))
+        return f"instrument = '{cfg.instrument}' AND skymap = '{cfg.skymap}'", table
     parts = [f"instrument = '{cfg.instrument}'"]
     if "tract" in dims:
         parts.append(
@@ -135,9 +197,9 @@ def data_query(campaign: Campaign, site: str, step: str) -> str:
     if "tract" not in dims or dims & {"visit", "exposure", "detector"}:
         visits = site_visits(campaign, site)
         if not visits:
-            return by_units
+            return by_units, None
         parts.append(f"visit IN ({', '.join(map(str, visits))})")
-    return " AND ".join(parts)
+    return " AND ".join(parts), None
 
 
 def _planned_before(campaign: Campaign, site: str, step: str) -> bool:
@@ -195,8 +257,8 @@ def step_run(
             chain_exists = _planned_before(campaign, site, step)
     inputs = _dedupe([*([chain] if chain_exists else []), *campaign.config.collections.inputs, *extra_inputs])
     # site, step, repo, inputs, output chain and run, data query, pipeline subset
-    query, pipeline = data_query(campaign, site, step), f"{campaign.pipeline_path}#{step}"
-    return StepRun(site, step, repo, inputs, chain, run, query, pipeline)
+    (query, table), pipeline = data_selection(campaign, site, step), f"{campaign.pipeline_path}#{step}"
+    return StepRun(site, step, repo, inputs, chain, run, query, pipeline, table)
 
 
 def reference_step_run(campaign: Campaign, step: str) -> StepRun:
@@ -216,4 +278,5 @@ def reference_step_run(campaign: Campaign, step: str) -> StepRun:
         output_run=reference_run(campaign, step),
         data_query=base.data_query,
         pipeline=base.pipeline,
+        data_id_table=base.data_id_table,
     )

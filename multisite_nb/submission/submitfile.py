@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from ..config import Campaign
-from ..errors import ConfigError
+from ..errors import ConfigError, MsnbError
 from ..fileio import atomic_write_text
 from .executors import BpsPlugin, bps_executor_for, get_executor, site_config_path
 from .steprun import StepRun, safe_name
@@ -45,6 +45,7 @@ def submit_file(
     request_memory: int = 2048,
     retries: int | None = None,
     config_overrides: Sequence[str] = (),
+    data_id_table: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """A BPS submit file for ``step_run`` (as a dict, ready to dump as YAML).
 
@@ -66,6 +67,9 @@ def submit_file(
     config_overrides
         Task config overrides ``label:name=value`` (as ``pipetask -c``), given to the
         quantum-graph builder.
+    data_id_table
+        The written :class:`~.steprun.DataIdTable` of ``step_run`` (given to the quantum-graph
+        builder as ``--data-id-table``); required when the step has one.
 
     Returns
     -------
@@ -100,8 +104,12 @@ def submit_file(
         doc["queue"] = spec.queue
     doc.update(plugin.submit_additions())
     doc["finalJob"] = {"queue": spec.merge_queue or f"{spec.compute_site}_Rubin_Merge", **plugin.final_job}
-    if config_overrides:
-        doc["extraQgraphOptions"] = " ".join(f"-c {shlex.quote(c)}" for c in config_overrides)
+    if step_run.data_id_table is not None and data_id_table is None:
+        raise MsnbError(f"{step_run.where}: its data ID table must be written first (data_id_table=PATH)")
+    extra = [f"--data-id-table {shlex.quote(str(data_id_table))}"] if step_run.data_id_table is not None else []
+    extra += [f"-c {shlex.quote(c)}" for c in config_overrides]
+    if extra:
+        doc["extraQgraphOptions"] = " ".join(extra)
     if submit_path is not None:
         doc["submitPath"] = str(submit_path)
     return doc
@@ -114,7 +122,13 @@ def write_submit_file(
     wms: str | BpsPlugin | None = None,
     **kwargs: Any,
 ) -> Path:
-    """Write `submit_file` as YAML to ``path``, atomically (keyword arguments are passed on)."""
+    """Write `submit_file` as YAML to ``path``, atomically (keyword arguments are passed on).
+
+    A step's data ID table is written beside it (``<name>.data_ids.ecsv``).
+    """
+    if step_run.data_id_table is not None:
+        out = Path(path)
+        kwargs["data_id_table"] = step_run.data_id_table.write(out.with_name(f"{out.stem}.data_ids.ecsv"))
     doc = submit_file(campaign, step_run, wms, **kwargs)
     header = (
         f"# BPS submit file: {step_run.step} at {step_run.site} "

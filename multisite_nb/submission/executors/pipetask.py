@@ -55,6 +55,8 @@ class PipetaskExecutor(Executor):
             "--summary",
             str(summary),
         ]
+        if sr.data_id_table is not None:
+            cmd += ["--data-id-table", str(sr.data_id_table.write(attempt.folder / "data_ids.ecsv"))]
         for c in attempt.config_overrides:
             cmd += ["-c", c]
         if attempt.extend:
