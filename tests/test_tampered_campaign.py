@@ -1,14 +1,25 @@
-"""QA fails when a site's products really differ from the single-site reference.
+"""A one-site campaign whose calibration is tampered with: QA catches it, cleanup removes it.
 
 One site (IN2P3) runs its early stage, the central calibration, and receives its visits'
 calibration; then the calibration files of two of its visits are swapped on the site's disk
 (each file now holds the other visit's catalogue) before the late stage runs. The late stage
 uses the wrong calibration for both visits; QA's value comparison names the site, the
 dataset types and the two visits' data IDs, and the verdict is FAIL.
+
+Then the operator removes the campaign's products: ``multisite-nb cleanup`` first lists what
+would go and changes nothing; with ``--yes`` the collections under the prefix are gone from
+every Butler and the campaign's product rules from Rucio, while the placement rules that pin
+the site's inputs stay; placing the campaign again finds no collision, and shipping a product
+again makes its (softly deleted) rule permanent instead of reusing it as it is.
+
+The two tests share one campaign (its early stage and calibration run once, in the fixture)
+and run in this order.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,40 +27,48 @@ import yaml
 
 from multisite_nb import phases
 from multisite_nb.butler_ops import open_butler
-from multisite_nb.config import load_campaign, repo_root
+from multisite_nb.config import Campaign, load_campaign, repo_root
+from multisite_nb.rucio_ops import RucioOps
 from multisite_nb.runfolder import new_run
 
 pytestmark = [pytest.mark.world, pytest.mark.slow, pytest.mark.timeout(1800)]
+BIN = Path(sys.executable).parent
+NAME = "swap"
 
 
-def _one_site_campaign(tmp_path: Path):
+@pytest.fixture(scope="module")
+def calibrated(world, tmp_path_factory: pytest.TempPathFactory) -> tuple[Campaign, Path, Path]:
+    """The one-site campaign through the central calibration: (campaign, its file, run folder)."""
+    tmp = tmp_path_factory.mktemp(NAME)
     src = repo_root() / "parameters" / "campaign_3x3.yaml"
     data = yaml.safe_load(src.read_text())
     data.update(
-        campaign="swap",
+        campaign=NAME,
         scope="3x3",
         manifest=str(src.parent / data["manifest"]),
         pipeline=str(src.parent / data["pipeline"]),
-        collections={"inputs": ["HSC/defaults"], "output_prefix": "swap"},
+        collections={"inputs": ["HSC/defaults"], "output_prefix": NAME},
     )
     data["sites"] = {"IN2P3": data["sites"]["IN2P3"]}
-    path = tmp_path / "swap.yaml"
+    path = tmp / f"{NAME}.yaml"
     path.write_text(yaml.safe_dump(data))
-    return load_campaign(path)
-
-
-def test_a_swapped_calibration_is_caught_by_qa(world, tmp_path: Path) -> None:
-    campaign = _one_site_campaign(tmp_path)
-    run_dir = new_run(tmp_path / "runs", campaign.name)
+    campaign = load_campaign(path)
+    run_dir = new_run(tmp / "runs", campaign.name)
     for phase in (phases.placement, phases.transfer, phases.verify):
         assert phase(campaign, run_dir)[0].passed
     assert phases.submit(campaign, run_dir, "early")[0].passed
     assert phases.gather_redistribute(campaign, run_dir, "calibration")[0].passed
+    return campaign, path, run_dir
 
+
+def test_a_swapped_calibration_is_caught_by_qa(calibrated) -> None:
+    campaign, _, run_dir = calibrated
     # swap the files of two visits' calibration at the site: each now says the other's numbers
     with open_butler(campaign.butler_repo("IN2P3")) as butler:
         refs = sorted(
-            butler.query_datasets("fgcmPhotoCalibCatalog", collections=["swap/USDF/step2c"], limit=None, explain=False),
+            butler.query_datasets(
+                "fgcmPhotoCalibCatalog", collections=[f"{NAME}/USDF/step2c"], limit=None, explain=False
+            ),
             key=lambda r: r.dataId["visit"],
         )[:2]
         a, b = (Path(butler.getURI(r).ospath) for r in refs)
@@ -67,3 +86,43 @@ def test_a_swapped_calibration_is_caught_by_qa(world, tmp_path: Path) -> None:
     for visit in visits:
         assert ("IN2P3", "sourceTable_visit", visit) in named, sorted(named)
     assert all(m["site"] == "IN2P3" for m in report.mismatches)
+
+
+def test_cleanup_lists_then_removes_products_and_their_rules(world, calibrated, tmp_path: Path) -> None:
+    campaign, path, _ = calibrated
+    ops = RucioOps.for_campaign(campaign)
+
+    def ours() -> tuple[set[str], set[str]]:
+        names = {r.name for r in ops.list_rules() if r.name.startswith(f"{NAME}.") and not r.ending()}
+        return {n for n in names if ".placement." in n}, {n for n in names if ".placement." not in n}
+
+    def collections() -> dict[str, list[str]]:
+        out = {}
+        for site in campaign.all_sites:
+            with open_butler(campaign.butler_repo(site)) as butler:
+                out[site] = sorted(butler.collections.query(f"{NAME}/*"))
+        return out
+
+    placed, products = ours()
+    before = collections()
+    assert placed and products and before["IN2P3"] and before["USDF"]
+    cmd = [str(BIN / "multisite-nb"), "cleanup", str(path), "--world", str(world.root)]
+    dry = subprocess.run(cmd, env=world.env(), capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0 and "would remove (dry run" in dry.stdout, dry.stderr
+    assert f"{NAME}/IN2P3/step1" in dry.stdout and f"{NAME}.gather_calibration.IN2P3" in dry.stdout
+    assert collections() == before and ours() == (placed, products)  # a dry run changes nothing
+
+    real = subprocess.run([*cmd, "--yes"], env=world.env(), capture_output=True, text=True, timeout=600)
+    assert real.returncode == 0, real.stdout[-2000:] + real.stderr[-2000:]
+    assert all(not names for names in collections().values())
+    assert ours() == (placed, set())  # the placement's rules stay: they pin the sites' inputs
+    assert phases.placement(campaign, new_run(tmp_path / "runs", campaign.name))[0].passed  # no collision left
+
+    # Rucio deletes a rule softly (it expires within the hour): shipping the same dataset again
+    # must not reuse that rule as it is, or the cleaner would take the new products' replicas.
+    gone = next(r for r in ops.list_rules() if r.name == f"{NAME}.gather_calibration.IN2P3")
+    assert gone.ending()
+    rule_id, created = ops.ensure_rule(
+        gone.name, gone.rse_expression, lifetime_s=None, activity=campaign.config.activity, comment="test"
+    )
+    assert (rule_id, created) == (gone.id, False) and not ops.rule(rule_id).ending()
