@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
 from multisite_nb.config import repo_root
 
 CAMPAIGN = repo_root() / "parameters" / "campaign_3x3.yaml"
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI timeout, ``kill``) ends the session like Ctrl-C: fixtures tear down and
+    every service the tests started is stopped by PID, instead of outliving the run."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(scope="session")
