@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -162,11 +163,8 @@ def test_sites_ran_their_steps_side_by_side(campaign_run) -> None:
     assert latest_start < earliest_end, spans
 
 
-def test_facility_workflows_are_prepared_offline_for_each_site(campaign_run, tmp_path) -> None:
-    """The facilities' PanDA workflows of the early steps, built offline by ctrl_bps_panda.
-
-    Every early step at the first site, and the first step at each other site (the sites differ
-    in queue, cloud and repository, not in how a step becomes a workflow; ~10 s a prepare).
+def test_facility_workflows_are_prepared_offline_for_every_site_and_step(campaign_run, tmp_path) -> None:
+    """The facilities' PanDA workflow of each early step at each site, built offline by ctrl_bps_panda.
 
     The facilities' manifest (PanDA, queues, clouds) with this world's repositories standing in for
     the facilities': each iDDS task sits on its site's queue (the final job on the merge queue), in
@@ -191,13 +189,22 @@ def test_facility_workflows_are_prepared_offline_for_each_site(campaign_run, tmp
     )
     graph = load_pipeline_graph(here.pipeline_path)
     early = next(st for st in here.config.stages if st.name == "early")
-    for i, site in enumerate(here.remote_sites):
-        spec = facilities.site(site)
-        for step in early.steps if i == 0 else early.steps[:1]:
+    runs = {}
+    for site in here.remote_sites:
+        for step in early.steps:
             # a fresh output run, reading what the campaign made at the site
             sr = step_run(facilities, site, step, extra_inputs=[f"3x3/{site}"])
-            sr = type(sr)(**{**sr.__dict__, "output_chain": f"prepare/{site}", "output_run": f"prepare/{site}/{step}"})
-            tasks = prepare_panda(facilities, sr, tmp_path / site / step)
+            runs[site, step] = type(sr)(
+                **{**sr.__dict__, "output_chain": f"prepare/{site}", "output_run": f"prepare/{site}/{step}"}
+            )
+    with ThreadPoolExecutor(max_workers=2) as pool:  # each prepare is a child process: two at a time
+        prepared = dict(
+            zip(runs, pool.map(lambda k: prepare_panda(facilities, runs[k], tmp_path / k[0] / k[1]), runs), strict=True)
+        )
+    for site in here.remote_sites:
+        spec = facilities.site(site)
+        for step in early.steps:
+            tasks = prepared[site, step]
             by_label = {t.label: t for t in tasks}
             assert set(by_label) == {"pipetaskInit", "finalJob", *graph.task_subsets[step]}, (site, step)
             for t in tasks:
