@@ -159,13 +159,15 @@ def unit_data_ids(
     dimensions: Sequence[str],
     *,
     instrument: str | None = None,
-) -> set[DataCoordinate]:
-    """The data IDs (of ``dimensions``) overlapping sky units given as (tract, patch or None)."""
+) -> Iterator[DataCoordinate]:
+    """The data IDs (of ``dimensions``) overlapping sky units given as (tract, patch or None), streamed.
+
+    Each comes once when ``dimensions`` include ``patch`` (the whole-tract and patch queries
+    cover different patches); the caller keeps what it needs, not the data IDs themselves.
+    """
     units = list(units)
-    out: set[DataCoordinate] = set()
     for query in _unit_queries(butler, units, skymap, instrument):
-        out.update(query.data_ids(list(dimensions)))
-    return out
+        yield from query.data_ids(list(dimensions))
 
 
 def unit_records(

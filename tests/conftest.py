@@ -15,6 +15,28 @@ from multisite_nb.config import repo_root
 CAMPAIGN = repo_root() / "parameters" / "campaign_3x3.yaml"
 
 
+def campaign_variant(folder: Path, name: str, sites: tuple[str, ...] = ()) -> Path:
+    """The shipped campaign under another name and output prefix (own collections, same world).
+
+    ``sites``: only these remote sites (default: all of them). Returns the new campaign file.
+    """
+    import yaml
+
+    data = yaml.safe_load(CAMPAIGN.read_text())
+    data.update(
+        campaign=name,
+        scope="3x3",
+        manifest=str(CAMPAIGN.parent / data["manifest"]),
+        pipeline=str(CAMPAIGN.parent / data["pipeline"]),
+        collections={"inputs": ["HSC/defaults"], "output_prefix": name},
+    )
+    if sites:
+        data["sites"] = {s: data["sites"][s] for s in sites}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 

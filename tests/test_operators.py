@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import campaign_variant
 
 from multisite_nb import phases
 from multisite_nb.config import load_campaign, repo_root
@@ -33,29 +33,8 @@ pytestmark = [pytest.mark.world, pytest.mark.slow, pytest.mark.timeout(1200)]
 BIN = Path(sys.executable).parent
 
 
-def _variant(tmp_path: Path, name: str, sites: tuple[str, ...] = ()) -> Path:
-    """The shipped campaign under another name and output prefix (own collections, same world).
-
-    ``sites``: only these remote sites (default: all of them).
-    """
-    src = repo_root() / "parameters" / "campaign_3x3.yaml"
-    data = yaml.safe_load(src.read_text())
-    data.update(
-        campaign=name,
-        scope="3x3",
-        manifest=str(src.parent / data["manifest"]),
-        pipeline=str(src.parent / data["pipeline"]),
-        collections={"inputs": ["HSC/defaults"], "output_prefix": name},
-    )
-    if sites:
-        data["sites"] = {s: data["sites"][s] for s in sites}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def test_a_second_operator_is_refused_and_a_stale_lock_broken_only_on_request(world, tmp_path: Path) -> None:
-    campaign = load_campaign(_variant(tmp_path, "locktest"))
+    campaign = load_campaign(campaign_variant(tmp_path, "locktest"))
     run_dir = new_run(tmp_path / "runs", campaign.name)
     assert phases.placement(campaign, run_dir)[0].passed
     holder = subprocess.Popen(
@@ -104,7 +83,7 @@ def _live_step(runs: Path) -> tuple[Path, int] | None:
 
 
 def test_a_chain_killed_mid_step_dies_visibly_and_resumes(world, tmp_path: Path) -> None:
-    params, runs = _variant(tmp_path, "killtest", sites=("LANCS",)), tmp_path / "runs"
+    params, runs = campaign_variant(tmp_path, "killtest", sites=("LANCS",)), tmp_path / "runs"
     cmd = [
         str(BIN / "multisite-nb"),
         "run",

@@ -144,7 +144,7 @@ def test_sky_units_over_many_tracts_are_queried_as_uploaded_data_ids(many_tracts
     units = campaign.sky_units("IN2P3")
     assert len({u.tract for u in units}) == 31 and len(units) == 46
     with open_butler(campaign.butler_repo("USDF")) as butler:
-        found = unit_data_ids(butler, [(u.tract, u.patch) for u in units], "many_tracts", ["visit", "patch"])
+        found = set(unit_data_ids(butler, [(u.tract, u.patch) for u in units], "many_tracts", ["visit", "patch"]))
         one_by_one = {  # the reference: each unit alone, a one-term expression
             d
             for u in units

@@ -23,11 +23,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import campaign_variant
 
 from multisite_nb import phases
 from multisite_nb.butler_ops import open_butler
-from multisite_nb.config import Campaign, load_campaign, repo_root
+from multisite_nb.config import Campaign, load_campaign
 from multisite_nb.rucio_ops import RucioOps
 from multisite_nb.runfolder import new_run
 
@@ -40,18 +40,7 @@ NAME = "swap"
 def calibrated(world, tmp_path_factory: pytest.TempPathFactory) -> tuple[Campaign, Path, Path]:
     """The one-site campaign through the central calibration: (campaign, its file, run folder)."""
     tmp = tmp_path_factory.mktemp(NAME)
-    src = repo_root() / "parameters" / "campaign_3x3.yaml"
-    data = yaml.safe_load(src.read_text())
-    data.update(
-        campaign=NAME,
-        scope="3x3",
-        manifest=str(src.parent / data["manifest"]),
-        pipeline=str(src.parent / data["pipeline"]),
-        collections={"inputs": ["HSC/defaults"], "output_prefix": NAME},
-    )
-    data["sites"] = {"IN2P3": data["sites"]["IN2P3"]}
-    path = tmp / f"{NAME}.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path = campaign_variant(tmp, NAME, sites=("IN2P3",))
     campaign = load_campaign(path)
     run_dir = new_run(tmp / "runs", campaign.name)
     for phase in (phases.placement, phases.transfer, phases.verify):

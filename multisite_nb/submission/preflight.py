@@ -130,6 +130,7 @@ def _dimension_problems(
     if graph is None:
         return problems
     seen: set[frozenset[str]] = set()
+    rows = step_run.data_id_table.as_dicts() if step_run.data_id_table else []
     for label in labels:
         node = graph.tasks[label]
         dims = frozenset(node.dimensions.required if node.has_resolved_dimensions else node.raw_dimensions)
@@ -137,8 +138,6 @@ def _dimension_problems(
             continue
         seen.add(dims)
         try:
-            table = step_run.data_id_table
-            rows = [dict(zip(table.columns, r, strict=True)) for r in table.rows] if table else []
             n = int(has_data_ids(butler, sorted(dims), step_run.data_query, rows))
         except Exception as exc:  # noqa: BLE001 - reported as a problem
             problems.append(f"{where}: the data query cannot be evaluated for {sorted(dims)} in {repo}: {exc}")

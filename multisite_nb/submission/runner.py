@@ -135,7 +135,10 @@ def run_step(
             "executor": executor.name,
             "restart": extend,
             # the data ID table is a file beside the command or submit file: thousands of rows at scale
-            "step_run": {**dataclasses.asdict(step_run), "data_id_table": str(step_run.data_id_table or "")},
+            "step_run": {
+                **dataclasses.asdict(dataclasses.replace(step_run, data_id_table=None)),
+                "data_id_table": str(step_run.data_id_table or ""),
+            },
         },
     )
     t0 = time.monotonic()

@@ -12,6 +12,7 @@ of every remote site's units (a global step sees every site's data).
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,7 @@ from lsst.pipe.base.pipeline_graph import PipelineGraph
 from ..butler_ops import collection_exists, open_butler, unit_data_ids, unit_records
 from ..config import Campaign, SkyUnit
 from ..errors import ButlerError
+from ..fileio import atomic_write_text
 from ..naming import reference_chain, reference_run, site_chain, step_run_collection
 from ..placement import units_where
 
@@ -53,11 +55,13 @@ class DataIdTable:
         """Write the table as ECSV (atomically); returns its path."""
         from astropy.table import Table
 
-        out = Path(path)
-        tmp = out.with_name(f".{out.name}.tmp")
-        Table(rows=list(self.rows), names=list(self.columns)).write(tmp, format="ascii.ecsv", overwrite=True)
-        tmp.replace(out)
-        return out
+        text = io.StringIO()
+        Table(rows=list(self.rows), names=list(self.columns)).write(text, format="ascii.ecsv")
+        return atomic_write_text(path, text.getvalue())
+
+    def as_dicts(self) -> list[dict[str, str | int]]:
+        """The rows as data ID mappings."""
+        return [dict(zip(self.columns, r, strict=True)) for r in self.rows]
 
     def __str__(self) -> str:
         return f"{len(self.rows)} data IDs ({', '.join(self.columns)})"
@@ -144,7 +148,7 @@ def site_visits(campaign: Campaign, site: str) -> list[int] | None:
     try:
         with open_butler(campaign.butler_repo(site)) as butler:
             units = [(u.tract, u.patch) for u in site_units(campaign, site)]
-            ids = unit_data_ids(butler, units, cfg.skymap, ["visit", "patch"], instrument=cfg.instrument)
+            ids = unit_data_ids(butler, units, cfg.skymap, ["visit"], instrument=cfg.instrument)
             return sorted({int(d["visit"]) for d in ids})
     except ButlerError:
         return None
