@@ -1,11 +1,16 @@
 # The two commands a newcomer needs (see README.md). Both set up what they need on first use.
-.PHONY: campaign test setup setup-test lock lint notebooks world-up world-down clean-world
+.PHONY: campaign test test-postgresql setup setup-test lock lint notebooks world-up world-down clean-world
 
 campaign: setup            ## set up, bring the world up, run the whole 3x3 campaign
 	.venv/bin/multisite-nb campaign
 
 test: setup-test lint      ## set up, lint and type-check, then run the whole test suite (what CI runs)
 	.venv/bin/python -m pytest
+	$(MAKE) test-postgresql
+
+test-postgresql: setup-test  ## the phase 1-3 tests and the whole campaign again, on a PostgreSQL world
+	.venv/bin/python -m pytest --db postgresql tests/test_phases_1_3.py \
+	  tests/test_postgres_world.py::test_the_campaign_passes_on_postgresql
 
 lint: setup                ## ruff (lint + format check) and mypy, as CI runs them
 	.venv/bin/ruff check multisite_nb tests bench scripts notebooks
@@ -19,7 +24,7 @@ setup:
 	bash scripts/setup.sh
 
 setup-test:
-	bash scripts/setup.sh --browser
+	bash scripts/setup.sh --browser --postgres
 
 lock:                      ## re-resolve requirements/*.txt into the hash-pinned requirements/*.lock setup.sh installs
 	bash scripts/lock.sh

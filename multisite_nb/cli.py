@@ -17,13 +17,13 @@ from .errors import ConfigError, MsnbError
 DEFAULT_PARAMS = "parameters/campaign_3x3.yaml"
 
 
-def _world(dir_: str | None, params: str, spec: str | None = None):
+def _world(dir_: str | None, params: str, spec: str | None = None, db: str | None = None):
     from .world.manager import World, default_world_dir
 
     root = Path(dir_).resolve() if dir_ else default_world_dir()
     os.environ["MSNB_WORLD"] = str(root)
     try:
-        return World(root, Path(params), Path(spec) if spec else None)
+        return World(root, Path(params), Path(spec) if spec else None, db)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -51,10 +51,16 @@ def world() -> None:
     help="World spec (sky, instrument, observations); default: what the world was built from, "
     "else parameters/worlds/rehearsal_3x3.yaml.",
 )
-def world_up(dir_: str | None, params: str, spec: str | None) -> None:
+@click.option(
+    "--db",
+    type=click.Choice(["sqlite", "postgresql"]),
+    default=None,
+    help="Database of Rucio and the Butler registries; default: what the world was built with, else sqlite.",
+)
+def world_up(dir_: str | None, params: str, spec: str | None, db: str | None) -> None:
     """Start the world (idempotent: an up world is left as it is)."""
     try:
-        _world(dir_, params, spec).up(log=click.echo)
+        _world(dir_, params, spec, db).up(log=click.echo)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -79,6 +85,9 @@ def world_status(dir_: str | None, params: str, as_json: bool) -> None:
         return
     r = st["rucio"]
     click.echo(f"world {st['root']}")
+    d = st["db"]
+    if d["kind"] == "postgresql":
+        click.echo(f"  postgresql: {'up' if d.get('up') else 'NOT up'} (port {d.get('port')})")
     click.echo(f"  rucio: {'reachable' if r.get('reachable') else 'NOT reachable'} (port {r.get('port')})")
     for site, s in st["sites"].items():
         butler = (
@@ -173,7 +182,13 @@ def run(params: str, phases: str | None, world_dir: str | None, runs_root: str |
 @click.option("--world", "world_dir", default=None, help="World folder (default: $MSNB_WORLD or ./world).")
 @click.option("--runs-root", default=None, help="Where run folders go (default: <checkout>/runs).")
 @click.option("--down/--keep-up", default=False, help="Stop the world's services afterwards (default: keep them up).")
-def campaign_cmd(params: str, world_dir: str | None, runs_root: str | None, down: bool) -> None:
+@click.option(
+    "--db",
+    type=click.Choice(["sqlite", "postgresql"]),
+    default=None,
+    help="A new world's database back end (default: what the world was built with, else sqlite).",
+)
+def campaign_cmd(params: str, world_dir: str | None, runs_root: str | None, down: bool, db: str | None) -> None:
     """The main job: bring the embedded world up and run the whole campaign on it."""
     import time
 
@@ -181,7 +196,7 @@ def campaign_cmd(params: str, world_dir: str | None, runs_root: str | None, down
     from .results import load_result
 
     t0 = time.monotonic()
-    w = _world(world_dir, params)
+    w = _world(world_dir, params, db=db)
     w.up(log=click.echo)
     try:
         phases = chain_for(w.campaign)

@@ -112,6 +112,11 @@ class SiteManifest(_Strict):
 
     rucio: RucioAccess = RucioAccess()
     workflow: WorkflowSpec = WorkflowSpec()
+    butler_db_auth: str | None = Field(
+        default=None,
+        description="daf_butler's credentials file for PostgreSQL registries (LSST_DB_AUTH), used when it "
+        "exists; None: the user's own (~/.lsst/db-auth.yaml)",
+    )
     sites: dict[str, SiteSpec]
 
     @field_validator("sites")
@@ -449,7 +454,9 @@ def _anchored(manifest: SiteManifest) -> SiteManifest:
         for name, spec in manifest.sites.items()
     }
     rucio = manifest.rucio.model_copy(update={"config": _absolute(manifest.rucio.config)})
-    return manifest.model_copy(update={"sites": sites, "rucio": rucio})
+    return manifest.model_copy(
+        update={"sites": sites, "rucio": rucio, "butler_db_auth": _absolute(manifest.butler_db_auth)}
+    )
 
 
 def load_campaign(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Campaign:
@@ -495,4 +502,7 @@ def load_campaign(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
                         f"{p}: key 'stages.{i}.steps.{j}': {step!r} is not a subset of {pipe.name} "
                         f"(it has: {', '.join(sorted(x for x in subsets if x))})"
                     )
+    if manifest.butler_db_auth and Path(manifest.butler_db_auth).is_file():
+        # daf_butler (here and in every step process started from here) reads registry passwords from it
+        os.environ["LSST_DB_AUTH"] = manifest.butler_db_auth
     return Campaign(cfg, manifest, p, mpath)

@@ -236,6 +236,7 @@ def start(
     cwd: str | os.PathLike[str],
     pid_file: str | os.PathLike[str] | None = None,
     echo: bool = False,
+    user: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in its own session, stdin from ``/dev/null``, output appended to ``log``.
 
@@ -249,7 +250,15 @@ def start(
         Where to write its `PidRecord` (atomically), if anywhere.
     echo
         Write ``$ <command>`` to the log first.
+    user
+        Run it as this user (its own group, no supplementary groups); only root may ask.
     """
+    ids: dict[str, Any] = {}
+    if user is not None:
+        import pwd
+
+        entry = pwd.getpwnam(user)
+        ids = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
     with open(log, "a") as out:
         if echo:
             out.write("$ " + shlex.join(cmd) + "\n")
@@ -262,6 +271,7 @@ def start(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            **ids,
         )
     if pid_file is not None:
         write_pid_record(pid_file, PidRecord.of(proc, cmd))

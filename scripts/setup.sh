@@ -54,14 +54,24 @@ if [ "$installed" != "$here" ]; then
   }
 fi
 
-# The browser for the dashboard's end-to-end test comes from Debian (a test tool's own
-# browser download cannot work on this network).
-if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1; then
+# Extras, by flag: --browser (Debian's chromium, for the dashboard's end-to-end test; a test
+# tool's own browser download cannot work on this network) and --postgres (Debian's PostgreSQL
+# server, for `multisite-nb world up --db postgresql`). Installed once, as root, with apt-get.
+debian_install() {  # $1 command that shows it is there, $2 what it is for, $3... Debian packages
+  local probe=$1 what=$2; shift 2
+  if eval "$probe" >/dev/null 2>&1; then return 0; fi
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "installing Debian's chromium for the browser test (once)" >&2
-    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; } \
-      >/tmp/msnb-apt.log 2>&1 || { echo "apt-get install chromium failed; see /tmp/msnb-apt.log" >&2; exit 1; }
+    echo "installing Debian's $* for $what (once)" >&2
+    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; } \
+      >/tmp/msnb-apt.log 2>&1 || { echo "apt-get install $* failed; see /tmp/msnb-apt.log" >&2; exit 1; }
   else
-    echo "chromium is missing: install it (Debian: apt-get install chromium) for the browser test" >&2
+    echo "$* missing: install it (Debian: apt-get install $*) for $what" >&2
   fi
-fi
+}
+for arg in "$@"; do
+  case "$arg" in
+    --browser) debian_install "command -v chromium" "the browser test" chromium ;;
+    --postgres) debian_install "ls /usr/lib/postgresql/*/bin/postgres" "the PostgreSQL world" postgresql postgresql-contrib ;;
+    *) echo "unknown option $arg (known: --browser --postgres)" >&2; exit 2 ;;
+  esac
+done

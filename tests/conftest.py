@@ -41,6 +41,15 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db",
+        choices=("sqlite", "postgresql"),
+        default=os.environ.get("MSNB_TEST_DB", "sqlite"),
+        help="database back end of the session's embedded world (default: $MSNB_TEST_DB or sqlite)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM (a CI timeout, ``kill``) ends the session like Ctrl-C: fixtures tear down and
     every service the tests started is stopped by PID, instead of outliving the run."""
@@ -48,19 +57,42 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the test world lives: a fresh folder per session."""
-    return tmp_path_factory.mktemp("world")
+def db(pytestconfig: pytest.Config) -> str:
+    """The session world's database back end (``--db``)."""
+    return str(pytestconfig.getoption("db"))
+
+
+def reachable_tmpdir(prefix: str) -> Iterator[Path]:
+    """A fresh folder under /tmp that another local user can reach (the PostgreSQL server runs as
+    ``postgres`` when the tests run as root, and pytest's own temporary folders are private)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    folder.chmod(0o711)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def world(world_dir: Path) -> Iterator:
+def world_dir(tmp_path_factory: pytest.TempPathFactory, db: str) -> Iterator[Path]:
+    """Where the test world lives: a fresh folder per session."""
+    if db == "postgresql":
+        yield from reachable_tmpdir("msnb-test-world-")
+    else:
+        yield tmp_path_factory.mktemp("world")
+
+
+@pytest.fixture(scope="session")
+def world(world_dir: Path, db: str) -> Iterator:
     """The embedded world (real Rucio server + site Butlers + synthetic data), up for the session."""
     from multisite_nb.world.manager import World
 
     old = os.environ.get("MSNB_WORLD")
     os.environ["MSNB_WORLD"] = str(world_dir)
-    w = World(world_dir, CAMPAIGN)
+    w = World(world_dir, CAMPAIGN, db=db)
     try:
         w.up(log=lambda msg: None)
         yield w

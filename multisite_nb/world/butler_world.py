@@ -82,15 +82,22 @@ def collections_for(spec: SkySpec) -> WorldCollections:
 # --------------------------------------------------------------------------------------
 # Repos
 # --------------------------------------------------------------------------------------
-def create_site_repo(repo: Path, datastore_root: Path) -> bool:
-    """Create an empty SQLite Butler repo at ``repo`` with its datastore root at ``datastore_root``.
+def create_site_repo(
+    repo: Path, datastore_root: Path, registry_db: str | None = None, namespace: str | None = None
+) -> bool:
+    """Create an empty Butler repo at ``repo`` with its datastore root at ``datastore_root``.
 
     Parameters
     ----------
     repo : `Path`
-        Folder for ``butler.yaml`` and ``gen3.sqlite3``.
+        Folder for ``butler.yaml`` (and ``gen3.sqlite3`` for a SQLite registry).
     datastore_root : `Path`
         Datastore root (the site's RSE directory); written as an absolute path.
+    registry_db : `str`, optional
+        URL of a PostgreSQL registry database (no password: daf_butler reads it from
+        ``LSST_DB_AUTH``); default: SQLite in ``repo``.
+    namespace : `str`, optional
+        The repository's schema in that database (one per site).
 
     Returns
     -------
@@ -99,24 +106,29 @@ def create_site_repo(repo: Path, datastore_root: Path) -> bool:
 
     Raises
     ------
-    RuntimeError
-        If a repo exists but points at another datastore root, or is half made.
+    ButlerError
+        If a repo exists but points at another datastore root or registry, or is half made.
     """
     repo = Path(repo).absolute()
     root = Path(datastore_root).absolute()
     config_file, registry_file = repo / "butler.yaml", repo / "gen3.sqlite3"
     if config_file.exists():
-        if not registry_file.exists():
-            raise ButlerError(f"{repo}: butler.yaml exists but gen3.sqlite3 does not (half-made repo)")
         existing = Config(str(config_file))
+        db = str(existing.get(("registry", "db")) or "")
+        if registry_db is None and db.startswith("sqlite") and not registry_file.exists():
+            raise ButlerError(f"{repo}: butler.yaml exists but gen3.sqlite3 does not (half-made repo)")
+        if (registry_db is None) != db.startswith("sqlite") or (registry_db and registry_db != db):
+            raise ButlerError(f"{repo}: its registry is {db or 'unknown'}, not {registry_db or 'SQLite'}")
         found = existing.get(("datastore", "root"))
         if found is not None and Path(str(found)).absolute() != root:
             raise ButlerError(f"{repo}: datastore root is {found}, not {root}")
         return False
     root.mkdir(parents=True, exist_ok=True)
-    config = Config({"datastore": {"root": str(root)}})
-    Butler.makeRepo(str(repo), config=config, forceConfigRoot=False)
-    _LOG.info("created Butler repo %s (datastore root %s)", repo, root)
+    values: dict[str, Any] = {"datastore": {"root": str(root)}}
+    if registry_db is not None:
+        values["registry"] = {"db": registry_db, "namespace": namespace}
+    Butler.makeRepo(str(repo), config=Config(values), forceConfigRoot=False)
+    _LOG.info("created Butler repo %s (datastore root %s, registry %s)", repo, root, registry_db or "SQLite")
     return True
 
 

@@ -9,6 +9,8 @@ Layout of a world folder ``W``::
     W/rucio/            Rucio server config, SQLite DB, client config (credentials), logs, PIDs
     W/rse/<RSE>/        each site's RSE directory = its Butler datastore root
     W/butler/<SITE>/    each site's Butler repository (butler.yaml + SQLite registry)
+    W/postgres/         with ``--db postgresql``: the PostgreSQL cluster holding Rucio's database
+                        and every site's registry (one schema each), see :mod:`.postgres`
     W/world.json        what was set up, and when
 """
 
@@ -28,7 +30,10 @@ from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from .spec import DEFAULT_SPEC, SkySpec, load_spec
 
-__all__ = ["World", "default_world_dir", "world_env", "world_secrets"]
+__all__ = ["DATABASES", "World", "default_world_dir", "world_env", "world_secrets"]
+
+#: The world's database back ends: SQLite files (default) or one PostgreSQL server.
+DATABASES = ("sqlite", "postgresql")
 
 
 def default_world_dir() -> Path:
@@ -37,16 +42,26 @@ def default_world_dir() -> Path:
 
 
 def world_secrets(root: Path) -> list[str]:
-    """The world's own credentials (its Rucio passwords), for the secret scan; never print them."""
-    try:
-        return [str(v) for v in json.loads((Path(root) / "rucio" / "secrets.json").read_text()).values() if v]
-    except (OSError, ValueError):
-        return []
+    """The world's own credentials (Rucio's and PostgreSQL's passwords), for the secret scan; never print them."""
+    found: list[str] = []
+    for part in ("rucio", "postgres"):
+        try:
+            found += [str(v) for v in json.loads((Path(root) / part / "secrets.json").read_text()).values() if v]
+        except (OSError, ValueError):
+            pass
+    return found
 
 
 def world_env(root: Path) -> dict[str, str]:
-    """Environment under which the embedded manifest resolves to this world."""
-    return {**os.environ, "MSNB_WORLD": str(Path(root).resolve())}
+    """Environment under which the embedded manifest resolves to this world.
+
+    On PostgreSQL it also points daf_butler at the world's credentials (``LSST_DB_AUTH``).
+    """
+    env = {**os.environ, "MSNB_WORLD": str(Path(root).resolve())}
+    auth = Path(root).resolve() / "postgres" / "db-auth.yaml"
+    if auth.exists():
+        env["LSST_DB_AUTH"] = str(auth)
+    return env
 
 
 @dataclass
@@ -62,16 +77,28 @@ class World:
     spec_file
         The world spec (sky, instrument, observations) to build it from; default: the one it
         was built from (``world.json``), else :data:`~.spec.DEFAULT_SPEC`.
+    db
+        The database back end (:data:`DATABASES`); default: the one it was built with, else SQLite.
     """
 
     root: Path
     campaign_file: Path
     spec_file: Path | None = None
+    db: str | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
         self.campaign: Campaign = load_campaign(self.campaign_file, env=world_env(self.root))
         self._check_distinct()
+        built_with = self._read_state().get("db")
+        if self.db is not None and self.db not in DATABASES:
+            raise ConfigError(f"--db {self.db!r}: expected one of {', '.join(DATABASES)}")
+        if self.db is not None and built_with is not None and self.db != built_with:
+            raise ConfigError(
+                f"the world {self.root} was built on {built_with}, not {self.db}; nothing was changed: "
+                "build the other back end in another world folder (--dir)"
+            )
+        self.db = self.db or built_with or "sqlite"
 
     def _check_distinct(self) -> None:
         """On one machine every site needs its own Butler repository and RSE root.
@@ -99,7 +126,21 @@ class World:
         from .rucio_server import RucioServer
 
         rses = {self.campaign.site(s).rse: Path(self._rse_root(s)) for s in self.campaign.all_sites}
-        return RucioServer(self.root / "rucio", rses, [self.campaign.scope])
+        database = None
+        if self.postgres is not None and self.postgres.port is not None:  # (not started yet: no URL to give)
+            from .postgres import RUCIO_DATABASE
+
+            database = self.postgres.url(RUCIO_DATABASE, with_password=True, driver="postgresql+psycopg")
+        return RucioServer(self.root / "rucio", rses, [self.campaign.scope], database=database)
+
+    @property
+    def postgres(self):  # -> PostgresServer | None
+        """The world's PostgreSQL server, or None on SQLite."""
+        if self.db != "postgresql":
+            return None
+        from .postgres import PostgresServer
+
+        return PostgresServer(self.root / "postgres")
 
     def _rse_root(self, site: str) -> str:
         spec = self.campaign.site(site)
@@ -114,6 +155,14 @@ class World:
     def env(self) -> dict[str, str]:
         """Environment for tools run against this world (rucio CLI, butler CLI, notebooks)."""
         return {**world_env(self.root), **self.rucio.client_env()}
+
+    def _registry(self, site: str) -> tuple[str | None, str | None]:
+        """(database URL, schema) of a site's registry; (None, None) for SQLite."""
+        if self.postgres is None:
+            return None, None
+        from .postgres import BUTLER_DATABASE, BUTLER_DRIVER
+
+        return self.postgres.url(BUTLER_DATABASE, driver=BUTLER_DRIVER), site.lower()
 
     # -- lifecycle --------------------------------------------------------------------
     def spec(self) -> tuple[Path, SkySpec]:
@@ -149,11 +198,18 @@ class World:
         self.root.mkdir(parents=True, exist_ok=True)
         for site in self.campaign.all_sites:
             Path(self._rse_root(site)).mkdir(parents=True, exist_ok=True)
-        started = self.rucio.up()
+        pg_started = False
+        if self.postgres is not None:
+            pg_started = self.postgres.up()
+            os.environ["LSST_DB_AUTH"] = str(self.postgres.db_auth_file)  # this process opens Butlers too
+            log(f"postgresql: {'started' if pg_started else 'already up'} ({time.monotonic() - t0:.1f} s)")
+        started = self.rucio.up() or pg_started
         log(f"rucio: {'started' if started else 'already up'} ({time.monotonic() - t0:.1f} s)")
         created = []
         for site in self.campaign.all_sites:
-            if create_site_repo(Path(self.campaign.butler_repo(site)), Path(self._rse_root(site))):
+            if create_site_repo(
+                Path(self.campaign.butler_repo(site)), Path(self._rse_root(site)), *self._registry(site)
+            ):
                 created.append(site)
         if created:
             log(f"butler: created repos for {', '.join(created)}")
@@ -167,6 +223,7 @@ class World:
             state["spec_digest"] = spec.digest()
             log(f"butler: central repo {self.campaign.central} populated from {spec_path.name}: {counts['datasets']}")
         state.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
+        state["db"] = self.db
         state["campaign_file"] = str(self.campaign.path)
         self._write_state(state)
         changed = started or bool(created) or not populated
@@ -179,6 +236,8 @@ class World:
     def down(self, log: Callable[[str], None] = print) -> None:
         """Stop every process the world started (by PID). Data stay on disk."""
         self.rucio.down()
+        if self.postgres is not None:
+            self.postgres.stop()
         log(f"world down: {self.root}")
 
     def status(self) -> dict[str, Any]:
@@ -198,7 +257,10 @@ class World:
                 entry["butler_ok"] = False
                 entry["butler_error"] = f"{type(exc).__name__}: {exc}"
             sites[site] = entry
-        return {"root": str(self.root), "rucio": rucio_status, "sites": sites}
+        database: dict[str, Any] = {"kind": self.db}
+        if self.postgres is not None:
+            database.update(port=self.postgres.port, up=self.postgres.is_up())
+        return {"root": str(self.root), "db": database, "rucio": rucio_status, "sites": sites}
 
     # -- state --------------------------------------------------------------------------
     def _read_state(self) -> dict[str, Any]:

@@ -118,6 +118,8 @@ class RucioServer:
         The service account the clients use (``admin`` attribute, userpass identity).
     quota_bytes : int
         The account's local limit on every RSE (-1: unlimited).
+    database : str, optional
+        SQLAlchemy URL of the server's database (with its password); default: SQLite in ``root``.
     """
 
     def __init__(
@@ -130,6 +132,7 @@ class RucioServer:
         port: int | None = None,
         account: str = "multisite",
         quota_bytes: int = 100 * 1024**4,
+        database: str | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.rses = {name: Path(prefix).resolve() for name, prefix in rses.items()}
@@ -138,6 +141,7 @@ class RucioServer:
         self._port_arg = port
         self.account = account
         self.quota_bytes = quota_bytes
+        self.database = database
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._cached_token: tuple[str, float, int] | None = None  # token, obtained at, port
 
@@ -232,7 +236,8 @@ class RucioServer:
         spec_digest = self._spec_digest()
         # The bootstrap (~1.5 s) is skipped when the database exists and was last set up from
         # this very spec; ``sync()`` forces it.
-        need_bootstrap = not (self.root / "rucio.db").exists() or self._state().get("spec_sha256") != spec_digest
+        sqlite_missing = self.database is None and not (self.root / "rucio.db").exists()
+        need_bootstrap = sqlite_missing or self._state().get("spec_sha256") != spec_digest
         try:
             # gunicorn imports Rucio (~1.5 s) while the bootstrap builds/updates the database.
             self._spawn(
@@ -389,6 +394,7 @@ class RucioServer:
     def _spec_digest(self) -> str:
         # Spec and secrets: a regenerated password must reach the database too.
         data = (self.root / "spec.json").read_bytes() + (self.root / "secrets.json").read_bytes()
+        data += (self.database or "sqlite").encode()
         return hashlib.sha256(data).hexdigest()
 
     # -- internals: configuration ----------------------------------------------------------
@@ -427,7 +433,7 @@ class RucioServer:
         return data
 
     def _write_server_config(self) -> None:
-        write_server_config(self.root, self.server_config)
+        write_server_config(self.root, self.server_config, self.database)
 
     def _write_client_config(self, port: int, password: str) -> None:
         write_client_config(self.client_config, port, self.account, password, self.root / "tokens" / "token")

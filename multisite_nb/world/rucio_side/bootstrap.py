@@ -55,7 +55,7 @@ def build_database(alembic_ini: str, root_password: str) -> None:
     engine = get_engine()
     models.register_models(engine)
     alembic_cfg = Config(alembic_ini)
-    alembic_cfg.set_main_option("sqlalchemy.url", str(engine.url).replace("%", "%%"))
+    alembic_cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
     command.stamp(alembic_cfg, "head")
     create_base_vo()
     # The root password is injected in memory only: it is never written to the server config.
