@@ -90,6 +90,11 @@ class RucioAccess(_Strict):
 
     config: str | None = Field(default=None, description="rucio client cfg; None = RUCIO_CONFIG / default")
     account: str | None = None
+    max_files_per_dataset: int = Field(
+        default=10_000,
+        ge=1,
+        description="a larger shipment becomes a container of datasets of at most this many files",
+    )
 
 
 class WorkflowSpec(_Strict):
@@ -141,8 +146,36 @@ class Stage(_Strict):
 
 
 class RemoteSite(_Strict):
+    """A remote site's part of the sky: ``sky_units``, and/or whole tracts given as ranges.
+
+    ``tracts: ["0-999", 1200]`` is short for a whole-tract sky unit per tract (a data release
+    gives a site thousands of them); both keys may be used together.
+    """
+
     sky_units: list[SkyUnit] = Field(min_length=1)
     share: float | None = Field(default=None, gt=0, le=1, description="planned share of the work")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tract_ranges(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "tracts" not in data:
+            return data
+        data = dict(data)
+        ranges = data.pop("tracts")
+        if not isinstance(ranges, list):
+            raise ValueError("tracts: expected a list of tract ids and 'first-last' ranges")
+        units = list(data.get("sky_units") or [])
+        for i, item in enumerate(ranges):
+            text = str(item).strip()
+            first, _, last = text.partition("-")
+            if not first.isdigit() or (last and not last.isdigit()):
+                raise ValueError(f"tracts[{i}]: {item!r} is neither a tract id nor a range 'first-last'")
+            lo, hi = int(first), int(last or first)
+            if hi < lo:
+                raise ValueError(f"tracts[{i}]: range {item!r} ends before it starts")
+            units += [{"tract": t} for t in range(lo, hi + 1)]
+        data["sky_units"] = units
+        return data
 
 
 class Collections(_Strict):

@@ -37,6 +37,7 @@ __all__ = [
     "reference_chain",
     "reference_logs_dir",
     "reference_run",
+    "shard_dataset",
     "shipment_dataset",
     "site_chain",
     "step_run_collection",
@@ -100,6 +101,11 @@ def campaign_dataset(campaign: Campaign, name: str) -> bool:
 def placement_dataset(campaign: Campaign, site: str) -> str:
     """The Rucio dataset that carries a site's placed inputs."""
     return shipment_dataset(campaign, "placement", site)
+
+
+def shard_dataset(shipment: str, index: int) -> str:
+    """The ``index``-th dataset of a shipment large enough to be a container of datasets."""
+    return f"{shipment}.part{index:04d}"
 
 
 def records_dataset(shipment: str) -> str:

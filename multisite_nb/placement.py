@@ -500,19 +500,22 @@ def suggest_assignment(
     if own:
         butler = open_butler(campaign.butler_repo(campaign.central))
     try:
+        # one query for every unit (uploaded as data IDs); each row goes to the unit holding its patch
+        from .butler_ops import unit_data_ids
+
+        keys = {u.key for u in units}
         visits_of: dict[tuple[int, int | None], set[int]] = defaultdict(set)
         pairs_of: dict[tuple[int, int | None], set[tuple[int, int]]] = defaultdict(set)
-        for u in units:
-            for did in butler.query_data_ids(
-                ["visit", "detector", "patch"],
-                where=units_where([u], cfg.skymap),
-                instrument=cfg.instrument,
-                limit=None,
-                explain=False,
-            ):
-                m = dict(did.mapping)
-                visits_of[u.key].add(m["visit"])
-                pairs_of[u.key].add((m["visit"], m["detector"]))
+        for did in unit_data_ids(
+            butler, list(keys), cfg.skymap, ["visit", "detector", "patch"], instrument=cfg.instrument
+        ):
+            m = dict(did.mapping)
+            tract, patch = int(m["tract"]), int(m["patch"])
+            key = (tract, patch) if (tract, patch) in keys else (tract, None)
+            if key not in keys:
+                continue
+            visits_of[key].add(int(m["visit"]))
+            pairs_of[key].add((int(m["visit"]), int(m["detector"])))
     finally:
         if own:
             butler.close()

@@ -31,7 +31,7 @@ from lsst.rucio.register.rubin_meta import RubinMeta
 
 from .config import Campaign
 from .errors import ConfigError, MsnbError, PlanError
-from .naming import placement_dataset, records_dataset
+from .naming import placement_dataset, records_dataset, shard_dataset
 from .placement import PlannedFile
 from .records import RuleRecord, RuleState, ShipmentOutcome
 from .rucio_ops import FileDid, RucioOps
@@ -238,11 +238,20 @@ def register_shipment(
     outcome.records_rule_id, _ = _rule(campaign, ops, shipment, shipment.records_dataset, dest.rse, "dimension records")
     outcome.seconds["records"] = time.monotonic() - t0
 
-    # 2. data files with their sidecars
+    # 2. data files with their sidecars; a large shipment is a container of datasets of at most
+    #    `max_files_per_dataset` files (Rucio's practice: bounded datasets, one rule on the container)
     t0 = time.monotonic()
-    refs = sidecar_refs(source_butler, shipment.files)
+    limit = campaign.manifest.rucio.max_files_per_dataset
+    kind_now = ops.did_type(shipment.name)  # an earlier run's choice stands
+    sharded = kind_now == "CONTAINER" if kind_now else len(shipment.files) > limit
+    known = ops.contents(shipment.name) if kind_now else {}  # registered and attached already
+    todo = [f for f in shipment.files if f.lfn not in known]
+    refs = sidecar_refs(source_butler, todo)
     dids = []
     for f in shipment.files:
+        if f.lfn in known:
+            dids.append(FileDid(f.lfn, f.size, f.adler32))
+            continue
         ref = refs.get(f.id)
         if ref is None:
             raise PlanError(
@@ -251,10 +260,20 @@ def register_shipment(
         kind = DataType.RAW_FILE if shipment.raw_inputs and "exposure" in f.data_id else DataType.DATA_PRODUCT
         meta = RubinMeta(rubin_butler=kind, rubin_sidecar=ref.to_json())  # Rubin's own metadata model
         dids.append(FileDid(f.lfn, f.size, f.adler32, meta.model_dump()))
-    outcome.newly_registered = ops.add_replicas(src.rse, dids)
-    ops.set_metadata(dids)
-    ops.ensure_dataset(shipment.name)
-    ops.attach(shipment.name, [d.name for d in dids])
+    outcome.newly_registered = ops.add_replicas(src.rse, dids, known=known)
+    ops.set_metadata([d for d in dids if d.name not in known])
+    if sharded:
+        ops.ensure_container(shipment.name)
+        parts = []
+        for i, start in enumerate(range(0, len(dids), limit)):
+            part = shard_dataset(shipment.name, i)
+            ops.ensure_dataset(part)
+            ops.attach(part, [d.name for d in dids[start : start + limit] if d.name not in known])
+            parts.append(part)
+        ops.attach_datasets(shipment.name, parts)
+    else:
+        ops.ensure_dataset(shipment.name)
+        ops.attach(shipment.name, [d.name for d in dids if d.name not in known])
     outcome.source_rule_id, _ = _rule(campaign, ops, shipment, shipment.name, src.rse, "pins the source copies")
     outcome.seconds["register"] = time.monotonic() - t0
     outcome.registered = len(dids)

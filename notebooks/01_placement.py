@@ -49,7 +49,7 @@ display(
         f"{cost['extra_copies']} extra copies ({cost['extra_bytes']} bytes)"
     )
 )
-pd.DataFrame([{"visit": v, "sites": ", ".join(s)} for v, s in plan.boundary_visits.items()])
+summarize(pd.DataFrame([{"visit": v, "sites": ", ".join(s)} for v, s in plan.boundary_visits.items()]))
 
 # %% [markdown]
 # ## Suggested assignment (optional)
@@ -60,10 +60,10 @@ pd.DataFrame([{"visit": v, "sites": ", ".join(s)} for v, s in plan.boundary_visi
 from multisite_nb.placement import suggest_assignment
 
 current = {str(u): s for s in campaign.remote_sites for u in campaign.sky_units(s)}
-pd.DataFrame(
+groups = pd.DataFrame(
     [
         {
-            "units": ", ".join(g.units),
+            "units": ", ".join(g.units) if len(g.units) <= 6 else f"{', '.join(g.units[:6])}, … ({len(g.units)})",
             "visits": len(g.visits),
             "raws": g.raws,
             "suggested site": g.site,
@@ -72,6 +72,9 @@ pd.DataFrame(
         for g in suggest_assignment(campaign)
     ]
 )
+moved = groups[groups["suggested site"] != groups["campaign site"]]
+display(Markdown(f"{len(groups)} groups; {len(moved)} would move to another site"))
+summarize(moved if len(moved) else groups)
 
 # %% [markdown]
 # ## Sky: sky units by site, planned visit footprints (dashed: boundary visits)

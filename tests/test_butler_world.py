@@ -156,3 +156,26 @@ def test_boundary_visits_are_found_by_a_spatial_query(tmp_path: Path) -> None:
     shared = visits(3) & visits(4)
     expected = {o.visit for o in build_sky(spec).boundary_observations()}
     assert len(expected) == 3 and shared == expected
+
+
+def test_a_tract_grid_is_a_contiguous_sky_of_many_tracts() -> None:
+    """Scale worlds: tracts side by side, every k-th observed once per band, 189-detector visits."""
+    from multisite_nb.world.spec import load_spec
+    from multisite_nb.world.synthetic import build_sky, regions_overlap
+
+    _, spec = load_spec("parameters/worlds/scale_20k.yaml")
+    assert len(spec.tracts) == 1500 and [t.id for t in spec.tracts] == list(range(1500))
+    model = build_sky(spec)
+    assert len(model.detectors) == 189
+    assert len(model.observations) == len(range(0, 1500, 14))
+    assert sum(len(o.detector_regions) for o in model.observations) == 108 * 189
+    # neighbours in a row and across rows do not overlap, and each visit stays in its tract
+    t = model.tracts
+    assert not regions_overlap(t[0].region, t[1].region) and not regions_overlap(t[0].region, t[50].region)
+    for obs in model.observations[:20]:
+        (target,) = obs.targets
+        home = spec.targets[target].tract
+        assert regions_overlap(obs.region, t[home].region)
+        assert not any(regions_overlap(obs.region, t[n].region) for n in (home - 1, home + 1, home + 50) if n in t)
+    with pytest.raises(ValueError, match="either tracts or tract_grid"):
+        SkySpec(tracts=[{"id": 0, "ra": 0.0, "dec": 0.0}], tract_grid={"n_ra": 2, "n_dec": 2})

@@ -67,6 +67,12 @@ def test_facilities_manifest_is_interchangeable(tmp_path: Path) -> None:
             lambda d: d.update(rule_lifetime_days=30),
             "key 'rule_lifetime_days': replication rules of this toolkit carry no lifetime",
         ),
+        (lambda d: d["sites"]["RAL"].update(tracts=["7-x"]), "tracts[0]: '7-x' is neither a tract id nor a range"),
+        (lambda d: d["sites"]["RAL"].update(tracts=["9-3"]), "tracts[0]: range '9-3' ends before it starts"),
+        (
+            lambda d: d["sites"]["RAL"].update(tracts=["0-2"]),
+            "tract 0 patch 3 lies in tract 0, which is given whole to site RAL",
+        ),
     ],
 )
 def test_bad_campaign_names_file_and_key(tmp_path: Path, change, needle: str) -> None:
@@ -129,3 +135,17 @@ def test_relative_manifest_paths_are_fixed_at_load(tmp_path: Path, monkeypatch) 
     assert c.site("RAL").rse_root == str(tmp_path / "w" / "rse" / "RAL_DISK")
     assert c.manifest.rucio.config == str(tmp_path / "w" / "rucio" / "client.cfg")
     assert c.butler_repo("USDF") == "main"
+
+
+def test_tract_ranges_are_whole_tract_units(tmp_path: Path) -> None:
+    """A data release gives a site thousands of tracts: ``tracts: ["a-b", n]`` spells them."""
+    data = yaml.safe_load(CAMPAIGN.read_text())
+    data["manifest"] = str(CAMPAIGN.parent / data["manifest"])
+    data["pipeline"] = str(CAMPAIGN.parent / data["pipeline"])
+    data["sites"]["RAL"] = {"share": 0.15, "tracts": ["10-1209", 5000], "sky_units": [{"tract": 1, "patch": 3}]}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    units = load_campaign(path).sky_units("RAL")
+    assert len(units) == 1 + 1200 + 1
+    assert units[0].key == (1, 3) and units[1].key == (10, None) and units[-1].key == (5000, None)
+    assert {u.tract for u in units[1:-1]} == set(range(10, 1210))

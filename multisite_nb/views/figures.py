@@ -13,6 +13,7 @@ import io
 import math
 import os
 import warnings
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -89,6 +90,16 @@ def _tracts(campaign: Campaign) -> list[int]:
     return sorted({u.tract for s in campaign.remote_sites for u in campaign.sky_units(s)})
 
 
+#: Up to this many tracts the sky is drawn tract by tract (patches, visits); beyond, as one overview.
+MAX_TRACT_PANELS = 8
+
+
+def sky_panels(campaign: Campaign) -> int:
+    """How many axes :func:`plot_sky` draws for this campaign."""
+    n = len(_tracts(campaign))
+    return n if n <= MAX_TRACT_PANELS else 1
+
+
 def plot_sky(
     campaign: Campaign,
     plan: PlacementPlan | None = None,
@@ -107,7 +118,9 @@ def plot_sky(
     butler
         The central Butler (opened here if not given).
     axes
-        One axis per tract (made with pyplot if not given).
+        :func:`sky_panels` axes (made with pyplot if not given): one per tract, or a single
+        overview of every tract filled by its site when there are more than
+        :data:`MAX_TRACT_PANELS` (a data release has thousands; no visit is drawn there).
     states
         Site → state ("ok", "busy", "trouble", "idle"): a site's patches get an edge in the
         state's colour, each panel names its site and state, the legend too.
@@ -125,13 +138,22 @@ def plot_sky(
     from ..butler_ops import open_butler
 
     tracts = _tracts(campaign)
+    n = sky_panels(campaign)
     if axes is None:
         import matplotlib.pyplot as plt
 
-        _, grid = plt.subplots(1, len(tracts), figsize=(3.6 * len(tracts) + 1, 3.8), squeeze=False)
+        size = (3.6 * n + 1, 3.8) if n > 1 or len(tracts) == 1 else (9.0, 5.0)
+        _, grid = plt.subplots(1, n, figsize=size, squeeze=False)
         axes = list(grid[0])
-    elif len(axes) != len(tracts):
-        raise ConfigError(f"plot_sky: {len(tracts)} tracts need {len(tracts)} axes, got {len(axes)}")
+    elif len(axes) != n:
+        raise ConfigError(f"plot_sky: {len(tracts)} tracts need {n} axes, got {len(axes)}")
+    if len(tracts) > MAX_TRACT_PANELS:
+        if butler is None:
+            with open_butler(campaign.butler_repo(campaign.central)) as own:
+                _draw_overview(campaign, plan, own, axes[0], states or {})
+        else:
+            _draw_overview(campaign, plan, butler, axes[0], states or {})
+        return axes[0]
     if butler is None:
         with open_butler(campaign.butler_repo(campaign.central)) as own:
             _draw_sky(campaign, plan, own, dict(zip(tracts, axes, strict=True)), states or {})
@@ -244,6 +266,53 @@ def _draw_sky(
         fig.tight_layout()
 
 
+def _draw_overview(
+    campaign: Campaign, plan: PlacementPlan | None, butler: Butler, ax: Axes, states: Mapping[str, str]
+) -> None:
+    """Every tract of the campaign as one polygon filled by its site (most of its units), edges by state."""
+    from matplotlib.collections import PolyCollection
+
+    colour = site_colours(campaign.central, campaign.remote_sites)
+    units: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for site in campaign.remote_sites:
+        for u in campaign.sky_units(site):
+            units[u.tract][site] += 1
+    owner = {t: max(by, key=by.__getitem__) for t, by in units.items()}
+    polys, faces, edges = [], [], []
+    for rec in butler.query_dimension_records(
+        "tract", where=f"skymap = '{campaign.config.skymap}' AND tract IN (t)", bind={"t": sorted(owner)},
+        limit=None, explain=False,
+    ):  # fmt: skip
+        site = owner[rec.id]
+        polys.append(polygon_lonlat(rec.region))
+        faces.append(colour.get(site, "#eeeeee"))
+        edges.append(STATE_COLOURS[states[site]] if site in states else "grey")
+    ax.add_collection(PolyCollection(polys, facecolors=faces, edgecolors=edges, linewidths=0.3, alpha=0.6))
+    ras = [x for poly in polys for x, _ in poly]
+    decs = [y for poly in polys for _, y in poly]
+    if ras:
+        ax.set_xlim(max(ras), min(ras))  # RA grows to the left
+        ax.set_ylim(min(decs), max(decs))
+        ax.set_aspect(1.0 / max(0.05, math.cos(math.radians((min(decs) + max(decs)) / 2))))
+    ax.set_xlabel("RA [deg]")
+    ax.set_ylabel("Dec [deg]")
+    counts = {s: sum(1 for o in owner.values() if o == s) for s in campaign.remote_sites}
+    for site in campaign.remote_sites:
+        label = f"{site}: {counts[site]} tracts" + (f" ({states[site]})" if site in states else "")
+        ax.fill([], [], color=colour[site], alpha=0.6, label=label)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+    what = f"{campaign.name}: {len(owner)} tracts by site"
+    if plan is not None:
+        visits = {v for vs in plan.visits.values() for v in vs}
+        what += f"; {len(visits)} planned visits, {len(plan.boundary_visits)} at boundaries"
+    ax.set_title(what, fontsize=10)
+    fig = ax.get_figure(root=True)
+    assert fig is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
+
+
 def sky_figure(campaign: Campaign, status: CampaignStatus, run_dir: str | os.PathLike[str] | None = None) -> Figure:
     """The sky map of :func:`plot_sky` for the dashboard: site fills, state edges, the run's plan if any."""
     from ..placement import PlacementPlan
@@ -255,10 +324,10 @@ def sky_figure(campaign: Campaign, status: CampaignStatus, run_dir: str | os.Pat
             plan = PlacementPlan.load(path)
         except (OSError, ValueError):  # the sky map still shows the sky units
             plan = None
-    tracts = _tracts(campaign)
-    fig = _figure(3.6 * len(tracts) + 1, 3.8)
+    n = sky_panels(campaign)
+    fig = _figure(3.6 * n + 1, 3.8) if n > 1 or len(_tracts(campaign)) == 1 else _figure(9.0, 5.0)
     fig.set_layout_engine(None)
-    axes = fig.subplots(1, len(tracts), squeeze=False)[0]
+    axes = fig.subplots(1, n, squeeze=False)[0]
     plot_sky(campaign, plan, axes=list(axes), states=status.states())
     return fig
 

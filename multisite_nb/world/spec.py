@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import load_model, parameter_path, repo_root
 
-__all__ = ["DEFAULT_SPEC", "BandSpec", "SkySpec", "TargetSpec", "TractSpec", "load_spec"]
+__all__ = ["DEFAULT_SPEC", "BandSpec", "SkySpec", "TargetSpec", "TractGridSpec", "TractSpec", "load_spec"]
 
 #: The world spec `multisite-nb world up` uses unless told otherwise (relative to the checkout).
 DEFAULT_SPEC = "parameters/worlds/rehearsal_3x3.yaml"
@@ -32,6 +32,24 @@ class TractSpec(BaseModel):
     id: int = Field(ge=0)
     ra: float
     dec: float = Field(ge=-80.0, le=80.0)
+
+
+class TractGridSpec(BaseModel):
+    """Tracts side by side in rows of equal declination: a contiguous sky of ``n_ra`` x ``n_dec`` tracts.
+
+    Tract ids run along each row (RA grows east), rows go north from ``dec0``; neighbouring tracts
+    are ``gap_deg`` apart at their edges (at the row's declination).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ra0: float = 0.0
+    dec0: float = Field(default=-10.0, ge=-70.0, le=70.0)
+    n_ra: int = Field(ge=1, le=1000)
+    n_dec: int = Field(ge=1, le=200)
+    gap_deg: float = Field(default=0.02, ge=0.0)
+    targets_every: int = Field(default=1, ge=1)
+    """Observe every k-th tract (its centre patch); the others stay empty, as parts of a real sky do."""
 
 
 class BandSpec(BaseModel):
@@ -82,6 +100,8 @@ class SkySpec(BaseModel):
     instrument_class: str = "lsst.obs.subaru.HyperSuprimeCam"
     skymap: str = "hsc_rings_3x3"
     tracts: list[TractSpec] = Field(default_factory=_default_tracts, min_length=1)
+    tract_grid: TractGridSpec | None = None
+    """A contiguous sky of many tracts instead of ``tracts`` (the scale worlds)."""
     patches_per_side: int = Field(default=3, ge=1, le=10)
     patch_size_deg: float = Field(default=0.2, gt=0.0, le=2.0)
     bands: list[BandSpec] = Field(default_factory=_default_bands, min_length=1)
@@ -102,6 +122,14 @@ class SkySpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> SkySpec:
+        if self.tract_grid is not None:
+            if "tracts" in self.model_fields_set:
+                raise ValueError("give either tracts or tract_grid, not both")
+            self.tracts = self._grid_tracts(self.tract_grid)
+            if not self.targets:  # the centre patch of each tract: its visits reach no neighbour
+                centre = self.patches_per_side**2 // 2
+                every = self.tract_grid.targets_every
+                self.targets = [TargetSpec(tract=t.id, patches=[centre]) for t in self.tracts[::every]]
         ids = [t.id for t in self.tracts]
         if len(set(ids)) != len(ids):
             raise ValueError(f"tract ids must be unique, got {ids}")
@@ -129,6 +157,24 @@ class SkySpec(BaseModel):
         if len(self.bands) * max(self.visits_per_band, self.boundary_visits) >= 1000:
             raise ValueError("at most 999 visits a night (visit id = (night + 1) * 1000 + seq_num)")
         return self
+
+    def _grid_tracts(self, grid: TractGridSpec) -> list[TractSpec]:
+        import math
+
+        width = self.patches_per_side * self.patch_size_deg + grid.gap_deg
+        if grid.dec0 + (grid.n_dec - 1) * width > 80.0:
+            raise ValueError(f"tract_grid: {grid.n_dec} rows from dec {grid.dec0} reach beyond dec 80")
+        tracts = []
+        for j in range(grid.n_dec):
+            dec = grid.dec0 + j * width
+            step = width / math.cos(math.radians(dec))
+            if grid.n_ra * step > 360.0:
+                raise ValueError(f"tract_grid: row {j} (dec {dec:.2f}) of {grid.n_ra} tracts wraps around the sky")
+            tracts += [
+                TractSpec(id=j * grid.n_ra + i, ra=round((grid.ra0 + i * step) % 360.0, 9), dec=round(dec, 9))
+                for i in range(grid.n_ra)
+            ]
+        return tracts
 
     @classmethod
     def neighbours_example(cls, boundary_visits: int = 1) -> SkySpec:

