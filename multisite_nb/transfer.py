@@ -296,7 +296,9 @@ def _rule(
 def create_data_rule(campaign: Campaign, ops: RucioOps, shipment: Shipment, outcome: ShipmentOutcome) -> None:
     """The rule that moves the data files (after the records have arrived)."""
     dest = campaign.site(shipment.dest).rse
+    t0 = time.monotonic()
     outcome.rule_id, outcome.rule_created = _rule(campaign, ops, shipment, shipment.name, dest)
+    outcome.seconds["rule"] = time.monotonic() - t0
 
 
 def watch_rules(

@@ -1,0 +1,112 @@
+"""Phases 1-3 on the ~20,000-raw scale world, with the servers' limits exercised.
+
+``parameters/worlds/scale_20k.yaml`` (1,500 tracts, 189-detector visits) with
+``parameters/campaign_scale_20k.yaml``: IN2P3 holds 1,050 whole tracts (a site query over more
+than 1,000 tracts) and a shipment of over 16,000 files — far over Rucio's 1,000 DIDs a call —
+which, with datasets capped at 5,000 files here, travels as a container of four datasets
+under one asynchronous rule. Placement, transfer and verification run through the CLI as an
+operator runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from multisite_nb.config import load_campaign, repo_root
+from multisite_nb.naming import placement_dataset, shard_dataset
+from multisite_nb.placement import PlacementPlan
+from multisite_nb.rucio_ops import RucioOps
+from multisite_nb.world.spec import load_spec
+from multisite_nb.world.synthetic import build_sky
+
+BIN = repo_root() / ".venv" / "bin"
+PARAMS = repo_root() / "parameters"
+SHARD = 5000
+
+
+@pytest.fixture(scope="module")
+def scale_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("scale")
+    manifest = yaml.safe_load((PARAMS / "sites" / "embedded.yaml").read_text())
+    manifest["rucio"]["max_files_per_dataset"] = SHARD
+    manifest["workflow"]["bps_site_config"] = str(repo_root() / manifest["workflow"]["bps_site_config"])
+    (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    campaign = yaml.safe_load((PARAMS / "campaign_scale_20k.yaml").read_text())
+    campaign.update(manifest=str(tmp / "manifest.yaml"), pipeline=str(PARAMS / campaign["pipeline"]))
+    params = tmp / "campaign.yaml"
+    params.write_text(yaml.safe_dump(campaign))
+    world, runs = tmp / "world", tmp / "runs"
+    spec = PARAMS / "worlds" / "scale_20k.yaml"
+    up = [str(BIN / "multisite-nb"), "world", "up", "--dir", str(world), "--spec", str(spec), "--params", str(params)]
+    run = [str(BIN / "multisite-nb"), "run", str(params), "--world", str(world), "--runs-root", str(runs)]
+    run += ["--phases", "placement,transfer,verify"]
+    try:
+        built = subprocess.run(up, cwd=repo_root(), capture_output=True, text=True, timeout=900)
+        assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+        proc = subprocess.run(run, cwd=repo_root(), capture_output=True, text=True, timeout=2400)
+        run_dirs = sorted((runs / "scale20k").iterdir()) if (runs / "scale20k").exists() else []
+        yield {"proc": proc, "world": world, "params": params, "run_dir": run_dirs[-1] if run_dirs else None}
+    finally:
+        down = [str(BIN / "multisite-nb"), "world", "down", "--dir", str(world), "--params", str(params)]
+        subprocess.run(down, cwd=repo_root(), capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_placement_transfer_verify_pass_at_scale(scale_run: dict[str, Any]) -> None:
+    proc = scale_run["proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for phase in ("placement", "transfer", "verify"):
+        result = json.loads((scale_run["run_dir"] / "results" / f"{phase}.json").read_text())
+        assert result["passed"], result["reason"]
+
+
+@pytest.mark.slow
+def test_a_site_of_over_a_thousand_tracts_gets_exactly_its_raws(scale_run: dict[str, Any]) -> None:
+    """The plan equals what the sky model says each site's tracts were observed with."""
+    campaign = load_campaign(scale_run["params"], env={"MSNB_WORLD": str(scale_run["world"])})
+    tracts = {s: {u.tract for u in campaign.sky_units(s)} for s in campaign.remote_sites}
+    assert len(tracts["IN2P3"]) > 1000
+    _, spec = load_spec(PARAMS / "worlds" / "scale_20k.yaml")
+    model = build_sky(spec)
+    plan = PlacementPlan.load(scale_run["run_dir"] / "artifacts" / "placement" / "plan.json")
+    for site, owned in tracts.items():
+        expected = {
+            (o.exposure, d)
+            for o in model.observations
+            if spec.targets[o.targets[0]].tract in owned
+            for d in o.detector_regions
+        }
+        raws = {
+            (f.data_id["exposure"], f.data_id["detector"]) for f in plan.site_files(site) if f.dataset_type == "raw"
+        }
+        assert raws == expected, site
+    assert sum(1 for f in plan.site_files("IN2P3") if f.dataset_type == "raw") > 14_000
+
+
+@pytest.mark.slow
+def test_a_large_shipment_is_a_container_of_bounded_datasets(scale_run: dict[str, Any]) -> None:
+    campaign = load_campaign(scale_run["params"], env={"MSNB_WORLD": str(scale_run["world"])})
+    ops = RucioOps.for_campaign(campaign, quiet=True)
+    plan = PlacementPlan.load(scale_run["run_dir"] / "artifacts" / "placement" / "plan.json")
+    for site in campaign.remote_sites:
+        name, n = placement_dataset(campaign, site), len(plan.sites[site])
+        if n <= SHARD:
+            assert ops.did_type(name) == "DATASET"
+            continue
+        assert ops.did_type(name) == "CONTAINER"
+        parts = sorted(d["name"] for d in ops.client.list_content(ops.scope, name))
+        assert parts == [shard_dataset(name, i) for i in range(math.ceil(n / SHARD))]
+        sizes = [len(ops.contents(p)) for p in parts]
+        assert sum(sizes) == n and max(sizes) <= SHARD
+        assert set(ops.contents(name)) == {f.lfn for f in plan.site_files(site)}
+        rule = ops.find_rule(name, campaign.site(site).rse)
+        assert rule is not None and ops.rule(rule.id).state == "OK"
+        counts = ops.dataset_replica_counts(name)[campaign.site(site).rse]
+        assert counts == {"length": n, "available": n}
