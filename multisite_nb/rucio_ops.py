@@ -18,8 +18,10 @@ import configparser
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +50,25 @@ def chunked[T](items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
     """Successive slices of ``items`` of at most ``size``."""
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _transient_retry[T](call: Callable[[], T], tries: int = 5, first_wait_s: float = 1.0) -> T:
+    """``call()``, again after 1, 2, 4, 8 s when the server reports a transient database error.
+
+    On PostgreSQL Rucio takes row locks with NOWAIT: a bulk write meeting rows a daemon holds
+    (the judge-injector filling a large rule) fails with ``DatabaseException`` ("could not obtain
+    lock on row"; seen on the 20k world). lsst-rucio-register retries the same way.
+    """
+    from rucio.common.exception import DatabaseException
+
+    for attempt in range(tries):
+        try:
+            return call()
+        except DatabaseException:
+            if attempt == tries - 1:
+                raise
+            time.sleep(first_wait_s * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -278,7 +299,7 @@ class RucioOps:
         present = {d["name"] for d in self.client.list_content(self.scope, container)}
         todo = [n for n in names if n not in present]
         for part in chunked(todo):
-            self.client.attach_dids(self.scope, container, self._dids(part))
+            _transient_retry(partial(self.client.attach_dids, self.scope, container, self._dids(part)))
         return len(todo)
 
     def contents(self, name: str) -> dict[str, tuple[int, str]]:
@@ -348,10 +369,8 @@ class RucioOps:
         return added
 
     def _add(self, rse: str, files: Sequence[FileDid]) -> None:
-        self.client.add_replicas(
-            rse=rse,
-            files=[{"scope": self.scope, "name": f.name, "bytes": f.bytes, "adler32": f.adler32} for f in files],
-        )
+        items = [{"scope": self.scope, "name": f.name, "bytes": f.bytes, "adler32": f.adler32} for f in files]
+        _transient_retry(lambda: self.client.add_replicas(rse=rse, files=items))
 
     def _unregistered(self, rse: str, files: Sequence[FileDid]) -> list[FileDid]:
         """The files with no replica on ``rse``; those with one must match in size and adler32."""
@@ -376,7 +395,7 @@ class RucioOps:
         """Attach each file's DID metadata (``rubin_butler``, ``rubin_sidecar``) in bulk."""
         items = [{"scope": self.scope, "name": f.name, "meta": dict(f.meta)} for f in files if f.meta]
         for part in chunked(items):
-            self.client.set_dids_metadata_bulk(dids=list(part), recursive=False)
+            _transient_retry(partial(self.client.set_dids_metadata_bulk, dids=list(part), recursive=False))
 
     def get_metadata_bulk(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Every metadata key of each file, by name (chunked to the server's DID limit)."""
@@ -394,7 +413,7 @@ class RucioOps:
         todo = [n for n in names if n not in present]
         for part in chunked(todo):
             try:
-                self.client.attach_dids(self.scope, dataset, self._dids(part))
+                _transient_retry(partial(self.client.attach_dids, self.scope, dataset, self._dids(part)))
             except (DuplicateContent, FileAlreadyExists):  # attached meanwhile (another operator): check
                 now = {f["name"] for f in self.client.list_files(self.scope, dataset)}
                 if missing := [n for n in part if n not in now]:

@@ -282,3 +282,38 @@ def test_down_stops_everything_and_up_again(rucio_world: dict[str, Any]) -> None
         f"\nrucio world: cold up {rucio_world['up_seconds']:.1f} s, down {down_seconds:.1f} s, "
         f"warm up {warm_seconds:.1f} s"
     )
+
+
+def test_transient_database_errors_are_retried_then_raised() -> None:
+    """PostgreSQL's NOWAIT row locks fail a bulk write while a daemon holds the rows: retried."""
+    from rucio.common.exception import DatabaseException, Duplicate
+
+    from multisite_nb.rucio_ops import _transient_retry
+
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise DatabaseException("could not obtain lock on row in relation replicas")
+        return "done"
+
+    assert _transient_retry(flaky, first_wait_s=0) == "done" and len(calls) == 3
+
+    def locked() -> None:
+        calls.append(1)
+        raise DatabaseException("still locked")
+
+    calls.clear()
+    with pytest.raises(DatabaseException):  # a lock that outlives the retries is the caller's error
+        _transient_retry(locked, tries=2, first_wait_s=0)
+    assert len(calls) == 2
+
+    def duplicate() -> None:
+        calls.append(1)
+        raise Duplicate("already there")
+
+    calls.clear()
+    with pytest.raises(Duplicate):  # not transient: no retry
+        _transient_retry(duplicate, first_wait_s=0)
+    assert len(calls) == 1
