@@ -310,16 +310,23 @@ def watch_rules(
     progress: bool = True,
     desc: str = "rules",
 ) -> dict[str, RuleRecord]:
-    """Poll rules until each is OK or STUCK (or the timeout passes); show lock progress."""
+    """Poll rules until each is OK or STUCK, or no lock has progressed for ``timeout_s``; show progress.
+
+    The limit is on a stall, not on the whole wait: a data-release shipment replicating steadily
+    for hours is not stuck, one whose locks stop moving is.
+    """
     from tqdm.auto import tqdm
 
     states: dict[str, RuleRecord] = {}
     deadline = time.monotonic() + timeout_s
     bar = None
+    last_done = -1
     while True:
         states = {rid: ops.rule(rid) for rid in rule_ids}
         total = sum(s.total for s in states.values())
         done = sum(s.locks_ok for s in states.values())
+        if done > last_done:  # progress: the stall clock starts again
+            last_done, deadline = done, time.monotonic() + timeout_s
         if progress:
             if bar is None:
                 bar = tqdm(total=total, desc=desc, unit="file", leave=True, mininterval=1.0)
@@ -574,7 +581,7 @@ def run_shipments(
             st = states[o.rule_id or ""]
             o.state = st.state
             if st.state is not RuleState.OK:
-                o.error = st.error or f"rule {st.state} after {timeout_s:.0f} s"
+                o.error = st.error or f"rule {st.state}: no lock moved for {timeout_s:.0f} s"
                 log(f"{s.name}: rule {o.rule_id} {st.state}: {o.error}")
                 continue
             isolated(s, f"ingest at {s.dest}", do_ingest)
