@@ -52,8 +52,8 @@ def chunked[T](items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
         yield items[i : i + size]
 
 
-def _transient_retry[T](call: Callable[[], T], tries: int = 5, first_wait_s: float = 1.0) -> T:
-    """``call()``, again after 1, 2, 4, 8 s when the server reports a transient database error.
+def _transient_retry[T](call: Callable[[], T], tries: int = 7, first_wait_s: float = 1.0) -> T:
+    """``call()``, again after 1, 2, 4, … 32 s when the server reports a transient database error.
 
     On PostgreSQL Rucio takes row locks with NOWAIT: a bulk write meeting rows a daemon holds
     (the judge-injector filling a large rule) fails with ``DatabaseException`` ("could not obtain
@@ -319,8 +319,8 @@ class RucioOps:
 
     def add_replicas(
         self, rse: str, files: Sequence[FileDid], known: Mapping[str, tuple[int, str]] | None = None
-    ) -> int:
-        """Register files as replicas on ``rse`` (bulk, chunked); returns how many were new.
+    ) -> list[str]:
+        """Register files as replicas on ``rse`` (bulk, chunked); returns the names this call registered.
 
         A file already registered (by an earlier run, or another operator at the same moment)
         is "already there" once its size and adler32 are checked to match.
@@ -353,11 +353,11 @@ class RucioOps:
                         f"{self.scope}:{f.name} is registered with {have[0]} bytes, adler32 {have[1]}; "
                         f"this run has {f.bytes} bytes, adler32 {f.adler32}"
                     )
-        added = 0
+        added: list[str] = []
         for part in chunked(todo):
             try:
                 self._add(rse, part)
-                added += len(part)
+                added += [f.name for f in part]
             except (Duplicate, RucioException) as exc:  # registered meanwhile: check, then add the rest
                 rest = self._unregistered(rse, part)
                 if rest:
@@ -365,7 +365,7 @@ class RucioOps:
                         self._add(rse, rest)
                     except (Duplicate, RucioException):
                         raise RucioError(f"add_replicas on {rse} failed: {type(exc).__name__}: {exc}") from exc
-                added += len(rest)
+                added += [f.name for f in rest]
         return added
 
     def _add(self, rse: str, files: Sequence[FileDid]) -> None:

@@ -260,8 +260,13 @@ def register_shipment(
         kind = DataType.RAW_FILE if shipment.raw_inputs and "exposure" in f.data_id else DataType.DATA_PRODUCT
         meta = RubinMeta(rubin_butler=kind, rubin_sidecar=ref.to_json())  # Rubin's own metadata model
         dids.append(FileDid(f.lfn, f.size, f.adler32, meta.model_dump()))
-    outcome.newly_registered = ops.add_replicas(src.rse, dids, known=known)
-    ops.set_metadata([d for d in dids if d.name not in known])
+    added = set(ops.add_replicas(src.rse, dids, known=known))
+    outcome.newly_registered = len(added)
+    # metadata on the files this run registered: a file another shipment registered (a calibration
+    # every site needs) has it already, and its DID may be locked by a daemon filling that rule
+    others = [d.name for d in dids if d.name not in added and d.name not in known]
+    have = ops.get_metadata_bulk(others) if others else {}  # left by an interrupted run of this shipment?
+    ops.set_metadata([d for d in dids if d.name in added or (d.name in have and not have[d.name].get("rubin_sidecar"))])
     if sharded:
         ops.ensure_container(shipment.name)
         parts = []
