@@ -96,7 +96,7 @@ def per_file_figures(campaign: Any, plan: Any, sample: int, scratch: Path) -> di
     from lsst.daf.butler import Butler, DatasetRef, FileDataset
 
     from multisite_nb.butler_ops import open_butler
-    from multisite_nb.placement import adler32_of, datastore_roots, describe_file
+    from multisite_nb.placement import datastore_roots, describe_file
     from multisite_nb.rucio_ops import FileDid, RucioOps
 
     site = next(iter(plan.sites))
@@ -113,7 +113,6 @@ def per_file_figures(campaign: Any, plan: Any, sample: int, scratch: Path) -> di
     ops = RucioOps.for_campaign(campaign)
     tag = f"perfile{int(time.time())}"
     ops.ensure_dataset(f"{campaign.name}.{tag}")
-    root = Path(campaign.site(campaign.central).rse_root or "")
     t0 = time.monotonic()
     for f in files:
         did = FileDid(f"{tag}/{f.lfn}", f.size, f.adler32, {"rubin_butler": "raw_file"})
@@ -148,7 +147,6 @@ def per_file_figures(campaign: Any, plan: Any, sample: int, scratch: Path) -> di
             site_butler.get_dataset(f.id)
             (Path(dest.rse_root or "") / f.lfn).stat()
         out["verify_per_file_s"] = (time.monotonic() - t0) / len(files)
-    _ = (root, adler32_of)
     return out
 
 
