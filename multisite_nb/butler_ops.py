@@ -159,15 +159,18 @@ def unit_data_ids(
     dimensions: Sequence[str],
     *,
     instrument: str | None = None,
+    where: str = "",
+    bind: Mapping[str, Any] | None = None,
 ) -> Iterator[DataCoordinate]:
     """The data IDs (of ``dimensions``) overlapping sky units given as (tract, patch or None), streamed.
 
     Each comes once when ``dimensions`` include ``patch`` (the whole-tract and patch queries
     cover different patches); the caller keeps what it needs, not the data IDs themselves.
+    ``where`` and ``bind`` constrain them further (e.g. ``visit IN (v)`` with the visits bound).
     """
     units = list(units)
     for query in _unit_queries(butler, units, skymap, instrument):
-        yield from query.data_ids(list(dimensions))
+        yield from (query.where(where, bind=bind) if where else query).data_ids(list(dimensions))
 
 
 def unit_records(

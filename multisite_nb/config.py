@@ -27,6 +27,7 @@ __all__ = [
     "CampaignConfig",
     "ConfigError",
     "Campaign",
+    "QASettings",
     "SiteManifest",
     "SiteSpec",
     "SkyUnit",
@@ -187,6 +188,39 @@ class Collections(_Strict):
     output_prefix: str | None = Field(default=None, pattern=_COLLECTION, description="default: the campaign name")
 
 
+class QASettings(_Strict):
+    """Which sky units QA's single-site reference covers (completeness is checked for all).
+
+    ``sample_units_per_site``: how many of each site's units the reference covers, chosen
+    deterministically with boundary units among them (``all``: every unit, a second data
+    release at full size); ``sample``: units always covered, on top of that choice.
+    """
+
+    sample_units_per_site: int | Literal["all"] = Field(
+        default=3, description="units per site the reference covers ('all': every unit)"
+    )
+    sample: list[SkyUnit] = Field(default_factory=list, description="units the reference always covers")
+
+    @field_validator("sample_units_per_site", mode="before")
+    @classmethod
+    def _count(cls, v: Any) -> Any:
+        if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            return v
+        raise ValueError("expected a number of units per site (0 or more) or 'all'")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QASettings:
+        if self.sample_units_per_site == 0 and not self.sample:
+            raise ValueError(
+                "the reference would cover no sky unit: give sample_units_per_site >= 1 (or 'all') or sample units"
+            )
+        keys = [u.key for u in self.sample]
+        dup = next((u for u in self.sample if keys.count(u.key) > 1), None)
+        if dup is not None:
+            raise ValueError(f"sample: {dup} is given twice")
+        return self
+
+
 class CampaignConfig(_Strict):
     """The campaign file as written (paths still relative to it)."""
 
@@ -204,6 +238,7 @@ class CampaignConfig(_Strict):
         default=None, description="refused: replicas ingested in place must not expire under the Butler"
     )
     activity: str = "User Subscriptions"
+    qa: QASettings = QASettings()
 
     @field_validator("rule_lifetime_days")
     @classmethod
@@ -233,6 +268,9 @@ class CampaignConfig(_Strict):
                         f"sites.{site}.sky_units[{i}]: {unit} lies in tract {unit.tract}, "
                         f"which is given whole to site {seen[(unit.tract, None)]}"
                     )
+        for i, unit in enumerate(self.qa.sample):
+            if unit.key not in seen and (unit.tract, None) not in seen:
+                raise ValueError(f"qa.sample[{i}]: {unit} is not a sky unit of any site")
         names = [s.name for s in self.stages]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -403,8 +403,15 @@ def qa(
     validation_set: list[str] | None = None,
     reference: bool = True,
 ) -> tuple[PhaseResult, Any]:
-    """Phase 6: completeness per sky unit and agreement with a single-site reference run."""
-    from .qa import evaluate, run_reference
+    """Phase 6: completeness of every sky unit, and agreement with a single-site reference over a sample.
+
+    The sample comes from the campaign's ``qa`` settings (see :mod:`multisite_nb.qa`); it is
+    recorded as the table ``sample`` and in the summary.
+    """
+    from .butler_ops import open_butler
+    from .ownership import Ownership
+    from .placement import PlacementPlan
+    from .qa import evaluate, plan_sample, run_reference
 
     started = utcnow()
     campaign = _campaign(campaign)
@@ -412,9 +419,14 @@ def qa(
     types = (
         validation_set or (final.summary.get("validation_set") if final else None) or _wiring(campaign).final_products
     )
-    ref_steps = run_reference(campaign, Path(run_dir) / "artifacts" / "logs" / "reference") if reference else {}
+    plan = PlacementPlan.load(plan_path(run_dir))
+    with open_butler(campaign.butler_repo(campaign.central)) as central:
+        sample = plan_sample(campaign, central, plan.boundary_visits)
+    logs = Path(run_dir) / "artifacts" / "logs" / "reference"
+    ref_steps = run_reference(campaign, logs, sample) if reference else {}
     ref_ok, ref_reason = _steps_verdict({"reference": ref_steps}) if ref_steps else (True, "")
-    report = evaluate(campaign, types, _ownership(campaign, run_dir))
+    ownership = Ownership(campaign, plan.visit_owner, plan.exposure_visit)
+    report = evaluate(campaign, types, ownership, sample, plan.visits)
     artifacts = [
         str(save_table(run_dir, "qa", name, pd.DataFrame(rows)))
         for name, rows in (
@@ -422,6 +434,7 @@ def qa(
             ("units", report.units),
             ("mismatches", report.mismatches),
             ("metrics", report.metrics),
+            ("sample", report.sample),
         )
     ]
     passed = ref_ok and report.passed
@@ -438,6 +451,12 @@ def qa(
             "mismatches": len(report.mismatches),
             "metrics": report.metrics,
             "reference_steps": {k: v.get("state") for k, v in ref_steps.items()},
+            "sample": {
+                "full": sample.full,
+                "units": {s: [str(u) for u in us] for s, us in sample.units.items()},
+                "reference units": len(sample.reach),
+                "note": sample.describe(),
+            },
         },
         artifacts=artifacts,
     )

@@ -142,31 +142,33 @@ def step_dimensions(pipeline: str, step: str) -> frozenset[str]:
     return frozenset(d for label in labels for d in graph.tasks[label].raw_dimensions)
 
 
-def site_visits(campaign: Campaign, site: str) -> list[int] | None:
-    """The visits overlapping the site's sky units, from its own registry; `None` if it cannot be read here."""
+def site_visits(campaign: Campaign, site: str, units: Sequence[SkyUnit] | None = None) -> list[int] | None:
+    """The visits overlapping the site's sky units (or ``units``) in its own registry; `None`: unreadable here."""
     cfg = campaign.config
     try:
         with open_butler(campaign.butler_repo(site)) as butler:
-            units = [(u.tract, u.patch) for u in site_units(campaign, site)]
-            ids = unit_data_ids(butler, units, cfg.skymap, ["visit"], instrument=cfg.instrument)
+            units_ = [(u.tract, u.patch) for u in (site_units(campaign, site) if units is None else units)]
+            ids = unit_data_ids(butler, units_, cfg.skymap, ["visit"], instrument=cfg.instrument)
             return sorted({int(d["visit"]) for d in ids})
     except ButlerError:
         return None
 
 
-def site_patches(campaign: Campaign, site: str) -> list[tuple[int, int]] | None:
-    """(tract, patch) of every patch of the site's units in its own registry; `None` if it cannot be read here."""
+def site_patches(campaign: Campaign, site: str, units: Sequence[SkyUnit] | None = None) -> list[tuple[int, int]] | None:
+    """(tract, patch) of each patch of the site's units (or ``units``) in its registry; `None`: unreadable here."""
     cfg = campaign.config
     try:
         with open_butler(campaign.butler_repo(site)) as butler:
-            units = [(u.tract, u.patch) for u in site_units(campaign, site)]
-            records = unit_records(butler, units, cfg.skymap, "patch")
+            units_ = [(u.tract, u.patch) for u in (site_units(campaign, site) if units is None else units)]
+            records = unit_records(butler, units_, cfg.skymap, "patch")
             return sorted({(int(r.dataId["tract"]), int(r.id)) for r in records})
     except ButlerError:
         return None
 
 
-def data_selection(campaign: Campaign, site: str, step: str) -> tuple[str, DataIdTable | None]:
+def data_selection(
+    campaign: Campaign, site: str, step: str, units: Sequence[SkyUnit] | None = None
+) -> tuple[str, DataIdTable | None]:
     """The Butler expression selecting what ``step`` works on at ``site``, from the step's quantum dimensions.
 
     * a step with patch-level quanta works on the site's sky units (tracts and patches);
@@ -184,11 +186,11 @@ def data_selection(campaign: Campaign, site: str, step: str) -> tuple[str, DataI
         The data query, and the data ID table or None.
     """
     cfg = campaign.config
-    units = site_units(campaign, site)
+    units = site_units(campaign, site) if units is None else list(units)
     by_units = f"instrument = '{cfg.instrument}' AND {units_where(units, cfg.skymap)}"
     dims = step_dimensions(str(campaign.pipeline_path), step)
     if "patch" in dims:
-        patches = site_patches(campaign, site)
+        patches = site_patches(campaign, site, units)
         if not patches:
             return by_units, None
         table = DataIdTable(("skymap", "tract", "patch"), tuple((cfg.skymap, t, p) for t, p in patches))
@@ -199,7 +201,7 @@ def data_selection(campaign: Campaign, site: str, step: str) -> tuple[str, DataI
             f"skymap = '{cfg.skymap}' AND tract IN ({', '.join(str(t) for t in sorted({u.tract for u in units}))})"
         )
     if "tract" not in dims or dims & {"visit", "exposure", "detector"}:
-        visits = site_visits(campaign, site)
+        visits = site_visits(campaign, site, units)
         if not visits:
             return by_units, None
         parts.append(f"visit IN ({', '.join(map(str, visits))})")
@@ -265,22 +267,30 @@ def step_run(
     return StepRun(site, step, repo, inputs, chain, run, query, pipeline, table)
 
 
-def reference_step_run(campaign: Campaign, step: str) -> StepRun:
-    """``step`` of QA's single-site reference: at the central site over all the campaign's data.
+def reference_step_run(
+    campaign: Campaign, step: str, units: Sequence[SkyUnit] | None = None, campaign_runs: Sequence[str] = ()
+) -> StepRun:
+    """``step`` of QA's single-site reference: at the central site over all the campaign's data (or ``units``).
 
-    It reads only the campaign's inputs (nothing the sites made) and writes its own
-    collections (``P/reference/T`` in ``P/reference``).
+    It reads the campaign's inputs and nothing the sites made, except ``campaign_runs``
+    (searched last: the campaign's own runs of steps a sample reference does not redo), and
+    writes its own collections (``P/reference/T`` in ``P/reference``).
     """
     base = step_run(campaign, campaign.central, step, chain_exists=False)
     own = f"{campaign.output_prefix}/"  # nothing the campaign wrote
+    query, table = (
+        (base.data_query, base.data_id_table)
+        if units is None
+        else data_selection(campaign, campaign.central, step, units)
+    )
     return StepRun(
         site=base.site,
         step=step,
         repo=base.repo,
-        inputs=[c for c in base.inputs if not c.startswith(own)],
+        inputs=_dedupe([*(c for c in base.inputs if not c.startswith(own)), *campaign_runs]),
         output_chain=reference_chain(campaign),
         output_run=reference_run(campaign, step),
-        data_query=base.data_query,
+        data_query=query,
         pipeline=base.pipeline,
-        data_id_table=base.data_id_table,
+        data_id_table=table,
     )
