@@ -57,6 +57,7 @@ def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[Pha
     from .collisions import preflight as preflight_collisions
     from .ownership import refusals
     from .placement import plan_placement
+    from .plan_files import site_table_path
     from .runfolder import check_run_folder
     from .wiring import load_pipeline_graph
 
@@ -65,13 +66,11 @@ def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[Pha
     check_run_folder(run_dir)
     graph = load_pipeline_graph(campaign.pipeline_path)
     refused = refusals(campaign, graph)  # what no placement can make consistent, before any byte moves
-    plan = plan_placement(campaign)
+    plan = plan_placement(campaign, folder=plan_path(run_dir).parent)  # the files stream into its tables
     collisions = preflight_collisions(campaign, [n.dataset_type for n in graph.dataset_types.values()])
     artifacts = [str(plan.save(plan_path(run_dir)))]
-    for site in plan.sites:
-        artifacts.append(
-            str(save_table(run_dir, "placement", f"manifest_{site}", pd.DataFrame(plan.manifest_rows(site))))
-        )
+    artifacts += [str(site_table_path(plan.folder, site)) for site in plan.sites]  # the per-site manifests
+    artifacts.append(str(save_table(run_dir, "placement", "tracts", pd.DataFrame(plan.tract_rows()))))
     counts = plan.counts()
     artifacts.append(str(save_table(run_dir, "placement", "counts", pd.DataFrame(counts))))
     empty = [r["site"] for r in counts if r["files"] == 0 or r["visits"] == 0]

@@ -12,20 +12,24 @@ site that needs them, and the plan says what that costs.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import shutil
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from .config import Campaign, SkyUnit
 from .errors import PlanError
 from .fileio import atomic_write_text
 from .ownership import visit_owners
+from .plan_files import FILES_DIR, FileTableWriter, PlanSummary, SiteCounts, planned_files, read_site
 
 __all__ = [
     "Footprint",
@@ -79,6 +83,7 @@ class Footprint:
     regions: list[Any] = field(default_factory=list)  # sky units, their tracts, the site's visits
     visit_regions: dict[int, Any] = field(default_factory=dict)
     visit_weight: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # overlaps with the units
+    visit_tract: dict[int, int] = field(default_factory=dict)  # the lowest of the site's tracts a visit overlaps
     exposure_visit: dict[int, int] = field(default_factory=dict)
     _skypix: dict[str, set[int]] = field(default_factory=dict)
 
@@ -97,10 +102,13 @@ class Footprint:
     def admits(self, data_id: Any) -> bool:
         """Whether a dataset with this data ID is one the site needs."""
         mapping = dict(data_id.mapping) if data_id.hasFull() else dict(data_id.required)
+        return self.admits_mapping(mapping, data_id.universe)
+
+    def admits_mapping(self, mapping: dict[str, Any], universe: Any) -> bool:
+        """:meth:`admits` for a data ID already turned into a dict (dimension name -> value)."""
         for a, b in _OBS_PAIRS:
             if a in mapping and b in mapping:
                 return (mapping[a], mapping[b]) in self.pairs.get((a, b), set())
-        universe = data_id.universe
         for key, value in mapping.items():
             dim = universe[key]
             if hasattr(dim, "pixelization"):
@@ -126,26 +134,43 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
     units = [(u.tract, u.patch) for u in campaign.sky_units(site)]
     fp = Footprint(site)
     vd: set[tuple[int, int]] = set()
-    for did in unit_data_ids(butler, units, cfg.skymap, ["visit", "detector", "patch"], instrument=cfg.instrument):
-        m = dict(did.mapping)
-        visit, detector = int(m["visit"]), int(m["detector"])
-        vd.add((visit, detector))
-        fp.visit_weight[visit] += 1
-        for k in ("instrument", "visit", "physical_filter", "band", "day_obs", "skymap", "tract"):
-            if k in m:
-                fp.values[k].add(m[k])
-    # visit-complete: every detector of a visit the site touches, so that the site's products of that
-    # visit are whole (and equal to its owner's, the pipeline being deterministic)
-    touched = sorted(fp.values["visit"])
-    if touched:
-        for rec in _records_of(butler, "visit_detector_region", "visit", touched, cfg.instrument):
-            vd.add((rec.visit, rec.detector))
-    fp.values["detector"].update(d for _, d in vd)
-    fp.pairs[("visit", "detector")] = vd
-    # patches and tracts of the units themselves (not every patch a visit touches)
+    # patches of the units themselves (not every patch a visit touches), with their regions
+    patch_regions: dict[tuple[int, int], Any] = {}
     for rec in unit_records(butler, units, cfg.skymap, "patch"):
         fp.values["patch"].add(rec.id)
         fp.regions.append(rec.region)
+        patch_regions[(rec.tract, rec.id)] = rec.region
+    # visits over the units' patches: the registry's spatial join at visit level (a visit's region
+    # holds its detectors'); the detector level is then settled here on the regions, the way the
+    # query system post-filters its own joins (kept unless certainly disjoint). Joining detectors
+    # with patches in the registry costs ~40 s for 1,000 tracts on SQLite, this a fraction.
+    rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for did in unit_data_ids(butler, units, cfg.skymap, ["visit", "patch"], instrument=cfg.instrument):
+        m = dict(did.mapping)
+        rows[int(m["visit"])].append(m)
+    detectors: dict[int, dict[int, Any]] = defaultdict(dict)
+    if rows:
+        for rec in _records_of(butler, "visit_detector_region", "visit", rows, cfg.instrument):
+            detectors[rec.visit][rec.detector] = rec.region
+    for visit, ms in rows.items():
+        for m in ms:
+            region = patch_regions.get((int(m["tract"]), int(m["patch"])))
+            hits = [d for d, r in detectors[visit].items() if region is None or r.overlaps(region) is not False]
+            if not hits:
+                continue
+            fp.visit_weight[visit] += len(hits)
+            tract = int(m["tract"])
+            if tract < fp.visit_tract.get(visit, tract + 1):
+                fp.visit_tract[visit] = tract
+            for k in ("instrument", "visit", "physical_filter", "band", "day_obs", "skymap", "tract"):
+                if k in m:
+                    fp.values[k].add(m[k])
+    # visit-complete: every detector of a visit the site touches, so that the site's products of that
+    # visit are whole (and equal to its owner's, the pipeline being deterministic)
+    for visit in fp.values["visit"]:
+        vd.update((visit, d) for d in detectors[visit])
+    fp.values["detector"].update(d for _, d in vd)
+    fp.pairs[("visit", "detector")] = vd
     # tract-level tasks look up spatial inputs (reference catalog shards) over the whole tract
     for rec in butler.query_dimension_records(
         "tract",
@@ -187,7 +212,7 @@ class PlannedFile(BaseModel):
     data_id: dict[str, Any]
     lfn: str = Field(description="path relative to the central datastore root (= Rucio LFN)")
     size: int
-    adler32: str
+    adler32: str | None = Field(default=None, description="None until Rucio or a reader of the file knows it")
     sites: list[str]
 
 
@@ -198,15 +223,22 @@ class Certification(BaseModel):
     collection: str
     begin: str | None
     end: str | None
+    dataset_type: str = ""
+    sites: list[str] = Field(default_factory=list, description="the sites the calibration is placed at")
 
 
 class PlacementPlan(BaseModel):
-    """The phase-1 plan: per site the files to place, plus what the sites' collections look like."""
+    """The phase-1 plan: what the sites' data look like, with the files in a table beside it.
+
+    The files (one row per file and site, see :mod:`multisite_nb.plan_files`) are in Parquet tables
+    under the folder the plan is saved in; this record holds the summaries and the per-site
+    visits, detectors and collections, small beside the files.
+    """
 
     campaign: str
     central: str
-    sites: dict[str, list[str]] = Field(description="site -> ids of the files it needs")
-    files: dict[str, PlannedFile]
+    sites: list[str] = Field(description="the remote sites, each with a table of the files it needs")
+    summary: PlanSummary = Field(default_factory=PlanSummary)
     visits: dict[str, list[int]]
     detectors: dict[str, list[int]]
     boundary_visits: dict[int, list[str]] = Field(default_factory=dict)
@@ -216,65 +248,119 @@ class PlacementPlan(BaseModel):
     chains: dict[str, list[str]] = Field(default_factory=dict)
     calibration_collections: list[str] = Field(default_factory=list)
     dataset_types: list[str] = Field(default_factory=list)
+    _folder: Path | None = PrivateAttr(default=None)
+
+    @property
+    def folder(self) -> Path:
+        """Where the plan's file tables are."""
+        if self._folder is None:
+            raise PlanError(f"plan of {self.campaign}: its file tables are not on disk (plan neither saved nor loaded)")
+        return self._folder
+
+    # -- the files --------------------------------------------------------------------
+    def iter_site_files(self, site: str, *, batch_rows: int = 50_000) -> Iterator[list[PlannedFile]]:
+        """A site's planned files, ``batch_rows`` at a time (memory bounded by the batch)."""
+        self._known(site)
+        for batch in read_site(self.folder, site, batch_rows=batch_rows):
+            yield planned_files(batch)
+
+    def site_files(self, site: str) -> list[PlannedFile]:
+        """All of a site's planned files (memory grows with the site's share: prefer :meth:`iter_site_files`)."""
+        return [f for batch in self.iter_site_files(site) for f in batch]
+
+    def site_table(self, site: str, columns: Sequence[str] | None = None) -> Any:
+        """A site's planned files as a pyarrow table (only ``columns`` if given)."""
+        import pyarrow as pa
+
+        self._known(site)
+        batches = list(read_site(self.folder, site, columns=columns))
+        return pa.Table.from_batches(batches) if batches else pa.table({c: [] for c in (columns or [])})
+
+    def _known(self, site: str) -> None:
+        if site not in self.sites:
+            raise PlanError(f"plan of {self.campaign}: no site {site!r} (sites: {', '.join(self.sites)})")
 
     # -- figures ----------------------------------------------------------------------
-    def site_files(self, site: str) -> list[PlannedFile]:
-        return [self.files[i] for i in self.sites[site]]
-
     def counts(self) -> list[dict[str, Any]]:
-        """Per site: files, bytes, visits; and the boundary overhead."""
+        """Per site: files, bytes, visits, shared files and files per dataset type."""
         rows = []
         for site in self.sites:
-            files = self.site_files(site)
-            shared = [f for f in files if len(f.sites) > 1]
+            c = self.summary.sites.get(site, SiteCounts())
             row: dict[str, Any] = {
                 "site": site,
-                "files": len(files),
-                "bytes": sum(f.size for f in files),
-                "visits": len(self.visits[site]),
-                "shared files": len(shared),
+                "files": c.files,
+                "bytes": c.bytes,
+                "visits": len(self.visits.get(site, [])),
+                "shared files": c.shared_files,
             }
             for dt in self.dataset_types:
-                row[dt] = sum(1 for f in files if f.dataset_type == dt)
+                row[dt] = c.by_type.get(dt, 0)
             rows.append(row)
         return rows
 
-    @property
-    def boundary_files(self) -> list[PlannedFile]:
-        return [f for f in self.files.values() if len(f.sites) > 1 and f.dataset_type in self._obs_types()]
-
-    def _obs_types(self) -> set[str]:
-        return {f.dataset_type for f in self.files.values() if "exposure" in f.data_id or "visit" in f.data_id}
-
     def boundary_cost(self) -> dict[str, int]:
-        """Extra copies and bytes caused by raws more than one site needs."""
-        extra = [(len(f.sites) - 1, f.size) for f in self.boundary_files]
+        """Extra copies and bytes caused by raws more than one site needs (counted while planning)."""
         return {
-            "files": len(self.boundary_files),
-            "extra_copies": sum(n for n, _ in extra),
-            "extra_bytes": sum(n * s for n, s in extra),
+            "files": self.summary.boundary_files,
+            "extra_copies": self.summary.boundary_extra_copies,
+            "extra_bytes": self.summary.boundary_extra_bytes,
         }
 
-    def manifest_rows(self, site: str) -> list[dict[str, Any]]:
-        return [
-            {
-                "dataset_type": f.dataset_type,
-                "data_id": json.dumps(f.data_id, sort_keys=True),
-                "uuid": f.id,
-                "run": f.run,
-                "file": f.lfn,
-                "size": f.size,
-                "adler32": f.adler32,
-            }
-            for f in self.site_files(site)
-        ]
+    def tract_rows(self) -> list[dict[str, Any]]:
+        """Per site and tract: files, bytes, shared files (the per-tract summary the views read)."""
+        return [t.model_dump() for t in self.summary.tracts]
+
+    def manifest_rows(self, site: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The first ``limit`` rows of a site's table (all if None) as display rows."""
+        rows: list[dict[str, Any]] = []
+        for batch in self.iter_site_files(site, batch_rows=min(limit or 50_000, 50_000)):
+            for f in batch:
+                if limit is not None and len(rows) >= limit:
+                    return rows
+                rows.append(
+                    {
+                        "dataset_type": f.dataset_type,
+                        "data_id": json.dumps(f.data_id, sort_keys=True),
+                        "uuid": f.id,
+                        "run": f.run,
+                        "file": f.lfn,
+                        "size": f.size,
+                        "adler32": f.adler32,
+                    }
+                )
+        return rows
 
     def save(self, path: Path) -> Path:
-        return atomic_write_text(path, self.model_dump_json(indent=1))
+        """Write the plan record to ``path``; the file tables are moved beside it when elsewhere."""
+        path = Path(path)
+        src = self._folder
+        if src is not None and src.resolve() != path.parent.resolve():
+            dest = path.parent / FILES_DIR
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f".{FILES_DIR}.{os.getpid()}.copy"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src / FILES_DIR, tmp)
+            old = path.parent / f".{FILES_DIR}.{os.getpid()}.old"
+            if dest.exists():
+                dest.replace(old)
+            tmp.replace(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        out = atomic_write_text(path, self.model_dump_json(indent=1))
+        self._folder = path.parent
+        return out
 
     @classmethod
     def load(cls, path: Path) -> PlacementPlan:
-        return cls.model_validate_json(Path(path).read_text())
+        """Read a saved plan (its tables are read when asked for)."""
+        path = Path(path)
+        try:
+            plan = cls.model_validate_json(path.read_text())
+        except OSError as exc:
+            raise PlanError(f"{path}: cannot read the placement plan: {exc}") from exc
+        except ValueError as exc:
+            raise PlanError(f"{path}: not a placement plan of this toolkit: {exc}") from exc
+        plan._folder = path.parent
+        return plan
 
 
 def _json_value(v: Any) -> Any:
@@ -310,27 +396,98 @@ def describe_file(
     )
 
 
-_URI_BATCH = 5000
+_PAGE = 20_000  # datasets per registry page and per datastore-records call
 
 
-def _describe_batch(
-    butler: Any,
-    batch: list[tuple[Any, list[str]]],
-    roots: list[Path],
-    files: dict[str, PlannedFile],
-    by_site: dict[str, list[str]],
-) -> None:
-    """`describe_file` for many datasets, their locations asked in one call (~6x faster than
-    ``getURI`` one by one); the batch is emptied."""
-    if not batch:
-        return
-    uris = butler.get_many_uris([ref for ref, _ in batch])
-    for ref, wanted in batch:
-        rid = str(ref.id)
-        files[rid] = describe_file(butler, ref, wanted, roots, path=Path(uris[ref].primaryURI.ospath))
-        for s in wanted:
-            by_site[s].append(rid)
-    batch.clear()
+def _ref_pages(butler: Any, dataset_type: str, inputs: list[str]) -> Iterator[list[Any]]:
+    """Every dataset of a type in the input collections, once each, in pages of at most ``_PAGE``.
+
+    A dataset is in exactly one RUN collection, so the RUN collections among the inputs are read as
+    one streamed query with no duplicate to drop; datasets reachable only through a TAGGED or
+    CALIBRATION collection (calibrations, typically few) are read first and remembered.
+    """
+    from lsst.daf.butler import CollectionType
+
+    infos = list(butler.collections.query_info(inputs, flatten_chains=True))
+    runs = [i.name for i in infos if i.type == CollectionType.RUN]
+    others = [i.name for i in infos if i.type in (CollectionType.TAGGED, CollectionType.CALIBRATION)]
+    seen: set[Any] = set()
+    if others:
+        refs = butler.query_datasets(dataset_type, collections=others, find_first=False, explain=False, limit=None)
+        unique = []
+        for r in refs:
+            if r.id not in seen:
+                seen.add(r.id)
+                unique.append(r)
+        for start in range(0, len(unique), _PAGE):
+            yield unique[start : start + _PAGE]
+    if runs:
+        page: list[Any] = []
+        with butler.query() as query:
+            for ref in query.datasets(dataset_type, collections=runs, find_first=False):
+                if ref.id in seen:
+                    continue
+                page.append(ref)
+                if len(page) >= _PAGE:
+                    yield page
+                    page = []
+        if page:
+            yield page
+
+
+def _file_records(butler: Any, refs: list[Any], roots_by_name: dict[str, Path]) -> dict[Any, tuple[str, int]]:
+    """Each dataset's file as (path relative to its datastore root, size), from the datastore's records.
+
+    One bulk read of the records table per page: no file is opened or listed (a size the records
+    lack is taken by ``stat``).
+
+    Raises
+    ------
+    PlanError
+        A dataset with no file, or stored as several (disassembled), or outside the datastore roots.
+    """
+    from lsst.resources import ResourcePath
+
+    roots = list(roots_by_name.values())
+    out: dict[Any, tuple[str, int]] = {}
+    for name, data in butler._datastore.export_records(refs).items():  # the datastore's documented bulk read
+        root = roots_by_name.get(name)
+        for dataset_id, tables in data.records.items():
+            infos = [info for items in tables.values() for info in items]
+            if len(infos) != 1:
+                raise PlanError(f"dataset {dataset_id}: {len(infos)} files in datastore {name}; placement ships one")
+            info = infos[0]
+            path = info.path
+            if "://" in path or path.startswith("/"):  # ingested in place outside the root: absolute
+                full = Path(ResourcePath(path).ospath)
+                base = next((r for r in roots if full.is_relative_to(r)), None)
+                if base is None:
+                    raise PlanError(f"{full} is outside the datastore roots {[str(r) for r in roots]}")
+                path = str(full.relative_to(base))
+            elif root is None:
+                raise PlanError(f"dataset {dataset_id}: datastore {name} is none of the roots {roots}")
+            else:
+                full = root / path
+            size = info.file_size if info.file_size is not None and info.file_size >= 0 else full.stat().st_size
+            out[dataset_id] = (path, size)
+    missing = [r for r in refs if r.id not in out]
+    if missing:
+        r = missing[0]
+        raise PlanError(
+            f"{len(missing)} {r.datasetType.name} dataset(s) have no file in the central datastore "
+            f"(first: {r.id} {dict(r.dataId.required)} in {r.run})"
+        )
+    return out
+
+
+def _tract_of(mapping: dict[str, Any], fp: Footprint) -> int | None:
+    """The tract of the site's a file serves: its own, or that of its visit (raws: their exposure's)."""
+    if "tract" in mapping:
+        return int(mapping["tract"])
+    visit = mapping.get("visit")
+    if visit is None and "exposure" in mapping:
+        visit = fp.exposure_visit.get(mapping["exposure"])
+    return fp.visit_tract.get(visit) if visit is not None else None
 
 
 def _chains(butler: Any, names: Iterable[str]) -> dict[str, list[str]]:
@@ -373,8 +530,10 @@ def check_sky_units(campaign: Campaign, butler: Any) -> None:
                 )
 
 
-def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -> PlacementPlan:
-    """Plan phase 1 from the central registry.
+def plan_placement(
+    campaign: Campaign, butler: Any = None, wiring: Any = None, *, folder: Path | None = None
+) -> PlacementPlan:
+    """Plan phase 1 from the central registry, streaming the files into per-site tables.
 
     Parameters
     ----------
@@ -384,12 +543,18 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
         The central repository (opened read-only from the manifest if not given).
     wiring
         The derived wiring (derived from the pipeline if not given).
+    folder
+        Where the file tables are written (default: a new temporary folder; :meth:`PlacementPlan.save`
+        moves them beside the plan record).
     """
+    import tempfile
+
     from lsst.daf.butler import CollectionType
 
     from .butler_ops import open_butler
     from .wiring import derive_wiring, load_pipeline_graph
 
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="msnb-plan-"))
     own = butler is None
     if own:
         butler = open_butler(campaign.butler_repo(campaign.central))
@@ -399,31 +564,28 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
             graph = load_pipeline_graph(campaign.pipeline_path, registry=butler.registry)
             wiring = derive_wiring(graph, campaign.config.stages)
         inputs = list(campaign.config.collections.inputs)
-        roots = datastore_roots(butler)
+        roots = {name: Path(r.ospath) for name, r in butler.get_datastore_roots().items() if r is not None}
         footprints = {s: site_footprint(butler, campaign, s) for s in campaign.remote_sites}
-        files: dict[str, PlannedFile] = {}
-        by_site: dict[str, list[str]] = {s: [] for s in campaign.remote_sites}
         placed_types: list[str] = []
-        for dt in wiring.placed:
-            try:
-                refs = butler.query_datasets(dt, collections=inputs, find_first=False, explain=False, limit=None)
-            except Exception as exc:  # a placed type missing at the central site is a planning error
-                raise PlanError(f"placement: cannot find {dt!r} in {inputs}: {exc}") from exc
-            placed_types.append(dt)
-            seen: set[str] = set()
-            batch: list[tuple[Any, list[str]]] = []
-            for ref in refs:
-                rid = str(ref.id)
-                if rid in seen:
-                    continue
-                seen.add(rid)
-                wanted = [s for s, fp in footprints.items() if fp.admits(ref.dataId)]
-                if not wanted:
-                    continue
-                batch.append((ref, wanted))
-                if len(batch) >= _URI_BATCH:
-                    _describe_batch(butler, batch, roots, files, by_site)
-            _describe_batch(butler, batch, roots, files, by_site)
+        calibs: dict[str, tuple[str, list[str]]] = {}  # planned calibration id -> (type, sites)
+        writer = FileTableWriter(folder, campaign.remote_sites)
+        try:
+            for dt in wiring.placed:
+                try:
+                    dstype = butler.get_dataset_type(dt)
+                    pages = _ref_pages(butler, dt, inputs)
+                    first = next(pages, None)
+                except Exception as exc:  # a placed type missing at the central site is a planning error
+                    raise PlanError(f"placement: cannot find {dt!r} in {inputs}: {exc}") from exc
+                placed_types.append(dt)
+                dims = set(dstype.dimensions.names)
+                observation = "exposure" in dims or "visit" in dims
+                for refs in itertools.chain([first] if first else [], pages):
+                    _plan_page(butler, refs, footprints, roots, writer, observation, calibs, dstype.isCalibration())
+            summary = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
         # calibration collections among the inputs, and validity ranges of the planned calibs
         chains = _chains(butler, inputs)
         calib_colls = [
@@ -439,7 +601,8 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
                 for assoc in butler.registry.queryDatasetAssociations(
                     dt, collections=calib_colls, collectionTypes={CollectionType.CALIBRATION}
                 ):
-                    if str(assoc.ref.id) in files and assoc.timespan is not None:
+                    placed = calibs.get(str(assoc.ref.id))
+                    if placed is not None and assoc.timespan is not None:
                         ts = assoc.timespan
                         certs.append(
                             Certification(
@@ -447,6 +610,8 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
                                 collection=assoc.collection,
                                 begin=ts.begin.isot if ts.begin is not None else None,
                                 end=ts.end.isot if ts.end is not None else None,
+                                dataset_type=placed[0],
+                                sites=placed[1],
                             )
                         )
         visit_sites: dict[int, list[str]] = defaultdict(list)
@@ -465,11 +630,11 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
             "chains": chains,
             "calibration_collections": calib_colls,
         }
-        return PlacementPlan(
+        plan = PlacementPlan(
             campaign=campaign.name,
             central=campaign.central,
-            sites=by_site,
-            files=files,
+            sites=list(campaign.remote_sites),
+            summary=summary,
             boundary_visits=boundary,
             visit_owner=owners,
             exposure_visit=exposure_visit,
@@ -477,9 +642,51 @@ def plan_placement(campaign: Campaign, butler: Any = None, wiring: Any = None) -
             **per_site,
             **collections,
         )
+        plan._folder = folder
+        return plan
     finally:
         if own:
             butler.close()
+
+
+def _plan_page(
+    butler: Any,
+    refs: list[Any],
+    footprints: dict[str, Footprint],
+    roots: dict[str, Path],
+    writer: FileTableWriter,
+    observation: bool,
+    calibs: dict[str, tuple[str, list[str]]],
+    calibration: bool,
+) -> None:
+    """Find which sites need each dataset of a page; write those with their file's records."""
+    universe = butler.dimensions
+    wanted_refs = []
+    for ref in refs:
+        mapping = ref.dataId.mapping if ref.dataId.hasFull() else ref.dataId.required
+        mapping = dict(mapping)
+        wanted = [s for s, fp in footprints.items() if fp.admits_mapping(mapping, universe)]
+        if wanted:
+            wanted_refs.append((ref, mapping, wanted))
+    if not wanted_refs:
+        return
+    records = _file_records(butler, [r for r, _, _ in wanted_refs], roots)
+    for ref, mapping, wanted in wanted_refs:
+        lfn, size = records[ref.id]
+        rid = str(ref.id)
+        if calibration:
+            calibs[rid] = (ref.datasetType.name, wanted)
+        writer.add(
+            id=rid,
+            dataset_type=ref.datasetType.name,
+            run=ref.run,
+            data_id={k: _json_value(v) for k, v in dict(ref.dataId.required).items()},
+            lfn=lfn,
+            size=size,
+            sites=wanted,
+            tracts={s: _tract_of(mapping, footprints[s]) for s in wanted},
+            boundary=observation,
+        )
 
 
 # -- optional: suggest an assignment of sky units to sites -------------------------------

@@ -57,6 +57,8 @@ def _source_is_good(campaign: Campaign, planned: PlannedFile | None, lfn: str) -
     path = Path(root) / lfn
     if not path.is_file():
         return f"the central copy {path} is gone"
+    if planned.adler32 is None:
+        return f"no checksum for {lfn} in the plan or in Rucio's catalogue: the central copy cannot be trusted"
     if path.stat().st_size != planned.size or adler32_of(path) != planned.adler32:
         return f"the central copy {path} is corrupt too"
     return None
@@ -104,7 +106,15 @@ def _repair(
     before = [r for r in verify_placement(campaign, plan) if not r.ok]
     ops = RucioOps.for_campaign(campaign)
     suspect = {p.what for r in before for p in r.problems if p.layer == "disk"}
-    planned = {f.lfn: f for f in plan.files.values() if f.lfn in suspect}  # one pass over the plan
+    planned: dict[str, PlannedFile] = {}  # one pass over the plan's tables, a batch at a time
+    for site in plan.sites:
+        for batch in plan.iter_site_files(site):
+            planned.update((f.lfn, f) for f in batch if f.lfn in suspect)
+    unsummed = [lfn for lfn, f in planned.items() if not f.adler32]
+    if unsummed:  # the plan reads no file: the central copies are held to Rucio's catalogue
+        sums = ops.replica_checksums(unsummed, campaign.site(campaign.central).rse)
+        for lfn in unsummed:
+            planned[lfn].adler32 = sums.get(lfn) or None
     actions: list[RepairAction] = []
     rules: list[str] = []
     declared: dict[str, list[str]] = {}

@@ -551,6 +551,10 @@ class RucioOps:
                 row["available"] += int(rep.get("available_length") or 0)
         return out
 
+    def replica_checksums(self, names: Sequence[str], rse: str) -> dict[str, str]:
+        """Per file name with a replica on ``rse``: the adler32 Rucio's catalogue holds for it."""
+        return {name: str(rep.get("adler32") or "") for name, rep in self._replicas(names, rse).items()}
+
     def file_replica_states(self, names: Sequence[str], rse: str) -> dict[str, str]:
         """Per file name: its replica state on ``rse`` (``AVAILABLE``, ``COPYING``, ...), missing if none."""
         return {name: str(rep["state"]) for name, rep in self._replicas(names, rse).items()}

@@ -204,6 +204,22 @@ def sidecar_refs(butler: Any, files: Iterable[PlannedFile]) -> dict[str, Any]:
     return found
 
 
+def _fill_checksums(root: Path, files: Sequence[PlannedFile], workers: int = 4) -> None:
+    """Adler-32 of the files that have none yet (the plan takes sizes from the datastore records but
+    reads no file): read at the source RSE, in parallel threads (zlib and reads let go of the GIL).
+    Only files Rucio does not know yet get here: Rucio needs a checksum to register a replica."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .placement import adler32_of
+
+    todo = [f for f in files if not f.adler32]
+    if not todo:
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for f, value in zip(todo, pool.map(lambda f: adler32_of(root / f.lfn), todo), strict=True):
+            f.adler32 = value
+
+
 def register_shipment(
     campaign: Campaign, ops: RucioOps, source_butler: Any, shipment: Shipment, outcome: ShipmentOutcome
 ) -> None:
@@ -247,10 +263,11 @@ def register_shipment(
     known = ops.contents(shipment.name) if kind_now else {}  # registered and attached already
     todo = [f for f in shipment.files if f.lfn not in known]
     refs = sidecar_refs(source_butler, todo)
+    _fill_checksums(src_root, todo)
     dids = []
     for f in shipment.files:
         if f.lfn in known:
-            dids.append(FileDid(f.lfn, f.size, f.adler32))
+            dids.append(FileDid(f.lfn, f.size, f.adler32 or known[f.lfn][1]))
             continue
         ref = refs.get(f.id)
         if ref is None:
@@ -259,7 +276,7 @@ def register_shipment(
             )
         kind = DataType.RAW_FILE if shipment.raw_inputs and "exposure" in f.data_id else DataType.DATA_PRODUCT
         meta = RubinMeta(rubin_butler=kind, rubin_sidecar=ref.to_json())  # Rubin's own metadata model
-        dids.append(FileDid(f.lfn, f.size, f.adler32, meta.model_dump()))
+        dids.append(FileDid(f.lfn, f.size, str(f.adler32), meta.model_dump()))
     added = set(ops.add_replicas(src.rse, dids, known=known))
     outcome.newly_registered = len(added)
     # metadata on the files this run registered: a file another shipment registered (a calibration
@@ -484,19 +501,18 @@ def apply_collections(butler: Any, plan: Any, site: str) -> dict[str, int]:
     from astropy.time import Time
     from lsst.daf.butler import CollectionType, Timespan
 
-    wanted = set(plan.sites[site])
     certified = 0
     for coll in plan.calibration_collections:
         butler.collections.register(coll, CollectionType.CALIBRATION)
         have = set()
-        for dt in {plan.files[c.id].dataset_type for c in plan.certifications if c.collection == coll}:
+        for dt in {c.dataset_type for c in plan.certifications if c.collection == coll and site in c.sites}:
             for assoc in butler.registry.queryDatasetAssociations(
                 dt, collections=[coll], collectionTypes={CollectionType.CALIBRATION}
             ):
                 have.add(str(assoc.ref.id))
         groups: dict[tuple[str | None, str | None], list[str]] = defaultdict(list)
         for c in plan.certifications:
-            if c.collection == coll and c.id in wanted and c.id not in have:
+            if c.collection == coll and site in c.sites and c.id not in have:
                 groups[(c.begin, c.end)].append(c.id)
         for (begin, end), ids in groups.items():
             ts = Timespan(

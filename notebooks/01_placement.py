@@ -85,12 +85,16 @@ from multisite_nb.views.figures import plot_sky
 _ = plot_sky(campaign, plan)
 
 # %% [markdown]
-# ## Per-site manifest (first rows; the full CSVs are in the run folder)
+# ## Per-site manifest (first rows; each site's full table is `artifacts/placement/files/<site>.parquet`)
 
 # %%
+tracts = pd.DataFrame(plan.tract_rows())
+if len(tracts):
+    display(Markdown("Files per tract, per site (the spread of the sites' tracts):"))
+    display(tracts.groupby("site")["files"].describe()[["count", "min", "50%", "max"]])
 for site in plan.sites:
-    display(Markdown(f"**{site}**"))
-    display(summarize(pd.DataFrame(plan.manifest_rows(site)), max_rows=6))
+    display(Markdown(f"**{site}**: {plan.summary.sites[site].files} files"))
+    display(pd.DataFrame(plan.manifest_rows(site, limit=6)))
 
 # %%
 show_gate(result)  # the chain reads the recorded result; a failed gate stops it

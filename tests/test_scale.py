@@ -83,11 +83,14 @@ def test_a_site_of_over_a_thousand_tracts_gets_exactly_its_raws(scale_run: dict[
             if spec.targets[o.targets[0]].tract in owned
             for d in o.detector_regions
         }
-        raws = {
-            (f.data_id["exposure"], f.data_id["detector"]) for f in plan.site_files(site) if f.dataset_type == "raw"
-        }
+        table = plan.site_table(site, columns=["dataset_type", "data_id", "tract"]).to_pylist()
+        raw_rows = [r for r in table if r["dataset_type"] == "raw"]
+        raws = {(d["exposure"], d["detector"]) for d in (json.loads(r["data_id"]) for r in raw_rows)}
         assert raws == expected, site
-    assert sum(1 for f in plan.site_files("IN2P3") if f.dataset_type == "raw") > 14_000
+        assert {r["tract"] for r in raw_rows} <= owned  # each raw is filed under one of the site's tracts
+        by_tract = {t.tract: t.files for t in plan.summary.tracts if t.site == site}
+        assert sum(by_tract.values()) == sum(1 for r in table if r["tract"] is not None)
+    assert plan.summary.sites["IN2P3"].by_type["raw"] > 14_000
 
 
 @pytest.mark.slow
@@ -96,7 +99,7 @@ def test_a_large_shipment_is_a_container_of_bounded_datasets(scale_run: dict[str
     ops = RucioOps.for_campaign(campaign, quiet=True)
     plan = PlacementPlan.load(scale_run["run_dir"] / "artifacts" / "placement" / "plan.json")
     for site in campaign.remote_sites:
-        name, n = placement_dataset(campaign, site), len(plan.sites[site])
+        name, n = placement_dataset(campaign, site), plan.summary.sites[site].files
         if n <= SHARD:
             assert ops.did_type(name) == "DATASET"
             continue

@@ -1,0 +1,241 @@
+"""The placement plan's file table: one Parquet file per site, written while planning, read in batches.
+
+A data release places tens of millions of files; a plan holding one Python object per file
+(and a JSON file of all of them) does not fit in memory. The planner hands each file to a
+:class:`FileTableWriter` as it finds it; rows are buffered column-wise and written out as a
+row group every ``flush_rows`` rows, so memory stays bounded whatever the plan's size. While
+writing it keeps the summaries the views need (per site, per site and tract, the boundary cost),
+each updated once per file: linear, and read later without opening the table.
+
+Layout under the plan's folder: ``files/<site>.parquet``, columns :data:`SCHEMA`. A file several
+sites need is a row in each of their tables (its ``sites`` column lists them all).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from .errors import PlanError
+
+if TYPE_CHECKING:
+    from .placement import PlannedFile
+
+__all__ = ["SCHEMA", "FileTableWriter", "PlanSummary", "SiteCounts", "TractCounts", "read_site", "site_table_path"]
+
+FILES_DIR = "files"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("dataset_type", pa.string(), nullable=False),
+        pa.field("run", pa.string(), nullable=False),
+        pa.field("data_id", pa.string(), nullable=False),  # JSON of the required dimensions
+        pa.field("tract", pa.int64()),  # the site's tract the file serves (null: not bound to one)
+        pa.field("lfn", pa.string(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+        pa.field("adler32", pa.string()),  # null until Rucio or a reader of the file knows it
+        pa.field("sites", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
+
+class SiteCounts(BaseModel):
+    """A site's share of the plan."""
+
+    files: int = 0
+    bytes: int = 0
+    shared_files: int = 0
+    by_type: dict[str, int] = Field(default_factory=dict)
+
+
+class TractCounts(BaseModel):
+    """A site's files serving one tract (all dataset types), for the per-tract views."""
+
+    site: str
+    tract: int
+    files: int = 0
+    bytes: int = 0
+    shared_files: int = 0
+
+
+class PlanSummary(BaseModel):
+    """What the plan's table holds, counted once while writing it."""
+
+    sites: dict[str, SiteCounts] = Field(default_factory=dict)
+    tracts: list[TractCounts] = Field(default_factory=list)
+    boundary_files: int = 0
+    boundary_extra_copies: int = 0
+    boundary_extra_bytes: int = 0
+
+
+def site_table_path(folder: Path, site: str) -> Path:
+    """The Parquet file of one site's planned files."""
+    return Path(folder) / FILES_DIR / f"{site}.parquet"
+
+
+class FileTableWriter:
+    """Write a plan's files site by site, a row group at a time; count as it goes.
+
+    Parameters
+    ----------
+    folder
+        The plan's folder; the tables go to ``folder/files`` (replaced whole on :meth:`close`).
+    sites
+        The remote sites (each gets a table, empty if it needs nothing).
+    flush_rows
+        Rows buffered per site before a row group is written.
+    """
+
+    def __init__(self, folder: Path, sites: Sequence[str], *, flush_rows: int = 50_000) -> None:
+        self.folder = Path(folder)
+        self.sites = list(sites)
+        self.flush_rows = flush_rows
+        self._tmp = self.folder / f".{FILES_DIR}.{os.getpid()}.partial"
+        if self._tmp.exists():
+            shutil.rmtree(self._tmp)
+        self._tmp.mkdir(parents=True)
+        self._writers = {s: pq.ParquetWriter(self._tmp / f"{s}.parquet", SCHEMA) for s in self.sites}
+        self._buf: dict[str, dict[str, list[Any]]] = {s: self._empty() for s in self.sites}
+        self.summary = PlanSummary(sites={s: SiteCounts() for s in self.sites})
+        self._tracts: dict[tuple[str, int], TractCounts] = {}
+        self._by_type: dict[str, dict[str, int]] = {s: defaultdict(int) for s in self.sites}
+
+    @staticmethod
+    def _empty() -> dict[str, list[Any]]:
+        return {name: [] for name in SCHEMA.names}
+
+    def add(
+        self,
+        *,
+        id: str,
+        dataset_type: str,
+        run: str,
+        data_id: dict[str, Any],
+        lfn: str,
+        size: int,
+        sites: list[str],
+        tracts: Mapping[str, int | None] | None = None,
+        adler32: str | None = None,
+        boundary: bool = False,
+    ) -> None:
+        """One planned file, needed by ``sites``.
+
+        ``tracts``: per site, the tract the file serves there (none: not bound to a tract);
+        ``boundary``: the file is an observation's (raw, visit-level), so several sites needing it
+        is a boundary cost.
+        """
+        data_json = json.dumps(data_id, sort_keys=True)
+        shared = len(sites) > 1
+        if boundary and shared:
+            self.summary.boundary_files += 1
+            self.summary.boundary_extra_copies += len(sites) - 1
+            self.summary.boundary_extra_bytes += (len(sites) - 1) * size
+        for site in sites:
+            tract = tracts.get(site) if tracts else None
+            buf = self._buf[site]
+            buf["id"].append(id)
+            buf["dataset_type"].append(dataset_type)
+            buf["run"].append(run)
+            buf["data_id"].append(data_json)
+            buf["tract"].append(tract)
+            buf["lfn"].append(lfn)
+            buf["size"].append(size)
+            buf["adler32"].append(adler32)
+            buf["sites"].append(sites)
+            counts = self.summary.sites[site]
+            counts.files += 1
+            counts.bytes += size
+            counts.shared_files += shared
+            self._by_type[site][dataset_type] += 1
+            if tract is not None:
+                tc = self._tracts.get((site, tract))
+                if tc is None:
+                    tc = self._tracts[(site, tract)] = TractCounts(site=site, tract=tract)
+                tc.files += 1
+                tc.bytes += size
+                tc.shared_files += shared
+            if len(buf["id"]) >= self.flush_rows:
+                self._flush(site)
+
+    def _flush(self, site: str) -> None:
+        buf = self._buf[site]
+        if buf["id"]:
+            self._writers[site].write_table(pa.Table.from_pydict(buf, schema=SCHEMA))
+            self._buf[site] = self._empty()
+
+    def close(self) -> PlanSummary:
+        """Write what is buffered, put the tables in place (the previous ones go), return the summary."""
+        for site in self.sites:
+            self._flush(site)
+            self._writers[site].close()
+        for site, types in self._by_type.items():
+            self.summary.sites[site].by_type = dict(types)
+        self.summary.tracts = [self._tracts[k] for k in sorted(self._tracts)]
+        final = self.folder / FILES_DIR
+        old = self.folder / f".{FILES_DIR}.{os.getpid()}.old"
+        if final.exists():
+            final.replace(old)
+        self._tmp.replace(final)
+        if old.exists():
+            shutil.rmtree(old)
+        return self.summary
+
+    def abort(self) -> None:
+        """Drop what was written (the previous tables stay)."""
+        for w in self._writers.values():
+            try:
+                w.close()
+            except Exception:  # noqa: BLE001 - best effort on the way out of a failure
+                pass
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def read_site(
+    folder: Path, site: str, *, columns: Sequence[str] | None = None, batch_rows: int = 50_000
+) -> Iterator[pa.RecordBatch]:
+    """A site's planned files in record batches of at most ``batch_rows`` rows.
+
+    Raises
+    ------
+    PlanError
+        When the table is missing or is not a plan table (naming the file).
+    """
+    path = site_table_path(folder, site)
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise PlanError(f"{path}: the plan's table of {site}'s files cannot be read: {exc}") from exc
+    missing = [n for n in (columns or SCHEMA.names) if n not in pf.schema_arrow.names]
+    if missing:
+        raise PlanError(f"{path}: not a placement table (no column {missing[0]!r})")
+    yield from pf.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None)
+
+
+def planned_files(batch: pa.RecordBatch) -> list[PlannedFile]:
+    """The rows of a batch as :class:`~multisite_nb.placement.PlannedFile` records."""
+    from .placement import PlannedFile
+
+    cols = batch.to_pydict()
+    return [
+        PlannedFile(
+            id=cols["id"][i],
+            dataset_type=cols["dataset_type"][i],
+            run=cols["run"][i],
+            data_id=json.loads(cols["data_id"][i]),
+            lfn=cols["lfn"][i],
+            size=cols["size"][i],
+            adler32=cols["adler32"][i],
+            sites=cols["sites"][i],
+        )
+        for i in range(batch.num_rows)
+    ]

@@ -1,0 +1,78 @@
+"""The placement plan's file tables: written in row groups as files come, counted while written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from multisite_nb.errors import PlanError
+from multisite_nb.plan_files import FileTableWriter, read_site, site_table_path
+
+
+def _write(folder: Path, n: int, flush_rows: int) -> FileTableWriter:
+    writer = FileTableWriter(folder, ["A", "B"], flush_rows=flush_rows)
+    for i in range(n):
+        sites = ["A", "B"] if i % 10 == 0 else (["A"] if i % 2 else ["B"])
+        writer.add(
+            id=f"id-{i}",
+            dataset_type="raw" if i % 3 else "bias",
+            run="r",
+            data_id={"exposure": i, "detector": i % 7},
+            lfn=f"raw/{i}.fits",
+            size=100 + i,
+            sites=sites,
+            tracts={s: i % 5 for s in sites},
+            boundary=True,
+        )
+    return writer
+
+
+def test_rows_stream_out_in_row_groups_and_the_summary_matches_the_tables(tmp_path: Path) -> None:
+    n = 10_000
+    writer = _write(tmp_path, n, flush_rows=500)
+    summary = writer.close()
+    for site in ("A", "B"):
+        meta = pq.ParquetFile(site_table_path(tmp_path, site)).metadata
+        assert meta.num_row_groups >= 9  # written as the rows came, not held to the end
+        rows = [r for batch in read_site(tmp_path, site, batch_rows=1234) for r in batch.to_pylist()]
+        assert len(rows) == summary.sites[site].files == meta.num_rows
+        assert sum(r["size"] for r in rows) == summary.sites[site].bytes
+        assert sum(len(r["sites"]) > 1 for r in rows) == summary.sites[site].shared_files
+        assert sum(summary.sites[site].by_type.values()) == len(rows)
+        per_tract = {t.tract: t.files for t in summary.tracts if t.site == site}
+        assert per_tract == {t: sum(r["tract"] == t for r in rows) for t in range(5)}
+        assert all(json.loads(r["data_id"])["exposure"] == int(r["id"][3:]) for r in rows)
+    shared = [i for i in range(n) if i % 10 == 0]
+    assert summary.boundary_files == summary.boundary_extra_copies == len(shared)
+    assert summary.boundary_extra_bytes == sum(100 + i for i in shared)
+    assert not list(tmp_path.glob(".files.*"))  # no partial folder left
+
+
+def test_a_rerun_replaces_the_tables_whole_and_an_aborted_one_leaves_them(tmp_path: Path) -> None:
+    _write(tmp_path, 100, flush_rows=10).close()
+    _write(tmp_path, 40, flush_rows=10).close()
+    assert (
+        pq.ParquetFile(site_table_path(tmp_path, "A")).metadata.num_rows == 24
+    )  # 20 odd ids, and the 4 both sites need
+    broken = _write(tmp_path, 1000, flush_rows=10)
+    broken.abort()
+    assert pq.ParquetFile(site_table_path(tmp_path, "A")).metadata.num_rows == 24
+    assert not list(tmp_path.glob(".files.*"))
+
+
+def test_a_missing_or_foreign_table_is_named(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="A.parquet"):
+        list(read_site(tmp_path, "A"))
+    path = site_table_path(tmp_path, "A")
+    path.parent.mkdir(parents=True)
+    path.write_text("not parquet")
+    with pytest.raises(PlanError, match=r"A\.parquet.*cannot be read"):
+        list(read_site(tmp_path, "A"))
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"id": ["x"]}), path)
+    with pytest.raises(PlanError, match="no column 'dataset_type'"):
+        list(read_site(tmp_path, "A"))
