@@ -126,9 +126,51 @@ def _records_of(butler: Any, element: str, key: str, ids: Iterable[int], instrum
     )
 
 
+def _unit_overlaps(
+    butler: Any,
+    units: list[tuple[int, int | None]],
+    skymap: str,
+    instrument: str,
+    patch_regions: dict[tuple[int, int], Any],
+) -> tuple[list[tuple[dict[str, Any], list[int]]], dict[int, dict[int, Any]]]:
+    """Which detectors of which visits overlap which patches of the units.
+
+    The registry joins visits with the units' patches (a visit's region holds its detectors');
+    the detector level is then settled here on the regions, the way the query system post-filters
+    its own spatial joins (kept unless certainly disjoint). Joining detectors with patches in the
+    registry took ~40 s for 1,050 tracts on SQLite; this takes a fraction.
+
+    Returns
+    -------
+    hits
+        (visit-patch data ID as a dict, the visit's detectors overlapping that patch), one per pair
+        with at least one such detector.
+    detectors
+        Per visit met, every detector's region (visit id -> detector id -> region).
+    """
+    from .butler_ops import unit_data_ids
+
+    rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for did in unit_data_ids(butler, units, skymap, ["visit", "patch"], instrument=instrument):
+        m = dict(did.mapping)
+        rows[int(m["visit"])].append(m)
+    detectors: dict[int, dict[int, Any]] = defaultdict(dict)
+    if rows:
+        for rec in _records_of(butler, "visit_detector_region", "visit", rows, instrument):
+            detectors[rec.visit][rec.detector] = rec.region
+    hits = []
+    for visit, ms in rows.items():
+        for m in ms:
+            region = patch_regions.get((int(m["tract"]), int(m["patch"])))
+            ds = [d for d, r in detectors[visit].items() if region is None or r.overlaps(region) is not False]
+            if ds:
+                hits.append((m, ds))
+    return hits, detectors
+
+
 def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
     """Spatially query the registry for everything a site's sky units overlap."""
-    from .butler_ops import unit_data_ids, unit_records
+    from .butler_ops import unit_records
 
     cfg = campaign.config
     units = [(u.tract, u.patch) for u in campaign.sky_units(site)]
@@ -140,31 +182,15 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
         fp.values["patch"].add(rec.id)
         fp.regions.append(rec.region)
         patch_regions[(rec.tract, rec.id)] = rec.region
-    # visits over the units' patches: the registry's spatial join at visit level (a visit's region
-    # holds its detectors'); the detector level is then settled here on the regions, the way the
-    # query system post-filters its own joins (kept unless certainly disjoint). Joining detectors
-    # with patches in the registry costs ~40 s for 1,000 tracts on SQLite, this a fraction.
-    rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for did in unit_data_ids(butler, units, cfg.skymap, ["visit", "patch"], instrument=cfg.instrument):
-        m = dict(did.mapping)
-        rows[int(m["visit"])].append(m)
-    detectors: dict[int, dict[int, Any]] = defaultdict(dict)
-    if rows:
-        for rec in _records_of(butler, "visit_detector_region", "visit", rows, cfg.instrument):
-            detectors[rec.visit][rec.detector] = rec.region
-    for visit, ms in rows.items():
-        for m in ms:
-            region = patch_regions.get((int(m["tract"]), int(m["patch"])))
-            hits = [d for d, r in detectors[visit].items() if region is None or r.overlaps(region) is not False]
-            if not hits:
-                continue
-            fp.visit_weight[visit] += len(hits)
-            tract = int(m["tract"])
-            if tract < fp.visit_tract.get(visit, tract + 1):
-                fp.visit_tract[visit] = tract
-            for k in ("instrument", "visit", "physical_filter", "band", "day_obs", "skymap", "tract"):
-                if k in m:
-                    fp.values[k].add(m[k])
+    hits, detectors = _unit_overlaps(butler, units, cfg.skymap, cfg.instrument, patch_regions)
+    for m, ds in hits:
+        visit, tract = int(m["visit"]), int(m["tract"])
+        fp.visit_weight[visit] += len(ds)
+        if tract < fp.visit_tract.get(visit, tract + 1):
+            fp.visit_tract[visit] = tract
+        for k in ("instrument", "visit", "physical_filter", "band", "day_obs", "skymap", "tract"):
+            if k in m:
+                fp.values[k].add(m[k])
     # visit-complete: every detector of a visit the site touches, so that the site's products of that
     # visit are whole (and equal to its owner's, the pipeline being deterministic)
     for visit in fp.values["visit"]:
@@ -738,21 +764,20 @@ def suggest_assignment(
         butler = open_butler(campaign.butler_repo(campaign.central))
     try:
         # one query for every unit (uploaded as data IDs); each row goes to the unit holding its patch
-        from .butler_ops import unit_data_ids
+        from .butler_ops import unit_records
 
         keys = {u.key for u in units}
+        patch_regions = {(r.tract, r.id): r.region for r in unit_records(butler, list(keys), cfg.skymap, "patch")}
         visits_of: dict[tuple[int, int | None], set[int]] = defaultdict(set)
         pairs_of: dict[tuple[int, int | None], set[tuple[int, int]]] = defaultdict(set)
-        for did in unit_data_ids(
-            butler, list(keys), cfg.skymap, ["visit", "detector", "patch"], instrument=cfg.instrument
-        ):
-            m = dict(did.mapping)
-            tract, patch = int(m["tract"]), int(m["patch"])
+        hits, _ = _unit_overlaps(butler, list(keys), cfg.skymap, cfg.instrument, patch_regions)
+        for m, ds in hits:
+            tract, patch, visit = int(m["tract"]), int(m["patch"]), int(m["visit"])
             key = (tract, patch) if (tract, patch) in keys else (tract, None)
             if key not in keys:
                 continue
-            visits_of[key].add(int(m["visit"]))
-            pairs_of[key].add((int(m["visit"]), int(m["detector"])))
+            visits_of[key].add(visit)
+            pairs_of[key].update((visit, d) for d in ds)
     finally:
         if own:
             butler.close()

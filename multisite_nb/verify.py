@@ -139,17 +139,30 @@ def _check_rucio(report: SiteReport, ops: RucioOps, rse: str, dataset: str, by_l
 
 
 def _check_butler(report: SiteReport, repo: str, files: Sequence[PlannedFile]) -> None:
-    """Same UUID, same RUN."""
+    """Same UUID, same RUN: one streamed query per (dataset type, RUN) of the plan; only the
+    datasets not found where planned are looked up by id (to tell a wrong RUN from a missing one)."""
     from .butler_ops import open_butler
 
     site = report.site
-    with open_butler(repo) as butler:
-        found = {str(r.id): r for r in butler.get_many_datasets([f.id for f in files])}
+    by_group: dict[tuple[str, str], list[PlannedFile]] = defaultdict(list)
     for f in files:
-        ref = found.get(f.id)
+        by_group[(f.dataset_type, f.run)].append(f)
+    absent: list[PlannedFile] = []
+    with open_butler(repo) as butler:
+        known_types = {t.name for t in butler.registry.queryDatasetTypes()}
+        known_runs = set(butler.collections.query("*"))
+        for (dataset_type, run), group in by_group.items():
+            found: set[str] = set()
+            if dataset_type in known_types and run in known_runs:
+                with butler.query() as query:
+                    found = {str(ref.id) for ref in query.datasets(dataset_type, collections=[run], find_first=False)}
+            absent += [f for f in group if f.id not in found]
+        elsewhere = {str(r.id): r for r in butler.get_many_datasets([f.id for f in absent])} if absent else {}
+    for f in absent:
+        ref = elsewhere.get(f.id)
         if ref is None:
             report.problems.append(Problem(site, "butler", "missing", f.lfn, f"{f.dataset_type} {f.id} not registered"))
-        elif ref.run != f.run:
+        else:
             report.problems.append(Problem(site, "butler", "wrong", f.lfn, f"in {ref.run}, planned {f.run}"))
     report.checked["butler"] = len(files)
 
