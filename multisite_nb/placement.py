@@ -451,7 +451,7 @@ def _ref_pages(butler: Any, dataset_type: str, inputs: list[str]) -> Iterator[li
         page: list[Any] = []
         with butler.query() as query:
             for ref in query.datasets(dataset_type, collections=runs, find_first=False):
-                if ref.id in seen:
+                if seen and ref.id in seen:
                     continue
                 page.append(ref)
                 if len(page) >= _PAGE:
@@ -461,7 +461,16 @@ def _ref_pages(butler: Any, dataset_type: str, inputs: list[str]) -> Iterator[li
             yield page
 
 
-def _file_records(butler: Any, refs: list[Any], roots_by_name: dict[str, Path]) -> dict[Any, tuple[str, int]]:
+@dataclass(frozen=True, slots=True)
+class _IdRef:
+    """A dataset id as the datastore's bulk reads take it (they only ask for ``.id``)."""
+
+    id: Any
+
+
+def _file_records(
+    butler: Any, refs: list[tuple[Any, Any]], roots_by_name: dict[str, Path]
+) -> dict[Any, tuple[str, int]]:
     """Each dataset's file as (path relative to its datastore root, size), from the datastore's records.
 
     One bulk read of the records table per page: no file is opened or listed (a size the records
@@ -476,7 +485,8 @@ def _file_records(butler: Any, refs: list[Any], roots_by_name: dict[str, Path]) 
 
     roots = list(roots_by_name.values())
     out: dict[Any, tuple[str, int]] = {}
-    for name, data in butler._datastore.export_records(refs).items():  # the datastore's documented bulk read
+    ids = [_IdRef(rid) for _, rid in refs]
+    for name, data in butler._datastore.export_records(ids).items():  # the datastore's documented bulk read
         root = roots_by_name.get(name)
         for dataset_id, tables in data.records.items():
             infos = [info for items in tables.values() for info in items]
@@ -496,7 +506,7 @@ def _file_records(butler: Any, refs: list[Any], roots_by_name: dict[str, Path]) 
                 full = root / path
             size = info.file_size if info.file_size is not None and info.file_size >= 0 else full.stat().st_size
             out[dataset_id] = (path, size)
-    missing = [r for r in refs if r.id not in out]
+    missing = [r for r, rid in refs if rid not in out]
     if missing:
         r = missing[0]
         raise PlanError(
@@ -689,24 +699,25 @@ def _plan_page(
     universe = butler.dimensions
     wanted_refs = []
     for ref in refs:
-        mapping = ref.dataId.mapping if ref.dataId.hasFull() else ref.dataId.required
-        mapping = dict(mapping)
+        did = ref.dataId
+        mapping = dict(did.mapping if did.hasFull() else did.required)
         wanted = [s for s, fp in footprints.items() if fp.admits_mapping(mapping, universe)]
         if wanted:
-            wanted_refs.append((ref, mapping, wanted))
+            wanted_refs.append((ref, ref.id, mapping, wanted))  # DatasetRef.id makes a new UUID at each call
     if not wanted_refs:
         return
-    records = _file_records(butler, [r for r, _, _ in wanted_refs], roots)
-    for ref, mapping, wanted in wanted_refs:
-        lfn, size = records[ref.id]
-        rid = str(ref.id)
+    records = _file_records(butler, [(r, i) for r, i, _, _ in wanted_refs], roots)
+    name = refs[0].datasetType.name
+    for ref, rid, mapping, wanted in wanted_refs:
+        lfn, size = records[rid]
+        sid = str(rid)
         if calibration:
-            calibs[rid] = (ref.datasetType.name, wanted)
+            calibs[sid] = (name, wanted)
         writer.add(
-            id=rid,
-            dataset_type=ref.datasetType.name,
+            id=sid,
+            dataset_type=name,
             run=ref.run,
-            data_id={k: _json_value(v) for k, v in dict(ref.dataId.required).items()},
+            data_id={k: _json_value(v) for k, v in ref.dataId.required.items()},
             lfn=lfn,
             size=size,
             sites=wanted,

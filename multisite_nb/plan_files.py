@@ -106,9 +106,12 @@ class FileTableWriter:
         self._tmp.mkdir(parents=True)
         self._writers = {s: pq.ParquetWriter(self._tmp / f"{s}.parquet", SCHEMA) for s in self.sites}
         self._buf: dict[str, dict[str, list[Any]]] = {s: self._empty() for s in self.sites}
-        self.summary = PlanSummary(sites={s: SiteCounts() for s in self.sites})
-        self._tracts: dict[tuple[str, int], TractCounts] = {}
+        # plain counters while writing (a model's validated setattr per file costs more than the row)
+        self._site_counts = {s: [0, 0, 0] for s in self.sites}  # files, bytes, shared files
+        self._tracts: dict[tuple[str, int], list[int]] = {}
         self._by_type: dict[str, dict[str, int]] = {s: defaultdict(int) for s in self.sites}
+        self._boundary = [0, 0, 0]  # files, extra copies, extra bytes
+        self.summary = PlanSummary(sites={s: SiteCounts() for s in self.sites})
 
     @staticmethod
     def _empty() -> dict[str, list[Any]]:
@@ -135,11 +138,12 @@ class FileTableWriter:
         is a boundary cost.
         """
         data_json = json.dumps(data_id, sort_keys=True)
-        shared = len(sites) > 1
+        n = len(sites)
+        shared = int(n > 1)
         if boundary and shared:
-            self.summary.boundary_files += 1
-            self.summary.boundary_extra_copies += len(sites) - 1
-            self.summary.boundary_extra_bytes += (len(sites) - 1) * size
+            self._boundary[0] += 1
+            self._boundary[1] += n - 1
+            self._boundary[2] += (n - 1) * size
         for site in sites:
             tract = tracts.get(site) if tracts else None
             buf = self._buf[site]
@@ -152,18 +156,18 @@ class FileTableWriter:
             buf["size"].append(size)
             buf["adler32"].append(adler32)
             buf["sites"].append(sites)
-            counts = self.summary.sites[site]
-            counts.files += 1
-            counts.bytes += size
-            counts.shared_files += shared
+            counts = self._site_counts[site]
+            counts[0] += 1
+            counts[1] += size
+            counts[2] += shared
             self._by_type[site][dataset_type] += 1
             if tract is not None:
                 tc = self._tracts.get((site, tract))
                 if tc is None:
-                    tc = self._tracts[(site, tract)] = TractCounts(site=site, tract=tract)
-                tc.files += 1
-                tc.bytes += size
-                tc.shared_files += shared
+                    tc = self._tracts[(site, tract)] = [0, 0, 0]
+                tc[0] += 1
+                tc[1] += size
+                tc[2] += shared
             if len(buf["id"]) >= self.flush_rows:
                 self._flush(site)
 
@@ -178,9 +182,19 @@ class FileTableWriter:
         for site in self.sites:
             self._flush(site)
             self._writers[site].close()
-        for site, types in self._by_type.items():
-            self.summary.sites[site].by_type = dict(types)
-        self.summary.tracts = [self._tracts[k] for k in sorted(self._tracts)]
+        self.summary = PlanSummary(
+            sites={
+                s: SiteCounts(files=c[0], bytes=c[1], shared_files=c[2], by_type=dict(self._by_type[s]))
+                for s, c in self._site_counts.items()
+            },
+            tracts=[
+                TractCounts(site=site, tract=tract, files=c[0], bytes=c[1], shared_files=c[2])
+                for (site, tract), c in sorted(self._tracts.items())
+            ],
+            boundary_files=self._boundary[0],
+            boundary_extra_copies=self._boundary[1],
+            boundary_extra_bytes=self._boundary[2],
+        )
         final = self.folder / FILES_DIR
         old = self.folder / f".{FILES_DIR}.{os.getpid()}.old"
         if final.exists():

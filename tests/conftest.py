@@ -7,12 +7,17 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import pytest
 
 from multisite_nb.config import repo_root
 
+if TYPE_CHECKING:
+    pass
+
 CAMPAIGN = repo_root() / "parameters" / "campaign_3x3.yaml"
+SCALE_JOB = pytest.StashKey["ScaleJob"]()
 
 
 def campaign_variant(folder: Path, name: str, sites: tuple[str, ...] = ()) -> Path:
@@ -54,6 +59,31 @@ def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM (a CI timeout, ``kill``) ends the session like Ctrl-C: fixtures tear down and
     every service the tests started is stopped by PID, instead of outliving the run."""
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The scale tests run last: their run goes on in the background meanwhile (``scale_job``)."""
+    from scale_job import TEST_FILE
+
+    scale = [i for i in items if i.nodeid.startswith(TEST_FILE)]
+    if scale:
+        items[:] = [i for i in items if not i.nodeid.startswith(TEST_FILE)] + scale
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the 20k scale run in the background when a scale test is selected."""
+    from scale_job import TEST_FILE, ScaleJob
+
+    if session.config.option.collectonly or not any(i.nodeid.startswith(TEST_FILE) for i in session.items):
+        return
+    session.config.stash[SCALE_JOB] = ScaleJob.start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the scale run's processes (by PID) and take its world down, however the session ended."""
+    job = session.config.stash.get(SCALE_JOB, None)
+    if job is not None:
+        job.stop()
 
 
 @pytest.fixture(scope="session")

@@ -5,19 +5,18 @@
 than 1,000 tracts) and a shipment of over 16,000 files — far over Rucio's 1,000 DIDs a call —
 which, with datasets capped at 5,000 files here, travels as a container of four datasets
 under one asynchronous rule. Placement, transfer and verification run through the CLI as an
-operator runs them.
+operator runs them, in the background from the start of the session (``tests/scale_job.py``):
+these tests run last and read what that run left.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
+from scale_job import SHARD
 
 from multisite_nb.config import load_campaign, repo_root
 from multisite_nb.naming import placement_dataset, shard_dataset
@@ -26,42 +25,22 @@ from multisite_nb.rucio_ops import RucioOps
 from multisite_nb.world.spec import load_spec
 from multisite_nb.world.synthetic import build_sky
 
-BIN = repo_root() / ".venv" / "bin"
 PARAMS = repo_root() / "parameters"
-SHARD = 5000
 
 
 @pytest.fixture(scope="module")
-def scale_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("scale")
-    manifest = yaml.safe_load((PARAMS / "sites" / "embedded.yaml").read_text())
-    manifest["rucio"]["max_files_per_dataset"] = SHARD
-    manifest["workflow"]["bps_site_config"] = str(repo_root() / manifest["workflow"]["bps_site_config"])
-    (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest))
-    campaign = yaml.safe_load((PARAMS / "campaign_scale_20k.yaml").read_text())
-    campaign.update(manifest=str(tmp / "manifest.yaml"), pipeline=str(PARAMS / campaign["pipeline"]))
-    params = tmp / "campaign.yaml"
-    params.write_text(yaml.safe_dump(campaign))
-    world, runs = tmp / "world", tmp / "runs"
-    spec = PARAMS / "worlds" / "scale_20k.yaml"
-    up = [str(BIN / "multisite-nb"), "world", "up", "--dir", str(world), "--spec", str(spec), "--params", str(params)]
-    run = [str(BIN / "multisite-nb"), "run", str(params), "--world", str(world), "--runs-root", str(runs)]
-    run += ["--phases", "placement,transfer,verify"]
-    try:
-        built = subprocess.run(up, cwd=repo_root(), capture_output=True, text=True, timeout=900)
-        assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
-        proc = subprocess.run(run, cwd=repo_root(), capture_output=True, text=True, timeout=2400)
-        run_dirs = sorted((runs / "scale20k").iterdir()) if (runs / "scale20k").exists() else []
-        yield {"proc": proc, "world": world, "params": params, "run_dir": run_dirs[-1] if run_dirs else None}
-    finally:
-        down = [str(BIN / "multisite-nb"), "world", "down", "--dir", str(world), "--params", str(params)]
-        subprocess.run(down, cwd=repo_root(), capture_output=True, text=True, timeout=120)
+def scale_run(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The background scale run the session started at collection (``tests/scale_job.py``), awaited."""
+    from conftest import SCALE_JOB
+
+    job = request.config.stash.get(SCALE_JOB, None)
+    assert job is not None, "the scale run starts when tests/test_scale.py is collected"
+    return job.wait(timeout_s=3600)
 
 
 @pytest.mark.slow
 def test_placement_transfer_verify_pass_at_scale(scale_run: dict[str, Any]) -> None:
-    proc = scale_run["proc"]
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert scale_run["returncode"] == 0, f"after {scale_run['seconds']:.0f} s:\n{scale_run['output']}"
     for phase in ("placement", "transfer", "verify"):
         result = json.loads((scale_run["run_dir"] / "results" / f"{phase}.json").read_text())
         assert result["passed"], result["reason"]
