@@ -44,8 +44,6 @@ __all__ = [
     "suggest_assignment",
 ]
 
-_OBS_PAIRS = (("exposure", "detector"), ("visit", "detector"))
-
 
 def adler32_of(path: Path, blocksize: int = 1 << 20) -> str:
     """Adler-32 of a file as Rucio writes it (8 hex digits)."""
@@ -78,7 +76,7 @@ class Footprint:
     """The data IDs a site touches: observation pairs, dimension values and sky regions."""
 
     site: str
-    pairs: dict[tuple[str, str], set[tuple[int, int]]] = field(default_factory=dict)
+    visit_detectors: dict[int, frozenset[int]] = field(default_factory=dict)  # every detector of each visit
     values: dict[str, set[Any]] = field(default_factory=lambda: defaultdict(set))
     regions: list[Any] = field(default_factory=list)  # sky units, their tracts, the site's visits
     visit_regions: dict[int, Any] = field(default_factory=dict)
@@ -106,9 +104,12 @@ class Footprint:
 
     def admits_mapping(self, mapping: dict[str, Any], universe: Any) -> bool:
         """:meth:`admits` for a data ID already turned into a dict (dimension name -> value)."""
-        for a, b in _OBS_PAIRS:
-            if a in mapping and b in mapping:
-                return (mapping[a], mapping[b]) in self.pairs.get((a, b), set())
+        if "detector" in mapping:
+            if "visit" in mapping:
+                return mapping["detector"] in self.visit_detectors.get(mapping["visit"], ())
+            if "exposure" in mapping:
+                visit = self.exposure_visit.get(mapping["exposure"])
+                return visit is not None and mapping["detector"] in self.visit_detectors.get(visit, ())
         for key, value in mapping.items():
             dim = universe[key]
             if hasattr(dim, "pixelization"):
@@ -132,7 +133,7 @@ def _unit_overlaps(
     skymap: str,
     instrument: str,
     patch_regions: dict[tuple[int, int], Any],
-) -> tuple[list[tuple[dict[str, Any], list[int]]], dict[int, dict[int, Any]]]:
+) -> tuple[list[tuple[dict[str, Any], list[int]]], dict[int, list[int]]]:
     """Which detectors of which visits overlap which patches of the units.
 
     The registry joins visits with the units' patches (a visit's region holds its detectors');
@@ -146,7 +147,7 @@ def _unit_overlaps(
         (visit-patch data ID as a dict, the visit's detectors overlapping that patch), one per pair
         with at least one such detector.
     detectors
-        Per visit met, every detector's region (visit id -> detector id -> region).
+        Per visit met, its detectors (the regions are read a chunk of visits at a time and let go).
     """
     from .butler_ops import unit_data_ids
 
@@ -154,17 +155,22 @@ def _unit_overlaps(
     for did in unit_data_ids(butler, units, skymap, ["visit", "patch"], instrument=instrument):
         m = dict(did.mapping)
         rows[int(m["visit"])].append(m)
-    detectors: dict[int, dict[int, Any]] = defaultdict(dict)
-    if rows:
-        for rec in _records_of(butler, "visit_detector_region", "visit", rows, instrument):
-            detectors[rec.visit][rec.detector] = rec.region
+    detectors: dict[int, list[int]] = {}
     hits = []
-    for visit, ms in rows.items():
-        for m in ms:
-            region = patch_regions.get((int(m["tract"]), int(m["patch"])))
-            ds = [d for d, r in detectors[visit].items() if region is None or r.overlaps(region) is not False]
-            if ds:
-                hits.append((m, ds))
+    visits = sorted(rows)
+    for start in range(0, len(visits), _VISIT_CHUNK):  # the regions of a chunk of visits at a time
+        regions: dict[int, dict[int, Any]] = defaultdict(dict)
+        for rec in _records_of(
+            butler, "visit_detector_region", "visit", visits[start : start + _VISIT_CHUNK], instrument
+        ):
+            regions[rec.visit][rec.detector] = rec.region
+        for visit in visits[start : start + _VISIT_CHUNK]:
+            detectors[visit] = sorted(regions[visit])
+            for m in rows[visit]:
+                region = patch_regions.get((int(m["tract"]), int(m["patch"])))
+                ds = [d for d, r in regions[visit].items() if region is None or r.overlaps(region) is not False]
+                if ds:
+                    hits.append((m, ds))
     return hits, detectors
 
 
@@ -175,7 +181,6 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
     cfg = campaign.config
     units = [(u.tract, u.patch) for u in campaign.sky_units(site)]
     fp = Footprint(site)
-    vd: set[tuple[int, int]] = set()
     # patches of the units themselves (not every patch a visit touches), with their regions
     patch_regions: dict[tuple[int, int], Any] = {}
     for rec in unit_records(butler, units, cfg.skymap, "patch"):
@@ -193,10 +198,12 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
                 fp.values[k].add(m[k])
     # visit-complete: every detector of a visit the site touches, so that the site's products of that
     # visit are whole (and equal to its owner's, the pipeline being deterministic)
+    interned: dict[tuple[int, ...], frozenset[int]] = {}  # most visits have the same detectors: one set
     for visit in fp.values["visit"]:
-        vd.update((visit, d) for d in detectors[visit])
-    fp.values["detector"].update(d for _, d in vd)
-    fp.pairs[("visit", "detector")] = vd
+        key = tuple(detectors[visit])
+        fp.visit_detectors[visit] = interned.setdefault(key, frozenset(key))
+    for dets in interned.values():
+        fp.values["detector"].update(dets)
     # tract-level tasks look up spatial inputs (reference catalog shards) over the whole tract
     for rec in butler.query_dimension_records(
         "tract",
@@ -207,16 +214,10 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
     ):
         fp.regions.append(rec.region)
     visits = sorted(fp.values["visit"])
-    ed: set[tuple[int, int]] = set()
     if visits:
-        v2e: dict[int, set[int]] = defaultdict(set)
         for rec in _records_of(butler, "visit_definition", "visit", visits, cfg.instrument):
-            v2e[rec.visit].add(rec.exposure)
             fp.values["exposure"].add(rec.exposure)
             fp.exposure_visit[rec.exposure] = rec.visit
-        for v, d in vd:
-            for e in v2e[v]:
-                ed.add((e, d))
         for rec in _records_of(butler, "visit", "visit", visits, cfg.instrument):
             fp.visit_regions[rec.id] = rec.region
             fp.regions.append(rec.region)  # visit-level tasks look up shards over the visit
@@ -225,7 +226,6 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
         for rec in _records_of(butler, "exposure", "exposure", fp.values["exposure"], cfg.instrument):
             if getattr(rec, "group", None) is not None:
                 fp.values["group"].add(rec.group)
-    fp.pairs[("exposure", "detector")] = ed
     return fp
 
 
@@ -423,6 +423,7 @@ def describe_file(
 
 
 _PAGE = 20_000  # datasets per registry page and per datastore-records call
+_VISIT_CHUNK = 2_000  # visits whose detector regions are held at once
 
 
 def _ref_pages(butler: Any, dataset_type: str, inputs: list[str]) -> Iterator[list[Any]]:
@@ -468,6 +469,28 @@ class _IdRef:
     id: Any
 
 
+def _datastore_rows(butler: Any, ids: list[Any]) -> Iterator[tuple[str, Any, str, int | None]]:
+    """(datastore name, dataset id, path, size) of each stored file of ``ids``, read in bulk.
+
+    A file datastore's record rows are read as they are (``_export_rows``: the rows its documented
+    ``export_records`` turns into one ``StoredFileInfo`` each, twice the time at a million files);
+    any other datastore through ``export_records``.
+    """
+    store = butler._datastore
+    for child in getattr(store, "datastores", None) or [store]:  # a chained datastore's members
+        rows = getattr(child, "_export_rows", None)
+        if rows is not None:
+            for batch in rows(ids):
+                for row in batch:
+                    yield child.name, row["dataset_id"], row["path"], row["file_size"]
+            continue
+        for name, data in child.export_records([_IdRef(i) for i in ids]).items():
+            for dataset_id, tables in data.records.items():
+                for items in tables.values():
+                    for info in items:
+                        yield name, dataset_id, info.path, info.file_size
+
+
 def _file_records(
     butler: Any, refs: list[tuple[Any, Any]], roots_by_name: dict[str, Path]
 ) -> dict[Any, tuple[str, int]]:
@@ -485,27 +508,24 @@ def _file_records(
 
     roots = list(roots_by_name.values())
     out: dict[Any, tuple[str, int]] = {}
-    ids = [_IdRef(rid) for _, rid in refs]
-    for name, data in butler._datastore.export_records(ids).items():  # the datastore's documented bulk read
+    for name, dataset_id, path, file_size in _datastore_rows(butler, [rid for _, rid in refs]):
         root = roots_by_name.get(name)
-        for dataset_id, tables in data.records.items():
-            infos = [info for items in tables.values() for info in items]
-            if len(infos) != 1:
-                raise PlanError(f"dataset {dataset_id}: {len(infos)} files in datastore {name}; placement ships one")
-            info = infos[0]
-            path = info.path
-            if "://" in path or path.startswith("/"):  # ingested in place outside the root: absolute
-                full = Path(ResourcePath(path).ospath)
-                base = next((r for r in roots if full.is_relative_to(r)), None)
-                if base is None:
-                    raise PlanError(f"{full} is outside the datastore roots {[str(r) for r in roots]}")
-                path = str(full.relative_to(base))
-            elif root is None:
-                raise PlanError(f"dataset {dataset_id}: datastore {name} is none of the roots {roots}")
-            else:
-                full = root / path
-            size = info.file_size if info.file_size is not None and info.file_size >= 0 else full.stat().st_size
-            out[dataset_id] = (path, size)
+        if dataset_id in out:
+            raise PlanError(
+                f"dataset {dataset_id}: several files in datastore {name} (disassembled); placement ships one"
+            )
+        if "://" in path or path.startswith("/"):  # ingested in place outside the root: absolute
+            full = Path(ResourcePath(path).ospath)
+            base = next((r for r in roots if full.is_relative_to(r)), None)
+            if base is None:
+                raise PlanError(f"{full} is outside the datastore roots {[str(r) for r in roots]}")
+            path = str(full.relative_to(base))
+        elif root is None:
+            raise PlanError(f"dataset {dataset_id}: datastore {name} is none of the roots {roots}")
+        else:
+            full = root / path
+        size = file_size if file_size is not None and file_size >= 0 else full.stat().st_size
+        out[dataset_id] = (path, size)
     missing = [r for r, rid in refs if rid not in out]
     if missing:
         r = missing[0]
