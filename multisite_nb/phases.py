@@ -69,7 +69,7 @@ def placement(campaign: Campaign | str | Path, run_dir: str | Path) -> tuple[Pha
     plan = plan_placement(campaign, folder=plan_path(run_dir).parent)  # the files stream into its tables
     collisions = preflight_collisions(campaign, [n.dataset_type for n in graph.dataset_types.values()])
     artifacts = [str(plan.save(plan_path(run_dir)))]
-    artifacts += [str(site_table_path(plan.folder, site)) for site in plan.sites]  # the per-site manifests
+    artifacts += [str(site_table_path(plan.tables, site)) for site in plan.sites]  # the per-site manifests
     artifacts.append(str(save_table(run_dir, "placement", "tracts", pd.DataFrame(plan.tract_rows()))))
     counts = plan.counts()
     artifacts.append(str(save_table(run_dir, "placement", "counts", pd.DataFrame(counts))))

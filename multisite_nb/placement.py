@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
+import weakref
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,7 +29,16 @@ from .config import Campaign, SkyUnit
 from .errors import PlanError
 from .fileio import atomic_write_text
 from .ownership import visit_owners
-from .plan_files import FILES_DIR, FileTableWriter, PlanSummary, SiteCounts, planned_files, read_site
+from .plan_files import (
+    FILES_DIR,
+    SCHEMA,
+    FileTableWriter,
+    PlanSummary,
+    SiteCounts,
+    install_tables,
+    planned_files,
+    read_site,
+)
 
 __all__ = [
     "Footprint",
@@ -274,20 +283,20 @@ class PlacementPlan(BaseModel):
     chains: dict[str, list[str]] = Field(default_factory=dict)
     calibration_collections: list[str] = Field(default_factory=list)
     dataset_types: list[str] = Field(default_factory=list)
-    _folder: Path | None = PrivateAttr(default=None)
+    _tables: Path | None = PrivateAttr(default=None)
 
     @property
-    def folder(self) -> Path:
-        """Where the plan's file tables are."""
-        if self._folder is None:
-            raise PlanError(f"plan of {self.campaign}: its file tables are not on disk (plan neither saved nor loaded)")
-        return self._folder
+    def tables(self) -> Path:
+        """The folder of the plan's file tables (``files/`` beside a saved plan)."""
+        if self._tables is None:
+            raise PlanError(f"plan of {self.campaign}: its file tables are not on disk (plan neither made nor loaded)")
+        return self._tables
 
     # -- the files --------------------------------------------------------------------
     def iter_site_files(self, site: str, *, batch_rows: int = 50_000) -> Iterator[list[PlannedFile]]:
         """A site's planned files, ``batch_rows`` at a time (memory bounded by the batch)."""
         self._known(site)
-        for batch in read_site(self.folder, site, batch_rows=batch_rows):
+        for batch in read_site(self.tables, site, batch_rows=batch_rows):
             yield planned_files(batch)
 
     def site_files(self, site: str) -> list[PlannedFile]:
@@ -299,8 +308,11 @@ class PlacementPlan(BaseModel):
         import pyarrow as pa
 
         self._known(site)
-        batches = list(read_site(self.folder, site, columns=columns))
-        return pa.Table.from_batches(batches) if batches else pa.table({c: [] for c in (columns or [])})
+        batches = list(read_site(self.tables, site, columns=columns))
+        if batches:
+            return pa.Table.from_batches(batches)
+        empty = SCHEMA.empty_table()
+        return empty.select(list(columns)) if columns else empty
 
     def _known(self, site: str) -> None:
         if site not in self.sites:
@@ -357,22 +369,18 @@ class PlacementPlan(BaseModel):
         return rows
 
     def save(self, path: Path) -> Path:
-        """Write the plan record to ``path``; the file tables are moved beside it when elsewhere."""
+        """Write the plan record to ``path`` with its file tables in ``files/`` beside it.
+
+        A new plan's tables (still in the partial folder they were written to) are put in place
+        here, the previous ones replaced whole, just before the record: a planning that failed
+        after writing its tables leaves the previous plan and its tables as they were.
+        """
         path = Path(path)
-        src = self._folder
-        if src is not None and src.resolve() != path.parent.resolve():
-            dest = path.parent / FILES_DIR
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.parent / f".{FILES_DIR}.{os.getpid()}.copy"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(src / FILES_DIR, tmp)
-            old = path.parent / f".{FILES_DIR}.{os.getpid()}.old"
-            if dest.exists():
-                dest.replace(old)
-            tmp.replace(dest)
-            shutil.rmtree(old, ignore_errors=True)
+        final = path.parent / FILES_DIR
+        if self._tables is not None and self._tables.resolve() != final.resolve():
+            self._tables = install_tables(self._tables, path.parent)
         out = atomic_write_text(path, self.model_dump_json(indent=1))
-        self._folder = path.parent
+        self._tables = final
         return out
 
     @classmethod
@@ -385,7 +393,7 @@ class PlacementPlan(BaseModel):
             raise PlanError(f"{path}: cannot read the placement plan: {exc}") from exc
         except ValueError as exc:
             raise PlanError(f"{path}: not a placement plan of this toolkit: {exc}") from exc
-        plan._folder = path.parent
+        plan._tables = path.parent / FILES_DIR
         return plan
 
 
@@ -508,12 +516,16 @@ def _file_records(
 
     roots = list(roots_by_name.values())
     out: dict[Any, tuple[str, int]] = {}
+    store_of: dict[Any, str] = {}
     for name, dataset_id, path, file_size in _datastore_rows(butler, [rid for _, rid in refs]):
         root = roots_by_name.get(name)
         if dataset_id in out:
+            if store_of[dataset_id] != name:
+                continue  # a chained datastore's later copy: the first in chain order is shipped
             raise PlanError(
                 f"dataset {dataset_id}: several files in datastore {name} (disassembled); placement ships one"
             )
+        store_of[dataset_id] = name
         if "://" in path or path.startswith("/"):  # ingested in place outside the root: absolute
             full = Path(ResourcePath(path).ospath)
             base = next((r for r in roots if full.is_relative_to(r)), None)
@@ -600,8 +612,8 @@ def plan_placement(
     wiring
         The derived wiring (derived from the pipeline if not given).
     folder
-        Where the file tables are written (default: a new temporary folder; :meth:`PlacementPlan.save`
-        moves them beside the plan record).
+        Where the file tables are written, in a partial folder until :meth:`PlacementPlan.save` puts
+        them beside the plan record (default: a temporary folder, removed with the plan object).
     """
     import tempfile
 
@@ -610,6 +622,7 @@ def plan_placement(
     from .butler_ops import open_butler
     from .wiring import derive_wiring, load_pipeline_graph
 
+    scratch = folder is None
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="msnb-plan-"))
     own = butler is None
     if own:
@@ -698,8 +711,14 @@ def plan_placement(
             **per_site,
             **collections,
         )
-        plan._folder = folder
+        plan._tables = writer.tables
+        # a plan never saved leaves nothing behind: its partial tables (and scratch folder) go with it
+        weakref.finalize(plan, shutil.rmtree, folder if scratch else writer.tables, True)
         return plan
+    except BaseException:
+        if scratch:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     finally:
         if own:
             butler.close()

@@ -30,7 +30,16 @@ from .errors import PlanError
 if TYPE_CHECKING:
     from .placement import PlannedFile
 
-__all__ = ["SCHEMA", "FileTableWriter", "PlanSummary", "SiteCounts", "TractCounts", "read_site", "site_table_path"]
+__all__ = [
+    "SCHEMA",
+    "FileTableWriter",
+    "PlanSummary",
+    "SiteCounts",
+    "TractCounts",
+    "install_tables",
+    "read_site",
+    "site_table_path",
+]
 
 FILES_DIR = "files"
 
@@ -78,9 +87,9 @@ class PlanSummary(BaseModel):
     boundary_extra_bytes: int = 0
 
 
-def site_table_path(folder: Path, site: str) -> Path:
-    """The Parquet file of one site's planned files."""
-    return Path(folder) / FILES_DIR / f"{site}.parquet"
+def site_table_path(tables: Path, site: str) -> Path:
+    """The Parquet file of one site's planned files in a folder of tables (e.g. ``<plan folder>/files``)."""
+    return Path(tables) / f"{site}.parquet"
 
 
 class FileTableWriter:
@@ -89,7 +98,7 @@ class FileTableWriter:
     Parameters
     ----------
     folder
-        The plan's folder; the tables go to ``folder/files`` (replaced whole on :meth:`close`).
+        The plan's folder; the tables are written to a partial folder in it (see :attr:`tables`).
     sites
         The remote sites (each gets a table, empty if it needs nothing).
     flush_rows
@@ -178,7 +187,8 @@ class FileTableWriter:
             self._buf[site] = self._empty()
 
     def close(self) -> PlanSummary:
-        """Write what is buffered, put the tables in place (the previous ones go), return the summary."""
+        """Write what is buffered and return the summary; the tables stay in :attr:`tables` until
+        :func:`install_tables` puts them in place (with the plan record they belong to)."""
         for site in self.sites:
             self._flush(site)
             self._writers[site].close()
@@ -195,14 +205,12 @@ class FileTableWriter:
             boundary_extra_copies=self._boundary[1],
             boundary_extra_bytes=self._boundary[2],
         )
-        final = self.folder / FILES_DIR
-        old = self.folder / f".{FILES_DIR}.{os.getpid()}.old"
-        if final.exists():
-            final.replace(old)
-        self._tmp.replace(final)
-        if old.exists():
-            shutil.rmtree(old)
         return self.summary
+
+    @property
+    def tables(self) -> Path:
+        """Where the tables are written (a partial folder until :func:`install_tables` puts them in place)."""
+        return self._tmp
 
     def abort(self) -> None:
         """Drop what was written (the previous tables stay)."""
@@ -214,8 +222,32 @@ class FileTableWriter:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
+def install_tables(src: Path, folder: Path) -> Path:
+    """Put the tables of ``src`` in place as ``folder/files``, replacing the previous ones whole.
+
+    ``src`` is moved when it is on the same file system (else copied, and left for its owner).
+    Returns the installed folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / FILES_DIR
+    new = folder / f".{FILES_DIR}.{os.getpid()}.new"
+    old = folder / f".{FILES_DIR}.{os.getpid()}.old"
+    for leftover in (new, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        Path(src).replace(new)
+    except OSError:  # another file system
+        shutil.copytree(src, new)
+    if final.exists():
+        final.replace(old)
+    new.replace(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def read_site(
-    folder: Path, site: str, *, columns: Sequence[str] | None = None, batch_rows: int = 50_000
+    tables: Path, site: str, *, columns: Sequence[str] | None = None, batch_rows: int = 50_000
 ) -> Iterator[pa.RecordBatch]:
     """A site's planned files in record batches of at most ``batch_rows`` rows.
 
@@ -224,7 +256,7 @@ def read_site(
     PlanError
         When the table is missing or is not a plan table (naming the file).
     """
-    path = site_table_path(folder, site)
+    path = site_table_path(tables, site)
     try:
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as exc:

@@ -359,7 +359,10 @@ class _Cells:
         return visit is None or int(visit) in self.sample.visits
 
     def cell(self, dataset_type: str, data_id: Mapping[str, Any]) -> tuple[str, str, str]:
-        return dataset_type, self.unit(data_id) or "(visits)", str(data_id.get("band", ""))
+        """(dataset type, sky unit, band); data IDs with no tract go to the visits on or off the sample
+        (one cell for both would let the reference's cell hide the rule's count of the others)."""
+        unit = self.unit(data_id) or ("(visits)" if self.on_sample(data_id) else "(visits off the sample)")
+        return dataset_type, unit, str(data_id.get("band", ""))
 
 
 def _rule_ids(

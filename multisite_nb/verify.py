@@ -215,7 +215,7 @@ def _check_disk(
                 to_sum.append((f, want))
             else:
                 report.problems.append(
-                    Problem(site, "disk", "missing", f.lfn, "no adler32 in the plan or in Rucio to check it by")
+                    Problem(site, "disk", "unreachable", f.lfn, "not checksummed: no adler32 in the plan or in Rucio")
                 )
     with ThreadPoolExecutor(max_workers=4) as pool:  # zlib and file reads let go of the GIL
         for (f, want), a in zip(to_sum, pool.map(lambda fw: adler32_of(root / fw[0].lfn), to_sum), strict=True):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import yaml
 
 from multisite_nb.config import repo_root
+from multisite_nb.procs import stop_group
 
 BIN = repo_root() / ".venv" / "bin"
 PARAMS = repo_root() / "parameters"
@@ -85,10 +85,11 @@ class ScaleJob:
         return job
 
     def wait(self, timeout_s: float) -> dict[str, Any]:
-        """Wait for the job; what the scale tests read (return code, log tail, run folder)."""
+        """Wait up to ``timeout_s`` more for the job; what the scale tests read (return code, log tail,
+        run folder). A job still running then has ``returncode`` None."""
         assert self.proc is not None
         try:
-            rc: int | None = self.proc.wait(timeout=max(1.0, timeout_s - (time.monotonic() - self.started)))
+            rc: int | None = self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             rc = None
         found = self.runs / "scale20k"
@@ -104,15 +105,9 @@ class ScaleJob:
 
     def stop(self) -> None:
         """Stop the job's processes (by their group), take its world down, remove its folder."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=60)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        if self.proc is not None:
+            # the whole group (the CLI and its notebook kernels), not only the shell leading it
+            stop_group(self.proc, timeout=60)
         if self.params.exists():
             down = [str(BIN / "multisite-nb"), "world", "down", "--dir", str(self.world), "--params", str(self.params)]
             subprocess.run(down, cwd=repo_root(), capture_output=True, text=True, timeout=120)

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from multisite_nb.errors import PlanError
-from multisite_nb.plan_files import FileTableWriter, read_site, site_table_path
+from multisite_nb.plan_files import FileTableWriter, install_tables, read_site, site_table_path
 
 
 def _write(folder: Path, n: int, flush_rows: int) -> FileTableWriter:
@@ -34,10 +34,12 @@ def test_rows_stream_out_in_row_groups_and_the_summary_matches_the_tables(tmp_pa
     n = 10_000
     writer = _write(tmp_path, n, flush_rows=500)
     summary = writer.close()
+    tables = install_tables(writer.tables, tmp_path)
+    assert tables == tmp_path / "files"
     for site in ("A", "B"):
-        meta = pq.ParquetFile(site_table_path(tmp_path, site)).metadata
+        meta = pq.ParquetFile(site_table_path(tables, site)).metadata
         assert meta.num_row_groups >= 9  # written as the rows came, not held to the end
-        rows = [r for batch in read_site(tmp_path, site, batch_rows=1234) for r in batch.to_pylist()]
+        rows = [r for batch in read_site(tables, site, batch_rows=1234) for r in batch.to_pylist()]
         assert len(rows) == summary.sites[site].files == meta.num_rows
         assert sum(r["size"] for r in rows) == summary.sites[site].bytes
         assert sum(len(r["sites"]) > 1 for r in rows) == summary.sites[site].shared_files
@@ -51,15 +53,19 @@ def test_rows_stream_out_in_row_groups_and_the_summary_matches_the_tables(tmp_pa
     assert not list(tmp_path.glob(".files.*"))  # no partial folder left
 
 
-def test_a_rerun_replaces_the_tables_whole_and_an_aborted_one_leaves_them(tmp_path: Path) -> None:
-    _write(tmp_path, 100, flush_rows=10).close()
-    _write(tmp_path, 40, flush_rows=10).close()
-    assert (
-        pq.ParquetFile(site_table_path(tmp_path, "A")).metadata.num_rows == 24
-    )  # 20 odd ids, and the 4 both sites need
+def test_tables_are_put_in_place_whole_and_an_unfinished_plan_leaves_the_previous_ones(tmp_path: Path) -> None:
+    first = _write(tmp_path, 100, flush_rows=10)
+    first.close()
+    install_tables(first.tables, tmp_path)
+    second = _write(tmp_path, 40, flush_rows=10)
+    second.close()
+    # written but not installed yet (the plan record is saved with them): the previous tables stand
+    assert pq.ParquetFile(site_table_path(tmp_path / "files", "A")).metadata.num_rows == 60
+    install_tables(second.tables, tmp_path)
+    assert pq.ParquetFile(site_table_path(tmp_path / "files", "A")).metadata.num_rows == 24  # 20 odd ids + 4 shared
     broken = _write(tmp_path, 1000, flush_rows=10)
     broken.abort()
-    assert pq.ParquetFile(site_table_path(tmp_path, "A")).metadata.num_rows == 24
+    assert pq.ParquetFile(site_table_path(tmp_path / "files", "A")).metadata.num_rows == 24
     assert not list(tmp_path.glob(".files.*"))
 
 
@@ -67,7 +73,6 @@ def test_a_missing_or_foreign_table_is_named(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="A.parquet"):
         list(read_site(tmp_path, "A"))
     path = site_table_path(tmp_path, "A")
-    path.parent.mkdir(parents=True)
     path.write_text("not parquet")
     with pytest.raises(PlanError, match=r"A\.parquet.*cannot be read"):
         list(read_site(tmp_path, "A"))

@@ -35,7 +35,7 @@ def scale_run(request: pytest.FixtureRequest) -> dict[str, Any]:
 
     job = request.config.stash.get(SCALE_JOB, None)
     assert job is not None, "the scale run starts when tests/test_scale.py is collected"
-    return job.wait(timeout_s=3600)
+    return job.wait(timeout_s=2400)  # beyond the time the rest of the session gave it
 
 
 @pytest.mark.slow
