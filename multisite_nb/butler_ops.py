@@ -45,9 +45,19 @@ def open_butler(repo: str, *, writeable: bool = False, run: str | None = None) -
     ButlerError
         If it cannot be opened (the message names the repository).
     """
+    writeable = writeable or run is not None
     try:
-        return Butler.from_config(repo, writeable=writeable or run is not None, run=run)
+        return Butler.from_config(repo, writeable=writeable, run=run)
     except Exception as exc:
+        if not writeable and "readonly database" in str(exc):
+            # A writer killed mid-transaction (a step stopped by the operator) leaves SQLite's hot
+            # journal, which only a writable connection may roll back: open once to do that, then
+            # read-only again. Nothing of the dead transaction survives; committed data is untouched.
+            try:
+                Butler.from_config(repo, writeable=True).close()
+                return Butler.from_config(repo, writeable=False)
+            except Exception:
+                pass
         raise ButlerError(f"the Butler repository {repo} cannot be opened: {type(exc).__name__}: {exc}") from exc
 
 

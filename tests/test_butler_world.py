@@ -179,3 +179,47 @@ def test_a_tract_grid_is_a_contiguous_sky_of_many_tracts() -> None:
         assert not any(regions_overlap(obs.region, t[n].region) for n in (home - 1, home + 1, home + 50) if n in t)
     with pytest.raises(ValueError, match="either tracts or tract_grid"):
         SkySpec(tracts=[{"id": 0, "ra": 0.0, "dec": 0.0}], tract_grid={"n_ra": 2, "n_dec": 2})
+
+
+def test_a_repository_a_killed_writer_left_mid_transaction_opens_read_only(tmp_path) -> None:
+    """A step killed while writing leaves SQLite's hot journal; read-only opens must still work
+    (the operator's resume, the status page), and the dead transaction must be gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lsst.daf.butler import Butler
+
+    from multisite_nb.butler_ops import open_butler
+
+    repo = tmp_path / "repo"
+    Butler.makeRepo(str(repo))
+    db = repo / "gen3.sqlite3"
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+            "c.execute('PRAGMA cache_size=1')\n"
+            "c.execute('BEGIN IMMEDIATE')\n"
+            "c.execute('CREATE TABLE dead_transaction (x BLOB)')\n"
+            "c.executemany('INSERT INTO dead_transaction VALUES (randomblob(4000))', [()] * 2000)\n"
+            "print('written', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None and writer.stdout.readline().strip() == "written"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    time.sleep(0.1)
+    assert (repo / "gen3.sqlite3-journal").exists()  # the hot journal of the killed writer
+    with open_butler(str(repo)) as butler:
+        assert butler.collections.query("*") == []
+    import sqlite3
+
+    tables = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")}
+    assert "dead_transaction" not in tables
