@@ -49,6 +49,7 @@ __all__ = [
     "plan_placement",
     "units_where",
     "adler32_of",
+    "adler32_many",
     "check_sky_units",
     "suggest_assignment",
 ]
@@ -61,6 +62,16 @@ def adler32_of(path: Path, blocksize: int = 1 << 20) -> str:
         while chunk := fh.read(blocksize):
             value = zlib.adler32(chunk, value)
     return f"{value & 0xFFFFFFFF:08x}"
+
+
+def adler32_many(paths: Sequence[Path], workers: int = 4) -> list[str]:
+    """:func:`adler32_of` of many files, read in parallel threads (zlib and reads let go of the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not paths:
+        return []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(adler32_of, paths))
 
 
 def units_where(units: Iterable[SkyUnit], skymap: str) -> str:

@@ -204,20 +204,15 @@ def sidecar_refs(butler: Any, files: Iterable[PlannedFile]) -> dict[str, Any]:
     return found
 
 
-def _fill_checksums(root: Path, files: Sequence[PlannedFile], workers: int = 4) -> None:
+def _fill_checksums(root: Path, files: Sequence[PlannedFile]) -> None:
     """Adler-32 of the files that have none yet (the plan takes sizes from the datastore records but
-    reads no file): read at the source RSE, in parallel threads (zlib and reads let go of the GIL).
-    Only files Rucio does not know yet get here: Rucio needs a checksum to register a replica."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .placement import adler32_of
+    reads no file), read at the source RSE. Only files Rucio does not know yet get here: Rucio needs
+    a checksum to register a replica."""
+    from .placement import adler32_many
 
     todo = [f for f in files if not f.adler32]
-    if not todo:
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for f, value in zip(todo, pool.map(lambda f: adler32_of(root / f.lfn), todo), strict=True):
-            f.adler32 = value
+    for f, value in zip(todo, adler32_many([root / f.lfn for f in todo]), strict=True):
+        f.adler32 = value
 
 
 def register_shipment(

@@ -6,7 +6,7 @@ Per site and per planned file:
   level counts (``list_dataset_replicas``) come first; file level only where they differ.
 * **Butler**: the dataset is in the site's registry with the planned UUID, in the
   planned RUN collection.
-* **Disk**: the file exists under the site's RSE root with the planned size and adler32.
+* **Disk**: the file exists under the site's RSE root with the planned size and adler32 (the plan's, else Rucio's catalogue).
 
 A problem is one of ``missing`` (not there), ``corrupt`` (there, wrong size or checksum),
 ``wrong`` (there, but in another collection) or ``rule`` (the rule is not OK).
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Campaign
-from .placement import PlannedFile, adler32_of
+from .placement import PlannedFile, adler32_many
 from .records import RuleState
 from .rucio_ops import RucioOps
 
@@ -196,8 +196,6 @@ def _check_disk(
     """Exists and size (directory scans), adler32 when asked (read in parallel), when the site's
     RSE root is visible from here. The adler32 to match is the plan's, else Rucio's (``catalogue``:
     name -> (bytes, adler32)); a file with neither is reported, never passed unchecked."""
-    from concurrent.futures import ThreadPoolExecutor
-
     site = report.site
     if root is None:
         return
@@ -217,10 +215,9 @@ def _check_disk(
                 report.problems.append(
                     Problem(site, "disk", "unreachable", f.lfn, "not checksummed: no adler32 in the plan or in Rucio")
                 )
-    with ThreadPoolExecutor(max_workers=4) as pool:  # zlib and file reads let go of the GIL
-        for (f, want), a in zip(to_sum, pool.map(lambda fw: adler32_of(root / fw[0].lfn), to_sum), strict=True):
-            if a != want:
-                report.problems.append(Problem(site, "disk", "corrupt", f.lfn, f"adler32 {a}, catalogue {want}"))
+    for (f, want), a in zip(to_sum, adler32_many([root / f.lfn for f, _ in to_sum]), strict=True):
+        if a != want:
+            report.problems.append(Problem(site, "disk", "corrupt", f.lfn, f"adler32 {a}, catalogue {want}"))
     report.checked["disk"] = len(files)
     report.checked["disk_checksums"] = len(to_sum)
 

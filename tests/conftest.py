@@ -7,7 +7,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -20,10 +20,13 @@ CAMPAIGN = repo_root() / "parameters" / "campaign_3x3.yaml"
 SCALE_JOB = pytest.StashKey["ScaleJob"]()
 
 
-def campaign_variant(folder: Path, name: str, sites: tuple[str, ...] = ()) -> Path:
+def campaign_variant(
+    folder: Path, name: str, sites: tuple[str, ...] = (), *, changes: dict[str, Any] | None = None
+) -> Path:
     """The shipped campaign under another name and output prefix (own collections, same world).
 
-    ``sites``: only these remote sites (default: all of them). Returns the new campaign file.
+    ``sites``: only these remote sites (default: all of them); ``changes``: top-level keys set
+    after that. Returns the new campaign file.
     """
     import yaml
 
@@ -37,6 +40,7 @@ def campaign_variant(folder: Path, name: str, sites: tuple[str, ...] = ()) -> Pa
     )
     if sites:
         data["sites"] = {s: data["sites"][s] for s in sites}
+    data.update(changes or {})
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from conftest import CAMPAIGN
+from conftest import campaign_variant
 
 from multisite_nb.config import ConfigError, load_campaign
 from multisite_nb.qa import choose_sample
@@ -24,18 +23,7 @@ NAME = "qasample"
 
 
 def _write(folder: Path, name: str, **changes: Any) -> Path:
-    data = yaml.safe_load(CAMPAIGN.read_text())
-    data.update(
-        campaign=name,
-        scope="3x3",
-        manifest=str(CAMPAIGN.parent / data["manifest"]),
-        pipeline=str(CAMPAIGN.parent / data["pipeline"]),
-        collections={"inputs": ["HSC/defaults"], "output_prefix": name},
-    )
-    data.update(changes)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return campaign_variant(folder, name, changes=changes)
 
 
 @pytest.mark.parametrize(
