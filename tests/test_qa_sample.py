@@ -96,7 +96,10 @@ def test_a_missing_product_of_an_unsampled_unit_is_reported(world, tmp_path: Pat
     assert "step2c" not in result.summary["reference_steps"]  # the campaign's own calibration is read
     rows = {(r["sky unit"], r["band"]): r for r in report.units}
     patches = {f"tract {t} patch {p}" for t in (0, 1) for p in (3, 4)}
-    assert {u for u, _ in rows} == patches | {"tract 0", "tract 1"}  # tract-wide products under their tract
+    # tract-wide products under their tract; visit-level ones of the unsampled visits in their own cell
+    assert {u for u, _ in rows} == patches | {"tract 0", "tract 1", "(visits off the sample)"}
+    off = [r for (u, _), r in rows.items() if u == "(visits off the sample)"]
+    assert off and all(r["at site"] == r["at central"] == r["expected"] > 0 for r in off)
     for (unit, _), r in rows.items():
         assert r["sampled"] == unit.startswith("tract 0"), r
         assert r["expected"] == r["by rule"] > 0, r  # the rule agrees with the reference where both exist
