@@ -6,7 +6,8 @@ Per site and per planned file:
   level counts (``list_dataset_replicas``) come first; file level only where they differ.
 * **Butler**: the dataset is in the site's registry with the planned UUID, in the
   planned RUN collection.
-* **Disk**: the file exists under the site's RSE root with the planned size and adler32 (the plan's, else Rucio's catalogue).
+* **Disk**: the file exists under the site's RSE root with the planned size and adler32
+  (the plan's, else Rucio's catalogue).
 
 A problem is one of ``missing`` (not there), ``corrupt`` (there, wrong size or checksum),
 ``wrong`` (there, but in another collection) or ``rule`` (the rule is not OK).
