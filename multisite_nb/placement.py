@@ -32,6 +32,7 @@ from .ownership import visit_owners
 from .plan_files import (
     FILES_DIR,
     SCHEMA,
+    FileColumns,
     FileTableWriter,
     PlanSummary,
     SiteCounts,
@@ -309,6 +310,12 @@ class PlacementPlan(BaseModel):
         self._known(site)
         for batch in read_site(self.tables, site, batch_rows=batch_rows):
             yield planned_files(batch)
+
+    def iter_site_columns(self, site: str, *, batch_rows: int = 50_000) -> Iterator[FileColumns]:
+        """A site's planned files as column batches of ``batch_rows`` rows (no object per file)."""
+        self._known(site)
+        for batch in read_site(self.tables, site, columns=FileColumns.COLUMNS, batch_rows=batch_rows):
+            yield FileColumns.from_batch(batch)
 
     def site_files(self, site: str) -> list[PlannedFile]:
         """All of a site's planned files (memory grows with the site's share: prefer :meth:`iter_site_files`)."""

@@ -18,6 +18,7 @@ import os
 import shutil
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEMA",
+    "FileColumns",
     "FileTableWriter",
     "PlanSummary",
     "SiteCounts",
@@ -265,6 +267,43 @@ def read_site(
     if missing:
         raise PlanError(f"{path}: not a placement table (no column {missing[0]!r})")
     yield from pf.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None)
+
+
+@dataclass(frozen=True)
+class FileColumns:
+    """A batch of planned files as parallel columns: what checking a site's files needs, without
+    one object per file (the fields of :class:`~multisite_nb.placement.PlannedFile` but the
+    data ID and the sites)."""
+
+    id: list[str]
+    dataset_type: list[str]
+    run: list[str]
+    lfn: list[str]
+    size: list[int]
+    adler32: list[str | None]
+
+    #: The table columns a batch is read from.
+    COLUMNS = ("id", "dataset_type", "run", "lfn", "size", "adler32")
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    @classmethod
+    def from_batch(cls, batch: pa.RecordBatch) -> FileColumns:
+        """The columns of a record batch of a plan table (read with at least :attr:`COLUMNS`)."""
+        return cls(**{name: batch.column(name).to_pylist() for name in cls.COLUMNS})
+
+    @classmethod
+    def from_planned(cls, files: Sequence[PlannedFile]) -> FileColumns:
+        """The same files from planned-file records (shipments made outside the plan's tables)."""
+        return cls(
+            id=[f.id for f in files],
+            dataset_type=[f.dataset_type for f in files],
+            run=[f.run for f in files],
+            lfn=[f.lfn for f in files],
+            size=[f.size for f in files],
+            adler32=[f.adler32 for f in files],
+        )
 
 
 def planned_files(batch: pa.RecordBatch) -> list[PlannedFile]:

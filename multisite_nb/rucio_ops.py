@@ -551,6 +551,15 @@ class RucioOps:
                 row["available"] += int(rep.get("available_length") or 0)
         return out
 
+    def checksums(self, names: Sequence[str]) -> dict[str, str]:
+        """The adler32 Rucio's catalogue holds for each named file it knows (chunked, bulk)."""
+        out: dict[str, str] = {}
+        for part in chunked(list(names), DID_LIMIT):
+            for meta in self.client.get_metadata_bulk(self._dids(part), inherit=False, plugin="DID_COLUMN"):
+                if meta.get("adler32"):
+                    out[str(meta["name"])] = str(meta["adler32"])
+        return out
+
     def replica_checksums(self, names: Sequence[str], rse: str) -> dict[str, str]:
         """Per file name with a replica on ``rse``: the adler32 Rucio's catalogue holds for it."""
         return {name: str(rep.get("adler32") or "") for name, rep in self._replicas(names, rse).items()}

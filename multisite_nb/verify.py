@@ -17,20 +17,24 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .config import Campaign
-from .placement import PlannedFile, adler32_many
+from .placement import PlacementPlan, PlannedFile, adler32_many
+from .plan_files import FileColumns
 from .records import RuleState
 from .rucio_ops import RucioOps
 
 #: What can be wrong with a planned file at a site (``unreachable``: the layer could not be read).
 PROBLEM_KINDS = ("missing", "corrupt", "wrong", "rule", "unreachable")
 
-__all__ = ["PROBLEM_KINDS", "Problem", "SiteReport", "verify_site", "verify_shipments", "problems_table"]
+__all__ = ["PROBLEM_KINDS", "Problem", "SiteFiles", "SiteReport", "verify_site", "verify_shipments", "problems_table"]
 
 
 @dataclass(frozen=True)
@@ -69,103 +73,193 @@ class SiteReport:
         return row
 
 
+@dataclass(frozen=True)
+class SiteFiles:
+    """A site's planned files, read in column batches as often as a check needs (the plan's
+    Parquet table streamed, or a list of planned files held by the caller)."""
+
+    count: int
+    batches: Callable[[], Iterable[FileColumns]]
+
+    @classmethod
+    def of(cls, files: Sequence[PlannedFile]) -> SiteFiles:
+        cols = FileColumns.from_planned(files)
+        return cls(len(files), lambda: [cols])
+
+    @classmethod
+    def from_plan(cls, plan: PlacementPlan, site: str) -> SiteFiles:
+        return cls(plan.summary.sites[site].files, lambda: plan.iter_site_columns(site))
+
+
 def verify_site(
     campaign: Campaign,
     ops: RucioOps,
     site: str,
-    files: Sequence[PlannedFile],
+    files: SiteFiles | Sequence[PlannedFile],
     dataset: str,
     *,
     checksums: bool = True,
 ) -> SiteReport:
     """Reconcile one site's planned files (shipped as Rucio ``dataset``) with Rucio, Butler and disk.
 
+    The files are read batch by batch, each batch checked on every layer: memory holds a batch,
+    the problems found, and 16 bytes per dataset the site's Butler has of the planned types.
     Each layer stands alone: one that cannot be read (Rucio, the site's Butler) is an
     ``unreachable`` problem naming the reason, and the other layers are still checked.
     """
+    source = files if isinstance(files, SiteFiles) else SiteFiles.of(files)
     spec = campaign.site(site)
-    report = SiteReport(site, len(files), dataset=dataset)
-    by_lfn = {f.lfn: f for f in files}
-
-    try:
-        _check_rucio(report, ops, spec.rse, dataset, by_lfn)
-    except Exception as exc:  # this site's part fails with the reason; the other sites go on
-        report.problems.append(Problem(site, "rucio", "unreachable", dataset, f"{type(exc).__name__}: {exc}"[:500]))
-    try:
-        _check_butler(report, spec.butler, files)
-    except Exception as exc:
-        report.problems.append(
-            Problem(site, "butler", "unreachable", spec.butler, f"{type(exc).__name__}: {exc}"[:500])
-        )
-    catalogue: dict[str, tuple[int, str]] = {}
-    if checksums and spec.rse_root and any(not f.adler32 for f in files):
-        try:  # the plan reads no file: the checksums to hold the disk to are Rucio's, one listing
-            catalogue = ops.contents(dataset)
-        except Exception as exc:
-            report.problems.append(
-                Problem(site, "rucio", "unreachable", dataset, f"checksums: {type(exc).__name__}: {exc}"[:500])
-            )
-    _check_disk(report, Path(spec.rse_root) if spec.rse_root else None, files, checksums, catalogue)
+    report = SiteReport(site, source.count, dataset=dataset)
+    rucio = _RucioLayer(report, ops, spec.rse, dataset)
+    root = Path(spec.rse_root) if spec.rse_root else None
+    with ExitStack() as stack:
+        butler = _ButlerLayer(report, spec.butler, stack)
+        for batch in source.batches():
+            rucio.check(batch)
+            butler.check(batch)
+            if root is not None:
+                _check_disk(report, root, batch, checksums, ops)
+        butler.finish()
+    for layer in ("rucio_file_level", "butler", "disk"):
+        report.checked.setdefault(layer, 0)
     return report
 
 
-def _check_rucio(report: SiteReport, ops: RucioOps, rse: str, dataset: str, by_lfn: dict[str, PlannedFile]) -> None:
-    """The rule, then dataset-level counts; file level only if they disagree."""
-    site, files = report.site, list(by_lfn.values())
-    found = ops.find_rule(dataset, rse)
-    rule_id = found.id if found else None
-    if found is None:
-        report.problems.append(Problem(site, "rucio", "rule", dataset, f"no rule to {rse}"))
-    elif found.ending():
-        report.problems.append(
-            Problem(site, "rucio", "rule", dataset, f"rule {found.id} is deleted: it expires at {found.expires_at}")
+class _RucioLayer:
+    """The rule, then dataset-level counts; file level (batch by batch) only if they disagree."""
+
+    def __init__(self, report: SiteReport, ops: RucioOps, rse: str, dataset: str) -> None:
+        self.report, self.ops, self.rse, self.dataset = report, ops, rse, dataset
+        self.file_level = False
+        try:
+            self._rule_and_counts()
+        except Exception as exc:  # this site's part fails with the reason; the other layers go on
+            self.file_level = False
+            self._unreachable(exc)
+
+    def _unreachable(self, exc: Exception) -> None:
+        self.report.problems.append(
+            Problem(self.report.site, "rucio", "unreachable", self.dataset, f"{type(exc).__name__}: {exc}"[:500])
         )
-    else:
-        rule = ops.rule(found.id)
-        if rule.state is not RuleState.OK:
-            report.problems.append(Problem(site, "rucio", "rule", dataset, f"{rule.state}: {rule.error or ''}".strip()))
-    counts = (
-        ops.dataset_replica_counts(dataset).get(rse, {"length": 0, "available": 0})
-        if rule_id
-        else {"length": 0, "available": 0}
-    )
-    report.checked["rucio_dataset_available"] = counts["available"]
-    if counts["available"] != len(files) or counts["length"] != len(files):
-        states = ops.file_replica_states(list(by_lfn), rse)
-        report.checked["rucio_file_level"] = len(files)
-        for lfn in by_lfn:
+
+    def _rule_and_counts(self) -> None:
+        report, ops, rse, dataset, site = self.report, self.ops, self.rse, self.dataset, self.report.site
+        found = ops.find_rule(dataset, rse)
+        if found is None:
+            report.problems.append(Problem(site, "rucio", "rule", dataset, f"no rule to {rse}"))
+        elif found.ending():
+            report.problems.append(
+                Problem(site, "rucio", "rule", dataset, f"rule {found.id} is deleted: it expires at {found.expires_at}")
+            )
+        else:
+            rule = ops.rule(found.id)
+            if rule.state is not RuleState.OK:
+                report.problems.append(
+                    Problem(site, "rucio", "rule", dataset, f"{rule.state}: {rule.error or ''}".strip())
+                )
+        counts = (
+            ops.dataset_replica_counts(dataset).get(rse, {"length": 0, "available": 0})
+            if found
+            else {"length": 0, "available": 0}
+        )
+        report.checked["rucio_dataset_available"] = counts["available"]
+        self.file_level = counts["available"] != report.planned or counts["length"] != report.planned
+
+    def check(self, batch: FileColumns) -> None:
+        if not self.file_level:
+            return
+        try:
+            states = self.ops.file_replica_states(batch.lfn, self.rse)
+        except Exception as exc:
+            self.file_level = False
+            self._unreachable(exc)
+            return
+        site = self.report.site
+        self.report.checked["rucio_file_level"] = self.report.checked.get("rucio_file_level", 0) + len(batch)
+        for lfn in batch.lfn:
             st = states.get(lfn)
             if st != "AVAILABLE":
-                report.problems.append(Problem(site, "rucio", "missing", lfn, f"replica {st or 'absent'} on {rse}"))
+                self.report.problems.append(
+                    Problem(site, "rucio", "missing", lfn, f"replica {st or 'absent'} on {self.rse}")
+                )
 
 
-def _check_butler(report: SiteReport, repo: str, files: Sequence[PlannedFile]) -> None:
-    """Same UUID, same RUN: one streamed query per (dataset type, RUN) of the plan; only the
-    datasets not found where planned are looked up by id (to tell a wrong RUN from a missing one)."""
-    from .butler_ops import open_butler
+class _ButlerLayer:
+    """Same UUID, same RUN. The ids the site's registry has are read once per (dataset type, RUN)
+    of the plan, with one streamed query, into a sorted array of 16-byte UUIDs; each batch's ids
+    are looked up in it. Only the datasets not found where planned are looked up by id (to tell a
+    wrong RUN from a missing one), at the end."""
 
-    site = report.site
-    by_group: dict[tuple[str, str], list[PlannedFile]] = defaultdict(list)
-    for f in files:
-        by_group[(f.dataset_type, f.run)].append(f)
-    absent: list[PlannedFile] = []
-    with open_butler(repo) as butler:
-        known_types = {t.name for t in butler.registry.queryDatasetTypes()}
-        known_runs = set(butler.collections.query("*"))
-        for (dataset_type, run), group in by_group.items():
-            found: set[str] = set()
-            if dataset_type in known_types and run in known_runs:
-                with butler.query() as query:
-                    found = {str(ref.id) for ref in query.datasets(dataset_type, collections=[run], find_first=False)}
-            absent += [f for f in group if f.id not in found]
-        elsewhere = {str(r.id): r for r in butler.get_many_datasets([f.id for f in absent])} if absent else {}
-    for f in absent:
-        ref = elsewhere.get(f.id)
-        if ref is None:
-            report.problems.append(Problem(site, "butler", "missing", f.lfn, f"{f.dataset_type} {f.id} not registered"))
-        else:
-            report.problems.append(Problem(site, "butler", "wrong", f.lfn, f"in {ref.run}, planned {f.run}"))
-    report.checked["butler"] = len(files)
+    def __init__(self, report: SiteReport, repo: str, stack: ExitStack) -> None:
+        self.report, self.repo = report, repo
+        self.butler: Any = None
+        self.found: dict[tuple[str, str], np.ndarray] = {}
+        self.absent: list[tuple[str, str, str, str]] = []  # id, lfn, dataset type, run
+        try:
+            from .butler_ops import open_butler
+
+            self.butler = stack.enter_context(open_butler(repo))
+            self.known_types = {t.name for t in self.butler.registry.queryDatasetTypes()}
+            self.known_runs = set(self.butler.collections.query("*"))
+        except Exception as exc:
+            self._unreachable(exc)
+
+    def _unreachable(self, exc: Exception) -> None:
+        self.butler = None
+        self.report.problems.append(
+            Problem(self.report.site, "butler", "unreachable", self.repo, f"{type(exc).__name__}: {exc}"[:500])
+        )
+
+    def _ids(self, dataset_type: str, run: str) -> np.ndarray:
+        key = (dataset_type, run)
+        ids = self.found.get(key)
+        if ids is None:
+            raw = b""
+            if dataset_type in self.known_types and run in self.known_runs:
+                with self.butler.query() as query:
+                    raw = b"".join(
+                        ref.id.bytes for ref in query.datasets(dataset_type, collections=[run], find_first=False)
+                    )
+            ids = self.found[key] = np.sort(np.frombuffer(raw, dtype="S16"))
+        return ids
+
+    def check(self, batch: FileColumns) -> None:
+        if self.butler is None:
+            return
+        rows: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for i, key in enumerate(zip(batch.dataset_type, batch.run, strict=True)):
+            rows[key].append(i)
+        try:
+            for (dataset_type, run), idx in rows.items():
+                found = self._ids(dataset_type, run)
+                planned = np.frombuffer(bytes.fromhex("".join(batch.id[i] for i in idx).replace("-", "")), dtype="S16")
+                for i, there in zip(idx, np.isin(planned, found), strict=True):
+                    if not there:
+                        self.absent.append((batch.id[i], batch.lfn[i], dataset_type, run))
+        except Exception as exc:
+            self._unreachable(exc)
+            return
+        self.report.checked["butler"] = self.report.checked.get("butler", 0) + len(batch)
+
+    def finish(self) -> None:
+        if self.butler is None:
+            return
+        site, elsewhere = self.report.site, dict[str, Any]()
+        try:
+            for start in range(0, len(self.absent), 10_000):
+                part = [a[0] for a in self.absent[start : start + 10_000]]
+                elsewhere.update((str(r.id), r) for r in self.butler.get_many_datasets(part))
+        except Exception as exc:
+            self._unreachable(exc)
+            return
+        for dataset_id, lfn, dataset_type, run in self.absent:
+            ref = elsewhere.get(dataset_id)
+            if ref is None:
+                self.report.problems.append(
+                    Problem(site, "butler", "missing", lfn, f"{dataset_type} {dataset_id} not registered")
+                )
+            else:
+                self.report.problems.append(Problem(site, "butler", "wrong", lfn, f"in {ref.run}, planned {run}"))
 
 
 def _scan_sizes(root: Path, lfns: Sequence[str]) -> dict[str, int]:
@@ -187,44 +281,51 @@ def _scan_sizes(root: Path, lfns: Sequence[str]) -> dict[str, int]:
     return sizes
 
 
-def _check_disk(
-    report: SiteReport,
-    root: Path | None,
-    files: Sequence[PlannedFile],
-    checksums: bool,
-    catalogue: Mapping[str, tuple[int, str]] | None = None,
-) -> None:
-    """Exists and size (directory scans), adler32 when asked (read in parallel), when the site's
-    RSE root is visible from here. The adler32 to match is the plan's, else Rucio's (``catalogue``:
-    name -> (bytes, adler32)); a file with neither is reported, never passed unchecked."""
+def _check_disk(report: SiteReport, root: Path, batch: FileColumns, checksums: bool, ops: RucioOps) -> None:
+    """Exists and size (directory scans), adler32 when asked (read in parallel). The adler32 to
+    match is the plan's, else Rucio's catalogue (asked for the batch's files that lack one); a file
+    with neither is reported, never passed unchecked."""
     site = report.site
-    if root is None:
-        return
-    sizes = _scan_sizes(root, [f.lfn for f in files])
-    to_sum = []
-    for f in files:
-        size = sizes.get(f.lfn)
+    sizes = _scan_sizes(root, batch.lfn)
+    catalogue: dict[str, str] = {}
+    if checksums:
+        lacking = [lfn for lfn, a in zip(batch.lfn, batch.adler32, strict=True) if not a and lfn in sizes]
+        if lacking:
+            try:  # the plan reads no file: the checksums to hold the disk to are Rucio's
+                catalogue = ops.checksums(lacking)
+            except Exception as exc:
+                report.problems.append(
+                    Problem(
+                        site, "rucio", "unreachable", report.dataset, f"checksums: {type(exc).__name__}: {exc}"[:500]
+                    )
+                )
+    to_sum: list[tuple[str, str]] = []
+    for lfn, planned_size, planned_sum in zip(batch.lfn, batch.size, batch.adler32, strict=True):
+        size = sizes.get(lfn)
         if size is None:
-            report.problems.append(Problem(site, "disk", "missing", f.lfn, "no file"))
-        elif size != f.size:
-            report.problems.append(Problem(site, "disk", "corrupt", f.lfn, f"size {size}, planned {f.size}"))
+            report.problems.append(Problem(site, "disk", "missing", lfn, "no file"))
+        elif size != planned_size:
+            report.problems.append(Problem(site, "disk", "corrupt", lfn, f"size {size}, planned {planned_size}"))
         elif checksums:
-            want = f.adler32 or (catalogue or {}).get(f.lfn, (0, ""))[1]
+            want = planned_sum or catalogue.get(lfn, "")
             if want:
-                to_sum.append((f, want))
+                to_sum.append((lfn, want))
             else:
                 report.problems.append(
-                    Problem(site, "disk", "unreachable", f.lfn, "not checksummed: no adler32 in the plan or in Rucio")
+                    Problem(site, "disk", "unreachable", lfn, "not checksummed: no adler32 in the plan or in Rucio")
                 )
-    for (f, want), a in zip(to_sum, adler32_many([root / f.lfn for f, _ in to_sum]), strict=True):
+    for (lfn, want), a in zip(to_sum, adler32_many([root / lfn for lfn, _ in to_sum]), strict=True):
         if a != want:
-            report.problems.append(Problem(site, "disk", "corrupt", f.lfn, f"adler32 {a}, catalogue {want}"))
-    report.checked["disk"] = len(files)
-    report.checked["disk_checksums"] = len(to_sum)
+            report.problems.append(Problem(site, "disk", "corrupt", lfn, f"adler32 {a}, catalogue {want}"))
+    report.checked["disk"] = report.checked.get("disk", 0) + len(batch)
+    report.checked["disk_checksums"] = report.checked.get("disk_checksums", 0) + len(to_sum)
 
 
 def verify_shipments(
-    campaign: Campaign, groups: Sequence[tuple[str, str, Sequence[PlannedFile]]], *, checksums: bool = True
+    campaign: Campaign,
+    groups: Sequence[tuple[str, str, SiteFiles | Sequence[PlannedFile]]],
+    *,
+    checksums: bool = True,
 ) -> list[SiteReport]:
     """Verify several shipments, each given as (destination site, Rucio dataset, planned files)."""
     ops = RucioOps.for_campaign(campaign)
@@ -232,12 +333,14 @@ def verify_shipments(
 
 
 def verify_placement(
-    campaign: Campaign, plan: Any, *, checksums: bool = True, sites: Sequence[str] | None = None
+    campaign: Campaign, plan: PlacementPlan, *, checksums: bool = True, sites: Sequence[str] | None = None
 ) -> list[SiteReport]:
     """Phase 3 for the placement of phase 1/2 (``sites``: only these remote sites)."""
     from .naming import placement_dataset
 
-    groups = [(s, placement_dataset(campaign, s), plan.site_files(s)) for s in (sites or campaign.remote_sites)]
+    groups = [
+        (s, placement_dataset(campaign, s), SiteFiles.from_plan(plan, s)) for s in (sites or campaign.remote_sites)
+    ]
     return verify_shipments(campaign, groups, checksums=checksums)
 
 
