@@ -186,5 +186,5 @@ def ship_and_verify(
     shipments = [s for s in plan.shipments if s.files]
     outcomes = run_shipments(campaign, shipments, progress=progress, log=lambda m: None)
     ok = {o.name for o in outcomes if not o.error}
-    reports = verify_shipments(campaign, [(s.dest, s.name, s.files) for s in shipments if s.name in ok])
+    reports = verify_shipments(campaign, [(s.dest, s.name, list(s.files)) for s in shipments if s.name in ok])
     return outcomes, reports

@@ -274,6 +274,26 @@ class Certification(BaseModel):
     sites: list[str] = Field(default_factory=list, description="the sites the calibration is placed at")
 
 
+class SiteFileSource:
+    """A site's planned files as a shipment reads them: counted from the plan's summary, read from
+    its table a part at a time (never all of them in memory)."""
+
+    def __init__(self, plan: PlacementPlan, site: str) -> None:
+        plan._known(site)
+        self.plan, self.site = plan, site
+
+    def __len__(self) -> int:
+        return self.plan.summary.sites[self.site].files
+
+    def __iter__(self) -> Iterator[PlannedFile]:
+        for batch in self.plan.iter_site_files(self.site):
+            yield from batch
+
+    def parts(self, size: int) -> Iterator[list[PlannedFile]]:
+        """The files in consecutive parts of ``size`` (the last may be shorter)."""
+        return self.plan.iter_site_files(self.site, batch_rows=size)
+
+
 class PlacementPlan(BaseModel):
     """The phase-1 plan: what the sites' data look like, with the files in a table beside it.
 
@@ -316,6 +336,10 @@ class PlacementPlan(BaseModel):
         self._known(site)
         for batch in read_site(self.tables, site, columns=FileColumns.COLUMNS, batch_rows=batch_rows):
             yield FileColumns.from_batch(batch)
+
+    def site_source(self, site: str) -> SiteFileSource:
+        """A site's planned files for a shipment: counted, and read a part at a time."""
+        return SiteFileSource(self, site)
 
     def site_files(self, site: str) -> list[PlannedFile]:
         """All of a site's planned files (memory grows with the site's share: prefer :meth:`iter_site_files`)."""

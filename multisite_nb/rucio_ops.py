@@ -369,7 +369,13 @@ class RucioOps:
         return added
 
     def _add(self, rse: str, files: Sequence[FileDid]) -> None:
-        items = [{"scope": self.scope, "name": f.name, "bytes": f.bytes, "adler32": f.adler32} for f in files]
+        """One ``add_replicas`` call; each new file DID gets its metadata in the same transaction
+        (as ``lsst-rucio-register`` does). A file DID that exists already keeps its own metadata."""
+        items = [
+            {"scope": self.scope, "name": f.name, "bytes": f.bytes, "adler32": f.adler32}
+            | ({"meta": dict(f.meta)} if f.meta else {})
+            for f in files
+        ]
         _transient_retry(lambda: self.client.add_replicas(rse=rse, files=items))
 
     def _unregistered(self, rse: str, files: Sequence[FileDid]) -> list[FileDid]:

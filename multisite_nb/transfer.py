@@ -22,7 +22,7 @@ import hashlib
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,7 @@ from lsst.rucio.register.rubin_meta import RubinMeta
 from .config import Campaign
 from .errors import ConfigError, MsnbError, PlanError
 from .naming import placement_dataset, records_dataset, shard_dataset
-from .placement import PlannedFile
+from .placement import PlannedFile, SiteFileSource
 from .records import RuleRecord, RuleState, ShipmentOutcome
 from .rucio_ops import FileDid, RucioOps
 
@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 GOVERNORS = ("instrument", "skymap")
+INGEST_PART = 10_000  # files ingested per Butler transaction (and held in memory at once)
 
 
 @dataclass
@@ -61,13 +62,21 @@ class Shipment:
     name: str  # Rucio dataset name of the data files (the records get "<name>.dimensions")
     source: str
     dest: str
-    files: list[PlannedFile]
+    files: Sequence[PlannedFile] | SiteFileSource  # a placement's: read from the plan a part at a time
     extra_values: Mapping[str, Iterable[Any]] = field(default_factory=dict)
     raw_inputs: bool = False  # placement of pipeline inputs: observations are Rubin "raw_file"s
 
     @property
     def records_dataset(self) -> str:
         return records_dataset(self.name)
+
+    def parts(self, size: int) -> Iterator[Sequence[PlannedFile]]:
+        """The files in consecutive parts of ``size``: what registration and ingest hold at a time."""
+        if isinstance(self.files, SiteFileSource):
+            yield from self.files.parts(size)
+        else:
+            for start in range(0, len(self.files), size):
+                yield self.files[start : start + size]
 
 
 # -- dimension records ------------------------------------------------------------------
@@ -173,23 +182,35 @@ def _content_name(path: Path) -> str:
 def sidecar_refs(butler: Any, files: Iterable[PlannedFile]) -> dict[str, Any]:
     """The expanded ``DatasetRef`` (with dimension records) of each planned file, by dataset id.
 
-    One registry query per (dataset type, RUN collection) rather than one per file: a
-    shipment of a data release holds millions of files in a handful of such groups.
-    Datasets the Butler does not hold are simply absent from the answer.
+    One registry query per (dataset type, RUN collection, governor values) rather than one per
+    file, bounded to the files' own data-ID values: each other dimension of the type in an
+    ``IN`` list of bound values (a superset of the files, never the whole RUN of a data
+    release). Datasets the Butler does not hold are simply absent from the answer.
     """
     from lsst.daf.butler import MissingCollectionError, MissingDatasetTypeError
 
-    wanted: dict[tuple[str, str], set[str]] = defaultdict(set)
+    wanted: dict[tuple[str, str, tuple[tuple[str, Any], ...]], list[PlannedFile]] = defaultdict(list)
     for f in files:
-        wanted[(f.dataset_type, f.run)].add(f.id)
+        governors = tuple(sorted((k, v) for k, v in f.data_id.items() if k in GOVERNORS))
+        wanted[(f.dataset_type, f.run, governors)].append(f)
     found: dict[str, Any] = {}
-    for (dataset_type, run), ids in wanted.items():
+    for (dataset_type, run, governors), group in wanted.items():
+        ids = {f.id for f in group}
+        values: dict[str, set[Any]] = defaultdict(set)
+        for f in group:
+            for k, v in f.data_id.items():
+                if k not in GOVERNORS:
+                    values[k].add(v)
+        names = sorted(values)
         try:
             refs = butler.query_datasets(
                 dataset_type,
                 collections=run,
                 find_first=False,
                 with_dimension_records=True,
+                where=" AND ".join(f"{name} IN (v{i})" for i, name in enumerate(names)),
+                bind={f"v{i}": sorted(values[name]) for i, name in enumerate(names)},
+                data_id=dict(governors),
                 limit=None,
                 explain=False,
             )
@@ -245,20 +266,50 @@ def register_shipment(
     outcome.seconds["records"] = time.monotonic() - t0
 
     # 2. data files with their sidecars; a large shipment is a container of datasets of at most
-    #    `max_files_per_dataset` files (Rucio's practice: bounded datasets, one rule on the container)
+    #    `max_files_per_dataset` files (Rucio's practice: bounded datasets, one rule on the container),
+    #    registered one such part at a time (the expanded refs and sidecars of one part in memory)
     t0 = time.monotonic()
     limit = campaign.manifest.rucio.max_files_per_dataset
     kind_now = ops.did_type(shipment.name)  # an earlier run's choice stands
     sharded = kind_now == "CONTAINER" if kind_now else len(shipment.files) > limit
     known = ops.contents(shipment.name) if kind_now else {}  # registered and attached already
-    todo = [f for f in shipment.files if f.lfn not in known]
+    if sharded:
+        ops.ensure_container(shipment.name)
+    else:
+        ops.ensure_dataset(shipment.name)
+    added_n = 0
+    for i, chunk in enumerate(shipment.parts(limit)):
+        part = shard_dataset(shipment.name, i) if sharded else shipment.name
+        if sharded:  # in the container before its files: a re-run after a stop finds what was done
+            ops.ensure_dataset(part)
+            ops.attach_datasets(shipment.name, [part])
+        added_n += _register_part(ops, source_butler, shipment, src.rse, src_root, chunk, known, part)
+    outcome.newly_registered = added_n
+    outcome.source_rule_id, _ = _rule(campaign, ops, shipment, shipment.name, src.rse, "pins the source copies")
+    outcome.seconds["register"] = time.monotonic() - t0
+    outcome.registered = len(shipment.files)
+
+
+def _register_part(
+    ops: RucioOps,
+    source_butler: Any,
+    shipment: Shipment,
+    rse: str,
+    src_root: Path,
+    files: Sequence[PlannedFile],
+    known: Mapping[str, tuple[int, str]],
+    dataset: str,
+) -> int:
+    """Register one part of a shipment at the source RSE (sidecars, replicas, metadata) and attach
+    it to its Rucio ``dataset``; files in ``known`` are registered and attached already. Returns
+    how many replicas this call registered."""
+    todo = [f for f in files if f.lfn not in known]
+    if not todo:
+        return 0
     refs = sidecar_refs(source_butler, todo)
     _fill_checksums(src_root, todo)
     dids = []
-    for f in shipment.files:
-        if f.lfn in known:
-            dids.append(FileDid(f.lfn, f.size, f.adler32 or known[f.lfn][1]))
-            continue
+    for f in todo:
         ref = refs.get(f.id)
         if ref is None:
             raise PlanError(
@@ -267,28 +318,15 @@ def register_shipment(
         kind = DataType.RAW_FILE if shipment.raw_inputs and "exposure" in f.data_id else DataType.DATA_PRODUCT
         meta = RubinMeta(rubin_butler=kind, rubin_sidecar=ref.to_json())  # Rubin's own metadata model
         dids.append(FileDid(f.lfn, f.size, str(f.adler32), meta.model_dump()))
-    added = set(ops.add_replicas(src.rse, dids, known=known))
-    outcome.newly_registered = len(added)
-    # metadata on the files this run registered: a file another shipment registered (a calibration
-    # every site needs) has it already, and its DID may be locked by a daemon filling that rule
-    others = [d.name for d in dids if d.name not in added and d.name not in known]
-    have = ops.get_metadata_bulk(others) if others else {}  # left by an interrupted run of this shipment?
-    ops.set_metadata([d for d in dids if d.name in added or (d.name in have and not have[d.name].get("rubin_sidecar"))])
-    if sharded:
-        ops.ensure_container(shipment.name)
-        parts = []
-        for i, start in enumerate(range(0, len(dids), limit)):
-            part = shard_dataset(shipment.name, i)
-            ops.ensure_dataset(part)
-            ops.attach(part, [d.name for d in dids[start : start + limit] if d.name not in known])
-            parts.append(part)
-        ops.attach_datasets(shipment.name, parts)
-    else:
-        ops.ensure_dataset(shipment.name)
-        ops.attach(shipment.name, [d.name for d in dids if d.name not in known])
-    outcome.source_rule_id, _ = _rule(campaign, ops, shipment, shipment.name, src.rse, "pins the source copies")
-    outcome.seconds["register"] = time.monotonic() - t0
-    outcome.registered = len(dids)
+    added = set(ops.add_replicas(rse, dids, known=known))  # new file DIDs get their metadata with them
+    # a file registered before (by another shipment: a calibration every site needs) has its
+    # metadata already, and its DID may be locked by a daemon filling that rule; one registered by
+    # an interrupted run of an older toolkit (replica added, metadata not yet set) gets it now
+    others = [d.name for d in dids if d.name not in added]
+    have = ops.get_metadata_bulk(others) if others else {}
+    ops.set_metadata([d for d in dids if d.name in have and not have[d.name].get("rubin_sidecar")])
+    ops.attach(dataset, [d.name for d in dids])
+    return len(added)
 
 
 def _rule(
@@ -379,35 +417,38 @@ def ingest_shipment(
     if outcome.records_file:
         import_dimension_records(dest_butler, root / outcome.records_file)
     outcome.seconds["import_records"] = time.monotonic() - t0
-    present = _present(dest_butler, shipment.files, shipment)
-    todo = [f for f in shipment.files if f.id not in present]
-    outcome.already_present = len(shipment.files) - len(todo)
-    if not todo:
-        outcome.seconds["ingest"] = time.monotonic() - t0
-        return
-    types = _dataset_types(ops, dest_butler.dimensions, todo, shipment)
-    by_run: dict[str, list[Any]] = defaultdict(list)
-    for f in todo:
-        dataset_type = types[(f.dataset_type, f.run)]
-        path = root / f.lfn
-        if not path.exists():
-            raise PlanError(f"{shipment.name}: {path} has not arrived (rule {outcome.state})")
-        data_id = DataCoordinate.standardize(f.data_id, dimensions=dataset_type.dimensions)
-        ref = DatasetRef(dataset_type, data_id, run=f.run, id=uuid.UUID(f.id))
-        by_run[f.run].append(FileDataset(path=str(path), refs=[ref]))
-    for run, datasets in by_run.items():
-        dest_butler.collections.register(run, CollectionType.RUN)
-        for dt in {fd.refs[0].datasetType for fd in datasets}:
-            dest_butler.registry.registerDatasetType(dt)
-        try:
-            dest_butler.ingest(*datasets, transfer=None)
-            outcome.ingested += len(datasets)
-        except ConflictingDefinitionError:  # another operator ingested them meanwhile: check they are ours
-            ids = [str(fd.refs[0].id) for fd in datasets]
-            there = _present(dest_butler, [f for f in todo if f.id in set(ids)], shipment)
-            if len(there) != len(ids):
-                raise
-            outcome.already_present += len(ids)
+    types: dict[tuple[str, str], Any] = {}
+    for part in shipment.parts(INGEST_PART):
+        present = _present(dest_butler, part, shipment)
+        todo = [f for f in part if f.id not in present]
+        outcome.already_present += len(part) - len(todo)
+        if not todo:
+            continue
+        new = [f for f in todo if (f.dataset_type, f.run) not in types]
+        if new:
+            types.update(_dataset_types(ops, dest_butler.dimensions, new, shipment))
+        by_run: dict[str, list[Any]] = defaultdict(list)
+        for f in todo:
+            dataset_type = types[(f.dataset_type, f.run)]
+            path = root / f.lfn
+            if not path.exists():
+                raise PlanError(f"{shipment.name}: {path} has not arrived (rule {outcome.state})")
+            data_id = DataCoordinate.standardize(f.data_id, dimensions=dataset_type.dimensions)
+            ref = DatasetRef(dataset_type, data_id, run=f.run, id=uuid.UUID(f.id))
+            by_run[f.run].append(FileDataset(path=str(path), refs=[ref]))
+        for run, datasets in by_run.items():
+            dest_butler.collections.register(run, CollectionType.RUN)
+            for dt in {fd.refs[0].datasetType for fd in datasets}:
+                dest_butler.registry.registerDatasetType(dt)
+            try:
+                dest_butler.ingest(*datasets, transfer=None)
+                outcome.ingested += len(datasets)
+            except ConflictingDefinitionError:  # another operator ingested them meanwhile: check they are ours
+                ids = {str(fd.refs[0].id) for fd in datasets}
+                there = _present(dest_butler, [f for f in todo if f.id in ids], shipment)
+                if len(there) != len(ids):
+                    raise
+                outcome.already_present += len(ids)
     outcome.seconds["ingest"] = time.monotonic() - t0
 
 
@@ -498,7 +539,7 @@ def place_data(
             name=placement_dataset(campaign, site),
             source=campaign.central,
             dest=site,
-            files=plan.site_files(site),
+            files=plan.site_source(site),
             raw_inputs=True,
             extra_values={
                 "visit": plan.visits[site],
