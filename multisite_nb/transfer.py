@@ -53,6 +53,7 @@ __all__ = [
 
 GOVERNORS = ("instrument", "skymap")
 INGEST_PART = 10_000  # files ingested per Butler transaction (and held in memory at once)
+SIDECAR_QUERY_FILES = 5_000  # files per sidecar query: bounds each bound IN list of data-ID values
 
 
 @dataclass
@@ -187,37 +188,49 @@ def sidecar_refs(butler: Any, files: Iterable[PlannedFile]) -> dict[str, Any]:
     ``IN`` list of bound values (a superset of the files, never the whole RUN of a data
     release). Datasets the Butler does not hold are simply absent from the answer.
     """
-    from lsst.daf.butler import MissingCollectionError, MissingDatasetTypeError
-
     wanted: dict[tuple[str, str, tuple[tuple[str, Any], ...]], list[PlannedFile]] = defaultdict(list)
     for f in files:
         governors = tuple(sorted((k, v) for k, v in f.data_id.items() if k in GOVERNORS))
         wanted[(f.dataset_type, f.run, governors)].append(f)
     found: dict[str, Any] = {}
-    for (dataset_type, run, governors), group in wanted.items():
-        ids = {f.id for f in group}
-        values: dict[str, set[Any]] = defaultdict(set)
-        for f in group:
-            for k, v in f.data_id.items():
-                if k not in GOVERNORS:
-                    values[k].add(v)
-        names = sorted(values)
-        try:
-            refs = butler.query_datasets(
-                dataset_type,
-                collections=run,
-                find_first=False,
-                with_dimension_records=True,
-                where=" AND ".join(f"{name} IN (v{i})" for i, name in enumerate(names)),
-                bind={f"v{i}": sorted(values[name]) for i, name in enumerate(names)},
-                data_id=dict(governors),
-                limit=None,
-                explain=False,
-            )
-        except (MissingCollectionError, MissingDatasetTypeError):
-            continue
-        found.update((str(ref.id), ref) for ref in refs if str(ref.id) in ids)
+    for (dataset_type, run, governors), everything in wanted.items():
+        for start in range(0, len(everything), SIDECAR_QUERY_FILES):
+            group = everything[start : start + SIDECAR_QUERY_FILES]
+            found.update(_expanded_refs(butler, dataset_type, run, dict(governors), group))
     return found
+
+
+def _expanded_refs(
+    butler: Any, dataset_type: str, run: str, governors: dict[str, Any], group: Sequence[PlannedFile]
+) -> Iterator[tuple[str, Any]]:
+    """(id, expanded ref) of the files of ``group`` found in ``run``: one query, each data-ID
+    dimension bound to the group's values."""
+    from lsst.daf.butler import MissingCollectionError, MissingDatasetTypeError
+
+    ids = {f.id for f in group}
+    values: dict[str, set[Any]] = defaultdict(set)
+    for f in group:
+        for k, v in f.data_id.items():
+            if k not in GOVERNORS:
+                values[k].add(v)
+    names = sorted(values)
+    try:
+        refs = butler.query_datasets(
+            dataset_type,
+            collections=run,
+            find_first=False,
+            with_dimension_records=True,
+            where=" AND ".join(f"{name} IN (v{i})" for i, name in enumerate(names)),
+            bind={f"v{i}": sorted(values[name]) for i, name in enumerate(names)},
+            data_id=governors,
+            limit=None,
+            explain=False,
+        )
+    except (MissingCollectionError, MissingDatasetTypeError):
+        return
+    for ref in refs:
+        if str(ref.id) in ids:
+            yield str(ref.id), ref
 
 
 def _fill_checksums(root: Path, files: Sequence[PlannedFile]) -> None:
@@ -303,7 +316,15 @@ def _register_part(
     """Register one part of a shipment at the source RSE (sidecars, replicas, metadata) and attach
     it to its Rucio ``dataset``; files in ``known`` are registered and attached already. Returns
     how many replicas this call registered."""
-    todo = [f for f in files if f.lfn not in known]
+    todo = []
+    for f in files:
+        registered = known.get(f.lfn)
+        if registered is None:
+            todo.append(f)
+        elif registered[0] != f.size:
+            raise PlanError(
+                f"{shipment.name}: {f.lfn} is registered in Rucio with {registered[0]} bytes, the plan says {f.size}"
+            )
     if not todo:
         return 0
     refs = sidecar_refs(source_butler, todo)

@@ -81,3 +81,36 @@ def test_a_missing_or_foreign_table_is_named(tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": ["x"]}), path)
     with pytest.raises(PlanError, match="no column 'dataset_type'"):
         list(read_site(tmp_path, "A"))
+
+
+def _plan(tmp_path: Path, n: int):
+    from multisite_nb.placement import PlacementPlan
+
+    writer = _write(tmp_path, n, flush_rows=300)
+    summary = writer.close()
+    plan = PlacementPlan(campaign="c", central="C", sites=["A", "B"], summary=summary, visits={}, detectors={})
+    plan._tables = install_tables(writer.tables, tmp_path)
+    return plan
+
+
+def test_a_shipment_reads_a_sites_files_a_part_at_a_time(tmp_path: Path) -> None:
+    from multisite_nb.transfer import Shipment
+    from multisite_nb.verify import SiteFiles
+
+    plan = _plan(tmp_path, 2_500)
+    source = plan.site_source("A")
+    whole = plan.site_files("A")
+    assert len(source) == len(whole) == plan.summary.sites["A"].files
+    assert [f.id for f in source] == [f.id for f in whole]  # streamed in table order
+    shipment = Shipment(name="s", source="C", dest="A", files=source)
+    parts = list(shipment.parts(400))
+    assert [len(p) for p in parts[:-1]] == [400] * (len(parts) - 1) and 0 < len(parts[-1]) <= 400
+    assert [f.id for p in parts for f in p] == [f.id for f in whole]
+    in_memory = Shipment(name="s", source="C", dest="A", files=whole)  # a gather's shipment: a list
+    assert [[f.id for f in p] for p in in_memory.parts(400)] == [[f.id for f in p] for p in parts]
+    # verification reads the same files as columns, batch by batch
+    files = SiteFiles.from_plan(plan, "A")
+    assert files.count == len(whole)
+    assert [i for batch in files.batches() for i in batch.id] == [f.id for f in whole]
+    with pytest.raises(PlanError, match="no site 'Z'"):
+        plan.site_source("Z")
