@@ -544,14 +544,18 @@ class RucioOps:
     def dataset_replica_counts(self, dataset: str) -> dict[str, dict[str, int]]:
         """Per RSE: files in the dataset (``length``) and how many are available there.
 
-        For a container, the sums over its datasets (one cheap call each).
+        Rucio's collection replicas, the counts its abacus daemon keeps: one row read per dataset
+        (the ``deep`` listing joins every file's replicas: 26 s for 2,755 files on a SQLite
+        catalogue without ANALYZE statistics). Counts that lag behind the files read as a
+        difference, which the caller settles file by file. For a container, the sums over its
+        datasets (one cheap call each).
         """
         names = [dataset]
         if self.is_container(dataset):
             names = [str(d["name"]) for d in self.client.list_content(self.scope, dataset)]
         out: dict[str, dict[str, int]] = {}
         for name in names:
-            for rep in self.client.list_dataset_replicas(self.scope, name, deep=True):
+            for rep in self.client.list_dataset_replicas(self.scope, name, deep=False):
                 row = out.setdefault(rep["rse"], {"length": 0, "available": 0})
                 row["length"] += int(rep.get("length") or 0)
                 row["available"] += int(rep.get("available_length") or 0)
