@@ -97,8 +97,8 @@ def per_file_figures(
     """Seconds per file of the per-file way, on ``sample`` files of the plan's first site."""
     from lsst.daf.butler import Butler, DatasetRef, FileDataset
 
-    from multisite_nb.butler_ops import open_butler
-    from multisite_nb.placement import adler32_of, datastore_roots, describe_file
+    from multisite_nb.butler_ops import datastore_roots, open_butler
+    from multisite_nb.placement import adler32_of, describe_file
     from multisite_nb.rucio_ops import FileDid, RucioOps
 
     site = plan.sites[0]

@@ -443,11 +443,6 @@ def _json_value(v: Any) -> Any:
     return v if isinstance(v, (int, str, float)) or v is None else str(v)
 
 
-def datastore_roots(butler: Any) -> list[Path]:
-    """The local datastore roots of a repository (= its RSE roots)."""
-    return [Path(r.ospath) for r in butler.get_datastore_roots().values() if r is not None]
-
-
 def describe_file(
     butler: Any, ref: Any, sites: list[str], roots: list[Path] | None = None, path: Path | None = None
 ) -> PlannedFile:
@@ -455,6 +450,8 @@ def describe_file(
 
     ``path``: its location when already known (else the Butler is asked, one call per file).
     """
+    from .butler_ops import datastore_roots
+
     roots = roots if roots is not None else datastore_roots(butler)
     path = path if path is not None else Path(butler.getURI(ref).ospath)
     base = next((r for r in roots if path.is_relative_to(r)), None)
