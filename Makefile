@@ -8,9 +8,8 @@ test: setup-test lint      ## set up, lint and type-check, then run the whole te
 	.venv/bin/python -m pytest
 	$(MAKE) test-postgresql
 
-test-postgresql: setup-test  ## the phase 1-3 tests and the whole campaign again, on a PostgreSQL world
-	.venv/bin/python -m pytest --db postgresql tests/test_phases_1_3.py \
-	  tests/test_postgres_world.py::test_the_campaign_passes_on_postgresql
+test-postgresql: setup-test  ## the phase 1-3 tests and the neighbours campaign, on PostgreSQL worlds
+	.venv/bin/python -m pytest --db postgresql tests/test_phases_1_3.py tests/test_neighbours_e2e.py
 
 lint: setup                ## ruff (lint + format check) and mypy, as CI runs them
 	.venv/bin/ruff check multisite_nb tests bench scripts notebooks

@@ -5,6 +5,11 @@ Tracts 0 and 1 are each shared by two sites patch by patch, with boundary visits
 campaign parameters/campaign_neighbours.yaml --world W`` ends with ``verdict: PASS``: the
 placement gate reports the boundary visits, only canonical copies are gathered, and every
 product of the validation set equals the single-site reference.
+
+It runs on PostgreSQL, as the facilities' registries and Rucio do: in the session whose world is
+on PostgreSQL (``pytest --db postgresql``, the CI step after the main suite), on a world of its
+own. The 3x3 campaign runs on SQLite in the main session (``tests/test_campaign_e2e.py``); one
+whole campaign per back end keeps the suite's time down.
 """
 
 from __future__ import annotations
@@ -13,9 +18,12 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import reachable_tmpdir
 
 from multisite_nb.config import repo_root
 
@@ -27,13 +35,19 @@ CAMPAIGN = "parameters/campaign_neighbours.yaml"
 
 
 @pytest.fixture(scope="module")
-def neighbours(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("neighbours")
-    world, runs = tmp / "world", tmp / "runs"
+def pg_tmp(db: str) -> Iterator[Path]:
+    if db != "postgresql":
+        pytest.skip("runs in the PostgreSQL session (pytest --db postgresql; a CI step)")
+    yield from reachable_tmpdir("msnb-neighbours-")
+
+
+@pytest.fixture(scope="module")
+def neighbours(pg_tmp: Path):
+    world, runs = pg_tmp / "world", pg_tmp / "runs"
     nb = [str(BIN / "multisite-nb")]
     try:
         up = subprocess.run(
-            [*nb, "world", "up", "--spec", SPEC, "--params", CAMPAIGN, "--dir", str(world)],
+            [*nb, "world", "up", "--spec", SPEC, "--params", CAMPAIGN, "--db", "postgresql", "--dir", str(world)],
             cwd=repo_root(),
             capture_output=True,
             text=True,
@@ -53,7 +67,10 @@ def neighbours(tmp_path_factory):
         )
     folder = runs / "neighbours"
     run_dirs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
-    return proc, run_dirs
+    secrets, config = world / "postgres" / "secrets.json", world / "butler" / "RAL" / "butler.yaml"
+    password = json.loads(secrets.read_text())["password"] if secrets.exists() else None
+    registry = yaml.safe_load(config.read_text())["registry"] if config.exists() else {}
+    return proc, run_dirs, password, registry
 
 
 def _result(run_dir: Path, phase: str) -> dict:
@@ -61,14 +78,23 @@ def _result(run_dir: Path, phase: str) -> dict:
 
 
 def test_the_neighbours_campaign_passes(neighbours) -> None:
-    proc, run_dirs = neighbours
+    proc, run_dirs, _, registry = neighbours
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     assert re.search(r"verdict:\s+PASS: complete and consistent", proc.stdout), proc.stdout[-2000:]
     assert len(run_dirs) == 1
+    assert registry["db"].startswith("postgresql")
+
+
+def test_the_database_password_is_in_no_file_of_the_run_folder(neighbours) -> None:
+    _, (run_dir,), password, _ = neighbours
+    assert password
+    files = [f for f in run_dir.rglob("*") if f.is_file()]  # executed notebooks, logs, results
+    assert len(files) > 50
+    assert not [f for f in files if password.encode() in f.read_bytes()]
 
 
 def test_placement_reports_the_boundary_visits_of_both_shared_tracts(neighbours) -> None:
-    _, (run_dir,) = neighbours
+    _, (run_dir,), _, _ = neighbours
     placement = _result(run_dir, "placement")
     assert placement["passed"] and "4 boundary visits" in placement["reason"]
     assert placement["summary"]["boundary_by_sites"] == {"IN2P3+RAL": 2, "IN2P3+LANCS": 2}
@@ -79,7 +105,7 @@ def test_placement_reports_the_boundary_visits_of_both_shared_tracts(neighbours)
 
 
 def test_only_canonical_copies_cross_and_qa_compares_every_product(neighbours) -> None:
-    _, (run_dir,) = neighbours
+    _, (run_dir,), _, _ = neighbours
     gather = _result(run_dir, "gather_redistribute_calibration")
     assert gather["passed"]
     qa = _result(run_dir, "qa")

@@ -1,9 +1,9 @@
 """The embedded world on PostgreSQL, as the facilities run Rucio and their Butler registries.
 
-The first test builds its own small PostgreSQL world through the CLI in every session. The
-campaign test (a fresh PostgreSQL world of its own) runs in the session whose world is on
-PostgreSQL (``pytest --db postgresql``, the CI step after the main suite), together with the
-phase 1–3 tests on the session's PostgreSQL world.
+The test builds its own small PostgreSQL world through the CLI in every session. A whole
+campaign on PostgreSQL (the neighbours campaign, ``tests/test_neighbours_e2e.py``) runs in the
+session whose world is on PostgreSQL (``pytest --db postgresql``, the CI step after the main
+suite), together with the phase 1–3 tests on the session's PostgreSQL world.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CAMPAIGN, reachable_tmpdir
+from conftest import reachable_tmpdir
 
 from multisite_nb.config import repo_root
 from multisite_nb.procs import live_pid, read_pid_record
@@ -99,27 +99,3 @@ def test_world_up_on_postgresql_and_down_leaves_nothing(pg_dir: Path) -> None:
         assert "populated" not in again.stdout and "postgresql: started" in again.stdout
     finally:
         _cli("world", "down", "--dir", str(pg_dir))
-
-
-@pytest.mark.slow
-def test_the_campaign_passes_on_postgresql(db: str, pg_dir: Path) -> None:
-    """The whole campaign on a fresh PostgreSQL world of its own (``multisite-nb campaign --db``)."""
-    if db != "postgresql":
-        pytest.skip("runs in the PostgreSQL session (pytest --db postgresql; a CI step)")
-    runs = pg_dir / "runs"
-    try:
-        result = _cli(
-            "campaign", str(CAMPAIGN), "--db", "postgresql", "--world", str(pg_dir / "w"), "--runs-root", str(runs),
-            check=False,
-        )  # fmt: skip
-    finally:
-        _cli("world", "down", "--dir", str(pg_dir / "w"), check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "verdict:            PASS" in result.stdout, result.stdout[-3000:]
-    registry = yaml.safe_load((pg_dir / "w" / "butler" / "RAL" / "butler.yaml").read_text())["registry"]
-    assert registry["db"].startswith("postgresql")
-    # the database password is in no file of the run folder (executed notebooks, logs, results)
-    password = json.loads((pg_dir / "w" / "postgres" / "secrets.json").read_text())["password"].encode()
-    files = [f for f in runs.rglob("*") if f.is_file()]
-    assert len(files) > 50
-    assert not [f for f in files if password in f.read_bytes()]
