@@ -26,7 +26,7 @@ from .config import Campaign
 from .errors import GateError
 from .naming import made_at, shipment_dataset, site_chain
 from .ownership import Ownership
-from .placement import PlannedFile, describe_file, site_footprint
+from .placement import PlannedFile, describe_files, site_footprint
 from .transfer import Shipment, ShipmentOutcome, run_shipments
 
 __all__ = [
@@ -84,11 +84,8 @@ class GatherPlan:
 
 
 def _planned(butler: Any, refs: Sequence[Any], dest: str) -> list[PlannedFile]:
-    """Describe datasets of ``butler`` as files to ship to ``dest``."""
-    from .butler_ops import datastore_roots
-
-    roots = datastore_roots(butler)
-    return [describe_file(butler, ref, [dest], roots) for ref in refs]
+    """Describe datasets of ``butler`` as files to ship to ``dest`` (datastore records in bulk)."""
+    return describe_files(butler, refs, [dest])
 
 
 def _query(butler: Any, dataset_type: str, collections: Sequence[str]) -> list[Any]:

@@ -51,6 +51,7 @@ __all__ = [
     "units_where",
     "adler32_of",
     "adler32_many",
+    "describe_files",
     "check_sky_units",
     "suggest_assignment",
 ]
@@ -467,6 +468,39 @@ def describe_file(
         adler32=adler32_of(path),
         sites=sites,
     )
+
+
+def describe_files(butler: Any, refs: Sequence[Any], sites: list[str]) -> list[PlannedFile]:
+    """Datasets as files to ship, from the datastore's records read in bulk (a page at a time).
+
+    The LFN (relative to its datastore root) and size come from the records: no file is opened and
+    no URI asked per file. The adler32 is left unset: registration reads it, at the source RSE,
+    for the files Rucio does not know yet (as for a placement).
+
+    Raises
+    ------
+    PlanError
+        A dataset with no single file under the datastore roots (see :func:`_file_records`).
+    """
+    roots = {name: Path(r.ospath) for name, r in butler.get_datastore_roots().items() if r is not None}
+    out: list[PlannedFile] = []
+    for start in range(0, len(refs), _PAGE):
+        page = [(ref, ref.id) for ref in refs[start : start + _PAGE]]  # DatasetRef.id: a new UUID per call
+        records = _file_records(butler, page, roots)
+        for ref, rid in page:
+            lfn, size = records[rid]
+            out.append(
+                PlannedFile(
+                    id=str(rid),
+                    dataset_type=ref.datasetType.name,
+                    run=ref.run,
+                    data_id={k: _json_value(v) for k, v in dict(ref.dataId.required).items()},
+                    lfn=lfn,
+                    size=size,
+                    sites=list(sites),
+                )
+            )
+    return out
 
 
 _PAGE = 20_000  # datasets per registry page and per datastore-records call

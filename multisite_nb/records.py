@@ -242,7 +242,7 @@ class ShipmentOutcome(_Record):
     error: str | None = None
     ingested: int = 0
     already_present: int = 0
-    records_file: str | None = None
+    records_files: list[str] = Field(default_factory=list)  # LFNs: shipment-wide values, then per part
     seconds: dict[str, float] = Field(default_factory=dict)
 
     def as_row(self) -> dict[str, Any]:

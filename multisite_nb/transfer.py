@@ -19,6 +19,7 @@ twice. Placement, gather and redistribution are all shipments.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 import uuid
 from collections import defaultdict
@@ -177,6 +178,24 @@ def _content_name(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def _export_records_file(
+    butler: Any, values: Mapping[str, set[Any]], staging: Path, name: str, root: Path
+) -> str | None:
+    """Export the records ``values`` need to ``staging/<name>.<content hash>.yaml``; returns its path
+    relative to ``root`` (the LFN), or None when there is no record to export."""
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = staging / f".{name}.yaml"
+    if not export_records(butler, values, tmp):
+        tmp.unlink(missing_ok=True)
+        return None
+    final = staging / f"{name}.{_content_name(tmp)}.yaml"
+    if final.exists():
+        tmp.unlink()
+    else:
+        tmp.replace(final)
+    return str(final.relative_to(root))
+
+
 # -- the steps --------------------------------------------------------------------------
 
 
@@ -258,23 +277,25 @@ def register_shipment(
     dest = campaign.site(shipment.dest)
     src_root = Path(_rse_root(campaign, shipment.source))
 
-    # 1. dimension records: a content-addressed file, so a re-run with the same content is a no-op
+    # 1. dimension records, a file per part of the shipment (the records its files' data IDs need)
+    #    plus one of the shipment-wide values: memory and each file stay bounded at any shipment
+    #    size. Files are content-addressed, so a re-run with the same content is a no-op.
     t0 = time.monotonic()
+    limit = campaign.manifest.rucio.max_files_per_dataset
     staging = src_root / campaign.output_prefix / "dimensions" / shipment.dest
-    tmp = staging / f".{shipment.name}.yaml"
-    export_records(source_butler, _values_of(shipment.files, shipment.extra_values), tmp)
-    final = staging / f"{shipment.name}.{_content_name(tmp)}.yaml"
-    if final.exists():
-        tmp.unlink()
-    else:
-        tmp.replace(final)
-    lfn = str(final.relative_to(src_root))
-    outcome.records_file = lfn
-    rec = FileDid(lfn, final.stat().st_size, adler32_of(final), RubinMeta(rubin_butler=DataType.DIM_FILE).model_dump())
-    ops.add_replicas(src.rse, [rec])
-    ops.set_metadata([rec])
+    shipment_wide = [_values_of([], shipment.extra_values)] if shipment.extra_values else []
+    records = []
+    for part_values in itertools.chain(shipment_wide, (_values_of(part, {}) for part in shipment.parts(limit))):
+        lfn = _export_records_file(source_butler, part_values, staging, shipment.name, src_root)
+        if lfn is not None and lfn not in outcome.records_files:
+            outcome.records_files.append(lfn)
+            path = src_root / lfn
+            kind = RubinMeta(rubin_butler=DataType.DIM_FILE).model_dump()
+            records.append(FileDid(lfn, path.stat().st_size, adler32_of(path), kind))
     ops.ensure_dataset(shipment.records_dataset)
-    ops.attach(shipment.records_dataset, [lfn])
+    ops.add_replicas(src.rse, records)
+    ops.set_metadata(records)
+    ops.attach(shipment.records_dataset, [r.name for r in records])
     outcome.records_rule_id, _ = _rule(campaign, ops, shipment, shipment.records_dataset, dest.rse, "dimension records")
     outcome.seconds["records"] = time.monotonic() - t0
 
@@ -282,7 +303,6 @@ def register_shipment(
     #    `max_files_per_dataset` files (Rucio's practice: bounded datasets, one rule on the container),
     #    registered one such part at a time (the expanded refs and sidecars of one part in memory)
     t0 = time.monotonic()
-    limit = campaign.manifest.rucio.max_files_per_dataset
     kind_now = ops.did_type(shipment.name)  # an earlier run's choice stands
     sharded = kind_now == "CONTAINER" if kind_now else len(shipment.files) > limit
     known = ops.contents(shipment.name) if kind_now else {}  # registered and attached already
@@ -441,8 +461,8 @@ def ingest_shipment(
 
     root = Path(_rse_root(campaign, shipment.dest))
     t0 = time.monotonic()
-    if outcome.records_file:
-        import_dimension_records(dest_butler, root / outcome.records_file)
+    for lfn in outcome.records_files:  # the shipment-wide file first, then a part's at a time
+        import_dimension_records(dest_butler, root / lfn)
     outcome.seconds["import_records"] = time.monotonic() - t0
     types: dict[tuple[str, str], Any] = {}
     for part in shipment.parts(INGEST_PART):
@@ -568,9 +588,7 @@ def place_data(
             dest=site,
             files=plan.site_source(site),
             raw_inputs=True,
-            extra_values={
-                "visit": plan.visits[site],
-                "detector": plan.detectors[site],
+            extra_values={  # the visits and detectors come with the raws, a part at a time
                 "tract": {u.tract for u in campaign.sky_units(site)},
                 "patch": {u.patch for u in campaign.sky_units(site) if u.patch is not None},
                 "skymap": {campaign.config.skymap},

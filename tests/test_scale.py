@@ -92,3 +92,27 @@ def test_a_large_shipment_is_a_container_of_bounded_datasets(scale_run: dict[str
         assert rule is not None and ops.rule(rule.id).state == "OK"
         counts = ops.dataset_replica_counts(name)[campaign.site(site).rse]
         assert counts == {"length": n, "available": n}
+
+
+@pytest.mark.slow
+def test_dimension_records_travel_a_file_per_part(scale_run: dict[str, Any]) -> None:
+    """Each shipment's records: one file of its shipment-wide values (sky map, tracts, patches) and
+    one per part of its files, so no file grows with the shipment; the site's registry ends up with
+    exactly the visits of its raws (derived from each part's exposures, not the whole repository's)."""
+    from multisite_nb.butler_ops import open_butler
+    from multisite_nb.naming import records_dataset
+
+    campaign = load_campaign(scale_run["params"], env={"MSNB_WORLD": str(scale_run["world"])})
+    ops = RucioOps.for_campaign(campaign, quiet=True)
+    plan = PlacementPlan.load(scale_run["run_dir"] / "artifacts" / "placement" / "plan.json")
+    for site in campaign.remote_sites:
+        name, n = placement_dataset(campaign, site), plan.summary.sites[site].files
+        files = ops.contents(records_dataset(name))
+        assert len(files) == math.ceil(n / SHARD) + 1, (site, sorted(files))
+        with open_butler(campaign.butler_repo(site)) as butler:
+            query = butler.query_dimension_records
+            kw: dict[str, Any] = {"explain": False, "limit": None}
+            visits = {r.id for r in query("visit", instrument=campaign.config.instrument, **kw)}
+            tracts = {r.id for r in query("tract", skymap=campaign.config.skymap, **kw)}
+        assert visits == set(plan.visits[site]), site
+        assert tracts == {u.tract for u in campaign.sky_units(site)}, site
