@@ -24,6 +24,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -310,34 +311,39 @@ def register_shipment(
         ops.ensure_container(shipment.name)
     else:
         ops.ensure_dataset(shipment.name)
+    # the Butler side of part i+1 (expanded refs, sidecars, checksums) is made while a worker
+    # thread has Rucio register part i: the server's work and ours overlap, and Rucio still sees
+    # the parts one after another, each part in the container before its files
     added_n = 0
-    for i, chunk in enumerate(shipment.parts(limit)):
-        part = shard_dataset(shipment.name, i) if sharded else shipment.name
-        if sharded:  # in the container before its files: a re-run after a stop finds what was done
-            ops.ensure_dataset(part)
-            ops.attach_datasets(shipment.name, [part])
-        added_n += _register_part(ops, source_butler, shipment, src.rse, src_root, chunk, known, part, outcome)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rucio-register") as rucio:
+        pending: Future[int] | None = None
+        for i, chunk in enumerate(shipment.parts(limit)):
+            part = shard_dataset(shipment.name, i) if sharded else shipment.name
+            dids = _part_dids(source_butler, shipment, src_root, chunk, known, outcome)
+            if pending is not None:
+                added_n += pending.result()
+            container = shipment.name if sharded else None
+            pending = rucio.submit(_catalogue_part, ops, src.rse, dids, known, part, container, outcome)
+        if pending is not None:
+            added_n += pending.result()
     outcome.newly_registered = added_n
     outcome.source_rule_id, _ = _rule(campaign, ops, shipment, shipment.name, src.rse, "pins the source copies")
     outcome.seconds["register"] = time.monotonic() - t0
     outcome.registered = len(shipment.files)
 
 
-def _register_part(
-    ops: RucioOps,
+def _part_dids(
     source_butler: Any,
     shipment: Shipment,
-    rse: str,
     src_root: Path,
     files: Sequence[PlannedFile],
     known: Mapping[str, tuple[int, str]],
-    dataset: str,
     outcome: ShipmentOutcome,
-) -> int:
-    """Register one part of a shipment at the source RSE (sidecars, replicas, metadata) and attach
-    it to its Rucio ``dataset``; files in ``known`` are registered and attached already. Returns
-    how many replicas this call registered. The time spent on the Butler side (expanded refs,
-    sidecars, checksums) and on Rucio's is added to ``outcome.seconds`` (``sidecars``, ``catalogue``)."""
+) -> list[FileDid]:
+    """The Butler side of registering one part: each file Rucio does not know yet, with its size,
+    adler32 and Rubin metadata (the expanded ref as sidecar). Files in ``known`` (registered and
+    attached already) are checked to have the planned size and left out. The time goes to
+    ``outcome.seconds["sidecars"]``."""
     t0 = time.monotonic()
     todo = []
     for f in files:
@@ -349,7 +355,7 @@ def _register_part(
                 f"{shipment.name}: {f.lfn} is registered in Rucio with {registered[0]} bytes, the plan says {f.size}"
             )
     if not todo:
-        return 0
+        return []
     refs = sidecar_refs(source_butler, todo)
     _fill_checksums(src_root, todo)
     dids = []
@@ -362,7 +368,28 @@ def _register_part(
         kind = DataType.RAW_FILE if shipment.raw_inputs and "exposure" in f.data_id else DataType.DATA_PRODUCT
         meta = RubinMeta(rubin_butler=kind, rubin_sidecar=ref.to_json())  # Rubin's own metadata model
         dids.append(FileDid(f.lfn, f.size, str(f.adler32), meta.model_dump()))
-    t1 = time.monotonic()
+    outcome.seconds["sidecars"] = outcome.seconds.get("sidecars", 0.0) + time.monotonic() - t0
+    return dids
+
+
+def _catalogue_part(
+    ops: RucioOps,
+    rse: str,
+    dids: Sequence[FileDid],
+    known: Mapping[str, tuple[int, str]],
+    dataset: str,
+    container: str | None,
+    outcome: ShipmentOutcome,
+) -> int:
+    """The Rucio side of registering one part: its ``dataset`` (attached to ``container`` first, when
+    the shipment is one), the replicas with their metadata, the files attached. Returns how many
+    replicas this call registered; the time goes to ``outcome.seconds["catalogue"]``."""
+    t0 = time.monotonic()
+    if container is not None:  # in the container before its files: a re-run after a stop finds what was done
+        ops.ensure_dataset(dataset)
+        ops.attach_datasets(container, [dataset])
+    if not dids:
+        return 0
     added = set(ops.add_replicas(rse, dids, known=known))  # new file DIDs get their metadata with them
     # a file registered before (by another shipment: a calibration every site needs) has its
     # metadata already, and its DID may be locked by a daemon filling that rule; one registered by
@@ -371,8 +398,7 @@ def _register_part(
     have = ops.get_metadata_bulk(others) if others else {}
     ops.set_metadata([d for d in dids if d.name in have and not have[d.name].get("rubin_sidecar")])
     ops.attach(dataset, [d.name for d in dids])
-    outcome.seconds["sidecars"] = outcome.seconds.get("sidecars", 0.0) + t1 - t0
-    outcome.seconds["catalogue"] = outcome.seconds.get("catalogue", 0.0) + time.monotonic() - t1
+    outcome.seconds["catalogue"] = outcome.seconds.get("catalogue", 0.0) + time.monotonic() - t0
     return len(added)
 
 

@@ -1,0 +1,72 @@
+"""Registration a part at a time, on the session's world (real Rucio, real Butler).
+
+A shipment over the manifest's ``rucio.max_files_per_dataset`` is a container of parts; the Butler
+side of the next part is made while Rucio registers the current one. A part whose Butler side
+fails (a planned dataset the source Butler does not have) stops registration, naming the
+dataset; the parts before it are in Rucio whole, each in the container with all its files, and
+nothing of the failed part or after it is; a re-run with the plan's files registers only the
+rest.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import campaign_variant
+
+from multisite_nb.butler_ops import open_butler
+from multisite_nb.config import load_campaign, repo_root
+from multisite_nb.errors import PlanError
+from multisite_nb.naming import placement_dataset, records_dataset, shard_dataset
+from multisite_nb.placement import plan_placement
+from multisite_nb.records import ShipmentOutcome
+from multisite_nb.rucio_ops import RucioOps
+from multisite_nb.transfer import Shipment, register_shipment
+
+pytestmark = pytest.mark.world
+PART = 10
+
+
+def test_a_failed_part_stops_registration_after_whole_parts_and_a_rerun_finishes(world, tmp_path: Path) -> None:
+    params = repo_root() / "parameters"
+    manifest = yaml.safe_load((params / "sites" / "embedded.yaml").read_text())
+    manifest["rucio"]["max_files_per_dataset"] = PART
+    manifest["workflow"]["bps_site_config"] = str(repo_root() / manifest["workflow"]["bps_site_config"])
+    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    changes = {"manifest": str(tmp_path / "manifest.yaml"), "scope": "parts"}  # its own replicas
+    campaign = load_campaign(campaign_variant(tmp_path, "parts", ("IN2P3",), changes=changes))
+    files = plan_placement(campaign).site_files("IN2P3")
+    assert len(files) > 4 * PART
+    name = placement_dataset(campaign, "IN2P3")
+    bad = files[2 * PART + 5].model_copy(update={"id": str(uuid.uuid4())})  # in the third part
+    ops = RucioOps.for_campaign(campaign, quiet=True)
+    ops.ensure_scope()
+
+    def register(shipped: list, outcome: ShipmentOutcome) -> None:
+        shipment = Shipment(name, campaign.central, "IN2P3", shipped, raw_inputs=True)
+        with open_butler(campaign.butler_repo(campaign.central)) as butler:
+            register_shipment(campaign, ops, butler, shipment, outcome)
+
+    first = ShipmentOutcome(name=name, dest="IN2P3")
+    with pytest.raises(PlanError, match=f"dataset {bad.id} .raw. is not in the USDF Butler"):
+        register(files[: 2 * PART + 5] + [bad] + files[2 * PART + 6 :], first)
+    parts = sorted(d["name"] for d in ops.client.list_content(ops.scope, name))
+    assert parts == [shard_dataset(name, 0), shard_dataset(name, 1)]
+    for i, part in enumerate(parts):
+        assert set(ops.contents(part)) == {f.lfn for f in files[i * PART : (i + 1) * PART]}
+    meta = ops.get_metadata_bulk([files[0].lfn, files[PART].lfn])
+    assert all(m.get("rubin_sidecar") and m.get("rubin_butler") for m in meta.values())  # the Rubin way
+
+    again = ShipmentOutcome(name=name, dest="IN2P3")
+    register(files, again)
+    assert again.newly_registered == len(files) - 2 * PART
+    n_parts = -(-len(files) // PART)
+    parts = sorted(d["name"] for d in ops.client.list_content(ops.scope, name))
+    assert parts == sorted(shard_dataset(name, i) for i in range(n_parts))
+    assert set(ops.contents(name)) == {f.lfn for f in files}
+    records = again.records_files  # one per part and one of the shipment-wide values; parts of equal
+    assert set(records) == set(ops.contents(records_dataset(name)))  # records share one file
+    assert len(set(records)) == len(records) and 3 <= len(records) <= n_parts + 1
