@@ -276,8 +276,8 @@ class Certification(BaseModel):
 
 
 class SiteFileSource:
-    """A site's planned files as a shipment reads them: counted from the plan's summary, read from
-    its table a part at a time (never all of them in memory)."""
+    """A site's planned files as a shipment and its verification read them: counted from the plan's
+    summary, read from its table a part at a time or in column batches (never all in memory)."""
 
     def __init__(self, plan: PlacementPlan, site: str) -> None:
         plan._known(site)
@@ -293,6 +293,10 @@ class SiteFileSource:
     def parts(self, size: int) -> Iterator[list[PlannedFile]]:
         """The files in consecutive parts of ``size`` (the last may be shorter)."""
         return self.plan.iter_site_files(self.site, batch_rows=size)
+
+    def columns(self, batch_rows: int = 50_000) -> Iterator[FileColumns]:
+        """The files as column batches (no object per file): what verification reads."""
+        return self.plan.iter_site_columns(self.site, batch_rows=batch_rows)
 
 
 class PlacementPlan(BaseModel):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .config import Campaign
-from .placement import PlacementPlan, PlannedFile, adler32_many
+from .placement import PlacementPlan, PlannedFile, SiteFileSource, adler32_many
 from .plan_files import FileColumns
 from .records import RuleState
 from .rucio_ops import RucioOps
@@ -34,7 +34,7 @@ from .rucio_ops import RucioOps
 #: What can be wrong with a planned file at a site (``unreachable``: the layer could not be read).
 PROBLEM_KINDS = ("missing", "corrupt", "wrong", "rule", "unreachable")
 
-__all__ = ["PROBLEM_KINDS", "Problem", "SiteFiles", "SiteReport", "verify_site", "verify_shipments", "problems_table"]
+__all__ = ["PROBLEM_KINDS", "Problem", "SiteReport", "verify_site", "verify_shipments", "problems_table"]
 
 
 @dataclass(frozen=True)
@@ -73,29 +73,11 @@ class SiteReport:
         return row
 
 
-@dataclass(frozen=True)
-class SiteFiles:
-    """A site's planned files, read in column batches as often as a check needs (the plan's
-    Parquet table streamed, or a list of planned files held by the caller)."""
-
-    count: int
-    batches: Callable[[], Iterable[FileColumns]]
-
-    @classmethod
-    def of(cls, files: Sequence[PlannedFile]) -> SiteFiles:
-        cols = FileColumns.from_planned(files)
-        return cls(len(files), lambda: [cols])
-
-    @classmethod
-    def from_plan(cls, plan: PlacementPlan, site: str) -> SiteFiles:
-        return cls(plan.summary.sites[site].files, lambda: plan.iter_site_columns(site))
-
-
 def verify_site(
     campaign: Campaign,
     ops: RucioOps,
     site: str,
-    files: SiteFiles | Sequence[PlannedFile],
+    files: SiteFileSource | Sequence[PlannedFile],
     dataset: str,
     *,
     checksums: bool = True,
@@ -107,14 +89,14 @@ def verify_site(
     Each layer stands alone: one that cannot be read (Rucio, the site's Butler) is an
     ``unreachable`` problem naming the reason, and the other layers are still checked.
     """
-    source = files if isinstance(files, SiteFiles) else SiteFiles.of(files)
+    batches = files.columns() if isinstance(files, SiteFileSource) else [FileColumns.from_planned(files)]
     spec = campaign.site(site)
-    report = SiteReport(site, source.count, dataset=dataset)
+    report = SiteReport(site, len(files), dataset=dataset)
     rucio = _RucioLayer(report, ops, spec.rse, dataset)
     root = Path(spec.rse_root) if spec.rse_root else None
     with ExitStack() as stack:
         butler = _ButlerLayer(report, spec.butler, stack)
-        for batch in source.batches():
+        for batch in batches:
             rucio.check(batch)
             butler.check(batch)
             if root is not None:
@@ -323,7 +305,7 @@ def _check_disk(report: SiteReport, root: Path, batch: FileColumns, checksums: b
 
 def verify_shipments(
     campaign: Campaign,
-    groups: Sequence[tuple[str, str, SiteFiles | Sequence[PlannedFile]]],
+    groups: Sequence[tuple[str, str, SiteFileSource | Sequence[PlannedFile]]],
     *,
     checksums: bool = True,
 ) -> list[SiteReport]:
@@ -338,9 +320,7 @@ def verify_placement(
     """Phase 3 for the placement of phase 1/2 (``sites``: only these remote sites)."""
     from .naming import placement_dataset
 
-    groups = [
-        (s, placement_dataset(campaign, s), SiteFiles.from_plan(plan, s)) for s in (sites or campaign.remote_sites)
-    ]
+    groups = [(s, placement_dataset(campaign, s), plan.site_source(s)) for s in (sites or campaign.remote_sites)]
     return verify_shipments(campaign, groups, checksums=checksums)
 
 

@@ -95,7 +95,6 @@ def _plan(tmp_path: Path, n: int):
 
 def test_a_shipment_reads_a_sites_files_a_part_at_a_time(tmp_path: Path) -> None:
     from multisite_nb.transfer import Shipment
-    from multisite_nb.verify import SiteFiles
 
     plan = _plan(tmp_path, 2_500)
     source = plan.site_source("A")
@@ -109,8 +108,6 @@ def test_a_shipment_reads_a_sites_files_a_part_at_a_time(tmp_path: Path) -> None
     in_memory = Shipment(name="s", source="C", dest="A", files=whole)  # a gather's shipment: a list
     assert [[f.id for f in p] for p in in_memory.parts(400)] == [[f.id for f in p] for p in parts]
     # verification reads the same files as columns, batch by batch
-    files = SiteFiles.from_plan(plan, "A")
-    assert files.count == len(whole)
-    assert [i for batch in files.batches() for i in batch.id] == [f.id for f in whole]
+    assert [i for batch in source.columns(batch_rows=700) for i in batch.id] == [f.id for f in whole]
     with pytest.raises(PlanError, match="no site 'Z'"):
         plan.site_source("Z")
