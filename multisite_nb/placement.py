@@ -49,6 +49,7 @@ __all__ = [
     "site_footprint",
     "plan_placement",
     "units_where",
+    "id_ranges",
     "adler32_of",
     "adler32_many",
     "describe_files",
@@ -76,20 +77,49 @@ def adler32_many(paths: Sequence[Path], workers: int = 4) -> list[str]:
         return list(pool.map(adler32_of, paths))
 
 
+def id_ranges(values: Iterable[int]) -> str:
+    """Integers as the inside of a registry ``IN`` list, consecutive runs as inclusive ranges:
+    ``0..1049, 1200, 1300..1349``.
+
+    daf_butler turns each literal of an ``IN`` list into its own equality, OR-ed together, and
+    SQLite refuses an expression deeper than 1,000; a range is one ``BETWEEN``. A site's tracts,
+    contiguous sky, are a few runs however many tracts they are.
+    """
+    ordered = sorted(set(values))
+    runs: list[str] = []
+    start = prev = None
+    for v in [*ordered, None]:
+        if v is not None and prev is not None and v == prev + 1:
+            prev = v
+            continue
+        if start is not None:
+            runs.append(str(start) if start == prev else f"{start}..{prev}")
+        start = prev = v
+    return ", ".join(runs)
+
+
 def units_where(units: Iterable[SkyUnit], skymap: str) -> str:
-    """A registry expression selecting a set of sky units (grouped by tract)."""
-    by_tract: dict[int, list[int] | None] = defaultdict(list)
+    """A registry expression selecting a set of sky units: the whole tracts as one ``IN`` list of
+    ranges (:func:`id_ranges`), and one term per tract of which only some patches are units.
+
+    daf_butler rewrites an OR of ``(tract = t AND patch IN (...))`` terms into conjunctive normal
+    form, which grows exponentially (10 terms already fail on SQLite): where the registry can be
+    read, use data ID tables (:func:`multisite_nb.butler_ops.unit_data_ids`) for patch-level units.
+    """
+    whole: set[int] = set()
+    patches: dict[int, set[int]] = defaultdict(set)
     for u in units:
         if u.patch is None:
-            by_tract[u.tract] = None
-        elif by_tract[u.tract] is not None:
-            by_tract[u.tract].append(u.patch)  # type: ignore[union-attr]
-    terms = []
-    for tract, patches in sorted(by_tract.items()):
-        if patches is None:
-            terms.append(f"tract = {tract}")
+            whole.add(u.tract)
         else:
-            terms.append(f"(tract = {tract} AND patch IN ({', '.join(str(p) for p in sorted(patches))}))")
+            patches[u.tract].add(u.patch)
+    terms = [
+        f"(tract = {tract} AND patch IN ({', '.join(str(p) for p in sorted(ps))}))"
+        for tract, ps in sorted(patches.items())
+        if tract not in whole
+    ]
+    if whole:
+        terms.append(f"tract IN ({id_ranges(whole)})")
     return f"skymap = '{skymap}' AND ({' OR '.join(terms)})"
 
 

@@ -27,14 +27,15 @@ prepare_only = False  # True: build each site's PanDA workflow offline (no submi
 manifest = ""  # another site manifest for prepare_only, e.g. "parameters/sites/facilities.yaml"
 
 # %%
+from pathlib import Path
+
 import pandas as pd
-import yaml
 from IPython.display import Markdown, display
 
 from multisite_nb import phases
 from multisite_nb.notebook import open_phase, show_gate
 from multisite_nb.results import summarize
-from multisite_nb.submission import step_run, submit_file
+from multisite_nb.submission import step_run, write_submit_file
 from multisite_nb.views.figures import plot_wiring
 from multisite_nb.wiring import derive_wiring, load_pipeline_graph
 
@@ -51,22 +52,26 @@ pd.DataFrame(wiring.table())
 # %% [markdown]
 # ## Submit files
 #
-# The same phase code writes the PanDA submit file for the real facilities (`parameters/sites/facilities.yaml`) and the one this deployment runs; only the site manifest differs. First step of this stage at the first site:
+# The same phase code writes the PanDA submit file for the real facilities (`parameters/sites/facilities.yaml`) and the one this deployment runs; only the site manifest differs. First step of this stage at the first site, written under the run folder's `artifacts/submit/` (a step's data ID table, its visits or patches, beside its submit file):
 
 # %%
 st = next(s for s in campaign.config.stages if s.name == stage)
 site0 = campaign.remote_sites[0]
 facilities = campaign.with_manifest("parameters/sites/facilities.yaml", env={})
-print("# at the facility (PanDA)")
-print(yaml.safe_dump(submit_file(facilities, step_run(facilities, site0, st.steps[0]), "panda"), sort_keys=False))
-print(
-    "# here ("
-    + campaign.manifest.workflow.mode
-    + ", site config "
-    + str(campaign.manifest.workflow.bps_site_config)
-    + ")"
-)
-print(yaml.safe_dump(submit_file(campaign, step_run(campaign, site0, st.steps[0])), sort_keys=False))
+shown = Path(run_dir) / "artifacts" / "submit" / stage
+for title, where, wms in [
+    ("at the facility (PanDA)", facilities, "panda"),
+    (
+        f"here ({campaign.manifest.workflow.mode}, site config {campaign.manifest.workflow.bps_site_config})",
+        campaign,
+        None,
+    ),
+]:
+    sr = step_run(where, site0, st.steps[0])
+    name = "facility" if wms else "here"
+    path = write_submit_file(where, sr, shown / f"{name}_{site0}_{sr.step}.yaml", wms)
+    print(f"# {title}: {path.name}" + (f", data ID table: {sr.data_id_table}" if sr.data_id_table else ""))
+    print(path.read_text())
 
 # %% [markdown]
 # ## Prepare only

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from multisite_nb.config import load_campaign, repo_root
-from multisite_nb.placement import plan_placement, units_where
+from multisite_nb.placement import id_ranges, plan_placement, units_where
 from multisite_nb.world.butler_world import create_site_repo, populate_central
 from multisite_nb.world.synthetic import SkySpec
 
@@ -36,7 +36,12 @@ def test_units_where() -> None:
     from multisite_nb.config import SkyUnit
 
     expr = units_where([SkyUnit(tract=1, patch=4), SkyUnit(tract=1, patch=3), SkyUnit(tract=2)], "sm")
-    assert expr == "skymap = 'sm' AND ((tract = 1 AND patch IN (3, 4)) OR tract = 2)"
+    assert expr == "skymap = 'sm' AND ((tract = 1 AND patch IN (3, 4)) OR tract IN (2))"
+    # whole tracts are one IN list of ranges, however many; a patch of a whole tract adds nothing
+    tracts = [*range(1050), 1200, *range(1300, 1350)]
+    expr = units_where([SkyUnit(tract=t) for t in tracts] + [SkyUnit(tract=7, patch=1)], "sm")
+    assert expr == "skymap = 'sm' AND (tract IN (0..1049, 1200, 1300..1349))"
+    assert id_ranges([5, 3, 4, 9, 1, 3]) == "1, 3..5, 9" and id_ranges([]) == ""
 
 
 def test_boundary_visits_are_detected_and_placed_at_both_sites(neighbours) -> None:
@@ -140,6 +145,7 @@ def many_tracts(tmp_path_factory) -> tuple[Path, object]:
 
 def test_sky_units_over_many_tracts_are_queried_as_uploaded_data_ids(many_tracts) -> None:
     from multisite_nb.butler_ops import open_butler, unit_data_ids
+    from multisite_nb.config import SkyUnit
 
     _, campaign = many_tracts
     units = campaign.sky_units("IN2P3")
@@ -158,6 +164,13 @@ def test_sky_units_over_many_tracts_are_queried_as_uploaded_data_ids(many_tracts
         (u.tract, u.patch) for u in units if u.patch is not None
     }
     assert {d["patch"] for d in found if d["tract"] == 30} == {3, 4}  # the whole tract: every patch observed
+    # a site of 1,500 whole tracts is one range to the registry (a literal per tract is an
+    # equality each, OR-ed: SQLite refuses such a list from about 1,000 tracts)
+    with open_butler(campaign.butler_repo("USDF")) as butler:
+        where = units_where([SkyUnit(tract=t) for t in range(1500)], "many_tracts")
+        visits = {d["visit"] for d in butler.query_data_ids(["visit", "tract"], where=where, explain=False)}
+        every = {r.id for r in butler.query_dimension_records("visit", explain=False, limit=None)}
+    assert visits == every and len(every) > len({d["visit"] for d in found})  # every site's visits
 
 
 def test_placement_plans_a_site_over_many_tracts(many_tracts) -> None:

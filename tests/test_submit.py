@@ -87,7 +87,10 @@ def test_step_run_follows_the_collection_convention(campaign: Campaign) -> None:
     assert (sr.output_chain, sr.output_run) == ("3x3/IN2P3", "3x3/IN2P3/step1")
     assert sr.inputs == ["HSC/defaults"]  # no chain yet in a fresh repo
     visits = site_visits(campaign, "IN2P3")  # per-detector quanta: every detector of the site's visits
-    assert visits and sr.data_query == f"instrument = 'HSC' AND visit IN ({', '.join(map(str, visits))})"
+    assert visits and sr.data_query == "instrument = 'HSC'"  # the visits as a data ID table, however many
+    assert sr.data_id_table is not None and sr.data_id_table.columns == ("instrument", "visit")
+    assert sr.data_id_table.rows == tuple(("HSC", v) for v in visits)
+    assert not [p for p in preflight(campaign, sr) if "data query" in p or "no quantum data ID" in p]
     # patch-level quanta: the site's patches, as a data ID table (no expression grows with the tracts)
     step3 = step_run(campaign, "IN2P3", "step3")
     assert step3.data_query == "instrument = 'HSC' AND skymap = 'hsc_rings_3x3'"
@@ -104,7 +107,8 @@ def test_step_run_follows_the_collection_convention(campaign: Campaign) -> None:
     central = step_run(campaign, "USDF", "step2c", ["3x3/IN2P3/step2b", "3x3/RAL/step2b"])
     assert central.output_run == "3x3/USDF/step2c"
     held = {v for s in ("IN2P3", "RAL") for v in site_visits(campaign, s) or []}
-    central_visits = {int(v) for v in central.data_query.split("visit IN (")[1].rstrip(")").split(",")}
+    assert central.data_id_table is not None
+    central_visits = {int(v) for _, v in central.data_id_table.rows}
     assert held < central_visits  # a global step sees every remote site's visits, LANCS's too (from USDF's registry)
     with pytest.raises(KeyError):
         step_run(campaign, "NOWHERE", "step1")

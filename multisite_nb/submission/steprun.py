@@ -27,7 +27,7 @@ from ..config import Campaign, SkyUnit
 from ..errors import ButlerError
 from ..fileio import atomic_write_text
 from ..naming import reference_chain, reference_run, site_chain, step_run_collection
-from ..placement import units_where
+from ..placement import id_ranges, units_where
 
 __all__ = [
     "DataIdTable",
@@ -176,9 +176,11 @@ def data_selection(
     * anything else (per exposure, visit, detector, or global) on the site's visits — every
       detector of each, so that a visit's products are whole wherever they are made.
 
-    The patches travel as a data ID table (see :class:`DataIdTable`), the tracts and visits as
-    ``IN`` lists: no expression grows with the number of tracts. Where the site's registry
-    cannot be read from here (a remote facility), the sky units spelled as an expression.
+    The patches and the visits travel as data ID tables (see :class:`DataIdTable`), the tracts as
+    an ``IN`` list of ranges: no expression grows with the number of tracts or visits (daf_butler
+    makes each literal of an ``IN`` list an equality, OR-ed; SQLite refuses 1,000 of them). Where
+    the site's registry cannot be read from here (a remote facility), the sky units spelled as an
+    expression.
 
     Returns
     -------
@@ -193,19 +195,18 @@ def data_selection(
         patches = site_patches(campaign, site, units)
         if not patches:
             return by_units, None
-        table = DataIdTable(("skymap", "tract", "patch"), tuple((cfg.skymap, t, p) for t, p in patches))
-        return f"instrument = '{cfg.instrument}' AND skymap = '{cfg.skymap}'", table
+        by_patch = DataIdTable(("skymap", "tract", "patch"), tuple((cfg.skymap, t, p) for t, p in patches))
+        return f"instrument = '{cfg.instrument}' AND skymap = '{cfg.skymap}'", by_patch
     parts = [f"instrument = '{cfg.instrument}'"]
     if "tract" in dims:
-        parts.append(
-            f"skymap = '{cfg.skymap}' AND tract IN ({', '.join(str(t) for t in sorted({u.tract for u in units}))})"
-        )
+        parts.append(f"skymap = '{cfg.skymap}' AND tract IN ({id_ranges(u.tract for u in units)})")
+    table: DataIdTable | None = None
     if "tract" not in dims or dims & {"visit", "exposure", "detector"}:
         visits = site_visits(campaign, site, units)
         if not visits:
             return by_units, None
-        parts.append(f"visit IN ({', '.join(map(str, visits))})")
-    return " AND ".join(parts), None
+        table = DataIdTable(("instrument", "visit"), tuple((cfg.instrument, v) for v in visits))
+    return " AND ".join(parts), table
 
 
 def _planned_before(campaign: Campaign, site: str, step: str) -> bool:
