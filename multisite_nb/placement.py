@@ -649,7 +649,7 @@ def _file_records(
     if missing:
         r = missing[0]
         raise PlanError(
-            f"{len(missing)} {r.datasetType.name} dataset(s) have no file in the central datastore "
+            f"{len(missing)} {r.datasetType.name} dataset(s) have no file in the datastore "
             f"(first: {r.id} {dict(r.dataId.required)} in {r.run})"
         )
     return out

@@ -2,8 +2,9 @@
 
 One *shipment* moves a set of Butler datasets from a source site to a destination site:
 
-1. the dimension records the destination needs are exported from the source Butler to a
-   small YAML file (Rubin's ``dim_file``), registered in Rucio and moved *first*;
+1. the dimension records the destination needs are exported from the source Butler to
+   YAML files (Rubin's ``dim_file``; one per part of the shipment, bounded), registered in
+   Rucio and moved *first*;
 2. the data files are registered where they sit at the source (``add_replicas`` on the
    source RSE, LFN = path relative to the RSE root, DID metadata ``rubin_butler`` and
    ``rubin_sidecar`` = the serialized ``DatasetRef``, as Rubin's ``lsst-rucio-register``
@@ -46,6 +47,7 @@ __all__ = [
     "Shipment",
     "ShipmentOutcome",
     "export_records",
+    "records_needed",
     "register_shipment",
     "sidecar_refs",
     "watch_rules",
@@ -66,8 +68,11 @@ class Shipment:
     source: str
     dest: str
     files: Sequence[PlannedFile] | SiteFileSource  # a placement's: read from the plan a part at a time
-    extra_values: Mapping[str, Iterable[Any]] = field(default_factory=dict)
+    extra_values: Mapping[str, Iterable[Any]] = field(default_factory=dict)  # shipment-wide, exported once
     raw_inputs: bool = False  # placement of pipeline inputs: observations are Rubin "raw_file"s
+    # (from, to, mapping): each part's values of dimension ``to`` are the mapped values of its
+    # files' ``from`` values (a placement: exposure -> visit, from the plan)
+    value_links: Sequence[tuple[str, str, Mapping[Any, Any]]] = ()
 
     @property
     def records_dataset(self) -> str:
@@ -85,48 +90,60 @@ class Shipment:
 # -- dimension records ------------------------------------------------------------------
 
 
-def _values_of(files: Iterable[PlannedFile], extra: Mapping[str, Iterable[Any]]) -> dict[str, set[Any]]:
+def _values_of(
+    files: Iterable[PlannedFile],
+    extra: Mapping[str, Iterable[Any]],
+    links: Sequence[tuple[str, str, Mapping[Any, Any]]] = (),
+) -> dict[str, set[Any]]:
+    """The data-ID values of ``files`` by dimension, with ``extra`` values and those ``links`` map to."""
     values: dict[str, set[Any]] = defaultdict(set)
     for f in files:
         for k, v in f.data_id.items():
             values[k].add(v)
     for k, vs in extra.items():
         values[k].update(vs)
+    for source, target, mapping in links:
+        linked = {mapping[v] for v in values.get(source, ()) if v in mapping}
+        if linked:
+            values[target].update(linked)
     return values
 
 
 def export_records(butler: Any, values: Mapping[str, set[Any]], path: Path) -> int:
-    """Export every dimension record a set of data-ID values needs, to a YAML file.
+    """Export every dimension record a set of data-ID values needs (:func:`records_needed`) to a
+    YAML file. Returns the number of records written."""
+    from .butler_ops import export_dimension_records
+
+    return export_dimension_records(butler, records_needed(butler, values), path)
+
+
+def records_needed(butler: Any, values: Mapping[str, set[Any]]) -> dict[str, list[Any]]:
+    """Every dimension record a set of data-ID values needs, by element name.
 
     An element is exported when all its required dimensions have values (or are governors
     such as instrument); its records are those whose required values are all in ``values``.
-    Records of implied dimensions (physical filters, day_obs, groups) follow automatically.
-    Returns the number of records written.
+    An element constrained only in part tells the values of its other dimensions (a visit's
+    visit systems, a visit's exposures), except the dimension whose records it belongs to
+    (daf_butler's ``populated_by``): a detector never brings in the visits that saw it, nor a
+    visit system all its visits. Records of implied dimensions (physical filters, day_obs,
+    groups) follow automatically.
     """
     universe = butler.dimensions
     values = {k: set(v) for k, v in values.items()}
-    # implied values first: e.g. exposure -> physical_filter, day_obs, group
-    keys = [k for k in values if k in universe.getStaticDimensions().names]
-    for name in keys:
-        dim = universe[name]
-        if not values[name] or not dim.implied:
-            continue
-        for rec in _records(butler, name, {name: values[name]}, values):
-            for imp in dim.implied:
-                v = getattr(rec, imp.name, None)
-                if v is not None:
-                    values.setdefault(imp.name, set()).add(v)
+    _add_implied(butler, values)
     elements = [e for e in universe.getStaticElements() if e.has_own_table]
     # pass 1: elements constrained only in part (e.g. visit_system_membership by visit) tell
     # the values of their other dimensions (the visit systems), so those records go too
     for element in elements:
         req = [d.name for d in element.required]
+        owner = getattr(element.populated_by, "name", None)
         constrained = {d: values[d] for d in req if values.get(d)}
         missing = [d for d in req if d not in constrained and d not in GOVERNORS]
-        if missing and any(d not in GOVERNORS for d in constrained):
+        if missing and owner not in missing and any(d not in GOVERNORS for d in constrained):
             for rec in _records(butler, element.name, constrained, values):
                 for d in missing:
                     values.setdefault(d, set()).add(rec.dataId[d])
+    _add_implied(butler, values)  # of the values pass 1 found (a visit's exposures: their groups)
     # pass 2: every element whose required dimensions all have values
     chosen: dict[str, list[Any]] = {}
     for element in elements:
@@ -137,9 +154,29 @@ def export_records(butler: Any, values: Mapping[str, set[Any]], path: Path) -> i
         recs = list(_records(butler, element.name, constrained, values))
         if recs:
             chosen[element.name] = recs
-    from .butler_ops import export_dimension_records
+    return chosen
 
-    return export_dimension_records(butler, chosen, path)
+
+def _add_implied(butler: Any, values: dict[str, set[Any]]) -> None:
+    """Add the values of the dimensions ``values``' dimensions imply (exposure -> physical_filter,
+    day_obs, group), until nothing new comes."""
+    universe = butler.dimensions
+    static = universe.getStaticDimensions().names
+    done: dict[str, set[Any]] = {}
+    todo = [k for k in values if k in static]
+    while todo:
+        name = todo.pop()
+        dim = universe[name]
+        new = values[name] - done.get(name, set())
+        if not new or not dim.implied:
+            continue
+        done.setdefault(name, set()).update(new)
+        for rec in _records(butler, name, {name: new}, values):
+            for imp in dim.implied:
+                v = getattr(rec, imp.name, None)
+                if v is not None and v not in values.setdefault(imp.name, set()):
+                    values[imp.name].add(v)
+                    todo.append(imp.name)
 
 
 def _records(butler: Any, element: str, constrained: Mapping[str, set[Any]], values: Mapping[str, set[Any]]):
@@ -267,7 +304,7 @@ def _fill_checksums(root: Path, files: Sequence[PlannedFile]) -> None:
 def register_shipment(
     campaign: Campaign, ops: RucioOps, source_butler: Any, shipment: Shipment, outcome: ShipmentOutcome
 ) -> None:
-    """Register the records file and the data files at the source RSE; attach; create the rules.
+    """Register the records files and the data files at the source RSE; attach; create the rules.
 
     The data files get a rule at the source RSE too: the source site's Butler holds them in
     place, and a replica no rule protects is the first a reaper removes under space pressure.
@@ -286,7 +323,8 @@ def register_shipment(
     staging = src_root / campaign.output_prefix / "dimensions" / shipment.dest
     shipment_wide = [_values_of([], shipment.extra_values)] if shipment.extra_values else []
     records = []
-    for part_values in itertools.chain(shipment_wide, (_values_of(part, {}) for part in shipment.parts(limit))):
+    per_part = (_values_of(part, {}, shipment.value_links) for part in shipment.parts(limit))
+    for part_values in itertools.chain(shipment_wide, per_part):
         lfn = _export_records_file(source_butler, part_values, staging, shipment.name, src_root)
         if lfn is not None and lfn not in outcome.records_files:
             outcome.records_files.append(lfn)
@@ -317,15 +355,23 @@ def register_shipment(
     added_n = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rucio-register") as rucio:
         pending: Future[int] | None = None
-        for i, chunk in enumerate(shipment.parts(limit)):
-            part = shard_dataset(shipment.name, i) if sharded else shipment.name
-            dids = _part_dids(source_butler, shipment, src_root, chunk, known, outcome)
+        try:
+            for i, chunk in enumerate(shipment.parts(limit)):
+                if pending is not None and pending.done():  # a failed part stops the next one early
+                    added_n += pending.result()
+                    pending = None
+                part = shard_dataset(shipment.name, i) if sharded else shipment.name
+                dids = _part_dids(source_butler, shipment, src_root, chunk, known, outcome)
+                if pending is not None:
+                    added_n += pending.result()
+                container = shipment.name if sharded else None
+                pending = rucio.submit(_catalogue_part, ops, src.rse, dids, known, part, container, outcome)
             if pending is not None:
                 added_n += pending.result()
-            container = shipment.name if sharded else None
-            pending = rucio.submit(_catalogue_part, ops, src.rse, dids, known, part, container, outcome)
-        if pending is not None:
-            added_n += pending.result()
+        except Exception as exc:  # Rucio's side of the previous part may have failed too: say so
+            if pending is not None and (other := pending.exception()) is not None and other is not exc:
+                exc.add_note(f"Rucio's side of the part before also failed: {type(other).__name__}: {other}")
+            raise
     outcome.newly_registered = added_n
     outcome.source_rule_id, _ = _rule(campaign, ops, shipment, shipment.name, src.rse, "pins the source copies")
     outcome.seconds["register"] = time.monotonic() - t0
@@ -614,7 +660,9 @@ def place_data(
             dest=site,
             files=plan.site_source(site),
             raw_inputs=True,
-            extra_values={  # the visits and detectors come with the raws, a part at a time
+            # a part's visits are its raws' exposures' (the detectors come with the raws)
+            value_links=[("exposure", "visit", plan.exposure_visit)],
+            extra_values={
                 "tract": {u.tract for u in campaign.sky_units(site)},
                 "patch": {u.patch for u in campaign.sky_units(site) if u.patch is not None},
                 "skymap": {campaign.config.skymap},

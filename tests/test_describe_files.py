@@ -76,5 +76,5 @@ def test_a_dataset_without_a_file_is_named(butler: Any) -> None:
         "thing", collections=["run/0", "run/1"], where="instrument = 'Cam' AND detector = 5", explain=False
     )
     butler.pruneDatasets([ref], disassociate=False, unstore=True, purge=False)  # registered, no file
-    with pytest.raises(PlanError, match=r"1 thing dataset\(s\) have no file in the central datastore"):
+    with pytest.raises(PlanError, match=r"1 thing dataset\(s\) have no file in the datastore"):
         describe_files(butler, [ref], ["SITE"])

@@ -69,4 +69,37 @@ def test_a_failed_part_stops_registration_after_whole_parts_and_a_rerun_finishes
     assert set(ops.contents(name)) == {f.lfn for f in files}
     records = again.records_files  # one per part and one of the shipment-wide values; parts of equal
     assert set(records) == set(ops.contents(records_dataset(name)))  # records share one file
-    assert len(set(records)) == len(records) and 3 <= len(records) <= n_parts + 1
+    assert 3 <= len(records) <= n_parts + 1
+
+
+def test_a_part_exports_the_records_of_its_own_data_ids(world) -> None:
+    """What a part's records file holds, on the world's central registry: calibrations alone bring
+    no visit (a detector does not bring in every visit that saw it); raws bring their exposures and,
+    through the plan's link, their visits with those visits' detector regions; visit-level products
+    bring their visits' exposures, with the groups those imply."""
+    from multisite_nb.transfer import _values_of, records_needed
+
+    campaign = world.campaign
+    with open_butler(campaign.butler_repo(campaign.central)) as butler:
+        kw: dict = {"explain": False, "limit": None}
+        definitions = list(butler.query_dimension_records("visit_definition", instrument="HSC", **kw))
+        exposure_visit = {r.exposure: r.visit for r in definitions}
+        (exposure, visit), *_ = sorted(exposure_visit.items())
+        detectors = {r.id for r in butler.query_dimension_records("detector", instrument="HSC", **kw)}
+
+        calibs = records_needed(butler, {"instrument": {"HSC"}, "detector": detectors})
+        assert {"instrument", "detector"} <= set(calibs)
+        assert not {"visit", "visit_detector_region", "visit_system_membership", "exposure"} & set(calibs)
+
+        raw_part = _values_of([], {"instrument": ["HSC"], "exposure": [exposure], "detector": detectors})
+        raws = records_needed(butler, _values_of([], raw_part, [("exposure", "visit", exposure_visit)]))
+        assert [r.id for r in raws["exposure"]] == [exposure] and [r.id for r in raws["visit"]] == [visit]
+        assert {(r.visit, r.detector) for r in raws["visit_detector_region"]} <= {(visit, d) for d in detectors}
+        assert raws["visit_detector_region"] and {"group", "day_obs", "physical_filter"} <= set(raws)
+        no_link = records_needed(butler, raw_part)  # without the link, the exposure does not bring its visit
+        assert "visit" not in no_link and [r.id for r in no_link["exposure"]] == [exposure]
+
+        products = records_needed(butler, {"instrument": {"HSC"}, "visit": {visit}, "detector": detectors})
+        assert {r.id for r in products["exposure"]} == {e for e, v in exposure_visit.items() if v == visit}
+        groups = {r.group for r in products["exposure"]}
+        assert groups and groups == {r.name for r in products["group"]}  # implied by the exposures found
