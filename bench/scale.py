@@ -21,7 +21,9 @@ one registry lookup and one stat per file), as a ratio, and a linear fit extrapo
 
 JSON (one object per N, a list if several): raws, tracts, placement_s, placement_peak_rss_mb,
 register_files_per_s, ingest_files_per_s, verify_files_per_s, dashboard_refresh_s,
-run_folder_mb, dr1_placement_s, plus build_s, copy_s, the per-file figures and ratios.
+run_folder_mb, dr1_placement_s, plus placement_cpu_s and dr1_placement_cpu_s (the same on one core:
+the CPU seconds of placement and of its reading processes), build_s, copy_s, the per-file figures
+and ratios.
 """
 
 from __future__ import annotations
@@ -77,14 +79,21 @@ def scale_campaign(name: str) -> dict[str, Any]:
     return data
 
 
-def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Run a command; (wall seconds, its peak RSS in MB)."""
+def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """Run a command; (wall seconds, peak RSS in MB of it or any process it waited for, CPU seconds
+    of it and of the processes it waited for: the time on one core)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, cwd=REPO)
     _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed ({status}): {' '.join(cmd)}")
-    return time.monotonic() - t0, usage.ru_maxrss / 1024
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, usage.ru_maxrss / 1024, cpu
 
 
 def _du_mb(path: Path) -> float:
@@ -179,7 +188,7 @@ def run(
     env = {**os.environ, "MSNB_WORLD": str(world)}
     cli = str(REPO / ".venv" / "bin" / "multisite-nb")
     up = [cli, "world", "up", "--dir", str(world), "--spec", str(spec_file), "--params", str(campaign_file)]
-    build_s, _ = _run([*up, "--db", db], env)
+    build_s, _, _ = _run([*up, "--db", db], env)
     os.environ.update(MSNB_WORLD=str(world))
     out: dict[str, Any] = {"raws_asked": raws, "db": db, "world": str(world), "build_s": round(build_s, 1)}
     campaign = load_campaign(campaign_file)
@@ -194,11 +203,13 @@ def run(
             "r, _ = phases.placement(sys.argv[1], sys.argv[2]); sys.exit(0 if r.passed else 1)"
         )
         py = str(REPO / ".venv" / "bin" / "python")
-        out["placement_s"], out["placement_peak_rss_mb"] = _run([py, "-c", code, str(campaign_file), str(run_dir)], env)
+        placed = _run([py, "-c", code, str(campaign_file), str(run_dir)], env)
+        out["placement_s"], out["placement_peak_rss_mb"], out["placement_cpu_s"] = placed
         plan = PlacementPlan.load(plan_path(run_dir))
         files = sum(c.files for c in plan.summary.sites.values())
         out["planned_files"] = files
         out["dr1_placement_s"] = out["placement_s"] * DR1_RAWS / out["raws"]
+        out["dr1_placement_cpu_s"] = out["placement_cpu_s"] * DR1_RAWS / out["raws"]
         if placement_only:  # no bytes move: the figures of phase 1 and what reads its plan
             t0 = time.monotonic()
             collect(campaign, run_dir)
@@ -259,10 +270,11 @@ def run(
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
 
 
-def fit(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Least-squares line placement_s = a + b * raws, extrapolated to a data release."""
+def fit(results: list[dict[str, Any]], key: str = "placement_s") -> dict[str, float]:
+    """Least-squares line ``key`` = a + b * raws (placement's wall or CPU seconds), extrapolated to a
+    data release."""
     xs = [r["raws"] for r in results]
-    ys = [r["placement_s"] for r in results]
+    ys = [r[key] for r in results]
     if len(xs) < 2:
         return {"a": 0.0, "b": ys[0] / xs[0], "dr1_placement_s": ys[0] / xs[0] * DR1_RAWS}
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
@@ -290,15 +302,17 @@ def main(argv: list[str]) -> None:
     if args.world and len(sizes) > 1:
         parser.error("--world takes one --raws")
     results = [run(n, args.world, args.db, args.sample, args.spec, args.placement_only) for n in sizes]
-    line = fit(results)
+    line, cpu = fit(results), fit(results, "placement_cpu_s")
     for r in results:
         r["dr1_placement_s"] = round(line["dr1_placement_s"], 1)
+        r["dr1_placement_cpu_s"] = round(cpu["dr1_placement_s"], 1)
     print(f"\nscale bench ({args.db}), beside the per-file way on {args.sample} files of the same data:")
     for r in results:
         print(f"  {r['raws']:,} raws, {r['tracts']} tracts, {r['planned_files']:,} files planned")
         print(f"    world built     {r['build_s']:8.1f} s")
         rows = [
             ("placement", f"{r['placement_s']:8.1f} s, peak RSS {r['placement_peak_rss_mb']:.0f} MB", "placement"),
+            ("  on one core", f"{r['placement_cpu_s']:8.1f} CPU s (with its reading processes)", ""),
         ]
         if r["register_files_per_s"] is not None:
             rows += [
@@ -324,6 +338,8 @@ def main(argv: list[str]) -> None:
     per_m = line["b"] * 1e6
     dr1_min = line["dr1_placement_s"] / 60
     print(f"  placement = {line['a']:.1f} s + {per_m:.1f} s per million raws: {dr1_min:.0f} min at 45 M")
+    cpu_m, cpu_min = cpu["b"] * 1e6, cpu["dr1_placement_s"] / 60
+    print(f"  on one core = {cpu['a']:.1f} s + {cpu_m:.1f} CPU s per million raws: {cpu_min:.0f} min at 45 M")
     if args.json:
         args.json.write_text(json.dumps(results[0] if len(results) == 1 else results, indent=1))
 

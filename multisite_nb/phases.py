@@ -343,9 +343,10 @@ def gather_redistribute(
     label = f"gather_redistribute_{stage}"
     summary: dict[str, Any] = {"stage": stage}
     tables: dict[str, Any] = {}
+    shipped = Path(run_dir) / "artifacts" / label  # each shipment's file table under <kind>/files/
     if stage == "final":
         types = validation_set or wiring.final_products
-        plan = plan_gather(campaign, types, "final", ownership=_ownership(campaign, run_dir))
+        plan = plan_gather(campaign, types, "final", ownership=_ownership(campaign, run_dir), folder=shipped / "final")
         tables["final"] = pd.DataFrame(plan.counts())
         passed, reason, rows = _ship(campaign, plan, run_dir, "final gather", progress, collisions_fatal=False)
         summary.update(validation_set=types, shipments=rows, runs_at_central=plan.runs.get(campaign.central, []))
@@ -354,7 +355,9 @@ def gather_redistribute(
         if st.where != "central":
             raise ConfigError(f"{campaign.path}: stage {stage!r} runs at the sites: use submit")
         gathered = wiring.gathered_before(stage)
-        gplan = plan_gather(campaign, gathered, f"gather_{stage}", ownership=_ownership(campaign, run_dir))
+        gplan = plan_gather(
+            campaign, gathered, f"gather_{stage}", ownership=_ownership(campaign, run_dir), folder=shipped / "gather"
+        )
         tables["gather"] = pd.DataFrame(gplan.counts())
         passed, reason, rows = _ship(campaign, gplan, run_dir, f"gather for {stage}", progress)
         summary.update(gathered=gathered, gather_shipments=rows)
@@ -376,7 +379,9 @@ def gather_redistribute(
         if passed:
             produced = [step_run_collection(campaign, campaign.central, step) for step in st.steps]
             redistributed = wiring.redistributed_after(stage)
-            rplan = plan_redistribution(campaign, redistributed, produced, f"redistribute_{stage}")
+            rplan = plan_redistribution(
+                campaign, redistributed, produced, f"redistribute_{stage}", folder=shipped / "redistribute"
+            )
             tables["redistribute"] = pd.DataFrame(rplan.counts())
             passed, reason2, rows2 = _ship(campaign, rplan, run_dir, f"redistribution after {stage}", progress)
             summary.update(redistributed=redistributed, redistribute_shipments=rows2, delivered_runs=rplan.runs)

@@ -33,6 +33,7 @@ from .plan_files import (
     FILES_DIR,
     SCHEMA,
     FileColumns,
+    FileTableSource,
     FileTableWriter,
     PlanSummary,
     SiteCounts,
@@ -305,30 +306,6 @@ class Certification(BaseModel):
     sites: list[str] = Field(default_factory=list, description="the sites the calibration is placed at")
 
 
-class SiteFileSource:
-    """A site's planned files as a shipment and its verification read them: counted from the plan's
-    summary, read from its table a part at a time or in column batches (never all in memory)."""
-
-    def __init__(self, plan: PlacementPlan, site: str) -> None:
-        plan._known(site)
-        self.plan, self.site = plan, site
-
-    def __len__(self) -> int:
-        return self.plan.summary.sites[self.site].files
-
-    def __iter__(self) -> Iterator[PlannedFile]:
-        for batch in self.plan.iter_site_files(self.site):
-            yield from batch
-
-    def parts(self, size: int) -> Iterator[list[PlannedFile]]:
-        """The files in consecutive parts of ``size`` (the last may be shorter)."""
-        return self.plan.iter_site_files(self.site, batch_rows=size)
-
-    def columns(self, batch_rows: int = 50_000) -> Iterator[FileColumns]:
-        """The files as column batches (no object per file): what verification reads."""
-        return self.plan.iter_site_columns(self.site, batch_rows=batch_rows)
-
-
 class PlacementPlan(BaseModel):
     """The phase-1 plan: what the sites' data look like, with the files in a table beside it.
 
@@ -372,9 +349,10 @@ class PlacementPlan(BaseModel):
         for batch in read_site(self.tables, site, columns=FileColumns.COLUMNS, batch_rows=batch_rows):
             yield FileColumns.from_batch(batch)
 
-    def site_source(self, site: str) -> SiteFileSource:
+    def site_source(self, site: str) -> FileTableSource:
         """A site's planned files for a shipment: counted, and read a part at a time."""
-        return SiteFileSource(self, site)
+        self._known(site)
+        return FileTableSource(self.tables, site, self.summary.sites[site].files)
 
     def site_files(self, site: str) -> list[PlannedFile]:
         """All of a site's planned files (memory grows with the site's share: prefer :meth:`iter_site_files`)."""
@@ -541,12 +519,15 @@ _PAGE = 20_000  # datasets per registry page and per datastore-records call
 _VISIT_CHUNK = 2_000  # visits whose detector regions are held at once
 
 
-def _ref_pages(butler: Any, dataset_type: str, inputs: list[str]) -> Iterator[list[Any]]:
+def _ref_pages(
+    butler: Any, dataset_type: str, inputs: list[str], where: str = "", bind: dict[str, Any] | None = None
+) -> Iterator[list[Any]]:
     """Every dataset of a type in the input collections, once each, in pages of at most ``_PAGE``.
 
     A dataset is in exactly one RUN collection, so the RUN collections among the inputs are read as
     one streamed query with no duplicate to drop; datasets reachable only through a TAGGED or
-    CALIBRATION collection (calibrations, typically few) are read first and remembered.
+    CALIBRATION collection (calibrations, typically few) are read first and remembered. ``where``
+    (with ``bind``): only the datasets it admits (a shard).
     """
     from lsst.daf.butler import CollectionType
 
@@ -555,7 +536,9 @@ def _ref_pages(butler: Any, dataset_type: str, inputs: list[str]) -> Iterator[li
     others = [i.name for i in infos if i.type in (CollectionType.TAGGED, CollectionType.CALIBRATION)]
     seen: set[Any] = set()
     if others:
-        refs = butler.query_datasets(dataset_type, collections=others, find_first=False, explain=False, limit=None)
+        refs = butler.query_datasets(
+            dataset_type, collections=others, find_first=False, where=where, bind=bind, explain=False, limit=None
+        )
         unique = []
         for r in refs:
             if r.id not in seen:
@@ -566,7 +549,8 @@ def _ref_pages(butler: Any, dataset_type: str, inputs: list[str]) -> Iterator[li
     if runs:
         page: list[Any] = []
         with butler.query() as query:
-            for ref in query.datasets(dataset_type, collections=runs, find_first=False):
+            results = query.datasets(dataset_type, collections=runs, find_first=False)
+            for ref in results.where(where, bind=bind) if where else results:
                 if seen and ref.id in seen:
                     continue
                 page.append(ref)
@@ -655,6 +639,93 @@ def _file_records(
     return out
 
 
+_SHARD_MIN_FILES = 200_000  # observation files (visit-detector pairs) from which a type is read in shards
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """One process's part of a dataset type: the datasets whose exposure (or visit) is in [lo, hi)."""
+
+    repo: str
+    dataset_type: str
+    inputs: list[str]
+    key: str
+    lo: int
+    hi: int
+    instrument: str
+    roots: dict[str, Path]
+    calibration: bool
+    footprints: dict[str, Footprint]
+
+
+def _shards(
+    footprints: dict[str, Footprint], dims: set[str], workers: int, repo: str, dataset_type: str, **common: Any
+) -> list[_Shard]:
+    """Split an observation type's reading into ``workers`` shards of about as many exposures (or
+    visits) each, by ID range: only datasets of the sites' exposures can be placed, so the ranges
+    cover them all. No shards for few files (a process's start costs seconds)."""
+    pairs = sum(len(d) for fp in footprints.values() for d in fp.visit_detectors.values())
+    if workers < 2 or pairs < _SHARD_MIN_FILES:
+        return []
+    key = "exposure" if "exposure" in dims else "visit"
+    values = sorted(set().union(*(fp.values[key] for fp in footprints.values())))
+    if len(values) < workers:
+        return []
+    bounds = [int(values[i * len(values) // workers]) for i in range(workers)] + [int(values[-1]) + 1]
+    return [
+        _Shard(repo, dataset_type, key=key, lo=lo, hi=hi, footprints=footprints, **common)
+        for lo, hi in itertools.pairwise(bounds)
+    ]
+
+
+def _plan_shard(shard: _Shard, folder: Path) -> tuple[Path, PlanSummary, dict[str, tuple[str, list[str]]]]:
+    """Plan one shard in this (worker) process into its own tables: (tables, their summary, calibrations)."""
+    from .butler_ops import open_butler
+
+    writer = FileTableWriter(folder, list(shard.footprints))
+    calibs: dict[str, tuple[str, list[str]]] = {}
+    try:
+        with open_butler(shard.repo) as butler:
+            where = f"{shard.key} >= lo AND {shard.key} < hi AND instrument = inst"
+            bind = {"lo": shard.lo, "hi": shard.hi, "inst": shard.instrument}
+            for refs in _ref_pages(butler, shard.dataset_type, shard.inputs, where, bind):
+                _plan_page(butler, refs, shard.footprints, shard.roots, writer, True, calibs, shard.calibration)
+        summary = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.tables, summary, calibs
+
+
+def _run_shards(
+    shards: list[_Shard], writer: FileTableWriter, calibs: dict[str, tuple[str, list[str]]], scratch: Path
+) -> None:
+    """Plan the shards in as many processes (spawned: a Butler is opened in each), then append
+    their tables to ``writer`` in shard order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(shards), mp_context=ctx) as pool:
+        futures = [pool.submit(_plan_shard, sh, scratch / f"shard-{i}") for i, sh in enumerate(shards)]
+        try:
+            for sh, fut in zip(shards, futures, strict=True):
+                try:
+                    tables, summary, found = fut.result()
+                except PlanError:
+                    raise
+                except Exception as exc:
+                    raise PlanError(
+                        f"placement: reading {sh.dataset_type} ({sh.key} {sh.lo}..{sh.hi - 1}): {exc}"
+                    ) from exc
+                writer.absorb(tables, summary)
+                calibs.update(found)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
 def _tract_of(mapping: dict[str, Any], fp: Footprint) -> int | None:
     """The tract of the site's a file serves: its own, or that of its visit (raws: their exposure's)."""
     if "tract" in mapping:
@@ -706,7 +777,12 @@ def check_sky_units(campaign: Campaign, butler: Any) -> None:
 
 
 def plan_placement(
-    campaign: Campaign, butler: Any = None, wiring: Any = None, *, folder: Path | None = None
+    campaign: Campaign,
+    butler: Any = None,
+    wiring: Any = None,
+    *,
+    folder: Path | None = None,
+    workers: int | None = None,
 ) -> PlacementPlan:
     """Plan phase 1 from the central registry, streaming the files into per-site tables.
 
@@ -721,7 +797,12 @@ def plan_placement(
     folder
         Where the file tables are written, in a partial folder until :meth:`PlacementPlan.save` puts
         them beside the plan record (default: a temporary folder, removed with the plan object).
+    workers
+        Processes reading a large observation type (raws) side by side, each a range of its
+        exposures (default: the CPUs this process may use, at most 4; types of fewer than
+        ``_SHARD_MIN_FILES`` files are read here).
     """
+    import os
     import tempfile
 
     from lsst.daf.butler import CollectionType
@@ -731,6 +812,8 @@ def plan_placement(
 
     scratch = folder is None
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="msnb-plan-"))
+    if workers is None:
+        workers = min(4, len(os.sched_getaffinity(0)))
     own = butler is None
     if own:
         butler = open_butler(campaign.butler_repo(campaign.central))
@@ -745,23 +828,42 @@ def plan_placement(
         placed_types: list[str] = []
         calibs: dict[str, tuple[str, list[str]]] = {}  # planned calibration id -> (type, sites)
         writer = FileTableWriter(folder, campaign.remote_sites)
+        shard_dir = folder / f".shards.{os.getpid()}"
         try:
             for dt in wiring.placed:
                 try:
                     dstype = butler.get_dataset_type(dt)
-                    pages = _ref_pages(butler, dt, inputs)
-                    first = next(pages, None)
                 except Exception as exc:  # a placed type missing at the central site is a planning error
                     raise PlanError(f"placement: cannot find {dt!r} in {inputs}: {exc}") from exc
-                placed_types.append(dt)
                 dims = set(dstype.dimensions.names)
                 observation = "exposure" in dims or "visit" in dims
+                shards = (
+                    _shards(
+                        footprints, dims, workers, str(campaign.butler_repo(campaign.central)), dt,
+                        inputs=inputs, instrument=campaign.config.instrument, roots=roots,
+                        calibration=dstype.isCalibration(),
+                    )
+                    if observation
+                    else []
+                )  # fmt: skip
+                if shards:
+                    placed_types.append(dt)
+                    _run_shards(shards, writer, calibs, shard_dir)
+                    continue
+                try:
+                    pages = _ref_pages(butler, dt, inputs)
+                    first = next(pages, None)
+                except Exception as exc:
+                    raise PlanError(f"placement: cannot find {dt!r} in {inputs}: {exc}") from exc
+                placed_types.append(dt)
                 for refs in itertools.chain([first] if first else [], pages):
                     _plan_page(butler, refs, footprints, roots, writer, observation, calibs, dstype.isCalibration())
             summary = writer.close()
         except BaseException:
             writer.abort()
             raise
+        finally:
+            shutil.rmtree(shard_dir, ignore_errors=True)
         # calibration collections among the inputs, and validity ranges of the planned calibs
         chains = _chains(butler, inputs)
         calib_colls = [

@@ -1,4 +1,4 @@
-"""The placement plan's file table: one Parquet file per site, written while planning, read in batches.
+"""File tables: one Parquet file per site (or shipment), written while planning, read in batches.
 
 A data release places tens of millions of files; a plan holding one Python object per file
 (and a JSON file of all of them) does not fit in memory. The planner hands each file to a
@@ -8,7 +8,9 @@ writing it keeps the summaries the views need (per site, per site and tract, the
 each updated once per file: linear, and read later without opening the table.
 
 Layout under the plan's folder: ``files/<site>.parquet``, columns :data:`SCHEMA`. A file several
-sites need is a row in each of their tables (its ``sites`` column lists them all).
+sites need is a row in each of their tables (its ``sites`` column lists them all). Gathers and
+redistributions write the same tables, one per shipment. A :class:`FileTableSource` is what a
+shipment and its verification read: counted from the summary, read a part or a column batch at a time.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SCHEMA",
     "FileColumns",
+    "FileTableSource",
     "FileTableWriter",
     "PlanSummary",
     "SiteCounts",
@@ -67,6 +70,7 @@ class SiteCounts(BaseModel):
     bytes: int = 0
     shared_files: int = 0
     by_type: dict[str, int] = Field(default_factory=dict)
+    runs: list[str] = Field(default_factory=list, description="the RUN collections its files are in")
 
 
 class TractCounts(BaseModel):
@@ -102,7 +106,8 @@ class FileTableWriter:
     folder
         The plan's folder; the tables are written to a partial folder in it (see :attr:`tables`).
     sites
-        The remote sites (each gets a table, empty if it needs nothing).
+        The tables' names: the remote sites (or shipments); each gets a table, empty if nothing is
+        written to it.
     flush_rows
         Rows buffered per site before a row group is written.
     """
@@ -121,6 +126,7 @@ class FileTableWriter:
         self._site_counts = {s: [0, 0, 0] for s in self.sites}  # files, bytes, shared files
         self._tracts: dict[tuple[str, int], list[int]] = {}
         self._by_type: dict[str, dict[str, int]] = {s: defaultdict(int) for s in self.sites}
+        self._runs: dict[str, set[str]] = {s: set() for s in self.sites}
         self._boundary = [0, 0, 0]  # files, extra copies, extra bytes
         self.summary = PlanSummary(sites={s: SiteCounts() for s in self.sites})
 
@@ -141,12 +147,13 @@ class FileTableWriter:
         tracts: Mapping[str, int | None] | None = None,
         adler32: str | None = None,
         boundary: bool = False,
+        tables: Sequence[str] | None = None,
     ) -> None:
         """One planned file, needed by ``sites``.
 
-        ``tracts``: per site, the tract the file serves there (none: not bound to a tract);
+        ``tracts``: per table, the tract the file serves there (none: not bound to a tract);
         ``boundary``: the file is an observation's (raw, visit-level), so several sites needing it
-        is a boundary cost.
+        is a boundary cost; ``tables``: the tables the row goes to (default: those of ``sites``).
         """
         data_json = json.dumps(data_id, sort_keys=True)
         n = len(sites)
@@ -155,7 +162,7 @@ class FileTableWriter:
             self._boundary[0] += 1
             self._boundary[1] += n - 1
             self._boundary[2] += (n - 1) * size
-        for site in sites:
+        for site in sites if tables is None else tables:
             tract = tracts.get(site) if tracts else None
             buf = self._buf[site]
             buf["id"].append(id)
@@ -172,6 +179,7 @@ class FileTableWriter:
             counts[1] += size
             counts[2] += shared
             self._by_type[site][dataset_type] += 1
+            self._runs[site].add(run)
             if tract is not None:
                 tc = self._tracts.get((site, tract))
                 if tc is None:
@@ -196,7 +204,13 @@ class FileTableWriter:
             self._writers[site].close()
         self.summary = PlanSummary(
             sites={
-                s: SiteCounts(files=c[0], bytes=c[1], shared_files=c[2], by_type=dict(self._by_type[s]))
+                s: SiteCounts(
+                    files=c[0],
+                    bytes=c[1],
+                    shared_files=c[2],
+                    by_type=dict(self._by_type[s]),
+                    runs=sorted(self._runs[s]),
+                )
                 for s, c in self._site_counts.items()
             },
             tracts=[
@@ -208,6 +222,36 @@ class FileTableWriter:
             boundary_extra_bytes=self._boundary[2],
         )
         return self.summary
+
+    def absorb(self, tables: Path, summary: PlanSummary) -> None:
+        """Append the tables another writer wrote (a shard of the same plan, same sites) and add
+        its counts; the rows follow those already added. ``tables`` is removed afterwards."""
+        for site in self.sites:
+            self._flush(site)
+            path = site_table_path(tables, site)
+            if path.exists():
+                pf = pq.ParquetFile(path)
+                for i in range(pf.num_row_groups):
+                    self._writers[site].write_table(pf.read_row_group(i))
+            c = summary.sites.get(site)
+            if c is None:
+                continue
+            counts = self._site_counts[site]
+            counts[0] += c.files
+            counts[1] += c.bytes
+            counts[2] += c.shared_files
+            for dt, n in c.by_type.items():
+                self._by_type[site][dt] += n
+            self._runs[site].update(c.runs)
+        for t in summary.tracts:
+            tc = self._tracts.setdefault((t.site, t.tract), [0, 0, 0])
+            tc[0] += t.files
+            tc[1] += t.bytes
+            tc[2] += t.shared_files
+        self._boundary[0] += summary.boundary_files
+        self._boundary[1] += summary.boundary_extra_copies
+        self._boundary[2] += summary.boundary_extra_bytes
+        shutil.rmtree(tables, ignore_errors=True)
 
     @property
     def tables(self) -> Path:
@@ -324,3 +368,29 @@ def planned_files(batch: pa.RecordBatch) -> list[PlannedFile]:
         )
         for i in range(batch.num_rows)
     ]
+
+
+class FileTableSource:
+    """The files of one table (a site's placement, a shipment's gather) as a shipment and its
+    verification read them: counted from the summary, read a part or a column batch at a time
+    (never all in memory)."""
+
+    def __init__(self, tables: Path, name: str, files: int) -> None:
+        self.tables, self.name, self.files = Path(tables), name, files
+
+    def __len__(self) -> int:
+        return self.files
+
+    def __iter__(self) -> Iterator[PlannedFile]:
+        for batch in read_site(self.tables, self.name):
+            yield from planned_files(batch)
+
+    def parts(self, size: int) -> Iterator[list[PlannedFile]]:
+        """The files in consecutive parts of ``size`` (the last may be shorter)."""
+        for batch in read_site(self.tables, self.name, batch_rows=size):
+            yield planned_files(batch)
+
+    def columns(self, batch_rows: int = 50_000) -> Iterator[FileColumns]:
+        """The files as column batches (no object per file): what verification reads."""
+        for batch in read_site(self.tables, self.name, columns=FileColumns.COLUMNS, batch_rows=batch_rows):
+            yield FileColumns.from_batch(batch)

@@ -36,7 +36,8 @@ from lsst.rucio.register.rubin_meta import RubinMeta
 from .config import Campaign
 from .errors import ConfigError, MsnbError, PlanError
 from .naming import placement_dataset, records_dataset, shard_dataset
-from .placement import PlannedFile, SiteFileSource
+from .placement import PlannedFile
+from .plan_files import FileTableSource
 from .records import RuleRecord, RuleState, ShipmentOutcome
 from .rucio_ops import FileDid, RucioOps
 
@@ -67,7 +68,7 @@ class Shipment:
     name: str  # Rucio dataset name of the data files (the records get "<name>.dimensions")
     source: str
     dest: str
-    files: Sequence[PlannedFile] | SiteFileSource  # a placement's: read from the plan a part at a time
+    files: Sequence[PlannedFile] | FileTableSource  # a table: read a part at a time
     extra_values: Mapping[str, Iterable[Any]] = field(default_factory=dict)  # shipment-wide, exported once
     raw_inputs: bool = False  # placement of pipeline inputs: observations are Rubin "raw_file"s
     # (from, to, mapping): each part's values of dimension ``to`` are the mapped values of its
@@ -80,7 +81,7 @@ class Shipment:
 
     def parts(self, size: int) -> Iterator[Sequence[PlannedFile]]:
         """The files in consecutive parts of ``size``: what registration and ingest hold at a time."""
-        if isinstance(self.files, SiteFileSource):
+        if isinstance(self.files, FileTableSource):
             yield from self.files.parts(size)
         else:
             for start in range(0, len(self.files), size):

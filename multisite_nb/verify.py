@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from .config import Campaign
-from .placement import PlacementPlan, PlannedFile, SiteFileSource, adler32_many
-from .plan_files import FileColumns
+from .placement import PlacementPlan, PlannedFile, adler32_many
+from .plan_files import FileColumns, FileTableSource
 from .records import RuleState
 from .rucio_ops import RucioOps
 
@@ -77,7 +77,7 @@ def verify_site(
     campaign: Campaign,
     ops: RucioOps,
     site: str,
-    files: SiteFileSource | Sequence[PlannedFile],
+    files: FileTableSource | Sequence[PlannedFile],
     dataset: str,
     *,
     checksums: bool = True,
@@ -89,7 +89,7 @@ def verify_site(
     Each layer stands alone: one that cannot be read (Rucio, the site's Butler) is an
     ``unreachable`` problem naming the reason, and the other layers are still checked.
     """
-    batches = files.columns() if isinstance(files, SiteFileSource) else [FileColumns.from_planned(files)]
+    batches = files.columns() if isinstance(files, FileTableSource) else [FileColumns.from_planned(files)]
     spec = campaign.site(site)
     report = SiteReport(site, len(files), dataset=dataset)
     rucio = _RucioLayer(report, ops, spec.rse, dataset)
@@ -305,7 +305,7 @@ def _check_disk(report: SiteReport, root: Path, batch: FileColumns, checksums: b
 
 def verify_shipments(
     campaign: Campaign,
-    groups: Sequence[tuple[str, str, SiteFileSource | Sequence[PlannedFile]]],
+    groups: Sequence[tuple[str, str, FileTableSource | Sequence[PlannedFile]]],
     *,
     checksums: bool = True,
 ) -> list[SiteReport]:

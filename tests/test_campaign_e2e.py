@@ -15,6 +15,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from multisite_nb.config import repo_root
@@ -95,8 +96,19 @@ def test_index_links_resolve(campaign_run) -> None:
 
 
 def test_final_products_are_home_per_site(campaign_run) -> None:
-    """The central Butler holds each site's final products, in that site's own RUN collections."""
-    _, world, _, _ = campaign_run
+    """The central Butler holds each site's final products, in that site's own RUN collections;
+    what each shipment moved is the table the final gather wrote in the run folder."""
+    _, world, (run_dir,), _ = campaign_run
+    result = json.loads((run_dir / "results" / "gather_redistribute_final.json").read_text())
+    moved = {r["shipment"]: r["files"] for r in result["summary"]["shipments"]}
+    tables = run_dir / "artifacts" / "gather_redistribute_final" / "final" / "files"
+    for site, tract in (("IN2P3", 0), ("RAL", 1), ("LANCS", 2)):
+        rows = pq.read_table(tables / f"3x3.final.{site}.parquet").to_pylist()
+        assert len(rows) == moved[f"3x3.final.{site}"] > 0
+        assert {json.loads(r["data_id"])["tract"] for r in rows if r["dataset_type"] == "forcedSourceTable_tract"} == {
+            tract
+        }
+        assert all(r["sites"] == ["USDF"] and r["run"].startswith(f"3x3/{site}/") for r in rows)
     out = subprocess.run(
         [
             str(BIN / "butler"),

@@ -61,6 +61,33 @@ def test_boundary_visits_are_detected_and_placed_at_both_sites(neighbours) -> No
     assert not any("LANCS" in s for s in plan.boundary_visits.values())
 
 
+def test_raws_read_in_shards_by_other_processes_make_the_same_plan(neighbours, monkeypatch) -> None:
+    """A large observation type is read by spawned processes, each an exposure range, each with its
+    own Butler; their tables appended in order give the plan one process gives (rows and counts)."""
+    from multisite_nb import placement
+
+    _, campaign = neighbours
+    one = plan_placement(campaign, workers=1)
+    monkeypatch.setattr(placement, "_SHARD_MIN_FILES", 0)  # shard however few the files
+    seen: list[list[tuple[str, int, int]]] = []
+    real = placement._run_shards
+
+    def spy(shards, *args):
+        seen.append([(s.key, s.lo, s.hi) for s in shards])
+        return real(shards, *args)
+
+    monkeypatch.setattr(placement, "_run_shards", spy)
+    two = plan_placement(campaign, workers=2)
+    assert seen and all(len(shards) == 2 for shards in seen), seen
+    (key, lo, mid), (_, mid2, hi) = seen[0]
+    assert key == "exposure" and lo < mid == mid2 < hi
+    assert two.model_dump() == one.model_dump()  # summaries, visits, owners, boundary
+    for site in one.sites:
+        rows = [sorted(p.site_table(site).to_pylist(), key=lambda r: r["id"]) for p in (one, two)]
+        assert rows[0] == rows[1] and rows[0], site
+    assert not list(Path(two.tables).parent.glob(".shards.*"))  # the shards' own tables are gone
+
+
 def test_each_site_gets_only_overlapping_raws(neighbours) -> None:
     _, campaign = neighbours
     plan = plan_placement(campaign)

@@ -105,9 +105,45 @@ def test_a_shipment_reads_a_sites_files_a_part_at_a_time(tmp_path: Path) -> None
     parts = list(shipment.parts(400))
     assert [len(p) for p in parts[:-1]] == [400] * (len(parts) - 1) and 0 < len(parts[-1]) <= 400
     assert [f.id for p in parts for f in p] == [f.id for f in whole]
-    in_memory = Shipment(name="s", source="C", dest="A", files=whole)  # a gather's shipment: a list
+    in_memory = Shipment(name="s", source="C", dest="A", files=whole)  # files made outside a table: a list
     assert [[f.id for f in p] for p in in_memory.parts(400)] == [[f.id for f in p] for p in parts]
     # verification reads the same files as columns, batch by batch
     assert [i for batch in source.columns(batch_rows=700) for i in batch.id] == [f.id for f in whole]
     with pytest.raises(PlanError, match="no site 'Z'"):
         plan.site_source("Z")
+
+
+def test_a_gathers_tables_are_named_by_shipment_and_collisions_found_by_hash(tmp_path: Path) -> None:
+    """A gather writes one table per shipment (rows go to the table named, whatever their
+    destination); a (dataset type, data ID) in the tables of two source sites is a collision,
+    found holding 8 bytes a file and read back with its data ID."""
+    from multisite_nb.gather import find_collisions
+
+    writer = FileTableWriter(tmp_path, ["g.A", "g.B"], flush_rows=50)
+    for site, visits in (("A", range(0, 120)), ("B", range(118, 200))):  # visits 118 and 119 at both
+        for v in visits:
+            for dt in ("sourceTable_visit", "visitSummary"):
+                writer.add(
+                    id=f"{site}-{dt}-{v}",
+                    dataset_type=dt,
+                    run=f"p/{site}/step1/{v % 2}",
+                    data_id={"instrument": "Cam", "visit": v},
+                    lfn=f"{dt}/{v}.parquet",
+                    size=10,
+                    sites=["CENTRAL"],
+                    tables=[f"g.{site}"],
+                )
+    # a site's own duplicate is not a collision between sites
+    writer.add(id="A-again", dataset_type="visitSummary", run="p/A/x", data_id={"instrument": "Cam", "visit": 1},
+               lfn="x", size=1, sites=["CENTRAL"], tables=["g.A"])  # fmt: skip
+    summary = writer.close()
+    tables = install_tables(writer.tables, tmp_path)
+    assert summary.sites["g.A"].files == 241 and summary.sites["g.B"].files == 164
+    assert summary.sites["g.A"].runs == ["p/A/step1/0", "p/A/step1/1", "p/A/x"]
+    assert {r["sites"][0] for b in read_site(tables, "g.B") for r in b.to_pylist()} == {"CENTRAL"}
+
+    found = find_collisions(tables, {"g.A": "A", "g.B": "B"})
+    assert [(c.dataset_type, json.loads(c.data_id)["visit"], c.sites) for c in found] == [
+        (dt, v, ("A", "B")) for dt in ("sourceTable_visit", "visitSummary") for v in (118, 119)
+    ]
+    assert find_collisions(tables, {"g.A": "A"}) == []

@@ -123,6 +123,29 @@ def test_unreachable_repo_predicts_the_chain_from_the_stage_plan(facilities: Cam
     assert step_run(facilities, "USDF", "step2c").inputs == ["HSC/defaults"]
 
 
+def test_a_site_registry_not_readable_here_takes_its_tables_from_the_central_one(campaign: Campaign) -> None:
+    """A facility's registry the operator cannot open: the patches and visits come from the
+    central registry (as data ID tables), not as an expression of the sky units."""
+    sites = dict(campaign.manifest.sites)
+    sites["IN2P3"] = sites["IN2P3"].model_copy(update={"butler": "/nonexistent/IN2P3/butler"})
+    away = Campaign(
+        campaign.config, campaign.manifest.model_copy(update={"sites": sites}), campaign.path, campaign.manifest_path
+    )
+    assert site_visits(away, "IN2P3") is None  # not readable from here
+    units = away.sky_units("IN2P3")
+    step3 = step_run(away, "IN2P3", "step3", chain_exists=True)
+    assert step3.data_id_table is not None and step3.data_id_table.rows == (
+        ("hsc_rings_3x3", 0, 3),
+        ("hsc_rings_3x3", 0, 4),
+    )
+    assert "tract" not in step3.data_query and "patch" not in step3.data_query
+    step1 = step_run(away, "IN2P3", "step1", chain_exists=False)
+    assert step1.data_query == "instrument = 'HSC'" and step1.data_id_table is not None
+    from_central = site_visits(campaign, "USDF", units)
+    assert from_central and [v for _, v in step1.data_id_table.rows] == from_central
+    assert set(site_visits(campaign, "IN2P3") or []) <= set(from_central)  # what the site holds, at most
+
+
 # ------------------------------------------------------------------------------ submit files
 def test_panda_submit_files_load_with_bps(
     facilities: Campaign, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -179,8 +179,10 @@ def data_selection(
     The patches and the visits travel as data ID tables (see :class:`DataIdTable`), the tracts as
     an ``IN`` list of ranges: no expression grows with the number of tracts or visits (daf_butler
     makes each literal of an ``IN`` list an equality, OR-ed; SQLite refuses 1,000 of them). Where
-    the site's registry cannot be read from here (a remote facility), the sky units spelled as an
-    expression.
+    the site's registry cannot be read from here (a remote facility), they come from the central
+    registry (the same sky map, and every visit the site was given); only where neither can be
+    read, the sky units spelled as an expression (which grows with the tracts cut by a sky
+    boundary: daf_butler's rewriting of ``OR``-ed tract-and-patch terms fails from about ten).
 
     Returns
     -------
@@ -193,6 +195,8 @@ def data_selection(
     dims = step_dimensions(str(campaign.pipeline_path), step)
     if "patch" in dims:
         patches = site_patches(campaign, site, units)
+        if patches is None and site != campaign.central:
+            patches = site_patches(campaign, campaign.central, units)
         if not patches:
             return by_units, None
         by_patch = DataIdTable(("skymap", "tract", "patch"), tuple((cfg.skymap, t, p) for t, p in patches))
@@ -203,6 +207,8 @@ def data_selection(
     table: DataIdTable | None = None
     if "tract" not in dims or dims & {"visit", "exposure", "detector"}:
         visits = site_visits(campaign, site, units)
+        if visits is None and site != campaign.central:
+            visits = site_visits(campaign, campaign.central, units)
         if not visits:
             return by_units, None
         table = DataIdTable(("instrument", "visit"), tuple((cfg.instrument, v) for v in visits))
