@@ -227,8 +227,24 @@ def _unit_overlaps(
     return hits, detectors
 
 
-def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
-    """Spatially query the registry for everything a site's sky units overlap."""
+_Overlaps = tuple[list[tuple[dict[str, Any], list[int]]], dict[int, list[int]]]
+
+
+def _overlaps_job(repo: str, units: list[tuple[int, int | None]], skymap: str, instrument: str) -> _Overlaps:
+    """:func:`_unit_overlaps` of some of a site's units, in a worker process with its own Butler."""
+    from .butler_ops import open_butler, unit_records
+
+    with open_butler(repo) as butler:
+        regions = {(r.tract, r.id): r.region for r in unit_records(butler, units, skymap, "patch")}
+        return _unit_overlaps(butler, units, skymap, instrument, regions)
+
+
+def site_footprint(butler: Any, campaign: Campaign, site: str, overlaps: _Overlaps | None = None) -> Footprint:
+    """Spatially query the registry for everything a site's sky units overlap.
+
+    ``overlaps``: the units' visit-patch overlaps and visits' detectors (:func:`_unit_overlaps`),
+    if already found (by worker processes, see :func:`footprints`).
+    """
     from .butler_ops import unit_records
 
     cfg = campaign.config
@@ -240,7 +256,9 @@ def site_footprint(butler: Any, campaign: Campaign, site: str) -> Footprint:
         fp.values["patch"].add(rec.id)
         fp.regions.append(rec.region)
         patch_regions[(rec.tract, rec.id)] = rec.region
-    hits, detectors = _unit_overlaps(butler, units, cfg.skymap, cfg.instrument, patch_regions)
+    if overlaps is None:
+        overlaps = _unit_overlaps(butler, units, cfg.skymap, cfg.instrument, patch_regions)
+    hits, detectors = overlaps
     for m, ds in hits:
         visit, tract = int(m["visit"]), int(m["tract"])
         fp.visit_weight[visit] += len(ds)
@@ -697,33 +715,85 @@ def _plan_shard(shard: _Shard, folder: Path) -> tuple[Path, PlanSummary, dict[st
     return writer.tables, summary, calibs
 
 
-def _run_shards(
-    shards: list[_Shard], writer: FileTableWriter, calibs: dict[str, tuple[str, list[str]]], scratch: Path
-) -> None:
-    """Plan the shards in as many processes (spawned: a Butler is opened in each), then append
-    their tables to ``writer`` in shard order."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+class _Workers:
+    """Worker processes for placement, started when first needed (spawned: each opens its own Butler)."""
 
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(shards), mp_context=ctx) as pool:
-        futures = [pool.submit(_plan_shard, sh, scratch / f"shard-{i}") for i, sh in enumerate(shards)]
-        try:
-            for sh, fut in zip(shards, futures, strict=True):
-                try:
-                    tables, summary, found = fut.result()
-                except PlanError:
-                    raise
-                except Exception as exc:
-                    raise PlanError(
-                        f"placement: reading {sh.dataset_type} ({sh.key} {sh.lo}..{sh.hi - 1}): {exc}"
-                    ) from exc
-                writer.absorb(tables, summary)
-                calibs.update(found)
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._pool: Any = None
+
+    def pool(self) -> Any:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(max_workers=self.n, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+_PARALLEL_MIN_UNITS = 500  # sky units (all sites) from which footprints are found by worker processes
+
+
+def footprints(butler: Any, campaign: Campaign, workers: _Workers | None = None) -> dict[str, Footprint]:
+    """Each remote site's :class:`Footprint`.
+
+    With ``workers`` and many units, the spatial part (which visits and detectors overlap which
+    units: a registry join and every detector region of those visits) is split into jobs of
+    about equal numbers of units, run side by side; a visit met by two jobs is read by both and
+    its overlaps merged. The rest is settled here, site by site.
+    """
+    cfg = campaign.config
+    units = {s: [(u.tract, u.patch) for u in campaign.sky_units(s)] for s in campaign.remote_sites}
+    total = sum(len(us) for us in units.values())
+    if workers is None or workers.n < 2 or total < _PARALLEL_MIN_UNITS:
+        return {s: site_footprint(butler, campaign, s) for s in campaign.remote_sites}
+    size = -(-total // (2 * workers.n))  # two jobs a worker: the sites' shares are uneven
+    repo = str(campaign.butler_repo(campaign.central))
+    jobs = [(s, us[i : i + size]) for s, us in units.items() for i in range(0, len(us), size)]
+    pool = workers.pool()
+    futures = [pool.submit(_overlaps_job, repo, chunk, cfg.skymap, cfg.instrument) for _, chunk in jobs]
+    hits: dict[str, dict[tuple[int, int, int], tuple[dict[str, Any], list[int]]]] = {s: {} for s in units}
+    detectors: dict[str, dict[int, list[int]]] = {s: {} for s in units}
+    for (site, _), fut in zip(jobs, futures, strict=True):
+        found, dets = fut.result()
+        for m, ds in found:  # a visit-patch pair once, whichever jobs met it
+            hits[site].setdefault((int(m["visit"]), int(m["tract"]), int(m["patch"])), (m, ds))
+        detectors[site].update(dets)
+    return {
+        s: site_footprint(butler, campaign, s, overlaps=(list(hits[s].values()), detectors[s]))
+        for s in campaign.remote_sites
+    }
+
+
+def _run_shards(
+    shards: list[_Shard],
+    writer: FileTableWriter,
+    calibs: dict[str, tuple[str, list[str]]],
+    scratch: Path,
+    workers: _Workers,
+) -> None:
+    """Plan the shards in the worker processes, then append their tables to ``writer`` in shard order."""
+    pool = workers.pool()
+    futures = [pool.submit(_plan_shard, sh, scratch / f"shard-{i}") for i, sh in enumerate(shards)]
+    try:
+        for sh, fut in zip(shards, futures, strict=True):
+            try:
+                tables, summary, found = fut.result()
+            except PlanError:
+                raise
+            except Exception as exc:
+                raise PlanError(f"placement: reading {sh.dataset_type} ({sh.key} {sh.lo}..{sh.hi - 1}): {exc}") from exc
+            writer.absorb(tables, summary)
+            calibs.update(found)
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        raise
 
 
 def _tract_of(mapping: dict[str, Any], fp: Footprint) -> int | None:
@@ -817,6 +887,7 @@ def plan_placement(
     own = butler is None
     if own:
         butler = open_butler(campaign.butler_repo(campaign.central))
+    pool = _Workers(workers)
     try:
         check_sky_units(campaign, butler)
         if wiring is None:
@@ -824,7 +895,7 @@ def plan_placement(
             wiring = derive_wiring(graph, campaign.config.stages)
         inputs = list(campaign.config.collections.inputs)
         roots = {name: Path(r.ospath) for name, r in butler.get_datastore_roots().items() if r is not None}
-        footprints = {s: site_footprint(butler, campaign, s) for s in campaign.remote_sites}
+        fps = footprints(butler, campaign, pool)
         placed_types: list[str] = []
         calibs: dict[str, tuple[str, list[str]]] = {}  # planned calibration id -> (type, sites)
         writer = FileTableWriter(folder, campaign.remote_sites)
@@ -839,7 +910,7 @@ def plan_placement(
                 observation = "exposure" in dims or "visit" in dims
                 shards = (
                     _shards(
-                        footprints, dims, workers, str(campaign.butler_repo(campaign.central)), dt,
+                        fps, dims, workers, str(campaign.butler_repo(campaign.central)), dt,
                         inputs=inputs, instrument=campaign.config.instrument, roots=roots,
                         calibration=dstype.isCalibration(),
                     )
@@ -848,7 +919,7 @@ def plan_placement(
                 )  # fmt: skip
                 if shards:
                     placed_types.append(dt)
-                    _run_shards(shards, writer, calibs, shard_dir)
+                    _run_shards(shards, writer, calibs, shard_dir, pool)
                     continue
                 try:
                     pages = _ref_pages(butler, dt, inputs)
@@ -857,7 +928,7 @@ def plan_placement(
                     raise PlanError(f"placement: cannot find {dt!r} in {inputs}: {exc}") from exc
                 placed_types.append(dt)
                 for refs in itertools.chain([first] if first else [], pages):
-                    _plan_page(butler, refs, footprints, roots, writer, observation, calibs, dstype.isCalibration())
+                    _plan_page(butler, refs, fps, roots, writer, observation, calibs, dstype.isCalibration())
             summary = writer.close()
         except BaseException:
             writer.abort()
@@ -893,14 +964,14 @@ def plan_placement(
                             )
                         )
         visit_sites: dict[int, list[str]] = defaultdict(list)
-        for s, fp in footprints.items():
+        for s, fp in fps.items():
             for v in fp.values["visit"]:
                 visit_sites[v].append(s)
-        owners = visit_owners({s: fp.visit_weight for s, fp in footprints.items()}, campaign.remote_sites)
-        exposure_visit = {e: v for fp in footprints.values() for e, v in fp.exposure_visit.items()}
+        owners = visit_owners({s: fp.visit_weight for s, fp in fps.items()}, campaign.remote_sites)
+        exposure_visit = {e: v for fp in fps.values() for e, v in fp.exposure_visit.items()}
         per_site: dict[str, Any] = {
-            "visits": {s: sorted(fp.values["visit"]) for s, fp in footprints.items()},
-            "detectors": {s: sorted(fp.values["detector"]) for s, fp in footprints.items()},
+            "visits": {s: sorted(fp.values["visit"]) for s, fp in fps.items()},
+            "detectors": {s: sorted(fp.values["detector"]) for s, fp in fps.items()},
         }
         boundary = {v: ss for v, ss in sorted(visit_sites.items()) if len(ss) > 1}
         collections: dict[str, Any] = {
@@ -929,6 +1000,7 @@ def plan_placement(
             shutil.rmtree(folder, ignore_errors=True)
         raise
     finally:
+        pool.close()
         if own:
             butler.close()
 
@@ -945,10 +1017,16 @@ def _plan_page(
 ) -> None:
     """Find which sites need each dataset of a page; write those with their file's records."""
     universe = butler.dimensions
+    group = refs[0].dataId.dimensions  # one dataset type a page: the same dimensions throughout
+    required, full = list(group.required), list(group.data_coordinate_keys)
     wanted_refs = []
     for ref in refs:
-        did = ref.dataId
-        mapping = dict(did.mapping if did.hasFull() else did.required)
+        did = ref.dataId  # values as tuples, not a mapping built per data ID
+        mapping = (
+            dict(zip(full, did.full_values, strict=True))
+            if did.hasFull()
+            else dict(zip(required, did.required_values, strict=True))
+        )
         wanted = [s for s, fp in footprints.items() if fp.admits_mapping(mapping, universe)]
         if wanted:
             wanted_refs.append((ref, ref.id, mapping, wanted))  # DatasetRef.id makes a new UUID at each call
@@ -961,11 +1039,12 @@ def _plan_page(
         sid = str(rid)
         if calibration:
             calibs[sid] = (name, wanted)
+        values = ref.dataId.required_values
         writer.add(
             id=sid,
             dataset_type=name,
             run=ref.run,
-            data_id={k: _json_value(v) for k, v in ref.dataId.required.items()},
+            data_id={k: _json_value(v) for k, v in zip(required, values, strict=True)},
             lfn=lfn,
             size=size,
             sites=wanted,

@@ -61,14 +61,25 @@ def test_boundary_visits_are_detected_and_placed_at_both_sites(neighbours) -> No
     assert not any("LANCS" in s for s in plan.boundary_visits.values())
 
 
-def test_raws_read_in_shards_by_other_processes_make_the_same_plan(neighbours, monkeypatch) -> None:
-    """A large observation type is read by spawned processes, each an exposure range, each with its
-    own Butler; their tables appended in order give the plan one process gives (rows and counts)."""
+def test_footprints_and_raws_found_by_other_processes_make_the_same_plan(neighbours, monkeypatch) -> None:
+    """With many units, the sites' footprints are found by spawned processes (jobs of units, each
+    with its own Butler), and a large observation type is read by them too, an exposure range
+    each; their results merged (tables appended in order) give the plan one process gives."""
     from multisite_nb import placement
 
     _, campaign = neighbours
     one = plan_placement(campaign, workers=1)
     monkeypatch.setattr(placement, "_SHARD_MIN_FILES", 0)  # shard however few the files
+    monkeypatch.setattr(placement, "_PARALLEL_MIN_UNITS", 0)  # and however few the units
+    found_elsewhere: list[str] = []
+    settle = placement.site_footprint
+
+    def spy_footprint(butler, campaign, site, overlaps=None):
+        if overlaps is not None:  # the spatial part came from the workers
+            found_elsewhere.append(site)
+        return settle(butler, campaign, site, overlaps)
+
+    monkeypatch.setattr(placement, "site_footprint", spy_footprint)
     seen: list[list[tuple[str, int, int]]] = []
     real = placement._run_shards
 
@@ -78,6 +89,7 @@ def test_raws_read_in_shards_by_other_processes_make_the_same_plan(neighbours, m
 
     monkeypatch.setattr(placement, "_run_shards", spy)
     two = plan_placement(campaign, workers=2)
+    assert found_elsewhere == campaign.remote_sites
     assert seen and all(len(shards) == 2 for shards in seen), seen
     (key, lo, mid), (_, mid2, hi) = seen[0]
     assert key == "exposure" and lo < mid == mid2 < hi
