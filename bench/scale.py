@@ -80,8 +80,8 @@ def scale_campaign(name: str) -> dict[str, Any]:
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
-    """Run a command; (wall seconds, peak RSS in MB of it or any process it waited for, CPU seconds
-    of it and of the processes it waited for: the time on one core)."""
+    """Run a command; (wall seconds, the largest peak RSS in MB of it and the processes it waited for
+    (placement's workers each hold their own), CPU seconds of them all: the time on one core)."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -311,7 +311,7 @@ def main(argv: list[str]) -> None:
         print(f"  {r['raws']:,} raws, {r['tracts']} tracts, {r['planned_files']:,} files planned")
         print(f"    world built     {r['build_s']:8.1f} s")
         rows = [
-            ("placement", f"{r['placement_s']:8.1f} s, peak RSS {r['placement_peak_rss_mb']:.0f} MB", "placement"),
+            ("placement", f"{r['placement_s']:8.1f} s, peak RSS {r['placement_peak_rss_mb']:.0f} MB/proc", "placement"),
             ("  on one core", f"{r['placement_cpu_s']:8.1f} CPU s (with its reading processes)", ""),
         ]
         if r["register_files_per_s"] is not None:

@@ -173,7 +173,7 @@ def _tables(plan: GatherPlan, names: Sequence[str], folder: Path | None) -> Iter
             shutil.rmtree(where, ignore_errors=True)
         raise
     for s in plan.shipments:
-        s.files = FileTableSource(plan.tables, s.name, plan.summary.sites[s.name].files)
+        s.files = FileTableSource(plan.tables, s.name, plan.summary.sites[s.name].files, owner=plan)
     if scratch:  # a plan made outside a run folder leaves nothing behind
         weakref.finalize(plan, shutil.rmtree, where, True)
 

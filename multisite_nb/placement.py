@@ -370,7 +370,7 @@ class PlacementPlan(BaseModel):
     def site_source(self, site: str) -> FileTableSource:
         """A site's planned files for a shipment: counted, and read a part at a time."""
         self._known(site)
-        return FileTableSource(self.tables, site, self.summary.sites[site].files)
+        return FileTableSource(self.tables, site, self.summary.sites[site].files, owner=self)
 
     def site_files(self, site: str) -> list[PlannedFile]:
         """All of a site's planned files (memory grows with the site's share: prefer :meth:`iter_site_files`)."""
@@ -730,10 +730,26 @@ class _Workers:
             self._pool = ProcessPoolExecutor(max_workers=self.n, mp_context=multiprocessing.get_context("spawn"))
         return self._pool
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self, *, stop: bool = False) -> None:
+        """Shut the workers down; ``stop``: without letting running jobs finish (after an error)."""
+        if self._pool is None:
+            return
+        if stop:
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                proc.terminate()  # a job already running would read its whole range first
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+
+
+def default_workers() -> int:
+    """The CPUs this process may use, at most 4."""
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return min(4, cpus)
 
 
 _PARALLEL_MIN_UNITS = 500  # sky units (all sites) from which footprints are found by worker processes
@@ -759,8 +775,13 @@ def footprints(butler: Any, campaign: Campaign, workers: _Workers | None = None)
     futures = [pool.submit(_overlaps_job, repo, chunk, cfg.skymap, cfg.instrument) for _, chunk in jobs]
     hits: dict[str, dict[tuple[int, int, int], tuple[dict[str, Any], list[int]]]] = {s: {} for s in units}
     detectors: dict[str, dict[int, list[int]]] = {s: {} for s in units}
-    for (site, _), fut in zip(jobs, futures, strict=True):
-        found, dets = fut.result()
+    for (site, chunk), fut in zip(jobs, futures, strict=True):
+        try:
+            found, dets = fut.result()
+        except Exception as exc:
+            first, last = (SkyUnit(tract=t, patch=p) for t, p in (chunk[0], chunk[-1]))
+            units_ = f"{len(chunk)} units, {first} to {last}"
+            raise PlanError(f"placement: footprint of {site} ({units_}): {type(exc).__name__}: {exc}") from exc
         for m, ds in found:  # a visit-patch pair once, whichever jobs met it
             hits[site].setdefault((int(m["visit"]), int(m["tract"]), int(m["patch"])), (m, ds))
         detectors[site].update(dets)
@@ -868,9 +889,11 @@ def plan_placement(
         Where the file tables are written, in a partial folder until :meth:`PlacementPlan.save` puts
         them beside the plan record (default: a temporary folder, removed with the plan object).
     workers
-        Processes reading a large observation type (raws) side by side, each a range of its
-        exposures (default: the CPUs this process may use, at most 4; types of fewer than
-        ``_SHARD_MIN_FILES`` files are read here).
+        Worker processes (default: the CPUs this process may use, at most 4). From
+        ``_PARALLEL_MIN_UNITS`` sky units they find the footprints' spatial part, and an
+        observation type (raws) of at least ``_SHARD_MIN_FILES`` visit-detector pairs is read by
+        them, an exposure range each. They open the campaign's central repository themselves
+        (spawned: a script calling this needs the ``if __name__ == "__main__":`` guard).
     """
     import os
     import tempfile
@@ -880,10 +903,10 @@ def plan_placement(
     from .butler_ops import open_butler
     from .wiring import derive_wiring, load_pipeline_graph
 
+    if workers is None:
+        workers = default_workers()
     scratch = folder is None
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="msnb-plan-"))
-    if workers is None:
-        workers = min(4, len(os.sched_getaffinity(0)))
     own = butler is None
     if own:
         butler = open_butler(campaign.butler_repo(campaign.central))
@@ -931,6 +954,7 @@ def plan_placement(
                     _plan_page(butler, refs, fps, roots, writer, observation, calibs, dstype.isCalibration())
             summary = writer.close()
         except BaseException:
+            pool.close(stop=True)  # before the shards' folders go: no worker writes there afterwards
             writer.abort()
             raise
         finally:
@@ -996,6 +1020,7 @@ def plan_placement(
         weakref.finalize(plan, shutil.rmtree, folder if scratch else writer.tables, True)
         return plan
     except BaseException:
+        pool.close(stop=True)
         if scratch:
             shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -375,8 +375,9 @@ class FileTableSource:
     verification read them: counted from the summary, read a part or a column batch at a time
     (never all in memory)."""
 
-    def __init__(self, tables: Path, name: str, files: int) -> None:
+    def __init__(self, tables: Path, name: str, files: int, owner: Any = None) -> None:
         self.tables, self.name, self.files = Path(tables), name, files
+        self.owner = owner  # what the tables belong to: kept alive while they are read
 
     def __len__(self) -> int:
         return self.files

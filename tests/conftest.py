@@ -46,6 +46,20 @@ def campaign_variant(
     return path
 
 
+def run_through_calibration(campaign: Any, run_dir: Path) -> None:
+    """Phases 1-3, the sites' early stage and the central calibration, each asserted to pass."""
+    from multisite_nb import phases
+
+    for phase in (phases.placement, phases.transfer, phases.verify):
+        result = phase(campaign, run_dir)[0]
+        assert result.passed, (result.phase, result.reason)
+    for result in (
+        phases.submit(campaign, run_dir, "early")[0],
+        phases.gather_redistribute(campaign, run_dir, "calibration")[0],
+    ):
+        assert result.passed, (result.phase, result.reason)
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 

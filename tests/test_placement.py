@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -71,12 +72,12 @@ def test_footprints_and_raws_found_by_other_processes_make_the_same_plan(neighbo
     one = plan_placement(campaign, workers=1)
     monkeypatch.setattr(placement, "_SHARD_MIN_FILES", 0)  # shard however few the files
     monkeypatch.setattr(placement, "_PARALLEL_MIN_UNITS", 0)  # and however few the units
-    found_elsewhere: list[str] = []
+    found_elsewhere: dict[str, Any] = {}
     settle = placement.site_footprint
 
     def spy_footprint(butler, campaign, site, overlaps=None):
         if overlaps is not None:  # the spatial part came from the workers
-            found_elsewhere.append(site)
+            found_elsewhere[site] = overlaps
         return settle(butler, campaign, site, overlaps)
 
     monkeypatch.setattr(placement, "site_footprint", spy_footprint)
@@ -89,7 +90,12 @@ def test_footprints_and_raws_found_by_other_processes_make_the_same_plan(neighbo
 
     monkeypatch.setattr(placement, "_run_shards", spy)
     two = plan_placement(campaign, workers=2)
-    assert found_elsewhere == campaign.remote_sites
+    assert list(found_elsewhere) == campaign.remote_sites
+    # one unit a job here: LANCS's visits over both its patches were met by two jobs, merged once each
+    lancs = [(m["visit"], m["patch"]) for m, _ in found_elsewhere["LANCS"][0]]
+    assert len(lancs) == len(set(lancs)) and {p for _, p in lancs} == {3, 4}
+    both = {v for v, p in lancs if p == 3} & {v for v, p in lancs if p == 4}
+    assert both, lancs
     assert seen and all(len(shards) == 2 for shards in seen), seen
     (key, lo, mid), (_, mid2, hi) = seen[0]
     assert key == "exposure" and lo < mid == mid2 < hi
@@ -219,3 +225,27 @@ def test_placement_plans_a_site_over_many_tracts(many_tracts) -> None:
     assert len(plan.visits["IN2P3"]) == 30 + 15 + 2
     assert len(plan.visits["RAL"]) == 15 + 2
     assert not set(plan.visits["IN2P3"]) & set(plan.visits["RAL"]) and not plan.boundary_visits
+
+
+def test_a_failing_worker_is_named_and_leaves_no_shard_behind(neighbours, tmp_path) -> None:
+    """A shard whose reading fails in its worker: the error names the dataset type and the range,
+    the workers are stopped, and no table of the shards stays behind."""
+    from multisite_nb import placement
+    from multisite_nb.errors import PlanError
+    from multisite_nb.plan_files import FileTableWriter
+
+    world, campaign = neighbours
+    repo = campaign.butler_repo(campaign.central)
+    shards = [
+        placement._Shard(repo, "raw", ["no/such/collection"], "exposure", 0, 10, "HSC", {}, False, {}),
+        placement._Shard(repo, "raw", ["no/such/collection"], "exposure", 10, 20, "HSC", {}, False, {}),
+    ]
+    writer = FileTableWriter(tmp_path, ["IN2P3"])
+    workers = placement._Workers(2)
+    try:
+        with pytest.raises(PlanError, match=r"placement: reading raw \(exposure 0\.\.9\): .*no/such/collection"):
+            placement._run_shards(shards, writer, {}, tmp_path / ".shards", workers)
+    finally:
+        workers.close(stop=True)
+        writer.abort()
+    assert not [f for f in tmp_path.rglob("*") if f.is_file()]  # each failed shard dropped what it wrote

@@ -180,7 +180,8 @@ def data_selection(
     an ``IN`` list of ranges: no expression grows with the number of tracts or visits (daf_butler
     makes each literal of an ``IN`` list an equality, OR-ed; SQLite refuses 1,000 of them). Where
     the site's registry cannot be read from here (a remote facility), they come from the central
-    registry (the same sky map, and every visit the site was given); only where neither can be
+    registry (the same sky map; the visits overlapping the units at visit level, which may be a
+    few more than placement gave the site: those find no raws there); only where neither can be
     read, the sky units spelled as an expression (which grows with the tracts cut by a sky
     boundary: daf_butler's rewriting of ``OR``-ed tract-and-patch terms fails from about ten).
 

@@ -1,5 +1,5 @@
-"""QA on a one-site campaign over two tracts: a sampled reference, a tampered calibration, a
-missing product, then cleanup.
+"""A one-site campaign over two tracts whose calibration is tampered with: QA's sampled
+reference catches it; cleanup removes it.
 
 IN2P3 holds patches 3 and 4 of tracts 0 and 1; QA's reference covers one unit per site (tract 0,
 whose visits do not reach tract 1). The campaign runs its early stage and the central
@@ -7,18 +7,16 @@ calibration once (the fixture); then, in this order:
 
 1. The calibration files of two sampled visits are swapped on the site's disk (each file now
    holds the other visit's catalogue) before the late stage runs. The pipeline notices nothing;
-   QA's value comparison names the site, the dataset type and both visits, no other visit's
+   QA's value comparison names the site, the dataset type and both visits, no other visit's own
    product differs, and the verdict is FAIL. The sample is what the campaign set: tract 0 only,
-   the campaign's own central calibration read, the unsampled tract counted for completeness
-   (every unit's products by the registry rule equal to the reference's where both exist).
-2. A product of an unsampled unit goes missing at the site and at the central site: QA names it.
-3. The operator removes the campaign's products: ``multisite-nb cleanup`` first lists what
+   the campaign's own central calibration read, the unsampled tract complete.
+   (A clean sampled campaign passing QA, and a missing product of an unsampled unit, are
+   ``test_qa_sample.py``'s.)
+2. The operator removes the campaign's products: ``multisite-nb cleanup`` first lists what
    would go and changes nothing; with ``--yes`` the collections under the prefix are gone from
    every Butler and the campaign's product rules from Rucio, while the placement rules that pin
    the site's inputs stay; placing the campaign again finds no collision, and shipping a product
    again makes its (softly deleted) rule permanent instead of reusing it as it is.
-
-One campaign serves all three (its stages run once): a campaign is the suite's unit of cost.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import campaign_variant
+from conftest import campaign_variant, run_through_calibration
 
 from multisite_nb import phases
 from multisite_nb.butler_ops import open_butler
@@ -38,7 +36,7 @@ from multisite_nb.runfolder import new_run
 
 pytestmark = [pytest.mark.world, pytest.mark.slow, pytest.mark.timeout(1800)]
 BIN = Path(sys.executable).parent
-NAME = "qasample"
+NAME = "swap"
 UNITS = [{"tract": t, "patch": p} for t in (0, 1) for p in (3, 4)]
 
 
@@ -50,10 +48,7 @@ def calibrated(world, tmp_path_factory: pytest.TempPathFactory) -> tuple[Campaig
     path = campaign_variant(tmp, NAME, changes=changes)
     campaign = load_campaign(path)
     run_dir = new_run(tmp / "runs", campaign.name)
-    for phase in (phases.placement, phases.transfer, phases.verify):
-        assert phase(campaign, run_dir)[0].passed
-    assert phases.submit(campaign, run_dir, "early")[0].passed
-    assert phases.gather_redistribute(campaign, run_dir, "calibration")[0].passed
+    run_through_calibration(campaign, run_dir)
     return campaign, path, run_dir
 
 
@@ -107,52 +102,8 @@ def test_a_swapped_calibration_is_caught_on_the_sample(calibrated) -> None:
     sample = result.summary["sample"]
     assert not sample["full"] and sample["units"] == {"IN2P3": ["tract 0 patch 3", "tract 0 patch 4"]}
     assert "step2c" not in result.summary["reference_steps"]
-    rows = {(r["sky unit"], r["band"]): r for r in report.units}
-    patches = {f"tract {t} patch {p}" for t in (0, 1) for p in (3, 4)}
-    # tract-wide products under their tract; visit-level ones of the unsampled visits in their own cell
-    assert {u for u, _ in rows} == patches | {"tract 0", "tract 1", "(visits off the sample)"}
-    off = [r for (u, _), r in rows.items() if u == "(visits off the sample)"]
-    assert off and all(r["at site"] == r["at central"] == r["expected"] > 0 for r in off)
-    for (unit, _), r in rows.items():
-        assert r["sampled"] == unit.startswith("tract 0"), r
-        assert r["expected"] == r["by rule"] > 0, r  # the rule agrees with the reference where both exist
-    with open_butler(campaign.butler_repo(campaign.central)) as central:
-        in_ref = {
-            int(r.dataId["tract"])
-            for r in central.query_datasets(
-                "forcedSourceTable_tract", collections=[f"{NAME}/reference"], limit=None, explain=False
-            )
-        }
-    assert in_ref == {0}  # the reference did not redo the unsampled tract
-
-
-def test_a_missing_product_of_an_unsampled_unit_is_reported(calibrated) -> None:
-    campaign, _, run_dir = calibrated
-    gone = {"tract": 1, "patch": 4, "band": "g"}
-    for site, collections in (("IN2P3", [f"{NAME}/IN2P3"]), ("USDF", [f"{NAME}/IN2P3/step3"])):
-        with open_butler(campaign.butler_repo(site), writeable=True) as butler:
-            refs = list(
-                butler.query_datasets(
-                    "deepCoadd_calexp_background",
-                    collections=collections,
-                    where="tract = 1 AND patch = 4 AND band = 'g'",
-                    skymap=campaign.config.skymap,
-                    limit=None,
-                    explain=False,
-                )
-            )
-            assert len(refs) == 1, (site, refs)
-            butler.pruneDatasets(refs, disassociate=True, unstore=True, purge=True)
-
-    result, report = phases.qa(campaign, run_dir)
-    assert not result.passed
-    assert "1 products missing" not in result.reason  # one at the site and one at the central site
-    assert "2 products missing (first: IN2P3 deepCoadd_calexp_background, tract 1 patch 4)" in result.reason
-    (row,) = [r for r in report.units if r["at site"] < r["expected"]]
-    assert (row["sky unit"], row["band"], row["sampled"]) == ("tract 1 patch 4", gone["band"], False)
-    assert row["at central"] == row["expected"] - 1
-    (dt,) = [r for r in report.completeness if r["missing at site"]]
-    assert dt["dataset type"] == "deepCoadd_calexp_background" and dt["missing at central"] == 1
+    unsampled = [r for r in report.units if not r["sampled"]]
+    assert unsampled and all(r["at site"] == r["at central"] == r["expected"] > 0 for r in unsampled)
 
 
 def test_cleanup_lists_then_removes_products_and_their_rules(world, calibrated, tmp_path: Path) -> None:
