@@ -34,7 +34,7 @@ from .config import Campaign
 from .errors import GateError
 from .naming import made_at, shipment_dataset, site_chain
 from .ownership import Ownership
-from .placement import Footprint, describe_files, site_footprint
+from .placement import describe_files, footprints
 from .plan_files import FileTableSource, FileTableWriter, PlanSummary, install_tables, read_site
 from .transfer import Shipment, ShipmentOutcome, run_shipments
 
@@ -265,11 +265,11 @@ def plan_redistribution(
     unplaced = 0
     with _tables(plan, list(names.values()), folder) as writer:
         with open_butler(campaign.butler_repo(campaign.central)) as butler:
-            footprints: dict[str, Footprint] = {s: site_footprint(butler, campaign, s) for s in campaign.remote_sites}
+            fps = footprints(butler, campaign)  # the same as placement's
             for dt in dataset_types:
                 for page in _pages(butler, dt, runs):
                     placed = [False] * len(page)
-                    for site, fp in footprints.items():
+                    for site, fp in fps.items():
                         mine = [i for i, r in enumerate(page) if fp.admits(r.dataId)]
                         for i in mine:
                             placed[i] = True

@@ -48,6 +48,7 @@ __all__ = [
     "Certification",
     "PlacementPlan",
     "site_footprint",
+    "footprints",
     "plan_placement",
     "units_where",
     "id_ranges",
