@@ -70,7 +70,29 @@ def neighbours(pg_tmp: Path):
     secrets, config = world / "postgres" / "secrets.json", world / "butler" / "RAL" / "butler.yaml"
     password = json.loads(secrets.read_text())["password"] if secrets.exists() else None
     registry = yaml.safe_load(config.read_text())["registry"] if config.exists() else {}
-    return proc, run_dirs, password, registry
+    return proc, run_dirs, password, registry, _server_errors(world)
+
+
+def _server_errors(world: Path, keep: int = 40) -> str:
+    """The database's and Rucio server's own error lines (what a bare client-side
+    ``DatabaseException`` hides), for a failing campaign's message; PostgreSQL's complaints about
+    tables that do not exist yet during bootstrap are left out."""
+    lines: list[str] = []
+    for log, pattern in (
+        (world / "postgres" / "logs" / "postgres.log", r"(ERROR|DETAIL|STATEMENT|FATAL):"),
+        (world / "rucio" / "logs" / "gunicorn.log", r"Error|Exception|Traceback"),
+    ):
+        if not log.exists():
+            continue
+        found: list[str] = []
+        with log.open(errors="replace") as fh:
+            for ln in fh:
+                if 'relation "configs" does not exist' in ln:  # its STATEMENT line goes with it
+                    found.append("")
+                elif re.search(pattern, ln) and not (found and found[-1] == "" and "STATEMENT:" in ln):
+                    found.append(f"{log.name}: {ln.rstrip()[:400]}")
+        lines += [ln for ln in found if ln][-keep:]
+    return "\n".join(lines) or "(no server-side errors logged)"
 
 
 def _result(run_dir: Path, phase: str) -> dict:
@@ -78,15 +100,15 @@ def _result(run_dir: Path, phase: str) -> dict:
 
 
 def test_the_neighbours_campaign_passes(neighbours) -> None:
-    proc, run_dirs, _, registry = neighbours
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    proc, run_dirs, _, registry, server_errors = neighbours
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:] + "\nserver side:\n" + server_errors
     assert re.search(r"verdict:\s+PASS: complete and consistent", proc.stdout), proc.stdout[-2000:]
     assert len(run_dirs) == 1
     assert registry["db"].startswith("postgresql")
 
 
 def test_the_database_password_is_in_no_file_of_the_run_folder(neighbours) -> None:
-    _, (run_dir,), password, _ = neighbours
+    _, (run_dir,), password, _, _ = neighbours
     assert password
     files = [f for f in run_dir.rglob("*") if f.is_file()]  # executed notebooks, logs, results
     assert len(files) > 50
@@ -94,7 +116,7 @@ def test_the_database_password_is_in_no_file_of_the_run_folder(neighbours) -> No
 
 
 def test_placement_reports_the_boundary_visits_of_both_shared_tracts(neighbours) -> None:
-    _, (run_dir,), _, _ = neighbours
+    _, (run_dir,), _, _, _ = neighbours
     placement = _result(run_dir, "placement")
     assert placement["passed"] and "4 boundary visits" in placement["reason"]
     assert placement["summary"]["boundary_by_sites"] == {"IN2P3+RAL": 2, "IN2P3+LANCS": 2}
@@ -105,7 +127,7 @@ def test_placement_reports_the_boundary_visits_of_both_shared_tracts(neighbours)
 
 
 def test_only_canonical_copies_cross_and_qa_compares_every_product(neighbours) -> None:
-    _, (run_dir,), _, _ = neighbours
+    _, (run_dir,), _, _, _ = neighbours
     gather = _result(run_dir, "gather_redistribute_calibration")
     assert gather["passed"]
     qa = _result(run_dir, "qa")
