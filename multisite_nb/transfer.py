@@ -305,11 +305,9 @@ def _fill_checksums(root: Path, files: Sequence[PlannedFile]) -> None:
 def register_shipment(
     campaign: Campaign, ops: RucioOps, source_butler: Any, shipment: Shipment, outcome: ShipmentOutcome
 ) -> None:
-    """Register the records files and the data files at the source RSE; attach; create the rules.
-
-    The data files get a rule at the source RSE too: the source site's Butler holds them in
-    place, and a replica no rule protects is the first a reaper removes under space pressure.
-    """
+    """Register the records files and the data files at the source RSE, attach them, and make the
+    records' rule. The data files' rules (at the destination, and the pin at the source) are
+    :func:`create_data_rule` and :func:`pin_source`'s."""
     from .placement import adler32_of
 
     src = campaign.site(shipment.source)
@@ -374,7 +372,6 @@ def register_shipment(
                 exc.add_note(f"Rucio's side of the part before also failed: {type(other).__name__}: {other}")
             raise
     outcome.newly_registered = added_n
-    outcome.source_rule_id, _ = _rule(campaign, ops, shipment, shipment.name, src.rse, "pins the source copies")
     outcome.seconds["register"] = time.monotonic() - t0
     outcome.registered = len(shipment.files)
 
@@ -463,12 +460,30 @@ def _rule(
     )
 
 
+def pin_source(campaign: Campaign, ops: RucioOps, shipment: Shipment, outcome: ShipmentOutcome) -> None:
+    """The data files' rule at the source RSE: the source site's Butler holds them in place, and a
+    replica no rule protects is the first a reaper removes under space pressure."""
+    src = campaign.site(shipment.source).rse
+    t0 = time.monotonic()
+    outcome.source_rule_id, _ = _rule(campaign, ops, shipment, shipment.name, src, "pins the source copies")
+    outcome.seconds["rule"] = outcome.seconds.get("rule", 0.0) + time.monotonic() - t0
+
+
 def create_data_rule(campaign: Campaign, ops: RucioOps, shipment: Shipment, outcome: ShipmentOutcome) -> None:
     """The rule that moves the data files (after the records have arrived)."""
     dest = campaign.site(shipment.dest).rse
     t0 = time.monotonic()
     outcome.rule_id, outcome.rule_created = _rule(campaign, ops, shipment, shipment.name, dest)
-    outcome.seconds["rule"] = time.monotonic() - t0
+    outcome.seconds["rule"] = outcome.seconds.get("rule", 0.0) + time.monotonic() - t0
+
+
+def smallest_first(shipments: Sequence[Shipment]) -> list[Shipment]:
+    """The order to make the shipments' rules in: a small shipment's rule is made within its request,
+    a large one's (a container) by Rucio's judge-injector after it. Made last, the large ones' locks
+    are filled while the others' rules already stand, not while they are being made: on a catalogue
+    with one writer (the SQLite world) a 16,000-file container's locks held a 5,000-file rule's
+    request for 29 s, and the next site's registration for 20 s."""
+    return sorted(shipments, key=lambda s: len(s.files))
 
 
 def watch_rules(
@@ -729,8 +744,9 @@ def run_shipments(
 ) -> list[ShipmentOutcome]:
     """Move a set of shipments end to end; returns one outcome per shipment.
 
-    Records go first (all records rules watched to OK, records imported), then the data
-    rules. Each shipment stands alone: a STUCK rule, a Butler that cannot be opened or an
+    Every shipment is registered first, then each gets its pin at the source, smallest first (see
+    :func:`smallest_first`); the records follow (all records rules watched to OK, records imported),
+    then the data rules, smallest first again. Each shipment stands alone: a STUCK rule, a Butler that cannot be opened or an
     error while registering or ingesting fails that shipment (its outcome names the reason)
     while the others go on; a rerun does only what is missing.
     """
@@ -751,6 +767,9 @@ def run_shipments(
 
     def do_register(s: Shipment) -> None:
         register_shipment(campaign, ops, butler(s.source), s, outcomes[s.name])
+
+    def do_pin(s: Shipment) -> None:
+        pin_source(campaign, ops, s, outcomes[s.name])
 
     def do_rule(s: Shipment) -> None:
         create_data_rule(campaign, ops, s, outcomes[s.name])
@@ -773,6 +792,7 @@ def run_shipments(
 
     try:
         ok = [s for s in shipments if isolated(s, "register", do_register)]
+        ok = [s for s in smallest_first(ok) if isolated(s, "pin at the source", do_pin)]
         rec_states = watch(ops, [outcomes[s.name].records_rule_id or "" for s in ok], "dimension records")
         ruled = []
         for s in ok:

@@ -62,11 +62,14 @@ def test_sites_hold_exactly_the_planned_raws(world, chain_run) -> None:
         )
         found = set(UUID.findall(text))
         assert found == planned, site
-    # Rucio's own CLI: every placement rule OK
+    # Rucio's own CLI: every placement rule OK, the one moving the files to the site and the one
+    # pinning them at the source
     rules = cli(world, "rucio", "rule", "list", "--account", "multisite")
+    central = world.campaign.site(world.campaign.central).rse
     for site in world.campaign.remote_sites:
-        line = next(ln for ln in rules.splitlines() if f"3x3.placement.{site} " in ln + " ")
-        assert " OK[" in line, line
+        lines = [ln.split() for ln in rules.splitlines() if f"3x3.placement.{site} " in ln + " "]
+        assert sorted(ln[4] for ln in lines) == sorted([world.campaign.site(site).rse, central]), lines
+        assert all(ln[3].startswith("OK[") for ln in lines), lines
     # the central site keeps its raws; nothing was moved away
     text = cli(
         world, "butler", "query-datasets", world.campaign.butler_repo("USDF"), "raw", "--collections", "HSC/raw/all"
