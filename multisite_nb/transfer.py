@@ -746,9 +746,9 @@ def run_shipments(
 
     Every shipment is registered first, then each gets its pin at the source, smallest first (see
     :func:`smallest_first`); the records follow (all records rules watched to OK, records imported),
-    then the data rules, smallest first again. Each shipment stands alone: a STUCK rule, a Butler that cannot be opened or an
-    error while registering or ingesting fails that shipment (its outcome names the reason)
-    while the others go on; a rerun does only what is missing.
+    then the data rules, smallest first again. Each shipment stands alone: a STUCK rule, a Butler
+    that cannot be opened or an error while registering or ingesting fails that shipment (its
+    outcome names the reason) while the others go on; a rerun does only what is missing.
     """
     from .butler_ops import open_butler
 
