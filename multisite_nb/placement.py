@@ -158,6 +158,9 @@ class Footprint:
 
     def admits_mapping(self, mapping: dict[str, Any], universe: Any) -> bool:
         """:meth:`admits` for a data ID already turned into a dict (dimension name -> value)."""
+        instrument = mapping.get("instrument")  # IDs of exposures, visits, detectors are per instrument
+        if instrument is not None and instrument not in self.values["instrument"]:
+            return False
         if "detector" in mapping:
             if "visit" in mapping:
                 return mapping["detector"] in self.visit_detectors.get(mapping["visit"], ())
@@ -945,8 +948,9 @@ def plan_placement(
                     placed_types.append(dt)
                     _run_shards(shards, writer, calibs, shard_dir, pool)
                     continue
-                try:
-                    pages = _ref_pages(butler, dt, inputs)
+                try:  # another instrument's datasets are not even read
+                    only = {"where": "instrument = inst", "bind": {"inst": campaign.config.instrument}}
+                    pages = _ref_pages(butler, dt, inputs, **(only if "instrument" in dims else {}))
                     first = next(pages, None)
                 except Exception as exc:
                     raise PlanError(f"placement: cannot find {dt!r} in {inputs}: {exc}") from exc

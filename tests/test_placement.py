@@ -249,3 +249,23 @@ def test_a_failing_worker_is_named_and_leaves_no_shard_behind(neighbours, tmp_pa
         workers.close(stop=True)
         writer.abort()
     assert not [f for f in tmp_path.rglob("*") if f.is_file()]  # each failed shard dropped what it wrote
+
+
+def test_a_footprint_admits_its_own_instruments_exposures_only(neighbours) -> None:
+    """Exposure, visit and detector IDs are numbered per instrument: a central repository holding
+    several cameras' raws (USDF's does) must not ship another camera's raw with the same IDs."""
+    from multisite_nb.butler_ops import open_butler
+    from multisite_nb.placement import footprints
+
+    _, campaign = neighbours
+    with open_butler(campaign.butler_repo(campaign.central)) as butler:
+        fp = footprints(butler, campaign)["IN2P3"]
+        universe = butler.dimensions
+    visit = min(fp.visit_detectors)
+    exposure = next(e for e, v in fp.exposure_visit.items() if v == visit)
+    detector = min(fp.visit_detectors[visit])
+    raw = {"instrument": campaign.config.instrument, "exposure": exposure, "detector": detector}
+    assert fp.admits_mapping(raw, universe)
+    assert not fp.admits_mapping(raw | {"instrument": "LSSTCam"}, universe)
+    calib = {"instrument": campaign.config.instrument, "detector": detector}
+    assert fp.admits_mapping(calib, universe) and not fp.admits_mapping(calib | {"instrument": "LATISS"}, universe)
