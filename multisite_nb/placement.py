@@ -949,9 +949,9 @@ def plan_placement(
                     _run_shards(shards, writer, calibs, shard_dir, pool)
                     continue
                 try:  # another instrument's datasets are not even read
-                    own = "instrument" in dims
-                    bind = {"inst": campaign.config.instrument} if own else None
-                    pages = _ref_pages(butler, dt, inputs, "instrument = inst" if own else "", bind)
+                    per_instrument = "instrument" in dims
+                    bind = {"inst": campaign.config.instrument} if per_instrument else None
+                    pages = _ref_pages(butler, dt, inputs, "instrument = inst" if per_instrument else "", bind)
                     first = next(pages, None)
                 except Exception as exc:
                     raise PlanError(f"placement: cannot find {dt!r} in {inputs}: {exc}") from exc
