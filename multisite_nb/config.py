@@ -339,6 +339,14 @@ class Campaign:
         """The manifest entry of a site."""
         return self.manifest.sites[name]
 
+    def stage(self, name: str) -> Stage:
+        """The stage plan's stage called ``name``."""
+        for st in self.config.stages:
+            if st.name == name:
+                return st
+        have = ", ".join(s.name for s in self.config.stages)
+        raise ConfigError(f"{self.path}: no stage {name!r} in 'stages' (have: {have})")
+
     def sky_units(self, site: str) -> list[SkyUnit]:
         """The sky units a remote site owns (empty for the central site)."""
         spec = self.config.sites.get(site)

@@ -224,15 +224,6 @@ def verify(
 # -- phases 4-6 ----------------------------------------------------------------------------
 
 
-def _stage(campaign: Campaign, name: str):
-    for st in campaign.config.stages:
-        if st.name == name:
-            return st
-    raise ConfigError(
-        f"{campaign.path}: no stage {name!r} in 'stages' (have: {', '.join(s.name for s in campaign.config.stages)})"
-    )
-
-
 def _wiring(campaign: Campaign):
     from .wiring import derive_wiring, load_pipeline_graph
 
@@ -262,7 +253,7 @@ def submit(campaign: Campaign | str | Path, run_dir: str | Path, stage: str) -> 
 
     started = utcnow()
     campaign = _campaign(campaign)
-    st = _stage(campaign, stage)
+    st = campaign.stage(stage)
     if st.where != "sites":
         raise ConfigError(f"{campaign.path}: stage {stage!r} runs centrally: use gather_redistribute")
     require_passed(run_dir, "verify")
@@ -351,7 +342,7 @@ def gather_redistribute(
         passed, reason, rows = _ship(campaign, plan, run_dir, "final gather", progress, collisions_fatal=False)
         summary.update(validation_set=types, shipments=rows, runs_at_central=plan.runs.get(campaign.central, []))
     else:
-        st = _stage(campaign, stage)
+        st = campaign.stage(stage)
         if st.where != "central":
             raise ConfigError(f"{campaign.path}: stage {stage!r} runs at the sites: use submit")
         gathered = wiring.gathered_before(stage)

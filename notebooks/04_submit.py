@@ -35,7 +35,7 @@ from IPython.display import Markdown, display
 from multisite_nb import phases
 from multisite_nb.notebook import open_phase, show_gate
 from multisite_nb.results import summarize
-from multisite_nb.submission import step_run, write_submit_file
+from multisite_nb.submission import sample_submit_files
 from multisite_nb.views.figures import plot_wiring
 from multisite_nb.wiring import derive_wiring, load_pipeline_graph
 
@@ -55,23 +55,11 @@ pd.DataFrame(wiring.table())
 # The same phase code writes the PanDA submit file for the real facilities (`parameters/sites/facilities.yaml`) and the one this deployment runs; only the site manifest differs. First step of this stage at the first site, written under the run folder's `artifacts/submit/` (a step's data ID table, its visits or patches, beside its submit file):
 
 # %%
-st = next(s for s in campaign.config.stages if s.name == stage)
-site0 = campaign.remote_sites[0]
-facilities = campaign.with_manifest("parameters/sites/facilities.yaml", env={})
 shown = Path(run_dir) / "artifacts" / "submit" / stage
-for title, where, wms in [
-    ("at the facility (PanDA)", facilities, "panda"),
-    (
-        f"here ({campaign.manifest.workflow.mode}, site config {campaign.manifest.workflow.bps_site_config})",
-        campaign,
-        None,
-    ),
-]:
-    sr = step_run(where, site0, st.steps[0])
-    name = "facility" if wms else "here"
-    path = write_submit_file(where, sr, shown / f"{name}_{site0}_{sr.step}.yaml", wms)
-    print(f"# {title}: {path.name}" + (f", data ID table: {sr.data_id_table}" if sr.data_id_table else ""))
-    print(path.read_text())
+for sample in sample_submit_files(campaign, stage, shown, "parameters/sites/facilities.yaml"):
+    table = sample.step_run.data_id_table
+    print(f"# {sample.title}: {sample.path.name}" + (f", data ID table: {table}" if table else ""))
+    print(sample.path.read_text())
 
 # %% [markdown]
 # ## Prepare only
@@ -86,7 +74,7 @@ if prepare_only:
     from multisite_nb.submission.panda_prepare import prepare_stage
 
     target = campaign.with_manifest(manifest, env={}) if manifest else campaign
-    prepared = pd.DataFrame(prepare_stage(target, st.steps, logs_dir(run_dir) / "prepare" / stage))
+    prepared = pd.DataFrame(prepare_stage(target, campaign.stage(stage).steps, logs_dir(run_dir) / "prepare" / stage))
     display(summarize(prepared, max_rows=40))
 
 # %% [markdown]

@@ -186,6 +186,23 @@ def test_panda_submit_files_load_with_bps(
         assert "environment" not in doc  # the facilities set up their own software
 
 
+def test_a_run_log_shows_the_same_step_as_submitted_at_the_facility_and_here(
+    campaign: Campaign, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from multisite_nb.submission import sample_submit_files
+
+    monkeypatch.setenv("PANDA_BEHIND_REAL_LB", "1")
+    stage = campaign.config.stages[0]
+    facility, here = sample_submit_files(campaign, stage.name, tmp_path, FACILITIES)
+    assert facility.path.parent == here.path.parent == tmp_path
+    assert facility.step_run.step == here.step_run.step == stage.steps[0]
+    assert _value(_bps_config(facility.path), "wmsServiceClass") == "lsst.ctrl.bps.panda.PanDAService"
+    assert _value(_bps_config(here.path), "wmsServiceClass") == "lsst.ctrl.bps.parsl.ParslService"
+    assert _value(_bps_config(facility.path), "dataQuery") == facility.step_run.data_query
+    with pytest.raises(ConfigError, match=r"campaign.*no stage 'step9' in 'stages' \(have: "):
+        sample_submit_files(campaign, "step9", tmp_path, FACILITIES)
+
+
 def test_parsl_submit_file_loads_with_bps(campaign: Campaign, tmp_path: Path) -> None:
     from lsst.ctrl.bps.parsl.site import SiteConfig
     from lsst.ctrl.bps.parsl.sites import Local

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .runner import run_step, running_steps, stop_running_steps
     from .stage import run_sites, run_steps
     from .steprun import StepRun, reference_step_run, step_run
-    from .submitfile import submit_file, write_submit_file
+    from .submitfile import SampleSubmitFile, sample_submit_files, submit_file, write_submit_file
     from .summary import InFlight, dump_steps, steps_table, steps_verdict
 
 _EXPORTS = {
@@ -53,6 +53,8 @@ _EXPORTS = {
     "StepRun": "steprun",
     "reference_step_run": "steprun",
     "step_run": "steprun",
+    "SampleSubmitFile": "submitfile",
+    "sample_submit_files": "submitfile",
     "submit_file": "submitfile",
     "write_submit_file": "submitfile",
     "InFlight": "summary",
@@ -67,6 +69,7 @@ __all__ = [
     "Executor",
     "InFlight",
     "Launch",
+    "SampleSubmitFile",
     "StepRun",
     "dump_steps",
     "executor_for",
@@ -79,6 +82,7 @@ __all__ = [
     "run_step",
     "run_steps",
     "running_steps",
+    "sample_submit_files",
     "step_run",
     "steps_table",
     "steps_verdict",

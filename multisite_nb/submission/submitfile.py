@@ -11,6 +11,7 @@ import getpass
 import os
 import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,9 @@ from ..config import Campaign
 from ..errors import ConfigError, MsnbError
 from ..fileio import atomic_write_text
 from .executors import BpsPlugin, bps_executor_for, get_executor, site_config_path
-from .steprun import StepRun, safe_name
+from .steprun import StepRun, safe_name, step_run
 
-__all__ = ["submit_file", "write_submit_file"]
+__all__ = ["SampleSubmitFile", "sample_submit_files", "submit_file", "write_submit_file"]
 
 
 def _plugin(campaign: Campaign, wms: str | BpsPlugin | None) -> BpsPlugin:
@@ -135,3 +136,36 @@ def write_submit_file(
         f"(campaign {campaign.name}), written by multisite_nb.submission\n"
     )
     return atomic_write_text(path, header + yaml.safe_dump(doc, sort_keys=False, width=120))
+
+
+@dataclass(frozen=True)
+class SampleSubmitFile:
+    """A submit file written for the reader of a run log: where it would run, and its path."""
+
+    title: str
+    path: Path
+    step_run: StepRun
+
+
+def sample_submit_files(
+    campaign: Campaign, stage: str, folder: str | os.PathLike[str], facilities: str | os.PathLike[str]
+) -> list[SampleSubmitFile]:
+    """The first step of ``stage`` at the first remote site as two submit files in ``folder``: at the
+    facilities (PanDA, the ``facilities`` site manifest; no credential is read) and here (the
+    campaign's own manifest). The same phase code writes both; only the manifest differs."""
+    st = campaign.stage(stage)
+    site = campaign.remote_sites[0]
+    here = campaign.manifest.workflow
+    out = []
+    for title, where, wms in (
+        ("at the facility (PanDA)", campaign.with_manifest(facilities, env={}), "panda"),
+        (f"here ({here.mode}, site config {here.bps_site_config})", campaign, None),
+    ):
+        sr = step_run(where, site, st.steps[0])
+        name = "facility" if wms else "here"
+        out.append(
+            SampleSubmitFile(
+                title, write_submit_file(where, sr, Path(folder) / f"{name}_{site}_{sr.step}.yaml", wms), sr
+            )
+        )
+    return out
