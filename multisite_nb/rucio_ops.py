@@ -474,11 +474,20 @@ class RucioOps:
         return rule.id
 
     def ensure_rule(
-        self, dataset: str, rse: str, *, lifetime_s: int | None, activity: str, comment: str
+        self,
+        dataset: str,
+        rse: str,
+        *,
+        lifetime_s: int | None,
+        activity: str,
+        comment: str,
+        asynchronous: bool | None = None,
     ) -> tuple[str, bool]:
         """A rule for ``dataset`` on ``rse``; created unless one exists. Returns (id, created).
 
         An existing rule that was deleted (or is past its lifetime) is kept alive again.
+        ``asynchronous``: the rule's locks are made by Rucio's judge-injector after the request
+        (default: for a container, whose locks no single request could make in time).
         """
         from rucio.common.exception import DuplicateRule
 
@@ -486,8 +495,8 @@ class RucioOps:
         if existing:
             return self._kept(existing, lifetime_s), False
         try:
-            # a container (a large shipment) gets its locks made by Rucio's judge-injector, so that
-            # no request has to create them all within the server's timeout
+            if asynchronous is None:
+                asynchronous = self.is_container(dataset)
             ids = _transient_retry(
                 partial(
                     self.client.add_replication_rule,
@@ -498,7 +507,7 @@ class RucioOps:
                     activity=activity,
                     comment=comment,
                     grouping="DATASET",
-                    asynchronous=self.is_container(dataset),
+                    asynchronous=asynchronous,
                 )
             )
         except DuplicateRule:  # made meanwhile (another operator): it is the rule asked for

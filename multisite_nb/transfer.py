@@ -446,10 +446,18 @@ def _catalogue_part(
     return len(added)
 
 
+#: Files from which a shipment's rules are asynchronous: made by Rucio's judge-injector after the
+#: request returns (a rule takes the server about 1 ms a file, and a container's could not be made
+#: within a request at all), while the toolkit goes on with the next shipment.
+ASYNC_RULE_FILES = 1000
+
+
 def _rule(
     campaign: Campaign, ops: RucioOps, shipment: Shipment, dataset: str, rse: str, what: str = ""
 ) -> tuple[str, bool]:
-    """A rule of the shipment (none expires: its files are ingested in place). Returns (id, created)."""
+    """A rule of the shipment (none expires: its files are ingested in place). Returns (id, created).
+
+    The data files' rules of a shipment of :data:`ASYNC_RULE_FILES` or more are asynchronous."""
     comment = f"multisite_nb campaign {campaign.name}: {shipment.name} {shipment.source}->{shipment.dest}"
     return ops.ensure_rule(
         dataset,
@@ -457,6 +465,7 @@ def _rule(
         lifetime_s=None,
         activity=campaign.config.activity,
         comment=f"{comment} ({what})" if what else comment,
+        asynchronous=True if dataset == shipment.name and len(shipment.files) >= ASYNC_RULE_FILES else None,
     )
 
 
@@ -479,10 +488,10 @@ def create_data_rule(campaign: Campaign, ops: RucioOps, shipment: Shipment, outc
 
 def smallest_first(shipments: Sequence[Shipment]) -> list[Shipment]:
     """The order to make the shipments' rules in: a small shipment's rule is made within its request,
-    a large one's (a container) by Rucio's judge-injector after it. Made last, the large ones' locks
-    are filled while the others' rules already stand, not while they are being made: on a catalogue
-    with one writer (the SQLite world) a 16,000-file container's locks held a 5,000-file rule's
-    request for 29 s, and the next site's registration for 20 s."""
+    a large one's by Rucio's judge-injector after it (see :data:`ASYNC_RULE_FILES`). Made last, the
+    large ones' locks are filled while the others' rules already stand, not while they are being
+    made: on a catalogue with one writer (the SQLite world) a 16,000-file container's locks held a
+    5,000-file rule's request for 29 s, and the next site's registration for 20 s."""
     return sorted(shipments, key=lambda s: len(s.files))
 
 
