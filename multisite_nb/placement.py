@@ -159,7 +159,7 @@ class Footprint:
     def admits_mapping(self, mapping: dict[str, Any], universe: Any) -> bool:
         """:meth:`admits` for a data ID already turned into a dict (dimension name -> value)."""
         instrument = mapping.get("instrument")  # IDs of exposures, visits, detectors are per instrument
-        if instrument is not None and instrument not in self.values["instrument"]:
+        if instrument is not None and instrument not in self.values.get("instrument", ()):
             return False
         if "detector" in mapping:
             if "visit" in mapping:
@@ -254,6 +254,7 @@ def site_footprint(butler: Any, campaign: Campaign, site: str, overlaps: _Overla
     cfg = campaign.config
     units = [(u.tract, u.patch) for u in campaign.sky_units(site)]
     fp = Footprint(site)
+    fp.values["instrument"].add(cfg.instrument)  # the campaign's, whether or not a visit meets the units
     # patches of the units themselves (not every patch a visit touches), with their regions
     patch_regions: dict[tuple[int, int], Any] = {}
     for rec in unit_records(butler, units, cfg.skymap, "patch"):

@@ -65,13 +65,16 @@ def _transient_retry[T](call: Callable[[], T], tries: int = 7, first_wait_s: flo
     """
     from rucio.common.exception import DatabaseException
 
+    waited = 0.0
     for attempt in range(tries):
         try:
             return call()
-        except DatabaseException:
+        except DatabaseException as exc:
             if attempt == tries - 1:
+                exc.add_note(f"the server refused it {tries} times over {waited:.0f} s (a lock, or not transient)")
                 raise
             time.sleep(first_wait_s * 2**attempt)
+            waited += first_wait_s * 2**attempt
     raise AssertionError("unreachable")
 
 

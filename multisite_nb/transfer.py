@@ -823,6 +823,12 @@ def run_shipments(
                 log(f"{s.name}: rule {o.rule_id} {st.state}: {o.error}")
                 continue
             isolated(s, f"ingest at {s.dest}", do_ingest)
+        for s in ok:  # a pin the judge-injector filled meanwhile, and found it could not hold
+            o = outcomes[s.name]
+            pin = ops.rule(o.source_rule_id) if o.error is None and o.source_rule_id else None
+            if pin is not None and pin.state.bad:
+                o.error = f"pin at the source {o.source_rule_id} {pin.state}: {pin.error or 'no reason given'}"
+                log(f"{s.name}: {o.error}")
     finally:
         for b in butlers.values():
             b.close()

@@ -74,9 +74,11 @@ def neighbours(pg_tmp: Path):
 
 
 def _server_errors(world: Path, keep: int = 40) -> str:
-    """The database's and Rucio server's own error lines (what a bare client-side
-    ``DatabaseException`` hides), for a failing campaign's message; PostgreSQL's complaints about
-    tables that do not exist yet during bootstrap are left out."""
+    """The database's and Rucio server's own error lines, for a failing campaign's message: a
+    client-side ``DatabaseException`` is bare, and the world's server logs from WARNING while Rucio
+    logs that exception's traceback at DEBUG, so PostgreSQL's log (its ERROR, DETAIL and STATEMENT
+    lines: a lock not obtained, a deadlock) is what names the cause. Its complaints about tables
+    that do not exist yet during the bootstrap are left out."""
     lines: list[str] = []
     for log, pattern in (
         (world / "postgres" / "logs" / "postgres.log", r"(ERROR|DETAIL|STATEMENT|FATAL):"),

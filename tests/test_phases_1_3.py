@@ -64,10 +64,10 @@ def test_sites_hold_exactly_the_planned_raws(world, chain_run) -> None:
         assert found == planned, site
     # Rucio's own CLI: every placement rule OK, the one moving the files to the site and the one
     # pinning them at the source
-    rules = cli(world, "rucio", "rule", "list", "--account", "multisite")
+    rules = cli(world, "rucio", "rule", "list", "--account", "multisite", "--csv")
     central = world.campaign.site(world.campaign.central).rse
-    for site in world.campaign.remote_sites:
-        lines = [ln.split() for ln in rules.splitlines() if f"3x3.placement.{site} " in ln + " "]
+    for site in world.campaign.remote_sites:  # id, account, DID, state[locks], RSE expression, ...
+        lines = [ln.split(",") for ln in rules.splitlines() if ln.split(",")[2:3] == [f"3x3:3x3.placement.{site}"]]
         assert sorted(ln[4] for ln in lines) == sorted([world.campaign.site(site).rse, central]), lines
         assert all(ln[3].startswith("OK[") for ln in lines), lines
     # the central site keeps its raws; nothing was moved away

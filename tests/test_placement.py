@@ -269,3 +269,14 @@ def test_a_footprint_admits_its_own_instruments_exposures_only(neighbours) -> No
     assert not fp.admits_mapping(raw | {"instrument": "LSSTCam"}, universe)
     calib = {"instrument": campaign.config.instrument, "detector": detector}
     assert fp.admits_mapping(calib, universe) and not fp.admits_mapping(calib | {"instrument": "LATISS"}, universe)
+    # a site whose units no visit meets still takes its instrument's datasets that need no visit
+    world, _ = neighbours
+    data = yaml.safe_load((world / "campaign.yaml").read_text())
+    data["sites"]["IN2P3"]["sky_units"] = [{"tract": 0, "patch": 0}]
+    (world / "no_visits.yaml").write_text(yaml.safe_dump(data))
+    lonely = load_campaign(world / "no_visits.yaml", env={"MSNB_WORLD": str(world)})
+    with open_butler(lonely.butler_repo(lonely.central)) as butler:
+        empty = footprints(butler, lonely)["IN2P3"]
+    assert not empty.visit_detectors
+    assert empty.admits_mapping(calib, universe) and not empty.admits_mapping(raw, universe)
+    assert not empty.admits_mapping(calib | {"instrument": "LATISS"}, universe)

@@ -305,9 +305,10 @@ def test_transient_database_errors_are_retried_then_raised() -> None:
         raise DatabaseException("still locked")
 
     calls.clear()
-    with pytest.raises(DatabaseException):  # a lock that outlives the retries is the caller's error
+    with pytest.raises(DatabaseException) as raised:  # a lock that outlives the retries is the caller's error
         _transient_retry(locked, tries=2, first_wait_s=0)
     assert len(calls) == 2
+    assert raised.value.__notes__ == ["the server refused it 2 times over 0 s (a lock, or not transient)"]
 
     def duplicate() -> None:
         calls.append(1)
