@@ -184,7 +184,9 @@ def run(
     spec_file, campaign_file = world / "scale_spec.yaml", world / "scale_campaign.yaml"
     if not spec_file.exists():
         spec_file.write_text(spec.read_text() if spec else yaml.safe_dump(scale_spec(raws)))
-        campaign_file.write_text(yaml.safe_dump(scale_campaign(f"scale{raws}")))
+        campaign = scale_campaign(f"scale{raws}")
+        campaign["skymap"] = yaml.safe_load(spec_file.read_text()).get("skymap", campaign["skymap"])
+        campaign_file.write_text(yaml.safe_dump(campaign))
     env = {**os.environ, "MSNB_WORLD": str(world)}
     cli = str(REPO / ".venv" / "bin" / "multisite-nb")
     up = [cli, "world", "up", "--dir", str(world), "--spec", str(spec_file), "--params", str(campaign_file)]

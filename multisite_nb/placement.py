@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 from .config import Campaign, SkyUnit
 from .errors import PlanError
 from .fileio import atomic_write_text
+from .overlaps import PatchBoxes, detector_hits
 from .ownership import visit_owners
 from .plan_files import (
     FILES_DIR,
@@ -184,54 +185,94 @@ def _records_of(butler: Any, element: str, key: str, ids: Iterable[int], instrum
     )
 
 
+_VISIT_KEYS = ("instrument", "visit", "physical_filter", "band", "day_obs", "skymap")  # a footprint's values
+
+_VisitHits = tuple[int, list[int], dict[str, Any], dict[int, list[tuple[int, list[int]]]]]
+
+
+def _visit_hits(
+    butler: Any,
+    units: list[tuple[int, int | None]],
+    skymap: str,
+    instrument: str,
+    patch_regions: dict[tuple[int, int], Any],
+) -> Iterator[_VisitHits]:
+    """Each visit the units meet, with which of its detectors overlap which of the units' patches.
+
+    The registry joins visits with the units' tracts (whole-tract units; the patch-level units
+    with their patches): an LSSTCam visit meets a few tracts but a few hundred patches, and the
+    registry settles each candidate pair of its spatial joins on the regions in Python, ~140 µs a
+    pair on SQLite. The patch and detector levels are then settled here on the regions, as the
+    query system post-filters its joins (kept unless certainly disjoint): every patch of the units
+    in the tracts a visit meets against the visit's detectors, sifted by bounding boxes
+    (:func:`~multisite_nb.overlaps.detector_hits`). Joining detectors with patches in the registry
+    took ~40 s for 1,050 tracts on SQLite.
+
+    Yields
+    ------
+    visit, detectors, data_id, hits
+        The visit, all its detectors, its data ID's values (``_VISIT_KEYS``) and, per tract with
+        at least one such patch, (patch, the detectors overlapping it) for each unit patch at least
+        one detector meets. A visit no detector of which meets a unit patch is not yielded.
+        Detector regions are read a chunk of visits at a time and let go.
+    """
+    from .butler_ops import unit_data_ids
+
+    boxes = PatchBoxes(patch_regions)
+    patches_of: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for key in patch_regions:
+        patches_of[key[0]].append(key)
+    data_ids: dict[int, dict[str, Any]] = {}
+    tracts: dict[int, set[int]] = defaultdict(set)
+    for did in unit_data_ids(butler, units, skymap, ["visit", "tract"], instrument=instrument):
+        m = did.mapping
+        visit = int(m["visit"])
+        if visit not in data_ids:
+            data_ids[visit] = {k: m[k] for k in _VISIT_KEYS if k in m}
+        tracts[visit].add(int(m["tract"]))
+    visits = sorted(data_ids)
+    for start in range(0, len(visits), _VISIT_CHUNK):  # the regions of a chunk of visits at a time
+        chunk = visits[start : start + _VISIT_CHUNK]
+        regions: dict[int, dict[int, Any]] = defaultdict(dict)
+        for rec in _records_of(butler, "visit_detector_region", "visit", chunk, instrument):
+            regions[rec.visit][rec.detector] = rec.region
+        for visit in chunk:
+            keys = [k for t in sorted(tracts.pop(visit)) for k in patches_of[t]]
+            hits: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
+            for (tract, patch), ds in zip(keys, detector_hits(regions[visit], keys, boxes), strict=True):
+                if ds:
+                    hits[tract].append((patch, ds))
+            if hits:
+                yield visit, sorted(regions[visit]), data_ids.pop(visit), dict(hits)
+            regions.pop(visit, None)
+
+
+_Overlaps = tuple[dict[int, tuple[dict[str, Any], dict[int, int]]], dict[int, list[int]]]
+
+
 def _unit_overlaps(
     butler: Any,
     units: list[tuple[int, int | None]],
     skymap: str,
     instrument: str,
     patch_regions: dict[tuple[int, int], Any],
-) -> tuple[list[tuple[dict[str, Any], list[int]]], dict[int, list[int]]]:
-    """Which detectors of which visits overlap which patches of the units.
-
-    The registry joins visits with the units' patches (a visit's region holds its detectors');
-    the detector level is then settled here on the regions, the way the query system post-filters
-    its own spatial joins (kept unless certainly disjoint). Joining detectors with patches in the
-    registry took ~40 s for 1,050 tracts on SQLite; this takes a fraction.
+) -> _Overlaps:
+    """The visits the units meet, summed up for a footprint (:func:`_visit_hits`).
 
     Returns
     -------
-    hits
-        (visit-patch data ID as a dict, the visit's detectors overlapping that patch), one per pair
-        with at least one such detector.
+    met
+        Per visit: its data ID's values and, per tract, its weight there (the number of
+        detector-patch overlaps with the units' patches of that tract, at least one).
     detectors
-        Per visit met, its detectors (the regions are read a chunk of visits at a time and let go).
+        Per visit met, all its detectors.
     """
-    from .butler_ops import unit_data_ids
-
-    rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for did in unit_data_ids(butler, units, skymap, ["visit", "patch"], instrument=instrument):
-        m = dict(did.mapping)
-        rows[int(m["visit"])].append(m)
+    met: dict[int, tuple[dict[str, Any], dict[int, int]]] = {}
     detectors: dict[int, list[int]] = {}
-    hits = []
-    visits = sorted(rows)
-    for start in range(0, len(visits), _VISIT_CHUNK):  # the regions of a chunk of visits at a time
-        regions: dict[int, dict[int, Any]] = defaultdict(dict)
-        for rec in _records_of(
-            butler, "visit_detector_region", "visit", visits[start : start + _VISIT_CHUNK], instrument
-        ):
-            regions[rec.visit][rec.detector] = rec.region
-        for visit in visits[start : start + _VISIT_CHUNK]:
-            detectors[visit] = sorted(regions[visit])
-            for m in rows[visit]:
-                region = patch_regions.get((int(m["tract"]), int(m["patch"])))
-                ds = [d for d, r in regions[visit].items() if region is None or r.overlaps(region) is not False]
-                if ds:
-                    hits.append((m, ds))
-    return hits, detectors
-
-
-_Overlaps = tuple[list[tuple[dict[str, Any], list[int]]], dict[int, list[int]]]
+    for visit, dets, data_id, hits in _visit_hits(butler, units, skymap, instrument, patch_regions):
+        met[visit] = (data_id, {t: sum(len(ds) for _, ds in ps) for t, ps in hits.items()})
+        detectors[visit] = dets
+    return met, detectors
 
 
 def _overlaps_job(repo: str, units: list[tuple[int, int | None]], skymap: str, instrument: str) -> _Overlaps:
@@ -246,7 +287,7 @@ def _overlaps_job(repo: str, units: list[tuple[int, int | None]], skymap: str, i
 def site_footprint(butler: Any, campaign: Campaign, site: str, overlaps: _Overlaps | None = None) -> Footprint:
     """Spatially query the registry for everything a site's sky units overlap.
 
-    ``overlaps``: the units' visit-patch overlaps and visits' detectors (:func:`_unit_overlaps`),
+    ``overlaps``: the visits the units meet and their detectors (:func:`_unit_overlaps`),
     if already found (by worker processes, see :func:`footprints`).
     """
     from .butler_ops import unit_records
@@ -263,15 +304,13 @@ def site_footprint(butler: Any, campaign: Campaign, site: str, overlaps: _Overla
         patch_regions[(rec.tract, rec.id)] = rec.region
     if overlaps is None:
         overlaps = _unit_overlaps(butler, units, cfg.skymap, cfg.instrument, patch_regions)
-    hits, detectors = overlaps
-    for m, ds in hits:
-        visit, tract = int(m["visit"]), int(m["tract"])
-        fp.visit_weight[visit] += len(ds)
-        if tract < fp.visit_tract.get(visit, tract + 1):
-            fp.visit_tract[visit] = tract
-        for k in ("instrument", "visit", "physical_filter", "band", "day_obs", "skymap", "tract"):
-            if k in m:
-                fp.values[k].add(m[k])
+    met, detectors = overlaps
+    for visit, (data_id, weights) in met.items():
+        fp.visit_weight[visit] += sum(weights.values())
+        fp.visit_tract[visit] = min(weights)
+        fp.values["tract"].update(weights)
+        for k, v in data_id.items():
+            fp.values[k].add(v)
     # visit-complete: every detector of a visit the site touches, so that the site's products of that
     # visit are whole (and equal to its owner's, the pipeline being deterministic)
     interned: dict[tuple[int, ...], frozenset[int]] = {}  # most visits have the same detectors: one set
@@ -778,7 +817,7 @@ def footprints(butler: Any, campaign: Campaign, workers: _Workers | None = None)
     jobs = [(s, us[i : i + size]) for s, us in units.items() for i in range(0, len(us), size)]
     pool = workers.pool()
     futures = [pool.submit(_overlaps_job, repo, chunk, cfg.skymap, cfg.instrument) for _, chunk in jobs]
-    hits: dict[str, dict[tuple[int, int, int], tuple[dict[str, Any], list[int]]]] = {s: {} for s in units}
+    met: dict[str, dict[int, tuple[dict[str, Any], dict[int, int]]]] = {s: {} for s in units}
     detectors: dict[str, dict[int, list[int]]] = {s: {} for s in units}
     for (site, chunk), fut in zip(jobs, futures, strict=True):
         try:
@@ -787,13 +826,12 @@ def footprints(butler: Any, campaign: Campaign, workers: _Workers | None = None)
             first, last = (SkyUnit(tract=t, patch=p) for t, p in (chunk[0], chunk[-1]))
             units_ = f"{len(chunk)} units, {first} to {last}"
             raise PlanError(f"placement: footprint of {site} ({units_}): {type(exc).__name__}: {exc}") from exc
-        for m, ds in found:  # a visit-patch pair once, whichever jobs met it
-            hits[site].setdefault((int(m["visit"]), int(m["tract"]), int(m["patch"])), (m, ds))
+        for visit, (data_id, weights) in found.items():  # jobs hold different units: their weights add up
+            have = met[site].setdefault(visit, (data_id, {}))[1]
+            for tract, w in weights.items():
+                have[tract] = have.get(tract, 0) + w
         detectors[site].update(dets)
-    return {
-        s: site_footprint(butler, campaign, s, overlaps=(list(hits[s].values()), detectors[s]))
-        for s in campaign.remote_sites
-    }
+    return {s: site_footprint(butler, campaign, s, overlaps=(met[s], detectors[s])) for s in campaign.remote_sites}
 
 
 def _run_shards(
@@ -859,11 +897,16 @@ def check_sky_units(campaign: Campaign, butler: Any) -> None:
     skymap = campaign.config.skymap
     if not butler.query_dimension_records("skymap", where=f"skymap = '{skymap}'", limit=None, explain=False):
         raise ConfigError(f"{campaign.path}: key 'skymap': {skymap!r} is not in the central repository")
-    patches = {
-        (r.tract, r.id)
-        for r in butler.query_dimension_records("patch", where=f"skymap = '{skymap}'", limit=None, explain=False)
-    }
-    tracts = {t for t, _ in patches}
+    # data IDs, not records (a sky map has ~2 million patches, each record a region to decode), and
+    # patches only of the tracts the units name patches of
+    tracts = {int(d["tract"]) for d in butler.query_data_ids(["tract"], skymap=skymap, limit=None, explain=False)}
+    asked = sorted({u.tract for s in campaign.remote_sites for u in campaign.sky_units(s) if u.patch is not None})
+    patches: set[tuple[int, int]] = set()
+    if asked:
+        for d in butler.query_data_ids(
+            ["patch"], where="tract IN (asked)", bind={"asked": asked}, skymap=skymap, limit=None, explain=False
+        ):
+            patches.add((int(d["tract"]), int(d["patch"])))
     for site in campaign.remote_sites:
         for i, u in enumerate(campaign.sky_units(site)):
             if u.tract not in tracts or (u.patch is not None and (u.tract, u.patch) not in patches):
@@ -1140,14 +1183,14 @@ def suggest_assignment(
         patch_regions = {(r.tract, r.id): r.region for r in unit_records(butler, list(keys), cfg.skymap, "patch")}
         visits_of: dict[tuple[int, int | None], set[int]] = defaultdict(set)
         pairs_of: dict[tuple[int, int | None], set[tuple[int, int]]] = defaultdict(set)
-        hits, _ = _unit_overlaps(butler, list(keys), cfg.skymap, cfg.instrument, patch_regions)
-        for m, ds in hits:
-            tract, patch, visit = int(m["tract"]), int(m["patch"]), int(m["visit"])
-            key = (tract, patch) if (tract, patch) in keys else (tract, None)
-            if key not in keys:
-                continue
-            visits_of[key].add(visit)
-            pairs_of[key].update((visit, d) for d in ds)
+        for visit, _, _, hits in _visit_hits(butler, list(keys), cfg.skymap, cfg.instrument, patch_regions):
+            for tract, found in hits.items():
+                for patch, ds in found:
+                    key = (tract, patch) if (tract, patch) in keys else (tract, None)
+                    if key not in keys:
+                        continue
+                    visits_of[key].add(visit)
+                    pairs_of[key].update((visit, d) for d in ds)
     finally:
         if own:
             butler.close()

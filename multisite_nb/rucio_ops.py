@@ -58,10 +58,10 @@ def _transient_retry[T](call: Callable[[], T], tries: int = 7, first_wait_s: flo
     On PostgreSQL Rucio takes row locks, some with NOWAIT: a write meeting rows a daemon holds
     (the judge-injector filling a large rule) fails with ``DatabaseException`` ("could not obtain
     lock on row"; seen on the 20k world), and two transactions locking the same replicas in another
-    order lose one to the database's deadlock check (a rule at the source RSE while the conveyor
-    works on the same files for another site; seen once in CI). Rucio rolls the whole request
-    back, so every write wrapped here is safe to send again. lsst-rucio-register retries the
-    same way.
+    order lose one to the database's deadlock check (a rule at the source RSE while a daemon, the
+    judge-evaluator or the conveyor, works on the same replicas for another site; which one was not
+    confirmed: seen once in CI, without the server's log). Rucio rolls the whole request back,
+    so every write wrapped here is safe to send again. lsst-rucio-register retries the same way.
     """
     from rucio.common.exception import DatabaseException
 

@@ -32,6 +32,9 @@ def test_sky_is_deterministic() -> None:
     assert a.refcat_shards() == b.refcat_shards()
     c = build_sky(SkySpec(seed=1))
     assert a.raw_content(a.observations[0], 2) != c.raw_content(c.observations[0], 2)
+    # a world records its spec's digest: fields added later must not change it while unset
+    assert SkySpec().digest() == "9b7a19343be26ec508090e671f36a87ddcf1451c"
+    assert SkySpec(visit_size_deg=3.5).digest() != SkySpec().digest()
 
 
 def test_default_sky_shape() -> None:
@@ -179,6 +182,24 @@ def test_a_tract_grid_is_a_contiguous_sky_of_many_tracts() -> None:
         assert not any(regions_overlap(obs.region, t[n].region) for n in (home - 1, home + 1, home + 50) if n in t)
     with pytest.raises(ValueError, match="either tracts or tract_grid"):
         SkySpec(tracts=[{"id": 0, "ra": 0.0, "dec": 0.0}], tract_grid={"n_ra": 2, "n_dec": 2})
+
+
+def test_wide_visits_reach_the_neighbouring_tracts() -> None:
+    """``visit_size_deg``: LSSTCam-sized visits meet a few hundred patches of up to nine tracts."""
+    from multisite_nb.world.spec import load_spec
+    from multisite_nb.world.synthetic import build_sky, regions_overlap
+
+    _, spec = load_spec("parameters/worlds/scale_wide.yaml")
+    assert spec.visit_size_deg == 3.5 and len(spec.tracts) == 1500
+    model = build_sky(spec)
+    assert len(model.observations) == 500 and len(model.detectors) == 189
+    obs = next(o for o in model.observations if spec.targets[o.targets[0]].tract == 1275)  # inside the grid
+    near = [1274, 1276, 1225, 1325, 1224, 1226, 1324, 1326]  # its eight neighbours
+    assert sum(regions_overlap(obs.region, model.tracts[n].region) for n in near) >= 6  # dithered: not all eight
+    patches = [p for n in [1275, *near] for p in model.tracts[n].patches if regions_overlap(obs.region, p.region)]
+    assert 250 < len(patches) < 400
+    with pytest.raises(ValueError, match="boundary_visits: 0"):
+        SkySpec(boundary_visits=1, visit_size_deg=3.5)
 
 
 def test_a_repository_a_killed_writer_left_mid_transaction_opens_read_only(tmp_path) -> None:

@@ -91,11 +91,23 @@ def test_footprints_and_raws_found_by_other_processes_make_the_same_plan(neighbo
     monkeypatch.setattr(placement, "_run_shards", spy)
     two = plan_placement(campaign, workers=2)
     assert list(found_elsewhere) == campaign.remote_sites
-    # one unit a job here: LANCS's visits over both its patches were met by two jobs, merged once each
-    lancs = [(m["visit"], m["patch"]) for m, _ in found_elsewhere["LANCS"][0]]
-    assert len(lancs) == len(set(lancs)) and {p for _, p in lancs} == {3, 4}
-    both = {v for v, p in lancs if p == 3} & {v for v, p in lancs if p == 4}
-    assert both, lancs
+    # one unit a job here: LANCS's visits over both its patches were met by two jobs, their weights
+    # (detector-patch overlaps) added up to what one process finds
+    from multisite_nb.butler_ops import open_butler, unit_records
+
+    units = [(u.tract, u.patch) for u in campaign.sky_units("LANCS")]
+    cfg = campaign.config
+    with open_butler(campaign.butler_repo(campaign.central)) as butler:
+        alone = placement.footprints(butler, campaign)["LANCS"]
+        regions = {(r.tract, r.id): r.region for r in unit_records(butler, units, cfg.skymap, "patch")}
+        patches = {
+            visit: {p for found in hits.values() for p, _ in found}
+            for visit, _, _, hits in placement._visit_hits(butler, units, cfg.skymap, cfg.instrument, regions)
+        }
+    both = {v for v, ps in patches.items() if ps == {3, 4}}
+    met, _ = found_elsewhere["LANCS"]
+    assert both and both <= set(met), patches
+    assert {v: sum(w.values()) for v, (_, w) in met.items()} == dict(alone.visit_weight)
     assert seen and all(len(shards) == 2 for shards in seen), seen
     (key, lo, mid), (_, mid2, hi) = seen[0]
     assert key == "exposure" and lo < mid == mid2 < hi
@@ -280,3 +292,61 @@ def test_a_footprint_admits_its_own_instruments_exposures_only(neighbours) -> No
     assert not empty.visit_detectors
     assert empty.admits_mapping(calib, universe) and not empty.admits_mapping(raw, universe)
     assert not empty.admits_mapping(calib | {"instrument": "LATISS"}, universe)
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory) -> tuple[Any, object]:
+    """Visits wider than a tract (as LSSTCam's are): each meets patches of several tracts and sites."""
+    from multisite_nb.world.spec import TractGridSpec
+
+    world = tmp_path_factory.mktemp("wide")
+    spec = SkySpec(
+        skymap="wide_visits",
+        tract_grid=TractGridSpec(n_ra=3, n_dec=2, ra0=40.0, dec0=-30.0),
+        patches_per_side=4,
+        detector_grid=(4, 4),
+        visits_per_band=2,
+        visit_size_deg=1.3,
+        footprint_inset_deg=0.0,
+        dither_deg=0.15,
+    )
+    create_site_repo(world / "butler" / "USDF", world / "rse" / "USDF_DISK")
+    populate_central(world / "butler" / "USDF", spec)
+    data = yaml.safe_load(CAMPAIGN.read_text())
+    data.update(skymap="wide_visits", manifest=str(CAMPAIGN.parent / data["manifest"]))
+    data["pipeline"] = str(CAMPAIGN.parent / data["pipeline"])
+    data["sites"]["IN2P3"]["sky_units"] = [{"tract": 0}, {"tract": 1}, {"tract": 2}]
+    data["sites"]["RAL"]["sky_units"] = [{"tract": 3}, {"tract": 4, "patch": 0}, {"tract": 4, "patch": 5}]
+    data["sites"]["LANCS"]["sky_units"] = [{"tract": 5}, {"tract": 4, "patch": 15}]
+    path = world / "campaign.yaml"
+    path.write_text(yaml.safe_dump(data))
+    from multisite_nb.world.synthetic import build_sky
+
+    return build_sky(spec), load_campaign(path, env={"MSNB_WORLD": str(world)})
+
+
+def test_wide_visits_footprints_match_the_detector_regions(wide) -> None:
+    """Each site's visits and their weights (detector-patch overlaps) are those the model's own
+    regions give, with visits meeting hundreds of detector-patch pairs across tracts and sites."""
+    from multisite_nb.butler_ops import open_butler
+    from multisite_nb.placement import footprints
+
+    model, campaign = wide
+    with open_butler(campaign.butler_repo(campaign.central)) as butler:
+        fps = footprints(butler, campaign)
+    for site in campaign.remote_sites:
+        patches = [
+            p.region
+            for u in campaign.sky_units(site)
+            for p in model.tracts[u.tract].patches
+            if u.patch is None or p.id == u.patch
+        ]
+        weight = {
+            o.visit: sum(r.overlaps(p) is not False for r in o.detector_regions.values() for p in patches)
+            for o in model.observations
+        }
+        want = {v: w for v, w in weight.items() if w}
+        assert dict(fps[site].visit_weight) == want, site
+        assert set(fps[site].visit_detectors) == set(want)
+    shared = set(fps["IN2P3"].visit_weight) & set(fps["RAL"].visit_weight)
+    assert shared and max(max(fp.visit_weight.values()) for fp in fps.values()) > 16  # wide: many pairs a visit

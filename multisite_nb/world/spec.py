@@ -114,6 +114,10 @@ class SkySpec(BaseModel):
     neighbour_max_sep_deg: float = Field(default=0.3, gt=0.0)
     footprint_inset_deg: float = Field(default=0.01, ge=0.0)
     dither_deg: float = Field(default=0.004, ge=0.0)
+    visit_size_deg: float | None = Field(default=None, gt=0.0, le=10.0)
+    """A target visit's side instead of its target's patches less the inset: an LSSTCam visit is
+    ~3.5 deg and meets a few hundred 0.2-deg patches of several tracts (and sites). Such visits
+    may reach other targets and tracts; unset, each stays inside its target (the default)."""
     first_day_obs: int = 20250301
     exposure_time: float = Field(default=30.0, gt=0.0)
     raw_shape: tuple[int, int] = (24, 24)
@@ -148,6 +152,8 @@ class SkySpec(BaseModel):
                 if (target.tract, p) in seen:
                     raise ValueError(f"patch {target.tract}/{p} is in targets {seen[(target.tract, p)]} and {i}")
                 seen[(target.tract, p)] = i
+        if self.visit_size_deg is not None and self.boundary_visits:
+            raise ValueError("visit_size_deg: wide visits already cross targets; give boundary_visits: 0")
         if self.dither_deg >= self.footprint_inset_deg and self.footprint_inset_deg > 0:
             raise ValueError("dither_deg must be smaller than footprint_inset_deg (else visits reach other patches)")
         if min(self.detector_grid) < 1:
@@ -190,8 +196,13 @@ class SkySpec(BaseModel):
         )
 
     def digest(self) -> str:
-        """SHA-1 of the spec's canonical JSON (the skymap record's hash)."""
-        return hashlib.sha1(self.model_dump_json().encode()).hexdigest()
+        """SHA-1 of the spec's canonical JSON (the skymap record's hash).
+
+        Fields added since the first worlds are left out while unset, so that a world built
+        before them keeps its digest.
+        """
+        unset = {"visit_size_deg"} if self.visit_size_deg is None else set()
+        return hashlib.sha1(self.model_dump_json(exclude=unset).encode()).hexdigest()
 
 
 def load_spec(path: str | os.PathLike[str] | None = None) -> tuple[Path, SkySpec]:

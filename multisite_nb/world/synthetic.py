@@ -16,7 +16,9 @@ exact.  Patch id = ``y * patches_per_side + x`` (x grows east, y grows north).  
 the three tracts sit in separate declination rings (Dec -20, 0, +20) so no visit can reach
 two tracts.
 
-A target visit's footprint is the bounding box of its target's patches, shrunk by
+Unless ``visit_size_deg`` is set (wide visits, centred on their target and reaching whatever
+they reach, as LSSTCam's 3.5-deg visits do), a target visit's footprint is the bounding box of
+its target's patches, shrunk by
 ``footprint_inset_deg`` and dithered by at most ``dither_deg`` (< the inset): it covers
 about 85 % of the target patches (2 x 1 patches) and overlaps no other patch, so the spatial join
 visit <-> patch returns exactly the target patches.
@@ -478,18 +480,10 @@ def build_sky(spec: SkySpec | None = None) -> SkyModel:
             for _ in range(spec.visits_per_band):
                 seq += 1
                 dx, dy = rng.uniform(-spec.dither_deg, spec.dither_deg, size=2)
-                obs = add(
-                    ti,
-                    seq,
-                    frame,
-                    (bx0 + bx1) / 2 + dx,
-                    (by0 + by1) / 2 + dy,
-                    bx1 - bx0,
-                    by1 - by0,
-                    0.0,
-                    band,
-                    "target",
-                )
+                w, h = (bx1 - bx0, by1 - by0) if spec.visit_size_deg is None else (spec.visit_size_deg,) * 2
+                obs = add(ti, seq, frame, (bx0 + bx1) / 2 + dx, (by0 + by1) / 2 + dy, w, h, 0.0, band, "target")
+                if spec.visit_size_deg is not None:
+                    continue  # a wide visit: meant to reach other targets and tracts
                 if obs.targets != (ti,):
                     raise ConfigError(
                         f"visit {obs.visit} of target {ti} overlaps targets {obs.targets}; "
