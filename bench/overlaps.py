@@ -28,55 +28,69 @@ from multisite_nb.world.synthetic import _footprint, _Frame
 DR_VISITS = 240_000
 
 
-def _geometry(kind: str, visits: int) -> tuple[list[tuple[dict[int, Any], list[tuple[int, int]]]], PatchBoxes]:
-    """Visits (detectors, the patch keys the registry would join each with) and the site's patches."""
+def _geometry(
+    kind: str, visits: int
+) -> tuple[list[tuple[dict[int, Any], list[tuple[int, int]], list[tuple[int, int]], Any]], PatchBoxes]:
+    """Visits (detectors, the patches the registry's visit-patch join gives, the patches of the
+    tracts the visit meets) over a site's grid of patches, tracts being blocks of 10 x 10."""
     frame = _Frame(150.0, -20.0)
-    n, size = 40, 0.2
+    n, size, block = 40, 0.2, 10
     half = n * size / 2
-    grid = {
-        (0, y * n + x): frame.box(-half + x * size, -half + (x + 1) * size, -half + y * size, -half + (y + 1) * size)
-        for y in range(n)
-        for x in range(n)
+    grid = {}
+    for y in range(n):
+        for x in range(n):
+            tract = (y // block) * (n // block) + x // block
+            box = frame.box(-half + x * size, -half + (x + 1) * size, -half + y * size, -half + (y + 1) * size)
+            grid[(tract, y * n + x)] = box
+    tracts = {
+        t: frame.box(
+            -half + (t % 4) * block * size,
+            -half + (t % 4 + 1) * block * size,
+            -half + (t // 4) * block * size,
+            -half + (t // 4 + 1) * block * size,
+        )
+        for t in range(16)
     }
     cases = []
     for i in range(visits):  # dithered over the grid's middle, rotated: a site's visits share its patches
         cx, cy = -1.5 + 3.0 * ((i * 0.618) % 1.0), -1.5 + 3.0 * ((i * 0.382) % 1.0)
-        if kind == "scale world":  # inside one patch
+        if kind == "scale world":  # inside one patch of one tract
             x, y = int((cx + half) / size), int((cy + half) / size)
             px, py = -half + (x + 0.5) * size, -half + (y + 0.5) * size
-            _, dets = _footprint(frame, px + 0.001, py - 0.002, 0.18, 0.18, 0.0, (21, 9))
-            cases.append((dets, [(0, y * n + x)]))
-            continue
-        visit, dets = _footprint(frame, cx, cy, 3.5, 3.5, 0.37 * i, (14, 14))
-        dets = {d: r for d, r in dets.items() if d < 189}
-        cases.append((dets, [k for k, p in grid.items() if visit.overlaps(p) is not False]))
+            visit, dets = _footprint(frame, px + 0.001, py - 0.002, 0.18, 0.18, 0.0, (21, 9))
+        else:
+            visit, dets = _footprint(frame, cx, cy, 3.5, 3.5, 0.37 * i, (14, 14))
+            dets = {d: r for d, r in dets.items() if d < 189}
+        met = {t for t, r in tracts.items() if visit.overlaps(r) is not False}
+        pairs = [k for k, p in grid.items() if visit.overlaps(p) is not False]
+        cases.append((dets, pairs, [k for k in grid if k[0] in met], visit))
     return cases, PatchBoxes(grid)
 
 
 def main(argv: list[str]) -> None:
     visits = int(argv[0]) if argv else 100
     print(f"detector-patch overlaps, {visits} visits a geometry, one core:")
-    print(f"{'geometry':14} {'pairs/visit':>11} {'every pair':>13} {'boxes':>13} {'ratio':>7} {'240k visits':>22}")
+    head = f"{'geometry':14} {'pairs':>6} {'every pair':>13} {'candidates':>10} {'boxes':>10} {'ratio':>7}"
+    print(f"{head} {'240k visits':>20}")
     for kind in ("scale world", "LSSTCam-like"):
         cases, boxes = _geometry(kind, visits)
         t0 = time.process_time()
         brute = [
-            [[d for d, r in dets.items() if r.overlaps(boxes.regions[k]) is not False] for k in keys]
-            for dets, keys in cases
+            {k: [d for d, r in dets.items() if r.overlaps(boxes.regions[k]) is not False] for k in pairs}
+            for dets, pairs, _, _ in cases
         ]
         t_brute = time.process_time() - t0
         t0 = time.process_time()
-        boxed = [detector_hits(dets, keys, boxes) for dets, keys in cases]  # one PatchBoxes a site, as placement
+        boxed = [dict(zip(keys, detector_hits(dets, keys, boxes, v), strict=True)) for dets, _, keys, v in cases]
         t_box = time.process_time() - t0
         for b, x in zip(brute, boxed, strict=True):
-            if [sorted(h) for h in b] != x:
+            if {k: sorted(v) for k, v in b.items() if v} != {k: v for k, v in x.items() if v}:
                 raise SystemExit(f"{kind}: the two ways disagree")
-        pairs = sum(len(k) for _, k in cases) / visits
+        pairs = sum(len(p) for _, p, _, _ in cases) / visits
+        candidates = sum(len(k) for _, _, k, _ in cases) / visits
         per_b, per_x = t_brute / visits, t_box / visits
-        print(
-            f"{kind:14} {pairs:11.0f} {per_b * 1e3:10.2f} ms {per_x * 1e3:10.2f} ms {per_b / per_x:6.1f}x"
-            f"   {per_b * DR_VISITS / 60:6.1f} -> {per_x * DR_VISITS / 60:5.1f} min"
-        )
+        row = f"{kind:14} {pairs:6.0f} {per_b * 1e3:10.2f} ms {candidates:10.0f} {per_x * 1e3:7.2f} ms"
+        print(f"{row} {per_b / per_x:6.1f}x   {per_b * DR_VISITS / 60:6.1f} -> {per_x * DR_VISITS / 60:5.1f} min")
 
 
 if __name__ == "__main__":

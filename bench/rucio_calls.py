@@ -8,6 +8,8 @@ limit per call):
 * **Rubin metadata**: ``add_replicas`` with ``rubin_butler`` and a ``rubin_sidecar`` of the size of
   an expanded LSSTCam raw's (~1.6 kB) inline, as ``lsst-rucio-register`` and the toolkit do, then
   ``attach_dids``;
+* **metadata after**: ``add_replicas`` without metadata, then the same metadata by one
+  ``set_dids_metadata_bulk`` call, then ``attach_dids``;
 * **one call**: ``attach_dids`` with ``rse`` (replicas registered and attached in one request,
   Tier-0's way), metadata inline.
 
@@ -65,7 +67,11 @@ def _way(client: Any, way: str, n: int) -> dict[str, float]:
             client.attach_dids(SCOPE, dataset, chunk, rse=RSE)
             spent["attach"] += time.monotonic() - t0
             continue
-        client.add_replicas(rse=RSE, files=chunk)
+        if way == "metadata after":  # the replicas bare, then their metadata in one bulk call
+            client.add_replicas(rse=RSE, files=[{k: v for k, v in f.items() if k != "meta"} for f in chunk])
+            client.set_dids_metadata_bulk([{"scope": SCOPE, "name": f["name"], "meta": f["meta"]} for f in chunk])
+        else:
+            client.add_replicas(rse=RSE, files=chunk)
         t1 = time.monotonic()
         client.attach_dids(SCOPE, dataset, [{"scope": SCOPE, "name": f["name"]} for f in chunk])
         spent["add_replicas"] += t1 - t0
@@ -83,7 +89,7 @@ def run(n: int) -> dict[str, dict[str, float]]:
     try:
         server.up()
         client = RucioOps(RucioClientConfig.from_file(server.client_config), SCOPE, quiet=True).client
-        return {way: _way(client, way, n) for way in ("plain", "Rubin metadata", "one call")}
+        return {way: _way(client, way, n) for way in ("plain", "Rubin metadata", "metadata after", "one call")}
     finally:
         server.down()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -38,10 +38,10 @@ def boxes_of(regions: Sequence[Any]) -> np.ndarray:
 
 
 class PatchBoxes:
-    """Patch regions keyed by (tract, patch), with their bounding boxes computed once each.
+    """Patch regions keyed by (tract, patch), with their bounding boxes.
 
-    A site's patches are met by many visits: their boxes are computed the first time a visit meets
-    them and kept (one row of six floats a patch).
+    A site's patches are met by many visits: the boxes of all of them are computed once, at the
+    first visit (one row of six floats a patch; ~2 µs a patch), and looked up from then on.
     """
 
     def __init__(self, regions: Mapping[tuple[int, int], Any]) -> None:
@@ -51,30 +51,38 @@ class PatchBoxes:
 
     def rows(self, keys: Sequence[tuple[int, int]]) -> np.ndarray:
         """The boxes of ``keys`` (each key must have a region), one row each."""
-        new = [k for k in dict.fromkeys(keys) if k not in self._row]
-        if new:
-            start = len(self._boxes)
-            self._boxes = np.concatenate([self._boxes, boxes_of([self.regions[k] for k in new])])
-            self._row.update({k: start + i for i, k in enumerate(new)})
+        if len(self._row) != len(self.regions):
+            order = list(self.regions)
+            self._boxes = boxes_of([self.regions[k] for k in order])
+            self._row = {k: i for i, k in enumerate(order)}
         return self._boxes[[self._row[k] for k in keys]]
+
+
+def _meets(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Whether boxes ``a`` (N, 6) meet box ``b`` (6,), one bool each."""
+    return np.all((a[:, :3] <= b[3:] + _SLACK) & (a[:, 3:] >= b[:3] - _SLACK), axis=1)
 
 
 def detector_hits(
     detectors: Mapping[int, Any],
     patches: Sequence[tuple[int, int] | None],
     boxes: PatchBoxes,
+    within: Any = None,
 ) -> list[list[int]]:
-    """For each of a visit's patches, the visit's detectors whose regions may overlap it.
+    """For each candidate patch of a visit, the visit's detectors whose regions may overlap it.
 
     Parameters
     ----------
     detectors
         The visit's detector regions by detector id.
     patches
-        The (tract, patch) keys the registry joined the visit with; ``None`` (or a key with no
-        region in ``boxes``) keeps every detector, as a pair the regions cannot settle.
+        The candidate (tract, patch) keys; ``None`` (or a key with no region in ``boxes``) keeps
+        every detector, as a pair the regions cannot settle.
     boxes
         The site's patch regions and their cached boxes.
+    within
+        The visit's region (holding its detectors'), if known: patches whose box misses its box
+        are settled without a look at the detectors.
 
     Returns
     -------
@@ -83,19 +91,21 @@ def detector_hits(
     """
     ids = list(detectors)
     regions = [detectors[d] for d in ids]
+    every = sorted(ids)
+    out: list[list[int]] = [[] if k is not None and k in boxes.regions else list(every) for k in patches]
     known = [(i, k) for i, k in enumerate(patches) if k is not None and k in boxes.regions]
-    out: list[list[int]] = [sorted(ids) for _ in patches]
-    for i, _ in known:
-        out[i] = []
     if not known or not ids:
         return out
+    pat = boxes.rows([k for _, k in known])
+    if within is not None:
+        keep = np.nonzero(_meets(pat, boxes_of([within])[0]))[0]
+        known, pat = [known[j] for j in keep], pat[keep]
     if len(known) <= _FEW_PATCHES:  # a visit inside a patch or two: boxes would cost more than they save
         for i, key in known:
             patch = boxes.regions[key]
             out[i] = sorted(d for d, r in zip(ids, regions, strict=True) if r.overlaps(patch) is not False)
         return out
     det = boxes_of(regions)
-    pat = boxes.rows([k for _, k in known])
     meet = np.ones((len(known), len(ids)), dtype=bool)  # (patches, detectors): boxes meet on every axis
     for axis in range(3):
         meet &= det[:, axis] <= pat[:, axis + 3, None] + _SLACK

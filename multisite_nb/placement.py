@@ -236,10 +236,12 @@ def _visit_hits(
         regions: dict[int, dict[int, Any]] = defaultdict(dict)
         for rec in _records_of(butler, "visit_detector_region", "visit", chunk, instrument):
             regions[rec.visit][rec.detector] = rec.region
+        outline = {rec.id: rec.region for rec in _records_of(butler, "visit", "visit", chunk, instrument)}
         for visit in chunk:
             keys = [k for t in sorted(tracts.pop(visit)) for k in patches_of[t]]
+            found = detector_hits(regions[visit], keys, boxes, outline.get(visit))
             hits: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
-            for (tract, patch), ds in zip(keys, detector_hits(regions[visit], keys, boxes), strict=True):
+            for (tract, patch), ds in zip(keys, found, strict=True):
                 if ds:
                     hits[tract].append((patch, ds))
             if hits:

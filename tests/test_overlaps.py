@@ -34,11 +34,14 @@ def _brute(detectors: dict[int, object], patches: dict[tuple[int, int], object])
 def test_lsstcam_like_visit_matches_every_pair_tested(ra: float, dec: float, angle: float) -> None:
     frame = _Frame(ra, dec)
     patches = _patch_grid(frame, 2.4, 0.2)  # 576 patches of 0.2 deg around a 3.5-deg visit
-    _, detectors = _footprint(frame, 0.13, -0.07, 3.5, 3.5, angle, (14, 14))
+    visit, detectors = _footprint(frame, 0.13, -0.07, 3.5, 3.5, angle, (14, 14))
     keys = list(patches)
     want = _brute(detectors, patches)
-    got = dict(zip(keys, detector_hits(detectors, keys, PatchBoxes(patches)), strict=True))
+    boxes = PatchBoxes(patches)
+    got = dict(zip(keys, detector_hits(detectors, keys, boxes), strict=True))
     assert got == want
+    # the visit's outline first sets aside the patches its box misses: the same hits
+    assert dict(zip(keys, detector_hits(detectors, keys, boxes, visit), strict=True)) == want
     met = [k for k, ds in want.items() if ds]
     assert 250 < len(met) < len(keys)  # a wide visit: hundreds of patches met, the grid's corners not
     assert sum(len(ds) for ds in got.values()) == sum(len(ds) for ds in want.values())
@@ -55,6 +58,11 @@ def test_pairs_the_regions_cannot_settle_keep_every_detector() -> None:
     assert hits[2] == [] and hits[3] == []  # corner patches of a 0.8-deg grid: the 0.3-deg visit misses them
     inner = detector_hits(detectors, [(7, 5)], boxes)[0]
     assert inner == _brute(detectors, {(7, 5): patches[(7, 5)]})[(7, 5)] and inner
+    # with the outline, a visit inside few of many candidates: the few tested one by one, the rest empty
+    visit, _ = _footprint(frame, 0.0, 0.0, 0.3, 0.3, 0.0, (3, 3))
+    every = detector_hits(detectors, list(patches), boxes, visit)
+    assert every == [_brute(detectors, {k: p})[k] for k, p in patches.items()]
+    assert sum(bool(h) for h in every) == 4  # the 0.3-deg visit at the grid's centre meets four patches
 
 
 def test_patch_boxes_are_computed_once_and_reused() -> None:
@@ -63,7 +71,8 @@ def test_patch_boxes_are_computed_once_and_reused() -> None:
     boxes = PatchBoxes(patches)
     first = boxes.rows([(7, 4), (7, 5), (7, 4)])
     assert first.shape == (3, 6) and (first[0] == first[2]).all()
+    table = boxes._boxes
     again = boxes.rows([(7, 5)])
-    assert (again[0] == first[1]).all() and len(boxes._boxes) == 2
+    assert (again[0] == first[1]).all() and boxes._boxes is table and len(table) == len(patches)  # not again
     x = patches[(7, 4)].getBoundingBox3d().x()  # type: ignore[attr-defined]
     assert math.isclose(first[0][0], x.getA()) and math.isclose(first[0][3], x.getB())
