@@ -1,17 +1,20 @@
 """Which detectors of a visit meet which sky patches, settled on the regions themselves.
 
-The registry's spatial join gives the (visit, patch) pairs whose regions overlap. Placement then
-needs the detector level: a pair counts only if one of the visit's detectors overlaps the patch,
-and a visit's weight at a site is the number of (detector, patch) overlaps. Testing every detector
-against every pair costs detectors x pairs region tests per visit: a few at the embedded worlds,
-where a visit sits inside one patch, but an LSSTCam visit (189 detectors, ~3.5 deg) meets a few
-hundred 0.2-deg patches, ~60,000 tests a visit.
+Placement needs, for each visit the registry finds meeting a site's tracts, which of the visit's
+detectors overlap which of the site's patches there: a visit is the site's only if one of its
+detectors overlaps one of the site's patches, and its weight at a site (which site owns a shared
+visit) is the number of such (detector, patch) overlaps. Testing every detector against every
+candidate patch costs detectors x patches region tests a visit: a few at the embedded worlds, where
+a visit sits inside one patch, but an LSSTCam visit (189 detectors, ~3.5 deg) meets a few hundred
+0.2-deg patches, and its tracts hold several hundred more: ~150,000 tests a visit.
 
-:class:`PatchBoxes` and :func:`detector_hits` first compare 3-D bounding boxes of the regions
-(unit-vector space, so right ascension's wrap-around needs no care) for all pairs of a visit at
-once, with numpy, and test exactly only the detectors whose box meets the patch's: a handful per
-patch. A pair is kept unless sphgeom says it is certainly disjoint, as the brute force did (and as
-the Butler's query system post-filters its own spatial joins).
+:class:`PatchBoxes` and :func:`detector_hits` first set aside the patches whose 3-D bounding box
+(unit-vector space, so right ascension's wrap-around needs no care) misses the visit outline's,
+then compare the boxes of all remaining (patch, detector) pairs at once with numpy, and test
+exactly only the pairs whose boxes meet: a handful of detectors a patch. A pair is kept if its
+boxes meet and sphgeom's ``overlaps`` is not False (the convex polygons here are settled exactly),
+as the Butler's query system post-filters its own spatial joins. The outline is assumed to hold its
+detectors, as a visit's region does in the registry.
 """
 
 from __future__ import annotations
@@ -45,13 +48,13 @@ class PatchBoxes:
     """
 
     def __init__(self, regions: Mapping[tuple[int, int], Any]) -> None:
-        self.regions = regions
+        self.regions = {k: r for k, r in regions.items() if r is not None}  # a snapshot: the boxes follow it
         self._row: dict[tuple[int, int], int] = {}
         self._boxes = np.empty((0, 6))
 
     def rows(self, keys: Sequence[tuple[int, int]]) -> np.ndarray:
         """The boxes of ``keys`` (each key must have a region), one row each."""
-        if len(self._row) != len(self.regions):
+        if not self._row and self.regions:
             order = list(self.regions)
             self._boxes = boxes_of([self.regions[k] for k in order])
             self._row = {k: i for i, k in enumerate(order)}

@@ -206,7 +206,8 @@ def _visit_hits(
     query system post-filters its joins (kept unless certainly disjoint): every patch of the units
     in the tracts a visit meets against the visit's detectors, sifted by bounding boxes
     (:func:`~multisite_nb.overlaps.detector_hits`). Joining detectors with patches in the registry
-    took ~40 s for 1,050 tracts on SQLite.
+    took ~40 s for 1,050 tracts on SQLite. A tract's region is assumed to hold its patches' (as
+    lsst.skymap's and the embedded worlds' do): a visit meeting a patch meets its tract.
 
     Yields
     ------
@@ -271,9 +272,10 @@ def _unit_overlaps(
     """
     met: dict[int, tuple[dict[str, Any], dict[int, int]]] = {}
     detectors: dict[int, list[int]] = {}
+    shared: dict[tuple[int, ...], list[int]] = {}  # most visits have the same detectors: one list (pickled once)
     for visit, dets, data_id, hits in _visit_hits(butler, units, skymap, instrument, patch_regions):
         met[visit] = (data_id, {t: sum(len(ds) for _, ds in ps) for t, ps in hits.items()})
-        detectors[visit] = dets
+        detectors[visit] = shared.setdefault(tuple(dets), dets)
     return met, detectors
 
 

@@ -28,8 +28,8 @@ def _brute(detectors: dict[int, object], patches: dict[tuple[int, int], object])
 
 @pytest.mark.parametrize(
     ("ra", "dec", "angle"),
-    [(150.0, -10.0, 0.0), (359.9, 0.0, 0.7), (0.05, 62.0, 2.1), (200.0, -85.0, 0.3)],
-    ids=["plain", "ra-wrap", "north-rotated", "near-pole"],
+    [(150.0, -10.0, 0.0), (359.9, 0.0, 0.7), (0.05, 62.0, 2.1), (200.0, -85.0, 0.3), (0.0, -90.0, 1.1)],
+    ids=["plain", "ra-wrap", "north-rotated", "near-pole", "on-the-pole"],
 )
 def test_lsstcam_like_visit_matches_every_pair_tested(ra: float, dec: float, angle: float) -> None:
     frame = _Frame(ra, dec)
@@ -74,5 +74,9 @@ def test_patch_boxes_are_computed_once_and_reused() -> None:
     table = boxes._boxes
     again = boxes.rows([(7, 5)])
     assert (again[0] == first[1]).all() and boxes._boxes is table and len(table) == len(patches)  # not again
+    # a patch without a region cannot be settled: every detector kept, as for an unknown key
+    _, detectors = _footprint(frame, 0.0, 0.0, 0.3, 0.3, 0.0, (2, 2))
+    holed = PatchBoxes({**patches, (7, 4): None})
+    assert detector_hits(detectors, [(7, 4)], holed) == [sorted(detectors)]
     x = patches[(7, 4)].getBoundingBox3d().x()  # type: ignore[attr-defined]
     assert math.isclose(first[0][0], x.getA()) and math.isclose(first[0][3], x.getB())

@@ -328,25 +328,50 @@ def wide(tmp_path_factory) -> tuple[Any, object]:
 def test_wide_visits_footprints_match_the_detector_regions(wide) -> None:
     """Each site's visits and their weights (detector-patch overlaps) are those the model's own
     regions give, with visits meeting hundreds of detector-patch pairs across tracts and sites."""
+    from multisite_nb import placement
     from multisite_nb.butler_ops import open_butler
-    from multisite_nb.placement import footprints
+    from multisite_nb.placement import _Workers, footprints
 
     model, campaign = wide
     with open_butler(campaign.butler_repo(campaign.central)) as butler:
         fps = footprints(butler, campaign)
+        workers = _Workers(2)
+        try:  # jobs of units in worker processes, their weights added up: the same footprints
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(placement, "_PARALLEL_MIN_UNITS", 0)
+                by_jobs = footprints(butler, campaign, workers)
+        finally:
+            workers.close()
+    multi_tract = 0
     for site in campaign.remote_sites:
         patches = [
-            p.region
+            (u.tract, p.region)
             for u in campaign.sky_units(site)
             for p in model.tracts[u.tract].patches
             if u.patch is None or p.id == u.patch
         ]
-        weight = {
-            o.visit: sum(r.overlaps(p) is not False for r in o.detector_regions.values() for p in patches)
+        hits = {  # visit -> tract -> detector-patch overlaps there
+            o.visit: {
+                t: n
+                for t in {t for t, _ in patches}
+                if (
+                    n := sum(
+                        r.overlaps(p) is not False for r in o.detector_regions.values() for u, p in patches if u == t
+                    )
+                )
+            }
             for o in model.observations
         }
-        want = {v: w for v, w in weight.items() if w}
-        assert dict(fps[site].visit_weight) == want, site
-        assert set(fps[site].visit_detectors) == set(want)
+        hits = {v: h for v, h in hits.items() if h}
+        multi_tract += sum(len(h) > 1 for h in hits.values())
+        fp = fps[site]
+        assert dict(fp.visit_weight) == {v: sum(h.values()) for v, h in hits.items()}, site
+        assert set(fp.visit_detectors) == set(hits)
+        assert fp.visit_tract == {v: min(h) for v, h in hits.items()}, site  # the lowest tract a detector meets
+        assert fp.values["tract"] == {t for h in hits.values() for t in h}
+        other = by_jobs[site]
+        assert (dict(other.visit_weight), other.visit_tract) == (dict(fp.visit_weight), fp.visit_tract), site
+        assert other.values == fp.values and other.visit_detectors == fp.visit_detectors
     shared = set(fps["IN2P3"].visit_weight) & set(fps["RAL"].visit_weight)
     assert shared and max(max(fp.visit_weight.values()) for fp in fps.values()) > 16  # wide: many pairs a visit
+    assert multi_tract  # visits whose detectors meet several tracts of one site

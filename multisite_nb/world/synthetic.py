@@ -415,7 +415,7 @@ def build_sky(spec: SkySpec | None = None) -> SkyModel:
     # within a few tract widths of a visit's centre can overlap it.
     tract_ids = list(tracts)
     centres = np.array([_unit(t.ra, t.dec) for t in tracts.values()])
-    reach = math.cos(math.radians(min(90.0, 3 * n * size)))
+    reach = math.cos(math.radians(min(90.0, 3 * n * size + (spec.visit_size_deg or 0.0))))
     target_of_tract: dict[int, list[int]] = {}
     for i, tg in enumerate(spec.targets):
         target_of_tract.setdefault(tg.tract, []).append(i)
