@@ -116,9 +116,14 @@ def test_step_run_follows_the_collection_convention(campaign: Campaign) -> None:
 
 def test_unreachable_repo_predicts_the_chain_from_the_stage_plan(facilities: Campaign) -> None:
     assert step_run(facilities, "IN2P3", "step1").inputs == ["HSC/defaults"]
-    # a registry not readable from here: the sky units spelled as an expression
+    # no registry readable from here: patch-level units are their own patch table
     step3 = step_run(facilities, "IN2P3", "step3")
-    assert step3.data_query == IN2P3_QUERY and step3.data_id_table is None
+    assert step3.data_query == "instrument = 'HSC' AND skymap = 'hsc_rings_3x3'"
+    assert step3.data_id_table is not None
+    assert step3.data_id_table.rows == (("hsc_rings_3x3", 0, 3), ("hsc_rings_3x3", 0, 4))
+    # a visit-level step cannot list the visits without a registry: the units as an expression
+    step1 = step_run(facilities, "IN2P3", "step1")
+    assert step1.data_query == IN2P3_QUERY and step1.data_id_table is None
     assert step_run(facilities, "IN2P3", "step2a").inputs == ["3x3/IN2P3", "HSC/defaults"]
     assert step_run(facilities, "USDF", "step2c").inputs == ["HSC/defaults"]
 

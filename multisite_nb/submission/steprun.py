@@ -181,9 +181,11 @@ def data_selection(
     makes each literal of an ``IN`` list an equality, OR-ed; SQLite refuses 1,000 of them). Where
     the site's registry cannot be read from here (a remote facility), they come from the central
     registry (the same sky map; the visits overlapping the units at visit level, which may be a
-    few more than placement gave the site: those find no raws there); only where neither can be
-    read, the sky units spelled as an expression (which grows with the tracts cut by a sky
-    boundary: daf_butler's rewriting of ``OR``-ed tract-and-patch terms fails from about ten).
+    few more than placement gave the site: those find no raws there). Where neither can be read,
+    patch-level units are their own patch table, and otherwise the sky units are spelled as an
+    expression (whole tracts are one ``IN`` list of ranges; the patch-level terms of a mixed set,
+    or of a visit-level step, grow with the tracts cut by a sky boundary: daf_butler's rewriting of
+    ``OR``-ed tract-and-patch terms fails from about ten).
 
     Returns
     -------
@@ -198,6 +200,8 @@ def data_selection(
         patches = site_patches(campaign, site, units)
         if patches is None and site != campaign.central:
             patches = site_patches(campaign, campaign.central, units)
+        if patches is None and units and all(u.patch is not None for u in units):
+            patches = sorted({(u.tract, u.patch) for u in units if u.patch is not None})  # they name themselves
         if not patches:
             return by_units, None
         by_patch = DataIdTable(("skymap", "tract", "patch"), tuple((cfg.skymap, t, p) for t, p in patches))
