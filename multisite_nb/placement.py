@@ -203,9 +203,9 @@ def _visit_hits(
     with their patches): an LSSTCam visit meets a few tracts but a few hundred patches, and the
     registry settles each candidate pair of its spatial joins on the regions in Python, ~140 µs a
     pair on SQLite. The patch and detector levels are then settled here on the regions, as the
-    query system post-filters its joins (kept unless certainly disjoint): every patch of the units
-    in the tracts a visit meets against the visit's detectors, sifted by bounding boxes
-    (:func:`~multisite_nb.overlaps.detector_hits`). Joining detectors with patches in the registry
+    query system post-filters its joins: every patch of the units in the tracts a visit meets
+    against the visit's detectors, sifted by bounding boxes, a pair kept if sphgeom does not find
+    it disjoint (:func:`~multisite_nb.overlaps.detector_hits`). Joining detectors with patches in the registry
     took ~40 s for 1,050 tracts on SQLite. A tract's region is assumed to hold its patches' (as
     lsst.skymap's and the embedded worlds' do): a visit meeting a patch meets its tract.
 
@@ -245,8 +245,9 @@ def _visit_hits(
             for (tract, patch), ds in zip(keys, found, strict=True):
                 if ds:
                     hits[tract].append((patch, ds))
+            data_id = data_ids.pop(visit)
             if hits:
-                yield visit, sorted(regions[visit]), data_ids.pop(visit), dict(hits)
+                yield visit, sorted(regions[visit]), data_id, dict(hits)
             regions.pop(visit, None)
 
 
