@@ -58,6 +58,7 @@ __all__ = [
     "describe_files",
     "check_sky_units",
     "suggest_assignment",
+    "one_sky",
 ]
 
 
@@ -1146,6 +1147,14 @@ class UnitGroup(BaseModel):
     site: str | None = None
 
 
+def one_sky(groups: Sequence[UnitGroup], campaign: Campaign, fraction: float = 0.9) -> bool:
+    """Whether one group of :func:`suggest_assignment` spans several of the campaign's sites and
+    holds at least ``fraction`` of the raws: a contiguous sky, whose units all share visits."""
+    site_of = {u.key: s for s in campaign.remote_sites for u in campaign.sky_units(s)}
+    total = sum(g.raws for g in groups)
+    return total > 0 and any(g.raws >= fraction * total and len({site_of.get(k) for k in g.keys}) > 1 for g in groups)
+
+
 def suggest_assignment(
     campaign: Campaign,
     units: Iterable[SkyUnit] | None = None,
@@ -1160,6 +1169,12 @@ def suggest_assignment(
     tracts (a split tract could not be consistent). Groups are handed out largest first to the
     site furthest below its share of the volume (``share`` in the campaign, equal shares
     where none is given).
+
+    This helps a rehearsal, whose sky units lie apart. Over a contiguous sky with LSSTCam's
+    visits (~3.5 deg, meeting their neighbouring tracts), every unit shares visits with its
+    neighbours and the groups merge into one: no assignment then avoids boundary visits, and the
+    plan's boundary cost is the price of the campaign's split. The work is a second footprint
+    pass over the units; its memory is a set of visits a unit and a count a visit.
 
     Parameters
     ----------
@@ -1187,15 +1202,19 @@ def suggest_assignment(
         keys = {u.key for u in units}
         patch_regions = {(r.tract, r.id): r.region for r in unit_records(butler, list(keys), cfg.skymap, "patch")}
         visits_of: dict[tuple[int, int | None], set[int]] = defaultdict(set)
-        pairs_of: dict[tuple[int, int | None], set[tuple[int, int]]] = defaultdict(set)
+        # a visit's raws, counted once: all the units a visit meets end in one group (no per-raw set)
+        raws_of: dict[int, int] = {}
         for visit, _, _, hits in _visit_hits(butler, list(keys), cfg.skymap, cfg.instrument, patch_regions):
+            met: set[int] = set()
             for tract, found in hits.items():
                 for patch, ds in found:
                     key = (tract, patch) if (tract, patch) in keys else (tract, None)
                     if key not in keys:
                         continue
                     visits_of[key].add(visit)
-                    pairs_of[key].update((visit, d) for d in ds)
+                    met.update(ds)
+            if met:
+                raws_of[visit] = len(met)
     finally:
         if own:
             butler.close()
@@ -1228,7 +1247,7 @@ def suggest_assignment(
     groups = []
     for ms in members.values():
         vis = set().union(*(visits_of[u.key] for u in ms))
-        raws = len(set().union(*(pairs_of[u.key] for u in ms)))
+        raws = sum(raws_of[v] for v in vis)
         groups.append(UnitGroup(units=[str(u) for u in ms], keys=[u.key for u in ms], visits=sorted(vis), raws=raws))
     # largest first, each to the site furthest below its share
     sites = campaign.remote_sites

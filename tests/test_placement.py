@@ -133,7 +133,7 @@ def test_each_site_gets_only_overlapping_raws(neighbours) -> None:
 
 
 def test_suggested_assignment_keeps_units_that_share_visits_together(neighbours) -> None:
-    from multisite_nb.placement import suggest_assignment
+    from multisite_nb.placement import one_sky, suggest_assignment
 
     _, campaign = neighbours
     groups = suggest_assignment(campaign)
@@ -145,6 +145,7 @@ def test_suggested_assignment_keeps_units_that_share_visits_together(neighbours)
     assert big.site == "IN2P3"  # the largest share takes the largest group first
     assert all(g.site in campaign.remote_sites for g in groups)
     assert suggest_assignment(campaign) == groups  # deterministic
+    assert not one_sky(groups, campaign)  # the rehearsal's units lie apart: a suggestion that helps
 
 
 def test_unknown_sky_unit_is_named_before_anything_is_planned(neighbours, tmp_path) -> None:
@@ -375,3 +376,26 @@ def test_wide_visits_footprints_match_the_detector_regions(wide) -> None:
     shared = set(fps["IN2P3"].visit_weight) & set(fps["RAL"].visit_weight)
     assert shared and max(max(fp.visit_weight.values()) for fp in fps.values()) > 16  # wide: many pairs a visit
     assert multi_tract  # visits whose detectors meet several tracts of one site
+
+
+def test_wide_visits_merge_the_suggested_groups_into_one_sky(wide) -> None:
+    """Over a contiguous sky of wide visits every unit shares visits with a neighbour: one group,
+    its raws counted once each (a raw meeting units of two sites is one raw)."""
+    from multisite_nb.placement import one_sky, suggest_assignment
+
+    model, campaign = wide
+    groups = suggest_assignment(campaign)
+    regions = [
+        p.region
+        for s in campaign.remote_sites
+        for u in campaign.sky_units(s)
+        for p in model.tracts[u.tract].patches
+        if u.patch is None or p.id == u.patch
+    ]
+    raws = sum(
+        any(r.overlaps(p) is not False for p in regions)
+        for o in model.observations
+        for r in o.detector_regions.values()
+    )
+    assert sum(g.raws for g in groups) == raws
+    assert max(g.raws for g in groups) == raws and one_sky(groups, campaign)
