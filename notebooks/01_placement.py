@@ -22,6 +22,7 @@
 # Parameters (papermill overrides these; credentials never go here)
 campaign_file = "parameters/campaign_3x3.yaml"
 run_dir = ""
+suggest_max_units = 2000  # the suggested assignment is a second footprint pass: skipped above this many sky units
 
 # %%
 import pandas as pd
@@ -54,12 +55,13 @@ summarize(pd.DataFrame([{"visit": v, "sites": ", ".join(s)} for v, s in plan.bou
 # %% [markdown]
 # ## Suggested assignment (optional)
 #
-# Sky units that share visits grouped together, groups spread over the sites by their shares of the volume. Compare with the campaign's assignment; change `parameters/` to adopt it.
+# Sky units that share visits grouped together, groups spread over the sites by their shares of the volume. Compare with the campaign's assignment; change `parameters/` to adopt it. It costs a second footprint pass, so it is skipped above `suggest_max_units` sky units (a data release: there the sky is contiguous and the groups merge anyway).
 
 # %%
 from multisite_nb.placement import one_sky, suggest_assignment
 
-suggestion = suggest_assignment(campaign)
+n_units = sum(len(campaign.sky_units(s)) for s in campaign.remote_sites)
+suggestion = suggest_assignment(campaign) if n_units <= suggest_max_units else []
 current = {str(u): s for s in campaign.remote_sites for u in campaign.sky_units(s)}
 groups = pd.DataFrame(
     [
@@ -73,8 +75,9 @@ groups = pd.DataFrame(
         for g in suggestion
     ]
 )
-moved = groups[groups["suggested site"] != groups["campaign site"]]
-if one_sky(suggestion, campaign):
+if n_units > suggest_max_units:
+    display(Markdown(f"Skipped: {n_units} sky units, more than `suggest_max_units` ({suggest_max_units})."))
+elif one_sky(suggestion, campaign):
     display(
         Markdown(
             "The units share visits across the sites' edges: one group holds nearly all raws (a contiguous sky). "
@@ -82,8 +85,9 @@ if one_sky(suggestion, campaign):
         )
     )
 else:
+    moved = groups[groups["suggested site"] != groups["campaign site"]]
     display(Markdown(f"{len(groups)} groups; {len(moved)} would move to another site"))
-summarize(moved if len(moved) else groups)
+    summarize(moved if len(moved) else groups)
 
 # %% [markdown]
 # ## Sky: sky units by site, planned visit footprints (dashed: boundary visits)
