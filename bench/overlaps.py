@@ -1,7 +1,7 @@
 """Benchmark: a visit's detector-patch overlaps, the old way against the boxes' way.
 
 Placement settles which of a visit's detectors overlap which of a site's patches
-(:func:`multisite_nb.overlaps.detector_hits`). The old way took the (visit, patch) pairs from the
+(:func:`multisite_nb.domain.overlaps.detector_hits`). The old way took the (visit, patch) pairs from the
 registry's spatial join and tested every detector against each pair's patch; the boxes' way takes
 every patch of the tracts (here blocks of 10 x 10 patches) the visit meets, sets aside those whose
 box misses the visit outline's, and tests exactly only the (patch, detector) pairs whose boxes
@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any
 
-from multisite_nb.overlaps import PatchBoxes, detector_hits
+from multisite_nb.domain.overlaps import PatchBoxes, detector_hits
 from multisite_nb.world.synthetic import _footprint, _Frame
 
 DR_VISITS = 240_000

@@ -61,8 +61,8 @@ def _toolkit_way(butler: Any, refs: list[Any], root: Path, ops: Any, dataset: st
     from lsst.rucio.register.data_type import DataType
     from lsst.rucio.register.rubin_meta import RubinMeta
 
-    from multisite_nb.placement import adler32_of
-    from multisite_nb.rucio_ops import FileDid
+    from multisite_nb.adapters.files import adler32_of
+    from multisite_nb.adapters.rucio.ops import FileDid
 
     t0 = time.monotonic()
     uris = butler.get_many_uris(refs)
@@ -89,7 +89,7 @@ def _check(ops: Any, dataset: str, n: int) -> str:
 def run(n: int) -> dict[str, Any]:
     from lsst.daf.butler import Butler
 
-    from multisite_nb.rucio_ops import RucioClientConfig, RucioOps
+    from multisite_nb.adapters.rucio.ops import RucioClientConfig, RucioOps
     from multisite_nb.world.rucio_server import RucioServer
 
     tmp = Path(tempfile.mkdtemp(prefix="msnb-bench-register-"))

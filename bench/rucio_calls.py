@@ -81,7 +81,7 @@ def _way(client: Any, way: str, n: int) -> dict[str, float]:
 
 
 def run(n: int) -> dict[str, dict[str, float]]:
-    from multisite_nb.rucio_ops import RucioClientConfig, RucioOps
+    from multisite_nb.adapters.rucio.ops import RucioClientConfig, RucioOps
     from multisite_nb.world.rucio_server import RucioServer
 
     tmp = Path(tempfile.mkdtemp(prefix="msnb-bench-rucio-calls-"))

@@ -41,6 +41,8 @@ from typing import Any
 
 import yaml
 
+from multisite_nb.adapters.tables import iter_site_files, load_plan
+
 REPO = Path(__file__).resolve().parents[1]
 DR1_RAWS = 45_000_000
 DETECTORS = (21, 9)  # 189, as LSSTCam's science sensors
@@ -106,14 +108,15 @@ def per_file_figures(
     """Seconds per file of the per-file way, on ``sample`` files of the plan's first site."""
     from lsst.daf.butler import Butler, DatasetRef, FileDataset
 
-    from multisite_nb.butler_ops import datastore_roots, open_butler
-    from multisite_nb.placement import adler32_of, describe_file
-    from multisite_nb.rucio_ops import FileDid, RucioOps
+    from multisite_nb.adapters.butler.datastore import describe_file
+    from multisite_nb.adapters.butler.repo import datastore_roots, open_butler, open_site_butler
+    from multisite_nb.adapters.files import adler32_of
+    from multisite_nb.adapters.rucio.ops import FileDid, RucioOps
 
     site = plan.sites[0]
-    files = next(plan.iter_site_files(site, batch_rows=sample))
+    files = next(iter_site_files(plan, site, batch_rows=sample))
     out: dict[str, float] = {}
-    with open_butler(campaign.butler_repo(campaign.central)) as central:
+    with open_site_butler(campaign, campaign.central) as central:
         roots = datastore_roots(central)
         refs = [central.get_dataset(f.id) for f in files]
         t0 = time.monotonic()
@@ -171,10 +174,9 @@ def run(
     raws: int, world: Path | None, db: str, sample: int, spec: Path | None = None, placement_only: bool = False
 ) -> dict[str, Any]:
     from multisite_nb import phases
-    from multisite_nb.config import load_campaign
-    from multisite_nb.naming import plan_path
-    from multisite_nb.placement import PlacementPlan
-    from multisite_nb.runfolder import new_run
+    from multisite_nb.domain.naming import plan_path
+    from multisite_nb.domain.params import load_campaign
+    from multisite_nb.run.folder import new_run
     from multisite_nb.views.status import collect
 
     work = Path(tempfile.mkdtemp(prefix=f"msnb-scale-{raws}-", dir="/tmp"))
@@ -202,12 +204,12 @@ def run(
         # placement in a child process: its peak RSS is the phase's own
         code = (
             "import sys; from multisite_nb import phases; "
-            "r, _ = phases.placement(sys.argv[1], sys.argv[2]); sys.exit(0 if r.passed else 1)"
+            "r, _ = phases.placement.run(sys.argv[1], sys.argv[2]); sys.exit(0 if r.passed else 1)"
         )
         py = str(REPO / ".venv" / "bin" / "python")
         placed = _run([py, "-c", code, str(campaign_file), str(run_dir)], env)
         out["placement_s"], out["placement_peak_rss_mb"], out["placement_cpu_s"] = placed
-        plan = PlacementPlan.load(plan_path(run_dir))
+        plan = load_plan(plan_path(run_dir))
         files = sum(c.files for c in plan.summary.sites.values())
         out["planned_files"] = files
         out["dr1_placement_s"] = out["placement_s"] * DR1_RAWS / out["raws"]
@@ -224,7 +226,7 @@ def run(
                 out[key] = None
             return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
         t0 = time.monotonic()
-        result, outcomes = phases.transfer(campaign, run_dir, progress=False, timeout_s=7200)
+        result, outcomes = phases.transfer.run(campaign, run_dir, progress=False, timeout_s=7200)
         out["transfer_wall_s"] = time.monotonic() - t0
         if not result.passed:
             raise SystemExit(f"transfer failed: {result.reason}")
@@ -249,7 +251,7 @@ def run(
         out["ingest_files_per_s"] = min(v["ingest_files_per_s"] for v in sites.values())
         out["register_rule_ingest_files_per_s"] = min(v["register_rule_ingest_files_per_s"] for v in sites.values())
         t0 = time.monotonic()
-        vres, _ = phases.verify(campaign, run_dir, checksums=False)
+        vres, _ = phases.verify.run(campaign, run_dir, checksums=False)
         out["verify_s"] = time.monotonic() - t0
         out["verify_files_per_s"] = files / out["verify_s"]
         if not vres.passed:

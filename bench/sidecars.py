@@ -2,7 +2,7 @@
 
 Phase 2 registers every file with its ``rubin_sidecar``: the serialized DatasetRef with
 its dimension records. This compares the toolkit's lookup (one registry query per dataset
-type and RUN collection, :func:`multisite_nb.transfer.sidecar_refs`) with the baseline of
+type and RUN collection, :func:`multisite_nb.phases.transfer.shipping.sidecar_refs`) with the baseline of
 one ``Butler.get_dataset`` per file, on a fresh SQLite Butler holding N datasets (registry
 entries only: no file is read). Prints; asserts nothing.
 
@@ -21,8 +21,8 @@ from pathlib import Path
 def run(n: int) -> dict[str, float]:
     from lsst.daf.butler import Butler, DatasetType
 
-    from multisite_nb.placement import PlannedFile
-    from multisite_nb.transfer import sidecar_refs
+    from multisite_nb.domain.plan import PlannedFile
+    from multisite_nb.phases.transfer.register import sidecar_refs
 
     tmp = Path(tempfile.mkdtemp(prefix="msnb-bench-sidecars-"))
     t: dict[str, float] = {}

@@ -21,7 +21,7 @@ REHEARSAL_FILES_PER_S = 1500 / (30 * 60)
 
 
 def run(n: int) -> dict[str, float]:
-    from multisite_nb.rucio_ops import FileDid, RucioClientConfig, RucioOps
+    from multisite_nb.adapters.rucio.ops import FileDid, RucioClientConfig, RucioOps
     from multisite_nb.world.rucio_server import RucioServer
 
     tmp = Path(tempfile.mkdtemp(prefix="msnb-bench-transfer-"))

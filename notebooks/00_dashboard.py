@@ -45,20 +45,22 @@
 # %% tags=["parameters"]
 # Parameters (papermill overrides these; credentials never go here)
 campaign_file = "parameters/campaign_3x3.yaml"
+world_dir = ""  # the world the campaign runs on (the chain passes it); empty: $MSNB_WORLD, or none
 run_dir = ""  # empty: $MSNB_RUN_DIR, else the newest run folder of the campaign under runs/
 auto_refresh_s = 0  # live mode: seconds between refreshes (0: $MSNB_AUTO_REFRESH_S, else off)
 
 # %%
-from multisite_nb import phases
-from multisite_nb.config import load_campaign
+from multisite_nb.domain.params import repo_root
+from multisite_nb.run.context import load_for_world
+from multisite_nb.views import dashboard as dashboard_phase
 from multisite_nb.views.dashboard import Dashboard, resolve_auto_refresh, resolve_run_dir
 
 Dashboard.stop_all()  # re-running this cell replaces an auto-refreshing dashboard
-campaign = load_campaign(campaign_file)
+campaign = load_for_world(campaign_file, world_dir or None, base=repo_root())
 dashboard = Dashboard(campaign, resolve_run_dir(campaign, run_dir))
 status = dashboard.show(auto_refresh_s=resolve_auto_refresh(auto_refresh_s))
 
 # %%
 # A batch run with a run folder leaves the snapshot there (results/dashboard.json, snapshot.html).
 if dashboard.batch and run_dir:
-    phases.dashboard(campaign, run_dir, dashboard)
+    dashboard_phase.run(campaign, run_dir, dashboard)

@@ -22,21 +22,23 @@
 # Parameters (papermill overrides these; credentials never go here)
 campaign_file = "parameters/campaign_3x3.yaml"
 run_dir = ""
+world_dir = ""  # the world the campaign runs on (the chain passes it); empty: $MSNB_WORLD, or none
 suggest_max_units = 2000  # the suggested assignment is a second footprint pass: skipped above this many sky units
 
 # %%
-import pandas as pd
 from IPython.display import Markdown, display
 
 from multisite_nb import phases
-from multisite_nb.notebook import open_phase, show_gate
-from multisite_nb.results import summarize
+from multisite_nb.phases.placement.suggest import suggest
+from multisite_nb.run.notebook import open_phase, show_gate
+from multisite_nb.views import tables
+from multisite_nb.views.figures import plot_sky
 
-campaign, run_dir = open_phase("placement", campaign_file, run_dir)
+campaign, run_dir = open_phase("placement", campaign_file, run_dir, world_dir)
 
 # %%
-result, plan = phases.placement(campaign, run_dir)
-pd.DataFrame(plan.counts()).set_index("site")
+result, plan = phases.placement.run(campaign, run_dir)
+tables.placement_frame(plan)
 
 # %% [markdown]
 # ## Boundary visits and their cost
@@ -50,7 +52,7 @@ display(
         f"{cost['extra_copies']} extra copies ({cost['extra_bytes']} bytes)"
     )
 )
-summarize(pd.DataFrame([{"visit": v, "sites": ", ".join(s)} for v, s in plan.boundary_visits.items()]))
+tables.boundary_frame(plan)
 
 # %% [markdown]
 # ## Suggested assignment (optional)
@@ -58,26 +60,10 @@ summarize(pd.DataFrame([{"visit": v, "sites": ", ".join(s)} for v, s in plan.bou
 # Sky units that share visits grouped together, groups spread over the sites by their shares of the volume. Compare with the campaign's assignment; change `parameters/` to adopt it. It costs a second footprint pass, so it is skipped above `suggest_max_units` sky units (a data release: there the sky is contiguous and the groups merge anyway).
 
 # %%
-from multisite_nb.placement import one_sky, suggest_assignment
-
-n_units = sum(len(campaign.sky_units(s)) for s in campaign.remote_sites)
-suggestion = suggest_assignment(campaign) if n_units <= suggest_max_units else []
-current = {str(u): s for s in campaign.remote_sites for u in campaign.sky_units(s)}
-groups = pd.DataFrame(
-    [
-        {
-            "units": ", ".join(g.units) if len(g.units) <= 6 else f"{', '.join(g.units[:6])}, … ({len(g.units)})",
-            "visits": len(g.visits),
-            "raws": g.raws,
-            "suggested site": g.site,
-            "campaign site": ", ".join(sorted({current[u] for u in g.units})),
-        }
-        for g in suggestion
-    ]
-)
-if n_units > suggest_max_units:
-    display(Markdown(f"Skipped: {n_units} sky units, more than `suggest_max_units` ({suggest_max_units})."))
-elif one_sky(suggestion, campaign):
+suggestion = suggest(campaign, suggest_max_units)
+if suggestion.skipped:
+    display(Markdown(f"Skipped: {suggestion.skipped} (`suggest_max_units`)."))
+elif suggestion.one_sky:
     display(
         Markdown(
             "The units share visits across the sites' edges: one group holds nearly all raws (a contiguous sky). "
@@ -85,29 +71,26 @@ elif one_sky(suggestion, campaign):
         )
     )
 else:
-    moved = groups[groups["suggested site"] != groups["campaign site"]]
-    display(Markdown(f"{len(groups)} groups; {len(moved)} would move to another site"))
-    summarize(moved if len(moved) else groups)
+    display(Markdown(f"{len(suggestion.groups)} groups; {len(suggestion.moved)} would move to another site"))
+    display(tables.suggestion_frame(suggestion))
 
 # %% [markdown]
 # ## Sky: sky units by site, planned visit footprints (dashed: boundary visits)
 
 # %%
-from multisite_nb.views.figures import plot_sky
-
 _ = plot_sky(campaign, plan)
 
 # %% [markdown]
 # ## Per-site manifest (first rows; each site's full table is `artifacts/placement/files/<site>.parquet`)
 
 # %%
-tracts = pd.DataFrame(plan.tract_rows())
-if len(tracts):
+spread = tables.tract_spread(plan)
+if len(spread):
     display(Markdown("Files per tract, per site (the spread of the sites' tracts):"))
-    display(tracts.groupby("site")["files"].describe()[["count", "min", "50%", "max"]])
+    display(spread)
 for site in plan.sites:
     display(Markdown(f"**{site}**: {plan.summary.sites[site].files} files"))
-    display(pd.DataFrame(plan.manifest_rows(site, limit=6)))
+    display(tables.manifest_frame(plan, site))
 
 # %%
 show_gate(result)  # the chain reads the recorded result; a failed gate stops it

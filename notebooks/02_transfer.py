@@ -22,18 +22,18 @@
 # Parameters (papermill overrides these; credentials never go here)
 campaign_file = "parameters/campaign_3x3.yaml"
 run_dir = ""
+world_dir = ""  # the world the campaign runs on (the chain passes it); empty: $MSNB_WORLD, or none
 
 # %%
-import pandas as pd
-
 from multisite_nb import phases
-from multisite_nb.notebook import open_phase, show_gate
+from multisite_nb.run.notebook import open_phase, show_gate
+from multisite_nb.views.tables import shipments_frame
 
-campaign, run_dir = open_phase("transfer", campaign_file, run_dir)
+campaign, run_dir = open_phase("transfer", campaign_file, run_dir, world_dir)
 
 # %%
-result, outcomes = phases.transfer(campaign, run_dir)
-pd.DataFrame([o.as_row() for o in outcomes]).set_index("shipment")
+result, outcomes = phases.transfer.run(campaign, run_dir)
+shipments_frame(outcomes)
 
 # %%
 show_gate(result)  # the chain reads the recorded result; a failed gate stops it

@@ -22,27 +22,25 @@
 # Parameters (papermill overrides these; credentials never go here)
 campaign_file = "parameters/campaign_3x3.yaml"
 run_dir = ""
+world_dir = ""  # the world the campaign runs on (the chain passes it); empty: $MSNB_WORLD, or none
 repair = False  # True: act on the problems found (Rucio re-replicates, rules retried, re-ingest), then verify again
 
 # %%
-import pandas as pd
 from IPython.display import Markdown, display
 
 from multisite_nb import phases
-from multisite_nb.notebook import open_phase, show_gate
-from multisite_nb.results import summarize
+from multisite_nb.run.notebook import open_phase, show_gate
+from multisite_nb.views import tables
 
-campaign, run_dir = open_phase("verify", campaign_file, run_dir)
-
-# %%
-result, reports = phases.verify(campaign, run_dir)
-pd.DataFrame([r.counts() for r in reports]).set_index("site")
+campaign, run_dir = open_phase("verify", campaign_file, run_dir, world_dir)
 
 # %%
-from multisite_nb.verify import problems_table
+result, reports = phases.verify.run(campaign, run_dir)
+tables.verification_frame(reports)
 
-problems = pd.DataFrame(problems_table(reports))
-summarize(problems) if len(problems) else Markdown("No problems.")
+# %%
+problems = tables.problems_frame(reports)
+problems if len(problems) else Markdown("No problems.")
 
 # %% [markdown]
 # ## Repair
@@ -50,15 +48,13 @@ summarize(problems) if len(problems) else Markdown("No problems.")
 # With `repair = True` (or `multisite-nb repair RUN_DIR`): a corrupt or missing replica is declared bad to Rucio,
 # which re-replicates it from a good copy (its central source is checked first); a STUCK rule is retried with its
 # reason shown; a dataset a site's Butler lacks is ingested again. Then the sites are verified again and this
-# phase's gate is recorded anew.
+# phase's gate is recorded anew (the repair's own is `results/repair.json`; `notebooks/08_repair` runs it alone).
 
 # %%
 if repair and not result.passed:
-    from multisite_nb.repair import repair as repair_placement
-
-    repaired, actions, _ = repair_placement(campaign, run_dir, log=print)
-    display(pd.DataFrame([a.model_dump() for a in actions]))
-    result, reports = phases.verify(campaign, run_dir)
+    repaired, actions, _ = phases.repair.run(campaign, run_dir, log=print)
+    display(tables.frame(actions))
+    result, reports = phases.verify.run(campaign, run_dir)
 
 # %%
 show_gate(result)  # the chain reads the recorded result; a failed gate stops it

@@ -22,9 +22,10 @@
 # Parameters (papermill overrides these; credentials never go here)
 campaign_file = "parameters/campaign_3x3.yaml"
 run_dir = ""
+world_dir = ""  # the world the campaign runs on (the chain passes it); empty: $MSNB_WORLD, or none
 stage = "early"  # which stage of the campaign's stage plan this run of the notebook serves
-prepare_only = False  # True: build each site's PanDA workflow offline (no submission), e.g. with manifest below
-manifest = ""  # another site manifest for prepare_only, e.g. "parameters/sites/facilities.yaml"
+facilities_manifest = "parameters/sites/facilities.yaml"  # the site manifest of the real facilities (PanDA)
+prepare_only = False  # True: build each site's PanDA workflow offline with facilities_manifest; submit nothing
 
 # %%
 from pathlib import Path
@@ -33,57 +34,53 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from multisite_nb import phases
-from multisite_nb.notebook import open_phase, show_gate
-from multisite_nb.results import summarize
-from multisite_nb.submission import sample_submit_files
+from multisite_nb.domain.wiring import campaign_wiring
+from multisite_nb.phases.submit.samples import sample_submit_files
+from multisite_nb.phases.submit.summary import failures_table, steps_table
+from multisite_nb.run.notebook import open_phase, show_gate
 from multisite_nb.views.figures import plot_wiring
-from multisite_nb.wiring import derive_wiring, load_pipeline_graph
+from multisite_nb.views.tables import summarize
 
-campaign, run_dir = open_phase("submit", campaign_file, run_dir)
+campaign, run_dir = open_phase("submit", campaign_file, run_dir, world_dir)
 
 # %% [markdown]
 # ## What crosses the site boundary (derived from the pipeline graph)
 
 # %%
-wiring = derive_wiring(load_pipeline_graph(campaign.pipeline_path), campaign.config.stages)
+wiring = campaign_wiring(campaign)
 _ = plot_wiring(wiring)
 pd.DataFrame(wiring.table())
 
 # %% [markdown]
 # ## Submit files
 #
-# The same phase code writes the PanDA submit file for the real facilities (`parameters/sites/facilities.yaml`) and the one this deployment runs; only the site manifest differs. First step of this stage at the first site, written under the run folder's `artifacts/submit/` (a step's data ID table, its visits or patches, beside its submit file):
+# The same phase code writes the PanDA submit file for the real facilities (`facilities_manifest`) and the one this deployment runs; only the site manifest differs. First step of this stage at the first site, written under the run folder's `artifacts/submit/` (a step's data ID table, its visits or patches, beside its submit file):
 
 # %%
 shown = Path(run_dir) / "artifacts" / "submit" / stage
-for sample in sample_submit_files(campaign, stage, shown, "parameters/sites/facilities.yaml"):
+for sample in sample_submit_files(campaign, stage, shown, facilities_manifest):
     table = sample.step_run.data_id_table
     print(f"# {sample.title}: {sample.path.name}" + (f", data ID table: {table}" if table else ""))
     print(sample.path.read_text())
 
 # %% [markdown]
-# ## Prepare only
-#
-# With `prepare_only = True` (and the facilities' `manifest`), each site's PanDA workflow of every step of the stage
-# is built offline by ctrl_bps_panda — queues, clouds, memory, attempts and each job's command — and nothing is
-# submitted. A step whose inputs come from an earlier step of the stage can be prepared once that step has run.
-
-# %%
-if prepare_only:
-    from multisite_nb.naming import logs_dir
-    from multisite_nb.submission.panda_prepare import prepare_stage
-
-    target = campaign.with_manifest(manifest, env={}) if manifest else campaign
-    prepared = pd.DataFrame(prepare_stage(target, campaign.stage(stage).steps, logs_dir(run_dir) / "prepare" / stage))
-    display(summarize(prepared, max_rows=40))
-
-# %% [markdown]
 # ## Run
+#
+# With `prepare_only = True`, each site's PanDA workflow of every step of the stage is built offline by
+# ctrl_bps_panda with `facilities_manifest` — queues, clouds, memory, attempts and each job's command — and
+# nothing is submitted: the gate says what was prepared and does not pass (nothing ran). A step whose inputs
+# come from an earlier step of the stage can be prepared once that step has run.
 
 # %%
-if not prepare_only:
-    result, steps = phases.submit(campaign, run_dir, stage)
-    display(phases.steps_table(steps))
-    failures = [{"site": s, "step": k, **f} for s, by in steps.items() for k, v in by.items() for f in v["failures"]]
-    display(summarize(pd.DataFrame(failures)) if failures else Markdown("No failed quanta."))
-    show_gate(result)  # the chain reads the recorded result; a failed gate stops it
+result, steps = phases.submit.run(
+    campaign, run_dir, stage, prepare_only=prepare_only, manifest=facilities_manifest if prepare_only else ""
+)
+if prepare_only:
+    display(summarize(pd.read_csv(Path(run_dir) / "artifacts" / f"submit_{stage}" / "prepared.csv"), max_rows=40))
+else:
+    display(steps_table(steps))
+    failures = failures_table(steps)
+    display(summarize(failures) if len(failures) else Markdown("No failed quanta."))
+
+# %%
+show_gate(result)  # the chain reads the recorded result; a failed gate stops it

@@ -22,31 +22,32 @@
 # Parameters (papermill overrides these; credentials never go here)
 campaign_file = "parameters/campaign_3x3.yaml"
 run_dir = ""
+world_dir = ""  # the world the campaign runs on (the chain passes it); empty: $MSNB_WORLD, or none
 stage = "calibration"  # which stage of the campaign's stage plan this run of the notebook serves
 
 # %%
-import pandas as pd
 from IPython.display import Markdown, display
 
 from multisite_nb import phases
-from multisite_nb.notebook import open_phase, show_gate
+from multisite_nb.phases.submit.summary import steps_table
+from multisite_nb.run.notebook import open_phase, show_gate
+from multisite_nb.views.tables import gather_frames
 
-campaign, run_dir = open_phase("gather_redistribute", campaign_file, run_dir)
-
-# %%
-result, summary = phases.gather_redistribute(campaign, run_dir, stage)
-for key in ("gather_shipments", "redistribute_shipments", "shipments"):
-    if summary.get(key):
-        display(Markdown(f"**{key.replace('_', ' ')}**"))
-        display(pd.DataFrame(summary[key]))
+campaign, run_dir = open_phase("gather_redistribute", campaign_file, run_dir, world_dir)
 
 # %%
-if summary.get("steps"):
-    display(phases.steps_table(summary["steps"]))
-if summary.get("delivered_runs"):
+result, summary = phases.gather_redistribute.run(campaign, run_dir, stage)
+for title, shipments in gather_frames(summary):
+    display(Markdown(f"**{title}**"))
+    display(shipments)
+
+# %%
+if summary.steps:
+    display(steps_table(summary.steps))
+if summary.delivered_runs:
     display(
         Markdown(
-            "Delivered to the sites: " + "; ".join(f"{s}: {', '.join(r)}" for s, r in summary["delivered_runs"].items())
+            "Delivered to the sites: " + "; ".join(f"{s}: {', '.join(r)}" for s, r in summary.delivered_runs.items())
         )
     )
 

@@ -24,37 +24,32 @@
 # Parameters (papermill overrides these; credentials never go here)
 campaign_file = "parameters/campaign_3x3.yaml"
 run_dir = ""
+world_dir = ""  # the world the campaign runs on (the chain passes it); empty: $MSNB_WORLD, or none
 
 # %%
-import pandas as pd
 from IPython.display import Markdown, display
 
 from multisite_nb import phases
-from multisite_nb.notebook import open_phase, show_gate
-from multisite_nb.results import summarize
+from multisite_nb.run.notebook import open_phase, show_gate
+from multisite_nb.views import tables
+from multisite_nb.views.figures import qa_figure
 
-campaign, run_dir = open_phase("qa", campaign_file, run_dir)
+campaign, run_dir = open_phase("qa", campaign_file, run_dir, world_dir)
 
 # %%
-result, report = phases.qa(campaign, run_dir)
+result, report = phases.qa.run(campaign, run_dir)
 display(Markdown(f"## Verdict: {'PASS' if result.passed else 'FAIL'}\n\n{result.reason}"))
-pd.DataFrame(report.metrics).set_index("site")
+tables.frame(report.metrics, index="site")
 
 # %%
-import matplotlib.pyplot as plt
-
-m = pd.DataFrame(report.metrics).set_index("site")
-ax = m[["expected products", "products at site", "products gathered", "compared"]].plot.bar(figsize=(7, 3.5))
-ax.set_ylabel("validation products")
-ax.set_title("Per site: expected vs produced vs gathered; compared with the reference")
-plt.show()
+display(qa_figure(report))
 
 # %% [markdown]
 # ## The sample
 
 # %%
-display(Markdown(f"{result.summary['sample']['note']}"))
-summarize(pd.DataFrame(report.sample), max_rows=24)
+display(Markdown(result.summary.sample.note))
+tables.summarize(tables.frame(report.sample), max_rows=24)
 
 # %% [markdown]
 # ## Completeness per sky unit and band
@@ -62,20 +57,16 @@ summarize(pd.DataFrame(report.sample), max_rows=24)
 # `sampled`: expected from the reference; otherwise from the registry rule. Units with a product missing come first.
 
 # %%
-units = pd.DataFrame(report.units)
-if not units.empty:
-    units["short"] = (units["expected"] - units["at site"]) + (units["expected"] - units["at central"])
-    units = units.sort_values("short", ascending=False, kind="stable").drop(columns="short")
-summarize(units, max_rows=24)
+tables.qa_units_frame(report)
 
 # %% [markdown]
 # ## Per dataset type
 
 # %%
-summarize(pd.DataFrame(report.completeness), max_rows=30)
+tables.summarize(tables.frame(report.completeness), max_rows=30)
 
 # %%
-summarize(pd.DataFrame(report.mismatches)) if report.mismatches else Markdown("All values equal the reference.")
+tables.summarize(tables.frame(report.mismatches)) if report.mismatches else Markdown("All values equal the reference.")
 
 # %%
 show_gate(result)  # the chain reads the recorded result; a failed gate stops it

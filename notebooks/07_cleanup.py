@@ -26,17 +26,19 @@
 # Parameters (papermill overrides these; credentials never go here)
 campaign_file = "parameters/campaign_3x3.yaml"
 run_dir = ""
+world_dir = ""  # the world the campaign runs on (the chain passes it); empty: $MSNB_WORLD, or none
 dry_run = True  # False: remove for real
 
 # %%
-import pandas as pd
+from multisite_nb import phases
+from multisite_nb.run.notebook import open_phase, show_gate
+from multisite_nb.views.tables import frame
 
-from multisite_nb.cleanup import cleanup
-from multisite_nb.notebook import open_phase
-
-campaign, run_dir = open_phase("cleanup", campaign_file, run_dir)
+campaign, run_dir = open_phase("cleanup", campaign_file, run_dir, world_dir)
 
 # %%
-items = cleanup(campaign, dry_run=dry_run)
-print(f"{'would remove' if dry_run else 'removed'} {len(items)} item(s)")
-pd.DataFrame([i.model_dump() for i in items])
+result, items = phases.cleanup.run(campaign, run_dir, dry_run=dry_run)
+frame(items)
+
+# %%
+show_gate(result)

@@ -43,15 +43,18 @@ make_venv() {  # $1 venv dir, $2 requirements file (.txt) whose lock file (.lock
 
 make_venv .venv-rucio requirements/rucio-server.txt
 make_venv .venv requirements/toolkit.txt
-# the toolkit itself, editable, so that tests and notebooks see the working tree
-# (checked from / so that the checkout's own folder on sys.path does not count)
+# the toolkit itself, editable, so that tests and notebooks see the working tree (checked from / so
+# that the checkout's own folder on sys.path does not count); again when pyproject.toml changed, whose
+# entry points (executors, phases) are the installed metadata's
 installed=$(cd / && "$here/.venv/bin/python" -c 'import multisite_nb, os; print(os.path.dirname(os.path.dirname(multisite_nb.__file__)))' 2>/dev/null || true)
-if [ "$installed" != "$here" ]; then
+project_hash=$(sha256sum pyproject.toml | cut -c1-16)
+if [ "$installed" != "$here" ] || [ "$(cat .venv/.msnb-project 2>/dev/null)" != "$project_hash" ]; then
   .venv/bin/python -m pip install -q --no-deps -e . >>.venv.log 2>&1 || {
     echo "pip failed to install the toolkit itself (editable) into .venv; the last lines of .venv.log:" >&2
     grep -v "is ignored: it is neither" .venv.log | tail -n 20 >&2
     exit 1
   }
+  echo "$project_hash" > .venv/.msnb-project
 fi
 
 # Extras, by flag: --browser (Debian's chromium, for the dashboard's end-to-end test; a test

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from multisite_nb.config import repo_root
+from multisite_nb.domain.params import repo_root
 
 if TYPE_CHECKING:
     pass
@@ -54,8 +54,8 @@ def run_through_calibration(campaign: Any, run_dir: Path) -> None:
         result = phase(campaign, run_dir)[0]
         assert result.passed, (result.phase, result.reason)
     for result in (
-        phases.submit(campaign, run_dir, "early")[0],
-        phases.gather_redistribute(campaign, run_dir, "calibration")[0],
+        phases.submit.run(campaign, run_dir, "early")[0],
+        phases.gather_redistribute.run(campaign, run_dir, "calibration")[0],
     ):
         assert result.passed, (result.phase, result.reason)
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from multisite_nb.config import repo_root
-from multisite_nb.procs import stop_group
+from multisite_nb.adapters.processes import stop_group
+from multisite_nb.domain.params import repo_root
 
 BIN = repo_root() / ".venv" / "bin"
 PARAMS = repo_root() / "parameters"

@@ -1,10 +1,6 @@
-"""Malformed parameter and manifest files are refused with one clear error, before anything acts.
-
-Every ``tests/data/bad/*.yaml`` campaign file (``manifest_*.yaml`` are the bad manifests some of
-them use) starts with ``# expect: <text the error must contain>`` and, when the fault is in
-another file, ``# named file: <that file>``. Each is run through ``multisite-nb run`` against
-the running world: the command fails naming the file and the key, no run folder is made, and
-Rucio and every site's Butler are exactly as they were.
+"""Malformed parameter and manifest files touch nothing: each run through ``multisite-nb run`` against
+the running world fails naming the file and the key, no run folder is made, and Rucio and every
+site's Butler are exactly as they were (the files and their errors: ``tests/unit/test_bad_files.py``).
 """
 
 from __future__ import annotations
@@ -12,41 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from bad_files import BAD, CASES, expectation
 from click.testing import CliRunner
 
-from multisite_nb.butler_ops import dataset_counts, open_butler
+from multisite_nb.adapters.butler.repo import dataset_counts, open_site_butler
+from multisite_nb.adapters.rucio.ops import RucioOps
 from multisite_nb.cli import main
-from multisite_nb.config import load_campaign
-from multisite_nb.errors import ConfigError
-from multisite_nb.rucio_ops import RucioOps
-
-BAD = Path(__file__).parent / "data" / "bad"
-CASES = sorted(p for p in BAD.glob("*.yaml") if not p.name.startswith("manifest_"))
-
-
-def expectation(path: Path) -> tuple[str, Path]:
-    """(the text the error must contain, the file it must name)."""
-    head = path.read_bytes().split(b"\n", 2)
-    needle = head[0].decode().removeprefix("# expect: ")
-    named = path
-    if len(head) > 1 and head[1].startswith(b"# named file: "):
-        named = BAD / head[1].decode().removeprefix("# named file: ")
-    return needle, named.resolve()
-
-
-def test_there_are_enough_cases() -> None:
-    assert len(CASES) >= 30
-
-
-@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
-def test_bad_file_is_refused_naming_file_and_key(path: Path) -> None:
-    needle, named = expectation(path)
-    with pytest.raises(ConfigError) as info:
-        load_campaign(path, env={"MSNB_WORLD": "/nonexistent/world"})
-    message = str(info.value)
-    assert message.startswith(f"{named}:"), message
-    assert needle in message, message
-    assert "Traceback" not in message
+from multisite_nb.domain.errors import ConfigError
 
 
 @pytest.mark.world
@@ -58,7 +26,7 @@ def test_bad_files_touch_nothing(world, tmp_path: Path) -> None:
         rules = sorted(r.id for r in ops.list_rules())
         counts = {}
         for site in campaign.all_sites:
-            with open_butler(campaign.butler_repo(site)) as butler:
+            with open_site_butler(campaign, site) as butler:
                 counts[site] = dataset_counts(butler)
         return rules, counts
 
@@ -107,9 +75,9 @@ def test_a_world_refuses_two_sites_sharing_a_path(tmp_path: Path, key: str) -> N
 
 
 def test_run_folder_must_be_a_run_folder_and_writable(tmp_path: Path) -> None:
-    from multisite_nb.errors import StorageError
-    from multisite_nb.fileio import check_writable
-    from multisite_nb.runfolder import check_run_folder
+    from multisite_nb.adapters.files import check_writable
+    from multisite_nb.adapters.results import check_run_folder
+    from multisite_nb.domain.errors import StorageError
 
     repo = BAD.parents[2]
     runner = CliRunner()

@@ -30,9 +30,10 @@ import pytest
 # helpers shared with the dashboard tests (tests/ is on sys.path: no package, rootdir conftest)
 from test_dashboard import Cards, clean_env, prepare_run, stuck_rule
 
-from multisite_nb.config import Campaign, repo_root
-from multisite_nb.results import load_result
-from multisite_nb.runbook import run_chain
+from multisite_nb.adapters.results import load_result
+from multisite_nb.domain.config import Campaign
+from multisite_nb.domain.params import repo_root
+from multisite_nb.run.chain import run_chain
 from multisite_nb.views.status import collect
 
 pytestmark = [pytest.mark.slow, pytest.mark.world, pytest.mark.timeout(300)]
@@ -246,7 +247,7 @@ def test_run_index_links_resolve_and_show_the_snapshot(scene: dict[str, Any], br
     run_dir: Path = scene["run_dir"]
     assert scene["index"] == run_dir / "index.html"
     res = load_result(run_dir, "dashboard")
-    assert res is not None and res.passed and res.summary["states"][TROUBLED] == "trouble"
+    assert res is not None and res.passed and res.summary.states[TROUBLED] == "trouble"
     with serve(run_dir) as base:
         page = browser.new_page()
         index = urljoin(base, "index.html")
@@ -265,7 +266,7 @@ def test_run_index_links_resolve_and_show_the_snapshot(scene: dict[str, Any], br
         # the executed notebook, rendered: the static snapshot (cards + plots) without a kernel
         page.goto(urljoin(index, "html/00_dashboard.html"))
         states = Cards(page.content()).states
-        assert states == res.summary["states"] and states[TROUBLED] == "trouble"
+        assert states == res.summary.states and states[TROUBLED] == "trouble"
         assert page.locator("img").count() >= 3
         assert "← run index" in page.locator("body").inner_text()
         page.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from lsst.daf.butler import Butler
 
-from multisite_nb.errors import ButlerError
+from multisite_nb.domain.errors import ButlerError
 from multisite_nb.world.butler_world import collections_for, create_site_repo, populate_central
 from multisite_nb.world.synthetic import SkySpec, TargetSpec, TractSpec, build_sky, regions_overlap
 
@@ -212,7 +212,7 @@ def test_a_repository_a_killed_writer_left_mid_transaction_opens_read_only(tmp_p
 
     from lsst.daf.butler import Butler
 
-    from multisite_nb.butler_ops import open_butler
+    from multisite_nb.adapters.butler.repo import open_butler
 
     repo = tmp_path / "repo"
     Butler.makeRepo(str(repo))

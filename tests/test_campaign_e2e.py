@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from multisite_nb.config import repo_root
+from multisite_nb.domain.params import repo_root, with_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.world]
 
@@ -183,15 +183,15 @@ def test_facility_workflows_are_prepared_offline_for_every_site_and_step(campaig
     its cloud and site, with the submit file's memory and attempts, and every job reads that
     site's repository. Nothing is sent to PanDA.
     """
-    from multisite_nb.config import load_campaign
-    from multisite_nb.submission import step_run
-    from multisite_nb.submission.panda_prepare import prepare_panda
-    from multisite_nb.wiring import load_pipeline_graph
+    from multisite_nb.adapters.workflow.panda import prepare_panda
+    from multisite_nb.domain.params import load_campaign
+    from multisite_nb.domain.wiring import load_pipeline_graph
+    from multisite_nb.phases.submit.selection import step_run
 
     proc, world, _, _ = campaign_run
     assert proc.returncode == 0
     here = load_campaign(repo_root() / "parameters" / "campaign_3x3.yaml", env={"MSNB_WORLD": str(world)})
-    facilities = here.with_manifest("parameters/sites/facilities.yaml", env={})
+    facilities = with_manifest(here, "parameters/sites/facilities.yaml", env={})
     sites = {n: s.model_copy(update={"butler": here.butler_repo(n)}) for n, s in facilities.manifest.sites.items()}
     facilities = type(facilities)(
         facilities.config,

@@ -15,13 +15,13 @@ from lsst.daf.butler import DatasetType
 from test_dashboard import stuck_rule
 
 from multisite_nb import phases
-from multisite_nb.butler_ops import open_butler
-from multisite_nb.collisions import _type_conflicts, claim
-from multisite_nb.config import load_campaign, repo_root
-from multisite_nb.errors import GateError
-from multisite_nb.naming import placement_dataset
-from multisite_nb.rucio_ops import RucioOps
-from multisite_nb.runfolder import new_run
+from multisite_nb.adapters.butler.repo import open_butler
+from multisite_nb.adapters.rucio.ops import RucioOps
+from multisite_nb.domain.errors import GateError
+from multisite_nb.domain.naming import placement_dataset
+from multisite_nb.domain.params import load_campaign, repo_root
+from multisite_nb.phases.collisions import _type_conflicts, claim
+from multisite_nb.run.folder import new_run
 
 pytestmark = [pytest.mark.world, pytest.mark.timeout(600)]
 
@@ -46,9 +46,9 @@ def test_another_campaigns_prefix_and_a_stuck_rule_are_refused_at_placement(worl
     rules_before = {r.id for r in ops.list_rules()}
     with stuck_rule(other, "RAL", dataset=placement_dataset(other, "RAL")) as rule_id:
         run_dir = new_run(tmp_path / "runs", other.name)
-        result, _ = phases.placement(other, run_dir)
+        result, _ = phases.placement.run(other, run_dir)
         assert not result.passed and "collision" in result.reason
-        found = result.summary["collisions"]
+        found = result.summary.collisions
         assert any(
             c.startswith("IN2P3: collections under 3x3/ exist") and "multisite_nb campaign 3x3" in c for c in found
         ), found
@@ -56,7 +56,7 @@ def test_another_campaigns_prefix_and_a_stuck_rule_are_refused_at_placement(worl
             c.startswith(f"RAL: rule {rule_id}") and "STUCK" in c and "multisite-nb repair" in c for c in found
         ), found
         with pytest.raises(GateError, match="placement.* failed its gate: .* collision"):
-            phases.transfer(other, run_dir)  # the gate failed: nothing moves
+            phases.transfer.run(other, run_dir)  # the gate failed: nothing moves
     assert {r.id for r in ops.list_rules()} - rules_before == {rule_id}  # only the test's own rule
 
 
@@ -79,13 +79,13 @@ def test_a_tract_split_under_a_whole_tract_site_task_is_refused_before_anything_
     path = tmp_path / "split.yaml"
     path.write_text(yaml.safe_dump(data))
     campaign = load_campaign(path)
-    result, _ = phases.placement(campaign, new_run(tmp_path / "runs", campaign.name))
+    result, _ = phases.placement.run(campaign, new_run(tmp_path / "runs", campaign.name))
     assert not result.passed
     assert result.reason.startswith("cannot be made consistent")
     assert (
         "tract 0 is split between IN2P3, RAL, but task gbdesAstrometricFit (step2b, site stage early)" in result.reason
     )
-    refused = result.summary["refused"]
+    refused = result.summary.refused
     for task in ("isolatedStarAssociation", "consolidateObjectTable", "consolidateForcedSourceTable"):
         assert any(f"task {task} (" in r for r in refused), refused
     ops = RucioOps.for_campaign(campaign)

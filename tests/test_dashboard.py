@@ -24,10 +24,12 @@ import pytest
 import yaml
 
 from multisite_nb import phases
-from multisite_nb.config import Campaign, load_campaign, repo_root
-from multisite_nb.records import StepRecord, StepState
-from multisite_nb.results import PhaseResult, record_result
-from multisite_nb.runfolder import new_run
+from multisite_nb.adapters.results import record_result
+from multisite_nb.domain.config import Campaign
+from multisite_nb.domain.params import load_campaign, repo_root
+from multisite_nb.domain.records import StepRecord, StepState
+from multisite_nb.domain.results import PhaseResult
+from multisite_nb.run.folder import new_run
 from multisite_nb.views.dashboard import (
     Dashboard,
     history_file,
@@ -50,10 +52,10 @@ NOTEBOOK = repo_root() / "notebooks" / "00_dashboard.ipynb"
 def prepare_run(campaign: Campaign, runs_root: Path) -> Path:
     """A run folder where placement, transfer and verification ran (the real phases)."""
     run_dir = new_run(runs_root, campaign.name)
-    assert phases.placement(campaign, run_dir)[0].passed
-    res, _ = phases.transfer(campaign, run_dir, progress=False)
+    assert phases.placement.run(campaign, run_dir)[0].passed
+    res, _ = phases.transfer.run(campaign, run_dir, progress=False)
     assert res.passed, res.reason
-    res, _ = phases.verify(campaign, run_dir)
+    res, _ = phases.verify.run(campaign, run_dir)
     assert res.passed, res.reason
     return run_dir
 
@@ -67,7 +69,7 @@ def stuck_rule(campaign: Campaign, site: str, timeout: float = 60, dataset: str 
     registered at the central RSE (the world's account may not delete replicas: nothing is
     lost, by policy), and the file stays on disk so the catalogue never points at nothing.
     """
-    from multisite_nb.rucio_ops import FileDid, RucioOps
+    from multisite_nb.adapters.rucio.ops import FileDid, RucioOps
 
     ops = RucioOps.for_campaign(campaign)
     ops.ensure_scope()

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from conftest import reachable_tmpdir
 
-from multisite_nb.config import repo_root
+from multisite_nb.domain.params import repo_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.world]
 

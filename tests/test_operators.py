@@ -23,11 +23,11 @@ import pytest
 from conftest import campaign_variant
 
 from multisite_nb import phases
-from multisite_nb.config import load_campaign, repo_root
-from multisite_nb.lock import LockedError, OperatorLock
-from multisite_nb.procs import live_pid, read_pid_record
-from multisite_nb.results import load_result, load_run_record
-from multisite_nb.runfolder import new_run
+from multisite_nb.adapters.butler.lock import LockedError, OperatorLock
+from multisite_nb.adapters.processes import live_pid, read_pid_record
+from multisite_nb.adapters.results import load_result, load_run_record, run_state
+from multisite_nb.domain.params import load_campaign, repo_root
+from multisite_nb.run.folder import new_run
 
 pytestmark = [pytest.mark.world, pytest.mark.slow, pytest.mark.timeout(1200)]
 BIN = Path(sys.executable).parent
@@ -36,14 +36,14 @@ BIN = Path(sys.executable).parent
 def test_a_second_operator_is_refused_and_a_stale_lock_broken_only_on_request(world, tmp_path: Path) -> None:
     campaign = load_campaign(campaign_variant(tmp_path, "locktest"))
     run_dir = new_run(tmp_path / "runs", campaign.name)
-    assert phases.placement(campaign, run_dir)[0].passed
+    assert phases.placement.run(campaign, run_dir)[0].passed
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             (
-                "import time\nfrom multisite_nb.config import load_campaign\n"
-                "from multisite_nb.lock import OperatorLock\n"
+                "import time\nfrom multisite_nb.domain.config import load_campaign\n"
+                "from multisite_nb.adapters.butler.lock import OperatorLock\n"
                 f"OperatorLock(load_campaign({str(campaign.path)!r})).acquire('elsewhere')\nprint('held', flush=True)\n"
                 "time.sleep(600)\n"
             ),
@@ -55,13 +55,13 @@ def test_a_second_operator_is_refused_and_a_stale_lock_broken_only_on_request(wo
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(LockedError, match=rf"locked by .*\(pid {holder.pid}\)") as info:
-            phases.transfer(campaign, run_dir, progress=False)
+            phases.transfer.run(campaign, run_dir, progress=False)
         assert "stale" not in str(info.value)
     finally:
         holder.kill()
         holder.wait()
     with pytest.raises(LockedError, match="its process is gone \\(stale\\).*multisite-nb unlock"):
-        phases.transfer(campaign, run_dir, progress=False)  # still refused: broken only on request
+        phases.transfer.run(campaign, run_dir, progress=False)  # still refused: broken only on request
     out = subprocess.run(
         [str(BIN / "multisite-nb"), "unlock", str(campaign.path), "--world", str(world.root)],
         env=world.env(),
@@ -70,7 +70,7 @@ def test_a_second_operator_is_refused_and_a_stale_lock_broken_only_on_request(wo
         timeout=120,
     )
     assert out.returncode == 0 and "lock broken" in out.stdout, out.stderr
-    assert phases.transfer(campaign, run_dir, progress=False)[0].passed
+    assert phases.transfer.run(campaign, run_dir, progress=False)[0].passed
     assert OperatorLock(campaign).holder() is None  # the phase gave it back
 
 
@@ -122,7 +122,7 @@ def test_a_chain_killed_mid_step_dies_visibly_and_resumes(world, tmp_path: Path)
     )
     assert status.returncode == 1 and f"{run_dir.name} (killtest): died" in status.stdout, status.stdout
     assert f"still running: pid {step_pid}" in status.stdout
-    assert load_run_record(run_dir).state() == "died"
+    assert run_state(load_run_record(run_dir)) == "died"
 
     resumed = subprocess.run(
         [
@@ -144,7 +144,7 @@ def test_a_chain_killed_mid_step_dies_visibly_and_resumes(world, tmp_path: Path)
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
     assert re.search(r"the earlier chain of this run died .*stopped [1-9][0-9]* of its orphaned", resumed.stdout)
-    assert load_run_record(run_dir).state() == "passed"
+    assert run_state(load_run_record(run_dir)) == "passed"
     result = load_result(run_dir, "submit_early")
     assert result.passed
     attempts = [json.loads(p.read_text()) for p in run_dir.glob("artifacts/logs/*/step1/attempt-*/status.json")]

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from multisite_nb import naming, phases
-from multisite_nb.config import repo_root
-from multisite_nb.placement import PlacementPlan
-from multisite_nb.results import load_result
-from multisite_nb.runbook import run_chain
-from multisite_nb.runfolder import new_run
+from multisite_nb import phases
+from multisite_nb.adapters.results import load_result
+from multisite_nb.adapters.tables import load_plan, site_files
+from multisite_nb.domain import naming
+from multisite_nb.domain.params import repo_root
+from multisite_nb.run.chain import run_chain
+from multisite_nb.run.folder import new_run
 
 pytestmark = pytest.mark.world
 
@@ -53,9 +54,9 @@ def chain_run(world, tmp_path_factory):
 
 
 def test_sites_hold_exactly_the_planned_raws(world, chain_run) -> None:
-    plan = PlacementPlan.load(naming.plan_path(chain_run))
+    plan = load_plan(naming.plan_path(chain_run))
     for site in world.campaign.remote_sites:
-        planned = {f.id for f in plan.site_files(site) if f.dataset_type == "raw"}
+        planned = {f.id for f in site_files(plan, site) if f.dataset_type == "raw"}
         assert len(planned) == 24
         text = cli(
             world, "butler", "query-datasets", world.campaign.butler_repo(site), "raw", "--collections", "HSC/raw/all"
@@ -95,10 +96,10 @@ def test_calibrations_and_chains_are_remade_at_sites(world, chain_run) -> None:
 
 def test_verify_reports_zero_problems_and_a_rerun_changes_nothing(world, chain_run) -> None:
     res = load_result(chain_run, "verify")
-    assert res.passed and res.summary["problems"] == 0
+    assert res.passed and res.summary.problems == 0
     rules_before = cli(world, "rucio", "rule", "list", "--account", "multisite")
     counts_before = {s: world.status()["sites"][s]["datasets"] for s in world.campaign.all_sites}
-    res2, outcomes = phases.transfer(world.campaign, chain_run, progress=False)
+    res2, outcomes = phases.transfer.run(world.campaign, chain_run, progress=False)
     assert res2.passed
     assert all(o.ingested == 0 and not o.rule_created for o in outcomes)
     assert cli(world, "rucio", "rule", "list", "--account", "multisite").count(" OK[") == rules_before.count(" OK[")
@@ -106,8 +107,8 @@ def test_verify_reports_zero_problems_and_a_rerun_changes_nothing(world, chain_r
 
 
 def _one_raw(world, run_dir, site):
-    plan = PlacementPlan.load(naming.plan_path(run_dir))
-    f = next(f for f in plan.site_files(site) if f.dataset_type == "raw")
+    plan = load_plan(naming.plan_path(run_dir))
+    f = next(f for f in site_files(plan, site) if f.dataset_type == "raw")
     return f, Path(world.campaign.site(site).rse_root) / f.lfn
 
 
@@ -119,14 +120,14 @@ def test_corrupted_file_is_reported_as_exactly_that_file(world, chain_run, tmp_p
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF  # same size, different bytes
         path.write_bytes(bytes(data))
-        res, reports = phases.verify(world.campaign, chain_run)
+        res, reports = phases.verify.run(world.campaign, chain_run)
         assert not res.passed
         problems = [p for r in reports for p in r.problems]
         assert [(p.site, p.layer, p.kind, p.what) for p in problems] == [("LANCS", "disk", "corrupt", f.lfn)]
         assert "adler32" in problems[0].detail and f.lfn in res.reason
     finally:
         shutil.copy2(backup, path)
-    assert phases.verify(world.campaign, chain_run)[0].passed
+    assert phases.verify.run(world.campaign, chain_run)[0].passed
 
 
 def test_deleted_file_is_reported_as_exactly_that_file(world, chain_run, tmp_path) -> None:
@@ -134,7 +135,7 @@ def test_deleted_file_is_reported_as_exactly_that_file(world, chain_run, tmp_pat
     backup = tmp_path / "backup"
     shutil.move(path, backup)
     try:
-        res, reports = phases.verify(world.campaign, chain_run)
+        res, reports = phases.verify.run(world.campaign, chain_run)
         problems = [p for r in reports for p in r.problems]
         assert [(p.site, p.kind, p.what) for p in problems] == [("IN2P3", "missing", f.lfn)]
         assert not res.passed
@@ -170,13 +171,13 @@ def test_files_are_registered_the_rubin_way(world, chain_run) -> None:
     """DID metadata as lsst-rucio-register writes it: rubin_butler kind + the DatasetRef sidecar."""
     from lsst.daf.butler import DatasetRef
 
-    from multisite_nb.placement import adler32_of
-    from multisite_nb.rucio_ops import RucioOps
+    from multisite_nb.adapters.files import adler32_of
+    from multisite_nb.adapters.rucio.ops import RucioOps
 
-    plan = PlacementPlan.load(naming.plan_path(chain_run))
+    plan = load_plan(naming.plan_path(chain_run))
     ops = RucioOps.for_campaign(world.campaign)
-    raw = next(f for f in plan.site_files("RAL") if f.dataset_type == "raw")
-    flat = next(f for f in plan.site_files("RAL") if f.dataset_type == "flat")
+    raw = next(f for f in site_files(plan, "RAL") if f.dataset_type == "raw")
+    flat = next(f for f in site_files(plan, "RAL") if f.dataset_type == "flat")
     for f, kind in ((raw, "raw_file"), (flat, "data_product")):
         meta = ops.get_metadata(f.lfn)
         assert meta["rubin_butler"] == kind
@@ -192,7 +193,7 @@ def test_files_are_registered_the_rubin_way(world, chain_run) -> None:
 
 
 def open_central(world):
-    from multisite_nb.butler_ops import open_butler
+    from multisite_nb.adapters.butler.repo import open_butler
 
     return open_butler(world.campaign.butler_repo(world.campaign.central))
 
@@ -200,10 +201,10 @@ def open_central(world):
 def test_sidecars_are_looked_up_in_bulk_and_match_the_per_file_lookup(world, chain_run) -> None:
     """One query per (dataset type, run) gives every planned file the same expanded ref as a
     per-file lookup; a dataset the Butler does not hold is absent, not invented."""
-    from multisite_nb.transfer import sidecar_refs
+    from multisite_nb.phases.transfer.register import sidecar_refs
 
-    plan = PlacementPlan.load(naming.plan_path(chain_run))
-    files = list({f.id: f for site in plan.sites for f in plan.site_files(site)}.values())
+    plan = load_plan(naming.plan_path(chain_run))
+    files = list({f.id: f for site in plan.sites for f in site_files(plan, site)}.values())
     ghost = files[0].model_copy(update={"id": "00000000-0000-0000-0000-000000000000"})
     stray = files[0].model_copy(update={"run": "no/such/run"})
     with open_central(world) as butler:

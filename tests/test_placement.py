@@ -8,8 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
-from multisite_nb.config import load_campaign, repo_root
-from multisite_nb.placement import id_ranges, plan_placement, units_where
+from multisite_nb.adapters.butler.repo import open_site_butler
+from multisite_nb.adapters.tables import site_files, site_table
+from multisite_nb.domain.params import load_campaign, repo_root
+from multisite_nb.domain.queries import id_ranges, units_where
+from multisite_nb.phases.placement.plan import plan_placement
 from multisite_nb.world.butler_world import create_site_repo, populate_central
 from multisite_nb.world.synthetic import SkySpec
 
@@ -34,7 +37,7 @@ def neighbours(tmp_path_factory) -> tuple[Path, object]:
 
 
 def test_units_where() -> None:
-    from multisite_nb.config import SkyUnit
+    from multisite_nb.domain.config import SkyUnit
 
     expr = units_where([SkyUnit(tract=1, patch=4), SkyUnit(tract=1, patch=3), SkyUnit(tract=2)], "sm")
     assert expr == "skymap = 'sm' AND ((tract = 1 AND patch IN (3, 4)) OR tract IN (2))"
@@ -50,7 +53,7 @@ def test_boundary_visits_are_detected_and_placed_at_both_sites(neighbours) -> No
     plan = plan_placement(campaign)
     assert plan.boundary_visits, "the straddling visits must be found"
     assert all(sorted(s) == ["IN2P3", "RAL"] for s in plan.boundary_visits.values())
-    tables = {s: {f.id: f for f in plan.site_files(s)} for s in plan.sites}
+    tables = {s: {f.id: f for f in site_files(plan, s)} for s in plan.sites}
     boundary_raws = [f for f in tables["IN2P3"].values() if f.dataset_type == "raw" and len(f.sites) > 1]
     assert boundary_raws and all(sorted(f.sites) == ["IN2P3", "RAL"] for f in boundary_raws)
     for f in boundary_raws:  # placed at every site that needs it: a row in each site's table
@@ -66,43 +69,44 @@ def test_footprints_and_raws_found_by_other_processes_make_the_same_plan(neighbo
     """With many units, the sites' footprints are found by spawned processes (jobs of units, each
     with its own Butler), and a large observation type is read by them too, an exposure range
     each; their results merged (tables appended in order) give the plan one process gives."""
-    from multisite_nb import placement
+    from multisite_nb.phases.placement import footprints, plan, shards
 
     _, campaign = neighbours
     one = plan_placement(campaign, workers=1)
-    monkeypatch.setattr(placement, "_SHARD_MIN_FILES", 0)  # shard however few the files
-    monkeypatch.setattr(placement, "_PARALLEL_MIN_UNITS", 0)  # and however few the units
+    monkeypatch.setattr(shards, "SHARD_MIN_FILES", 0)  # shard however few the files
+    monkeypatch.setattr(footprints, "PARALLEL_MIN_UNITS", 0)  # and however few the units
     found_elsewhere: dict[str, Any] = {}
-    settle = placement.site_footprint
+    settle = footprints.site_footprint
 
     def spy_footprint(butler, campaign, site, overlaps=None):
         if overlaps is not None:  # the spatial part came from the workers
             found_elsewhere[site] = overlaps
         return settle(butler, campaign, site, overlaps)
 
-    monkeypatch.setattr(placement, "site_footprint", spy_footprint)
+    monkeypatch.setattr(footprints, "site_footprint", spy_footprint)
     seen: list[list[tuple[str, int, int]]] = []
-    real = placement._run_shards
+    real = plan.run_shards
 
     def spy(shards, *args):
         seen.append([(s.key, s.lo, s.hi) for s in shards])
         return real(shards, *args)
 
-    monkeypatch.setattr(placement, "_run_shards", spy)
+    monkeypatch.setattr(plan, "run_shards", spy)
     two = plan_placement(campaign, workers=2)
     assert list(found_elsewhere) == campaign.remote_sites
     # one unit a job here: LANCS's visits over both its patches were met by two jobs, their weights
     # (detector-patch overlaps) added up to what one process finds
-    from multisite_nb.butler_ops import open_butler, unit_records
+    from multisite_nb.adapters.butler.queries import unit_records
+    from multisite_nb.adapters.butler.repo import open_site_butler
 
     units = [(u.tract, u.patch) for u in campaign.sky_units("LANCS")]
     cfg = campaign.config
-    with open_butler(campaign.butler_repo(campaign.central)) as butler:
-        alone = placement.footprints(butler, campaign)["LANCS"]
+    with open_site_butler(campaign, campaign.central) as butler:
+        alone = footprints.footprints(butler, campaign)["LANCS"]
         regions = {(r.tract, r.id): r.region for r in unit_records(butler, units, cfg.skymap, "patch")}
         patches = {
             visit: {p for found in hits.values() for p, _ in found}
-            for visit, _, _, hits in placement._visit_hits(butler, units, cfg.skymap, cfg.instrument, regions)
+            for visit, _, _, hits in footprints.visit_hits(butler, units, cfg.skymap, cfg.instrument, regions)
         }
     both = {v for v, ps in patches.items() if ps == {3, 4}}
     met, _ = found_elsewhere["LANCS"]
@@ -113,7 +117,7 @@ def test_footprints_and_raws_found_by_other_processes_make_the_same_plan(neighbo
     assert key == "exposure" and lo < mid == mid2 < hi
     assert two.model_dump() == one.model_dump()  # summaries, visits, owners, boundary
     for site in one.sites:
-        rows = [sorted(p.site_table(site).to_pylist(), key=lambda r: r["id"]) for p in (one, two)]
+        rows = [sorted(site_table(p, site).to_pylist(), key=lambda r: r["id"]) for p in (one, two)]
         assert rows[0] == rows[1] and rows[0], site
     assert not list(Path(two.tables).parent.glob(".shards.*"))  # the shards' own tables are gone
 
@@ -123,17 +127,17 @@ def test_each_site_gets_only_overlapping_raws(neighbours) -> None:
     plan = plan_placement(campaign)
     lancs_visits = set(plan.visits["LANCS"])
     assert lancs_visits and not lancs_visits & (set(plan.visits["IN2P3"]) | set(plan.visits["RAL"]))
-    for f in plan.site_files("LANCS"):
+    for f in site_files(plan, "LANCS"):
         if f.dataset_type == "raw":
             assert f.data_id["exposure"] in lancs_visits  # visit id == exposure id in the synthetic world
     # no raw of a site's visit list is missing from its manifest
     for site in ("IN2P3", "RAL"):
-        exposures = {f.data_id["exposure"] for f in plan.site_files(site) if f.dataset_type == "raw"}
+        exposures = {f.data_id["exposure"] for f in site_files(plan, site) if f.dataset_type == "raw"}
         assert exposures == set(plan.visits[site])
 
 
 def test_suggested_assignment_keeps_units_that_share_visits_together(neighbours) -> None:
-    from multisite_nb.placement import one_sky, suggest_assignment
+    from multisite_nb.phases.placement.suggest import one_sky, suggest_assignment
 
     _, campaign = neighbours
     groups = suggest_assignment(campaign)
@@ -149,7 +153,7 @@ def test_suggested_assignment_keeps_units_that_share_visits_together(neighbours)
 
 
 def test_unknown_sky_unit_is_named_before_anything_is_planned(neighbours, tmp_path) -> None:
-    from multisite_nb.config import ConfigError
+    from multisite_nb.domain.errors import ConfigError
 
     world, campaign = neighbours
     data = yaml.safe_load(campaign.path.read_text())
@@ -202,13 +206,13 @@ def many_tracts(tmp_path_factory) -> tuple[Path, object]:
 
 
 def test_sky_units_over_many_tracts_are_queried_as_uploaded_data_ids(many_tracts) -> None:
-    from multisite_nb.butler_ops import open_butler, unit_data_ids
-    from multisite_nb.config import SkyUnit
+    from multisite_nb.adapters.butler.queries import unit_data_ids
+    from multisite_nb.domain.config import SkyUnit
 
     _, campaign = many_tracts
     units = campaign.sky_units("IN2P3")
     assert len({u.tract for u in units}) == 31 and len(units) == 46
-    with open_butler(campaign.butler_repo("USDF")) as butler:
+    with open_site_butler(campaign, "USDF") as butler:
         found = set(unit_data_ids(butler, [(u.tract, u.patch) for u in units], "many_tracts", ["visit", "patch"]))
         one_by_one = {  # the reference: each unit alone, a one-term expression
             d
@@ -224,7 +228,7 @@ def test_sky_units_over_many_tracts_are_queried_as_uploaded_data_ids(many_tracts
     assert {d["patch"] for d in found if d["tract"] == 30} == {3, 4}  # the whole tract: every patch observed
     # a site of 1,500 whole tracts is one range to the registry (a literal per tract is an
     # equality each, OR-ed: SQLite refuses such a list from about 1,000 tracts)
-    with open_butler(campaign.butler_repo("USDF")) as butler:
+    with open_site_butler(campaign, "USDF") as butler:
         where = units_where([SkyUnit(tract=t) for t in range(1500)], "many_tracts")
         visits = {d["visit"] for d in butler.query_data_ids(["visit", "tract"], where=where, explain=False)}
         every = {r.id for r in butler.query_dimension_records("visit", explain=False, limit=None)}
@@ -243,21 +247,22 @@ def test_placement_plans_a_site_over_many_tracts(many_tracts) -> None:
 def test_a_failing_worker_is_named_and_leaves_no_shard_behind(neighbours, tmp_path) -> None:
     """A shard whose reading fails in its worker: the error names the dataset type and the range,
     the workers are stopped, and no table of the shards stays behind."""
-    from multisite_nb import placement
-    from multisite_nb.errors import PlanError
-    from multisite_nb.plan_files import FileTableWriter
+    from multisite_nb.adapters.tables import FileTableWriter
+    from multisite_nb.domain.errors import PlanError
+    from multisite_nb.phases.placement.shards import Shard, run_shards
+    from multisite_nb.phases.placement.workers import Workers
 
     world, campaign = neighbours
     repo = campaign.butler_repo(campaign.central)
     shards = [
-        placement._Shard(repo, "raw", ["no/such/collection"], "exposure", 0, 10, "HSC", {}, False, {}),
-        placement._Shard(repo, "raw", ["no/such/collection"], "exposure", 10, 20, "HSC", {}, False, {}),
+        Shard(repo, None, "raw", ["no/such/collection"], "exposure", 0, 10, "HSC", {}, False, {}),
+        Shard(repo, None, "raw", ["no/such/collection"], "exposure", 10, 20, "HSC", {}, False, {}),
     ]
     writer = FileTableWriter(tmp_path, ["IN2P3"])
-    workers = placement._Workers(2)
+    workers = Workers(2)
     try:
         with pytest.raises(PlanError, match=r"placement: reading raw \(exposure 0\.\.9\): .*no/such/collection"):
-            placement._run_shards(shards, writer, {}, tmp_path / ".shards", workers)
+            run_shards(shards, writer, {}, tmp_path / ".shards", workers)
     finally:
         workers.close(stop=True)
         writer.abort()
@@ -267,11 +272,10 @@ def test_a_failing_worker_is_named_and_leaves_no_shard_behind(neighbours, tmp_pa
 def test_a_footprint_admits_its_own_instruments_exposures_only(neighbours) -> None:
     """Exposure, visit and detector IDs are numbered per instrument: a central repository holding
     several cameras' raws (USDF's does) must not ship another camera's raw with the same IDs."""
-    from multisite_nb.butler_ops import open_butler
-    from multisite_nb.placement import footprints
+    from multisite_nb.phases.placement.footprints import footprints
 
     _, campaign = neighbours
-    with open_butler(campaign.butler_repo(campaign.central)) as butler:
+    with open_site_butler(campaign, campaign.central) as butler:
         fp = footprints(butler, campaign)["IN2P3"]
         universe = butler.dimensions
     visit = min(fp.visit_detectors)
@@ -288,7 +292,7 @@ def test_a_footprint_admits_its_own_instruments_exposures_only(neighbours) -> No
     data["sites"]["IN2P3"]["sky_units"] = [{"tract": 0, "patch": 0}]
     (world / "no_visits.yaml").write_text(yaml.safe_dump(data))
     lonely = load_campaign(world / "no_visits.yaml", env={"MSNB_WORLD": str(world)})
-    with open_butler(lonely.butler_repo(lonely.central)) as butler:
+    with open_site_butler(lonely, lonely.central) as butler:
         empty = footprints(butler, lonely)["IN2P3"]
     assert not empty.visit_detectors
     assert empty.admits_mapping(calib, universe) and not empty.admits_mapping(raw, universe)
@@ -329,17 +333,17 @@ def wide(tmp_path_factory) -> tuple[Any, object]:
 def test_wide_visits_footprints_match_the_detector_regions(wide) -> None:
     """Each site's visits and their weights (detector-patch overlaps) are those the model's own
     regions give, with visits meeting hundreds of detector-patch pairs across tracts and sites."""
-    from multisite_nb import placement
-    from multisite_nb.butler_ops import open_butler
-    from multisite_nb.placement import _Workers, footprints
+    from multisite_nb.phases.placement import footprints as module
+    from multisite_nb.phases.placement.footprints import footprints
+    from multisite_nb.phases.placement.workers import Workers
 
     model, campaign = wide
-    with open_butler(campaign.butler_repo(campaign.central)) as butler:
+    with open_site_butler(campaign, campaign.central) as butler:
         fps = footprints(butler, campaign)
-        workers = _Workers(2)
+        workers = Workers(2)
         try:  # jobs of units in worker processes, their weights added up: the same footprints
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(placement, "_PARALLEL_MIN_UNITS", 0)
+                mp.setattr(module, "PARALLEL_MIN_UNITS", 0)
                 by_jobs = footprints(butler, campaign, workers)
         finally:
             workers.close()
@@ -381,7 +385,7 @@ def test_wide_visits_footprints_match_the_detector_regions(wide) -> None:
 def test_wide_visits_merge_the_suggested_groups_into_one_sky(wide) -> None:
     """Over a contiguous sky of wide visits every unit shares visits with a neighbour: one group,
     its raws counted once each (a raw meeting units of two sites is one raw)."""
-    from multisite_nb.placement import one_sky, suggest_assignment
+    from multisite_nb.phases.placement.suggest import one_sky, suggest_assignment
 
     model, campaign = wide
     groups = suggest_assignment(campaign)

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from conftest import reachable_tmpdir
 
-from multisite_nb.config import repo_root
-from multisite_nb.procs import live_pid, read_pid_record
+from multisite_nb.adapters.processes import live_pid, read_pid_record
+from multisite_nb.domain.params import repo_root
 
 CLI = str(repo_root() / ".venv" / "bin" / "multisite-nb")
 

@@ -17,14 +17,16 @@ import pytest
 import yaml
 from conftest import campaign_variant
 
-from multisite_nb.butler_ops import open_butler
-from multisite_nb.config import load_campaign, repo_root
-from multisite_nb.errors import PlanError
-from multisite_nb.naming import placement_dataset, records_dataset, shard_dataset
-from multisite_nb.placement import plan_placement
-from multisite_nb.records import ShipmentOutcome
-from multisite_nb.rucio_ops import RucioOps
-from multisite_nb.transfer import Shipment, register_shipment
+from multisite_nb.adapters.butler.repo import open_site_butler
+from multisite_nb.adapters.rucio.ops import RucioOps
+from multisite_nb.adapters.tables import site_files
+from multisite_nb.domain.errors import PlanError
+from multisite_nb.domain.naming import placement_dataset, records_dataset, shard_dataset
+from multisite_nb.domain.params import load_campaign, repo_root
+from multisite_nb.domain.records import ShipmentOutcome
+from multisite_nb.phases.placement.plan import plan_placement
+from multisite_nb.phases.transfer.register import register_shipment
+from multisite_nb.phases.transfer.shipment import Shipment
 
 pytestmark = pytest.mark.world
 PART = 10
@@ -38,7 +40,7 @@ def test_a_failed_part_stops_registration_after_whole_parts_and_a_rerun_finishes
     (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     changes = {"manifest": str(tmp_path / "manifest.yaml"), "scope": "parts"}  # its own replicas
     campaign = load_campaign(campaign_variant(tmp_path, "parts", ("IN2P3",), changes=changes))
-    files = plan_placement(campaign).site_files("IN2P3")
+    files = site_files(plan_placement(campaign), "IN2P3")
     assert len(files) > 4 * PART
     name = placement_dataset(campaign, "IN2P3")
     bad = files[2 * PART + 5].model_copy(update={"id": str(uuid.uuid4())})  # in the third part
@@ -47,7 +49,7 @@ def test_a_failed_part_stops_registration_after_whole_parts_and_a_rerun_finishes
 
     def register(shipped: list, outcome: ShipmentOutcome) -> None:
         shipment = Shipment(name, campaign.central, "IN2P3", shipped, raw_inputs=True)
-        with open_butler(campaign.butler_repo(campaign.central)) as butler:
+        with open_site_butler(campaign, campaign.central) as butler:
             register_shipment(campaign, ops, butler, shipment, outcome)
 
     first = ShipmentOutcome(name=name, dest="IN2P3")
@@ -77,10 +79,11 @@ def test_a_part_exports_the_records_of_its_own_data_ids(world) -> None:
     no visit (a detector does not bring in every visit that saw it); raws bring their exposures and,
     through the plan's link, their visits with those visits' detector regions; visit-level products
     bring their visits' exposures, with the groups those imply."""
-    from multisite_nb.transfer import _values_of, records_needed
+    from multisite_nb.adapters.butler.dimensions import records_needed
+    from multisite_nb.phases.transfer.shipment import values_of
 
     campaign = world.campaign
-    with open_butler(campaign.butler_repo(campaign.central)) as butler:
+    with open_site_butler(campaign, campaign.central) as butler:
         kw: dict = {"explain": False, "limit": None}
         definitions = list(butler.query_dimension_records("visit_definition", instrument="HSC", **kw))
         exposure_visit = {r.exposure: r.visit for r in definitions}
@@ -91,8 +94,8 @@ def test_a_part_exports_the_records_of_its_own_data_ids(world) -> None:
         assert {"instrument", "detector"} <= set(calibs)
         assert not {"visit", "visit_detector_region", "visit_system_membership", "exposure"} & set(calibs)
 
-        raw_part = _values_of([], {"instrument": ["HSC"], "exposure": [exposure], "detector": detectors})
-        raws = records_needed(butler, _values_of([], raw_part, [("exposure", "visit", exposure_visit)]))
+        raw_part = values_of([], {"instrument": ["HSC"], "exposure": [exposure], "detector": detectors})
+        raws = records_needed(butler, values_of([], raw_part, [("exposure", "visit", exposure_visit)]))
         assert [r.id for r in raws["exposure"]] == [exposure] and [r.id for r in raws["visit"]] == [visit]
         assert {(r.visit, r.detector) for r in raws["visit_detector_region"]} <= {(visit, d) for d in detectors}
         assert raws["visit_detector_region"] and {"group", "day_obs", "physical_filter"} <= set(raws)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from multisite_nb import naming, phases
-from multisite_nb.placement import PlacementPlan
-from multisite_nb.results import load_result
-from multisite_nb.rucio_ops import RucioOps
-from multisite_nb.runfolder import new_run
+from multisite_nb import phases
+from multisite_nb.adapters.results import load_result
+from multisite_nb.adapters.rucio.ops import RucioOps
+from multisite_nb.adapters.tables import load_plan, site_files
+from multisite_nb.domain import naming
+from multisite_nb.run.folder import new_run
 
 pytestmark = [pytest.mark.world, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -33,14 +34,14 @@ def test_a_flipped_byte_is_repaired_by_rucio(world, tmp_path: Path) -> None:
     run_dir = new_run(tmp_path / "runs", campaign.name)
     _phases_1_3(world, run_dir)
     assert load_result(run_dir, "verify").passed
-    plan = PlacementPlan.load(naming.plan_path(run_dir))
-    raw = next(f for f in plan.site_files("RAL") if f.dataset_type == "raw")
+    plan = load_plan(naming.plan_path(run_dir))
+    raw = next(f for f in site_files(plan, "RAL") if f.dataset_type == "raw")
     path = Path(campaign.site("RAL").rse_root or "") / raw.lfn
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, another checksum
     path.write_bytes(bytes(data))
 
-    result, _ = phases.verify(campaign, run_dir)
+    result, _ = phases.verify.run(campaign, run_dir)
     assert not result.passed and raw.lfn in result.reason and "corrupt" in result.reason
 
     out = subprocess.run(

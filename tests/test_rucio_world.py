@@ -288,7 +288,7 @@ def test_transient_database_errors_are_retried_then_raised() -> None:
     """PostgreSQL's NOWAIT row locks fail a bulk write while a daemon holds the rows: retried."""
     from rucio.common.exception import DatabaseException, Duplicate
 
-    from multisite_nb.rucio_ops import _transient_retry
+    from multisite_nb.adapters.rucio.ops import _transient_retry
 
     calls: list[int] = []
 

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from scale_job import SHARD
 
-from multisite_nb.config import load_campaign, repo_root
-from multisite_nb.naming import placement_dataset, shard_dataset
-from multisite_nb.placement import PlacementPlan
-from multisite_nb.rucio_ops import RucioOps
+from multisite_nb.adapters.rucio.ops import RucioOps
+from multisite_nb.adapters.tables import load_plan, site_files, site_table
+from multisite_nb.domain.naming import placement_dataset, shard_dataset
+from multisite_nb.domain.params import load_campaign, repo_root
 from multisite_nb.world.spec import load_spec
 from multisite_nb.world.synthetic import build_sky
 
@@ -54,7 +54,7 @@ def test_a_site_of_over_a_thousand_tracts_gets_exactly_its_raws(scale_run: dict[
     assert len(tracts["IN2P3"]) > 1000
     _, spec = load_spec(PARAMS / "worlds" / "scale_20k.yaml")
     model = build_sky(spec)
-    plan = PlacementPlan.load(scale_run["run_dir"] / "artifacts" / "placement" / "plan.json")
+    plan = load_plan(scale_run["run_dir"] / "artifacts" / "placement" / "plan.json")
     for site, owned in tracts.items():
         expected = {
             (o.exposure, d)
@@ -62,7 +62,7 @@ def test_a_site_of_over_a_thousand_tracts_gets_exactly_its_raws(scale_run: dict[
             if spec.targets[o.targets[0]].tract in owned
             for d in o.detector_regions
         }
-        table = plan.site_table(site, columns=["dataset_type", "data_id", "tract"]).to_pylist()
+        table = site_table(plan, site, columns=["dataset_type", "data_id", "tract"]).to_pylist()
         raw_rows = [r for r in table if r["dataset_type"] == "raw"]
         raws = {(d["exposure"], d["detector"]) for d in (json.loads(r["data_id"]) for r in raw_rows)}
         assert raws == expected, site
@@ -76,7 +76,7 @@ def test_a_site_of_over_a_thousand_tracts_gets_exactly_its_raws(scale_run: dict[
 def test_a_large_shipment_is_a_container_of_bounded_datasets(scale_run: dict[str, Any]) -> None:
     campaign = load_campaign(scale_run["params"], env={"MSNB_WORLD": str(scale_run["world"])})
     ops = RucioOps.for_campaign(campaign, quiet=True)
-    plan = PlacementPlan.load(scale_run["run_dir"] / "artifacts" / "placement" / "plan.json")
+    plan = load_plan(scale_run["run_dir"] / "artifacts" / "placement" / "plan.json")
     for site in campaign.remote_sites:
         name, n = placement_dataset(campaign, site), plan.summary.sites[site].files
         if n <= SHARD:
@@ -87,7 +87,7 @@ def test_a_large_shipment_is_a_container_of_bounded_datasets(scale_run: dict[str
         assert parts == [shard_dataset(name, i) for i in range(math.ceil(n / SHARD))]
         sizes = [len(ops.contents(p)) for p in parts]
         assert sum(sizes) == n and max(sizes) <= SHARD
-        assert set(ops.contents(name)) == {f.lfn for f in plan.site_files(site)}
+        assert set(ops.contents(name)) == {f.lfn for f in site_files(plan, site)}
         rule = ops.find_rule(name, campaign.site(site).rse)
         assert rule is not None and ops.rule(rule.id).state == "OK"
         counts = ops.dataset_replica_counts(name)[campaign.site(site).rse]
@@ -99,17 +99,17 @@ def test_dimension_records_travel_a_file_per_part(scale_run: dict[str, Any]) -> 
     """Each shipment's records: one file of its shipment-wide values (sky map, tracts, patches) and
     one per part of its files, so no file grows with the shipment; the site's registry ends up with
     exactly the visits of its raws (derived from each part's exposures, not the whole repository's)."""
-    from multisite_nb.butler_ops import open_butler
-    from multisite_nb.naming import records_dataset
+    from multisite_nb.adapters.butler.repo import open_site_butler
+    from multisite_nb.domain.naming import records_dataset
 
     campaign = load_campaign(scale_run["params"], env={"MSNB_WORLD": str(scale_run["world"])})
     ops = RucioOps.for_campaign(campaign, quiet=True)
-    plan = PlacementPlan.load(scale_run["run_dir"] / "artifacts" / "placement" / "plan.json")
+    plan = load_plan(scale_run["run_dir"] / "artifacts" / "placement" / "plan.json")
     for site in campaign.remote_sites:
         name, n = placement_dataset(campaign, site), plan.summary.sites[site].files
         files = ops.contents(records_dataset(name))
         assert len(files) == math.ceil(n / SHARD) + 1, (site, sorted(files))
-        with open_butler(campaign.butler_repo(site)) as butler:
+        with open_site_butler(campaign, site) as butler:
             query = butler.query_dimension_records
             kw: dict[str, Any] = {"explain": False, "limit": None}
             visits = {r.id for r in query("visit", instrument=campaign.config.instrument, **kw)}

@@ -11,18 +11,15 @@ import pytest
 from lsst.daf.butler import Butler, CollectionType
 from lsst.pipe.base import QuantumGraph
 
-from multisite_nb.config import Campaign, load_campaign, load_manifest, repo_root
-from multisite_nb.errors import ConfigError, PreflightError
-from multisite_nb.records import StepRecord, StepState
-from multisite_nb.submission import (
-    preflight,
-    run_step,
-    step_run,
-    submit_file,
-    write_submit_file,
-)
-from multisite_nb.submission.status import graph_status, summary_status
-from multisite_nb.submission.steprun import site_visits
+from multisite_nb.adapters.workflow.status import graph_status, summary_status
+from multisite_nb.adapters.workflow.submitfile import submit_file, write_submit_file
+from multisite_nb.domain.config import Campaign
+from multisite_nb.domain.errors import ConfigError, PreflightError
+from multisite_nb.domain.params import load_campaign, load_manifest, repo_root
+from multisite_nb.domain.records import StepRecord, StepState
+from multisite_nb.phases.submit.preflight import preflight
+from multisite_nb.phases.submit.runner import run_step
+from multisite_nb.phases.submit.selection import site_visits, step_run
 from multisite_nb.world.butler_world import (
     collections_for,
     copy_site_inputs,
@@ -194,7 +191,7 @@ def test_panda_submit_files_load_with_bps(
 def test_a_run_log_shows_the_same_step_as_submitted_at_the_facility_and_here(
     campaign: Campaign, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from multisite_nb.submission import sample_submit_files
+    from multisite_nb.phases.submit.samples import sample_submit_files
 
     monkeypatch.setenv("PANDA_BEHIND_REAL_LB", "1")
     stage = campaign.config.stages[0]
@@ -233,13 +230,7 @@ def test_parsl_submit_file_loads_with_bps(campaign: Campaign, tmp_path: Path) ->
 def test_executors_are_registered_by_name_and_chosen_from_the_manifest(
     campaign: Campaign, facilities: Campaign
 ) -> None:
-    from multisite_nb.submission import (
-        Executor,
-        executor_for,
-        executor_names,
-        get_executor,
-        register_executor,
-    )
+    from multisite_nb.adapters.workflow import Executor, executor_for, executor_names, get_executor, register_executor
 
     assert {"pipetask", "bps-parsl", "bps-panda"} <= set(executor_names())
     assert executor_for(campaign).name == "pipetask"  # workflow.mode: pipetask
@@ -431,7 +422,7 @@ def test_a_stopped_step_leaves_no_process_and_restarts(root: Path, campaign: Cam
     import threading
     import time
 
-    from multisite_nb.submission import running_steps, stop_running_steps
+    from multisite_nb.phases.submit.runner import running_steps, stop_running_steps
 
     # its own output collections, so no other test's runs are touched
     sr = dataclasses.replace(

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from multisite_nb import phases
-from multisite_nb.butler_ops import open_butler
-from multisite_nb.config import load_campaign
+from multisite_nb.adapters.butler.repo import open_site_butler
+from multisite_nb.domain.params import load_campaign
 
 pytestmark = pytest.mark.world
 
@@ -22,25 +22,26 @@ def test_a_failed_preflight_submits_nothing(world, tmp_path) -> None:
     campaign = load_campaign(path)
     run_dir = tmp_path / "run"
     # phases 1-3 with the good campaign (idempotent on the shared world) ...
-    assert phases.placement(world.campaign, run_dir)[0].passed
-    assert phases.transfer(world.campaign, run_dir, progress=False)[0].passed
-    assert phases.verify(world.campaign, run_dir)[0].passed
+    assert phases.placement.run(world.campaign, run_dir)[0].passed
+    assert phases.transfer.run(world.campaign, run_dir, progress=False)[0].passed
+    assert phases.verify.run(world.campaign, run_dir)[0].passed
     # ... then a submission whose inputs name a collection no site has
 
-    result, steps = phases.submit(campaign, run_dir, "early")
+    result, steps = phases.submit.run(campaign, run_dir, "early")
     assert not result.passed
     assert "HSC/no-such-collection" in result.reason and "(pre-flight)" in result.reason
     assert set(steps) == set(campaign.remote_sites)  # every site checked, and said why
     for site in campaign.all_sites:  # nothing was run anywhere
-        with open_butler(campaign.butler_repo(site)) as butler:
+        with open_site_butler(campaign, site) as butler:
             assert not butler.collections.query("pftest/*")
 
 
 def test_a_running_step_shows_on_the_dashboard(world, tmp_path) -> None:
     """While a phase runs, its result file says which step is running: the site reads 'busy'."""
-    from multisite_nb.records import StepRecord, StepState
-    from multisite_nb.results import load_result, utcnow
-    from multisite_nb.submission import InFlight
+    from multisite_nb.adapters.results import load_result
+    from multisite_nb.domain.records import StepRecord, StepState
+    from multisite_nb.domain.results import utcnow
+    from multisite_nb.phases.submit.summary import InFlight
     from multisite_nb.views.status import collect
 
     run_dir = tmp_path / "run"
@@ -52,7 +53,7 @@ def test_a_running_step_shows_on_the_dashboard(world, tmp_path) -> None:
         }
     )
     res = load_result(run_dir, "submit_early")
-    assert not res.passed and res.summary["in_progress"] and "RAL step2a" in res.reason
+    assert not res.passed and res.summary.in_progress and "RAL step2a" in res.reason
     status = collect(world.campaign, run_dir, butler=False)
     assert status.states()["RAL"] == "busy"
 
@@ -67,7 +68,7 @@ def test_an_interrupted_phase_stops_every_site_and_a_new_run_finishes(world, tmp
     import sys
     import time
 
-    from multisite_nb.results import load_result
+    from multisite_nb.adapters.results import load_result
 
     data = yaml.safe_load(world.campaign.path.read_text())
     for key in ("manifest", "pipeline"):
@@ -76,14 +77,14 @@ def test_an_interrupted_phase_stops_every_site_and_a_new_run_finishes(world, tmp
     path = tmp_path / "campaign.yaml"
     path.write_text(yaml.safe_dump(data))
     run_dir = tmp_path / "run"
-    assert phases.placement(world.campaign, run_dir)[0].passed
-    assert phases.transfer(world.campaign, run_dir, progress=False)[0].passed
-    assert phases.verify(world.campaign, run_dir)[0].passed
+    assert phases.placement.run(world.campaign, run_dir)[0].passed
+    assert phases.transfer.run(world.campaign, run_dir, progress=False)[0].passed
+    assert phases.verify.run(world.campaign, run_dir)[0].passed
 
     script = (
         "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from multisite_nb import phases\n"
-        f"phases.submit({str(path)!r}, {str(run_dir)!r}, 'early')\n"
+        f"phases.submit.run({str(path)!r}, {str(run_dir)!r}, 'early')\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], env=world.env(), stderr=subprocess.PIPE, text=True)
 
@@ -100,9 +101,9 @@ def test_an_interrupted_phase_stops_every_site_and_a_new_run_finishes(world, tmp
     assert proc.returncode != 0 and "KeyboardInterrupt" in err, err[-2000:]
     assert running() == 0
     res = load_result(run_dir, "submit_early")
-    assert not res.passed and res.reason.startswith("interrupted") and not res.summary["in_progress"]
+    assert not res.passed and res.reason.startswith("interrupted") and not res.summary.in_progress
 
     campaign = load_campaign(path)
-    result, steps = phases.submit(campaign, run_dir, "early")
+    result, steps = phases.submit.run(campaign, run_dir, "early")
     assert result.passed, result.reason
     assert all(by["step1"]["attempt"] == 2 and by["step1"]["state"] == "succeeded" for by in steps.values())

@@ -29,10 +29,11 @@ import pytest
 from conftest import campaign_variant, run_through_calibration
 
 from multisite_nb import phases
-from multisite_nb.butler_ops import open_butler
-from multisite_nb.config import Campaign, load_campaign
-from multisite_nb.rucio_ops import RucioOps
-from multisite_nb.runfolder import new_run
+from multisite_nb.adapters.butler.repo import open_site_butler
+from multisite_nb.adapters.rucio.ops import RucioOps
+from multisite_nb.domain.config import Campaign
+from multisite_nb.domain.params import load_campaign
+from multisite_nb.run.folder import new_run
 
 pytestmark = [pytest.mark.world, pytest.mark.slow, pytest.mark.timeout(1800)]
 BIN = Path(sys.executable).parent
@@ -55,7 +56,7 @@ def calibrated(world, tmp_path_factory: pytest.TempPathFactory) -> tuple[Campaig
 def test_a_swapped_calibration_is_caught_on_the_sample(calibrated) -> None:
     campaign, _, run_dir = calibrated
     skymap = campaign.config.skymap
-    with open_butler(campaign.butler_repo(campaign.central)) as central:
+    with open_site_butler(campaign, campaign.central) as central:
         sampled = {
             int(d["visit"])
             for d in central.query_data_ids(
@@ -64,7 +65,7 @@ def test_a_swapped_calibration_is_caught_on_the_sample(calibrated) -> None:
             )
         }  # fmt: skip
     # swap the files of two sampled visits' calibration at the site: each now says the other's numbers
-    with open_butler(campaign.butler_repo("IN2P3")) as butler:
+    with open_site_butler(campaign, "IN2P3") as butler:
         refs = sorted(
             (
                 r
@@ -82,28 +83,28 @@ def test_a_swapped_calibration_is_caught_on_the_sample(calibrated) -> None:
     a.write_bytes(content_b)
     b.write_bytes(content_a)
 
-    assert phases.submit(campaign, run_dir, "late")[0].passed  # the pipeline itself notices nothing
-    assert phases.gather_redistribute(campaign, run_dir, "final")[0].passed
-    result, report = phases.qa(campaign, run_dir)
+    assert phases.submit.run(campaign, run_dir, "late")[0].passed  # the pipeline itself notices nothing
+    assert phases.gather_redistribute.run(campaign, run_dir, "final")[0].passed
+    result, report = phases.qa.run(campaign, run_dir)
     assert not result.passed
     assert "values differ from the reference (first: IN2P3" in result.reason
     assert "missing" not in result.reason
-    named = {(m["site"], m["dataset type"], m["data id"].get("visit")) for m in report.mismatches}
+    named = {(m.site, m.dataset_type, m.data_id.get("visit")) for m in report.mismatches}
     for visit in visits:
         assert ("IN2P3", "sourceTable_visit", visit) in named, sorted(named)
-    assert all(m["site"] == "IN2P3" for m in report.mismatches)
+    assert all(m.site == "IN2P3" for m in report.mismatches)
     # no other visit's own product differs (tract-level ones mix the swapped visits in)
-    own = {m["data id"]["visit"] for m in report.mismatches if "visit" in m["data id"] and "tract" not in m["data id"]}
+    own = {m.data_id["visit"] for m in report.mismatches if "visit" in m.data_id and "tract" not in m.data_id}
     assert own == visits, sorted(named)
     (m,) = report.metrics
-    assert m["compared"] > 0 and not m["agree"]
+    assert m.compared > 0 and not m.agree
 
     # the sample the campaign set: tract 0, read against the campaign's own central calibration
-    sample = result.summary["sample"]
-    assert not sample["full"] and sample["units"] == {"IN2P3": ["tract 0 patch 3", "tract 0 patch 4"]}
-    assert "step2c" not in result.summary["reference_steps"]
-    unsampled = [r for r in report.units if not r["sampled"]]
-    assert unsampled and all(r["at site"] == r["at central"] == r["expected"] > 0 for r in unsampled)
+    sample = result.summary.sample
+    assert not sample.full and sample.units == {"IN2P3": ["tract 0 patch 3", "tract 0 patch 4"]}
+    assert "step2c" not in result.summary.reference_steps
+    unsampled = [r for r in report.units if not r.sampled]
+    assert unsampled and all(r.at_site == r.at_central == r.expected > 0 for r in unsampled)
 
 
 def test_cleanup_lists_then_removes_products_and_their_rules(world, calibrated, tmp_path: Path) -> None:
@@ -117,7 +118,7 @@ def test_cleanup_lists_then_removes_products_and_their_rules(world, calibrated, 
     def collections() -> dict[str, list[str]]:
         out = {}
         for site in campaign.all_sites:
-            with open_butler(campaign.butler_repo(site)) as butler:
+            with open_site_butler(campaign, site) as butler:
                 out[site] = sorted(butler.collections.query(f"{NAME}/*"))
         return out
 
@@ -134,7 +135,7 @@ def test_cleanup_lists_then_removes_products_and_their_rules(world, calibrated, 
     assert real.returncode == 0, real.stdout[-2000:] + real.stderr[-2000:]
     assert all(not names for names in collections().values())
     assert ours() == (placed, set())  # the placement's rules stay: they pin the sites' inputs
-    assert phases.placement(campaign, new_run(tmp_path / "runs", campaign.name))[0].passed  # no collision left
+    assert phases.placement.run(campaign, new_run(tmp_path / "runs", campaign.name))[0].passed  # no collision left
 
     # Rucio deletes a rule softly (it expires within the hour): shipping the same dataset again
     # must not reuse that rule as it is, or the cleaner would take the new products' replicas.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from multisite_nb.config import repo_root
+from multisite_nb.domain.params import repo_root
 
 pytestmark = pytest.mark.world
 BIN = Path(sys.executable).parent

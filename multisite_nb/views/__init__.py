@@ -8,18 +8,18 @@
 * :mod:`.history` — the dashboard's transfer history;
 * :mod:`.style` — the colours and formats every figure and page shares.
 
-The views read records (:mod:`multisite_nb.records`), results and the live systems through
+The views read records (:mod:`multisite_nb.domain.records`), results and the live systems through
 their adapters; they never import the phases or the orchestration.
 """
 
 from __future__ import annotations
 
-from .dashboard import Dashboard, is_batch, resolve_auto_refresh, resolve_run_dir
-from .figures import plot_sky, plot_wiring, progress_figure, sky_figure, steps_figure
-from .history import history_file, read_history
-from .html import card_html, snapshot_html
-from .report import render_index, render_notebook_html
-from .status import CampaignStatus, SiteStatus, collect, site_state
+from multisite_nb.views.dashboard import Dashboard, is_batch, resolve_auto_refresh, resolve_run_dir
+from multisite_nb.views.figures import plot_sky, plot_wiring, progress_figure, sky_figure, steps_figure
+from multisite_nb.views.history import history_file, read_history
+from multisite_nb.views.html import card_html, snapshot_html
+from multisite_nb.views.report import render_index, render_notebook_html
+from multisite_nb.views.status import CampaignStatus, SiteStatus, collect, site_state
 
 __all__ = [
     "CampaignStatus",

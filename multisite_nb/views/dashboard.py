@@ -43,15 +43,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, cast
 from urllib.parse import parse_qs
 
-from ..config import Campaign, load_campaign, repo_root
-from ..errors import ConfigError
-from ..fileio import atomic_write_text
-from ..results import PhaseResult, record_result, utcnow
-from . import figures
-from .history import HistoryRow, append_history, history_file, history_rows, read_history
-from .html import card_html, header_html, live_style_html, problems_html, snapshot_html, snapshot_page, status_line_html
-from .status import CampaignStatus, collect
-from .style import fmt_time, site_colours
+from multisite_nb.adapters.files import atomic_write_text
+from multisite_nb.adapters.results import record_result
+from multisite_nb.domain.config import Campaign
+from multisite_nb.domain.errors import ConfigError
+from multisite_nb.domain.params import load_campaign, repo_root
+from multisite_nb.domain.results import PhaseResult, utcnow
+from multisite_nb.domain.summaries import DashboardSummary
+from multisite_nb.phases.spec import phase
+from multisite_nb.views import figures
+from multisite_nb.views.history import HistoryRow, append_history, history_file, history_rows, read_history
+from multisite_nb.views.html import (
+    card_html,
+    header_html,
+    live_style_html,
+    problems_html,
+    snapshot_html,
+    snapshot_page,
+    status_line_html,
+)
+from multisite_nb.views.status import CampaignStatus, collect
+from multisite_nb.views.style import fmt_time, site_colours
 
 if TYPE_CHECKING:
     import ipywidgets as w
@@ -176,7 +188,7 @@ class Dashboard:
     Parameters
     ----------
     campaign
-        A :class:`~multisite_nb.config.Campaign` or a campaign file.
+        A :class:`~multisite_nb.domain.config.Campaign` or a campaign file.
     run_dir
         The run folder to read phase results from and keep the history in; ``None``:
         live systems only, history in memory.
@@ -466,7 +478,7 @@ class Dashboard:
         """Record the last reading as ``results/dashboard.json`` and a static ``snapshot.html``.
 
         The dashboard is a view, so its result always passes; the reason lists each
-        site's state, and ``summary["states"]`` holds them for the next reader.
+        site's state, and its summary's ``states`` hold them for the next reader.
 
         Raises
         ------
@@ -496,12 +508,23 @@ class Dashboard:
             ),
             started=datetime.fromisoformat(status.collected_at.replace("Z", "+00:00")),
             finished=utcnow(),
-            summary={
-                "states": dict(status.states()),
-                "reasons": {s: st.reason for s, st in status.sites.items()},
-                "collected_at": status.collected_at,
-            },
+            summary=DashboardSummary(
+                states=dict(status.states()),
+                reasons={s: st.reason for s, st in status.sites.items()},
+                collected_at=status.collected_at,
+            ),
             artifacts=artifacts,
         )
         record_result(target, result)
         return result
+
+
+@phase("dashboard", notebook="00_dashboard", summary=DashboardSummary, closes_chain=True)
+def run(campaign: Campaign, run_dir: str | os.PathLike[str], view: Dashboard | None = None) -> PhaseResult:
+    """The chain's last page: where every site stands, recorded as ``results/dashboard.json``.
+
+    ``view`` is a :class:`Dashboard` already showing (its last reading is recorded); without one, a
+    reading is taken now. (A phase of the views: registered through the ``multisite_nb.phases``
+    entry points.)
+    """
+    return (view or Dashboard(campaign, run_dir)).record_snapshot(run_dir)

@@ -18,11 +18,12 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from ..config import Campaign
-from ..errors import ConfigError
-from ..naming import plan_path
-from ..records import StepState
-from .style import STATE_COLOURS, STATE_LABELS, STEP_COLOURS, site_colours, step_text_colour
+from multisite_nb.adapters.tables import load_plan
+from multisite_nb.domain.config import Campaign
+from multisite_nb.domain.errors import ConfigError
+from multisite_nb.domain.naming import plan_path
+from multisite_nb.domain.records import StepState
+from multisite_nb.views.style import STATE_COLOURS, STATE_LABELS, STEP_COLOURS, site_colours, step_text_colour
 
 if TYPE_CHECKING:
     from lsst.daf.butler import Butler
@@ -30,10 +31,11 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from ..placement import PlacementPlan
-    from ..wiring import Wiring
-    from .history import HistoryRow
-    from .status import CampaignStatus
+    from multisite_nb.domain.plan import PlacementPlan
+    from multisite_nb.domain.qa import QAReport
+    from multisite_nb.domain.wiring import Wiring
+    from multisite_nb.views.history import HistoryRow
+    from multisite_nb.views.status import CampaignStatus
 
 __all__ = [
     "message_figure",
@@ -42,6 +44,7 @@ __all__ = [
     "png_bytes",
     "polygon_lonlat",
     "progress_figure",
+    "qa_figure",
     "sky_figure",
     "steps_figure",
 ]
@@ -135,7 +138,7 @@ def plot_sky(
     ConfigError
         If ``axes`` does not hold one axis per tract.
     """
-    from ..butler_ops import open_butler
+    from multisite_nb.adapters.butler.repo import open_site_butler
 
     tracts = _tracts(campaign)
     n = sky_panels(campaign)
@@ -149,13 +152,13 @@ def plot_sky(
         raise ConfigError(f"plot_sky: {len(tracts)} tracts need {n} axes, got {len(axes)}")
     if len(tracts) > MAX_TRACT_PANELS:
         if butler is None:
-            with open_butler(campaign.butler_repo(campaign.central)) as own:
+            with open_site_butler(campaign, campaign.central) as own:
                 _draw_overview(campaign, plan, own, axes[0], states or {})
         else:
             _draw_overview(campaign, plan, butler, axes[0], states or {})
         return axes[0]
     if butler is None:
-        with open_butler(campaign.butler_repo(campaign.central)) as own:
+        with open_site_butler(campaign, campaign.central) as own:
             _draw_sky(campaign, plan, own, dict(zip(tracts, axes, strict=True)), states or {})
     else:
         _draw_sky(campaign, plan, butler, dict(zip(tracts, axes, strict=True)), states or {})
@@ -315,13 +318,12 @@ def _draw_overview(
 
 def sky_figure(campaign: Campaign, status: CampaignStatus, run_dir: str | os.PathLike[str] | None = None) -> Figure:
     """The sky map of :func:`plot_sky` for the dashboard: site fills, state edges, the run's plan if any."""
-    from ..placement import PlacementPlan
 
     plan = None
     path = plan_path(run_dir) if run_dir else None
     if path is not None and path.is_file():
         try:
-            plan = PlacementPlan.load(path)
+            plan = load_plan(path)
         except (OSError, ValueError):  # the sky map still shows the sky units
             plan = None
     n = sky_panels(campaign)
@@ -508,3 +510,24 @@ def plot_wiring(wiring: Wiring, ax: Axes | None = None) -> Axes:
     ax.set_ylim(-0.4, 1.4)
     ax.axis("off")
     return ax
+
+
+def qa_figure(report: QAReport) -> Figure:
+    """Per site: products expected, at the site, gathered centrally, and compared with the reference."""
+    fig = _figure(7.0, 3.5)
+    ax = fig.subplots()
+    sites = [m.site for m in report.metrics]
+    bars = (
+        ("expected", [m.expected_products for m in report.metrics]),
+        ("at site", [m.products_at_site for m in report.metrics]),
+        ("gathered", [m.products_gathered for m in report.metrics]),
+        ("compared", [m.compared for m in report.metrics]),
+    )
+    width = 0.8 / len(bars)
+    for i, (label, values) in enumerate(bars):
+        ax.bar([x + i * width for x in range(len(sites))], values, width, label=label)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(sites))], sites)
+    ax.set_ylabel("validation products")
+    ax.set_title("Per site: expected vs produced vs gathered; compared with the reference")
+    ax.legend(fontsize=8)
+    return fig

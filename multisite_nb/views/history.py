@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TypedDict, cast
 
-from .status import CampaignStatus
+from multisite_nb.views.status import CampaignStatus
 
 __all__ = ["HistoryRow", "append_history", "history_file", "history_rows", "read_history"]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from ..records import StepState
-from .status import STATES, CampaignStatus, SiteStatus
-from .style import (
+from multisite_nb.domain.records import StepState
+from multisite_nb.views.status import STATES, CampaignStatus, SiteStatus
+from multisite_nb.views.style import (
     REPLICATING_COLOUR,
     STATE_COLOURS,
     STATE_LABELS,

@@ -1,7 +1,7 @@
 """What the dashboard knows about each site: the read model :func:`~.status.collect` fills.
 
 Plain dataclasses (JSON-able with ``to_dict``) over the typed records of the systems
-(:class:`~multisite_nb.records.RuleRecord`, :class:`~multisite_nb.records.StepRecord`).
+(:class:`~multisite_nb.domain.records.RuleRecord`, :class:`~multisite_nb.domain.records.StepRecord`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from ..records import RuleRecord, StepRecord
-from ..results import PhaseResult
+from multisite_nb.domain.records import RuleRecord, StepRecord
+from multisite_nb.domain.results import PhaseResult
 
 SiteState = Literal["ok", "busy", "trouble", "idle"]
 #: Site states, most to least urgent.

@@ -19,10 +19,11 @@ from urllib.parse import quote
 
 from markupsafe import Markup
 
-from ..fileio import atomic_write_text
-from ..results import PhaseResult, PhaseRun, PhaseStatus, RunRecord, load_results, load_run_record
-from ..secrets import redact_parameters
-from .html import render
+from multisite_nb.adapters.files import atomic_write_text
+from multisite_nb.adapters.results import load_results, load_run_record, run_state
+from multisite_nb.domain.redaction import redact_parameters
+from multisite_nb.domain.results import PhaseResult, PhaseRun, PhaseStatus, RunRecord
+from multisite_nb.views.html import render
 
 __all__ = ["render_index", "render_notebook_html"]
 
@@ -145,7 +146,8 @@ def _phase_rows(run_dir: Path, record: RunRecord | None, results: dict[str, Phas
             ]
         if res is not None:
             links.append(_link(run_dir, f"results/{e.phase}.json", "result"))
-        summary = json.dumps(res.summary, default=str) if res and res.summary else ""
+        summary = res.summary.model_dump_json(exclude_defaults=True) if res else ""
+        summary = "" if summary == "{}" else summary
         if len(summary) > _SUMMARY_CHARS:
             summary = summary[: _SUMMARY_CHARS - 1] + "…"
         rows.append(
@@ -188,6 +190,7 @@ def render_index(run_dir: str | os.PathLike[str]) -> Path:
         "index.html.j2",
         title=f"{record.campaign} / {record.run_id}" if record else run_dir.name,
         record=record,
+        state=run_state(record) if record else "",
         run_name=run_dir.name,
         files=[_link(run_dir, r) for r in ("run.json", "logs/chain.log") if (run_dir / r).is_file()],
         phases=_phase_rows(run_dir, record, results),

@@ -4,21 +4,21 @@
 *is it fine, busy, in trouble, or has nothing happened yet?*  It reads, each time it is
 called and without any cache:
 
-* **placement** — ``<run_dir>/results/placement.json``: ``summary["sites"][SITE]`` with
-  ``files``, ``bytes``, ``visits`` (what the plan sends there);
+* **placement** — the placement result's :class:`~multisite_nb.domain.summaries.PlacementSummary`:
+  per site ``files``, ``bytes``, ``visits`` (what the plan sends there);
 * **transfers** — Rucio, live: every replication rule of the campaign scope whose RSE
-  expression names the site's RSE (:meth:`~multisite_nb.rucio_ops.RucioOps.list_rules`), the
+  expression names the site's RSE (:meth:`~multisite_nb.adapters.rucio.ops.RucioOps.list_rules`), the
   campaign's own only (its datasets are named ``<campaign>.…``; a scope may hold several),
   counted by state (OK / REPLICATING / STUCK), with their locks, and Rucio's reason for
   STUCK rules; rules past their lifetime (Rucio's cleaner removes them soon) are left out;
-* **verification** — ``<run_dir>/results/verify.json``: ``summary["sites"][SITE]`` (``ok``,
-  ``planned`` and problem counts ``missing``/``corrupt``/``wrong``/``rule``); the first
-  problem of the site comes from ``artifacts/verify/problems.csv`` when present;
-* **steps** — every phase result whose summary has ``steps``: ``summary["steps"][SITE][step]``
-  is a :class:`~multisite_nb.records.StepRecord` as ``model_dump(mode="json")`` wrote it,
-  read back with ``StepRecord.model_validate``. An entry that does not validate is not
-  guessed at: it is an unreadable result naming the file, the key and pydantic's reason.
-  When several results describe the same site and step, the one that finished last wins;
+* **verification** — the verify result's :class:`~multisite_nb.domain.summaries.VerifySummary`: per
+  site ``ok``, ``planned``, the problem counts and the first problem;
+* **steps** — every result whose summary holds steps
+  (:class:`~multisite_nb.domain.summaries.StepsSummary`): per site and step a
+  :class:`~multisite_nb.domain.records.StepRecord`. A result that does not validate is not guessed
+  at: it is an unreadable result naming the file, the key and pydantic's reason (a step entry's
+  problem concerns its site only). When several results describe the same site and step, the one
+  that finished last wins;
 * **Butler** — the site's repository answers, and how many datasets its RUN collections hold.
 
 State rules (per site)
@@ -38,7 +38,6 @@ Reading a system never raises: a failure becomes a ``trouble`` issue with its me
 
 from __future__ import annotations
 
-import csv
 import re
 import time
 from collections.abc import Mapping
@@ -50,12 +49,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from ..config import Campaign
-from ..naming import campaign_dataset
-from ..records import RuleRecord, RuleState, StepRecord, StepState
-from ..results import PHASE_NAME, PhaseResult, load_run_record, results_dir
-from ..verify import PROBLEM_KINDS
-from .model import (
+from multisite_nb.adapters.results import load_run_record, results_dir, run_state
+from multisite_nb.domain.config import Campaign
+from multisite_nb.domain.naming import campaign_dataset
+from multisite_nb.domain.records import RuleRecord, RuleState, StepRecord, StepState
+from multisite_nb.domain.results import PHASE_NAME, PhaseResult
+from multisite_nb.domain.summaries import PlacementSummary, StepsSummary, VerifySummary
+from multisite_nb.domain.verification import PROBLEM_KINDS
+from multisite_nb.views.model import (
     STATES,
     ButlerHealth,
     CampaignStatus,
@@ -66,10 +67,10 @@ from .model import (
     Transfers,
     Verification,
 )
-from .style import plural
+from multisite_nb.views.style import plural
 
 if TYPE_CHECKING:
-    from ..rucio_ops import RucioOps
+    from multisite_nb.adapters.rucio.ops import RucioOps
 
 __all__ = [
     "STATES",
@@ -103,38 +104,13 @@ def _err(exc: BaseException) -> str:
     return _short(f"{type(exc).__name__}: {exc}")
 
 
-def _int(value: object) -> int:
-    if not isinstance(value, (int, float, str)):
-        return 0
-    try:
-        return max(int(value), 0)
-    except ValueError:
-        return 0
-
-
 # -- reading the run folder ---------------------------------------------------------------
-
-
-def _read_results(run_dir: Path | None) -> tuple[dict[str, PhaseResult], list[str]]:
-    """Phase name → result for every readable result; and the read problems."""
-    out: dict[str, PhaseResult] = {}
-    problems: list[str] = []
-    folder = results_dir(run_dir) if run_dir is not None else None
-    if folder is None or not folder.is_dir():
-        return out, problems
-    for path in sorted(folder.glob("*.json")):
-        if not PHASE_NAME.match(path.stem):
-            continue
-        try:
-            out[path.stem] = PhaseResult.model_validate_json(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            problems.append(f"cannot read results/{path.name}: {_short(exc, 200)}")
-    return out, problems
 
 
 @dataclass(frozen=True)
 class StepProblem:
-    """A ``summary.steps`` entry that is not a step record: which site (None: all), what, why."""
+    """A result that cannot be read, or a step entry of it that is not a step record: which site it
+    concerns (None: every site), what, why."""
 
     site: str | None
     message: str
@@ -152,37 +128,58 @@ def _validation_reason(exc: ValidationError) -> str:
     return _short("; ".join(parts))
 
 
+def _read_results(run_dir: Path | None) -> tuple[dict[str, PhaseResult], list[StepProblem]]:
+    """Phase name → result for every readable result; and one problem per result that cannot be read.
+
+    A result whose step entry is not a step record (``summary.steps.<SITE>.<step>``) is named with
+    that key and concerns that site only; any other unreadable result concerns every site.
+    """
+    out: dict[str, PhaseResult] = {}
+    problems: list[StepProblem] = []
+    folder = results_dir(run_dir) if run_dir is not None else None
+    if folder is None or not folder.is_dir():
+        return out, problems
+    for path in sorted(folder.glob("*.json")):
+        if not PHASE_NAME.match(path.stem):
+            continue
+        where = f"results/{path.name}"
+        try:
+            out[path.stem] = PhaseResult.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValidationError as exc:
+            locs = [e["loc"] for e in exc.errors(include_url=False)]
+            step_locs = {loc[:4] for loc in locs if len(loc) >= 4 and loc[:2] == ("summary", "steps")}
+            if step_locs and len(step_locs) == len({loc[:4] for loc in locs}):
+                for loc in sorted(step_locs, key=str):
+                    key = ".".join(str(x) for x in loc)
+                    problems.append(
+                        StepProblem(str(loc[2]), f"{where}: {key} is not a step record", _validation_reason(exc))
+                    )
+            else:
+                problems.append(StepProblem(None, f"cannot read {where}: {_validation_reason(exc)}"))
+        except (OSError, ValueError) as exc:
+            problems.append(StepProblem(None, f"cannot read {where}: {_short(exc, 200)}"))
+    return out, problems
+
+
 def read_steps(results: Mapping[str, PhaseResult]) -> tuple[dict[str, dict[str, StepRecord]], list[StepProblem]]:
-    """Site → step → :class:`StepRecord` from every result carrying ``summary["steps"]``.
+    """Site → step → :class:`StepRecord` from every result holding steps (:class:`StepsSummary`).
 
     Results are applied in the order they finished, so the latest wins per site and step.
 
     Returns
     -------
     steps, problems
-        The records, and one :class:`StepProblem` per entry that is not a step record.
+        The records, and one :class:`StepProblem` per entry that is another step's record.
     """
     out: dict[str, dict[str, StepRecord]] = {}
     problems: list[StepProblem] = []
     for phase, res in sorted(results.items(), key=lambda kv: (kv[1].finished, kv[0])):
-        steps = res.summary.get("steps")
+        if not isinstance(res.summary, StepsSummary):
+            continue
         where = f"results/{phase}.json"
-        if steps is None:
-            continue
-        if not isinstance(steps, Mapping):
-            problems.append(StepProblem(None, f"{where}: summary.steps is not a mapping"))
-            continue
-        for site, per_step in steps.items():
-            if not isinstance(per_step, Mapping):
-                problems.append(StepProblem(site, f"{where}: summary.steps.{site} is not a mapping"))
-                continue
-            for step, entry in per_step.items():
+        for site, per_step in res.summary.steps.items():
+            for step, rec in per_step.items():
                 key = f"summary.steps.{site}.{step}"
-                try:
-                    rec = StepRecord.model_validate(entry)
-                except ValidationError as exc:
-                    problems.append(StepProblem(site, f"{where}: {key} is not a step record", _validation_reason(exc)))
-                    continue
                 if (rec.site, rec.step) != (site, step):
                     problems.append(
                         StepProblem(
@@ -194,65 +191,30 @@ def read_steps(results: Mapping[str, PhaseResult]) -> tuple[dict[str, dict[str, 
     return out, problems
 
 
-def _first_problems(run_dir: Path) -> dict[str, str]:
-    """Site → its first verification problem, from ``artifacts/verify/problems.csv``."""
-    path = run_dir / "artifacts" / "verify" / "problems.csv"
-    out: dict[str, str] = {}
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                site = row.get("site") or ""
-                if site and site not in out:
-                    out[site] = _short(
-                        " ".join(
-                            x
-                            for x in (
-                                row.get("layer"),
-                                row.get("problem"),
-                                row.get("file"),
-                                f"({row['detail']})" if row.get("detail") else "",
-                            )
-                            if x
-                        ),
-                        300,
-                    )
-    except (OSError, csv.Error):
-        pass
-    return out
-
-
-def _site_entry(result: PhaseResult | None, site: str) -> Mapping[str, object] | None:
-    """``summary["sites"][site]`` of a result, if it is a mapping."""
-    sites = result.summary.get("sites") if result is not None else None
-    entry = sites.get(site) if isinstance(sites, Mapping) else None
-    return entry if isinstance(entry, Mapping) else None
-
-
-def _placement(entry: Mapping[str, object] | None) -> Placement | None:
-    if entry is None:
+def _placement(result: PhaseResult | None, site: str) -> Placement | None:
+    """What the placement's summary sends to ``site``."""
+    if result is None or not isinstance(result.summary, PlacementSummary):
         return None
-    visits = entry.get("visits")
-    return Placement(
-        files=_int(entry.get("files")),
-        bytes=_int(entry.get("bytes")),
-        visits=_int(visits) if visits is not None else None,
-    )
+    entry = result.summary.sites.get(site)
+    return Placement(files=entry.files, bytes=entry.bytes, visits=entry.visits) if entry else None
 
 
-def _verification(entry: Mapping[str, object] | None, first_problem: str | None, finished: str) -> Verification:
+def _verification(result: PhaseResult, site: str) -> Verification:
+    """The verification's summary of ``site``."""
+    summary = result.summary
+    entry = summary.sites.get(site) if isinstance(summary, VerifySummary) else None
     if entry is None:
         return Verification()
-    counts = {k: _int(entry.get(k)) for k in PROBLEM_KINDS}
-    ok = entry.get("ok")
-    planned = entry.get("planned")
+    counts = {k: getattr(entry, k) for k in PROBLEM_KINDS}
+    first = summary.first_problems.get(site) if isinstance(summary, VerifySummary) else None
     return Verification(
         ran=True,
-        ok=bool(ok) if ok is not None else not any(counts.values()),
-        planned=_int(planned) if planned is not None else None,
-        problems=sum(counts.values()),
+        ok=entry.ok,
+        planned=entry.planned,
+        problems=entry.problems,
         counts=counts,
-        first_problem=first_problem,
-        finished=finished,
+        first_problem=_short(first, 300) if first else None,
+        finished=_iso(result.finished),
     )
 
 
@@ -266,7 +228,7 @@ def _targets(expression: str, rse: str) -> bool:
 
 def _rucio_rules(campaign: Campaign) -> tuple[RucioOps, list[RuleRecord]]:
     """The campaign's Rucio (its client's error logging silenced) and the campaign's rules in its scope."""
-    from ..rucio_ops import RucioOps
+    from multisite_nb.adapters.rucio.ops import RucioOps
 
     ops = RucioOps.for_campaign(campaign, quiet=True)
     return ops, [r for r in ops.list_rules() if campaign_dataset(campaign, r.name)]
@@ -303,13 +265,13 @@ def _transfers(rse: str, ops: RucioOps, rules: list[RuleRecord]) -> Transfers:
     return t
 
 
-def _butler_health(repo: str) -> ButlerHealth:
+def _butler_health(repo: str, db_auth: str | None = None) -> ButlerHealth:
     """Open the repository read-only; count the datasets in its RUN collections."""
-    from ..butler_ops import count_datasets, open_butler
+    from multisite_nb.adapters.butler.repo import count_datasets, open_butler
 
     t0 = time.monotonic()
     try:
-        with open_butler(repo) as butler:
+        with open_butler(repo, db_auth=db_auth) as butler:
             collections = len(butler.collections.query("*"))
             datasets = count_datasets(butler)
         return ButlerHealth(ok=True, datasets=datasets, collections=collections, seconds=time.monotonic() - t0)
@@ -425,23 +387,24 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
     if run is not None:
         try:
             record = load_run_record(run)
-            status.run_state = record.state() if record else None
+            status.run_state = run_state(record) if record else None
         except (OSError, ValueError) as exc:
             status.problems.append(f"cannot read run.json: {_short(exc, 200)}")
 
     with ThreadPoolExecutor(max_workers=1 + len(campaign.all_sites)) as pool:
         rucio_f = pool.submit(_rucio_rules, campaign)
         butler_f = (
-            {s: pool.submit(_butler_health, campaign.butler_repo(s)) for s in campaign.all_sites} if butler else {}
+            {s: pool.submit(_butler_health, campaign.butler_repo(s), campaign.db_auth) for s in campaign.all_sites}
+            if butler
+            else {}
         )
 
-        results, problems = _read_results(run)
-        status.problems.extend(problems)
+        results, read_problems = _read_results(run)
         status.phases = results
         steps, step_problems = read_steps(results)
+        step_problems = read_problems + step_problems
         status.problems.extend(str(p) for p in step_problems)
         ver = results.get("verify")
-        first_problem = _first_problems(run) if run and ver and not ver.passed else {}
 
         try:
             ops, rules = rucio_f.result()
@@ -465,7 +428,7 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
                     for st in stage.steps
                 ],
             )
-            s.placement = _placement(_site_entry(results.get("placement"), site))
+            s.placement = _placement(results.get("placement"), site)
             if ops is not None:
                 try:
                     s.transfers = _transfers(spec.rse, ops, rules)
@@ -474,14 +437,12 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
             else:
                 s.transfers = Transfers(rse=spec.rse, read=False, error=status.rucio_error)
             if ver is not None:
-                s.verification = _verification(_site_entry(ver, site), first_problem.get(site), _iso(ver.finished))
+                s.verification = _verification(ver, site)
             s.steps = steps.get(site, {})
             if site in butler_f:
                 s.butler = butler_f[site].result()
             # a result that cannot be read may hide a failure: the sites it may concern are in trouble
-            s.issues = [Issue("results", msg) for msg in problems] + [
-                Issue("results", p.message, p.cause) for p in step_problems if p.site in (None, site)
-            ]
+            s.issues = [Issue("results", p.message, p.cause) for p in step_problems if p.site in (None, site)]
             s.state, s.reason = site_state(s)
             status.sites[site] = s
     status.seconds = round(time.monotonic() - t0, 3)

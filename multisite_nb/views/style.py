@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from ..records import StepState
+from multisite_nb.domain.records import StepState
 
 __all__ = [
     "CENTRAL_COLOUR",

@@ -34,8 +34,8 @@ from lsst.daf.butler import (
 )
 from lsst.sphgeom import HtmPixelization
 
-from ..errors import ButlerError
-from .synthetic import REFCAT_LEVEL, SkyModel, SkySpec, build_sky
+from multisite_nb.domain.errors import ButlerError
+from multisite_nb.world.synthetic import REFCAT_LEVEL, SkyModel, SkySpec, build_sky
 
 __all__ = [
     "STORAGE_CLASS",

@@ -25,10 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..config import Campaign, load_campaign
-from ..errors import ConfigError
-from ..fileio import atomic_write_text
-from .spec import DEFAULT_SPEC, SkySpec, load_spec
+from multisite_nb.adapters.butler.repo import registry_credentials
+from multisite_nb.adapters.files import atomic_write_text
+from multisite_nb.domain.config import Campaign
+from multisite_nb.domain.errors import ConfigError
+from multisite_nb.domain.params import load_campaign
+from multisite_nb.world.spec import DEFAULT_SPEC, SkySpec, load_spec
 
 __all__ = ["DATABASES", "World", "default_world_dir", "world_env", "world_secrets"]
 
@@ -123,12 +125,12 @@ class World:
     # -- parts ----------------------------------------------------------------------
     @property
     def rucio(self):  # -> RucioServer (imported lazily: keeps `import multisite_nb` light)
-        from .rucio_server import RucioServer
+        from multisite_nb.world.rucio_server import RucioServer
 
-        rses = {self.campaign.site(s).rse: Path(self._rse_root(s)) for s in self.campaign.all_sites}
+        rses = {self.campaign.site(s).rse: Path(self.rse_root(s)) for s in self.campaign.all_sites}
         database = None
         if self.postgres is not None and self.postgres.port is not None:  # (not started yet: no URL to give)
-            from .postgres import RUCIO_DATABASE
+            from multisite_nb.world.postgres import RUCIO_DATABASE
 
             database = self.postgres.url(RUCIO_DATABASE, with_password=True, driver="postgresql+psycopg")
         return RucioServer(self.root / "rucio", rses, [self.campaign.scope], database=database)
@@ -138,11 +140,11 @@ class World:
         """The world's PostgreSQL server, or None on SQLite."""
         if self.db != "postgresql":
             return None
-        from .postgres import PostgresServer
+        from multisite_nb.world.postgres import PostgresServer
 
         return PostgresServer(self.root / "postgres")
 
-    def _rse_root(self, site: str) -> str:
+    def rse_root(self, site: str) -> str:
         spec = self.campaign.site(site)
         if spec.rse_root is None:
             raise ConfigError(f"{self.campaign.manifest_path}: key 'sites.{site}.rse_root' is needed for the world")
@@ -160,7 +162,7 @@ class World:
         """(database URL, schema) of a site's registry; (None, None) for SQLite."""
         if self.postgres is None:
             return None, None
-        from .postgres import BUTLER_DATABASE, BUTLER_DRIVER
+        from multisite_nb.world.postgres import BUTLER_DATABASE, BUTLER_DRIVER
 
         return self.postgres.url(BUTLER_DATABASE, driver=BUTLER_DRIVER), site.lower()
 
@@ -191,37 +193,38 @@ class World:
         ConfigError
             If the world was built from another spec than the one asked for, before anything starts.
         """
-        from .butler_world import create_site_repo, populate_central
+        from multisite_nb.world.butler_world import create_site_repo, populate_central
 
         t0 = time.monotonic()
         spec_path, spec = self.spec()
         self.root.mkdir(parents=True, exist_ok=True)
         for site in self.campaign.all_sites:
-            Path(self._rse_root(site)).mkdir(parents=True, exist_ok=True)
+            Path(self.rse_root(site)).mkdir(parents=True, exist_ok=True)
         pg_started = False
         if self.postgres is not None:
             pg_started = self.postgres.up()
-            os.environ["LSST_DB_AUTH"] = str(self.postgres.db_auth_file)  # this process opens Butlers too
             log(f"postgresql: {'started' if pg_started else 'already up'} ({time.monotonic() - t0:.1f} s)")
         started = self.rucio.up() or pg_started
         log(f"rucio: {'started' if started else 'already up'} ({time.monotonic() - t0:.1f} s)")
-        created = []
-        for site in self.campaign.all_sites:
-            if create_site_repo(
-                Path(self.campaign.butler_repo(site)), Path(self._rse_root(site)), *self._registry(site)
-            ):
-                created.append(site)
-        if created:
-            log(f"butler: created repos for {', '.join(created)}")
-        state = self._read_state()
-        populated = state.get("central_populated")
-        if not populated:
-            counts = populate_central(Path(self.campaign.butler_repo(self.campaign.central)), spec)
-            state["central_populated"] = datetime.now(UTC).isoformat(timespec="seconds")
-            state["central_counts"] = counts
-            state["spec_file"] = str(spec_path)
-            state["spec_digest"] = spec.digest()
-            log(f"butler: central repo {self.campaign.central} populated from {spec_path.name}: {counts['datasets']}")
+        with registry_credentials(self.campaign.db_auth):  # this process opens the sites' Butlers too
+            created = []
+            for site in self.campaign.all_sites:
+                if create_site_repo(
+                    Path(self.campaign.butler_repo(site)), Path(self.rse_root(site)), *self._registry(site)
+                ):
+                    created.append(site)
+            if created:
+                log(f"butler: created repos for {', '.join(created)}")
+            state = self._read_state()
+            populated = state.get("central_populated")
+            if not populated:
+                counts = populate_central(Path(self.campaign.butler_repo(self.campaign.central)), spec)
+                state["central_populated"] = datetime.now(UTC).isoformat(timespec="seconds")
+                state["central_counts"] = counts
+                state["spec_file"] = str(spec_path)
+                state["spec_digest"] = spec.digest()
+                central = self.campaign.central
+                log(f"butler: central repo {central} populated from {spec_path.name}: {counts['datasets']}")
         state.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
         state["db"] = self.db
         state["campaign_file"] = str(self.campaign.path)
@@ -242,7 +245,7 @@ class World:
 
     def status(self) -> dict[str, Any]:
         """Each site's health: Rucio reachable, RSE known, Butler repo answering, dataset counts."""
-        from .. import butler_ops
+        from multisite_nb.adapters.butler import repo as butler_ops
 
         rucio_status = self.rucio.status()
         sites: dict[str, Any] = {}
@@ -251,7 +254,7 @@ class World:
             entry: dict[str, Any] = {"rse": spec.rse, "butler": spec.butler}
             entry["rse_known"] = bool(rucio_status.get("rses", {}).get(spec.rse, {}).get("exists"))
             try:
-                entry.update(butler_ops.repo_summary(spec.butler))
+                entry.update(butler_ops.repo_summary(spec.butler, db_auth=self.campaign.db_auth))
                 entry["butler_ok"] = True
             except Exception as exc:  # report, do not raise: status must always answer
                 entry["butler_ok"] = False

@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError, ServiceError
-from ..fileio import atomic_write_json, atomic_write_text
-from ..procs import PidRecord, live_pid, read_pid_record, start, stop_groups
+from multisite_nb.adapters.files import atomic_write_json, atomic_write_text
+from multisite_nb.adapters.processes import PidRecord, live_pid, read_pid_record, start, stop_groups
+from multisite_nb.domain.errors import ConfigError, ServiceError
 
 __all__ = ["BUTLER_DATABASE", "BUTLER_DRIVER", "RUCIO_DATABASE", "PostgresServer", "find_postgres"]
 

@@ -13,7 +13,7 @@ import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..fileio import atomic_write_json, atomic_write_text
+from multisite_nb.adapters.files import atomic_write_json, atomic_write_text
 
 __all__ = ["LFN2PFN_ALGORITHM", "RUCIO_SIDE", "write_client_config", "write_server_config", "write_spec"]
 

@@ -20,8 +20,8 @@ Processes: ``gunicorn app:application`` (``-w 1 --threads 1``: SQLite) and
 ``site_services.py`` (Rucio's conveyor submitter/poller/finisher with a posix transfertool,
 judge injector/evaluator/repairer/cleaner, abacus), both from ``rucio_side/``.
 
-Only the standard library and the toolkit's own process supervision (:mod:`multisite_nb.procs`)
-and atomic writer (:mod:`multisite_nb.fileio`) are used here: the toolkit never imports the
+Only the standard library and the toolkit's own process supervision (:mod:`multisite_nb.adapters.processes`)
+and atomic writer (:mod:`multisite_nb.adapters.files`) are used here: the toolkit never imports the
 Rucio server.
 """
 
@@ -44,9 +44,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write_json, atomic_write_text
-from ..procs import PidRecord, live_pid, read_pid_record, start, stop_groups
-from .rucio_files import RUCIO_SIDE, write_client_config, write_server_config, write_spec
+from multisite_nb.adapters.files import atomic_write_json, atomic_write_text
+from multisite_nb.adapters.processes import PidRecord, live_pid, read_pid_record, start, stop_groups
+from multisite_nb.world.rucio_files import RUCIO_SIDE, write_client_config, write_server_config, write_spec
 
 __all__ = ["RucioServer", "RucioServerError"]
 

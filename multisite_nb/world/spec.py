@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..config import load_model, parameter_path, repo_root
+from multisite_nb.domain.params import load_model, parameter_path, repo_root
 
 __all__ = ["DEFAULT_SPEC", "BandSpec", "SkySpec", "TargetSpec", "TractGridSpec", "TractSpec", "load_spec"]
 

@@ -42,7 +42,7 @@ from lsst.pipe.base import connectionTypes as cT
 from lsst.utils.doImport import doImportType
 from lsst.utils.iteration import ensure_iterable
 
-from .synthetic import stable_value
+from multisite_nb.world.synthetic import stable_value
 
 __all__ = [
     "ConnectionSpec",

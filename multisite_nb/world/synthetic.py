@@ -57,8 +57,8 @@ import numpy as np
 from astropy.time import Time, TimeDelta
 from lsst.sphgeom import ConvexPolygon, HtmPixelization, LonLat, Region, UnitVector3d
 
-from ..errors import ConfigError
-from .spec import BandSpec, SkySpec, TargetSpec, TractSpec
+from multisite_nb.domain.errors import ConfigError
+from multisite_nb.world.spec import BandSpec, SkySpec, TargetSpec, TractSpec
 
 __all__ = [
     "BandSpec",

@@ -1,0 +1,272 @@
+"""``multisite-nb``: the operator's command line (world, phases, whole campaign).
+
+Thin click commands over plain functions (:mod:`multisite_nb.run.launch`, the phases, the world):
+each parses its options, calls one function, and prints what came back. The world's folder is
+passed down as an argument (``--world``/``--dir``, else ``$MSNB_WORLD``, else ``./world``); no
+command changes the process environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from multisite_nb.adapters.butler.lock import OperatorLock
+from multisite_nb.adapters.results import load_result
+from multisite_nb.domain.errors import MsnbError
+from multisite_nb.phases import cleanup as cleanup_phase
+from multisite_nb.phases import repair as repair_phase
+from multisite_nb.phases.registry import chain_for
+from multisite_nb.run.context import WORLD_VARIABLE, campaign_env, load_for_world
+from multisite_nb.run.launch import campaign_of_run, launch, run_status
+from multisite_nb.world.manager import World, default_world_dir, world_secrets
+
+DEFAULT_PARAMS = "parameters/campaign_3x3.yaml"
+
+
+@contextlib.contextmanager
+def _operator_errors() -> Iterator[None]:
+    """The toolkit's errors as one line for the operator, no traceback."""
+    try:
+        yield
+    except MsnbError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _world_root(dir_: str | None) -> Path:
+    return Path(dir_).resolve() if dir_ else default_world_dir()
+
+
+def _world(dir_: str | None, params: str, spec: str | None = None, db: str | None = None) -> World:
+    with _operator_errors():
+        return World(_world_root(dir_), Path(params), Path(spec) if spec else None, db)
+
+
+def _given_world(world_dir: str | None) -> Path | None:
+    """``--world``, else the shell's ``$MSNB_WORLD``, else none (the facilities)."""
+    if world_dir:
+        return Path(world_dir).resolve()
+    env = campaign_env().get(WORLD_VARIABLE)
+    return Path(env).resolve() if env else None
+
+
+world_dir_option = click.option("--dir", "dir_", default=None, help="World folder (default: $MSNB_WORLD or ./world).")
+params_option = click.option("--params", default=DEFAULT_PARAMS, show_default=True, help="Campaign parameter file.")
+campaign_argument = click.argument("params", default=DEFAULT_PARAMS)
+world_option = click.option("--world", "world_dir", default=None, help="World folder (default: $MSNB_WORLD).")
+
+
+@click.group()
+def main() -> None:
+    """Multisite data production toolkit: run a campaign phase by phase, or all at once."""
+
+
+@main.group()
+def world() -> None:
+    """The embedded world: real Rucio, one Butler per site, synthetic HSC-like data."""
+
+
+@world.command("up")
+@world_dir_option
+@params_option
+@click.option(
+    "--spec",
+    default=None,
+    help="World spec (sky, instrument, observations); default: what the world was built from, "
+    "else parameters/worlds/rehearsal_3x3.yaml.",
+)
+@click.option(
+    "--db",
+    type=click.Choice(["sqlite", "postgresql"]),
+    default=None,
+    help="Database of Rucio and the Butler registries; default: what the world was built with, else sqlite.",
+)
+def world_up(dir_: str | None, params: str, spec: str | None, db: str | None) -> None:
+    """Start the world (idempotent: an up world is left as it is)."""
+    with _operator_errors():
+        _world(dir_, params, spec, db).up(log=click.echo)
+
+
+@world.command("down")
+@world_dir_option
+@params_option
+def world_down(dir_: str | None, params: str) -> None:
+    """Stop every process the world started, by PID."""
+    _world(dir_, params).down(log=click.echo)
+
+
+@world.command("status")
+@world_dir_option
+@params_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def world_status(dir_: str | None, params: str, as_json: bool) -> None:
+    """Each site's health: Rucio, RSE, Butler repository, dataset counts."""
+    st = _world(dir_, params).status()
+    if as_json:
+        click.echo(json.dumps(st, indent=2, default=str))
+        return
+    r = st["rucio"]
+    click.echo(f"world {st['root']}")
+    d = st["db"]
+    if d["kind"] == "postgresql":
+        click.echo(f"  postgresql: {'up' if d.get('up') else 'NOT up'} (port {d.get('port')})")
+    click.echo(f"  rucio: {'reachable' if r.get('reachable') else 'NOT reachable'} (port {r.get('port')})")
+    for site, s in st["sites"].items():
+        butler = (
+            f"butler ok, {s.get('datasets', 0)} datasets in {s.get('collections', 0)} collections"
+            if s.get("butler_ok")
+            else f"butler FAILED: {s.get('butler_error')}"
+        )
+        click.echo(f"  {site:6s} rse {s['rse']:11s} {'known' if s['rse_known'] else 'MISSING':7s} {butler}")
+    if not r.get("reachable") or not all(s.get("butler_ok") and s["rse_known"] for s in st["sites"].values()):
+        sys.exit(1)
+
+
+@main.command("run")
+@campaign_argument
+@click.option(
+    "--phases",
+    default=None,
+    help="Comma-separated phases, e.g. placement,transfer,verify or submit@early "
+    "(default: the whole chain from the campaign's stage plan).",
+)
+@world_option
+@click.option("--runs-root", default=None, help="Where run folders go (default: <checkout>/runs).")
+@click.option("--resume", "resume_dir", default=None, help="Continue this run folder, skipping passed phases.")
+def run(params: str, phases: str | None, world_dir: str | None, runs_root: str | None, resume_dir: str | None) -> None:
+    """Execute phase notebooks with papermill into a run folder; stop at a failed gate."""
+    world_root = _given_world(world_dir)
+    with _operator_errors():
+        campaign = load_for_world(params, world_root)
+        wanted = [p.strip() for p in phases.split(",") if p.strip()] if phases else chain_for(campaign)
+        secrets = world_secrets(world_root) if world_root else []
+        run_dir, outcome = launch(
+            campaign,
+            wanted,
+            runs_root=runs_root,
+            resume_dir=resume_dir,
+            world=world_root,
+            secrets=secrets,
+            log=click.echo,
+        )
+    click.echo(f"index: {run_dir / 'index.html'}")
+    if not outcome.passed:
+        raise click.ClickException(f"stopped: {outcome.reason}")
+
+
+@main.command("campaign")
+@campaign_argument
+@click.option("--world", "world_dir", default=None, help="World folder (default: $MSNB_WORLD or ./world).")
+@click.option("--runs-root", default=None, help="Where run folders go (default: <checkout>/runs).")
+@click.option("--down/--keep-up", default=False, help="Stop the world's services afterwards (default: keep them up).")
+@click.option(
+    "--db",
+    type=click.Choice(["sqlite", "postgresql"]),
+    default=None,
+    help="A new world's database back end (default: what the world was built with, else sqlite).",
+)
+def campaign_cmd(params: str, world_dir: str | None, runs_root: str | None, down: bool, db: str | None) -> None:
+    """The main job: bring the embedded world up and run the whole campaign on it."""
+    t0 = time.monotonic()
+    w = _world(world_dir, params, db=db)
+    with _operator_errors():
+        w.up(log=click.echo)
+        try:
+            run_dir, outcome = launch(
+                w.campaign,
+                chain_for(w.campaign),
+                runs_root=runs_root,
+                world=w.root,
+                secrets=world_secrets(w.root),
+                log=click.echo,
+            )
+        finally:
+            if down:
+                w.down(log=click.echo)
+    qa = load_result(run_dir, "qa")
+    click.echo("")
+    click.echo(f"executed notebooks: {run_dir}")
+    click.echo(f"run log page:       {run_dir / 'index.html'}")
+    click.echo(f"wall time:          {time.monotonic() - t0:.0f} s")
+    if not outcome.passed:
+        raise click.ClickException(f"campaign stopped: {outcome.reason}")
+    click.echo(f"verdict:            {'PASS' if qa and qa.passed else 'FAIL'}: {qa.reason if qa else 'no QA result'}")
+
+
+@main.command("status")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def status_cmd(run_dir: str) -> None:
+    """How a run stands: running, passed, failed, interrupted, or died (its process gone), phase by phase."""
+    with _operator_errors():
+        st = run_status(run_dir)
+    record = st.record
+    click.echo(f"run {record.run_id} ({record.campaign}): {st.state}" + (f": {record.reason}" if record.reason else ""))
+    click.echo(
+        f"  by {record.who} on {record.host}, pid {record.pid}, started {record.started:%Y-%m-%d %H:%M:%S} UTC"
+        + (f", last heartbeat {record.heartbeat:%H:%M:%S}" if record.heartbeat else "")
+    )
+    for line in st.phases:
+        click.echo(f"  {line.phase:32s} {line.status:8s} {line.note[:140]}")
+    for pid, where in st.still_running:
+        click.echo(f"  still running: pid {pid} ({where})")
+    if st.state == "died":
+        running = f", {len(st.still_running)} process(es) it started still run" if st.still_running else ""
+        click.echo(
+            f"  its chain is gone{running}: multisite-nb run --resume {Path(run_dir).resolve()} stops them and goes on"
+        )
+    if st.bad:
+        sys.exit(1)
+
+
+@main.command("unlock")
+@click.option("--force", is_flag=True, help="Break it even if its holder may still work (another host, alive).")
+@campaign_argument
+@world_option
+def unlock_cmd(force: bool, params: str, world_dir: str | None) -> None:
+    """Break a campaign's operator lock left by a dead run (only a stale one, unless --force)."""
+    with _operator_errors():
+        holder = OperatorLock(load_for_world(params, _given_world(world_dir))).break_lock(force=force)
+    click.echo(f"lock broken: it was held by {holder}" if holder else "the campaign is not locked")
+
+
+@main.command("cleanup")
+@campaign_argument
+@world_option
+@click.option("--yes", is_flag=True, help="Remove for real (default: only list what would go).")
+def cleanup_cmd(params: str, world_dir: str | None, yes: bool) -> None:
+    """Remove a campaign's products: its collections at every site and its non-placement rules."""
+    with _operator_errors():
+        items = cleanup_phase.cleanup(load_for_world(params, _given_world(world_dir)), dry_run=not yes)
+    for i in items:
+        click.echo(f"  {i.site:6s} {i.kind:10s} {i.what}  {i.detail}")
+    click.echo(f"{'removed' if yes else 'would remove (dry run; --yes removes)'}: {len(items)} item(s)")
+
+
+@main.command("repair")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@world_option
+@click.option("--params", default=None, help="Campaign file (default: the one the run was made with).")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for Rucio's re-replication.")
+def repair_cmd(run_dir: str, world_dir: str | None, params: str | None, timeout: float) -> None:
+    """Repair what verification found in a run's placement (declare bad, retry, re-ingest), then verify."""
+    folder = Path(run_dir).resolve()
+    with _operator_errors():
+        campaign = campaign_of_run(folder, params, _given_world(world_dir))
+        result, actions, _ = repair_phase.run(campaign, folder, timeout_s=timeout, log=click.echo)
+    for a in actions[:50]:
+        click.echo(f"  {a.site:6s} {a.action:15s} {a.what}  {a.detail}")
+    if len(actions) > 50:
+        click.echo(f"  ... {len(actions) - 50} more (results/repair.json)")
+    click.echo(f"repair: {'PASS' if result.passed else 'FAIL'}: {result.reason}")
+    if not result.passed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,131 @@
+"""Every name the toolkit makes up, in one place: collections, Rucio datasets, run-folder paths.
+
+Collections, for a campaign's output prefix ``P``, site ``S`` and step ``T``:
+
+* ``P/S/T`` — the RUN collection a step writes (deterministic, no timestamp: a rerun of the
+  step extends it);
+* ``P/S`` — the site's CHAINED output collection, each step's run prepended, so it searches
+  the site's newest outputs first, then its inputs;
+* ``P/reference`` and ``P/reference/T`` — QA's single-site reference at the central site.
+
+Datasets keep their RUN names when they move between sites, so what the central site holds
+says where it was made (``P/S/...`` is site ``S``'s work).
+
+Rucio datasets (in the campaign's scope): ``<campaign>.<label>.<site>`` for a shipment (label
+``placement``, ``gather_<stage>``, ``redistribute_<stage>``, ``final``) and
+``<shipment>.dimensions`` for the dimension records that travel ahead of it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from multisite_nb.domain.config import Campaign
+
+__all__ = [
+    "REFERENCE",
+    "lock_collection",
+    "logs_dir",
+    "made_at",
+    "owner_collection",
+    "placement_dataset",
+    "plan_path",
+    "records_dataset",
+    "reference_chain",
+    "reference_logs_dir",
+    "reference_run",
+    "shard_dataset",
+    "shipment_dataset",
+    "site_chain",
+    "step_run_collection",
+]
+
+#: The site name under the output prefix used by QA's single-site reference.
+REFERENCE = "reference"
+
+
+# -- collections -----------------------------------------------------------------------------
+
+
+def site_chain(campaign: Campaign, site: str) -> str:
+    """``P/S``: the CHAINED output collection of a site."""
+    return f"{campaign.output_prefix}/{site}"
+
+
+def step_run_collection(campaign: Campaign, site: str, step: str) -> str:
+    """``P/S/T``: the RUN collection step ``T`` writes at site ``S``."""
+    return f"{site_chain(campaign, site)}/{step}"
+
+
+def reference_chain(campaign: Campaign) -> str:
+    """``P/reference``: the chain of QA's single-site reference."""
+    return f"{campaign.output_prefix}/{REFERENCE}"
+
+
+def reference_run(campaign: Campaign, step: str) -> str:
+    """``P/reference/T``: the reference's RUN collection of step ``T``."""
+    return f"{reference_chain(campaign)}/{step}"
+
+
+def lock_collection(campaign: Campaign) -> str:
+    """``P/operator-lock``: the campaign's one-operator lock, in the central repository."""
+    return f"{campaign.output_prefix}/operator-lock"
+
+
+def owner_collection(campaign: Campaign) -> str:
+    """``P/multisite_nb-owner``: the marker saying which campaign owns the collections under ``P``."""
+    return f"{campaign.output_prefix}/multisite_nb-owner"
+
+
+def made_at(campaign: Campaign, site: str, run: str) -> bool:
+    """Whether a RUN collection holds work done at ``site`` (``P/S/...``), not inputs it received."""
+    return run.startswith(site_chain(campaign, site) + "/")
+
+
+# -- Rucio datasets --------------------------------------------------------------------------
+
+
+def shipment_dataset(campaign: Campaign, label: str, site: str) -> str:
+    """``<campaign>.<label>.<site>``: the Rucio dataset of one shipment."""
+    return f"{campaign.name}.{label}.{site}"
+
+
+def campaign_dataset(campaign: Campaign, name: str) -> bool:
+    """Whether Rucio dataset ``name`` is one of the campaign's (scopes may be shared by campaigns)."""
+    return name.startswith(f"{campaign.name}.")
+
+
+def placement_dataset(campaign: Campaign, site: str) -> str:
+    """The Rucio dataset that carries a site's placed inputs."""
+    return shipment_dataset(campaign, "placement", site)
+
+
+def shard_dataset(shipment: str, index: int) -> str:
+    """The ``index``-th dataset of a shipment large enough to be a container of datasets."""
+    return f"{shipment}.part{index:04d}"
+
+
+def records_dataset(shipment: str) -> str:
+    """The Rucio dataset of the dimension records that travel ahead of ``shipment``."""
+    return f"{shipment}.dimensions"
+
+
+# -- run folder ----------------------------------------------------------------------------
+
+
+def plan_path(run_dir: str | os.PathLike[str]) -> Path:
+    """Where placement keeps its plan."""
+    return Path(run_dir) / "artifacts" / "placement" / "plan.json"
+
+
+def logs_dir(run_dir: str | os.PathLike[str]) -> Path:
+    """Where step attempts keep their logs, graphs and status (``<site>/<step>/attempt-NN``)."""
+    return Path(run_dir) / "artifacts" / "logs"
+
+
+def reference_logs_dir(run_dir: str | os.PathLike[str]) -> Path:
+    """Where QA's reference steps keep theirs."""
+    return logs_dir(run_dir) / REFERENCE

@@ -1,0 +1,168 @@
+"""A stage's steps at its sites: each site's steps in order, the sites side by side.
+
+Each step is checked (pre-flight) just before it runs, and a site stops at its first step
+that does not succeed. Steps always run with ``restart=True``: an existing run of a step is
+finished, not redone, so running a phase again is safe. An interrupt (the kernel's stop
+button) stops every running step's process group, records the phase as interrupted, and a
+new run of the phase restarts the steps where they stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from multisite_nb.domain.config import Campaign
+from multisite_nb.domain.records import StepRecord, StepState
+from multisite_nb.domain.steps import StepRun
+from multisite_nb.phases.submit.preflight import preflight
+from multisite_nb.phases.submit.runner import run_step, stop_running_steps
+from multisite_nb.phases.submit.selection import step_run
+from multisite_nb.phases.submit.summary import InFlight
+
+__all__ = ["run_sites", "run_steps"]
+
+
+def run_steps(
+    campaign: Campaign,
+    site: str,
+    steps: Sequence[str],
+    log_dir: str | os.PathLike[str],
+    *,
+    extra_inputs: Sequence[str] = (),
+    progress: Callable[[Mapping[str, StepRecord]], None] | None = None,
+    stop: threading.Event | None = None,
+    mode: str | None = None,
+    make_run: Callable[[str], StepRun] | None = None,
+) -> dict[str, StepRecord]:
+    """Run ``steps`` in order at one site (pre-flight, run or restart); stop at the first that fails.
+
+    Parameters
+    ----------
+    campaign, site, steps
+        Where and what.
+    log_dir
+        Where the attempts' folders go (see `~multisite_nb.phases.submit.run_step`).
+    extra_inputs
+        More input collections for every step (e.g. runs delivered by an earlier gate).
+    progress
+        Called with the site's steps so far, the current one ``running`` while it runs.
+    stop
+        Once set, no further step starts.
+    mode
+        The executor (default: the manifest's ``workflow.mode``).
+    make_run
+        The `StepRun` of a step (default: `~multisite_nb.phases.submit.step_run` at ``site``).
+
+    Returns
+    -------
+    dict
+        Step -> its record; a step that failed pre-flight is `StepRecord.not_started`.
+    """
+    out: dict[str, StepRecord] = {}
+    for step in steps:
+        if stop is not None and stop.is_set():
+            break
+        if progress:
+            progress({**out, step: StepRecord.in_progress(site, step)})
+        try:
+            sr = make_run(step) if make_run else step_run(campaign, site, step, extra_inputs=extra_inputs)
+            problems = preflight(campaign, sr, restart=True)
+            if problems:
+                out[step] = StepRecord.not_started(site, step, problems)
+                break
+            # checked just above (restart=True: an existing run of this step is finished, not redone)
+            out[step] = run_step(campaign, sr, mode, restart=True, log_dir=log_dir, check=False)
+        except Exception as exc:  # this site's step fails with the reason; the other sites go on
+            out[step] = StepRecord.not_started(site, step, [f"{type(exc).__name__}: {exc}"])
+        if out[step].state is not StepState.SUCCEEDED:
+            break
+    if progress:
+        progress(out)
+    return out
+
+
+def run_sites(
+    campaign: Campaign,
+    sites: Sequence[str],
+    steps: Sequence[str],
+    log_dir: str | os.PathLike[str],
+    *,
+    extra: Mapping[str, Sequence[str]] | None = None,
+    live: InFlight | None = None,
+    check_first: bool = True,
+) -> dict[str, dict[str, StepRecord]]:
+    """Run ``steps`` at every site of ``sites``, the sites side by side (`run_steps` each).
+
+    At most the manifest's ``workflow.sites_at_once`` sites run at the same time (default:
+    all, as the facilities do).
+
+    Parameters
+    ----------
+    campaign, sites, steps, log_dir
+        What, where, and where the attempts' folders go.
+    extra
+        Site -> more input collections for its steps.
+    live
+        Keeps the phase's result current while the steps run.
+    check_first
+        Pre-flight every site's first step before anything runs: a site with problems does not
+        run (its first step comes back `StepRecord.not_started`, naming them) while the other
+        sites go on (later steps read what earlier ones write, so they are checked just before
+        they run).
+
+    Raises
+    ------
+    BaseException
+        Whatever interrupted the sites (e.g. `KeyboardInterrupt`), after every running step
+        was stopped and ``live`` recorded the phase as interrupted.
+    """
+    extra = extra or {}
+    refused: dict[str, dict[str, StepRecord]] = {}
+    if check_first and steps:
+        first = steps[0]
+        for site in sites:
+            try:
+                problems = preflight(
+                    campaign, step_run(campaign, site, first, extra_inputs=extra.get(site, ())), restart=True
+                )
+            except Exception as exc:  # a site that cannot even be checked is that site's problem
+                problems = [f"{site} {first}: cannot be checked: {type(exc).__name__}: {exc}"]
+            if problems:
+                refused[site] = {first: StepRecord.not_started(site, first, problems)}
+        sites = [s for s in sites if s not in refused]
+        if not sites:
+            return refused
+    at_once = min(len(sites), campaign.manifest.workflow.sites_at_once or len(sites)) or 1
+    stop = threading.Event()
+    interrupted: BaseException | None = None
+    stopped = 0
+    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="site") as pool:
+        futures = {
+            site: pool.submit(
+                run_steps,
+                campaign,
+                site,
+                steps,
+                log_dir,
+                extra_inputs=extra.get(site, ()),
+                progress=live.site(site) if live else None,
+                stop=stop,
+            )
+            for site in sites
+        }
+        try:
+            done = {site: futures[site].result() for site in sites}
+        # interrupted, or a site raised: start nothing more, stop what runs (re-raised below)
+        except BaseException as exc:  # noqa: BLE001
+            stop.set()
+            stopped = stop_running_steps()
+            interrupted = exc
+    if interrupted is not None:  # the sites' threads have ended: record where things stand, not 'running'
+        what = "interrupted" if isinstance(interrupted, KeyboardInterrupt) else f"stopped by {interrupted!r}"
+        if live is not None:
+            live.end(f"{what}; {stopped} running step(s) stopped, a new run of the phase restarts them")
+        raise interrupted
+    return {**refused, **done}

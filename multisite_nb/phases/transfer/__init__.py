@@ -1,0 +1,48 @@
+"""Phase 2, transfer: each site's planned inputs moved with Rucio and ingested in place.
+
+A shipment (:mod:`.shipment`) is registered where it sits (:mod:`.register`), pinned there and
+replicated by rules (:mod:`.rules`), and ingested at its destination with the planned UUIDs
+(:mod:`.ingest`); :mod:`.shipping` moves a set of shipments end to end. Placement, gather and
+redistribution are all shipments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from multisite_nb.adapters.results import finish_phase, save_table
+from multisite_nb.adapters.tables import load_plan
+from multisite_nb.domain.config import Campaign
+from multisite_nb.domain.naming import plan_path
+from multisite_nb.domain.records import ShipmentOutcome
+from multisite_nb.domain.results import PhaseResult, utcnow
+from multisite_nb.domain.summaries import ShipmentFigures, ShipmentRow, TransferSummary
+from multisite_nb.phases.spec import phase
+from multisite_nb.phases.transfer.shipping import place_data
+
+__all__ = ["run"]
+
+
+@phase("transfer", notebook="02_transfer", summary=TransferSummary, needs=("placement",), acting=True)
+def run(
+    campaign: Campaign, run_dir: str | Path, *, progress: bool = True, timeout_s: float = 900
+) -> tuple[PhaseResult, list[ShipmentOutcome]]:
+    """Phase 2: move each site's planned inputs with Rucio and ingest them in place."""
+    started = utcnow()
+    plan = load_plan(plan_path(run_dir))
+    outcomes = place_data(campaign, plan, progress=progress, timeout_s=timeout_s, log=lambda m: None)
+    rows = [ShipmentRow.of(o).model_dump() for o in outcomes]
+    table = save_table(run_dir, "transfer", "shipments", pd.DataFrame(rows))
+    failed = [o for o in outcomes if o.error]
+    passed = not failed
+    reason = (
+        "all rules OK; "
+        + ", ".join(f"{o.dest}: {o.ingested} ingested, {o.already_present} already there" for o in outcomes)
+        if passed
+        else "; ".join(f"{o.dest}: {o.state}: {o.error}" for o in failed)
+    )
+    summary = TransferSummary(shipments={o.dest: ShipmentFigures.of(o) for o in outcomes})
+    result = finish_phase(run_dir, "transfer", passed, reason, started, summary=summary, artifacts=[str(table)])
+    return result, outcomes
