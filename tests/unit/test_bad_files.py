@@ -27,5 +27,3 @@ def test_bad_file_is_refused_naming_file_and_key(path: Path) -> None:
     assert message.startswith(f"{named}:"), message
     assert needle in message, message
     assert "Traceback" not in message
-
-

@@ -311,7 +311,8 @@ def test_failed_gate_stops_chain_then_resume(tmp_path: Path, kernel: str) -> Non
     assert not out.passed and out.stopped_at == "beta"
     assert "beta gate failed on purpose (30 rows)" in out.reason
     assert [p.status for p in out.phases] == ["pass", "fail", "not run"]
-    assert set(out.results) == {"alpha", "beta"} and out.results["alpha"].summary == chain_phases.AlphaSummary(rows=30, factor=3)
+    assert set(out.results) == {"alpha", "beta"}
+    assert out.results["alpha"].summary == chain_phases.AlphaSummary(rows=30, factor=3)
     assert not (run_dir / "03_gamma.ipynb").exists() and load_result(run_dir, "gamma") is None
     assert (run_dir / "artifacts" / "alpha" / "values.csv").is_file()
     record = load_run_record(run_dir)
