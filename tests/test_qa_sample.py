@@ -18,7 +18,7 @@ from conftest import campaign_variant, run_through_calibration
 
 from multisite_nb.domain.errors import ConfigError
 from multisite_nb.domain.params import load_campaign
-from multisite_nb.phases.qa.compare import choose_sample
+from multisite_nb.phases.qa.sample import choose_sample
 
 NAME = "qasample"
 

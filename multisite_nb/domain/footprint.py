@@ -6,6 +6,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from lsst.daf.butler import DataCoordinate, DimensionUniverse
+from lsst.sphgeom import Region
+
 
 @dataclass
 class Footprint:
@@ -14,7 +17,7 @@ class Footprint:
     site: str
     visit_detectors: dict[int, frozenset[int]] = field(default_factory=dict)  # every detector of each visit
     values: dict[str, set[Any]] = field(default_factory=lambda: defaultdict(set))
-    regions: list[Any] = field(default_factory=list)  # sky units, their tracts, the site's visits
+    regions: list[Region] = field(default_factory=list)  # sky units, their tracts, the site's visits
     visit_regions: dict[int, Any] = field(default_factory=dict)
     visit_weight: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # overlaps with the units
     visit_tract: dict[int, int] = field(default_factory=dict)  # the lowest of the site's tracts a visit overlaps
@@ -33,12 +36,12 @@ class Footprint:
             self._skypix[name] = ids
         return self._skypix[name]
 
-    def admits(self, data_id: Any) -> bool:
+    def admits(self, data_id: DataCoordinate) -> bool:
         """Whether a dataset with this data ID is one the site needs."""
         mapping = dict(data_id.mapping) if data_id.hasFull() else dict(data_id.required)
         return self.admits_mapping(mapping, data_id.universe)
 
-    def admits_mapping(self, mapping: dict[str, Any], universe: Any) -> bool:
+    def admits_mapping(self, mapping: dict[str, Any], universe: DimensionUniverse) -> bool:
         """:meth:`admits` for a data ID already turned into a dict (dimension name -> value)."""
         instrument = mapping.get("instrument")  # IDs of exposures, visits, detectors are per instrument
         if instrument is not None and instrument not in self.values.get("instrument", ()):

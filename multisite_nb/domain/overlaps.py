@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from lsst.sphgeom import Region
 
 __all__ = ["PatchBoxes", "boxes_of", "detector_hits"]
 
@@ -30,7 +31,7 @@ _SLACK = 1e-12  # boxes that touch are candidates; the exact test decides
 _FEW_PATCHES = 4  # up to this many pairs a visit, every detector is tested against each
 
 
-def boxes_of(regions: Sequence[Any]) -> np.ndarray:
+def boxes_of(regions: Sequence[Region]) -> np.ndarray:
     """The 3-D bounding boxes of sphgeom regions as an (N, 6) array: x, y, z lower bounds, then upper."""
     out = np.empty((len(regions), 6))
     for i, region in enumerate(regions):

@@ -27,6 +27,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from lsst.pipe.base.pipeline_graph import PipelineGraph
+
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.plan import PlacementPlan
 
@@ -115,7 +117,7 @@ def visit_owners(weights: Mapping[str, Mapping[int, int]], order: Sequence[str])
     return {v: _first(w, order, w) for v, w in sorted(by_visit.items())}
 
 
-def whole_tract_tasks(campaign: Campaign, graph: Any) -> list[tuple[str, str, str]]:
+def whole_tract_tasks(campaign: Campaign, graph: PipelineGraph) -> list[tuple[str, str, str]]:
     """(stage, step, task) of every site-stage task working on whole tracts (quantum: tract, no finer)."""
     subsets = graph.task_subsets
     out = []
@@ -131,7 +133,7 @@ def whole_tract_tasks(campaign: Campaign, graph: Any) -> list[tuple[str, str, st
     return out
 
 
-def refusals(campaign: Campaign, graph: Any) -> list[str]:
+def refusals(campaign: Campaign, graph: PipelineGraph) -> list[str]:
     """Why the campaign cannot be consistent (empty: it can): tasks of site stages over split tracts.
 
     Parameters

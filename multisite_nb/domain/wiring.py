@@ -99,7 +99,7 @@ class Wiring:
         return [c.as_row() for c in self.crossings]
 
 
-def derive_wiring(graph: Any, stages: Sequence[Stage]) -> Wiring:
+def derive_wiring(graph: PipelineGraph, stages: Sequence[Stage]) -> Wiring:
     """Derive the crossings of a stage plan over a pipeline graph.
 
     Parameters

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from lsst.daf.butler import Butler
 
 from multisite_nb.adapters.files import adler32_many
 from multisite_nb.adapters.results import finish_phase, save_table
@@ -142,7 +143,7 @@ class _ButlerLayer:
 
     def __init__(self, report: SiteReport, repo: str, stack: ExitStack, db_auth: str | None = None) -> None:
         self.report, self.repo = report, repo
-        self.butler: Any = None
+        self.butler: Butler | None = None
         self.found: dict[tuple[str, str], np.ndarray] = {}
         self.absent: list[tuple[str, str, str, str]] = []  # id, lfn, dataset type, run
         try:
@@ -165,7 +166,7 @@ class _ButlerLayer:
         ids = self.found.get(key)
         if ids is None:
             raw = b""
-            if dataset_type in self.known_types and run in self.known_runs:
+            if self.butler is not None and dataset_type in self.known_types and run in self.known_runs:
                 with self.butler.query() as query:
                     raw = b"".join(
                         ref.id.bytes for ref in query.datasets(dataset_type, collections=[run], find_first=False)

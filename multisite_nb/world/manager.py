@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multisite_nb.adapters.butler.repo import registry_credentials
 from multisite_nb.adapters.files import atomic_write_text
@@ -31,6 +31,10 @@ from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import ConfigError
 from multisite_nb.domain.params import load_campaign
 from multisite_nb.world.spec import DEFAULT_SPEC, SkySpec, load_spec
+
+if TYPE_CHECKING:  # the services' modules load when a world uses them (`import multisite_nb` stays light)
+    from multisite_nb.world.postgres import PostgresServer
+    from multisite_nb.world.rucio_server import RucioServer
 
 __all__ = ["DATABASES", "World", "default_world_dir", "world_env", "world_secrets"]
 
@@ -124,7 +128,7 @@ class World:
 
     # -- parts ----------------------------------------------------------------------
     @property
-    def rucio(self):  # -> RucioServer (imported lazily: keeps `import multisite_nb` light)
+    def rucio(self) -> RucioServer:
         from multisite_nb.world.rucio_server import RucioServer
 
         rses = {self.campaign.site(s).rse: Path(self.rse_root(s)) for s in self.campaign.all_sites}
@@ -136,7 +140,7 @@ class World:
         return RucioServer(self.root / "rucio", rses, [self.campaign.scope], database=database)
 
     @property
-    def postgres(self):  # -> PostgresServer | None
+    def postgres(self) -> PostgresServer | None:
         """The world's PostgreSQL server, or None on SQLite."""
         if self.db != "postgresql":
             return None
@@ -268,7 +272,8 @@ class World:
     # -- state --------------------------------------------------------------------------
     def _read_state(self) -> dict[str, Any]:
         if self.state_file.exists():
-            return json.loads(self.state_file.read_text())
+            state: dict[str, Any] = json.loads(self.state_file.read_text())
+            return state
         return {}
 
     def _write_state(self, state: dict[str, Any]) -> None:

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lsst.daf.butler import Butler, DatasetRef
+
 from multisite_nb.adapters.files import adler32_of
 from multisite_nb.domain.errors import PlanError
 from multisite_nb.domain.plan import PlannedFile, json_value
 
 
 def describe_file(
-    butler: Any, ref: Any, sites: list[str], roots: list[Path] | None = None, path: Path | None = None
+    butler: Butler, ref: DatasetRef, sites: list[str], roots: list[Path] | None = None, path: Path | None = None
 ) -> PlannedFile:
     """A dataset as a file to ship: LFN relative to its datastore root, size, adler32.
 
@@ -43,7 +45,7 @@ def describe_file(
     )
 
 
-def describe_files(butler: Any, refs: Sequence[Any], sites: list[str]) -> list[PlannedFile]:
+def describe_files(butler: Butler, refs: Sequence[DatasetRef], sites: list[str]) -> list[PlannedFile]:
     """Datasets as files to ship, from the datastore's records read in bulk (a page at a time).
 
     The LFN (relative to its datastore root) and size come from the records: no file is opened and
@@ -80,7 +82,7 @@ PAGE = 20_000  # datasets per registry page and per datastore-records call
 
 
 def ref_pages(
-    butler: Any, dataset_type: str, inputs: list[str], where: str = "", bind: dict[str, Any] | None = None
+    butler: Butler, dataset_type: str, inputs: list[str], where: str = "", bind: dict[str, Any] | None = None
 ) -> Iterator[list[Any]]:
     """Every dataset of a type in the input collections, once each, in pages of at most ``PAGE``.
 
@@ -128,7 +130,7 @@ class _IdRef:
     id: Any
 
 
-def _datastore_rows(butler: Any, ids: list[Any]) -> Iterator[tuple[str, Any, str, int | None]]:
+def _datastore_rows(butler: Butler, ids: list[Any]) -> Iterator[tuple[str, Any, str, int | None]]:
     """(datastore name, dataset id, path, size) of each stored file of ``ids``, read in bulk.
 
     A file datastore's record rows are read as they are (``_export_rows``: the rows its documented
@@ -151,7 +153,7 @@ def _datastore_rows(butler: Any, ids: list[Any]) -> Iterator[tuple[str, Any, str
 
 
 def file_records(
-    butler: Any, refs: list[tuple[Any, Any]], roots_by_name: dict[str, Path]
+    butler: Butler, refs: list[tuple[Any, Any]], roots_by_name: dict[str, Path]
 ) -> dict[Any, tuple[str, int]]:
     """Each dataset's file as (path relative to its datastore root, size), from the datastore's records.
 

@@ -125,7 +125,7 @@ def import_dimension_records(butler: Butler, path: Path) -> int | None:
     return None
 
 
-def export_records(butler: Any, values: Mapping[str, set[Any]], path: Path) -> int:
+def export_records(butler: Butler, values: Mapping[str, set[Any]], path: Path) -> int:
     """Export every dimension record a set of data-ID values needs (:func:`records_needed`) to a
     YAML file. Returns the number of records written."""
     from multisite_nb.adapters.butler.dimensions import export_dimension_records
@@ -133,7 +133,7 @@ def export_records(butler: Any, values: Mapping[str, set[Any]], path: Path) -> i
     return export_dimension_records(butler, records_needed(butler, values), path)
 
 
-def records_needed(butler: Any, values: Mapping[str, set[Any]]) -> dict[str, list[Any]]:
+def records_needed(butler: Butler, values: Mapping[str, set[Any]]) -> dict[str, list[Any]]:
     """Every dimension record a set of data-ID values needs, by element name.
 
     An element is exported when all its required dimensions have values (or are governors
@@ -173,7 +173,7 @@ def records_needed(butler: Any, values: Mapping[str, set[Any]]) -> dict[str, lis
     return chosen
 
 
-def _add_implied(butler: Any, values: dict[str, set[Any]]) -> None:
+def _add_implied(butler: Butler, values: dict[str, set[Any]]) -> None:
     """Add the values of the dimensions ``values``' dimensions imply (exposure -> physical_filter,
     day_obs, group), until nothing new comes."""
     universe = butler.dimensions
@@ -195,7 +195,9 @@ def _add_implied(butler: Any, values: dict[str, set[Any]]) -> None:
                     todo.append(imp.name)
 
 
-def _records(butler: Any, element: str, constrained: Mapping[str, set[Any]], values: Mapping[str, set[Any]]):
+def _records(
+    butler: Butler, element: str, constrained: Mapping[str, set[Any]], values: Mapping[str, set[Any]]
+) -> list[DimensionRecord]:
     """Records of ``element`` whose required values are all in ``constrained``.
 
     Governor dimensions (instrument, skymap) must be constrained by equality, so the query
@@ -224,7 +226,7 @@ def _records(butler: Any, element: str, constrained: Mapping[str, set[Any]], val
     return out
 
 
-def _required(butler: Any, element: str) -> set[str]:
+def _required(butler: Butler, element: str) -> set[str]:
     return {d.name for d in butler.dimensions[element].required}
 
 
@@ -233,7 +235,7 @@ def _content_name(path: Path) -> str:
 
 
 def export_records_file(
-    butler: Any, values: Mapping[str, set[Any]], staging: Path, name: str, root: Path
+    butler: Butler, values: Mapping[str, set[Any]], staging: Path, name: str, root: Path
 ) -> str | None:
     """Export the records ``values`` need to ``staging/<name>.<content hash>.yaml``; returns its path
     relative to ``root`` (the LFN), or None when there is no record to export."""

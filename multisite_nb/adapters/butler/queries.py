@@ -78,7 +78,7 @@ def has_data_ids(butler: Butler, dimensions: Sequence[str], where: str, rows: It
         return query.where(where).data_ids(list(dimensions)).any(exact=True)
 
 
-def records_of(butler: Any, element: str, key: str, ids: Iterable[int], instrument: str) -> Any:
+def records_of(butler: Butler, element: str, key: str, ids: Iterable[int], instrument: str) -> Any:
     """Dimension records of ``element`` whose ``key`` is one of ``ids`` (bound, not spelled out)."""
     return butler.query_dimension_records(
         element, where=f"{key} IN (ids)", bind={"ids": sorted(ids)}, instrument=instrument, limit=None, explain=False

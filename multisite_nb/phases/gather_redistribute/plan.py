@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lsst.daf.butler import Butler
 
 from multisite_nb.adapters.butler.datastore import describe_files
 from multisite_nb.adapters.butler.repo import open_site_butler
@@ -103,7 +104,7 @@ class GatherPlan:
         return rows
 
 
-def _pages(butler: Any, dataset_type: str, collections: Sequence[str]) -> Iterator[list[Any]]:
+def _pages(butler: Butler, dataset_type: str, collections: Sequence[str]) -> Iterator[list[Any]]:
     """The datasets of a type the collections find first, in streamed pages of at most ``PAGE``."""
     from lsst.daf.butler import MissingDatasetTypeError
 

@@ -11,6 +11,8 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
+from lsst.daf.butler import Butler
+
 from multisite_nb.adapters.butler.queries import records_of
 from multisite_nb.domain.config import Campaign, SkyUnit
 from multisite_nb.domain.errors import PlanError
@@ -25,7 +27,7 @@ _VisitHits = tuple[int, list[int], dict[str, Any], dict[int, list[tuple[int, lis
 
 
 def visit_hits(
-    butler: Any,
+    butler: Butler,
     units: list[tuple[int, int | None]],
     skymap: str,
     instrument: str,
@@ -89,7 +91,7 @@ _Overlaps = tuple[dict[int, tuple[dict[str, Any], dict[int, int]]], dict[int, li
 
 
 def _unit_overlaps(
-    butler: Any,
+    butler: Butler,
     units: list[tuple[int, int | None]],
     skymap: str,
     instrument: str,
@@ -126,7 +128,7 @@ def _overlaps_job(
         return _unit_overlaps(butler, units, skymap, instrument, regions)
 
 
-def site_footprint(butler: Any, campaign: Campaign, site: str, overlaps: _Overlaps | None = None) -> Footprint:
+def site_footprint(butler: Butler, campaign: Campaign, site: str, overlaps: _Overlaps | None = None) -> Footprint:
     """Spatially query the registry for everything a site's sky units overlap.
 
     ``overlaps``: the visits the units meet and their detectors (:func:`_unit_overlaps`),
@@ -192,7 +194,7 @@ _VISIT_CHUNK = 2_000  # visits whose detector regions are held at once
 PARALLEL_MIN_UNITS = 500  # sky units (all sites) from which footprints are found by worker processes
 
 
-def footprints(butler: Any, campaign: Campaign, workers: Workers | None = None) -> dict[str, Footprint]:
+def footprints(butler: Butler, campaign: Campaign, workers: Workers | None = None) -> dict[str, Footprint]:
     """Each remote site's :class:`Footprint`.
 
     With ``workers`` and many units, the spatial part (which visits and detectors overlap which
@@ -229,7 +231,7 @@ def footprints(butler: Any, campaign: Campaign, workers: Workers | None = None) 
     return {s: site_footprint(butler, campaign, s, overlaps=(met[s], detectors[s])) for s in campaign.remote_sites}
 
 
-def check_sky_units(campaign: Campaign, butler: Any) -> None:
+def check_sky_units(campaign: Campaign, butler: Butler) -> None:
     """Every sky unit of the campaign must exist in the central registry's sky map.
 
     Raises

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lsst.daf.butler import Butler, DatasetRef
+
 from multisite_nb.adapters.butler.datastore import file_records
 from multisite_nb.adapters.tables import FileTableWriter
 from multisite_nb.domain.footprint import Footprint
@@ -22,8 +24,8 @@ def tract_of(mapping: dict[str, Any], fp: Footprint) -> int | None:
 
 
 def plan_page(
-    butler: Any,
-    refs: list[Any],
+    butler: Butler,
+    refs: list[DatasetRef],
     footprints: dict[str, Footprint],
     roots: dict[str, Path],
     writer: FileTableWriter,

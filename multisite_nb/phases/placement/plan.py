@@ -20,12 +20,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lsst.daf.butler import Butler
+
 from multisite_nb.adapters.butler.datastore import ref_pages
 from multisite_nb.adapters.tables import FileTableWriter
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import PlanError
 from multisite_nb.domain.ownership import visit_owners
 from multisite_nb.domain.plan import Certification, PlacementPlan
+from multisite_nb.domain.wiring import Wiring
 from multisite_nb.phases.placement.footprints import check_sky_units, footprints
 from multisite_nb.phases.placement.pages import plan_page
 from multisite_nb.phases.placement.shards import run_shards, shards_for
@@ -34,7 +37,13 @@ from multisite_nb.phases.placement.workers import Workers, default_workers
 __all__ = ["plan_placement"]
 
 
-def _chains(butler: Any, names: Iterable[str]) -> dict[str, list[str]]:
+def _isot(bound: object) -> str | None:
+    """A validity range's bound as ISOT text (an astropy time), None when it is open."""
+    isot = getattr(bound, "isot", None)
+    return str(isot) if isot is not None else None
+
+
+def _chains(butler: Butler, names: Iterable[str]) -> dict[str, list[str]]:
     from lsst.daf.butler import CollectionType
 
     out: dict[str, list[str]] = {}
@@ -50,8 +59,8 @@ def _chains(butler: Any, names: Iterable[str]) -> dict[str, list[str]]:
 
 def plan_placement(
     campaign: Campaign,
-    butler: Any = None,
-    wiring: Any = None,
+    butler: Butler | None = None,
+    wiring: Wiring | None = None,
     *,
     folder: Path | None = None,
     workers: int | None = None,
@@ -89,7 +98,7 @@ def plan_placement(
     scratch = folder is None
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="msnb-plan-"))
     own = butler is None
-    if own:
+    if butler is None:
         butler = open_site_butler(campaign, campaign.central)
     pool = Workers(workers)
     try:
@@ -164,8 +173,8 @@ def plan_placement(
                             Certification(
                                 id=str(assoc.ref.id),
                                 collection=assoc.collection,
-                                begin=ts.begin.isot if ts.begin is not None else None,
-                                end=ts.end.isot if ts.end is not None else None,
+                                begin=_isot(ts.begin),
+                                end=_isot(ts.end),
                                 dataset_type=placed[0],
                                 sites=placed[1],
                             )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
 
+from lsst.daf.butler import Butler
 from pydantic import BaseModel, Field
 
 from multisite_nb.adapters.butler.repo import open_site_butler
@@ -36,7 +36,7 @@ def one_sky(groups: Sequence[UnitGroup], campaign: Campaign, fraction: float = 0
 def suggest_assignment(
     campaign: Campaign,
     units: Iterable[SkyUnit] | None = None,
-    butler: Any = None,
+    butler: Butler | None = None,
     *,
     keep_tracts_whole: bool | None = None,
 ) -> list[UnitGroup]:
@@ -70,7 +70,7 @@ def suggest_assignment(
     cfg = campaign.config
     units = list(units) if units is not None else [u for s in campaign.remote_sites for u in campaign.sky_units(s)]
     own = butler is None
-    if own:
+    if butler is None:
         butler = open_site_butler(campaign, campaign.central)
     try:
         # one query for every unit (uploaded as data IDs); each row goes to the unit holding its patch

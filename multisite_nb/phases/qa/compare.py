@@ -8,6 +8,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from lsst.daf.butler import Butler, DatasetRef
+
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.naming import reference_chain
 from multisite_nb.domain.ownership import Ownership
@@ -33,7 +35,7 @@ def _is_global(data_id: Mapping[str, Any]) -> bool:
     return set(data_id) <= GOVERNORS
 
 
-def _key(ref: Any) -> tuple[str, tuple[tuple[str, Any], ...]]:
+def _key(ref: DatasetRef) -> tuple[str, tuple[tuple[str, Any], ...]]:
     return ref.datasetType.name, tuple(sorted(dict(ref.dataId.required).items()))
 
 
@@ -88,7 +90,7 @@ class _Cells:
 
 
 def _rule_ids(
-    butler: Any,
+    butler: Butler,
     campaign: Campaign,
     site: str,
     dimensions: Sequence[str],
@@ -166,7 +168,7 @@ def evaluate(
             {} if ownership is not None else {s: site_footprint(central, campaign, s) for s in campaign.remote_sites}
         )
 
-        def owned(site: str, data_id: dict[str, Any], ref: Any = None) -> bool:
+        def owned(site: str, data_id: dict[str, Any], ref: DatasetRef | None = None) -> bool:
             if ownership is not None:
                 return ownership.owner(data_id) == site
             return footprints[site].admits(ref.dataId) if ref is not None else False
@@ -189,7 +191,7 @@ def evaluate(
                             rule[site][cells.cell(dt, data_id)] += 1
 
         def tally(
-            butler: Any, collections: list[str], site: str
+            butler: Butler, collections: list[str], site: str
         ) -> tuple[Counter[tuple[str, str, str]], dict[Any, Any], int]:
             """Products owned by ``site`` in ``collections``: counts off the sample, refs on it, globals."""
             counts: Counter[tuple[str, str, str]] = Counter()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from lsst.daf.butler import Butler
 
 from multisite_nb.domain.config import Campaign, SkyUnit
 from multisite_nb.domain.qa import SampleRow
@@ -55,7 +56,7 @@ def choose_sample(
 
 
 def boundary_units(
-    butler: Any, campaign: Campaign, boundary_visits: Mapping[int, Sequence[str]]
+    butler: Butler, campaign: Campaign, boundary_visits: Mapping[int, Sequence[str]]
 ) -> dict[str, set[UnitKey]]:
     """Per site, its units overlapped by a boundary visit (a visit placed at more than one site).
 
@@ -149,7 +150,7 @@ def _whole_tracts(campaign: Campaign, keys: Iterable[UnitKey]) -> list[SkyUnit]:
 
 
 def plan_sample(
-    campaign: Campaign, butler: Any, boundary_visits: Mapping[int, Sequence[str]] | None = None
+    campaign: Campaign, butler: Butler, boundary_visits: Mapping[int, Sequence[str]] | None = None
 ) -> QASample:
     """Choose the sample and find its reach in the central registry (queries bound by the sample's size).
 

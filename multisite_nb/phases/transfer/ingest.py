@@ -9,10 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lsst.daf.butler import Butler, DimensionUniverse
+
 from multisite_nb.adapters.rucio.ops import RucioOps
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import PlanError
-from multisite_nb.domain.plan import PlannedFile
+from multisite_nb.domain.plan import PlacementPlan, PlannedFile
 from multisite_nb.domain.records import ShipmentOutcome
 from multisite_nb.phases.transfer.shipment import Shipment, rse_root
 
@@ -20,7 +22,7 @@ INGEST_PART = 10_000  # files ingested per Butler transaction (and held in memor
 
 
 def ingest_shipment(
-    campaign: Campaign, ops: RucioOps, dest_butler: Any, shipment: Shipment, outcome: ShipmentOutcome
+    campaign: Campaign, ops: RucioOps, dest_butler: Butler, shipment: Shipment, outcome: ShipmentOutcome
 ) -> None:
     """Import the records, then ingest the arrived files in place with the planned UUIDs.
 
@@ -74,7 +76,7 @@ def ingest_shipment(
 
 
 def _dataset_types(
-    ops: RucioOps, universe: Any, files: Sequence[PlannedFile], shipment: Shipment
+    ops: RucioOps, universe: DimensionUniverse, files: Sequence[PlannedFile], shipment: Shipment
 ) -> dict[tuple[str, str], Any]:
     """The dataset type of each (dataset type name, RUN) among ``files``, from the Rucio sidecar of
     one of its files (what the source Butler registered), checked against the plan.
@@ -105,7 +107,7 @@ def _dataset_types(
     return out
 
 
-def _present(butler: Any, files: Sequence[PlannedFile], shipment: Shipment) -> set[str]:
+def _present(butler: Butler, files: Sequence[PlannedFile], shipment: Shipment) -> set[str]:
     """Ids of ``files`` the Butler holds already, each checked to be the planned dataset (type and RUN)."""
     planned = {f.id: f for f in files}
     found = butler.get_many_datasets(list(planned))
@@ -119,7 +121,7 @@ def _present(butler: Any, files: Sequence[PlannedFile], shipment: Shipment) -> s
     return {str(r.id) for r in found}
 
 
-def apply_collections(butler: Any, plan: Any, site: str) -> dict[str, int]:
+def apply_collections(butler: Butler, plan: PlacementPlan, site: str) -> dict[str, int]:
     """Re-make at a site the calibration validity ranges and the input chains of the plan."""
     from astropy.time import Time
     from lsst.daf.butler import CollectionType, Timespan

@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from lsst.daf.butler import Butler
 from lsst.rucio.register.data_type import DataType
 from lsst.rucio.register.rubin_meta import RubinMeta
 
@@ -34,7 +35,7 @@ from multisite_nb.phases.transfer.shipment import Shipment, rse_root, values_of
 SIDECAR_QUERY_FILES = 5_000  # files per sidecar query: bounds each bound IN list of data-ID values
 
 
-def sidecar_refs(butler: Any, files: Iterable[PlannedFile]) -> dict[str, Any]:
+def sidecar_refs(butler: Butler, files: Iterable[PlannedFile]) -> dict[str, Any]:
     """The expanded ``DatasetRef`` (with dimension records) of each planned file, by dataset id.
 
     One registry query per (dataset type, RUN collection, governor values) rather than one per
@@ -55,7 +56,7 @@ def sidecar_refs(butler: Any, files: Iterable[PlannedFile]) -> dict[str, Any]:
 
 
 def _expanded_refs(
-    butler: Any, dataset_type: str, run: str, governors: dict[str, Any], group: Sequence[PlannedFile]
+    butler: Butler, dataset_type: str, run: str, governors: dict[str, Any], group: Sequence[PlannedFile]
 ) -> Iterator[tuple[str, Any]]:
     """(id, expanded ref) of the files of ``group`` found in ``run``: one query, each data-ID
     dimension bound to the group's values."""
@@ -99,7 +100,7 @@ def _fill_checksums(root: Path, files: Sequence[PlannedFile]) -> None:
 
 
 def register_shipment(
-    campaign: Campaign, ops: RucioOps, source_butler: Any, shipment: Shipment, outcome: ShipmentOutcome
+    campaign: Campaign, ops: RucioOps, source_butler: Butler, shipment: Shipment, outcome: ShipmentOutcome
 ) -> None:
     """Register the records files and the data files at the source RSE, attach them, and make the
     records' rule. The data files' rules (at the destination, and the pin at the source) are
@@ -175,7 +176,7 @@ def register_shipment(
 
 
 def _part_dids(
-    source_butler: Any,
+    source_butler: Butler,
     shipment: Shipment,
     src_root: Path,
     files: Sequence[PlannedFile],

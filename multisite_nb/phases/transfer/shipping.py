@@ -20,7 +20,7 @@ twice. Placement, gather and redistribution are all shipments.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from multisite_nb.adapters.butler.repo import open_site_butler
 from multisite_nb.adapters.rucio.ops import RucioOps
@@ -28,6 +28,7 @@ from multisite_nb.adapters.tables import site_source
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import MsnbError
 from multisite_nb.domain.naming import placement_dataset
+from multisite_nb.domain.plan import PlacementPlan
 from multisite_nb.domain.records import RuleRecord, RuleState, ShipmentOutcome
 from multisite_nb.phases.transfer.ingest import apply_collections, ingest_shipment
 from multisite_nb.phases.transfer.register import register_shipment
@@ -48,7 +49,7 @@ __all__ = ["Shipment", "ShipmentOutcome", "ingest_shipment", "register_shipment"
 
 def place_data(
     campaign: Campaign,
-    plan: Any,
+    plan: PlacementPlan,
     *,
     progress: bool = True,
     timeout_s: float = 900,
