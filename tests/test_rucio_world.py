@@ -288,7 +288,7 @@ def test_transient_database_errors_are_retried_then_raised() -> None:
     """PostgreSQL's NOWAIT row locks fail a bulk write while a daemon holds the rows: retried."""
     from rucio.common.exception import DatabaseException, Duplicate
 
-    from multisite_nb.adapters.rucio.ops import _transient_retry
+    from multisite_nb.adapters.rucio.calls import transient_retry
 
     calls: list[int] = []
 
@@ -298,7 +298,7 @@ def test_transient_database_errors_are_retried_then_raised() -> None:
             raise DatabaseException("could not obtain lock on row in relation replicas")
         return "done"
 
-    assert _transient_retry(flaky, first_wait_s=0) == "done" and len(calls) == 3
+    assert transient_retry(flaky, first_wait_s=0) == "done" and len(calls) == 3
 
     def locked() -> None:
         calls.append(1)
@@ -306,7 +306,7 @@ def test_transient_database_errors_are_retried_then_raised() -> None:
 
     calls.clear()
     with pytest.raises(DatabaseException) as raised:  # a lock that outlives the retries is the caller's error
-        _transient_retry(locked, tries=2, first_wait_s=0)
+        transient_retry(locked, tries=2, first_wait_s=0)
     assert len(calls) == 2
     assert raised.value.__notes__ == ["the server refused it 2 times over 0 s (a lock, or not transient)"]
 
@@ -316,5 +316,5 @@ def test_transient_database_errors_are_retried_then_raised() -> None:
 
     calls.clear()
     with pytest.raises(Duplicate):  # not transient: no retry
-        _transient_retry(duplicate, first_wait_s=0)
+        transient_retry(duplicate, first_wait_s=0)
     assert len(calls) == 1

@@ -26,6 +26,7 @@ from lsst.daf.butler import Butler, CollectionType, MissingCollectionError
 from multisite_nb.adapters.butler.repo import open_site_butler
 from multisite_nb.adapters.rucio.ops import RucioOps
 from multisite_nb.domain.config import Campaign
+from multisite_nb.domain.errors import PlanError
 from multisite_nb.domain.naming import lock_collection, owner_collection, placement_dataset
 
 if TYPE_CHECKING:
@@ -114,8 +115,6 @@ def preflight(campaign: Campaign, dataset_types: Iterable[DatasetType]) -> list[
 
 def claim(campaign: Campaign, site: str) -> None:
     """Put the campaign's owner marker at ``site`` (idempotent; refuses another campaign's prefix)."""
-    from multisite_nb.domain.errors import PlanError
-
     with open_site_butler(campaign, site, writeable=True) as butler:
         problems = _ownership(campaign, site, butler)
         if problems:

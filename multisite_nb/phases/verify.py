@@ -26,12 +26,13 @@ import numpy as np
 import pandas as pd
 from lsst.daf.butler import Butler
 
+from multisite_nb.adapters.butler.repo import open_butler
 from multisite_nb.adapters.files import adler32_many
 from multisite_nb.adapters.results import finish_phase, save_table
 from multisite_nb.adapters.rucio.ops import RucioOps
 from multisite_nb.adapters.tables import FileColumns, FileTableSource, load_plan, site_source
 from multisite_nb.domain.config import Campaign
-from multisite_nb.domain.naming import plan_path
+from multisite_nb.domain.naming import placement_dataset, plan_path
 from multisite_nb.domain.plan import PlacementPlan, PlannedFile
 from multisite_nb.domain.records import RuleState
 from multisite_nb.domain.results import PhaseResult, utcnow
@@ -147,8 +148,6 @@ class _ButlerLayer:
         self.found: dict[tuple[str, str], np.ndarray] = {}
         self.absent: list[tuple[str, str, str, str]] = []  # id, lfn, dataset type, run
         try:
-            from multisite_nb.adapters.butler.repo import open_butler
-
             self.butler = stack.enter_context(open_butler(repo, db_auth=db_auth))
             self.known_types = {t.name for t in self.butler.registry.queryDatasetTypes()}
             self.known_runs = set(self.butler.collections.query("*"))
@@ -287,8 +286,6 @@ def verify_placement(
     campaign: Campaign, plan: PlacementPlan, *, checksums: bool = True, sites: Sequence[str] | None = None
 ) -> list[SiteReport]:
     """Phase 3 for the placement of phase 1/2 (``sites``: only these remote sites)."""
-    from multisite_nb.domain.naming import placement_dataset
-
     groups = [(s, placement_dataset(campaign, s), site_source(plan, s)) for s in (sites or campaign.remote_sites)]
     return verify_shipments(campaign, groups, checksums=checksums)
 

@@ -68,6 +68,7 @@ from multisite_nb.domain.summaries import PhaseSummary
 from multisite_nb.phases.registry import PhaseUse, get, parse
 from multisite_nb.run.folder import stop_orphans
 from multisite_nb.run.secrets import Finding, contains_secret, known_secrets_from_rucio_config, scan_for_secrets
+from multisite_nb.views.report import render_index
 
 __all__ = ["ChainOutcome", "find_notebook", "run_chain"]
 
@@ -200,8 +201,6 @@ def _supersede(run_dir: Path, phase: str, notebook: str | None = None) -> None:
 
 
 def _render_index(run_dir: Path) -> Path:
-    from multisite_nb.views.report import render_index
-
     return render_index(run_dir)
 
 

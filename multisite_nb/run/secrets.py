@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from multisite_nb.adapters.rucio.ops import token_cache_dir
+from multisite_nb.adapters.rucio.config import token_cache_dir
 
 __all__ = [
     "CREDENTIAL_PATTERNS",

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from multisite_nb.adapters.butler.repo import open_site_butler
 from multisite_nb.adapters.tables import load_plan
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import ConfigError
@@ -138,8 +139,6 @@ def plot_sky(
     ConfigError
         If ``axes`` does not hold one axis per tract.
     """
-    from multisite_nb.adapters.butler.repo import open_site_butler
-
     tracts = _tracts(campaign)
     n = sky_panels(campaign)
     if axes is None:

@@ -49,7 +49,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from multisite_nb.adapters.butler.repo import count_datasets, open_butler
 from multisite_nb.adapters.results import load_run_record, results_dir, run_state
+from multisite_nb.adapters.rucio.ops import RucioOps
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.naming import campaign_dataset
 from multisite_nb.domain.records import RuleRecord, RuleState, StepRecord, StepState
@@ -228,8 +230,6 @@ def _targets(expression: str, rse: str) -> bool:
 
 def _rucio_rules(campaign: Campaign) -> tuple[RucioOps, list[RuleRecord]]:
     """The campaign's Rucio (its client's error logging silenced) and the campaign's rules in its scope."""
-    from multisite_nb.adapters.rucio.ops import RucioOps
-
     ops = RucioOps.for_campaign(campaign, quiet=True)
     return ops, [r for r in ops.list_rules() if campaign_dataset(campaign, r.name)]
 
@@ -267,8 +267,6 @@ def _transfers(rse: str, ops: RucioOps, rules: list[RuleRecord]) -> Transfers:
 
 def _butler_health(repo: str, db_auth: str | None = None) -> ButlerHealth:
     """Open the repository read-only; count the datasets in its RUN collections."""
-    from multisite_nb.adapters.butler.repo import count_datasets, open_butler
-
     t0 = time.monotonic()
     try:
         with open_butler(repo, db_auth=db_auth) as butler:

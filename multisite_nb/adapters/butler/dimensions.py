@@ -128,8 +128,6 @@ def import_dimension_records(butler: Butler, path: Path) -> int | None:
 def export_records(butler: Butler, values: Mapping[str, set[Any]], path: Path) -> int:
     """Export every dimension record a set of data-ID values needs (:func:`records_needed`) to a
     YAML file. Returns the number of records written."""
-    from multisite_nb.adapters.butler.dimensions import export_dimension_records
-
     return export_dimension_records(butler, records_needed(butler, values), path)
 
 

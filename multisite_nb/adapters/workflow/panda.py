@@ -22,6 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from multisite_nb.adapters.workflow import child_env
+from multisite_nb.adapters.workflow.submitfile import write_submit_file
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import WorkflowError
 from multisite_nb.domain.steps import StepRun
@@ -92,9 +94,6 @@ def prepare_panda(
     WorkflowError
         With the end of the log when BPS could not prepare it.
     """
-    from multisite_nb.adapters.workflow import child_env
-    from multisite_nb.adapters.workflow.submitfile import write_submit_file
-
     out = Path(out_dir).resolve()
     submit = write_submit_file(campaign, step_run, out / "submit.yaml", "bps-panda", submit_path=out / "submit")
     result, log = out / "tasks.json", out / "prepare.log"

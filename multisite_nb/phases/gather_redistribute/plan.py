@@ -43,6 +43,7 @@ from multisite_nb.domain.records import ShipmentOutcome
 from multisite_nb.phases.placement.footprints import footprints
 from multisite_nb.phases.transfer.shipment import Shipment
 from multisite_nb.phases.transfer.shipping import run_shipments
+from multisite_nb.phases.verify import verify_shipments
 
 __all__ = [
     "Collision",
@@ -204,8 +205,6 @@ def plan_gather(
     table a page at a time: memory does not grow with the number of files. ``folder``: where the
     tables go (``<folder>/files``; default a temporary folder, removed with the plan).
     """
-    from multisite_nb.adapters.butler.repo import open_site_butler
-
     remote = list(sites or campaign.remote_sites)
     plan = GatherPlan(kind="gather")
     names = {site: shipment_dataset(campaign, label, site) for site in remote}
@@ -295,8 +294,6 @@ def ship_and_verify(
     campaign: Campaign, plan: GatherPlan, *, progress: bool = True
 ) -> tuple[list[ShipmentOutcome], list[Any]]:
     """Move a gather/redistribution plan with Rucio, ingest, then reconcile every shipment."""
-    from multisite_nb.phases.verify import verify_shipments
-
     shipments = [s for s in plan.shipments if len(s.files)]
     outcomes = run_shipments(campaign, shipments, progress=progress, log=lambda m: None)
     ok = {o.name for o in outcomes if not o.error}

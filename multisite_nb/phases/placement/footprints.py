@@ -13,9 +13,10 @@ from typing import Any
 
 from lsst.daf.butler import Butler
 
-from multisite_nb.adapters.butler.queries import records_of
+from multisite_nb.adapters.butler.queries import records_of, unit_data_ids, unit_records
+from multisite_nb.adapters.butler.repo import open_butler
 from multisite_nb.domain.config import Campaign, SkyUnit
-from multisite_nb.domain.errors import PlanError
+from multisite_nb.domain.errors import ConfigError, PlanError
 from multisite_nb.domain.footprint import Footprint
 from multisite_nb.domain.overlaps import PatchBoxes, detector_hits
 from multisite_nb.phases.placement.workers import Workers
@@ -53,8 +54,6 @@ def visit_hits(
         one detector meets. A visit no detector of which meets a unit patch is not yielded.
         Detector regions are read a chunk of visits at a time and let go.
     """
-    from multisite_nb.adapters.butler.queries import unit_data_ids
-
     boxes = PatchBoxes(patch_regions)
     patches_of: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for key in patch_regions:
@@ -120,9 +119,6 @@ def _overlaps_job(
     repo: str, db_auth: str | None, units: list[tuple[int, int | None]], skymap: str, instrument: str
 ) -> _Overlaps:
     """:func:`_unit_overlaps` of some of a site's units, in a worker process with its own Butler."""
-    from multisite_nb.adapters.butler.queries import unit_records
-    from multisite_nb.adapters.butler.repo import open_butler
-
     with open_butler(repo, db_auth=db_auth) as butler:
         regions = {(r.tract, r.id): r.region for r in unit_records(butler, units, skymap, "patch")}
         return _unit_overlaps(butler, units, skymap, instrument, regions)
@@ -134,8 +130,6 @@ def site_footprint(butler: Butler, campaign: Campaign, site: str, overlaps: _Ove
     ``overlaps``: the visits the units meet and their detectors (:func:`_unit_overlaps`),
     if already found (by worker processes, see :func:`footprints`).
     """
-    from multisite_nb.adapters.butler.queries import unit_records
-
     cfg = campaign.config
     units = [(u.tract, u.patch) for u in campaign.sky_units(site)]
     fp = Footprint(site)
@@ -239,8 +233,6 @@ def check_sky_units(campaign: Campaign, butler: Butler) -> None:
     ConfigError
         Naming the campaign file, the key (``sites.<SITE>.sky_units[i]``) and the unit.
     """
-    from multisite_nb.domain.errors import ConfigError
-
     skymap = campaign.config.skymap
     if not butler.query_dimension_records("skymap", where=f"skymap = '{skymap}'", limit=None, explain=False):
         raise ConfigError(f"{campaign.path}: key 'skymap': {skymap!r} is not in the central repository")

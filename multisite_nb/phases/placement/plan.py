@@ -23,12 +23,13 @@ from typing import Any
 from lsst.daf.butler import Butler
 
 from multisite_nb.adapters.butler.datastore import ref_pages
+from multisite_nb.adapters.butler.repo import open_site_butler
 from multisite_nb.adapters.tables import FileTableWriter
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import PlanError
 from multisite_nb.domain.ownership import visit_owners
 from multisite_nb.domain.plan import Certification, PlacementPlan
-from multisite_nb.domain.wiring import Wiring
+from multisite_nb.domain.wiring import Wiring, derive_wiring, load_pipeline_graph
 from multisite_nb.phases.placement.footprints import check_sky_units, footprints
 from multisite_nb.phases.placement.pages import plan_page
 from multisite_nb.phases.placement.shards import run_shards, shards_for
@@ -89,9 +90,6 @@ def plan_placement(
     import tempfile
 
     from lsst.daf.butler import CollectionType
-
-    from multisite_nb.adapters.butler.repo import open_site_butler
-    from multisite_nb.domain.wiring import derive_wiring, load_pipeline_graph
 
     if workers is None:
         workers = default_workers()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from multisite_nb.adapters.butler.datastore import ref_pages
+from multisite_nb.adapters.butler.repo import open_butler
 from multisite_nb.adapters.tables import FileTableWriter
 from multisite_nb.domain.errors import PlanError
 from multisite_nb.domain.footprint import Footprint
@@ -62,8 +63,6 @@ def shards_for(
 
 def _plan_shard(shard: Shard, folder: Path) -> tuple[Path, PlanSummary, dict[str, tuple[str, list[str]]]]:
     """Plan one shard in this (worker) process into its own tables: (tables, their summary, calibrations)."""
-    from multisite_nb.adapters.butler.repo import open_butler
-
     writer = FileTableWriter(folder, list(shard.footprints))
     calibs: dict[str, tuple[str, list[str]]] = {}
     try:

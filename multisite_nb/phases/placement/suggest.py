@@ -8,8 +8,11 @@ from collections.abc import Iterable, Sequence
 from lsst.daf.butler import Butler
 from pydantic import BaseModel, Field
 
+from multisite_nb.adapters.butler.queries import unit_records
 from multisite_nb.adapters.butler.repo import open_site_butler
 from multisite_nb.domain.config import Campaign, SkyUnit
+from multisite_nb.domain.ownership import whole_tract_tasks
+from multisite_nb.domain.wiring import load_pipeline_graph
 from multisite_nb.phases.placement.footprints import visit_hits
 
 __all__ = ["Suggestion", "UnitGroup", "one_sky", "suggest", "suggest_assignment"]
@@ -61,9 +64,6 @@ def suggest_assignment(
     keep_tracts_whole
         Default: whether the campaign's stage plan has such a task.
     """
-    from multisite_nb.domain.ownership import whole_tract_tasks
-    from multisite_nb.domain.wiring import load_pipeline_graph
-
     if keep_tracts_whole is None:
         keep_tracts_whole = bool(whole_tract_tasks(campaign, load_pipeline_graph(campaign.pipeline_path)))
 
@@ -74,7 +74,6 @@ def suggest_assignment(
         butler = open_site_butler(campaign, campaign.central)
     try:
         # one query for every unit (uploaded as data IDs); each row goes to the unit holding its patch
-        from multisite_nb.adapters.butler.queries import unit_records
 
         keys = {u.key for u in units}
         patch_regions = {(r.tract, r.id): r.region for r in unit_records(butler, list(keys), cfg.skymap, "patch")}

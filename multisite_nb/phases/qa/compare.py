@@ -10,11 +10,15 @@ from typing import Any
 
 from lsst.daf.butler import Butler, DatasetRef
 
+from multisite_nb.adapters.butler.queries import unit_data_ids
+from multisite_nb.adapters.butler.repo import open_site_butler
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.naming import reference_chain
 from multisite_nb.domain.ownership import Ownership
 from multisite_nb.domain.qa import Completeness, Mismatch, QAReport, SiteMetrics, UnitCompleteness
 from multisite_nb.domain.queries import GOVERNORS
+from multisite_nb.phases.gather_redistribute.plan import site_chain
+from multisite_nb.phases.placement.footprints import site_footprint
 from multisite_nb.phases.qa.sample import QASample
 
 __all__ = ["QAReport", "QASample", "evaluate"]
@@ -99,8 +103,6 @@ def _rule_ids(
     exposures: Mapping[int, Sequence[int]],
 ) -> Iterable[Any]:
     """The rule's data IDs of ``dimensions`` at ``site`` (streamed; the caller keeps counts)."""
-    from multisite_nb.adapters.butler.queries import unit_data_ids
-
     cfg = campaign.config
     dims = set(dimensions)
     if "visit" in dims:
@@ -145,10 +147,6 @@ def evaluate(
     visits
         Per site, the visits placed there (placement plan); needed by the rule off the sample.
     """
-    from multisite_nb.adapters.butler.repo import open_site_butler
-    from multisite_nb.phases.gather_redistribute.plan import site_chain
-    from multisite_nb.phases.placement.footprints import site_footprint
-
     report = QAReport()
     cells = _Cells(campaign, sample, ownership.exposures if ownership is not None else {})
     if sample is not None:

@@ -7,6 +7,7 @@ import os
 from multisite_nb.domain.config import Campaign, SkyUnit
 from multisite_nb.domain.naming import step_run_collection
 from multisite_nb.domain.records import StepRecord
+from multisite_nb.domain.wiring import load_pipeline_graph
 from multisite_nb.phases.qa.sample import QASample
 from multisite_nb.phases.submit.selection import reference_step_run
 from multisite_nb.phases.submit.stage import run_steps
@@ -17,8 +18,6 @@ _LOCAL = {"tract", "patch", "visit", "exposure", "detector"}
 
 def _global_steps(campaign: Campaign) -> list[str]:
     """Central steps holding a task whose quanta have no sky or observation dimension."""
-    from multisite_nb.domain.wiring import load_pipeline_graph
-
     graph = load_pipeline_graph(campaign.pipeline_path, resolve=False)
     return [
         step

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from lsst.daf.butler import Butler
 
+from multisite_nb.adapters.butler.queries import unit_data_ids
 from multisite_nb.domain.config import Campaign, SkyUnit
 from multisite_nb.domain.qa import SampleRow
 
@@ -62,8 +63,6 @@ def boundary_units(
 
     One registry query per site that has boundary visits, the visits bound as a list.
     """
-    from multisite_nb.adapters.butler.queries import unit_data_ids
-
     cfg = campaign.config
     out: dict[str, set[UnitKey]] = {s: set() for s in campaign.remote_sites}
     for site in campaign.remote_sites:
@@ -163,8 +162,6 @@ def plan_sample(
     boundary_visits
         Visit -> the sites it is placed at, for the visits placed at more than one (placement plan).
     """
-    from multisite_nb.adapters.butler.queries import unit_data_ids
-
     cfg = campaign.config
     boundary = boundary_units(butler, campaign, boundary_visits or {})
     chosen = choose_sample(campaign, boundary)

@@ -11,6 +11,7 @@ from typing import Any
 
 from lsst.daf.butler import Butler, DimensionUniverse
 
+from multisite_nb.adapters.butler.dimensions import import_dimension_records
 from multisite_nb.adapters.rucio.ops import RucioOps
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import PlanError
@@ -32,8 +33,6 @@ def ingest_shipment(
     """
     from lsst.daf.butler import CollectionType, DataCoordinate, DatasetRef, FileDataset
     from lsst.daf.butler.registry import ConflictingDefinitionError
-
-    from multisite_nb.adapters.butler.dimensions import import_dimension_records
 
     root = Path(rse_root(campaign, shipment.dest))
     t0 = time.monotonic()

@@ -22,6 +22,7 @@ from lsst.rucio.register.data_type import DataType
 from lsst.rucio.register.rubin_meta import RubinMeta
 
 from multisite_nb.adapters.butler.dimensions import export_records_file
+from multisite_nb.adapters.files import adler32_many, adler32_of
 from multisite_nb.adapters.rucio.ops import FileDid, RucioOps
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import PlanError
@@ -92,8 +93,6 @@ def _fill_checksums(root: Path, files: Sequence[PlannedFile]) -> None:
     """Adler-32 of the files that have none yet (the plan takes sizes from the datastore records but
     reads no file), read at the source RSE. Only files Rucio does not know yet get here: Rucio needs
     a checksum to register a replica."""
-    from multisite_nb.adapters.files import adler32_many
-
     todo = [f for f in files if not f.adler32]
     for f, value in zip(todo, adler32_many([root / f.lfn for f in todo]), strict=True):
         f.adler32 = value
@@ -105,8 +104,6 @@ def register_shipment(
     """Register the records files and the data files at the source RSE, attach them, and make the
     records' rule. The data files' rules (at the destination, and the pin at the source) are
     :func:`create_data_rule` and :func:`pin_source`'s."""
-    from multisite_nb.adapters.files import adler32_of
-
     src = campaign.site(shipment.source)
     dest = campaign.site(shipment.dest)
     src_root = Path(rse_root(campaign, shipment.source))

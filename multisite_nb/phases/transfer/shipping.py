@@ -30,6 +30,7 @@ from multisite_nb.domain.errors import MsnbError
 from multisite_nb.domain.naming import placement_dataset
 from multisite_nb.domain.plan import PlacementPlan
 from multisite_nb.domain.records import RuleRecord, RuleState, ShipmentOutcome
+from multisite_nb.phases.collisions import claim
 from multisite_nb.phases.transfer.ingest import apply_collections, ingest_shipment
 from multisite_nb.phases.transfer.register import register_shipment
 from multisite_nb.phases.transfer.rules import create_data_rule, pin_source, smallest_first, watch_rules
@@ -65,9 +66,6 @@ def place_data(
     sites
         Only these remote sites (default: all).
     """
-    from multisite_nb.adapters.butler.repo import open_site_butler
-    from multisite_nb.phases.collisions import claim
-
     claim(campaign, campaign.central)  # the campaign acts here from now on: its output prefix is its own
     refused: list[ShipmentOutcome] = []
     ready = []
