@@ -1,11 +1,16 @@
 # The two commands a newcomer needs (see README.md). Both set up what they need on first use.
-.PHONY: campaign test test-postgresql setup setup-test lock lint notebooks world-up world-down clean-world
+.PHONY: campaign test test-unit test-world test-postgresql setup setup-test lock lint notebooks world-up world-down clean-world
 
 campaign: setup            ## set up, bring the world up, run the whole 3x3 campaign
 	.venv/bin/multisite-nb campaign
 
-test: setup-test lint      ## set up, lint and type-check, then run the whole test suite (what CI runs)
-	.venv/bin/python -m pytest
+test: setup-test lint test-unit test-world  ## set up, lint and type-check, then both tiers (what CI runs)
+
+test-unit: setup           ## the fast tier: no world (parameter files, domain, registries, views, the chain)
+	.venv/bin/python -m pytest tests/unit
+
+test-world: setup-test     ## the world tier: against the embedded world the session starts (then PostgreSQL)
+	.venv/bin/python -m pytest tests --ignore=tests/unit
 	$(MAKE) test-postgresql
 
 test-postgresql: setup-test  ## the phase 1-3 tests and the neighbours campaign, on PostgreSQL worlds

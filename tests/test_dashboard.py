@@ -27,19 +27,16 @@ from multisite_nb import phases
 from multisite_nb.adapters.results import record_result
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.params import load_campaign, repo_root
-from multisite_nb.domain.records import StepRecord, StepState
+from multisite_nb.domain.records import StepRecord
 from multisite_nb.domain.results import PhaseResult
 from multisite_nb.run.folder import new_run
 from multisite_nb.views.dashboard import (
     Dashboard,
     history_file,
-    is_batch,
     read_history,
-    resolve_auto_refresh,
-    resolve_run_dir,
 )
 from multisite_nb.views.html import card_html, snapshot_html
-from multisite_nb.views.status import CampaignStatus, collect, read_steps
+from multisite_nb.views.status import CampaignStatus, collect
 
 pytestmark = [pytest.mark.world, pytest.mark.timeout(240)]
 
@@ -177,73 +174,6 @@ def run_dir(world, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --------------------------------------------------------------------------- pure rules
-
-
-def test_batch_or_live_rule() -> None:
-    assert is_batch({}) is True  # papermill, nbval, nbconvert: nothing set
-    assert is_batch({"VOILA_BASE_URL": "/"}) is False
-    assert is_batch({"SERVER_SOFTWARE": "voila/0.5.13"}) is False
-    assert is_batch({"JPY_SESSION_NAME": "/home/x/00_dashboard.ipynb"}) is False  # JupyterLab / Notebook
-    assert is_batch({"JPY_SESSION_NAME": "x", "MSNB_DASHBOARD_MODE": "batch"}) is True
-    assert is_batch({"MSNB_DASHBOARD_MODE": "live"}) is False
-
-
-def test_run_dir_and_refresh_resolution(tmp_path: Path, campaign: Campaign) -> None:
-    runs = tmp_path / "runs"
-    assert resolve_run_dir(campaign, "", {}, runs) is None
-    older = runs / campaign.name / "20260101T000000Z-aaaaaa"
-    newer = runs / campaign.name / "20260102T000000Z-bbbbbb"
-    for p in (older, newer):
-        (p / "results").mkdir(parents=True)
-    (runs / campaign.name / "not-a-run").mkdir()  # no results/, no run.json: ignored
-    assert resolve_run_dir(campaign, "", {}, runs) == newer
-    assert resolve_run_dir(campaign, str(older), {"MSNB_RUN_DIR": str(newer)}, runs) == older
-    assert resolve_run_dir(campaign, "", {"MSNB_RUN_DIR": str(older)}, runs) == older
-    assert resolve_run_dir(campaign, "", {"QUERY_STRING": f"run={older.name}"}, runs) == older
-    assert resolve_run_dir(campaign, "", {"QUERY_STRING": "run=../../etc"}, runs) == newer  # only run ids
-    assert resolve_auto_refresh(0, {}) == 0
-    assert resolve_auto_refresh(15, {"MSNB_AUTO_REFRESH_S": "99"}) == 15
-    assert resolve_auto_refresh(0, {"MSNB_AUTO_REFRESH_S": "30"}) == 30
-    assert resolve_auto_refresh("", {"QUERY_STRING": "refresh=20&run=x"}) == 20
-    assert resolve_auto_refresh(0.1, {}) == 2.0  # never a busy loop
-
-
-def test_step_records_are_read_as_written_and_anything_else_is_named() -> None:
-    """``summary.steps.<SITE>.<step>`` is a StepRecord dump; an entry that is not one is reported, not guessed at."""
-    failed = step(
-        "RAL",
-        "step1",
-        state="failed",
-        total=13,
-        succeeded=12,
-        failed=1,
-        failures=[{"task": "isr", "data_id": {"exposure": 903334, "detector": 42}, "cause": "ValueError: bad"}],
-    )
-    results = {
-        "submit_early": PhaseResult(
-            phase="submit_early",
-            passed=False,
-            reason="RAL step1 failed",
-            summary={
-                "steps": {
-                    "RAL": {"step1": failed},
-                    "LANCS": {"step1": {"state": "done", "succeeded": 4}},  # an old free-form entry
-                    "IN2P3": {"step1": step("RAL", "step1")},
-                }
-            },
-        )
-    }  # a record filed under the wrong key
-    steps, problems = read_steps(results)
-    assert steps == {"RAL": {"step1": StepRecord.model_validate(failed)}}  # as written, nothing derived
-    rec = steps["RAL"]["step1"]
-    assert (rec.state, rec.succeeded, rec.failed, rec.total) == (StepState.FAILED, 12, 1, 13)
-    assert str(rec.first_failure) == "isr exposure=903334, detector=42: ValueError: bad"
-    by_site = {p.site: p for p in problems}
-    assert set(by_site) == {"LANCS", "IN2P3"}
-    lancs = by_site["LANCS"]
-    assert lancs.message == "results/submit_early.json: summary.steps.LANCS.step1 is not a step record"
-    assert "state: Input should be" in (lancs.cause or "") and "site: Field required" in (lancs.cause or "")
-    assert "record of RAL step1" in (by_site["IN2P3"].cause or "")
 
 
 # --------------------------------------------------------------------------- on the world

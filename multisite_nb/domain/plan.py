@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from multisite_nb.domain.errors import PlanError
 
@@ -56,28 +56,34 @@ class Certification(BaseModel):
     sites: list[str] = Field(default_factory=list, description="the sites the calibration is placed at")
 
 
-class SiteCounts(BaseModel):
-    """A site's share of the plan."""
+class _Counts(BaseModel):
+    """Files, bytes and files shared with other sites, counted while the plan's tables were written."""
+
+    model_config = ConfigDict(extra="forbid")
 
     files: int = 0
     bytes: int = 0
     shared_files: int = 0
+
+
+class SiteCounts(_Counts):
+    """A site's share of the plan."""
+
     by_type: dict[str, int] = Field(default_factory=dict)
     runs: list[str] = Field(default_factory=list, description="the RUN collections its files are in")
 
 
-class TractCounts(BaseModel):
+class TractCounts(_Counts):
     """A site's files serving one tract (all dataset types), for the per-tract views."""
 
     site: str
     tract: int
-    files: int = 0
-    bytes: int = 0
-    shared_files: int = 0
 
 
 class PlanSummary(BaseModel):
     """What the plan's table holds, counted once while writing it."""
+
+    model_config = ConfigDict(extra="forbid")
 
     sites: dict[str, SiteCounts] = Field(default_factory=dict)
     tracts: list[TractCounts] = Field(default_factory=list)
@@ -161,4 +167,5 @@ class PlacementPlan(BaseModel):
 
     def tract_rows(self) -> list[dict[str, Any]]:
         """Per site and tract: files, bytes, shared files (the per-tract summary the views read)."""
-        return [t.model_dump() for t in self.summary.tracts]
+        keys = {"site", "tract"}
+        return [{"site": t.site, "tract": t.tract, **t.model_dump(exclude=keys)} for t in self.summary.tracts]

@@ -15,14 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = [
-    "QuantumFailure",
-    "RuleRecord",
-    "RuleState",
-    "ShipmentOutcome",
-    "StepRecord",
-    "StepState",
-]
+__all__ = ["QuantumFailure", "RuleRecord", "RuleState", "ShipmentOutcome", "StepRecord", "StepState"]
 
 _MAX_TEXT = 500
 RUCIO_DELETE_GRACE = timedelta(hours=1)  # a deleted rule expires this long after the delete

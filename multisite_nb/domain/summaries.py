@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from multisite_nb.domain.qa import SiteMetrics
-from multisite_nb.domain.records import RuleState, ShipmentOutcome, StepRecord
+from multisite_nb.domain.records import ShipmentOutcome, StepRecord
 from multisite_nb.domain.verification import SiteVerification
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "QASummary",
     "RepairAction",
     "RepairSummary",
-    "ShipmentFigures",
     "ShipmentRow",
     "SitePlacement",
     "SiteSteps",
@@ -89,38 +88,18 @@ class PlacementSummary(PhaseSummary):
 # -- transfer, gather, redistribution --------------------------------------------------------
 
 
-class ShipmentFigures(BaseModel):
-    """One shipment's rule and how many of its files were registered and ingested."""
-
-    rule: RuleState | None = None
-    rule_id: str | None = None
-    files: int = 0
-    ingested: int = 0
-    already_present: int = 0
-    seconds: dict[str, float] = Field(default_factory=dict)
-
-    @classmethod
-    def of(cls, o: ShipmentOutcome) -> ShipmentFigures:
-        return cls(
-            rule=o.state,
-            rule_id=o.rule_id,
-            files=o.registered,
-            ingested=o.ingested,
-            already_present=o.already_present,
-            seconds={k: round(v, 2) for k, v in o.seconds.items()},
-        )
-
-
 class ShipmentRow(BaseModel):
-    """One shipment as a row: where to, how many files, its rule, what was ingested, its error."""
+    """One shipment: where to, how many files, its rule, what was ingested, its error, its timings."""
 
     shipment: str
     dest: str
     files: int = 0
-    rule: str = "none"
+    rule: str = Field(default="none", description="the data rule's state (none: not made)")
+    rule_id: str | None = None
     ingested: int = 0
     already_present: int = 0
     error: str = ""
+    seconds: dict[str, float] = Field(default_factory=dict, description="by stage: records, register, rule, ...")
 
     @classmethod
     def of(cls, o: ShipmentOutcome) -> ShipmentRow:
@@ -129,14 +108,16 @@ class ShipmentRow(BaseModel):
             dest=o.dest,
             files=o.registered,
             rule=str(o.state) if o.state else "none",
+            rule_id=o.rule_id,
             ingested=o.ingested,
             already_present=o.already_present,
             error=o.error or "",
+            seconds={k: round(v, 2) for k, v in o.seconds.items()},
         )
 
 
 class TransferSummary(PhaseSummary):
-    shipments: dict[str, ShipmentFigures] = Field(default_factory=dict, description="by destination site")
+    shipments: dict[str, ShipmentRow] = Field(default_factory=dict, description="by destination site")
 
 
 # -- verification and repair ---------------------------------------------------------------

@@ -6,10 +6,12 @@
 * :mod:`.report` — the run page ``index.html`` and the rendered notebooks;
 * :mod:`.dashboard` — the :class:`Dashboard` (live widgets or a batch snapshot);
 * :mod:`.history` — the dashboard's transfer history;
-* :mod:`.style` — the colours and formats every figure and page shares.
+* :mod:`.style` — the colours and formats every figure and page shares;
+* :mod:`.tables` — the tables the notebooks show, shaped from the library's records.
 
-The views read records (:mod:`multisite_nb.domain.records`), results and the live systems through
-their adapters; they never import the phases or the orchestration.
+The views read the typed records and summaries of the domain, the live systems through their
+adapters, and the phases' records; they never import the run layer or the CLI. The dashboard's
+last reading is itself a phase (:func:`.dashboard.run`, the chain's last page).
 """
 
 from __future__ import annotations

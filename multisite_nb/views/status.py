@@ -86,6 +86,7 @@ __all__ = [
     "Transfers",
     "Verification",
     "collect",
+    "read_results",
     "read_steps",
     "site_state",
 ]
@@ -130,7 +131,7 @@ def _validation_reason(exc: ValidationError) -> str:
     return _short("; ".join(parts))
 
 
-def _read_results(run_dir: Path | None) -> tuple[dict[str, PhaseResult], list[StepProblem]]:
+def read_results(run_dir: Path | None) -> tuple[dict[str, PhaseResult], list[StepProblem]]:
     """Phase name → result for every readable result; and one problem per result that cannot be read.
 
     A result whose step entry is not a step record (``summary.steps.<SITE>.<step>``) is named with
@@ -397,7 +398,7 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
             else {}
         )
 
-        results, read_problems = _read_results(run)
+        results, read_problems = read_results(run)
         status.phases = results
         steps, step_problems = read_steps(results)
         step_problems = read_problems + step_problems

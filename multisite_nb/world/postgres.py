@@ -79,25 +79,14 @@ class PostgresServer:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
+        self.data = self.root / "data"
+        self.run_dir = self.root / "run"
+        #: daf_butler's credentials file for this server (what ``LSST_DB_AUTH`` points at).
+        self.db_auth_file = self.root / "db-auth.yaml"
+        self._pid_file = self.run_dir / "postgres.pid"
         self._child: subprocess.Popen[bytes] | None = None
 
-    # -- paths and facts ----------------------------------------------------------------
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def run_dir(self) -> Path:
-        return self.root / "run"
-
-    @property
-    def db_auth_file(self) -> Path:
-        """daf_butler's credentials file for this server (point ``LSST_DB_AUTH`` at it)."""
-        return self.root / "db-auth.yaml"
-
-    @property
-    def _pid_file(self) -> Path:
-        return self.run_dir / "postgres.pid"
+    # -- facts ------------------------------------------------------------------------------
 
     @property
     def _server_user(self) -> str | None:

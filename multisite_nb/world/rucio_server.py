@@ -144,22 +144,14 @@ class RucioServer:
         self.database = database
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._cached_token: tuple[str, float, int] | None = None  # token, obtained at, port
+        #: The server-side Rucio config (no secrets).
+        self.server_config = self.root / "server.cfg"
+        #: The client config: host, userpass credentials, token file inside ``root``.
+        self.client_config = self.root / "client.cfg"
+        #: Where gunicorn, the site services and the bootstrap log.
+        self.log_dir = self.root / "logs"
 
-    # -- paths -----------------------------------------------------------------------------
-    @property
-    def server_config(self) -> Path:
-        """The server-side Rucio config (no secrets)."""
-        return self.root / "server.cfg"
-
-    @property
-    def client_config(self) -> Path:
-        """The client config: host, userpass credentials, token file inside ``root``."""
-        return self.root / "client.cfg"
-
-    @property
-    def log_dir(self) -> Path:
-        """Where gunicorn, the site services and the bootstrap log."""
-        return self.root / "logs"
+    # -- the port ----------------------------------------------------------------------------
 
     @property
     def port(self) -> int | None:

@@ -1,6 +1,10 @@
-"""Executors: how a step's commands run (``pipetask``, ``bps-parsl``, ``bps-panda``), registered by name.
+"""The workflow systems: how a step's commands run (``pipetask``, ``bps-parsl``, ``bps-panda``).
 
-Only the interface is imported here; the built-in executors load on first lookup.
+Executors are registered by name through the entry points ``multisite_nb.executors`` (the
+toolkit's own in its ``pyproject.toml``); a site manifest's ``workflow.mode`` names one, or
+``bps`` for the BPS plugin its site config names. Only the interface is imported here; the
+executors load on first lookup. :mod:`.submitfile` writes BPS submit files, :mod:`.panda` builds
+a PanDA workflow offline, :mod:`.status` reads a step's quanta from its graph and the Butler.
 """
 
 from __future__ import annotations

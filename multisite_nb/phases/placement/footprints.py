@@ -8,7 +8,7 @@ there are many units.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from lsst.daf.butler import Butler
@@ -89,14 +89,8 @@ def visit_hits(
 _Overlaps = tuple[dict[int, tuple[dict[str, Any], dict[int, int]]], dict[int, list[int]]]
 
 
-def _unit_overlaps(
-    butler: Butler,
-    units: list[tuple[int, int | None]],
-    skymap: str,
-    instrument: str,
-    patch_regions: dict[tuple[int, int], Any],
-) -> _Overlaps:
-    """The visits the units meet, summed up for a footprint (:func:`visit_hits`).
+def _unit_overlaps(found: Iterable[_VisitHits]) -> _Overlaps:
+    """The visits the units meet (what :func:`visit_hits` yields), summed up for a footprint.
 
     Returns
     -------
@@ -109,7 +103,7 @@ def _unit_overlaps(
     met: dict[int, tuple[dict[str, Any], dict[int, int]]] = {}
     detectors: dict[int, list[int]] = {}
     shared: dict[tuple[int, ...], list[int]] = {}  # most visits have the same detectors: one list (pickled once)
-    for visit, dets, data_id, hits in visit_hits(butler, units, skymap, instrument, patch_regions):
+    for visit, dets, data_id, hits in found:
         met[visit] = (data_id, {t: sum(len(ds) for _, ds in ps) for t, ps in hits.items()})
         detectors[visit] = shared.setdefault(tuple(dets), dets)
     return met, detectors
@@ -121,7 +115,7 @@ def _overlaps_job(
     """:func:`_unit_overlaps` of some of a site's units, in a worker process with its own Butler."""
     with open_butler(repo, db_auth=db_auth) as butler:
         regions = {(r.tract, r.id): r.region for r in unit_records(butler, units, skymap, "patch")}
-        return _unit_overlaps(butler, units, skymap, instrument, regions)
+        return _unit_overlaps(visit_hits(butler, units, skymap, instrument, regions))
 
 
 def site_footprint(butler: Butler, campaign: Campaign, site: str, overlaps: _Overlaps | None = None) -> Footprint:
@@ -141,7 +135,7 @@ def site_footprint(butler: Butler, campaign: Campaign, site: str, overlaps: _Ove
         fp.regions.append(rec.region)
         patch_regions[(rec.tract, rec.id)] = rec.region
     if overlaps is None:
-        overlaps = _unit_overlaps(butler, units, cfg.skymap, cfg.instrument, patch_regions)
+        overlaps = _unit_overlaps(visit_hits(butler, units, cfg.skymap, cfg.instrument, patch_regions))
     met, detectors = overlaps
     for visit, (data_id, weights) in met.items():
         fp.visit_weight[visit] += sum(weights.values())

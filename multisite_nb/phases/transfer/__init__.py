@@ -18,7 +18,7 @@ from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.naming import plan_path
 from multisite_nb.domain.records import ShipmentOutcome
 from multisite_nb.domain.results import PhaseResult, utcnow
-from multisite_nb.domain.summaries import ShipmentFigures, ShipmentRow, TransferSummary
+from multisite_nb.domain.summaries import ShipmentRow, TransferSummary
 from multisite_nb.phases.spec import phase
 from multisite_nb.phases.transfer.shipping import place_data
 
@@ -33,8 +33,8 @@ def run(
     started = utcnow()
     plan = load_plan(plan_path(run_dir))
     outcomes = place_data(campaign, plan, progress=progress, timeout_s=timeout_s, log=lambda m: None)
-    rows = [ShipmentRow.of(o).model_dump() for o in outcomes]
-    table = save_table(run_dir, "transfer", "shipments", pd.DataFrame(rows))
+    rows = [ShipmentRow.of(o) for o in outcomes]
+    table = save_table(run_dir, "transfer", "shipments", pd.DataFrame([r.model_dump() for r in rows]))
     failed = [o for o in outcomes if o.error]
     passed = not failed
     reason = (
@@ -43,6 +43,6 @@ def run(
         if passed
         else "; ".join(f"{o.dest}: {o.state}: {o.error}" for o in failed)
     )
-    summary = TransferSummary(shipments={o.dest: ShipmentFigures.of(o) for o in outcomes})
+    summary = TransferSummary(shipments={r.dest: r for r in rows})
     result = finish_phase(run_dir, "transfer", passed, reason, started, summary=summary, artifacts=[str(table)])
     return result, outcomes
