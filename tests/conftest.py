@@ -50,7 +50,7 @@ def run_through_calibration(campaign: Any, run_dir: Path) -> None:
     """Phases 1-3, the sites' early stage and the central calibration, each asserted to pass."""
     from multisite_nb import phases
 
-    for phase in (phases.placement, phases.transfer, phases.verify):
+    for phase in (phases.placement.run, phases.transfer.run, phases.verify.run):
         result = phase(campaign, run_dir)[0]
         assert result.passed, (result.phase, result.reason)
     for result in (

@@ -101,6 +101,13 @@ def stuck_rule(campaign: Campaign, site: str, timeout: float = 60, dataset: str 
                 ops.client.update_replication_rule(rule_id, {"lifetime": 0})
 
 
+def write_raw_result(run_dir: Path, phase: str, summary: dict[str, object]) -> None:
+    """A result file as something other than the toolkit might have written it (its summary as given)."""
+    doc = {"phase": phase, "passed": False, "reason": "by hand", "summary": summary}
+    (run_dir / "results").mkdir(parents=True, exist_ok=True)
+    (run_dir / "results" / f"{phase}.json").write_text(json.dumps(doc))
+
+
 def step(site: str, label: str, **fields: object) -> dict[str, object]:
     """A ``summary.steps`` entry as the submission code writes it: a StepRecord dump."""
     return StepRecord(site=site, step=label, **fields).model_dump(mode="json")  # type: ignore[arg-type]
@@ -284,7 +291,6 @@ def test_steps_results_drive_busy_and_trouble(campaign: Campaign, run_dir: Path,
                         "step1": step("LANCS", "step1", state="succeeded", total=24, succeeded=24),
                         "step2a": step("LANCS", "step2a", state="succeeded", total=6, succeeded=6),
                     },
-                    "USDF": "not a mapping",
                 }
             },
         ),
@@ -295,23 +301,14 @@ def test_steps_results_drive_busy_and_trouble(campaign: Campaign, run_dir: Path,
     assert ral.state == "trouble" and ral.last_error == "step2a: 1 failed quantum"
     assert "consolidateVisitSummary" in (ral.last_error_cause or "") and "visit=903334" in ral.last_error_cause
     assert status.sites["LANCS"].state == "ok" and status.sites["LANCS"].steps["step1"].state == "succeeded"
-    assert any("summary.steps.USDF" in p for p in status.problems)
-    assert status.sites["USDF"].state == "trouble"
     # a valid record is shown as it is: its state on the chip, its quanta as written
     page = snapshot_html(status)
     assert 'data-step="step2a" data-step-state="running"' in card_html(status.sites["IN2P3"])
     assert 'data-step="step2a" data-step-state="failed"' in card_html(status.sites["RAL"]) and "5/6" in page
 
     # an entry that is not a step record puts its site in trouble, naming the file and the key
-    record_result(
-        run,
-        PhaseResult(
-            phase="submit_odd",
-            passed=False,
-            reason="by hand",
-            summary={"steps": {"LANCS": {"step2b": {"state": "done", "succeeded": 6}}}},
-        ),
-    )
+    odd = {"steps": {"LANCS": {"step2b": {"site": "LANCS", "step": "step2b", "state": "done", "succeeded": 6}}}}
+    write_raw_result(run, "submit_odd", odd)  # written by hand: no model would write it
     status = collect(campaign, run, butler=False)
     lancs = status.sites["LANCS"]
     assert lancs.state == "trouble"

@@ -42,7 +42,7 @@ def test_a_second_operator_is_refused_and_a_stale_lock_broken_only_on_request(wo
             sys.executable,
             "-c",
             (
-                "import time\nfrom multisite_nb.domain.config import load_campaign\n"
+                "import time\nfrom multisite_nb.domain.params import load_campaign\n"
                 "from multisite_nb.adapters.butler.lock import OperatorLock\n"
                 f"OperatorLock(load_campaign({str(campaign.path)!r})).acquire('elsewhere')\nprint('held', flush=True)\n"
                 "time.sleep(600)\n"

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.world, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _phases_1_3(world, run_dir: Path) -> None:
-    for phase in (phases.placement, phases.transfer, phases.verify):
+    for phase in (phases.placement.run, phases.transfer.run, phases.verify.run):
         phase(world.campaign, run_dir)
 
 

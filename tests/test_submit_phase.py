@@ -41,11 +41,12 @@ def test_a_running_step_shows_on_the_dashboard(world, tmp_path) -> None:
     from multisite_nb.adapters.results import load_result
     from multisite_nb.domain.records import StepRecord, StepState
     from multisite_nb.domain.results import utcnow
+    from multisite_nb.domain.summaries import SubmitSummary
     from multisite_nb.phases.submit.summary import InFlight
     from multisite_nb.views.status import collect
 
     run_dir = tmp_path / "run"
-    live = InFlight(run_dir, "submit_early", utcnow(), {"stage": "early"})
+    live = InFlight(run_dir, "submit_early", utcnow(), SubmitSummary(stage="early"))
     live.site("RAL")(
         {
             "step1": StepRecord(site="RAL", step="step1", state=StepState.SUCCEEDED, succeeded=24, total=24),
@@ -106,4 +107,4 @@ def test_an_interrupted_phase_stops_every_site_and_a_new_run_finishes(world, tmp
     campaign = load_campaign(path)
     result, steps = phases.submit.run(campaign, run_dir, "early")
     assert result.passed, result.reason
-    assert all(by["step1"]["attempt"] == 2 and by["step1"]["state"] == "succeeded" for by in steps.values())
+    assert all(by["step1"].attempt == 2 and by["step1"].state == "succeeded" for by in steps.values())
