@@ -28,12 +28,12 @@ facilities_manifest = "parameters/sites/facilities.yaml"  # the site manifest of
 prepare_only = False  # True: build each site's PanDA workflow offline with facilities_manifest; submit nothing
 
 # %%
-from pathlib import Path
 
 import pandas as pd
 from IPython.display import Markdown, display
 
 from multisite_nb import phases
+from multisite_nb.domain.naming import samples_dir, table_path
 from multisite_nb.domain.wiring import campaign_wiring
 from multisite_nb.phases.submit.samples import sample_submit_files
 from multisite_nb.phases.submit.summary import failures_table, steps_table
@@ -57,7 +57,7 @@ pd.DataFrame(wiring.table())
 # The same phase code writes the PanDA submit file for the real facilities (`facilities_manifest`) and the one this deployment runs; only the site manifest differs. First step of this stage at the first site, written under the run folder's `artifacts/submit/` (a step's data ID table, its visits or patches, beside its submit file):
 
 # %%
-shown = Path(run_dir) / "artifacts" / "submit" / stage
+shown = samples_dir(run_dir, stage)
 for sample in sample_submit_files(campaign, stage, shown, facilities_manifest):
     table = sample.step_run.data_id_table
     print(f"# {sample.title}: {sample.path.name}" + (f", data ID table: {table}" if table else ""))
@@ -76,7 +76,7 @@ result, steps = phases.submit.run(
     campaign, run_dir, stage, prepare_only=prepare_only, manifest=facilities_manifest if prepare_only else ""
 )
 if prepare_only:
-    display(summarize(pd.read_csv(Path(run_dir) / "artifacts" / f"submit_{stage}" / "prepared.csv"), max_rows=40))
+    display(summarize(pd.read_csv(table_path(run_dir, result.phase, "prepared")), max_rows=40))
 else:
     display(steps_table(steps))
     failures = failures_table(steps)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from multisite_nb.adapters.files import atomic_write_text, check_writable
 from multisite_nb.adapters.processes import PidRecord, live_pid
 from multisite_nb.domain.errors import StorageError
+from multisite_nb.domain.naming import table_path
 from multisite_nb.domain.results import (
     HEARTBEAT_STALE_S,
     PHASE_NAME,
@@ -163,8 +164,7 @@ def save_table(
         raise ValueError(f"phase name {phase!r} must match {PHASE_NAME.pattern}")
     if not TABLE_NAME.match(name):
         raise ValueError(f"table name {name!r} must be a plain file name")
-    filename = name if name.endswith(".csv") else f"{name}.csv"
-    target = Path(run_dir) / "artifacts" / phase / filename
+    target = table_path(run_dir, phase, name)
     atomic_write_text(target, df.to_csv(index=index))
     return target
 

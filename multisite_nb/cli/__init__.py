@@ -21,6 +21,7 @@ from multisite_nb.adapters.butler.lock import OperatorLock
 from multisite_nb.adapters.results import load_result
 from multisite_nb.domain.errors import MsnbError
 from multisite_nb.phases import cleanup as cleanup_phase
+from multisite_nb.phases import qa as qa_phase
 from multisite_nb.phases import repair as repair_phase
 from multisite_nb.phases.registry import chain_for
 from multisite_nb.run.context import WORLD_VARIABLE, campaign_env, load_for_world
@@ -189,7 +190,7 @@ def campaign_cmd(params: str, world_dir: str | None, runs_root: str | None, down
         finally:
             if down:
                 w.down(log=click.echo)
-    qa = load_result(run_dir, "qa")
+    qa = load_result(run_dir, qa_phase.run.name)
     click.echo("")
     click.echo(f"executed notebooks: {run_dir}")
     click.echo(f"run log page:       {run_dir / 'index.html'}")

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REFERENCE",
+    "artifacts_dir",
+    "dashboard_dir",
+    "samples_dir",
+    "table_path",
     "lock_collection",
     "logs_dir",
     "made_at",
@@ -116,14 +120,34 @@ def records_dataset(shipment: str) -> str:
 # -- run folder ----------------------------------------------------------------------------
 
 
+def artifacts_dir(run_dir: str | os.PathLike[str], label: str) -> Path:
+    """``<run_dir>/artifacts/<label>``: where a phase's use (``submit_early``) keeps its tables and files."""
+    return Path(run_dir) / "artifacts" / label
+
+
+def table_path(run_dir: str | os.PathLike[str], label: str, name: str) -> Path:
+    """The CSV a phase's use saved as table ``name`` (see ``adapters.results.save_table``)."""
+    return artifacts_dir(run_dir, label) / (name if name.endswith(".csv") else f"{name}.csv")
+
+
 def plan_path(run_dir: str | os.PathLike[str]) -> Path:
     """Where placement keeps its plan."""
-    return Path(run_dir) / "artifacts" / "placement" / "plan.json"
+    return artifacts_dir(run_dir, "placement") / "plan.json"
 
 
 def logs_dir(run_dir: str | os.PathLike[str]) -> Path:
     """Where step attempts keep their logs, graphs and status (``<site>/<step>/attempt-NN``)."""
-    return Path(run_dir) / "artifacts" / "logs"
+    return artifacts_dir(run_dir, "logs")
+
+
+def dashboard_dir(run_dir: str | os.PathLike[str]) -> Path:
+    """Where the dashboard keeps its snapshot page and its transfer history."""
+    return artifacts_dir(run_dir, "dashboard")
+
+
+def samples_dir(run_dir: str | os.PathLike[str], stage: str) -> Path:
+    """Where the submit notebook writes the sample submit files of a stage."""
+    return artifacts_dir(run_dir, "submit") / stage
 
 
 def reference_logs_dir(run_dir: str | os.PathLike[str]) -> Path:

@@ -27,6 +27,7 @@ from multisite_nb.domain.errors import ConfigError, StorageError
 from multisite_nb.domain.params import repo_root
 from multisite_nb.domain.results import RunRecord
 from multisite_nb.domain.summaries import PlacementSummary
+from multisite_nb.phases.placement import run as placement
 from multisite_nb.phases.registry import parse
 from multisite_nb.run.chain import ChainOutcome, run_chain
 from multisite_nb.run.context import RunContext, load_for_world
@@ -95,7 +96,7 @@ def campaign_of_run(run_dir: Path, params: str | None = None, world: str | os.Pa
         When neither names it and no ``params`` is given.
     """
     if not params:
-        placed = load_result(run_dir, "placement")
+        placed = load_result(run_dir, placement.name)
         record = load_run_record(run_dir)
         named = placed.summary.campaign_file if placed and isinstance(placed.summary, PlacementSummary) else ""
         recorded = record.parameters.get("campaign_file") if record else None

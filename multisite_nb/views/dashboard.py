@@ -47,6 +47,7 @@ from multisite_nb.adapters.files import atomic_write_text
 from multisite_nb.adapters.results import record_result
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import ConfigError
+from multisite_nb.domain.naming import dashboard_dir
 from multisite_nb.domain.params import load_campaign, repo_root
 from multisite_nb.domain.results import PhaseResult, utcnow
 from multisite_nb.domain.summaries import DashboardSummary
@@ -489,7 +490,7 @@ class Dashboard:
         if target is None:
             raise ConfigError("run_dir: no run folder to record the dashboard snapshot in")
         status = self.status or self.refresh()
-        page = target / "artifacts" / "dashboard" / "snapshot.html"
+        page = dashboard_dir(target) / "snapshot.html"
         atomic_write_text(page, snapshot_page(status, self.images(status)))
         artifacts = [str(page)]
         if (

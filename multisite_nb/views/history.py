@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import TypedDict, cast
 
+from multisite_nb.domain.naming import dashboard_dir
 from multisite_nb.views.status import CampaignStatus
 
 __all__ = ["HistoryRow", "append_history", "history_file", "history_rows", "read_history"]
@@ -38,7 +39,7 @@ class HistoryRow(TypedDict):
 
 def history_file(run_dir: str | os.PathLike[str]) -> Path:
     """``<run_dir>/artifacts/dashboard/history.jsonl``."""
-    return Path(run_dir) / "artifacts" / "dashboard" / "history.jsonl"
+    return dashboard_dir(run_dir) / "history.jsonl"
 
 
 def history_rows(status: CampaignStatus) -> list[HistoryRow]:

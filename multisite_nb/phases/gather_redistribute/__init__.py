@@ -15,7 +15,7 @@ from multisite_nb.adapters.results import finish_phase, save_table
 from multisite_nb.adapters.tables import load_plan
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import ConfigError
-from multisite_nb.domain.naming import logs_dir, plan_path, step_run_collection
+from multisite_nb.domain.naming import artifacts_dir, logs_dir, plan_path, step_run_collection
 from multisite_nb.domain.ownership import Ownership
 from multisite_nb.domain.results import PhaseResult, utcnow
 from multisite_nb.domain.summaries import GatherSummary, ShipmentRow
@@ -88,7 +88,7 @@ def run(
     label = f"gather_redistribute_{stage}"
     summary = GatherSummary(stage=stage)
     tables: dict[str, pd.DataFrame] = {}
-    shipped = Path(run_dir) / "artifacts" / label  # each shipment's file table under <kind>/files/
+    shipped = artifacts_dir(run_dir, label)  # each shipment's file table under <kind>/files/
     ownership = Ownership.of_plan(campaign, load_plan(plan_path(run_dir)))
     if stage == FINAL:
         types = validation_set or wiring.final_products

@@ -52,10 +52,11 @@ from multisite_nb.domain.qa import QAReport
 from multisite_nb.domain.results import PhaseResult, utcnow
 from multisite_nb.domain.summaries import GatherSummary, QASampleFigures, QASummary
 from multisite_nb.domain.wiring import campaign_wiring
+from multisite_nb.phases.gather_redistribute import run as gather_redistribute
 from multisite_nb.phases.qa.compare import evaluate
 from multisite_nb.phases.qa.reference import run_reference
 from multisite_nb.phases.qa.sample import plan_sample
-from multisite_nb.phases.spec import phase
+from multisite_nb.phases.spec import FINAL, phase
 from multisite_nb.phases.submit.summary import steps_verdict
 
 __all__ = ["run"]
@@ -77,7 +78,7 @@ def run(
     in the summary.
     """
     started = utcnow()
-    final = load_result(run_dir, "gather_redistribute_final")
+    final = load_result(run_dir, f"{gather_redistribute.name}_{FINAL}")  # its validation set, if it chose one
     recorded = final.summary.validation_set if final is not None and isinstance(final.summary, GatherSummary) else []
     types = validation_set or recorded or campaign_wiring(campaign).final_products
     plan = load_plan(plan_path(run_dir))
