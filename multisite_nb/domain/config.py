@@ -22,6 +22,11 @@ from multisite_nb.domain.errors import ConfigError
 
 __all__ = [
     "BPS_MODE",
+    "INT64_MAX",
+    "MAX_SKY_UNITS",
+    "Id",
+    "PositiveCount",
+    "Real",
     "EXECUTOR_ENTRY_POINTS",
     "Campaign",
     "CampaignConfig",
@@ -42,6 +47,19 @@ EXECUTOR_ENTRY_POINTS = "multisite_nb.executors"
 BPS_MODE = "bps"
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+#: The largest integer a registry column holds (SQLite and PostgreSQL ``BIGINT``).
+INT64_MAX = 2**63 - 1
+#: Sky units a campaign may give (a data release is ~8,000 tracts, the whole footprint ~15,000):
+#: counted before a range is expanded, so that a typo (``0-999999999999``) costs nothing.
+MAX_SKY_UNITS = 100_000
+
+#: A registry id (tract, patch, visit ...): a whole number, not a boolean or a text, within int64.
+Id = Annotated[int, Field(strict=True, ge=0, le=INT64_MAX)]
+#: A count of one or more, likewise strict.
+PositiveCount = Annotated[int, Field(strict=True, ge=1, le=INT64_MAX)]
+#: A real number: finite, not a boolean or a text.
+Real = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 #: A Butler collection name: path-like segments of plain characters (no quotes, no '..', not absolute).
 _COLLECTION = r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$"  # each segment starts plainly
 
@@ -53,8 +71,8 @@ class _Strict(BaseModel):
 class SkyUnit(_Strict):
     """One unit of sky a site owns: a whole tract, or one patch of a tract."""
 
-    tract: int = Field(ge=0)
-    patch: int | None = Field(default=None, ge=0)
+    tract: Id
+    patch: Id | None = None
 
     @property
     def key(self) -> tuple[int, int | None]:
@@ -88,9 +106,8 @@ class RucioAccess(_Strict):
 
     config: str | None = Field(default=None, description="rucio client cfg; None = RUCIO_CONFIG / default")
     account: str | None = None
-    max_files_per_dataset: int = Field(
+    max_files_per_dataset: PositiveCount = Field(
         default=10_000,
-        ge=1,
         description="a larger shipment becomes a container of datasets of at most this many files",
     )
 
@@ -107,10 +124,9 @@ class WorkflowSpec(_Strict):
     bps_site_config: str | None = Field(
         default=None, description="BPS config included by each submit file (wms class, site settings)"
     )
-    jobs: int = Field(default=1, ge=1, description="pipetask -j")
-    sites_at_once: int | None = Field(
+    jobs: PositiveCount = Field(default=1, description="pipetask -j")
+    sites_at_once: PositiveCount | None = Field(
         default=None,
-        ge=1,
         description="how many sites run their steps at the same time (default: all, as at the facilities)",
     )
 
@@ -156,7 +172,7 @@ class RemoteSite(_Strict):
     """
 
     sky_units: list[SkyUnit] = Field(min_length=1)
-    share: float | None = Field(default=None, gt=0, le=1, description="planned share of the work")
+    share: Real | None = Field(default=None, gt=0, le=1, description="planned share of the work")
 
     @model_validator(mode="before")
     @classmethod
@@ -168,14 +184,25 @@ class RemoteSite(_Strict):
         if not isinstance(ranges, list):
             raise ValueError("tracts: expected a list of tract ids and 'first-last' ranges")
         units = list(data.get("sky_units") or [])
+        bounds = []
         for i, item in enumerate(ranges):
-            text = str(item).strip()
+            text = str(item).strip() if isinstance(item, (int, str)) and not isinstance(item, bool) else ""
             first, _, last = text.partition("-")
             if not first.isdigit() or (last and not last.isdigit()):
                 raise ValueError(f"tracts[{i}]: {item!r} is neither a tract id nor a range 'first-last'")
             lo, hi = int(first), int(last or first)
             if hi < lo:
                 raise ValueError(f"tracts[{i}]: range {item!r} ends before it starts")
+            if hi > INT64_MAX:
+                raise ValueError(f"tracts[{i}]: {item!r} is past the largest id a registry holds ({INT64_MAX})")
+            bounds.append((lo, hi))
+        count = len(units) + sum(hi - lo + 1 for lo, hi in bounds)  # counted before anything is expanded
+        if count > MAX_SKY_UNITS:
+            raise ValueError(
+                f"tracts: {count:,} sky units, more than a campaign holds ({MAX_SKY_UNITS:,}; a data release has "
+                "~8,000 tracts): check the ranges"
+            )
+        for lo, hi in bounds:
             units += [{"tract": t} for t in range(lo, hi + 1)]
         data["sky_units"] = units
         return data
@@ -236,7 +263,7 @@ class CampaignConfig(_Strict):
     pipeline: str = Field(description="pipeline YAML, relative to this file")
     stages: list[Stage] = Field(min_length=1)
     collections: Collections = Collections()
-    rule_lifetime_days: float | None = Field(
+    rule_lifetime_days: Real | None = Field(
         default=None, description="refused: replicas ingested in place must not expire under the Butler"
     )
     activity: str = "User Subscriptions"
@@ -255,6 +282,9 @@ class CampaignConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> CampaignConfig:
+        total = sum(len(s.sky_units) for s in self.sites.values())
+        if total > MAX_SKY_UNITS:
+            raise ValueError(f"sites: {total:,} sky units in all, more than a campaign holds ({MAX_SKY_UNITS:,})")
         if self.central in self.sites:
             raise ValueError(f"sites.{self.central}: the central site is not also a remote site")
         seen: dict[tuple[int, int | None], str] = {}

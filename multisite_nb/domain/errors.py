@@ -15,6 +15,7 @@ __all__ = [
     "MsnbError",
     "PlanError",
     "PreflightError",
+    "Problem",
     "RucioError",
     "ServiceError",
     "StorageError",
@@ -26,8 +27,52 @@ class MsnbError(Exception):
     """Base of every error the toolkit raises on purpose."""
 
 
+class Problem:
+    """One thing wrong with what an operator gave: the file, the key, the value, why, and the fix.
+
+    Its text is one line: ``FILE: key 'KEY': WHY (got VALUE); FIX`` (no key: ``FILE: WHY``).
+    """
+
+    __slots__ = ("file", "fix", "key", "value", "why")
+    _UNSET = object()
+
+    def __init__(self, file: object, why: str, key: str = "", value: object = _UNSET, fix: str = "") -> None:
+        self.file, self.why, self.key, self.value, self.fix = str(file), why, key, value, fix
+
+    def __str__(self) -> str:
+        where = f"{self.file}: key '{self.key}': " if self.key else f"{self.file}: "
+        got = "" if self.value is Problem._UNSET else f" (got {_short(self.value)})"
+        return f"{where}{self.why}{got}" + (f"; {self.fix}" if self.fix else "")
+
+    def __repr__(self) -> str:
+        return f"Problem({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Problem) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class ConfigError(MsnbError, ValueError):
-    """A parameter or manifest file is wrong; the message names the file and the key."""
+    """A parameter or manifest file is wrong; the message names the file and the key.
+
+    ``problems``: every problem found (one line each in the message), when a check collected several.
+    """
+
+    def __init__(self, message: str = "", problems: Sequence[Problem] = ()) -> None:
+        self.problems = list(problems)
+        super().__init__(message or "\n".join(str(p) for p in self.problems))
+
+    @classmethod
+    def of(cls, problems: Sequence[Problem]) -> ConfigError:
+        """All of ``problems`` as one error (one line each)."""
+        return cls(problems=problems)
 
 
 class StorageError(MsnbError, OSError):

@@ -9,7 +9,7 @@ import pytest
 
 from multisite_nb.domain.params import repo_root
 from multisite_nb.domain.results import PhaseResult
-from multisite_nb.run.folder import interactive_run_dir, new_run
+from multisite_nb.run.folder import interactive_run_dir
 from multisite_nb.run.notebook import open_phase, show_gate
 
 CAMPAIGN = "parameters/campaign_3x3.yaml"
@@ -42,8 +42,9 @@ def test_a_hand_run_placement_starts_a_run_and_a_later_phase_continues_the_lates
     first = interactive_run_dir("camp", "placement", tmp_path)
     assert first.parent == (tmp_path / "camp").resolve()
     assert interactive_run_dir("camp", "verify", tmp_path) == first
-    second = new_run(tmp_path, "camp")
-    assert interactive_run_dir("camp", "qa", tmp_path) == second
+    second = tmp_path / "camp" / "29990101T000000Z-ffffff"  # a later run (run ids sort by time)
+    second.mkdir()
+    assert interactive_run_dir("camp", "qa", tmp_path) == second.resolve()
     assert interactive_run_dir("camp", "placement", tmp_path) not in (first, second)
 
 
