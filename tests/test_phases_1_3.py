@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from multisite_nb import phases
+from multisite_nb.adapters.butler.repo import open_site_butler
 from multisite_nb.adapters.results import load_result
 from multisite_nb.adapters.tables import load_plan, site_files
 from multisite_nb.domain import naming
@@ -81,9 +82,7 @@ def test_sites_hold_exactly_the_planned_raws(world, chain_run) -> None:
 def test_calibrations_and_chains_are_remade_at_sites(world, chain_run) -> None:
     text = cli(world, "butler", "query-collections", world.campaign.butler_repo("RAL"))
     assert "HSC/calib" in text and "CALIBRATION" in text and "HSC/defaults" in text
-    from lsst.daf.butler import Butler
-
-    with Butler.from_config(world.campaign.butler_repo("RAL")) as b:
+    with open_site_butler(world.campaign, "RAL") as b:
         flats = b.query_datasets(
             "flat",
             collections="HSC/defaults",
@@ -193,9 +192,7 @@ def test_files_are_registered_the_rubin_way(world, chain_run) -> None:
 
 
 def open_central(world):
-    from multisite_nb.adapters.butler.repo import open_butler
-
-    return open_butler(world.campaign.butler_repo(world.campaign.central))
+    return open_site_butler(world.campaign, world.campaign.central)
 
 
 def test_sidecars_are_looked_up_in_bulk_and_match_the_per_file_lookup(world, chain_run) -> None:
