@@ -34,14 +34,15 @@ class Problem:
     """
 
     __slots__ = ("file", "fix", "key", "value", "why")
-    _UNSET = object()
+    #: ``value`` when there is none to show.
+    UNSET: object = object()
 
-    def __init__(self, file: object, why: str, key: str = "", value: object = _UNSET, fix: str = "") -> None:
+    def __init__(self, file: object, why: str, key: str = "", value: object = UNSET, fix: str = "") -> None:
         self.file, self.why, self.key, self.value, self.fix = str(file), why, key, value, fix
 
     def __str__(self) -> str:
         where = f"{self.file}: key '{self.key}': " if self.key else f"{self.file}: "
-        got = "" if self.value is Problem._UNSET else f" (got {_short(self.value)})"
+        got = "" if self.value is Problem.UNSET else f" (got {_short(self.value)})"
         return f"{where}{self.why}{got}" + (f"; {self.fix}" if self.fix else "")
 
     def __repr__(self) -> str:

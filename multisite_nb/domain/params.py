@@ -15,13 +15,18 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from multisite_nb.domain.config import BPS_MODE, EXECUTOR_ENTRY_POINTS, Campaign, CampaignConfig, SiteManifest
-from multisite_nb.domain.errors import ConfigError
+from multisite_nb.domain.errors import ConfigError, Problem
+from multisite_nb.domain.wiring import pipeline_problems
+from multisite_nb.domain.yamlfile import MAX_DEPTH, MAX_PARAMETER_BYTES, read_yaml
 
 __all__ = [
+    "campaign_problems",
+    "manifest_problems",
+    "MAX_DEPTH",
+    "MAX_PARAMETER_BYTES",
     "executor_modes",
     "load_campaign",
     "load_manifest",
@@ -30,6 +35,7 @@ __all__ = [
     "read_yaml",
     "repo_root",
     "validation_message",
+    "validation_problems",
     "with_manifest",
 ]
 
@@ -41,59 +47,12 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing what parameter files never need and hide mistakes by.
-
-    A key given twice in one mapping (the second would silently win) and aliases (``*name``,
-    the door to "billion laughs" documents) are errors naming the line.
-    """
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.constructor.ConstructorError(
-                None, None, f"alias *{event.anchor} is not allowed in a parameter file", event.start_mark
-            )
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark, f"key {key!r} is given twice", key_node.start_mark
-                )
-            seen[key] = True
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse a parameter file (UTF-8 YAML, no duplicate keys, no aliases).
-
-    Raises
-    ------
-    ConfigError
-        Naming the file, and the line for a YAML problem.
-    """
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such parameter file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-
-
-def _expand(value: Any, env: Mapping[str, str], path: Path, where: str = "") -> Any:
-    """Expand ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
+def _expand(value: Any, env: Mapping[str, str], path: Path, problems: list[Problem], where: str = "") -> Any:
+    """Expand ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree (unset ones: problems)."""
     if isinstance(value, dict):
-        return {k: _expand(v, env, path, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        return {k: _expand(v, env, path, problems, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, env, path, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_expand(v, env, path, problems, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
@@ -102,34 +61,49 @@ def _expand(value: Any, env: Mapping[str, str], path: Path, where: str = "") -> 
                 return env[name]
             if default is not None:
                 return default
-            raise ConfigError(f"{path}: key '{where}' uses ${{{name}}}, which is not set")
+            problems.append(
+                Problem(path, f"uses ${{{name}}}, which is not set", key=where, fix=f"set {name} or give a default")
+            )
+            return m.group(0)
 
         return _VAR.sub(sub, value)
     return value
 
 
+_FIXES = {
+    "missing": "add it",
+    "extra_forbidden": "remove it, or correct its spelling",
+    "int_type": "write a whole number without quotes",
+    "float_type": "write a number without quotes",
+    "finite_number": "write a finite number",
+    "string_type": "write a text",
+    "bool_type": "write true or false",
+    "list_type": "write a list",
+    "dict_type": "write a mapping (key: value)",
+}
+
+
+def validation_problems(path: Path, exc: ValidationError) -> list[Problem]:
+    """A pydantic error as :class:`Problem` records: one per thing wrong, each naming the file and the key."""
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        kind = err["type"]
+        why = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(kind, err["msg"])
+        why = why.removeprefix("Value error, ")
+        value = err.get("input", Problem.UNSET)
+        if kind in ("missing", "extra_forbidden") or isinstance(value, (dict, list)) or not loc:
+            value = Problem.UNSET
+        fix = _FIXES.get(kind, "")
+        if isinstance(err.get("input"), bool) and kind in ("int_type", "float_type"):
+            why, fix = "a YAML boolean is not a number", "write the number (yes/no/on/off/true/false are booleans)"
+        problems.append(Problem(path, why, key=loc, value=value, fix=fix))
+    return problems
+
+
 def validation_message(path: Path, exc: ValidationError) -> str:
     """A pydantic error as one line per problem, each naming the file and the key."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        if loc == "(top level)" and msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-            lines.append(f"{path}: {msg}")
-            continue
-        if (
-            "input" in err
-            and err["type"] not in ("missing", "extra_forbidden")
-            and not isinstance(err["input"], (dict, list))
-        ):
-            msg = f"{msg} (got {err['input']!r})"
-        lines.append(f"{path}: key '{loc}': {msg.removeprefix('Value error, ')}")
-    return "\n".join(lines)
+    return "\n".join(str(p) for p in validation_problems(path, exc))
 
 
 def parameter_path(path: str | os.PathLike[str]) -> Path:
@@ -151,7 +125,7 @@ def load_model[M: BaseModel](path: Path, model: type[M], data: Any = _READ) -> M
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(validation_message(path, exc)) from None
+        raise ConfigError.of(validation_problems(path, exc)) from None
 
 
 def executor_modes() -> set[str]:
@@ -159,21 +133,71 @@ def executor_modes() -> set[str]:
     return {BPS_MODE} | {ep.name for ep in entry_points(group=EXECUTOR_ENTRY_POINTS)}
 
 
-def load_manifest(path: Path, env: Mapping[str, str] | None = None, base: Path | None = None) -> SiteManifest:
-    """Load and validate a site manifest (``${VAR}`` expanded from ``env``)."""
+def _validated[M: BaseModel](path: Path, model: type[M], data: Any, problems: list[Problem]) -> M | None:
+    if not isinstance(data, dict):
+        problems.append(Problem(path, "expected a mapping (key: value) at the top level"))
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(validation_problems(path, exc))
+        return None
+
+
+_UNREAD = object()
+
+
+def _read(path: Path, problems: list[Problem]) -> Any:
+    """The file's YAML, or ``_UNREAD`` (its problem added to ``problems``)."""
+    try:
+        return read_yaml(path)
+    except ConfigError as exc:
+        problems.extend(exc.problems or [Problem(path, str(exc).removeprefix(f"{path}: "))])
+        return _UNREAD
+
+
+def manifest_problems(
+    path: Path, env: Mapping[str, str] | None = None, base: Path | None = None
+) -> tuple[SiteManifest | None, list[Problem]]:
+    """A site manifest checked: the manifest (local paths made absolute) if it is right, and every problem found."""
     path = Path(path).resolve()
-    data = _expand(read_yaml(path), dict(os.environ if env is None else env), path)
-    manifest = load_model(path, SiteManifest, data)
+    problems: list[Problem] = []
+    data = _read(path, problems)
+    if data is _UNREAD:
+        return None, problems
+    data = _expand(data, dict(os.environ if env is None else env), path, problems)
+    manifest = _validated(path, SiteManifest, data, problems)
+    if manifest is None:
+        return None, problems
     modes = executor_modes()
     if manifest.workflow.mode not in modes:
-        raise ConfigError(
-            f"{path}: key 'workflow.mode': {manifest.workflow.mode!r} is not a registered executor "
-            f"(choices: {', '.join(sorted(modes))})"
+        problems.append(
+            Problem(
+                path,
+                "not a registered executor",
+                key="workflow.mode",
+                value=manifest.workflow.mode,
+                fix=f"choose one of {', '.join(sorted(modes))}",
+            )
         )
     bps = manifest.workflow.bps_site_config
     if bps and not (Path(bps) if Path(bps).is_absolute() else repo_root() / bps).is_file():
-        raise ConfigError(f"{path}: key 'workflow.bps_site_config': no such file {bps}")
-    return _anchored(manifest, base)
+        problems.append(Problem(path, "no such file", key="workflow.bps_site_config", value=bps))
+    return (None if problems else _anchored(manifest, base)), problems
+
+
+def load_manifest(path: Path, env: Mapping[str, str] | None = None, base: Path | None = None) -> SiteManifest:
+    """Load and validate a site manifest (``${VAR}`` expanded from ``env``).
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem, each naming the file and the key.
+    """
+    manifest, problems = manifest_problems(path, env, base)
+    if manifest is None:
+        raise ConfigError.of(problems)
+    return manifest
 
 
 def _absolute(value: str | None, base: Path | None = None) -> str | None:
@@ -207,10 +231,45 @@ def _anchored(manifest: SiteManifest, base: Path | None = None) -> SiteManifest:
     )
 
 
+def campaign_problems(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, base: Path | None = None
+) -> tuple[Campaign | None, list[Problem]]:
+    """Check a campaign file, its site manifest and its pipeline together, without touching anything.
+
+    Returns the campaign (None when anything is wrong) and every problem found, not only the first.
+    """
+    p = parameter_path(path)
+    problems: list[Problem] = []
+    data = _read(p, problems)
+    cfg = _validated(p, CampaignConfig, data, problems) if data is not _UNREAD else None
+    manifest_file = data.get("manifest") if isinstance(data, dict) else None
+    mpath = (p.parent / manifest_file).resolve() if isinstance(manifest_file, str) and manifest_file else None
+    manifest = None
+    if mpath is not None:
+        manifest, found = manifest_problems(mpath, env, base)
+        problems += found
+    if cfg is None or manifest is None or mpath is None:
+        return None, problems
+    for site in [cfg.central, *cfg.sites]:
+        if site not in manifest.sites:
+            problems.append(
+                Problem(
+                    p,
+                    f"site is not in the site manifest {mpath}",
+                    key="central" if site == cfg.central else f"sites.{site}",
+                    value=site,
+                    fix=f"choose one of {', '.join(manifest.sites)}",
+                )
+            )
+    pipe = (p.parent / cfg.pipeline).resolve()
+    problems += pipeline_problems(p, pipe, cfg.stages)
+    return (None if problems else Campaign(cfg, manifest, p, mpath)), problems
+
+
 def load_campaign(
     path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, base: Path | None = None
 ) -> Campaign:
-    """Load a campaign file and its site manifest; validate both together.
+    """Load a campaign file and its site manifest; validate both together, and the pipeline against the stages.
 
     Parameters
     ----------
@@ -225,36 +284,12 @@ def load_campaign(
     Raises
     ------
     ConfigError
-        Naming the file and the key at fault.
+        Listing every problem (``.problems``), each naming the file and the key at fault.
     """
-    p = parameter_path(path)
-    cfg = load_model(p, CampaignConfig)
-
-    mpath = (p.parent / cfg.manifest).resolve()
-    manifest = load_manifest(mpath, env, base)
-    for site in [cfg.central, *cfg.sites]:
-        if site not in manifest.sites:
-            key = "central" if site == cfg.central else f"sites.{site}"
-            raise ConfigError(
-                f"{p}: key '{key}': site {site!r} is not in the site manifest {mpath} "
-                f"(known: {', '.join(manifest.sites)})"
-            )
-    pipe = (p.parent / cfg.pipeline).resolve()
-    if not pipe.is_file():
-        raise ConfigError(f"{p}: key 'pipeline': no such file {pipe}")
-    pdata = read_yaml(pipe)
-    if isinstance(pdata, dict) and not pdata.get("imports"):  # subsets of imported pipelines are not known here
-        subsets = set(pdata.get("subsets") or {}) | {
-            s.get("label") for s in pdata.get("steps") or [] if isinstance(s, dict)
-        }
-        for i, stage in enumerate(cfg.stages):
-            for j, step in enumerate(stage.steps):
-                if step not in subsets:
-                    raise ConfigError(
-                        f"{p}: key 'stages.{i}.steps.{j}': {step!r} is not a subset of {pipe.name} "
-                        f"(it has: {', '.join(sorted(x for x in subsets if x))})"
-                    )
-    return Campaign(cfg, manifest, p, mpath)
+    campaign, problems = campaign_problems(path, env, base=base)
+    if campaign is None:
+        raise ConfigError.of(problems)
+    return campaign
 
 
 def with_manifest(campaign: Campaign, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Campaign:

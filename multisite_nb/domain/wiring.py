@@ -25,9 +25,10 @@ from lsst.pipe.base import Pipeline
 from lsst.pipe.base.pipeline_graph import PipelineGraph
 
 from multisite_nb.domain.config import Campaign, Stage
-from multisite_nb.domain.errors import ConfigError
+from multisite_nb.domain.errors import ConfigError, Problem
+from multisite_nb.domain.yamlfile import read_yaml
 
-__all__ = ["Crossing", "Wiring", "campaign_wiring", "derive_wiring", "load_pipeline_graph"]
+__all__ = ["Crossing", "Wiring", "campaign_wiring", "derive_wiring", "load_pipeline_graph", "pipeline_problems"]
 
 
 def load_pipeline_graph(path: str | Path, registry: Registry | None = None, *, resolve: bool = True) -> PipelineGraph:
@@ -166,6 +167,78 @@ def derive_wiring(graph: PipelineGraph, stages: Sequence[Stage]) -> Wiring:
     kind_order = {"place": 0, "gather": 1, "redistribute": 2, "final": 3}
     crossings.sort(key=lambda c: (order[c.stage], kind_order[c.kind], c.dataset_type))
     return Wiring(list(stages), stage_of_task, tasks_of_step, crossings)
+
+
+def _step_order_problems(campaign_file: Path, graph: PipelineGraph, stages: Sequence[Stage]) -> list[Problem]:
+    """A step listed before a step whose products it needs (within a stage or across stages)."""
+    subsets = graph.task_subsets
+    position: dict[str, tuple[int, str, str]] = {}  # task -> (order, step, key) of the first step holding it
+    order = 0
+    problems = []
+    for i, stage in enumerate(stages):
+        for j, step in enumerate(stage.steps):
+            key = f"stages.{i}.steps.{j}"
+            if step not in subsets:
+                problems.append(
+                    Problem(
+                        campaign_file,
+                        "not a subset of the pipeline",
+                        key=key,
+                        value=step,
+                        fix=f"choose from {', '.join(sorted(subsets))}",
+                    )
+                )
+                continue
+            for label in subsets[step]:
+                position.setdefault(label, (order, step, key))
+            order += 1
+    if problems:
+        return problems
+    reported: set[tuple[str, str]] = set()
+    for label, (at, step, key) in position.items():
+        for name in graph.inputs_of(label):
+            producer = graph.producer_of(name)
+            if producer is None or producer.label not in position:
+                continue
+            p_at, p_step, _ = position[producer.label]
+            if p_at > at and (step, p_step) not in reported:
+                reported.add((step, p_step))
+                problems.append(
+                    Problem(
+                        campaign_file,
+                        f"step {step!r} needs {name!r}, which step {p_step!r} makes, listed after it",
+                        key=key,
+                        value=step,
+                        fix=f"list {p_step!r} before {step!r}",
+                    )
+                )
+    return problems
+
+
+def pipeline_problems(campaign_file: Path, pipeline: Path, stages: Sequence[Stage]) -> list[Problem]:
+    """The campaign's pipeline checked as a pipeline, and its stage plan against the pipeline's graph.
+
+    The file must load as an LSST pipeline (its loader's error is reported against the campaign's
+    ``pipeline`` key), each stage's steps must be subsets of it, listed in an order its graph
+    allows, and every task must belong to a stage.
+    """
+    if not pipeline.is_file():
+        return [Problem(campaign_file, "no such pipeline file", key="pipeline", value=str(pipeline))]
+    try:
+        read_yaml(pipeline)
+        graph = load_pipeline_graph(pipeline)
+    except ConfigError as exc:
+        return [Problem(campaign_file, f"the pipeline cannot be read: {exc}", key="pipeline")]
+    except Exception as exc:  # the LSST loader raises many kinds; each is a file the operator named
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        return [Problem(campaign_file, f"{pipeline} is not a pipeline the LSST loader reads: {why}", key="pipeline")]
+    problems = _step_order_problems(campaign_file, graph, stages)
+    if not problems:
+        try:
+            derive_wiring(graph, stages)
+        except ConfigError as exc:
+            problems.append(Problem(campaign_file, str(exc), key="stages"))
+    return problems
 
 
 def campaign_wiring(campaign: Campaign) -> Wiring:

@@ -114,5 +114,7 @@ def test_executors_come_from_entry_points_and_the_manifest_mode_is_checked(tmp_p
     with pytest.raises(ConfigError) as info:
         load_campaign(tmp_path / "campaign.yaml", env=ENV)
     message = str(info.value)
-    assert message.startswith(f"{tmp_path / 'manifest.yaml'}: key 'workflow.mode': 'slurm'")
-    assert "choices: bps, bps-panda, bps-parsl, pipetask" in message
+    assert message.startswith(
+        f"{tmp_path / 'manifest.yaml'}: key 'workflow.mode': not a registered executor (got 'slurm')"
+    )
+    assert "choose one of bps, bps-panda, bps-parsl, pipetask" in message

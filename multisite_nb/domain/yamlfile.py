@@ -1,0 +1,101 @@
+"""Reading one parameter file as YAML, strictly: bounded in size and depth, no aliases, no key twice.
+
+Every parameter file the toolkit reads (campaign, site manifest, pipeline, world spec) comes
+through :func:`read_yaml`, so a bad one is refused before a tree is built, naming the file and line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from multisite_nb.domain.errors import ConfigError
+
+__all__ = ["MAX_DEPTH", "MAX_PARAMETER_BYTES", "read_yaml"]
+
+#: A parameter file larger than this is refused before it is parsed (parsing takes ~2 s a MiB;
+#: 60,000 sky units written one per line fit, and ranges, ``tracts: ["0-8000"]``, keep real files small).
+MAX_PARAMETER_BYTES = 2 * 1024 * 1024
+#: Mappings and lists nested deeper than this are refused before they are built (real files: < 6).
+MAX_DEPTH = 32
+
+_COLLECTIONS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_COLLECTION_ENDS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def _where(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+
+
+def _scan(path: Path, text: str) -> None:
+    """Refuse, from libyaml's event stream (flat, no tree built), what a parameter file never needs.
+
+    Aliases (``*name``, the door to "billion laughs" documents) and nesting deeper than
+    :data:`MAX_DEPTH` (a deep tree exhausts the stack of any recursive builder).
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(
+                f"{path}: {_where(event.start_mark)}: alias *{event.anchor} is not allowed in a parameter file; "
+                "write the value out"
+            )
+        if isinstance(event, _COLLECTIONS):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(
+                    f"{path}: {_where(event.start_mark)}: nested more than {MAX_DEPTH} levels deep; "
+                    "a parameter file needs a few"
+                )
+        elif isinstance(event, _COLLECTION_ENDS):
+            depth -= 1
+
+
+class _StrictLoader(yaml.CSafeLoader):
+    """libyaml's safe loader, refusing a key given twice in one mapping (the second would silently win)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (dict, list)):
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, "a key must be a plain value", key_node.start_mark
+                )
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a parameter file: UTF-8 YAML of at most :data:`MAX_PARAMETER_BYTES`, nested at most
+    :data:`MAX_DEPTH` levels, no duplicate keys, no aliases.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, and the line for a YAML problem.
+    """
+    if not path.is_file():
+        what = "a folder, not a parameter file" if path.is_dir() else "no such parameter file"
+        raise ConfigError(f"{path}: {what}")
+    size = path.stat().st_size
+    if size > MAX_PARAMETER_BYTES:
+        raise ConfigError(
+            f"{path}: {size:,} bytes, larger than a parameter file may be ({MAX_PARAMETER_BYTES:,}); "
+            "give sky units as tract ranges"
+        )
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    try:
+        _scan(path, text)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a CSafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
