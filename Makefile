@@ -39,5 +39,6 @@ world-up: setup
 world-down:
 	.venv/bin/multisite-nb world down
 
-clean-world: world-down
+clean-world:               ## stop the world (if any) and remove its folder
+	-.venv/bin/multisite-nb world down
 	rm -rf world

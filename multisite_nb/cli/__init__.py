@@ -10,38 +10,96 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from multisite_nb.adapters.butler.lock import OperatorLock
+from multisite_nb.adapters.files import atomic_write_text
 from multisite_nb.adapters.results import load_result
-from multisite_nb.domain.errors import MsnbError
+from multisite_nb.domain.errors import ConfigError, MsnbError, NotReadyError
 from multisite_nb.phases import cleanup as cleanup_phase
 from multisite_nb.phases import qa as qa_phase
 from multisite_nb.phases import repair as repair_phase
 from multisite_nb.phases.registry import chain_for
 from multisite_nb.run.context import WORLD_VARIABLE, campaign_env, load_for_world
 from multisite_nb.run.launch import campaign_of_run, launch, run_status
-from multisite_nb.world.manager import World, default_world_dir, world_secrets
+from multisite_nb.run.preflight import preflight
+from multisite_nb.world.manager import World, default_world_dir, has_services, is_world, world_secrets
 
 DEFAULT_PARAMS = "parameters/campaign_3x3.yaml"
 
 
+#: The exit code of a command refused for its input (a parameter file, an option, the systems it names),
+#: distinct from 1, a phase or gate that failed.
+BAD_INPUT = 2
+
+
+class BadInput(click.ClickException):
+    """Refused before anything was touched: every problem, one line each."""
+
+    exit_code = BAD_INPUT
+
+
 @contextlib.contextmanager
 def _operator_errors() -> Iterator[None]:
-    """The toolkit's errors as one line for the operator, no traceback."""
+    """The toolkit's errors as lines for the operator, no traceback (bad input: exit code 2)."""
     try:
         yield
+    except (ConfigError, NotReadyError) as exc:
+        n = len(exc.problems)
+        tail = f"\n{n} problem(s); nothing was touched" if n > 1 else ""
+        raise BadInput(f"{exc}{tail}") from None
     except MsnbError as exc:
         raise click.ClickException(str(exc)) from None
 
 
+def error_log_dir() -> Path:
+    """Where the tracebacks of unexpected errors go (``$XDG_STATE_HOME/multisite_nb/errors``)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "multisite_nb" / "errors"
+
+
+class _Main(click.Group):
+    """The command group whose last line of defence turns an unexpected error into one line and a log."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except MsnbError as exc:
+            with _operator_errors():
+                raise exc from None
+            raise  # pragma: no cover - _operator_errors always raises
+        except Exception as exc:
+            log = _save_traceback(exc)
+            what = " ".join(str(exc).split())[:300]
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {what}\n(a bug, or a case the toolkit does not name yet: "
+                f"the traceback is in {log})"
+            ) from None
+
+
+def _save_traceback(exc: BaseException) -> Path:
+    folder = error_log_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}.log"
+    text = "".join(traceback.format_exception(exc))
+    atomic_write_text(path, f"multisite-nb {' '.join(sys.argv[1:])}\n\n{text}")
+    return path
+
+
 def _world_root(dir_: str | None) -> Path:
-    return Path(dir_).resolve() if dir_ else default_world_dir()
+    root = Path(dir_).resolve() if dir_ else default_world_dir()
+    if root.exists() and not root.is_dir():
+        raise BadInput(f"--dir {root}: a file, not a folder; give the world's folder")
+    return root
 
 
 def _world(dir_: str | None, params: str, spec: str | None = None, db: str | None = None) -> World:
@@ -50,11 +108,14 @@ def _world(dir_: str | None, params: str, spec: str | None = None, db: str | Non
 
 
 def _given_world(world_dir: str | None) -> Path | None:
-    """``--world``, else the shell's ``$MSNB_WORLD``, else none (the facilities)."""
-    if world_dir:
-        return Path(world_dir).resolve()
-    env = campaign_env().get(WORLD_VARIABLE)
-    return Path(env).resolve() if env else None
+    """``--world``, else the shell's ``$MSNB_WORLD``, else none (the facilities); refused if not a world."""
+    given, option = (world_dir, "--world") if world_dir else (campaign_env().get(WORLD_VARIABLE), f"${WORLD_VARIABLE}")
+    if not given:
+        return None
+    root = Path(given).resolve()
+    if not is_world(root):
+        raise BadInput(f"{option} {root}: not a world (no world.json); bring one up with multisite-nb world up --dir")
+    return root
 
 
 world_dir_option = click.option("--dir", "dir_", default=None, help="World folder (default: $MSNB_WORLD or ./world).")
@@ -63,7 +124,7 @@ campaign_argument = click.argument("params", default=DEFAULT_PARAMS)
 world_option = click.option("--world", "world_dir", default=None, help="World folder (default: $MSNB_WORLD).")
 
 
-@click.group()
+@click.group(cls=_Main)
 def main() -> None:
     """Multisite data production toolkit: run a campaign phase by phase, or all at once."""
 
@@ -99,6 +160,9 @@ def world_up(dir_: str | None, params: str, spec: str | None, db: str | None) ->
 @params_option
 def world_down(dir_: str | None, params: str) -> None:
     """Stop every process the world started, by PID."""
+    root = _world_root(dir_)
+    if not has_services(root):
+        raise click.ClickException(f"no world in {root}: nothing to stop")
     _world(dir_, params).down(log=click.echo)
 
 
@@ -124,9 +188,29 @@ def world_status(dir_: str | None, params: str, as_json: bool) -> None:
             if s.get("butler_ok")
             else f"butler FAILED: {s.get('butler_error')}"
         )
-        click.echo(f"  {site:6s} rse {s['rse']:11s} {'known' if s['rse_known'] else 'MISSING':7s} {butler}")
+        known = ("known" if s["rse_known"] else "MISSING") if r.get("reachable") else "unknown (Rucio not reachable)"
+        click.echo(f"  {site:6s} rse {s['rse']:11s} {known:7s} {butler}")
     if not r.get("reachable") or not all(s.get("butler_ok") and s["rse_known"] for s in st["sites"].values()):
         sys.exit(1)
+
+
+@main.command("check")
+@campaign_argument
+@world_option
+@click.option("--offline", is_flag=True, help="Only the files: no Rucio, no Butler.")
+def check_cmd(params: str, world_dir: str | None, offline: bool) -> None:
+    """Is this campaign ready to run here? Every problem at once, file and key; exit 2 if any."""
+    found = preflight(params, _given_world(world_dir), online=not offline)
+    for problem in found.problems:
+        click.echo(str(problem))
+    online = "skipped" if found.online_s is None else f"{found.online_s:.1f} s"
+    timing = f"(files {found.offline_s:.1f} s, systems {online})"
+    if found.problems:
+        click.echo(f"not ready: {len(found.problems)} problem(s) {timing}; nothing was touched", err=True)
+        sys.exit(BAD_INPUT)
+    assert found.campaign is not None
+    where = "its files" if offline else f"its files and the systems of {found.campaign.manifest_path.name}"
+    click.echo(f"ready: campaign {found.campaign.name}, {where} {timing}")
 
 
 @main.command("run")

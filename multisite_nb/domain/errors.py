@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "GateError",
     "MsnbError",
+    "NotReadyError",
     "PlanError",
     "PreflightError",
     "Problem",
@@ -74,6 +75,15 @@ class ConfigError(MsnbError, ValueError):
     def of(cls, problems: Sequence[Problem]) -> ConfigError:
         """All of ``problems`` as one error (one line each)."""
         return cls(problems=problems)
+
+
+class NotReadyError(MsnbError):
+    """The systems a campaign's manifest names cannot serve it (Rucio down, an RSE unknown, a Butler
+    that does not open, an input missing): found before anything is touched, listed in ``problems``."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 class StorageError(MsnbError, OSError):

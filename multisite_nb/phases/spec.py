@@ -27,6 +27,7 @@ from multisite_nb.domain.errors import GateError
 from multisite_nb.domain.params import load_campaign
 from multisite_nb.domain.results import PHASE_NAME, PhaseResult
 from multisite_nb.domain.summaries import PhaseSummary, register_summary
+from multisite_nb.phases.readiness import check_ready
 
 __all__ = ["FINAL", "Phase", "StageKind", "as_campaign", "phase", "require_passed"]
 
@@ -109,10 +110,13 @@ class Phase:
         return bool(self.stages)
 
     def __call__(self, campaign: Campaign | str | Path, run_dir: str | Path, *args: Any, **kwargs: Any) -> Any:
-        """Check what it needs, take the lock if it acts, and run it."""
+        """Check what it needs (earlier gates; for a phase that starts a run or acts, that the campaign's
+        systems can serve it), take the lock if it acts, and run it."""
         loaded = as_campaign(campaign)
         for need in self.needs:
             require_passed(run_dir, need)
+        if self.starts_run or self.acting:
+            check_ready(loaded)
         if not self.acting:
             return self.function(loaded, run_dir, *args, **kwargs)
         with operator_lock(loaded, run_dir):

@@ -6,12 +6,13 @@ prints except through ``log``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from multisite_nb.adapters.butler.lock import chain_lock
+from multisite_nb.adapters.butler.lock import LockedError, chain_lock
 from multisite_nb.adapters.files import check_writable
 from multisite_nb.adapters.processes import live_pid
 from multisite_nb.adapters.results import (
@@ -28,6 +29,7 @@ from multisite_nb.domain.params import repo_root
 from multisite_nb.domain.results import RunRecord
 from multisite_nb.domain.summaries import PlacementSummary
 from multisite_nb.phases.placement import run as placement
+from multisite_nb.phases.readiness import check_ready
 from multisite_nb.phases.registry import parse
 from multisite_nb.run.chain import ChainOutcome, run_chain
 from multisite_nb.run.context import RunContext, load_for_world
@@ -52,6 +54,8 @@ def launch(
     ------
     ConfigError
         For a phase the campaign does not have (before any folder is made).
+    NotReadyError
+        When the campaign's systems cannot serve it (before any folder is made).
     StorageError
         For a folder that cannot hold the run, or a ``--resume`` of a folder that holds none.
     LockedError
@@ -64,15 +68,25 @@ def launch(
             raise ConfigError(f"--phases: {exc}") from None
     root = Path(runs_root) if runs_root else repo_root() / "runs"
     if resume_dir:
+        if not Path(resume_dir).is_dir():
+            raise StorageError(f"--resume: {Path(resume_dir).resolve()} is not a folder: nothing to resume")
         run_dir = check_run_folder(resume_dir)
         if not (run_dir / RUN_RECORD).is_file():
             raise StorageError(f"--resume: {run_dir} holds no {RUN_RECORD}: nothing to resume")
     else:
         check_writable(root)
+    check_ready(campaign)  # the systems can serve it, before a run folder exists
+    if not resume_dir:
         run_dir = new_run(root, campaign.name)
     log(f"run folder: {run_dir}")
     context = RunContext(campaign, run_dir, world)
-    with chain_lock(campaign, run_dir, resume=bool(resume_dir)):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(chain_lock(campaign, run_dir, resume=bool(resume_dir)))
+        except LockedError:
+            if not resume_dir and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # refused before it began: leave no empty run behind
+            raise
         outcome = run_chain(
             list(phases),
             run_dir,

@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # the services' modules load when a world uses them (`import 
     from multisite_nb.world.postgres import PostgresServer
     from multisite_nb.world.rucio_server import RucioServer
 
-__all__ = ["DATABASES", "World", "default_world_dir", "world_env", "world_secrets"]
+__all__ = ["DATABASES", "World", "default_world_dir", "has_services", "is_world", "world_env", "world_secrets"]
 
 #: The world's database back ends: SQLite files (default) or one PostgreSQL server.
 DATABASES = ("sqlite", "postgresql")
@@ -45,6 +45,16 @@ DATABASES = ("sqlite", "postgresql")
 def default_world_dir() -> Path:
     """``$MSNB_WORLD`` or ``./world``."""
     return Path(os.environ.get("MSNB_WORLD", "world")).resolve()
+
+
+def is_world(root: Path) -> bool:
+    """Whether ``root`` holds a world (its ``world.json``, written when it was first brought up)."""
+    return (Path(root) / "world.json").is_file()
+
+
+def has_services(root: Path) -> bool:
+    """Whether ``root`` holds a world's services, even one whose first ``up`` never finished."""
+    return is_world(root) or any((Path(root) / part).is_dir() for part in ("rucio", "postgres"))
 
 
 def world_secrets(root: Path) -> list[str]:
@@ -197,19 +207,44 @@ class World:
         ConfigError
             If the world was built from another spec than the one asked for, before anything starts.
         """
-        from multisite_nb.world.butler_world import create_site_repo, populate_central
-
         t0 = time.monotonic()
         spec_path, spec = self.spec()
         self.root.mkdir(parents=True, exist_ok=True)
         for site in self.campaign.all_sites:
             Path(self.rse_root(site)).mkdir(parents=True, exist_ok=True)
-        pg_started = False
-        if self.postgres is not None:
-            pg_started = self.postgres.up()
-            log(f"postgresql: {'started' if pg_started else 'already up'} ({time.monotonic() - t0:.1f} s)")
-        started = self.rucio.up() or pg_started
-        log(f"rucio: {'started' if started else 'already up'} ({time.monotonic() - t0:.1f} s)")
+        pg_started = started = False
+        try:
+            if self.postgres is not None:
+                pg_started = self.postgres.up()
+                log(f"postgresql: {'started' if pg_started else 'already up'} ({time.monotonic() - t0:.1f} s)")
+            started = self.rucio.up() or pg_started
+            log(f"rucio: {'started' if started else 'already up'} ({time.monotonic() - t0:.1f} s)")
+            created, populated, state = self._build(spec_path, spec, log)
+        except BaseException:
+            if started or pg_started:  # all or nothing: what this call started does not stay up half-built
+                log("world up failed part way: stopping the services it started")
+                if started:
+                    self.rucio.down()
+                if pg_started and self.postgres is not None:
+                    self.postgres.stop()
+            raise
+        state.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
+        state["db"] = self.db
+        state["campaign_file"] = str(self.campaign.path)
+        self._write_state(state)
+        changed = started or bool(created) or not populated
+        log(
+            f"world {'up' if changed else 'was already up; nothing changed'} "
+            f"in {time.monotonic() - t0:.1f} s: {self.root}"
+        )
+        return changed
+
+    def _build(
+        self, spec_path: Path, spec: SkySpec, log: Callable[[str], None]
+    ) -> tuple[list[str], object, dict[str, Any]]:
+        """The sites' repositories (made if missing) and the central one populated (once)."""
+        from multisite_nb.world.butler_world import create_site_repo, populate_central
+
         with registry_credentials(self.campaign.db_auth):  # this process opens the sites' Butlers too
             created = []
             for site in self.campaign.all_sites:
@@ -229,16 +264,7 @@ class World:
                 state["spec_digest"] = spec.digest()
                 central = self.campaign.central
                 log(f"butler: central repo {central} populated from {spec_path.name}: {counts['datasets']}")
-        state.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
-        state["db"] = self.db
-        state["campaign_file"] = str(self.campaign.path)
-        self._write_state(state)
-        changed = started or bool(created) or not populated
-        log(
-            f"world {'up' if changed else 'was already up; nothing changed'} "
-            f"in {time.monotonic() - t0:.1f} s: {self.root}"
-        )
-        return changed
+        return created, populated, state
 
     def down(self, log: Callable[[str], None] = print) -> None:
         """Stop every process the world started (by PID). Data stay on disk."""

@@ -10,12 +10,28 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from multisite_nb.domain.params import load_model, parameter_path, repo_root
 
-__all__ = ["DEFAULT_SPEC", "BandSpec", "SkySpec", "TargetSpec", "TractGridSpec", "TractSpec", "load_spec"]
+__all__ = [
+    "DEFAULT_SPEC",
+    "INSTRUMENT_CLASS",
+    "BandSpec",
+    "SkySpec",
+    "TargetSpec",
+    "TractGridSpec",
+    "TractSpec",
+    "load_spec",
+]
+
+#: An instrument class as the instrument packages name theirs: ``lsst.obs.<package>[.<module>].<Class>``.
+INSTRUMENT_CLASS = r"^lsst\.obs\.[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.[A-Z][A-Za-z0-9_]*$"
+
+#: Two whole numbers, written as a YAML list ``[2, 2]``.
+_Pair = Annotated[tuple[Annotated[int, Field(strict=True)], Annotated[int, Field(strict=True)]], Field(strict=False)]
 
 #: The world spec `multisite-nb world up` uses unless told otherwise (relative to the checkout).
 DEFAULT_SPEC = "parameters/worlds/rehearsal_3x3.yaml"
@@ -27,7 +43,7 @@ DEFAULT_SPEC = "parameters/worlds/rehearsal_3x3.yaml"
 class TractSpec(BaseModel):
     """One tract: its id and the (RA, Dec) of its centre in degrees."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     id: int = Field(ge=0)
     ra: float
@@ -41,7 +57,7 @@ class TractGridSpec(BaseModel):
     are ``gap_deg`` apart at their edges (at the row's declination).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     ra0: float = 0.0
     dec0: float = Field(default=-10.0, ge=-70.0, le=70.0)
@@ -55,7 +71,7 @@ class TractGridSpec(BaseModel):
 class BandSpec(BaseModel):
     """A band and the instrument's physical filter for it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     band: str
     physical_filter: str
@@ -64,7 +80,7 @@ class BandSpec(BaseModel):
 class TargetSpec(BaseModel):
     """A group of patches of one tract that one site will be given (observed together)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     tract: int
     patches: list[int] = Field(min_length=1)
@@ -93,11 +109,12 @@ class SkySpec(BaseModel):
     identical regions, ids, pixel values and hashes.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     seed: int = 20250301
     instrument: str = "HSC"
-    instrument_class: str = "lsst.obs.subaru.HyperSuprimeCam"
+    instrument_class: str = Field(default="lsst.obs.subaru.HyperSuprimeCam", pattern=INSTRUMENT_CLASS)
+    """The Butler's tools import this name: only a class in an instrument package's form (``lsst.obs.…``)."""
     skymap: str = "hsc_rings_3x3"
     tracts: list[TractSpec] = Field(default_factory=_default_tracts, min_length=1)
     tract_grid: TractGridSpec | None = None
@@ -105,7 +122,7 @@ class SkySpec(BaseModel):
     patches_per_side: int = Field(default=3, ge=1, le=10)
     patch_size_deg: float = Field(default=0.2, gt=0.0, le=2.0)
     bands: list[BandSpec] = Field(default_factory=_default_bands, min_length=1)
-    detector_grid: tuple[int, int] = (2, 2)
+    detector_grid: _Pair = (2, 2)
     """Detectors per visit as (nx, ny); detector id = y * nx + x, each a tile of the focal plane."""
     targets: list[TargetSpec] = Field(default_factory=list)
     """Empty means: one target per tract, patches 3 and 4 (the middle row's west and centre)."""
@@ -120,7 +137,7 @@ class SkySpec(BaseModel):
     may reach other targets and tracts; unset, each stays inside its target (the default)."""
     first_day_obs: int = 20250301
     exposure_time: float = Field(default=30.0, gt=0.0)
-    raw_shape: tuple[int, int] = (24, 24)
+    raw_shape: _Pair = (24, 24)
     refcat: str = "ps1_pv3_3pi_20170110"
     refcat_stars_per_shard: int = Field(default=12, ge=1, le=1000)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from lsst.daf.butler import Butler, DimensionRecord
 
+from multisite_nb.adapters.butler.queries import chunked
 from multisite_nb.domain.queries import GOVERNORS
 
 
@@ -207,20 +208,24 @@ def _records(
     for i, (d, vs) in enumerate(sorted((d, vs) for d, vs in constrained.items() if d not in GOVERNORS)):
         bind[f"v{i}"] = sorted(vs)
         terms.append(f"{d} IN (v{i})")
+    # the longest id list is bound a chunk at a time (the databases' limits on bound parameters)
+    longest = max(bind, key=lambda k: len(bind[k]), default=None)
+    parts = list(chunked(bind[longest])) if longest else [[]]
     governors = sorted(g for g in GOVERNORS if g in constrained or (g in values and g in _required(butler, element)))
     combos = itertools.product(*[sorted(values.get(g) or constrained.get(g) or []) for g in governors])
     out = []
     for combo in combos:
-        out.extend(
-            butler.query_dimension_records(
-                element,
-                where=" AND ".join(terms),
-                bind=bind,
-                limit=None,
-                explain=False,
-                **dict(zip(governors, combo, strict=True)),
+        for part in parts:
+            out.extend(
+                butler.query_dimension_records(
+                    element,
+                    where=" AND ".join(terms),
+                    bind={**bind, longest: part} if longest else bind,
+                    limit=None,
+                    explain=False,
+                    **dict(zip(governors, combo, strict=True)),
+                )
             )
-        )
     return out
 
 

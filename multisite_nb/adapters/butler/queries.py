@@ -10,10 +10,22 @@ patch), one query each, whatever their number.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 from lsst.daf.butler import Butler, DataCoordinate, DimensionRecord
 from lsst.daf.butler.queries import Query
+
+#: Ids bound in one query at most: SQLite refuses more than 32,766 variables in a statement, and
+#: PostgreSQL more than 65,535 parameters; a query with more ids runs once per chunk.
+BIND_CHUNK = 10_000
+
+
+def chunked[T](values: Iterable[T], size: int = BIND_CHUNK) -> Iterator[list[T]]:
+    """``values`` in lists of at most ``size`` (for ``IN (ids)`` terms whose ids are bound)."""
+    it = iter(values)
+    while part := list(islice(it, size)):
+        yield part
 
 
 def _unit_queries(
@@ -78,8 +90,11 @@ def has_data_ids(butler: Butler, dimensions: Sequence[str], where: str, rows: It
         return query.where(where).data_ids(list(dimensions)).any(exact=True)
 
 
-def records_of(butler: Butler, element: str, key: str, ids: Iterable[int], instrument: str) -> Any:
-    """Dimension records of ``element`` whose ``key`` is one of ``ids`` (bound, not spelled out)."""
-    return butler.query_dimension_records(
-        element, where=f"{key} IN (ids)", bind={"ids": sorted(ids)}, instrument=instrument, limit=None, explain=False
-    )
+def records_of(butler: Butler, element: str, key: str, ids: Iterable[int], instrument: str) -> list[DimensionRecord]:
+    """Dimension records of ``element`` whose ``key`` is one of ``ids`` (bound, not spelled out, in chunks)."""
+    out: list[DimensionRecord] = []
+    for part in chunked(sorted(ids)):
+        out += butler.query_dimension_records(
+            element, where=f"{key} IN (ids)", bind={"ids": part}, instrument=instrument, limit=None, explain=False
+        )
+    return out

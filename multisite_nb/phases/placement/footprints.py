@@ -13,13 +13,14 @@ from typing import Any
 
 from lsst.daf.butler import Butler
 
-from multisite_nb.adapters.butler.queries import records_of, unit_data_ids, unit_records
+from multisite_nb.adapters.butler.queries import chunked, records_of, unit_data_ids, unit_records
 from multisite_nb.adapters.butler.repo import open_butler
 from multisite_nb.domain.config import Campaign, SkyUnit
 from multisite_nb.domain.errors import ConfigError, PlanError
 from multisite_nb.domain.footprint import Footprint
 from multisite_nb.domain.overlaps import PatchBoxes, detector_hits
 from multisite_nb.phases.placement.workers import Workers
+from multisite_nb.phases.readiness import sky_unit_problems
 
 _VISIT_KEYS = ("instrument", "visit", "physical_filter", "band", "day_obs", "skymap")  # a footprint's values
 
@@ -152,14 +153,11 @@ def site_footprint(butler: Butler, campaign: Campaign, site: str, overlaps: _Ove
     for dets in interned.values():
         fp.values["detector"].update(dets)
     # tract-level tasks look up spatial inputs (reference catalog shards) over the whole tract
-    for rec in butler.query_dimension_records(
-        "tract",
-        where=f"skymap = '{cfg.skymap}' AND tract IN (t)",
-        bind={"t": sorted(fp.values["tract"])},
-        limit=None,
-        explain=False,
-    ):
-        fp.regions.append(rec.region)
+    for part in chunked(sorted(fp.values["tract"])):
+        for rec in butler.query_dimension_records(
+            "tract", where=f"skymap = '{cfg.skymap}' AND tract IN (t)", bind={"t": part}, limit=None, explain=False
+        ):
+            fp.regions.append(rec.region)
     visits = sorted(fp.values["visit"])
     if visits:
         for rec in records_of(butler, "visit_definition", "visit", visits, cfg.instrument):
@@ -225,24 +223,8 @@ def check_sky_units(campaign: Campaign, butler: Butler) -> None:
     Raises
     ------
     ConfigError
-        Naming the campaign file, the key (``sites.<SITE>.sky_units[i]``) and the unit.
+        Naming the campaign file, the key (``sites.<SITE>.sky_units.<i>``) and the unit.
     """
-    skymap = campaign.config.skymap
-    if not butler.query_dimension_records("skymap", where=f"skymap = '{skymap}'", limit=None, explain=False):
-        raise ConfigError(f"{campaign.path}: key 'skymap': {skymap!r} is not in the central repository")
-    # data IDs, not records (a sky map has ~2 million patches, each record a region to decode), and
-    # patches only of the tracts the units name patches of
-    tracts = {int(d["tract"]) for d in butler.query_data_ids(["tract"], skymap=skymap, limit=None, explain=False)}
-    asked = sorted({u.tract for s in campaign.remote_sites for u in campaign.sky_units(s) if u.patch is not None})
-    patches: set[tuple[int, int]] = set()
-    if asked:
-        for d in butler.query_data_ids(
-            ["patch"], where="tract IN (asked)", bind={"asked": asked}, skymap=skymap, limit=None, explain=False
-        ):
-            patches.add((int(d["tract"]), int(d["patch"])))
-    for site in campaign.remote_sites:
-        for i, u in enumerate(campaign.sky_units(site)):
-            if u.tract not in tracts or (u.patch is not None and (u.tract, u.patch) not in patches):
-                raise ConfigError(
-                    f"{campaign.path}: key 'sites.{site}.sky_units[{i}]': {u} is not in sky map {skymap!r}"
-                )
+    problems = sky_unit_problems(campaign, butler)
+    if problems:
+        raise ConfigError.of(problems)
