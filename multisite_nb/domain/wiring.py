@@ -208,7 +208,6 @@ def _step_order_problems(campaign_file: Path, graph: PipelineGraph, stages: Sequ
                         campaign_file,
                         f"step {step!r} needs {name!r}, which step {p_step!r} makes, listed after it",
                         key=key,
-                        value=step,
                         fix=f"list {p_step!r} before {step!r}",
                     )
                 )

@@ -57,7 +57,7 @@ def launch(
     NotReadyError
         When the campaign's systems cannot serve it (before any folder is made).
     StorageError
-        For a folder that cannot hold the run, or a ``--resume`` of a folder that holds none.
+        For a folder that cannot hold the run.
     LockedError
         When another operator holds the campaign.
     """
@@ -69,10 +69,10 @@ def launch(
     root = Path(runs_root) if runs_root else repo_root() / "runs"
     if resume_dir:
         if not Path(resume_dir).is_dir():
-            raise StorageError(f"--resume: {Path(resume_dir).resolve()} is not a folder: nothing to resume")
+            raise ConfigError(f"--resume: {Path(resume_dir).resolve()} is not a folder: nothing to resume")
         run_dir = check_run_folder(resume_dir)
         if not (run_dir / RUN_RECORD).is_file():
-            raise StorageError(f"--resume: {run_dir} holds no {RUN_RECORD}: nothing to resume")
+            raise ConfigError(f"--resume: {run_dir} holds no {RUN_RECORD}: nothing to resume")
     else:
         check_writable(root)
     check_ready(campaign)  # the systems can serve it, before a run folder exists
