@@ -103,3 +103,93 @@ def test_run_folder_must_be_a_run_folder_and_writable(tmp_path: Path) -> None:
     )
     assert result.exit_code != 0 and "cannot write here" in result.output
     assert check_run_folder(tmp_path / "new") == (tmp_path / "new").resolve()
+
+
+def _online_case(tmp_path: Path, name: str, campaign_edit=None, manifest_edit=None) -> Path:
+    """The 3x3 campaign beside a copy of the embedded manifest, one of them changed."""
+    import yaml
+
+    params = BAD.parents[2] / "parameters"
+    folder = tmp_path / name
+    folder.mkdir()
+    manifest = yaml.safe_load((params / "sites" / "embedded.yaml").read_text())
+    if manifest_edit:
+        manifest_edit(manifest, folder)
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    data = yaml.safe_load((params / "campaign_3x3.yaml").read_text())
+    data.update(manifest="manifest.yaml", pipeline=str(params / "pipelines" / "drp_3x3.yaml"))
+    if campaign_edit:
+        campaign_edit(data)
+    (folder / "campaign.yaml").write_text(yaml.safe_dump(data))
+    return folder / "campaign.yaml"
+
+
+def _closed_port_config(manifest: dict, folder: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = folder / "client.cfg"
+    cfg.write_text(
+        f"[client]\nrucio_host = http://127.0.0.1:{port}\nauth_host = http://127.0.0.1:{port}\n"
+        "auth_type = userpass\naccount = root\nusername = u\npassword = p\n"
+    )
+    manifest["rucio"]["config"] = str(cfg)
+
+
+ONLINE = {
+    "unknown_rse": (
+        None,
+        lambda m, f: m["sites"]["RAL"].update(rse="RAL_TAPE"),
+        "manifest.yaml: key 'sites.RAL.rse': RSE is not known to Rucio",
+    ),
+    "rucio_unreachable": (None, _closed_port_config, "manifest.yaml: key 'rucio.config': Rucio at http://127.0.0.1:"),
+    "butler_missing": (
+        None,
+        lambda m, f: m["sites"]["LANCS"].update(butler=str(f / "no-repo")),
+        "manifest.yaml: key 'sites.LANCS.butler': the Butler repository",
+    ),
+    "input_missing": (
+        lambda d: d["collections"].update(inputs=["HSC/defaults", "HSC/nothere"]),
+        None,
+        "campaign.yaml: key 'collections.inputs.1': input collection is not in the central repository",
+    ),
+    "unit_not_in_skymap": (
+        lambda d: d["sites"]["RAL"]["sky_units"].append({"tract": 77, "patch": 1}),
+        None,
+        "campaign.yaml: key 'sites.RAL.sky_units.2': not in sky map 'hsc_rings_3x3'",
+    ),
+}
+
+
+@pytest.mark.world
+def test_what_the_systems_cannot_serve_is_named_before_anything_is_touched(world, tmp_path: Path) -> None:
+    """An unknown RSE, an unreachable Rucio, a Butler that does not open, a missing input: each its own
+    cause, refused by ``check`` and by ``run`` (exit 2) before a run folder exists; nothing changes."""
+    campaign = world.campaign
+    ops = RucioOps.for_campaign(campaign)
+
+    def state() -> tuple[list[str], dict[str, dict[str, int]]]:
+        counts = {}
+        for site in campaign.all_sites:
+            with open_site_butler(campaign, site) as butler:
+                counts[site] = dataset_counts(butler)
+        return sorted(r.id for r in ops.list_rules()), counts
+
+    before = state()
+    runner = CliRunner()
+    runs = tmp_path / "runs"
+    for name, (campaign_edit, manifest_edit, needle) in ONLINE.items():
+        path = _online_case(tmp_path, name, campaign_edit, manifest_edit)
+        for args in (["check", str(path)], ["run", str(path), "--runs-root", str(runs)]):
+            result = runner.invoke(main, [*args, "--world", str(world.root)])
+            assert result.exit_code == 2, f"{name} {args[0]}: {result.output}"
+            assert needle in result.output, f"{name} {args[0]}: {result.output}"
+            assert "collision" not in result.output and "Traceback" not in result.output
+    assert not runs.exists(), "a run folder was made for a campaign its systems cannot serve"
+    assert state() == before
+    ok = runner.invoke(
+        main, ["check", str(BAD.parents[2] / "parameters" / "campaign_3x3.yaml"), "--world", str(world.root)]
+    )
+    assert ok.exit_code == 0 and ok.output.startswith("ready: campaign 3x3"), ok.output

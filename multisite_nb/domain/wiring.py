@@ -189,14 +189,14 @@ def _step_order_problems(campaign_file: Path, graph: PipelineGraph, stages: Sequ
                     )
                 )
                 continue
-            for label in subsets[step]:
+            for label in sorted(subsets[step]):
                 position.setdefault(label, (order, step, key))
             order += 1
     if problems:
         return problems
     reported: set[tuple[str, str]] = set()
-    for label, (at, step, key) in position.items():
-        for name in graph.inputs_of(label):
+    for label, (at, step, key) in sorted(position.items(), key=lambda kv: (kv[1][0], kv[0])):
+        for name in sorted(graph.inputs_of(label)):
             producer = graph.producer_of(name)
             if producer is None or producer.label not in position:
                 continue

@@ -73,10 +73,9 @@ def launch(
         run_dir = check_run_folder(resume_dir)
         if not (run_dir / RUN_RECORD).is_file():
             raise ConfigError(f"--resume: {run_dir} holds no {RUN_RECORD}: nothing to resume")
-    else:
-        check_writable(root)
     check_ready(campaign)  # the systems can serve it, before a run folder exists
     if not resume_dir:
+        check_writable(root)
         run_dir = new_run(root, campaign.name)
     log(f"run folder: {run_dir}")
     context = RunContext(campaign, run_dir, world)
