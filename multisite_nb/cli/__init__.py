@@ -286,10 +286,21 @@ def campaign_cmd(params: str, world_dir: str | None, runs_root: str | None, down
 
 @main.command("status")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-def status_cmd(run_dir: str) -> None:
-    """How a run stands: running, passed, failed, interrupted, or died (its process gone), phase by phase."""
+@world_option
+@click.option("--params", default=None, help="Campaign file (default: the one the run was made with).")
+def status_cmd(run_dir: str, world_dir: str | None, params: str | None) -> None:
+    """How a run stands: running, passed, failed, interrupted, or died (its process gone), phase by phase.
+
+    A phase that was running when its chain died says what it had done, read from the systems
+    (when its campaign and world can be read; else from its last record).
+    """
+    folder = Path(run_dir).resolve()
+    try:
+        campaign = campaign_of_run(folder, params, _given_world(world_dir))
+    except (MsnbError, click.ClickException):
+        campaign = None  # the status still answers, from the run folder alone
     with _operator_errors():
-        st = run_status(run_dir)
+        st = run_status(folder, campaign)
     record = st.record
     click.echo(f"run {record.run_id} ({record.campaign}): {st.state}" + (f": {record.reason}" if record.reason else ""))
     click.echo(

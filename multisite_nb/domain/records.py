@@ -37,6 +37,7 @@ class StepState(StrEnum):
     SUCCEEDED = "succeeded"  # every quantum succeeded
     FAILED = "failed"  # a quantum failed, or nothing could run
     STOPPED = "stopped"  # ended with quanta neither run nor failed (killed, timed out, cancelled)
+    DIED = "died"  # recorded running, but the process that ran it is gone (its chain was killed)
 
     @property
     def in_flight(self) -> bool:
@@ -46,7 +47,7 @@ class StepState(StrEnum):
     @property
     def needs_operator(self) -> bool:
         """Nothing will finish it without an operator (failed or stopped)."""
-        return self in (StepState.FAILED, StepState.STOPPED)
+        return self in (StepState.FAILED, StepState.STOPPED, StepState.DIED)
 
 
 class QuantumFailure(_Record):
@@ -89,6 +90,8 @@ class StepRecord(_Record):
     note: str = ""
     started: str = ""  # ISO UTC, when the attempt began
     finished: str = ""  # ISO UTC, when its state was known
+    owner_pid: int | None = None  # the process running the attempt (a later look closes it as died if gone)
+    owner_start: int | None = None  # that process's start time (``/proc/<pid>/stat``), against PID reuse
 
     @classmethod
     def not_started(cls, site: str, step: str, problems: Sequence[str]) -> StepRecord:

@@ -83,6 +83,9 @@ class Phase:
         It belongs in a campaign's chain (repair and cleanup run on purpose only).
     closes_chain
         It comes after every other phase of a chain (the dashboard's last page).
+    progress
+        ``(campaign, run_dir) -> str``: what it had done, read from the systems it acts on, for a
+        run whose chain died while it ran (``multisite-nb status``); None: its in-progress result says.
     """
 
     name: str
@@ -97,6 +100,7 @@ class Phase:
     in_chain: bool = True
     closes_chain: bool = False
     doc: str = field(default="", compare=False)
+    progress: Callable[[Campaign, Path], str] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not PHASE_NAME.match(self.name):
@@ -135,6 +139,7 @@ def phase(
     acting: bool = False,
     in_chain: bool = True,
     closes_chain: bool = False,
+    progress: Callable[[Campaign, Path], str] | None = None,
 ) -> Callable[[Callable[..., Any]], Phase]:
     """Declare a library function as a phase (see the module's docstring); its summary model is
     registered for its results."""
@@ -143,7 +148,7 @@ def phase(
         register_summary(name, summary)
         declared = Phase(
             name, notebook, function, summary, needs, follows, stages, starts_run, acting, in_chain, closes_chain,
-            doc=function.__doc__ or "",
+            doc=function.__doc__ or "", progress=progress,
         )  # fmt: skip
         return declared
 

@@ -31,12 +31,14 @@ What a phase notebook must do to take part:
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import re
+import signal
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,6 +391,25 @@ class _Chain:
         return findings, index
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While it holds, SIGTERM (a batch system's or a supervisor's stop) ends the chain as Ctrl-C does:
+    a ``KeyboardInterrupt`` in the main thread, so the run is recorded ``interrupted``, its phases'
+    processes are stopped and its lock released, instead of a silent death. Elsewhere: nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_chain(
     phases: Sequence[str],
     run_dir: str | os.PathLike[str],
@@ -483,6 +504,8 @@ def run_chain(
     total = len(uses)
     stop_reason = ""
     executed = False  # once a phase runs again, every later phase must run again too
+    signals = contextlib.ExitStack()
+    signals.enter_context(terminate_as_interrupt())
     try:
         for i, (use, entry) in enumerate(zip(uses, record.phases, strict=True), start=1):
             tag = f"[{i}/{total}] {use.label}"
@@ -523,6 +546,8 @@ def run_chain(
         except Exception:  # the original exception matters more than a missing page
             pass
         raise
+    finally:
+        signals.close()
 
     chain.stop_heartbeat()
     record.finished = utcnow()

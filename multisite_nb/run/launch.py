@@ -26,11 +26,13 @@ from multisite_nb.adapters.results import (
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import ConfigError, StorageError
 from multisite_nb.domain.params import repo_root
-from multisite_nb.domain.results import RunRecord
+from multisite_nb.domain.results import PhaseStatus, RunRecord
 from multisite_nb.domain.summaries import PlacementSummary
 from multisite_nb.phases.placement import run as placement
 from multisite_nb.phases.readiness import check_ready
 from multisite_nb.phases.registry import parse
+from multisite_nb.phases.registry import phases as registered_phases
+from multisite_nb.phases.submit.runner import close_dead_attempts
 from multisite_nb.run.chain import ChainOutcome, run_chain
 from multisite_nb.run.context import RunContext, load_for_world
 from multisite_nb.run.folder import new_run, pid_records
@@ -73,6 +75,7 @@ def launch(
         run_dir = check_run_folder(resume_dir)
         if not (run_dir / RUN_RECORD).is_file():
             raise ConfigError(f"--resume: {run_dir} holds no {RUN_RECORD}: nothing to resume")
+        close_dead_attempts(run_dir)  # the attempts its dead chain left "running" are closed as died
     check_ready(campaign)  # the systems can serve it, before a run folder exists
     if not resume_dir:
         check_writable(root)
@@ -144,8 +147,22 @@ class RunStatus:
         return self.state in ("failed", "died", "interrupted")
 
 
-def run_status(run_dir: str | os.PathLike[str]) -> RunStatus:
-    """Read a run folder's state (its record, results and the processes it recorded).
+def _progress(label: str, campaign: Campaign | None, run_dir: Path) -> str:
+    """What a phase that died while running had done, from the systems it acts on (when it says)."""
+    declared = next(
+        (p for p in registered_phases() if p.name == label or (p.staged and label.startswith(f"{p.name}_"))), None
+    )
+    if campaign is None or declared is None or declared.progress is None:
+        return ""
+    try:
+        return "had done: " + declared.progress(campaign, run_dir)
+    except Exception as exc:  # a status never raises for a system it cannot read
+        return f"what it had done cannot be read: {type(exc).__name__}: {exc}"[:300]
+
+
+def run_status(run_dir: str | os.PathLike[str], campaign: Campaign | None = None) -> RunStatus:
+    """Read a run folder's state (its record, results and the processes it recorded); with ``campaign``,
+    a phase that died while running says what it had done (read from Rucio or the Butlers).
 
     Raises
     ------
@@ -156,16 +173,27 @@ def run_status(run_dir: str | os.PathLike[str]) -> RunStatus:
     record = load_run_record(folder)
     if record is None:
         raise StorageError(f"{folder}: no {RUN_RECORD}: not a chain's run folder")
+    closed = close_dead_attempts(folder)  # a killed chain's attempts say "running" until someone looks
     results = load_results(folder, strict=False)
+    state = run_state(record)
     lines = []
     for entry in record.phases:
         res = results.get(entry.phase)
         note = res.reason if res else entry.reason
+        status = str(entry.status)
         if res is not None and res.summary.in_progress:
             note = "in progress when last recorded: " + note
-        lines.append(PhaseLine(entry.phase, str(entry.status), note))
+        if entry.started is not None and entry.finished is None and entry.status is PhaseStatus.NOT_RUN:
+            if state in ("died", "interrupted"):
+                status = f"{state} while running"
+                note = _progress(entry.phase, campaign, folder) or note
+            elif state == "running":
+                status = "running"
+        lines.append(PhaseLine(entry.phase, status, note))
+    for attempt in closed:
+        lines.append(PhaseLine(f"  {attempt.site} {attempt.step}", "died", attempt.note))
     live: list[tuple[int, str]] = []
     for path, rec in pid_records(folder):
         if live_pid(rec) is not None:
             live.append((rec.pid, path.relative_to(folder).as_posix()))
-    return RunStatus(record, run_state(record), lines, live)
+    return RunStatus(record, state, lines, live)

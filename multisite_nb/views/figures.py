@@ -376,10 +376,11 @@ def steps_figure(status: CampaignStatus) -> Figure:
             StepState.PENDING,
             StepState.FAILED,
             StepState.STOPPED,
+            StepState.DIED,
             StepState.NOT_STARTED,
         )
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=6, fontsize=9, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=7, fontsize=9, frameon=False)
     ax.set_title("Steps by site (succeeded / total quanta)", fontsize=11)
     return fig
 

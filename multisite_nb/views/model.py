@@ -53,6 +53,7 @@ class Transfers:
     locks_ok: int = 0
     locks_replicating: int = 0
     locks_stuck: int = 0
+    placed_ok: int = 0  # files of the site's placement shipment that are there (its rule's OK locks)
     stuck_reason: str | None = None
     error: str | None = None
     rules: list[RuleRecord] = field(default_factory=list)

@@ -53,11 +53,12 @@ from multisite_nb.adapters.butler.repo import count_datasets, open_butler
 from multisite_nb.adapters.results import load_run_record, results_dir, run_state
 from multisite_nb.adapters.rucio.ops import RucioOps
 from multisite_nb.domain.config import Campaign
-from multisite_nb.domain.naming import campaign_dataset
+from multisite_nb.domain.naming import campaign_dataset, placement_dataset
 from multisite_nb.domain.records import RuleRecord, RuleState, StepRecord, StepState
 from multisite_nb.domain.results import PHASE_NAME, PhaseResult
 from multisite_nb.domain.summaries import PlacementSummary, StepsSummary, VerifySummary
 from multisite_nb.domain.verification import PROBLEM_KINDS
+from multisite_nb.phases.submit.runner import latest_attempts
 from multisite_nb.views.model import (
     STATES,
     ButlerHealth,
@@ -235,7 +236,8 @@ def _rucio_rules(campaign: Campaign) -> tuple[RucioOps, list[RuleRecord]]:
     return ops, [r for r in ops.list_rules() if campaign_dataset(campaign, r.name)]
 
 
-def _transfers(rse: str, ops: RucioOps, rules: list[RuleRecord]) -> Transfers:
+def _transfers(rse: str, ops: RucioOps, rules: list[RuleRecord], placed: str = "") -> Transfers:
+    """The rules to ``rse``, counted; ``placed``: the site's placement shipment (its files there counted)."""
     t = Transfers(rse=rse, read=True)
     explained = 0
     now = datetime.now(UTC)
@@ -249,6 +251,8 @@ def _transfers(rse: str, ops: RucioOps, rules: list[RuleRecord]) -> Transfers:
             explained += 1
             r = r.model_copy(update={"error": _short(ops.stuck_reason(r.id))})
         t.rules.append(r)
+        if r.name == placed:
+            t.placed_ok += r.locks_ok
         t.locks_ok += r.locks_ok
         t.locks_replicating += r.locks_replicating
         t.locks_stuck += r.locks_stuck
@@ -292,6 +296,9 @@ def _step_issues(steps: Mapping[str, StepRecord]) -> list[Issue]:
                 else f"{st.step} failed"
             )
             issues.append(Issue("steps", what, cause))
+    for st in steps.values():
+        if st.state is StepState.DIED:
+            issues.append(Issue("steps", f"{st.step} died: its chain was killed while it ran", st.note or None))
     for st in steps.values():
         if st.state is StepState.STOPPED and not st.failed:
             left = plural(st.pending + st.running, "quantum", "quanta")
@@ -343,6 +350,10 @@ def site_state(s: SiteStatus) -> tuple[SiteState, str]:
         )
     if busy:
         return "busy", "; ".join(busy)
+    planned = s.placement.files if s.placement is not None and s.role == "remote" else 0
+    if planned and t is not None and t.read and t.placed_ok < planned and not v.ok:
+        # green only when the planned data is there (other rules, e.g. dimension records, may be OK)
+        return "idle", f"{t.placed_ok}/{planned} planned files here: the transfer has not finished"
     done = []
     if t is not None and t.ok:
         done.append(f"{t.ok} rule{'s' if t.ok > 1 else ''} OK")
@@ -401,6 +412,12 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
         results, read_problems = read_results(run)
         status.phases = results
         steps, step_problems = read_steps(results)
+        if run is not None:  # what the attempts say now wins over a result recorded while they ran
+            for site, per_step in latest_attempts(run).items():
+                for step, rec in per_step.items():
+                    have = steps.get(site, {}).get(step)
+                    if have is None or rec.attempt > have.attempt or (have.state.in_flight and not rec.state.in_flight):
+                        steps.setdefault(site, {})[step] = rec
         step_problems = read_problems + step_problems
         status.problems.extend(str(p) for p in step_problems)
         ver = results.get("verify")
@@ -430,7 +447,8 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
             s.placement = _placement(results.get("placement"), site)
             if ops is not None:
                 try:
-                    s.transfers = _transfers(spec.rse, ops, rules)
+                    placed = "" if central else placement_dataset(campaign, site)
+                    s.transfers = _transfers(spec.rse, ops, rules, placed)
                 except Exception as exc:
                     s.transfers = Transfers(rse=spec.rse, read=False, error=_err(exc))
             else:

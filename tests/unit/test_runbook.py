@@ -420,3 +420,27 @@ def test_render_index_without_run_record(tmp_path: Path) -> None:
     assert "by hand &lt;b&gt;" in text and "fail" in text
     assert_links_resolve(tmp_path)
     assert os.path.basename(page) == "index.html"
+
+
+def test_sigterm_ends_the_chain_as_ctrl_c_does(tmp_path: Path) -> None:
+    """What a batch system or a supervisor sends is recorded ``interrupted``, the phase that ran
+    ``interrupted while running``, and the process's own SIGTERM handler is back afterwards."""
+    import signal
+
+    from multisite_nb.run.launch import run_status
+
+    run_dir = new_run(tmp_path, "demo")
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate(line: str) -> None:  # the supervisor stops the chain while alpha runs
+        if "running" in line:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt, match="stopped by SIGTERM"):
+        run_chain(["alpha", "beta"], run_dir, {}, NOTEBOOKS, log=terminate, cwd=NOTEBOOKS)
+    assert signal.getsignal(signal.SIGTERM) is before
+    record = load_run_record(run_dir)
+    assert record is not None and record.outcome == "interrupted" and "stopped by SIGTERM" in record.reason
+    status = run_status(run_dir)
+    assert status.state == "interrupted"
+    assert [(p.phase, p.status) for p in status.phases] == [("alpha", "interrupted while running"), ("beta", "not run")]

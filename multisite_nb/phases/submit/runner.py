@@ -22,16 +22,17 @@ from lsst.daf.butler import MissingCollectionError
 
 from multisite_nb.adapters.butler.repo import collection_exists, open_butler
 from multisite_nb.adapters.files import atomic_write_json
-from multisite_nb.adapters.processes import ChildRegistry
+from multisite_nb.adapters.processes import ChildRegistry, PidRecord, live_pid, proc_start_time, read_pid_record
 from multisite_nb.adapters.workflow import Attempt, Launch, executor_for
 from multisite_nb.adapters.workflow.status import graph_status, log_tail_cause, summary_status
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import PreflightError
+from multisite_nb.domain.naming import logs_dir
 from multisite_nb.domain.records import QuantumFailure, StepRecord, StepState
 from multisite_nb.domain.steps import StepRun, safe_name
 from multisite_nb.phases.submit.preflight import preflight
 
-__all__ = ["run_step", "running_steps", "stop_running_steps"]
+__all__ = ["close_dead_attempts", "latest_attempts", "run_step", "running_steps", "stop_running_steps"]
 
 #: The step commands this process is waiting for (what `stop_running_steps` stops).
 _STEPS = ChildRegistry()
@@ -153,6 +154,8 @@ def run_step(
         attempt=number,
         restart=extend,
         started=datetime.now(UTC).isoformat(),
+        owner_pid=os.getpid(),
+        owner_start=proc_start_time(os.getpid()),
     )
     atomic_write_json(folder / "status.json", record.model_dump(mode="json"))
     try:
@@ -221,6 +224,49 @@ def _outcome(
         ]
     record.note = " ".join(notes)
     return record
+
+
+def close_dead_attempts(run_dir: str | os.PathLike[str]) -> list[StepRecord]:
+    """Close, as ``died``, every attempt of a run recorded ``running`` whose running process is gone.
+
+    A chain killed while a step ran leaves its attempt's ``status.json`` saying ``running`` for ever
+    (and perhaps its command still running, orphaned: named in the note). Each look at the run
+    (``status``, the dashboard, ``--resume``) calls this; an attempt whose process lives is left as it is.
+    Returns the records it closed.
+    """
+    closed = []
+    for path in sorted(logs_dir(run_dir).glob("*/*/attempt-*/status.json")):
+        try:
+            record = StepRecord.model_validate_json(path.read_bytes())
+        except (OSError, ValueError):
+            continue  # unreadable: the views report it as such
+        if record.state is not StepState.RUNNING or record.owner_pid is None:
+            continue
+        if live_pid(PidRecord(record.owner_pid, record.owner_start)) is not None:
+            continue
+        command = read_pid_record(path.parent / "pid.json")
+        orphan = live_pid(command) if command is not None else None
+        note = f"died: the process that ran it (pid {record.owner_pid}) is gone"
+        if orphan is not None:
+            note += f"; its command (pid {orphan}) still runs, orphaned: --resume stops it"
+        closed.append(record.model_copy(update={"state": StepState.DIED, "note": note}))
+        _finish(path.parent, closed[-1])
+    return closed
+
+
+def latest_attempts(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, StepRecord]]:
+    """Site → step → the record of its latest attempt, as its ``status.json`` says now (dead ones closed)."""
+    close_dead_attempts(run_dir)
+    out: dict[str, dict[str, StepRecord]] = {}
+    for path in logs_dir(run_dir).glob("*/*/attempt-*/status.json"):
+        try:
+            record = StepRecord.model_validate_json(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        have = out.setdefault(record.site, {}).get(record.step)
+        if have is None or record.attempt > have.attempt:
+            out[record.site][record.step] = record
+    return out
 
 
 def _new_attempt(base: Path) -> tuple[int, Path]:

@@ -12,20 +12,40 @@ from pathlib import Path
 
 import pandas as pd
 
-from multisite_nb.adapters.results import finish_phase, save_table
+from multisite_nb.adapters.results import finish_phase, load_result, save_table
+from multisite_nb.adapters.rucio.ops import RucioOps
 from multisite_nb.adapters.tables import load_plan
 from multisite_nb.domain.config import Campaign
-from multisite_nb.domain.naming import plan_path
+from multisite_nb.domain.naming import placement_dataset, plan_path
 from multisite_nb.domain.records import ShipmentOutcome
 from multisite_nb.domain.results import PhaseResult, utcnow
-from multisite_nb.domain.summaries import ShipmentRow, TransferSummary
+from multisite_nb.domain.summaries import PlacementSummary, ShipmentRow, TransferSummary
 from multisite_nb.phases.spec import phase
 from multisite_nb.phases.transfer.shipping import place_data
 
 __all__ = ["run"]
 
 
-@phase("transfer", notebook="02_transfer", summary=TransferSummary, needs=("placement",), acting=True)
+def progress(campaign: Campaign, run_dir: Path) -> str:
+    """What a transfer had done, from Rucio: each site's placement rule, and its planned files there."""
+    placed = load_result(run_dir, "placement")
+    planned = placed.summary.sites if placed is not None and isinstance(placed.summary, PlacementSummary) else {}
+    rules = {r.name: r for r in RucioOps.for_campaign(campaign, quiet=True).list_rules()}
+    parts = []
+    for site in campaign.remote_sites:
+        rule = rules.get(placement_dataset(campaign, site))
+        want = planned[site].files if site in planned else "?"
+        parts.append(
+            f"{site}: no placement rule yet"
+            if rule is None
+            else f"{site}: rule {rule.state}, {rule.locks_ok}/{want} files"
+        )
+    return "; ".join(parts)
+
+
+@phase(
+    "transfer", notebook="02_transfer", summary=TransferSummary, needs=("placement",), acting=True, progress=progress
+)
 def run(
     campaign: Campaign, run_dir: str | Path, *, progress: bool = True, timeout_s: float = 900
 ) -> tuple[PhaseResult, list[ShipmentOutcome]]:
