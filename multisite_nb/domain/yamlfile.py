@@ -6,6 +6,7 @@ through :func:`read_yaml`, so a bad one is refused before a tree is built, namin
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ from multisite_nb.domain.errors import ConfigError
 
 __all__ = ["MAX_DEPTH", "MAX_PARAMETER_BYTES", "read_yaml"]
 
-#: A parameter file larger than this is refused before it is parsed (parsing takes ~2 s a MiB;
-#: 60,000 sky units written one per line fit, and ranges, ``tracts: ["0-8000"]``, keep real files small).
-MAX_PARAMETER_BYTES = 2 * 1024 * 1024
+#: A parameter file larger than this is refused before it is parsed (parsing takes ~4 s a MiB here:
+#: 30,000 sky units written one per line fit, and ranges, ``tracts: ["0-8000"]``, keep real files small).
+MAX_PARAMETER_BYTES = 1024 * 1024
 #: Mappings and lists nested deeper than this are refused before they are built (real files: < 6).
 MAX_DEPTH = 32
 
@@ -53,8 +54,31 @@ def _scan(path: Path, text: str) -> None:
             depth -= 1
 
 
+_INT_TAG = "tag:yaml.org,2002:int"
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")
+
+
 class _StrictLoader(yaml.CSafeLoader):
-    """libyaml's safe loader, refusing a key given twice in one mapping (the second would silently win)."""
+    """libyaml's safe loader, refusing a key given twice in one mapping (the second would silently win).
+
+    Plain scalars' types are resolved once per distinct text (and plain decimals at once): the
+    resolver's patterns, tried scalar by scalar, are most of a large file's parsing time.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._tags: dict[tuple[str, Any], str] = {}
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is not yaml.ScalarNode or not implicit or not implicit[0]:
+            return super().resolve(kind, value, implicit)
+        if _DECIMAL.fullmatch(value):
+            return _INT_TAG
+        key = (value, implicit)
+        tag = self._tags.get(key)
+        if tag is None:
+            tag = self._tags[key] = super().resolve(kind, value, implicit)
+        return tag
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen: set[Any] = set()
