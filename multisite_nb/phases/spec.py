@@ -114,12 +114,12 @@ class Phase:
         return bool(self.stages)
 
     def __call__(self, campaign: Campaign | str | Path, run_dir: str | Path, *args: Any, **kwargs: Any) -> Any:
-        """Check what it needs (earlier gates; for a phase that starts a run or acts, that the campaign's
-        systems can serve it), take the lock if it acts, and run it."""
+        """Check what it needs (earlier gates; for a phase that starts a run, that the campaign's systems
+        can serve it: later phases meet a site that is down site by site), take the lock if it acts, run it."""
         loaded = as_campaign(campaign)
         for need in self.needs:
             require_passed(run_dir, need)
-        if self.starts_run or self.acting:
+        if self.starts_run:
             check_ready(loaded)
         if not self.acting:
             return self.function(loaded, run_dir, *args, **kwargs)
