@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from lsst.daf.butler import Butler, DatasetRef
 
-from multisite_nb.adapters.butler.queries import unit_data_ids
+from multisite_nb.adapters.butler.queries import chunked, unit_data_ids
 from multisite_nb.adapters.butler.repo import open_site_butler
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.naming import reference_chain
@@ -113,15 +113,31 @@ def _rule_ids(
         where, ids = "visit IN (ids)", list(site_visits)
     if not ids:
         return []
-    if "tract" in dims:
-        units = campaign.sky_units(site)
-        keys = [u.key for u in units] if "patch" in dims else sorted({(u.tract, None) for u in units})
-        return unit_data_ids(
-            butler, keys, cfg.skymap, list(dimensions), instrument=cfg.instrument, where=where, bind={"ids": ids}
+    parts = list(chunked(ids))  # bound a chunk at a time (the databases' limits on parameters)
+
+    def query(part: list[int]) -> Iterable[Any]:
+        if "tract" in dims:
+            units = campaign.sky_units(site)
+            keys = [u.key for u in units] if "patch" in dims else sorted({(u.tract, None) for u in units})
+            return unit_data_ids(
+                butler, keys, cfg.skymap, list(dimensions), instrument=cfg.instrument, where=where, bind={"ids": part}
+            )
+        return butler.query_data_ids(
+            list(dimensions), where=where, bind={"ids": part}, instrument=cfg.instrument, limit=None, explain=False
         )
-    return butler.query_data_ids(
-        list(dimensions), where=where, bind={"ids": ids}, instrument=cfg.instrument, limit=None, explain=False
-    )
+
+    if len(parts) == 1:
+        return query(parts[0])
+
+    def deduplicated() -> Iterator[Any]:  # a data ID without the bound dimension may match in two chunks
+        seen: set[Any] = set()
+        for part in parts:
+            for data_id in query(part):
+                if data_id not in seen:
+                    seen.add(data_id)
+                    yield data_id
+
+    return deduplicated()
 
 
 def evaluate(

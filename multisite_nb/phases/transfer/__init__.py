@@ -61,7 +61,7 @@ def run(
         "all rules OK; "
         + ", ".join(f"{o.dest}: {o.ingested} ingested, {o.already_present} already there" for o in outcomes)
         if passed
-        else "; ".join(f"{o.dest}: {o.state}: {o.error}" for o in failed)
+        else "; ".join(f"{o.dest}: {o.state}: {o.error}" if o.state else f"{o.dest}: {o.error}" for o in failed)
     )
     summary = TransferSummary(shipments={r.dest: r for r in rows})
     result = finish_phase(run_dir, "transfer", passed, reason, started, summary=summary, artifacts=[str(table)])
