@@ -308,7 +308,8 @@ def status_cmd(run_dir: str, world_dir: str | None, params: str | None) -> None:
         + (f", last heartbeat {record.heartbeat:%H:%M:%S}" if record.heartbeat else "")
     )
     for line in st.phases:
-        click.echo(f"  {line.phase:32s} {line.status:8s} {line.note[:140]}")
+        limit = 600 if line.status.endswith("while running") else 140  # what it had done, in full
+        click.echo(f"  {line.phase:32s} {line.status:8s} {line.note[:limit]}")
     for pid, where in st.still_running:
         click.echo(f"  still running: pid {pid} ({where})")
     if st.state == "died":

@@ -16,8 +16,8 @@ from multisite_nb.adapters.results import finish_phase, load_result, save_table
 from multisite_nb.adapters.rucio.ops import RucioOps
 from multisite_nb.adapters.tables import load_plan
 from multisite_nb.domain.config import Campaign
-from multisite_nb.domain.naming import placement_dataset, plan_path
-from multisite_nb.domain.records import ShipmentOutcome
+from multisite_nb.domain.naming import campaign_dataset, placement_dataset, plan_path
+from multisite_nb.domain.records import RuleState, ShipmentOutcome
 from multisite_nb.domain.results import PhaseResult, utcnow
 from multisite_nb.domain.summaries import PlacementSummary, ShipmentRow, TransferSummary
 from multisite_nb.phases.spec import phase
@@ -27,19 +27,19 @@ __all__ = ["run"]
 
 
 def progress(campaign: Campaign, run_dir: Path) -> str:
-    """What a transfer had done, from Rucio: each site's placement rule, and its planned files there."""
+    """What a transfer had done, from Rucio: the rules it made to each site, and its planned files there."""
     placed = load_result(run_dir, "placement")
     planned = placed.summary.sites if placed is not None and isinstance(placed.summary, PlacementSummary) else {}
-    rules = {r.name: r for r in RucioOps.for_campaign(campaign, quiet=True).list_rules()}
+    rules = [r for r in RucioOps.for_campaign(campaign, quiet=True).list_rules() if campaign_dataset(campaign, r.name)]
     parts = []
     for site in campaign.remote_sites:
-        rule = rules.get(placement_dataset(campaign, site))
+        rse, name = campaign.site(site).rse, placement_dataset(campaign, site)
+        to_site = [r for r in rules if r.rse_expression == rse]
+        ok = sum(r.state is RuleState.OK for r in to_site)
+        rule = next((r for r in to_site if r.name == name), None)
         want = planned[site].files if site in planned else "?"
-        parts.append(
-            f"{site}: no placement rule yet"
-            if rule is None
-            else f"{site}: rule {rule.state}, {rule.locks_ok}/{want} files"
-        )
+        files = "no placement rule yet" if rule is None else f"{rule.locks_ok}/{want} planned files there"
+        parts.append(f"{site}: {len(to_site)} rule(s) made ({ok} OK), {files}")
     return "; ".join(parts)
 
 
