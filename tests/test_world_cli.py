@@ -74,3 +74,38 @@ def test_plain_papermill_with_a_parameters_file(world, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "run" / "results" / "placement.json").read_text())
     assert result["passed"] and set(result["summary"]["sites"]) == {"IN2P3", "RAL", "LANCS"}
+
+
+def _world_processes(root: Path) -> list[str]:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(root) in cmdline:
+            found.append(cmdline[:200])
+    return found
+
+
+def test_a_world_up_that_fails_part_way_leaves_nothing_running(tmp_path: Path) -> None:
+    """The repositories' folder cannot be made (a file is in its place): Rucio has started when the
+    Butlers cannot be created; the command says so in one line, with a log, and stops Rucio."""
+    root = tmp_path / "world"
+    root.mkdir()
+    (root / "butler").write_text("not a folder\n")
+    out = subprocess.run(
+        [str(BIN / "multisite-nb"), "world", "up", "--dir", str(root)],
+        cwd=repo_root(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "XDG_STATE_HOME": str(tmp_path / "state")},
+    )
+    assert out.returncode != 0, out.stdout
+    assert "rucio: started" in out.stdout and "stopping the services it started" in out.stdout, out.stdout
+    assert "Traceback" not in out.stdout + out.stderr and "the traceback is in" in out.stderr, out.stderr
+    assert _world_processes(root) == []
+    down = subprocess.run(
+        [str(BIN / "multisite-nb"), "world", "status", "--dir", str(root)], capture_output=True, text=True, timeout=120
+    )
+    assert "NOT reachable" in down.stdout, down.stdout
