@@ -57,6 +57,13 @@ def test_a_second_operator_is_refused_and_a_stale_lock_broken_only_on_request(wo
         with pytest.raises(LockedError, match=rf"locked by .*\(pid {holder.pid}\)") as info:
             phases.transfer.run(campaign, run_dir, progress=False)
         assert "stale" not in str(info.value)
+        refused = subprocess.run(  # a chain refused by the lock leaves no empty run folder behind
+            [str(BIN / "multisite-nb"), "run", str(campaign.path), "--world", str(world.root), "--phases",
+             "placement", "--runs-root", str(tmp_path / "refused")],
+            env=world.env(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert refused.returncode == 1 and "locked by" in refused.stderr, refused.stdout + refused.stderr
+        assert not list((tmp_path / "refused").glob("*/*"))
     finally:
         holder.kill()
         holder.wait()
