@@ -250,19 +250,23 @@ def close_dead_attempts(run_dir: str | os.PathLike[str]) -> list[StepRecord]:
         if orphan is not None:
             note += f"; its command (pid {orphan}) still runs, orphaned: --resume stops it"
         closed.append(record.model_copy(update={"state": StepState.DIED, "note": note}))
-        _finish(path.parent, closed[-1])
+        try:
+            _finish(path.parent, closed[-1])
+        except OSError:  # a run folder shared read-only: the look still tells the truth, unrecorded
+            pass
     return closed
 
 
 def latest_attempts(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, StepRecord]]:
     """Site → step → the record of its latest attempt, as its ``status.json`` says now (dead ones closed)."""
-    close_dead_attempts(run_dir)
+    closed = {(r.site, r.step, r.attempt): r for r in close_dead_attempts(run_dir)}
     out: dict[str, dict[str, StepRecord]] = {}
     for path in logs_dir(run_dir).glob("*/*/attempt-*/status.json"):
         try:
             record = StepRecord.model_validate_json(path.read_bytes())
         except (OSError, ValueError):
             continue
+        record = closed.get((record.site, record.step, record.attempt), record)
         have = out.setdefault(record.site, {}).get(record.step)
         if have is None or record.attempt > have.attempt:
             out[record.site][record.step] = record
