@@ -40,5 +40,5 @@ world-down:
 	.venv/bin/multisite-nb world down
 
 clean-world:               ## stop the world (if any) and remove its folder
-	-.venv/bin/multisite-nb world down
+	if [ -e world ]; then .venv/bin/multisite-nb world down; fi
 	rm -rf world

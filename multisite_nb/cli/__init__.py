@@ -78,7 +78,11 @@ class _Main(click.Group):
                 raise exc from None
             raise  # pragma: no cover - _operator_errors always raises
         except Exception as exc:
-            log = _save_traceback(exc)
+            try:
+                log: object = _save_traceback(exc)
+            except OSError as failed:  # nowhere to write: the traceback goes to the terminal after all
+                traceback.print_exception(exc)
+                log = f"(none: {failed})"
             what = " ".join(str(exc).split())[:300]
             raise click.ClickException(
                 f"unexpected {type(exc).__name__}: {what}\n(a bug, or a case the toolkit does not name yet: "
@@ -295,9 +299,10 @@ def status_cmd(run_dir: str, world_dir: str | None, params: str | None) -> None:
     (when its campaign and world can be read; else from its last record).
     """
     folder = Path(run_dir).resolve()
+    world = _given_world(world_dir)  # a wrong --world is refused, not ignored
     try:
-        campaign = campaign_of_run(folder, params, _given_world(world_dir))
-    except (MsnbError, click.ClickException):
+        campaign = campaign_of_run(folder, params, world, pipeline=False)
+    except MsnbError:
         campaign = None  # the status still answers, from the run folder alone
     with _operator_errors():
         st = run_status(folder, campaign)
@@ -328,7 +333,7 @@ def status_cmd(run_dir: str, world_dir: str | None, params: str | None) -> None:
 def unlock_cmd(force: bool, params: str, world_dir: str | None) -> None:
     """Break a campaign's operator lock left by a dead run (only a stale one, unless --force)."""
     with _operator_errors():
-        holder = OperatorLock(load_for_world(params, _given_world(world_dir))).break_lock(force=force)
+        holder = OperatorLock(load_for_world(params, _given_world(world_dir), pipeline=False)).break_lock(force=force)
     click.echo(f"lock broken: it was held by {holder}" if holder else "the campaign is not locked")
 
 
@@ -339,7 +344,8 @@ def unlock_cmd(force: bool, params: str, world_dir: str | None) -> None:
 def cleanup_cmd(params: str, world_dir: str | None, yes: bool) -> None:
     """Remove a campaign's products: its collections at every site and its non-placement rules."""
     with _operator_errors():
-        items = cleanup_phase.cleanup(load_for_world(params, _given_world(world_dir)), dry_run=not yes)
+        campaign = load_for_world(params, _given_world(world_dir), pipeline=False)
+        items = cleanup_phase.cleanup(campaign, dry_run=not yes)
     for i in items:
         click.echo(f"  {i.site:6s} {i.kind:10s} {i.what}  {i.detail}")
     click.echo(f"{'removed' if yes else 'would remove (dry run; --yes removes)'}: {len(items)} item(s)")
@@ -354,7 +360,7 @@ def repair_cmd(run_dir: str, world_dir: str | None, params: str | None, timeout:
     """Repair what verification found in a run's placement (declare bad, retry, re-ingest), then verify."""
     folder = Path(run_dir).resolve()
     with _operator_errors():
-        campaign = campaign_of_run(folder, params, _given_world(world_dir))
+        campaign = campaign_of_run(folder, params, _given_world(world_dir), pipeline=False)
         result, actions, _ = repair_phase.run(campaign, folder, timeout_s=timeout, log=click.echo)
     for a in actions[:50]:
         click.echo(f"  {a.site:6s} {a.action:15s} {a.what}  {a.detail}")

@@ -232,11 +232,16 @@ def _anchored(manifest: SiteManifest, base: Path | None = None) -> SiteManifest:
 
 
 def campaign_problems(
-    path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, base: Path | None = None
+    path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    base: Path | None = None,
+    pipeline: bool = True,
 ) -> tuple[Campaign | None, list[Problem]]:
-    """Check a campaign file, its site manifest and its pipeline together, without touching anything.
+    """Check a campaign file, its site manifest and (``pipeline``) its pipeline together, touching nothing.
 
     Returns the campaign (None when anything is wrong) and every problem found, not only the first.
+    ``pipeline=False``: the pipeline's path only (what recovery commands need: unlock, cleanup, status).
     """
     p = parameter_path(path)
     problems: list[Problem] = []
@@ -248,6 +253,8 @@ def campaign_problems(
     if mpath is not None:
         manifest, found = manifest_problems(mpath, env, base)
         problems += found
+    if mpath is None and not problems:
+        problems.append(Problem(p, "names no site manifest", key="manifest", fix="give the manifest's path"))
     if cfg is None or manifest is None or mpath is None:
         return None, problems
     for site in [cfg.central, *cfg.sites]:
@@ -262,12 +269,17 @@ def campaign_problems(
                 )
             )
     pipe = (p.parent / cfg.pipeline).resolve()
-    problems += pipeline_problems(p, pipe, cfg.stages)
+    if pipeline:
+        problems += pipeline_problems(p, pipe, cfg.stages)
     return (None if problems else Campaign(cfg, manifest, p, mpath)), problems
 
 
 def load_campaign(
-    path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, base: Path | None = None
+    path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    base: Path | None = None,
+    pipeline: bool = True,
 ) -> Campaign:
     """Load a campaign file and its site manifest; validate both together, and the pipeline against the stages.
 
@@ -280,13 +292,16 @@ def load_campaign(
         Variables for ``${VAR}`` in the manifest (default: the process environment).
     base
         What the manifest's relative paths are relative to (default: the current directory).
+    pipeline
+        Also load the pipeline and check the stage plan against it (False: a recovery command's
+        lighter reading, which a broken pipeline file does not stop).
 
     Raises
     ------
     ConfigError
         Listing every problem (``.problems``), each naming the file and the key at fault.
     """
-    campaign, problems = campaign_problems(path, env, base=base)
+    campaign, problems = campaign_problems(path, env, base=base, pipeline=pipeline)
     if campaign is None:
         raise ConfigError.of(problems)
     return campaign

@@ -92,6 +92,7 @@ class StepRecord(_Record):
     finished: str = ""  # ISO UTC, when its state was known
     owner_pid: int | None = None  # the process running the attempt (a later look closes it as died if gone)
     owner_start: int | None = None  # that process's start time (``/proc/<pid>/stat``), against PID reuse
+    owner_host: str = ""  # the host it runs on: only a look from that host can tell it is gone
 
     @classmethod
     def not_started(cls, site: str, step: str, problems: Sequence[str]) -> StepRecord:

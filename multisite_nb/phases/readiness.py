@@ -151,6 +151,9 @@ def _butlers(campaign: Campaign) -> list[Problem]:
                     fix="start the world (multisite-nb world up) or correct the repository",
                 )
             )
+        except Exception as exc:  # a registry that opens but cannot answer: that site's finding, not a crash
+            why = f"the Butler repository {campaign.butler_repo(site)} cannot be queried: {type(exc).__name__}: {exc}"
+            problems.append(Problem(campaign.manifest_path, _short(Exception(why)), key=f"sites.{site}.butler"))
     return problems
 
 

@@ -68,6 +68,7 @@ from multisite_nb.domain.results import (
 )
 from multisite_nb.domain.summaries import PhaseSummary
 from multisite_nb.phases.registry import PhaseUse, get, parse
+from multisite_nb.phases.submit.runner import close_dead_attempts
 from multisite_nb.run.folder import stop_orphans
 from multisite_nb.run.secrets import Finding, contains_secret, known_secrets_from_rucio_config, scan_for_secrets
 from multisite_nb.views.report import render_index
@@ -493,12 +494,16 @@ def run_chain(
         )
     chain = _Chain(uses, run_dir, Path(notebooks_dir).resolve(), params, known, log, scan_patterns)
     record = chain.start(campaign, resume)
-    if previous is not None and run_state(previous) == "died":
+    if previous is not None and run_state(previous) in ("died", "interrupted"):
         stopped = stop_orphans(run_dir)
-        chain.say(
-            f"the earlier chain of this run died (pid {previous.pid}); stopped {len(stopped)} of its "
-            f"orphaned processes" + (f": {', '.join(stopped)}" if stopped else "")
-        )
+        closed = close_dead_attempts(run_dir)  # the step attempts it left "running", closed as died
+        if run_state(previous) == "died" or stopped:
+            chain.say(
+                f"the earlier chain of this run {run_state(previous)} (pid {previous.pid}); stopped {len(stopped)} "
+                f"of its orphaned processes"
+                + (f": {', '.join(stopped)}" if stopped else "")
+                + (f"; closed {len(closed)} step attempt(s) it left running as died" if closed else "")
+            )
     chain.heartbeat()
 
     total = len(uses)
@@ -535,12 +540,20 @@ def run_chain(
                     _supersede(run_dir, later.phase, chain.out_name(later_use))
                 break
     except BaseException as exc:  # KeyboardInterrupt included: leave a truthful record
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the record short
         chain.stop_heartbeat()
         record.outcome = RunOutcome.INTERRUPTED
         record.reason = _short(f"{type(exc).__name__}: {exc}") or type(exc).__name__
         record.finished = utcnow()
         chain.save()
         chain.say(f"run interrupted: {record.reason}")
+        try:  # the step commands its kernel had running are in their own sessions: stop them too
+            stopped = stop_orphans(run_dir)
+            if stopped:
+                chain.say(f"stopped {len(stopped)} step process(es) it had running: {', '.join(stopped)}")
+        except Exception:  # the original exception matters more
+            pass
         try:  # an interrupted run is shared too: scan it, then render its page
             chain.scan()
         except Exception:  # the original exception matters more than a missing page

@@ -32,11 +32,16 @@ def campaign_env(world: str | os.PathLike[str] | None = None) -> Mapping[str, st
 
 
 def load_for_world(
-    params: str | os.PathLike[str], world: str | os.PathLike[str] | None = None, *, base: Path | None = None
+    params: str | os.PathLike[str],
+    world: str | os.PathLike[str] | None = None,
+    *,
+    base: Path | None = None,
+    pipeline: bool = True,
 ) -> Campaign:
     """The campaign of ``params``, its manifest read against ``world`` (or the shell's ``$MSNB_WORLD``);
-    ``base``: what the manifest's relative paths are relative to (default: the current directory)."""
-    return load_campaign(params, env=campaign_env(world), base=base)
+    ``base``: what the manifest's relative paths are relative to (default: the current directory);
+    ``pipeline=False``: without loading the pipeline (recovery commands)."""
+    return load_campaign(params, env=campaign_env(world), base=base, pipeline=pipeline)
 
 
 @dataclass(frozen=True)

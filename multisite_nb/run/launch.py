@@ -75,9 +75,8 @@ def launch(
         run_dir = check_run_folder(resume_dir)
         if not (run_dir / RUN_RECORD).is_file():
             raise ConfigError(f"--resume: {run_dir} holds no {RUN_RECORD}: nothing to resume")
-        close_dead_attempts(run_dir)  # the attempts its dead chain left "running" are closed as died
-    check_ready(campaign)  # the systems can serve it, before a run folder exists
-    if not resume_dir:
+    else:  # a new run: its systems can serve it, before a run folder exists (a resumed run's phases
+        check_ready(campaign)  # meet a site that is down site by site, as they do in a chain)
         check_writable(root)
         run_dir = new_run(root, campaign.name)
     log(f"run folder: {run_dir}")
@@ -103,7 +102,9 @@ def launch(
     return run_dir, outcome
 
 
-def campaign_of_run(run_dir: Path, params: str | None = None, world: str | os.PathLike[str] | None = None) -> Campaign:
+def campaign_of_run(
+    run_dir: Path, params: str | None = None, world: str | os.PathLike[str] | None = None, *, pipeline: bool = True
+) -> Campaign:
     """The campaign a run folder was made for (its placement result, or ``run.json``), or ``params``.
 
     Raises
@@ -121,7 +122,7 @@ def campaign_of_run(run_dir: Path, params: str | None = None, world: str | os.Pa
             raise ConfigError(
                 f"{run_dir}: neither its placement result nor run.json names its campaign file: give --params"
             )
-    return load_for_world(params, world)
+    return load_for_world(params, world, pipeline=pipeline)
 
 
 @dataclass(frozen=True)

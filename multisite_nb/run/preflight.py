@@ -2,7 +2,9 @@
 
 Offline, the campaign file, its site manifest and its pipeline (:func:`~multisite_nb.domain.params.campaign_problems`);
 online, the systems the manifest names (:func:`~multisite_nb.phases.readiness.readiness_problems`).
-``multisite-nb check`` prints what this finds; ``run`` and ``campaign`` refuse on it.
+``multisite-nb check`` prints what this finds; ``run`` and ``campaign`` ask the same two questions
+(the campaign loaded through the offline half, then :func:`~multisite_nb.phases.readiness.check_ready`
+in :func:`~multisite_nb.run.launch.launch`) and refuse before a run folder exists.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import time
 from dataclasses import dataclass, field
 
 from multisite_nb.domain.config import Campaign
-from multisite_nb.domain.errors import ConfigError, NotReadyError, Problem
+from multisite_nb.domain.errors import Problem
 from multisite_nb.domain.params import campaign_problems
 from multisite_nb.phases.readiness import readiness_problems
 from multisite_nb.run.context import campaign_env
 
-__all__ = ["Preflight", "preflight", "ready_campaign"]
+__all__ = ["Preflight", "preflight"]
 
 
 @dataclass
@@ -38,14 +40,6 @@ class Preflight:
     def ready(self) -> bool:
         return self.campaign is not None and not self.problems
 
-    def raise_if_not_ready(self) -> Campaign:
-        """The campaign, or the problems as one error (bad files: ConfigError; systems: NotReadyError)."""
-        if self.offline or self.campaign is None:
-            raise ConfigError.of(self.offline)
-        if self.online:
-            raise NotReadyError(self.online)
-        return self.campaign
-
 
 def preflight(
     params: str | os.PathLike[str], world: str | os.PathLike[str] | None = None, *, online: bool = True
@@ -59,16 +53,3 @@ def preflight(
         found.online = readiness_problems(campaign)
         found.online_s = time.monotonic() - t1
     return found
-
-
-def ready_campaign(params: str | os.PathLike[str], world: str | os.PathLike[str] | None = None) -> Campaign:
-    """The campaign if the whole preflight passes.
-
-    Raises
-    ------
-    ConfigError
-        When its files are wrong (every problem listed).
-    NotReadyError
-        When its systems cannot serve it (every problem listed).
-    """
-    return preflight(params, world).raise_if_not_ready()

@@ -212,22 +212,26 @@ class World:
         self.root.mkdir(parents=True, exist_ok=True)
         for site in self.campaign.all_sites:
             Path(self.rse_root(site)).mkdir(parents=True, exist_ok=True)
-        pg_started = started = False
+        pg_started = rucio_started = False
         try:
             if self.postgres is not None:
                 pg_started = self.postgres.up()
                 log(f"postgresql: {'started' if pg_started else 'already up'} ({time.monotonic() - t0:.1f} s)")
-            started = self.rucio.up() or pg_started
-            log(f"rucio: {'started' if started else 'already up'} ({time.monotonic() - t0:.1f} s)")
+            rucio_started = self.rucio.up()
+            log(f"rucio: {'started' if rucio_started else 'already up'} ({time.monotonic() - t0:.1f} s)")
             created, populated, state = self._build(spec_path, spec, log)
         except BaseException:
-            if started or pg_started:  # all or nothing: what this call started does not stay up half-built
+            if rucio_started or pg_started:  # all or nothing: what this call started does not stay up half-built
                 log("world up failed part way: stopping the services it started")
-                if started:
-                    self.rucio.down()
-                if pg_started and self.postgres is not None:
-                    self.postgres.stop()
+                try:
+                    if rucio_started:
+                        self.rucio.down()
+                    if pg_started and self.postgres is not None:
+                        self.postgres.stop()
+                except Exception as exc:  # the first failure is the one to report
+                    log(f"  and stopping them failed too: {type(exc).__name__}: {exc}")
             raise
+        started = rucio_started or pg_started
         state.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
         state["db"] = self.db
         state["campaign_file"] = str(self.campaign.path)

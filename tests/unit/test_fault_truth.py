@@ -24,11 +24,19 @@ def _gone_pid() -> int:
     return proc.pid
 
 
-def _attempt(run_dir: Path, site: str, step: str, number: int, owner: int, owner_start: int | None) -> Path:
+def _attempt(
+    run_dir: Path, site: str, step: str, number: int, owner: int, owner_start: int | None, host: str = ""
+) -> Path:
     folder = logs_dir(run_dir) / site / step / f"attempt-{number:02d}"
     folder.mkdir(parents=True)
     record = StepRecord(
-        site=site, step=step, state=StepState.RUNNING, attempt=number, owner_pid=owner, owner_start=owner_start
+        site=site,
+        step=step,
+        state=StepState.RUNNING,
+        attempt=number,
+        owner_pid=owner,
+        owner_start=owner_start,
+        owner_host=host,
     )
     atomic_write_json(folder / "status.json", record.model_dump(mode="json"))
     return folder
@@ -40,6 +48,7 @@ def test_a_killed_attempt_is_closed_as_died_and_names_its_orphan(tmp_path: Path)
     try:
         write_pid_record(dead / "pid.json", PidRecord(orphan.pid, proc_start_time(orphan.pid)))
         alive = _attempt(tmp_path, "LANCS", "step1", 1, os.getpid(), proc_start_time(os.getpid()))
+        _attempt(tmp_path, "IN2P3", "step1", 1, _gone_pid(), None, host="another-host")  # not seen from here
         closed = close_dead_attempts(tmp_path)
         assert [(r.site, r.step, r.state) for r in closed] == [("RAL", "step1", StepState.DIED)]
         assert f"its command (pid {orphan.pid}) still runs" in closed[0].note
@@ -49,6 +58,7 @@ def test_a_killed_attempt_is_closed_as_died_and_names_its_orphan(tmp_path: Path)
         assert close_dead_attempts(tmp_path) == []  # closed once; the next look changes nothing
         latest = latest_attempts(tmp_path)
         assert latest["RAL"]["step1"].state is StepState.DIED and latest["LANCS"]["step1"].state is StepState.RUNNING
+        assert latest["IN2P3"]["step1"].state is StepState.RUNNING  # another host's: this one cannot tell
     finally:
         stop_group(orphan)
 

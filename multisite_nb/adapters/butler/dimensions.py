@@ -12,7 +12,7 @@ from typing import Any
 
 from lsst.daf.butler import Butler, DimensionRecord
 
-from multisite_nb.adapters.butler.queries import chunked
+from multisite_nb.adapters.butler.queries import BIND_CHUNK, chunked
 from multisite_nb.domain.queries import GOVERNORS
 
 
@@ -208,19 +208,22 @@ def _records(
     for i, (d, vs) in enumerate(sorted((d, vs) for d, vs in constrained.items() if d not in GOVERNORS)):
         bind[f"v{i}"] = sorted(vs)
         terms.append(f"{d} IN (v{i})")
-    # the longest id list is bound a chunk at a time (the databases' limits on bound parameters)
-    longest = max(bind, key=lambda k: len(bind[k]), default=None)
-    parts = list(chunked(bind[longest])) if longest else [[]]
+    # every id list bound a chunk at a time, all of them together within the databases' limits on
+    # bound parameters; each combination of chunks is a distinct set of records
+    size = max(1, BIND_CHUNK // max(1, len(bind)))
+    names = sorted(bind)
+    chunk_sets = itertools.product(*[list(chunked(bind[k], size)) for k in names])
+    binds = [dict(zip(names, parts, strict=True)) for parts in chunk_sets]
     governors = sorted(g for g in GOVERNORS if g in constrained or (g in values and g in _required(butler, element)))
     combos = itertools.product(*[sorted(values.get(g) or constrained.get(g) or []) for g in governors])
     out = []
     for combo in combos:
-        for part in parts:
+        for part in binds:
             out.extend(
                 butler.query_dimension_records(
                     element,
                     where=" AND ".join(terms),
-                    bind={**bind, longest: part} if longest else bind,
+                    bind=part,
                     limit=None,
                     explain=False,
                     **dict(zip(governors, combo, strict=True)),

@@ -7,6 +7,7 @@ client (which would retry) is made.
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import urllib.request
@@ -33,8 +34,11 @@ def ping(cfg: RucioClientConfig, timeout: float = PING_TIMEOUT_S) -> str:
     context = ssl.create_default_context(cafile=cfg.ca_cert) if url.startswith("https") else None
     try:
         with urllib.request.urlopen(url, timeout=timeout, context=context) as answer:  # noqa: S310 - the config's host
-            return str(json.loads(answer.read(65536)).get("version", "?"))
-    except (OSError, ValueError) as exc:
+            reply = json.loads(answer.read(65536))
+        if not isinstance(reply, dict):
+            raise ValueError(f"/ping answered {type(reply).__name__}, not Rucio's version")
+        return str(reply.get("version", "?"))
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise RucioError(f"Rucio at {cfg.host} cannot be reached ({reason})") from None
 

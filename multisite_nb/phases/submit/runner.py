@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -156,6 +157,7 @@ def run_step(
         started=datetime.now(UTC).isoformat(),
         owner_pid=os.getpid(),
         owner_start=proc_start_time(os.getpid()),
+        owner_host=socket.gethostname(),
     )
     atomic_write_json(folder / "status.json", record.model_dump(mode="json"))
     try:
@@ -231,7 +233,8 @@ def close_dead_attempts(run_dir: str | os.PathLike[str]) -> list[StepRecord]:
 
     A chain killed while a step ran leaves its attempt's ``status.json`` saying ``running`` for ever
     (and perhaps its command still running, orphaned: named in the note). Each look at the run
-    (``status``, the dashboard, ``--resume``) calls this; an attempt whose process lives is left as it is.
+    (``status``, the dashboard, ``--resume``) calls this; an attempt whose process lives, or that
+    runs on another host (whose processes this one cannot see), is left as it is.
     Returns the records it closed.
     """
     closed = []
@@ -242,6 +245,8 @@ def close_dead_attempts(run_dir: str | os.PathLike[str]) -> list[StepRecord]:
             continue  # unreadable: the views report it as such
         if record.state is not StepState.RUNNING or record.owner_pid is None:
             continue
+        if record.owner_host and record.owner_host != socket.gethostname():
+            continue  # another host's process: this one cannot see whether it lives
         if live_pid(PidRecord(record.owner_pid, record.owner_start)) is not None:
             continue
         command = read_pid_record(path.parent / "pid.json")

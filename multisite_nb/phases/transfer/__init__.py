@@ -14,6 +14,7 @@ import pandas as pd
 
 from multisite_nb.adapters.results import finish_phase, load_result, save_table
 from multisite_nb.adapters.rucio.ops import RucioOps
+from multisite_nb.adapters.rucio.probe import ping
 from multisite_nb.adapters.tables import load_plan
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.naming import campaign_dataset, placement_dataset, plan_path
@@ -30,7 +31,9 @@ def progress(campaign: Campaign, run_dir: Path) -> str:
     """What a transfer had done, from Rucio: the rules it made to each site, and its planned files there."""
     placed = load_result(run_dir, "placement")
     planned = placed.summary.sites if placed is not None and isinstance(placed.summary, PlacementSummary) else {}
-    rules = [r for r in RucioOps.for_campaign(campaign, quiet=True).list_rules() if campaign_dataset(campaign, r.name)]
+    ops = RucioOps.for_campaign(campaign, quiet=True)
+    ping(ops.config)  # an unreachable Rucio is said at once, not after the client's retries
+    rules = [r for r in ops.list_rules() if campaign_dataset(campaign, r.name)]
     parts = []
     for site in campaign.remote_sites:
         rse, name = campaign.site(site).rse, placement_dataset(campaign, site)
