@@ -21,11 +21,17 @@ __all__ = [
     "ServiceError",
     "StorageError",
     "WorkflowError",
+    "one_line",
 ]
 
 
 class MsnbError(Exception):
     """Base of every error the toolkit raises on purpose."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of a foreign library's error, on one line and at most ``limit`` characters."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:limit]
 
 
 class Problem:

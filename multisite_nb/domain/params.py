@@ -119,13 +119,11 @@ _READ = object()
 
 def load_model[M: BaseModel](path: Path, model: type[M], data: Any = _READ) -> M:
     """Validate a parameter file (or its already expanded ``data``) as ``model``, naming file and key at fault."""
-    data = read_yaml(path) if data is _READ else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError.of(validation_problems(path, exc)) from None
+    problems: list[Problem] = []
+    validated = _validated(path, model, read_yaml(path) if data is _READ else data, problems)
+    if validated is None:
+        raise ConfigError.of(problems)
+    return validated
 
 
 def executor_modes() -> set[str]:

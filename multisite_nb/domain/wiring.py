@@ -25,7 +25,7 @@ from lsst.pipe.base import Pipeline
 from lsst.pipe.base.pipeline_graph import PipelineGraph
 
 from multisite_nb.domain.config import Campaign, Stage
-from multisite_nb.domain.errors import ConfigError, Problem
+from multisite_nb.domain.errors import ConfigError, Problem, one_line
 from multisite_nb.domain.yamlfile import read_yaml
 
 __all__ = ["Crossing", "Wiring", "campaign_wiring", "derive_wiring", "load_pipeline_graph", "pipeline_problems"]
@@ -229,7 +229,7 @@ def pipeline_problems(campaign_file: Path, pipeline: Path, stages: Sequence[Stag
     except ConfigError as exc:
         return [Problem(campaign_file, f"the pipeline cannot be read: {exc}", key="pipeline")]
     except Exception as exc:  # the LSST loader raises many kinds; each is a file the operator named
-        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        why = one_line(exc)
         return [Problem(campaign_file, f"{pipeline} is not a pipeline the LSST loader reads: {why}", key="pipeline")]
     problems = _step_order_problems(campaign_file, graph, stages)
     if not problems:

@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Iterable
 
 from multisite_nb.adapters.rucio.config import RucioClientConfig, make_client
-from multisite_nb.domain.errors import RucioError
+from multisite_nb.domain.errors import RucioError, one_line
 
 __all__ = ["PING_TIMEOUT_S", "authenticated_account", "known_rses", "ping"]
 
@@ -39,7 +39,7 @@ def ping(cfg: RucioClientConfig, timeout: float = PING_TIMEOUT_S) -> str:
             raise ValueError(f"/ping answered {type(reply).__name__}, not Rucio's version")
         return str(reply.get("version", "?"))
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        reason = one_line(exc, 200)
         raise RucioError(f"Rucio at {cfg.host} cannot be reached ({reason})") from None
 
 
@@ -55,7 +55,7 @@ def authenticated_account(cfg: RucioClientConfig) -> str:
         client = make_client(cfg, quiet=True)
         return str(client.whoami()["account"])
     except Exception as exc:  # rucio-clients raises its own kinds (CannotAuthenticate, ...)
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        reason = one_line(exc, 200)
         who = cfg.account or "(the config's default account)"
         raise RucioError(f"account {who} cannot authenticate at Rucio {cfg.host} ({cfg.auth_type}): {reason}") from None
 
