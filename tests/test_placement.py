@@ -162,7 +162,7 @@ def test_unknown_sky_unit_is_named_before_anything_is_planned(neighbours, tmp_pa
     path.write_text(yaml.safe_dump(data))
     bad = load_campaign(path, env={"MSNB_WORLD": str(world)})
     with pytest.raises(
-        ConfigError, match=r"bad\.yaml: key 'sites\.RAL\.sky_units\[1\]': tract 7 patch 1 is not in sky map"
+        ConfigError, match=r"bad\.yaml: key 'sites\.RAL\.sky_units\.1': not in sky map '\w+' \(got 'tract 7 patch 1'\)"
     ):
         plan_placement(bad)
 
