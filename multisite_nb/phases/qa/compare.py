@@ -126,10 +126,13 @@ def _rule_ids(
             list(dimensions), where=where, bind={"ids": part}, instrument=cfg.instrument, limit=None, explain=False
         )
 
-    if len(parts) == 1:
-        return query(parts[0])
+    bound = where.partition(" ")[0]
+    if bound in dims or len(parts) == 1:  # each data ID holds the bound id, or one chunk: streamed as it is
+        return (data_id for part in parts for data_id in query(part))
 
-    def deduplicated() -> Iterator[Any]:  # a data ID without the bound dimension may match in two chunks
+    def deduplicated() -> Iterator[Any]:
+        # a sky product's data ID (tract, patch, band) may match visits of two chunks: kept once, in a
+        # set as large as the site's sky units times bands (never one entry per visit or file)
         seen: set[Any] = set()
         for part in parts:
             for data_id in query(part):
