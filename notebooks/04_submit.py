@@ -16,7 +16,7 @@
 # %% [markdown]
 # # Phase 4 — processing at the sites
 #
-# Runs one site stage of the stage plan (`stage` parameter) at every remote site: per site and step a pre-flight check, then the step (BPS submit file per site and step; `pipetask` or BPS as the site manifest says), its quanta succeeded / failed / pending and, for failures, the first error lines of the failed quantum's log. A step whose output run exists is resumed (only missing quanta run).
+# Runs one site stage of the stage plan (`stage` parameter) at every remote site: per site and step a pre-flight check, then the step as **groups** — cut along the step's sharding dimensions from the pipeline, `processing.group_size` values each (defaults: 500 exposures or visits, 10 tracts; a global step is one group) — each group one submission (`pipetask` or one BPS submission, as the site manifest says) with its own RUN `P/S/T/gNNNN`, at most `workflow.groups_in_flight` at a time per site. A failed group is retried alone (its failed quanta only) up to `processing.retries` times, then *held* with its cause while every other group goes on; the gate names the held groups and the command that retries them. A succeeded group's RUN is chained into the step's collection `P/S/T`, which the site's chain `P/S` holds.
 
 # %% tags=["parameters"]
 # Parameters (papermill overrides these; credentials never go here)
@@ -36,7 +36,7 @@ from multisite_nb import phases
 from multisite_nb.domain.naming import samples_dir, table_path
 from multisite_nb.domain.wiring import campaign_wiring
 from multisite_nb.phases.submit.samples import sample_submit_files
-from multisite_nb.phases.submit.summary import failures_table, steps_table
+from multisite_nb.phases.submit.summary import failures_table, groups_table, steps_table
 from multisite_nb.run.notebook import open_phase, show_gate
 from multisite_nb.views.figures import plot_wiring
 from multisite_nb.views.tables import summarize
@@ -78,6 +78,8 @@ result, steps = phases.submit.run(
 if prepare_only:
     display(summarize(pd.read_csv(table_path(run_dir, result.phase, "prepared")), max_rows=40))
 else:
+    display(Markdown("**Groups per site and step** (how each step was cut, its groups by state; held ones with their cause):"))
+    display(groups_table(steps))
     display(steps_table(steps))
     failures = failures_table(steps)
     display(summarize(failures) if len(failures) else Markdown("No failed quanta."))

@@ -25,7 +25,9 @@ __all__ = [
     "INT64_MAX",
     "MAX_SKY_UNITS",
     "Id",
+    "DEFAULT_GROUP_SIZE",
     "PositiveCount",
+    "ProcessingSettings",
     "Real",
     "EXECUTOR_ENTRY_POINTS",
     "Campaign",
@@ -128,6 +130,9 @@ class WorkflowSpec(_Strict):
     sites_at_once: PositiveCount | None = Field(
         default=None,
         description="how many sites run their steps at the same time (default: all, as at the facilities)",
+    )
+    groups_in_flight: PositiveCount = Field(
+        default=4, description="how many groups of a step one site runs at the same time"
     )
 
 
@@ -250,6 +255,36 @@ class QASettings(_Strict):
         return self
 
 
+#: Group sizes when the campaign gives none: per data-ID dimension, how many values one group holds
+#: (a step is split along the first of these its step dimensions name; a global step is one group).
+DEFAULT_GROUP_SIZE: dict[str, int] = {"tract": 10, "visit": 500, "exposure": 500}
+
+
+class ProcessingSettings(_Strict):
+    """How each site's steps are cut into groups, and how often a failed group is retried.
+
+    ``group_size``: dimension -> values per group (merged over :data:`DEFAULT_GROUP_SIZE`; the
+    campaign's own entries come first when a step names several); ``retries``: how many times a
+    failed group is rerun (its failed quanta only) before it is held for an operator.
+    """
+
+    group_size: dict[str, PositiveCount] = Field(default_factory=dict)
+    retries: Annotated[int, Field(strict=True, ge=0, le=100)] = 2
+
+    @field_validator("group_size")
+    @classmethod
+    def _dimension_names(cls, v: dict[str, int]) -> dict[str, int]:
+        for name in v:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"group_size: {name!r} is not a dimension name")
+        return v
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Every group size in force: the campaign's first, then the defaults it does not override."""
+        return {**self.group_size, **{k: v for k, v in DEFAULT_GROUP_SIZE.items() if k not in self.group_size}}
+
+
 class CampaignConfig(_Strict):
     """The campaign file as written (paths still relative to it)."""
 
@@ -268,6 +303,7 @@ class CampaignConfig(_Strict):
     )
     activity: str = "User Subscriptions"
     qa: QASettings = QASettings()
+    processing: ProcessingSettings = ProcessingSettings()
 
     @field_validator("rule_lifetime_days")
     @classmethod

@@ -19,6 +19,7 @@ Rucio datasets (in the campaign's scope): ``<campaign>.<label>.<site>`` for a sh
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,10 @@ __all__ = [
     "placement_dataset",
     "plan_path",
     "records_dataset",
+    "group_chain",
+    "group_name",
+    "group_plan_file",
+    "group_run",
     "reference_chain",
     "reference_logs_dir",
     "reference_run",
@@ -62,6 +67,29 @@ def site_chain(campaign: Campaign, site: str) -> str:
 def step_run_collection(campaign: Campaign, site: str, step: str) -> str:
     """``P/S/T``: the RUN collection step ``T`` writes at site ``S``."""
     return f"{site_chain(campaign, site)}/{step}"
+
+
+def group_name(index: int) -> str:
+    """``gNNNN``: the name of a step's group ``index`` (1-based) at a site."""
+    return f"g{index:04d}"
+
+
+def group_run(campaign: Campaign, site: str, step: str, group: str) -> str:
+    """``P/S/T/gNNNN``: the RUN collection one group of step ``T`` writes at site ``S``.
+
+    When the group succeeds it is chained into ``P/S/T``, which is then the step's CHAINED
+    collection (its succeeded groups, in group order), itself in the site's chain ``P/S``.
+    """
+    return f"{step_run_collection(campaign, site, step)}/{group}"
+
+
+def group_chain(campaign: Campaign, site: str, step: str, group: str) -> str:
+    """``P/S/T/gNNNN/chain``: the CHAINED output collection the workflow system keeps for one group.
+
+    ``pipetask -o`` and BPS's ``output`` need one: it holds the group's RUN and its inputs as they
+    were when the group started. Nothing else reads it.
+    """
+    return f"{group_run(campaign, site, step, group)}/chain"
 
 
 def reference_chain(campaign: Campaign) -> str:
@@ -148,6 +176,16 @@ def dashboard_dir(run_dir: str | os.PathLike[str]) -> Path:
 def samples_dir(run_dir: str | os.PathLike[str], stage: str) -> Path:
     """Where the submit notebook writes the sample submit files of a stage."""
     return artifacts_dir(run_dir, "submit") / stage
+
+
+def group_plan_file(log_dir: str | os.PathLike[str], site: str, step: str) -> Path:
+    """``<log_dir>/<site>/<step>/groups.parquet``: a step's group plan at a site (one row per data ID)."""
+    return Path(log_dir) / _plain(site) / _plain(step) / "groups.parquet"
+
+
+def _plain(name: str) -> str:
+    """``name`` with anything but letters, digits and ``_.-`` replaced (a file name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def reference_logs_dir(run_dir: str | os.PathLike[str]) -> Path:

@@ -15,7 +15,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["QuantumFailure", "RuleRecord", "RuleState", "ShipmentOutcome", "StepRecord", "StepState"]
+__all__ = [
+    "MAX_HELD_SHOWN",
+    "GroupCounts",
+    "HeldGroup",
+    "QuantumFailure",
+    "RuleRecord",
+    "RuleState",
+    "ShipmentOutcome",
+    "StepRecord",
+    "StepState",
+]
 
 _MAX_TEXT = 500
 RUCIO_DELETE_GRACE = timedelta(hours=1)  # a deleted rule expires this long after the delete
@@ -38,6 +48,7 @@ class StepState(StrEnum):
     FAILED = "failed"  # a quantum failed, or nothing could run
     STOPPED = "stopped"  # ended with quanta neither run nor failed (killed, timed out, cancelled)
     DIED = "died"  # recorded running, but the process that ran it is gone (its chain was killed)
+    HELD = "held"  # a group that failed its retries: it waits for an operator (the rest go on)
 
     @property
     def in_flight(self) -> bool:
@@ -47,7 +58,7 @@ class StepState(StrEnum):
     @property
     def needs_operator(self) -> bool:
         """Nothing will finish it without an operator (failed or stopped)."""
-        return self in (StepState.FAILED, StepState.STOPPED, StepState.DIED)
+        return self in (StepState.FAILED, StepState.STOPPED, StepState.DIED, StepState.HELD)
 
 
 class QuantumFailure(_Record):
@@ -60,6 +71,40 @@ class QuantumFailure(_Record):
     def __str__(self) -> str:
         did = self.data_id if isinstance(self.data_id, str) else ", ".join(f"{k}={v}" for k, v in self.data_id.items())
         return f"{self.task or '?'} {did}: {self.cause}".strip()
+
+
+#: Held groups a step's record names with their causes (the rest are counted).
+MAX_HELD_SHOWN = 20
+
+
+class HeldGroup(_Record):
+    """A group held after its retries: an operator decides (``multisite-nb run --resume`` retries it)."""
+
+    group: str
+    attempts: int = 0
+    cause: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.group} (after {self.attempts} attempts): {self.cause}"
+
+
+class GroupCounts(_Record):
+    """A step's groups at a site by state: what every view shows instead of one row per group."""
+
+    total: int = 0
+    done: int = 0
+    running: int = 0
+    failed: int = 0  # failed and to be retried, or stopped by an interrupt
+    held: int = 0
+    waiting: int = 0  # not started yet
+    dimension: str = ""
+    size: int = 0
+    held_groups: list[HeldGroup] = Field(default_factory=list)  # at most MAX_HELD_SHOWN, with causes
+
+    def __str__(self) -> str:
+        parts = [f"{self.done}/{self.total} done"]
+        parts += [f"{n} {k}" for k, n in (("running", self.running), ("failed", self.failed), ("held", self.held)) if n]
+        return ", ".join(parts)
 
 
 class StepRecord(_Record):
@@ -93,6 +138,8 @@ class StepRecord(_Record):
     owner_pid: int | None = None  # the process running the attempt (a later look closes it as died if gone)
     owner_start: int | None = None  # that process's start time (``/proc/<pid>/stat``), against PID reuse
     owner_host: str = ""  # the host it runs on: only a look from that host can tell it is gone
+    group: str = ""  # the group (``gNNNN``) this attempt ran; "" for a whole step (QA's reference)
+    groups: GroupCounts | None = None  # a site's step as a whole: its groups by state
 
     @classmethod
     def not_started(cls, site: str, step: str, problems: Sequence[str]) -> StepRecord:

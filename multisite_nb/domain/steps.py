@@ -65,6 +65,10 @@ class StepRun:
     data_id_table
         Data IDs the quanta are further restricted to (the site's patches, for a step whose
         quanta are patches), or None.
+    group, chain_into
+        For one group of a site's step (see :mod:`multisite_nb.domain.groups`): its name
+        (``gNNNN``) and the step's CHAINED collection ``P/S/T`` its RUN joins when it succeeds.
+        Empty for a step run whole (QA's reference).
     """
 
     site: str
@@ -77,6 +81,8 @@ class StepRun:
     pipeline: str
     data_id_table: DataIdTable | None = None
     db_auth: str | None = None  # daf_butler's credentials file of the repository's registry, if any
+    group: str = ""
+    chain_into: str = ""
 
     @property
     def pipeline_path(self) -> str:
@@ -88,8 +94,8 @@ class StepRun:
 
     @property
     def where(self) -> str:
-        """``"<site> <step>"``, how messages name it."""
-        return f"{self.site} {self.step}"
+        """``"<site> <step>"`` (``"<site> <step> <group>"``), how messages name it."""
+        return f"{self.site} {self.step}" + (f" {self.group}" if self.group else "")
 
 
 def safe_name(name: str) -> str:

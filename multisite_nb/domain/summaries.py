@@ -154,6 +154,18 @@ class StepsSummary(PhaseSummary):
     stage: str = ""
     steps: SiteSteps = Field(default_factory=dict)
 
+    def groups_line(self) -> str:
+        """The phase's groups by state, per site (``""`` when it ran none): the run page's line."""
+        parts = []
+        for site, by in self.steps.items():
+            counts = [r.groups for r in by.values() if r.groups is not None]
+            if not counts:
+                continue
+            total, done = sum(g.total for g in counts), sum(g.done for g in counts)
+            extra = [f"{n} {k}" for k in ("running", "failed", "held") if (n := sum(getattr(g, k) for g in counts))]
+            parts.append(f"{site} {done}/{total}" + (f" ({', '.join(extra)})" if extra else ""))
+        return f"groups done: {'; '.join(parts)}" if parts else ""
+
 
 class SubmitSummary(StepsSummary):
     prepared_tasks: int = Field(default=0, description="prepare only: the PanDA tasks built offline")

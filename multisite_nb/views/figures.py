@@ -355,8 +355,11 @@ def steps_figure(status: CampaignStatus) -> Figure:
                 continue
             state = rec.state if rec else StepState.NOT_STARTED
             ax.add_patch(Rectangle((j, i), 1, 1, facecolor=STEP_COLOURS[state], edgecolor="white", lw=2))
-            if rec and rec.total:
+            if rec and (rec.total or rec.groups):
                 label = f"{rec.succeeded}/{rec.total}" + (f"\n{rec.failed} ✗" if rec.failed else "")
+                g = rec.groups
+                if g is not None and g.total > 1:  # the groups by state, never one cell per group
+                    label += f"\n{g.done}/{g.total} groups" + (f", {g.held} held" if g.held else "")
                 ax.text(j + 0.5, i + 0.5, label, ha="center", va="center", fontsize=10, color=step_text_colour(state))
     ax.set_xlim(0, len(steps))
     ax.set_ylim(len(sites), 0)
@@ -377,11 +380,12 @@ def steps_figure(status: CampaignStatus) -> Figure:
             StepState.FAILED,
             StepState.STOPPED,
             StepState.DIED,
+            StepState.HELD,
             StepState.NOT_STARTED,
         )
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=7, fontsize=9, frameon=False)
-    ax.set_title("Steps by site (succeeded / total quanta)", fontsize=11)
+    fig.legend(handles=handles, loc="outside lower center", ncol=8, fontsize=9, frameon=False)
+    ax.set_title("Steps by site (succeeded / total quanta; groups done / groups)", fontsize=11)
     return fig
 
 

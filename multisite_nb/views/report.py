@@ -23,6 +23,7 @@ from multisite_nb.adapters.files import atomic_write_text
 from multisite_nb.adapters.results import load_results, load_run_record, run_state
 from multisite_nb.domain.redaction import redact_parameters
 from multisite_nb.domain.results import PhaseResult, PhaseRun, PhaseStatus, RunRecord
+from multisite_nb.domain.summaries import StepsSummary
 from multisite_nb.views.html import render
 
 __all__ = ["render_index", "render_notebook_html"]
@@ -50,6 +51,7 @@ class PhaseRow:
     duration: float | None
     reason: str
     summary: str = ""
+    groups: str = ""  # a phase that ran steps: its groups by state, per site
     links: list[Link] = field(default_factory=list)
     artifacts: list[Link] = field(default_factory=list)
 
@@ -158,6 +160,7 @@ def _phase_rows(run_dir: Path, record: RunRecord | None, results: dict[str, Phas
                 duration=e.duration_s if e.duration_s is not None else (res.duration_s if res else None),
                 reason=e.reason or (res.reason if res else ""),
                 summary=summary,
+                groups=res.summary.groups_line() if res and isinstance(res.summary, StepsSummary) else "",
                 links=links,
                 artifacts=[_link(run_dir, a) for a in res.artifacts] if res else [],
             )

@@ -289,13 +289,24 @@ def _step_issues(steps: Mapping[str, StepRecord]) -> list[Issue]:
     issues = []
     for st in steps.values():
         cause = str(st.first_failure) if st.first_failure else None
-        if st.state is StepState.FAILED or st.failed:
+        if st.state is StepState.FAILED or (st.failed and st.state is not StepState.HELD):
             what = (
                 f"{st.step}: {plural(st.failed, 'failed quantum', 'failed quanta')}"
                 if st.failed
                 else f"{st.step} failed"
             )
             issues.append(Issue("steps", what, cause))
+    for st in steps.values():
+        if st.groups is not None and st.groups.held:
+            held = st.groups.held_groups
+            issues.append(
+                Issue(
+                    "steps",
+                    f"{st.step}: {plural(st.groups.held, 'group', 'groups')} held after their retries "
+                    f"({st.groups.done}/{st.groups.total} done); --resume retries them",
+                    "; ".join(str(h) for h in held[:3]) or None,
+                )
+            )
     for st in steps.values():
         if st.state is StepState.DIED:
             issues.append(Issue("steps", f"{st.step} died: its chain was killed while it ran", st.note or None))

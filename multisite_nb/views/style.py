@@ -41,6 +41,7 @@ STEP_COLOURS: dict[StepState, str] = {
     StepState.FAILED: "#cf222e",
     StepState.STOPPED: "#e16f24",
     StepState.DIED: "#82071e",
+    StepState.HELD: "#8250df",
     StepState.NOT_STARTED: "#d8dee4",
 }
 #: Files replicating (transfer bars).
@@ -48,7 +49,7 @@ REPLICATING_COLOUR = "#d4a72c"
 CENTRAL_COLOUR = "#444c56"
 SITE_PALETTE = ("#1f6feb", "#8250df", "#0e8a9c", "#a0522d", "#bf3989", "#0a3069", "#6639ba")
 
-_DARK_STEPS = (StepState.SUCCEEDED, StepState.FAILED, StepState.STOPPED, StepState.DIED)
+_DARK_STEPS = (StepState.SUCCEEDED, StepState.FAILED, StepState.STOPPED, StepState.DIED, StepState.HELD)
 
 
 def site_colours(central: str, remote_sites: Sequence[str]) -> dict[str, str]:

@@ -92,7 +92,9 @@ def submit_file(
         "requestMemory": int(request_memory),
         "numberOfRetries": int(retries if retries is not None else plugin.default_retries),
         "payload": {
-            "payloadName": safe_name(f"{campaign.name}_{step_run.site}_{step_run.step}"),
+            "payloadName": safe_name(
+                "_".join(p for p in (campaign.name, step_run.site, step_run.step, step_run.group) if p)
+            ),
             "butlerConfig": step_run.repo,
             "inCollection": ",".join(step_run.inputs),
             "dataQuery": step_run.data_query,

@@ -120,7 +120,7 @@ def run(
             )
             steps = {site: dict(by) for site, by in records.items()}
             summary = summary.model_copy(update={"steps": steps})
-            passed, reason = steps_verdict(steps)
+            passed, reason = steps_verdict(steps, retry=f"multisite-nb run --resume {Path(run_dir).resolve()}")
         if passed:
             produced = [step_run_collection(campaign, campaign.central, step) for step in st.steps]
             redistributed = wiring.redistributed_after(stage)

@@ -25,7 +25,7 @@ from multisite_nb.domain.summaries import GatherSummary, SiteSteps, SubmitSummar
 from multisite_nb.phases.spec import phase
 from multisite_nb.phases.submit.samples import prepare_stage
 from multisite_nb.phases.submit.stage import run_sites
-from multisite_nb.phases.submit.summary import InFlight, steps_table, steps_verdict
+from multisite_nb.phases.submit.summary import InFlight, groups_table, steps_table, steps_verdict
 
 __all__ = ["delivered_runs", "run"]
 
@@ -64,8 +64,9 @@ def run(
         campaign, campaign.remote_sites, st.steps, logs_dir(run_dir), extra=delivered_runs(run_dir), live=live
     )
     steps = {site: dict(by) for site, by in records.items()}
-    passed, reason = steps_verdict(steps)
+    passed, reason = steps_verdict(steps, retry=f"multisite-nb run --resume {Path(run_dir).resolve()}")
     table = save_table(run_dir, f"submit_{stage}", "steps", steps_table(steps))
+    save_table(run_dir, f"submit_{stage}", "groups", groups_table(steps))
     summary = SubmitSummary(stage=stage, steps=steps)
     result = finish_phase(run_dir, f"submit_{stage}", passed, reason, started, summary=summary, artifacts=[str(table)])
     return result, steps

@@ -23,12 +23,14 @@ from lsst.daf.butler import MissingCollectionError
 
 from multisite_nb.adapters.butler.repo import collection_exists, open_butler
 from multisite_nb.adapters.files import atomic_write_json
+from multisite_nb.adapters.grouptable import read_group_plan
 from multisite_nb.adapters.processes import ChildRegistry, PidRecord, live_pid, proc_start_time, read_pid_record
 from multisite_nb.adapters.workflow import Attempt, Launch, executor_for
 from multisite_nb.adapters.workflow.status import graph_status, log_tail_cause, summary_status
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import PreflightError
-from multisite_nb.domain.naming import logs_dir
+from multisite_nb.domain.groups import step_of_groups
+from multisite_nb.domain.naming import REFERENCE, group_plan_file, logs_dir
 from multisite_nb.domain.records import QuantumFailure, StepRecord, StepState
 from multisite_nb.domain.steps import StepRun, safe_name
 from multisite_nb.phases.submit.preflight import preflight
@@ -116,6 +118,8 @@ def run_step(
         if problems:
             raise PreflightError(step_run.where, problems)
     base = Path(log_dir) / safe_name(step_run.site) / safe_name(step_run.step)
+    if step_run.group:
+        base = base / safe_name(step_run.group)
     previous = _attempts(base, step_run)
     number, folder = _new_attempt(base)
     attempt = Attempt(
@@ -158,6 +162,7 @@ def run_step(
         owner_pid=os.getpid(),
         owner_start=proc_start_time(os.getpid()),
         owner_host=socket.gethostname(),
+        group=step_run.group,
     )
     atomic_write_json(folder / "status.json", record.model_dump(mode="json"))
     try:
@@ -228,6 +233,13 @@ def _outcome(
     return record
 
 
+def _status_files(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Every attempt's ``status.json`` of a run's campaign steps: ``<site>/<step>[/<group>]/attempt-NN``."""
+    logs = logs_dir(run_dir)
+    found = [*logs.glob("*/*/attempt-*/status.json"), *logs.glob("*/*/g*/attempt-*/status.json")]
+    return sorted(p for p in found if p.relative_to(logs).parts[0] != REFERENCE)
+
+
 def close_dead_attempts(run_dir: str | os.PathLike[str]) -> list[StepRecord]:
     """Close, as ``died``, every attempt of a run recorded ``running`` whose running process is gone.
 
@@ -238,7 +250,7 @@ def close_dead_attempts(run_dir: str | os.PathLike[str]) -> list[StepRecord]:
     Returns the records it closed.
     """
     closed = []
-    for path in sorted(logs_dir(run_dir).glob("*/*/attempt-*/status.json")):
+    for path in _status_files(run_dir):
         try:
             record = StepRecord.model_validate_json(path.read_bytes())
         except (OSError, ValueError):
@@ -263,18 +275,34 @@ def close_dead_attempts(run_dir: str | os.PathLike[str]) -> list[StepRecord]:
 
 
 def latest_attempts(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, StepRecord]]:
-    """Site → step → the record of its latest attempt, as its ``status.json`` says now (dead ones closed)."""
-    closed = {(r.site, r.step, r.attempt): r for r in close_dead_attempts(run_dir)}
-    out: dict[str, dict[str, StepRecord]] = {}
-    for path in logs_dir(run_dir).glob("*/*/attempt-*/status.json"):
+    """Site → step → the step as its attempts' ``status.json`` say now (dead ones closed).
+
+    A step run as groups is one record of all its groups (each group's latest attempt), with
+    its groups counted by state (:func:`~multisite_nb.domain.groups.step_of_groups`).
+    """
+    closed = {(r.site, r.step, r.group, r.attempt): r for r in close_dead_attempts(run_dir)}
+    latest: dict[tuple[str, str, str], StepRecord] = {}
+    for path in _status_files(run_dir):
         try:
             record = StepRecord.model_validate_json(path.read_bytes())
         except (OSError, ValueError):
             continue
-        record = closed.get((record.site, record.step, record.attempt), record)
-        have = out.setdefault(record.site, {}).get(record.step)
+        record = closed.get((record.site, record.step, record.group, record.attempt), record)
+        key = (record.site, record.step, record.group)
+        have = latest.get(key)
         if have is None or record.attempt > have.attempt:
-            out[record.site][record.step] = record
+            latest[key] = record
+    by_step: dict[tuple[str, str], list[StepRecord]] = {}
+    for (site, step, _), record in sorted(latest.items()):
+        by_step.setdefault((site, step), []).append(record)
+    out: dict[str, dict[str, StepRecord]] = {}
+    for (site, step), records in by_step.items():
+        if len(records) == 1 and not records[0].group:
+            out.setdefault(site, {})[step] = records[0]
+            continue
+        plan = group_plan_file(logs_dir(run_dir), site, step)
+        cut = read_group_plan(plan).cut if plan.is_file() else None
+        out.setdefault(site, {})[step] = step_of_groups(site, step, records, cut, run=records[0].run.rsplit("/", 1)[0])
     return out
 
 

@@ -17,7 +17,7 @@ from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import WorkflowError
 from multisite_nb.domain.params import with_manifest
 from multisite_nb.domain.steps import StepRun
-from multisite_nb.phases.submit.selection import step_run
+from multisite_nb.phases.submit.groups import first_group
 
 __all__ = ["SampleSubmitFile", "prepare_stage", "sample_submit_files"]
 
@@ -45,7 +45,7 @@ def sample_submit_files(
         ("at the facility (PanDA)", with_manifest(campaign, facilities, env={}), "panda"),
         (f"here ({here.mode}, site config {here.bps_site_config})", campaign, None),
     ):
-        sr = step_run(where, site, st.steps[0])
+        sr = first_group(where, site, st.steps[0])
         name = "facility" if wms else "here"
         out.append(
             SampleSubmitFile(
@@ -56,7 +56,8 @@ def sample_submit_files(
 
 
 def prepare_stage(campaign: Campaign, steps: list[str], out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Prepare every step at every remote site offline; one row per iDDS task (or per step that failed).
+    """Prepare every step at every remote site offline (its first group's workflow, one BPS submission
+    per group as at the facilities); one row per iDDS task (or per step that failed).
 
     A step whose inputs are made by an earlier step of the same stage can only be prepared once
     that step has run (its quantum graph would be empty): its row says why.
@@ -65,7 +66,8 @@ def prepare_stage(campaign: Campaign, steps: list[str], out_dir: str | os.PathLi
     for site in campaign.remote_sites:
         for step in steps:
             try:
-                tasks = prepare_panda(campaign, step_run(campaign, site, step), Path(out_dir) / site / step)
+                sr = first_group(campaign, site, step)
+                tasks = prepare_panda(campaign, sr, Path(out_dir) / site / step / sr.group)
             except WorkflowError as exc:
                 rows.append({"site": site, "step": step, "task": "-", "error": str(exc).splitlines()[0]})
                 continue
@@ -73,6 +75,7 @@ def prepare_stage(campaign: Campaign, steps: list[str], out_dir: str | os.PathLi
                 {
                     "site": site,
                     "step": step,
+                    "group": sr.group,
                     "task": t.label,
                     "queue": t.queue,
                     "cloud": t.cloud,

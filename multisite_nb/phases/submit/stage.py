@@ -15,14 +15,22 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from multisite_nb.domain.config import Campaign
+from multisite_nb.domain.groups import step_of_groups
 from multisite_nb.domain.records import StepRecord, StepState
 from multisite_nb.domain.steps import StepRun
+from multisite_nb.phases.submit.groups import (
+    group_runs,
+    last_record,
+    linked_groups,
+    plan_groups,
+    run_group,
+    whole_step_check,
+)
 from multisite_nb.phases.submit.preflight import preflight
 from multisite_nb.phases.submit.runner import run_step, stop_running_steps
-from multisite_nb.phases.submit.selection import step_run
 from multisite_nb.phases.submit.summary import InFlight
 
-__all__ = ["run_sites", "run_steps"]
+__all__ = ["run_groups", "run_sites", "run_steps"]
 
 
 def run_steps(
@@ -68,13 +76,19 @@ def run_steps(
         if progress:
             progress({**out, step: StepRecord.in_progress(site, step)})
         try:
-            sr = make_run(step) if make_run else step_run(campaign, site, step, extra_inputs=extra_inputs)
-            problems = preflight(campaign, sr, restart=True)
-            if problems:
-                out[step] = StepRecord.not_started(site, step, problems)
-                break
-            # checked just above (restart=True: an existing run of this step is finished, not redone)
-            out[step] = run_step(campaign, sr, mode, restart=True, log_dir=log_dir, check=False)
+            if make_run is None:  # the campaign's own steps: in groups
+                report = (lambda rec, done=dict(out): progress({**done, rec.step: rec})) if progress else None
+                out[step] = run_groups(
+                    campaign, site, step, log_dir, extra_inputs=extra_inputs, stop=stop, mode=mode, progress=report
+                )
+            else:
+                sr = make_run(step)
+                problems = preflight(campaign, sr, restart=True)
+                if problems:
+                    out[step] = StepRecord.not_started(site, step, problems)
+                    break
+                # checked just above (restart=True: an existing run of this step is finished, not redone)
+                out[step] = run_step(campaign, sr, mode, restart=True, log_dir=log_dir, check=False)
         except Exception as exc:  # this site's step fails with the reason; the other sites go on
             out[step] = StepRecord.not_started(site, step, [f"{type(exc).__name__}: {exc}"])
         if out[step].state is not StepState.SUCCEEDED:
@@ -82,6 +96,73 @@ def run_steps(
     if progress:
         progress(out)
     return out
+
+
+def run_groups(
+    campaign: Campaign,
+    site: str,
+    step: str,
+    log_dir: str | os.PathLike[str],
+    *,
+    extra_inputs: Sequence[str] = (),
+    stop: threading.Event | None = None,
+    mode: str | None = None,
+    progress: Callable[[StepRecord], None] | None = None,
+) -> StepRecord:
+    """Run one site's step as its groups, at most the manifest's ``workflow.groups_in_flight`` at once.
+
+    The step is checked (pre-flight, over the whole site's selection) before any group starts.
+    Groups whose RUN is already chained into the step's collection succeeded before and are not
+    touched; every other group runs to its end (`run_group`: retried, then held), whatever
+    happens to the others. Returns the step as one record, its groups counted by state
+    (``progress`` gets it each time a group starts or ends).
+    """
+    base, plan = plan_groups(campaign, site, step, log_dir, extra_inputs=extra_inputs)
+    runs = group_runs(campaign, base, plan)
+    problems = preflight(campaign, whole_step_check(campaign, base, plan), restart=True)
+    if problems:
+        return StepRecord.not_started(site, step, problems)
+    done = linked_groups(base)
+    records: dict[str, StepRecord] = {}
+    for sr in runs:
+        if sr.output_run in done:
+            before = last_record(log_dir, sr)
+            records[sr.group] = (
+                before
+                if before and before.state is StepState.SUCCEEDED
+                else StepRecord(site=site, step=step, group=sr.group, state=StepState.SUCCEEDED, run=sr.output_run)
+            )
+    todo = [sr for sr in runs if sr.group not in records]
+    lock = threading.Lock()
+
+    def whole() -> StepRecord:
+        with lock:
+            now = list(records.values())
+        return step_of_groups(site, step, now, plan.cut, run=base.output_run, chain=base.output_chain)
+
+    def one(sr: StepRun) -> None:
+        if stop is not None and stop.is_set():
+            return
+        with lock:
+            records[sr.group] = StepRecord.in_progress(site, step).model_copy(update={"group": sr.group})
+        if progress:
+            progress(whole())
+        try:
+            rec = run_group(campaign, sr, log_dir, retries=campaign.config.processing.retries, mode=mode, stop=stop)
+        except Exception as exc:  # the workflow system refused this group: it fails, the others go on
+            rec = StepRecord.not_started(site, step, [f"{sr.where}: {type(exc).__name__}: {exc}"])
+            rec = rec.model_copy(update={"group": sr.group})
+        with lock:
+            records[sr.group] = rec
+        if progress:
+            progress(whole())
+
+    if todo:
+        in_flight = min(len(todo), campaign.manifest.workflow.groups_in_flight)
+        with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix=f"{site}-groups") as pool:
+            for future in [pool.submit(one, sr) for sr in todo]:
+                future.result()
+    return whole()
 
 
 def run_sites(
@@ -125,9 +206,8 @@ def run_sites(
         first = steps[0]
         for site in sites:
             try:
-                problems = preflight(
-                    campaign, step_run(campaign, site, first, extra_inputs=extra.get(site, ())), restart=True
-                )
+                base, plan = plan_groups(campaign, site, first, log_dir, extra_inputs=extra.get(site, ()))
+                problems = preflight(campaign, whole_step_check(campaign, base, plan), restart=True)
             except Exception as exc:  # a site that cannot even be checked is that site's problem
                 problems = [f"{site} {first}: cannot be checked: {type(exc).__name__}: {exc}"]
             if problems:

@@ -17,7 +17,7 @@ from multisite_nb.domain.records import StepRecord, StepState
 from multisite_nb.domain.results import PhaseResult, utcnow
 from multisite_nb.domain.summaries import SiteSteps, StepsSummary
 
-__all__ = ["InFlight", "failures_table", "steps_table", "steps_verdict"]
+__all__ = ["InFlight", "failures_table", "groups_table", "steps_table", "steps_verdict"]
 
 
 class InFlight:
@@ -70,17 +70,52 @@ class InFlight:
         record_result(self.run_dir, result)
 
 
-def steps_verdict(steps: Mapping[str, Mapping[str, StepRecord]]) -> tuple[bool, str]:
-    """Whether every step succeeded, and a sentence saying so or naming the first that did not."""
-    bad = [
-        (site, step, r) for site, by in steps.items() for step, r in by.items() if r.state is not StepState.SUCCEEDED
-    ]
+def steps_verdict(
+    steps: Mapping[str, Mapping[str, StepRecord]], *, retry: str = "multisite-nb run --resume RUN_DIR"
+) -> tuple[bool, str]:
+    """Whether every step succeeded, and a sentence saying so or naming what did not.
+
+    Held groups are named first, each with its cause, and the one command that retries them
+    (``retry``: a resumed run retries every held group and leaves the succeeded ones as they are).
+    """
+    records = [(site, step, r) for site, by in steps.items() for step, r in by.items()]
+    bad = [(site, step, r) for site, step, r in records if r.state is not StepState.SUCCEEDED]
+    groups = sum(r.groups.total if r.groups else 1 for _, _, r in records)
     if not bad:
-        n = sum(r.succeeded for by in steps.values() for r in by.values())
-        return True, f"{n} quanta succeeded in {sum(len(by) for by in steps.values())} site-steps"
+        n = sum(r.succeeded for _, _, r in records)
+        return True, f"{n} quanta succeeded in {len(records)} site-steps ({groups} groups)"
+    held = [(site, step, r) for site, step, r in bad if r.groups is not None and r.groups.held]
+    if held:
+        n = sum(r.groups.held for _, _, r in held if r.groups)
+        named = "; ".join(f"{site} {step} {h}" for site, step, r in held if r.groups for h in r.groups.held_groups[:3])
+        return False, f"{n} group(s) held after their retries: {named}. Retry them: {retry}"
     site, step, first = bad[0]
     cause = str(first.first_failure) if first.first_failure else ""
     return False, f"{site} {step}: {first.state} ({first.failed} failed); first: {cause}".strip()
+
+
+def groups_table(steps: Mapping[str, Mapping[str, StepRecord]]) -> pd.DataFrame:
+    """One row per site and step: how it was cut and its groups by state (never one row per group)."""
+    rows = []
+    for site, by in steps.items():
+        for step, r in by.items():
+            g = r.groups
+            rows.append(
+                {
+                    "site": site,
+                    "step": step,
+                    "cut by": (g.dimension or "(not cut)") if g else "(whole)",
+                    "size": g.size if g and g.size else None,
+                    "groups": g.total if g else 1,
+                    "done": g.done if g else int(r.state is StepState.SUCCEEDED),
+                    "running": g.running if g else 0,
+                    "failed": g.failed if g else 0,
+                    "held": g.held if g else 0,
+                    "held groups": "; ".join(str(h) for h in g.held_groups[:3]) if g else "",
+                }
+            )
+    columns = ["site", "step", "cut by", "size", "groups", "done", "running", "failed", "held", "held groups"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def steps_table(steps: Mapping[str, Mapping[str, StepRecord]]) -> pd.DataFrame:
