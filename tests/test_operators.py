@@ -82,10 +82,10 @@ def test_a_second_operator_is_refused_and_a_stale_lock_broken_only_on_request(wo
 
 
 def _live_step(runs: Path) -> tuple[Path, int] | None:
-    for path in runs.glob("*/*/artifacts/logs/*/*/attempt-*/pid.json"):
+    for path in runs.glob("*/*/artifacts/logs/*/*/g*/attempt-*/pid.json"):  # <site>/<step>/<group>/attempt-NN
         rec = read_pid_record(path)
         if rec is not None and live_pid(rec):
-            return path.parents[5], rec.pid
+            return path.parents[6], rec.pid
     return None
 
 
@@ -158,6 +158,6 @@ def test_a_chain_killed_mid_step_dies_visibly_and_resumes(world, tmp_path: Path)
     assert run_state(load_run_record(run_dir)) == "passed"
     result = load_result(run_dir, "submit_early")
     assert result.passed
-    attempts = [json.loads(p.read_text()) for p in run_dir.glob("artifacts/logs/*/step1/attempt-*/status.json")]
+    attempts = [json.loads(p.read_text()) for p in run_dir.glob("artifacts/logs/*/step1/g*/attempt-*/status.json")]
     assert any(a.get("restart") for a in attempts)  # the killed step was restarted, not redone from scratch
     assert _live_step(runs) is None  # nothing left running

@@ -21,7 +21,7 @@ import click
 
 from multisite_nb.adapters.butler.lock import OperatorLock
 from multisite_nb.adapters.files import atomic_write_text
-from multisite_nb.adapters.results import load_result
+from multisite_nb.adapters.results import load_result, load_run_record
 from multisite_nb.domain.errors import ConfigError, MsnbError, NotReadyError
 from multisite_nb.phases import cleanup as cleanup_phase
 from multisite_nb.phases import qa as qa_phase
@@ -122,6 +122,18 @@ def _given_world(world_dir: str | None) -> Path | None:
     return root
 
 
+def _recorded_run(run_dir: str) -> tuple[str | None, str | None]:
+    """The campaign file and the world folder a run folder's ``run.json`` was made with (None: not recorded)."""
+    try:
+        record = load_run_record(Path(run_dir))
+    except (OSError, ValueError):
+        return None, None
+    if record is None:
+        return None, None
+    params, world = record.parameters.get("campaign_file"), record.parameters.get("world_dir")
+    return (str(params) if params else None), (str(world) if world else None)
+
+
 world_dir_option = click.option("--dir", "dir_", default=None, help="World folder (default: $MSNB_WORLD or ./world).")
 params_option = click.option("--params", default=DEFAULT_PARAMS, show_default=True, help="Campaign parameter file.")
 campaign_argument = click.argument("params", default=DEFAULT_PARAMS)
@@ -218,7 +230,7 @@ def check_cmd(params: str, world_dir: str | None, offline: bool) -> None:
 
 
 @main.command("run")
-@campaign_argument
+@click.argument("params", required=False, default=None)
 @click.option(
     "--phases",
     default=None,
@@ -228,11 +240,20 @@ def check_cmd(params: str, world_dir: str | None, offline: bool) -> None:
 @world_option
 @click.option("--runs-root", default=None, help="Where run folders go (default: <checkout>/runs).")
 @click.option("--resume", "resume_dir", default=None, help="Continue this run folder, skipping passed phases.")
-def run(params: str, phases: str | None, world_dir: str | None, runs_root: str | None, resume_dir: str | None) -> None:
-    """Execute phase notebooks with papermill into a run folder; stop at a failed gate."""
+def run(
+    params: str | None, phases: str | None, world_dir: str | None, runs_root: str | None, resume_dir: str | None
+) -> None:
+    """Execute phase notebooks with papermill into a run folder; stop at a failed gate.
+
+    PARAMS defaults to the 3x3 campaign; with ``--resume RUN_DIR`` and no PARAMS, the campaign file
+    and the world the run was made with (its ``run.json``), unless ``--world`` names another.
+    """
+    if params is None and resume_dir:
+        params, recorded_world = _recorded_run(resume_dir)
+        world_dir = world_dir or recorded_world
     world_root = _given_world(world_dir)
     with _operator_errors():
-        campaign = load_for_world(params, world_root)
+        campaign = load_for_world(params or DEFAULT_PARAMS, world_root)
         wanted = [p.strip() for p in phases.split(",") if p.strip()] if phases else chain_for(campaign)
         secrets = world_secrets(world_root) if world_root else []
         run_dir, outcome = launch(

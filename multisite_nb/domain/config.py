@@ -274,9 +274,12 @@ class ProcessingSettings(_Strict):
     @field_validator("group_size")
     @classmethod
     def _dimension_names(cls, v: dict[str, int]) -> dict[str, int]:
+        from lsst.daf.butler import DimensionUniverse
+
+        known = set(DimensionUniverse().getStaticDimensions().names)
         for name in v:
-            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-                raise ValueError(f"group_size: {name!r} is not a dimension name")
+            if name not in known:
+                raise ValueError(f"{name!r} is not a data dimension (e.g. exposure, visit, tract)")
         return v
 
     @property

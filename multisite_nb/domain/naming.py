@@ -2,10 +2,12 @@
 
 Collections, for a campaign's output prefix ``P``, site ``S`` and step ``T``:
 
-* ``P/S/T`` — the RUN collection a step writes (deterministic, no timestamp: a rerun of the
-  step extends it);
-* ``P/S`` — the site's CHAINED output collection, each step's run prepended, so it searches
-  the site's newest outputs first, then its inputs;
+* ``P/S/T/gNNNN`` — the RUN collection one group of step ``T`` writes (deterministic, no
+  timestamp: a retry of the group extends it), with ``P/S/T/gNNNN/chain``, the output chain the
+  workflow system keeps for it;
+* ``P/S/T`` — the step's CHAINED collection: the RUNs of its groups that succeeded, in order;
+* ``P/S`` — the site's CHAINED output collection, each step's collection prepended, so it
+  searches the site's newest outputs first, then its inputs;
 * ``P/reference`` and ``P/reference/T`` — QA's single-site reference at the central site.
 
 Datasets keep their RUN names when they move between sites, so what the central site holds
@@ -65,7 +67,7 @@ def site_chain(campaign: Campaign, site: str) -> str:
 
 
 def step_run_collection(campaign: Campaign, site: str, step: str) -> str:
-    """``P/S/T``: the RUN collection step ``T`` writes at site ``S``."""
+    """``P/S/T``: step ``T``'s collection at site ``S`` (CHAINED: its succeeded groups' RUNs)."""
     return f"{site_chain(campaign, site)}/{step}"
 
 

@@ -1,0 +1,157 @@
+"""Groups end to end: the groups campaign, every remote site's step 1 and step 3 in three groups each.
+
+One group of one site is made to fail (the stand-in task's ``fail_condition`` on one data ID, in a
+copy of the pipeline): every other group of every site runs to its end, the failed one is retried
+and then held, and the gate names it with its cause and the one command that retries it. Once
+the condition is gone, that command reruns that group alone (the other groups' RUNs and attempts
+untouched) and the campaign ends PASS, QA equal to the single-site reference. The chaining of
+the groups' RUNs into the step and site collections is read with the real ``butler`` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from multisite_nb.domain.params import repo_root
+
+pytestmark = [pytest.mark.slow, pytest.mark.world]
+
+BIN = Path(sys.executable).parent
+SPEC = "parameters/worlds/groups.yaml"
+CAMPAIGN = repo_root() / "parameters" / "campaign_groups.yaml"
+FAIL_AT = "RAL", "step1", "g0002", 5001  # RAL's second exposure: its step 1 group 2
+CONDITION = f"exposure IN ({FAIL_AT[3]}) AND detector IN (1)"
+
+
+def _nb(*args: str, timeout: float = 2400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "multisite-nb"), *args], cwd=repo_root(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _butler(*args: str) -> str:
+    proc = subprocess.run([str(BIN / "butler"), *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def _set_condition(pipeline: Path, condition: str | None) -> None:
+    data = yaml.safe_load(pipeline.read_text())
+    config = data["tasks"]["isr"]["config"]
+    if condition:
+        config["fail_condition"] = condition
+    else:
+        config.pop("fail_condition", None)
+    pipeline.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _attempts(run_dir: Path) -> dict[str, list[str]]:
+    logs = run_dir / "artifacts" / "logs"
+    out: dict[str, list[str]] = {}
+    for status in sorted(logs.glob("*/*/g*/attempt-*/status.json")):
+        site, step, group = status.relative_to(logs).parts[:3]
+        out.setdefault(f"{site}/{step}/{group}", []).append(json.loads(status.read_text())["state"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def groups_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("groups")
+    world, runs = tmp / "world", tmp / "runs"
+    pipeline = tmp / "drp_failing.yaml"
+    pipeline.write_text((CAMPAIGN.parent / "pipelines" / "drp_3x3.yaml").read_text())
+    _set_condition(pipeline, CONDITION)
+    data = yaml.safe_load(CAMPAIGN.read_text())
+    data.update(manifest=str(CAMPAIGN.parent / data["manifest"]), pipeline=str(pipeline))
+    params = tmp / "campaign_groups.yaml"
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+    out: dict = {"world": world}
+    try:
+        up = _nb("world", "up", "--spec", SPEC, "--params", str(params), "--dir", str(world), timeout=600)
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+        out["first"] = _nb("campaign", str(params), "--world", str(world), "--runs-root", str(runs))
+        (run_dir,) = sorted(p for p in (runs / "groups").iterdir() if p.is_dir())
+        out["run_dir"] = run_dir
+        out["early"] = json.loads((run_dir / "results" / "submit_early.json").read_text())
+        out["attempts_held"] = _attempts(run_dir)
+        repo = str(world / "butler" / "RAL")
+        out["g1_before"] = _butler("query-datasets", repo, "--collections", "groups/RAL/step1/g0001")
+        _set_condition(pipeline, None)  # the operator fixed the cause
+        retry = re.search(r"Retry them: (.+)$", out["early"]["reason"])
+        out["retry"] = retry.group(1) if retry else ""
+        command = shlex.split(out["retry"])
+        assert command[:1] == ["multisite-nb"], out["early"]["reason"]
+        out["second"] = _nb(*command[1:])
+        out["attempts_after"] = _attempts(run_dir)
+        out["g1_after"] = _butler("query-datasets", repo, "--collections", "groups/RAL/step1/g0001")
+        out["chains"] = _butler("query-collections", repo, "groups/RAL*", "--chains", "TREE")
+        out["types"] = _butler("query-collections", repo, "groups/RAL/step*")
+    finally:
+        _nb("world", "down", "--dir", str(world), timeout=120)
+    return out
+
+
+def test_a_failing_group_is_retried_then_held_while_every_other_group_finishes(groups_run) -> None:
+    first, early = groups_run["first"], groups_run["early"]
+    assert first.returncode != 0, first.stdout[-3000:]
+    site, step, group, _ = FAIL_AT
+    assert not early["passed"]
+    reason = early["reason"]
+    assert f"{site} {step} {group}" in reason and "held after their retries" in reason, reason
+    assert "injected" in reason.lower() or "fail" in reason.lower(), reason  # the cause, from the log
+    assert f"multisite-nb run --resume {groups_run['run_dir']}" in reason
+    attempts = groups_run["attempts_held"]
+    retries = yaml.safe_load(CAMPAIGN.read_text())["processing"]["retries"]
+    assert attempts[f"{site}/{step}/{group}"] == ["failed"] * retries + ["held"]
+    # every other group of every site ran to its end: the other sites' whole stage, RAL's other step-1 groups
+    steps = early["summary"]["steps"]
+    for other in ("IN2P3", "LANCS"):
+        assert [r["state"] for r in steps[other].values()] == ["succeeded"] * 3, steps[other]
+        assert steps[other]["step1"]["groups"]["total"] == 3
+        assert steps[other]["step2b"]["groups"]["done"] == 3
+    ral = steps[site][step]["groups"]
+    assert (ral["total"], ral["done"], ral["held"]) == (3, 2, 1)
+    assert [h["group"] for h in ral["held_groups"]] == [group]
+    assert attempts[f"{site}/{step}/g0001"] == ["succeeded"] and attempts[f"{site}/{step}/g0003"] == ["succeeded"]
+
+
+def test_the_gates_command_reruns_only_the_held_group_and_the_campaign_passes(groups_run) -> None:
+    second = groups_run["second"]
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-3000:]
+    assert re.search(r"verdict:\s+PASS", second.stdout), second.stdout[-2000:]
+    before, after = groups_run["attempts_held"], groups_run["attempts_after"]
+    site, step, group, _ = FAIL_AT
+    assert after[f"{site}/{step}/{group}"] == [*before[f"{site}/{step}/{group}"], "succeeded"]
+    for key, states in before.items():  # every group that had succeeded was left as it was
+        if key != f"{site}/{step}/{group}":
+            assert after[key] == states, key
+    assert groups_run["g1_before"] == groups_run["g1_after"]  # its RUN untouched
+
+
+def test_every_remote_sites_step1_and_step3_ran_as_three_groups(groups_run) -> None:
+    after = groups_run["attempts_after"]
+    for site in ("IN2P3", "RAL", "LANCS"):
+        for step in ("step1", "step3"):
+            assert sorted(k for k in after if k.startswith(f"{site}/{step}/")) == [
+                f"{site}/{step}/g000{i}" for i in (1, 2, 3)
+            ]
+
+
+def test_the_groups_runs_are_chained_into_the_step_and_the_site_collections(groups_run) -> None:
+    tree, types = groups_run["chains"], groups_run["types"]
+    lines = [ln.strip() for ln in types.splitlines()]
+    assert any(ln.startswith("groups/RAL/step1 ") and "CHAINED" in ln for ln in lines), types
+    assert any(ln.startswith("groups/RAL/step1/g0002 ") and "RUN" in ln for ln in lines), types
+    # P/S holds P/S/step1, which holds its three groups' RUNs in order
+    block = tree[tree.index("groups/RAL ") :]
+    assert re.search(r"groups/RAL/step1\s+CHAINED\s*\n\s+groups/RAL/step1/g0001\s+RUN", block), tree
+    g = [ln.split()[0] for ln in block.splitlines() if re.match(r"\s+groups/RAL/step1/g\d{4}\s+RUN", ln)]
+    assert g[:3] == [f"groups/RAL/step1/g000{i}" for i in (1, 2, 3)], tree
