@@ -424,7 +424,8 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
         status.phases = results
         steps, step_problems = read_steps(results)
         if run is not None:  # what the attempts say now wins over a result recorded while they ran
-            for site, per_step in latest_attempts(run).items():
+            in_flight = [(site, step) for site, by in steps.items() for step, r in by.items() if r.state.in_flight]
+            for site, per_step in latest_attempts(run, also=in_flight).items():
                 for step, rec in per_step.items():
                     have = steps.get(site, {}).get(step)
                     if have is None or rec.attempt > have.attempt or (have.state.in_flight and not rec.state.in_flight):

@@ -141,3 +141,31 @@ def test_a_result_that_cannot_be_read_concerns_every_site(tmp_path: Path) -> Non
     (tmp_path / "results" / "verify.json").write_text("{not json")
     _, problems = read_results(tmp_path)
     assert problems[0].site is None and problems[0].message.startswith("cannot read results/verify.json")
+
+
+def test_held_groups_are_counted_and_named_with_their_cause_never_one_row_each(
+    campaign: Campaign, tmp_path: Path
+) -> None:
+    from multisite_nb.domain.groups import GroupCut, step_of_groups
+    from multisite_nb.views.figures import steps_figure
+    from multisite_nb.views.report import render_index
+
+    run_dir = tmp_path / "run"
+    fail = [QuantumFailure(task="isr", data_id={"exposure": 5001}, cause="injected failure")]
+    groups = [
+        StepRecord(site="RAL", step="step1", group=f"g{i:04d}", state=StepState.SUCCEEDED, total=4, succeeded=4)
+        for i in range(1, 400)
+    ]
+    groups.append(StepRecord(site="RAL", step="step1", group="g0400", state=StepState.HELD, failures=fail, attempt=3))
+    step = step_of_groups("RAL", "step1", groups, GroupCut("exposure", 500, 400, 200_000))
+    summary = SubmitSummary(stage="early", steps={"RAL": {"step1": step}})
+    record_result(run_dir, PhaseResult(phase="submit_early", passed=False, reason="held", summary=summary))
+    status = collect(campaign, run_dir, butler=False)
+    ral = status.sites["RAL"]
+    issue = next(i for i in ral.issues if "held" in i.message)
+    assert "1 group held after their retries (399/400 done)" in issue.message
+    assert issue.cause is not None and "g0400" in issue.cause and "injected failure" in issue.cause
+    page = snapshot_html(status)
+    assert "399/400 groups, 1 held" in page and page.count("g0001") == 0  # counts, no row per group
+    steps_figure(status)  # draws the counts
+    assert "groups done: RAL 399/400 (1 held)" in render_index(run_dir).read_text()

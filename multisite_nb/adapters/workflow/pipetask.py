@@ -2,7 +2,9 @@
 
 A restart extends the existing output run and runs only the quanta without outputs
 (``--extend-run --skip-existing --clobber-outputs``, and ``--skip-init-writes`` once the run
-holds the step's task configs).
+holds the step's task configs). A group is run without an output chain (``-o``): its inputs
+grow as the other groups of its step succeed (the site's chain holds them), and pipetask refuses
+an existing chain whose inputs changed; the group's RUN is all a retry extends.
 """
 
 from __future__ import annotations
@@ -41,8 +43,7 @@ class PipetaskExecutor(Executor):
             sr.repo,
             "-i",
             ",".join(sr.inputs),
-            "-o",
-            sr.output_chain,
+            *(() if sr.group else ("-o", sr.output_chain)),
             "--output-run",
             sr.output_run,
             "-p",

@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,7 @@ def run_step(
         group=step_run.group,
     )
     atomic_write_json(folder / "status.json", record.model_dump(mode="json"))
+    _mark_running(Path(log_dir), folder)
     try:
         _prepare_chain(step_run)
         launch = executor.run(attempt)
@@ -187,9 +188,27 @@ def run_step(
     return _finish(folder, record)
 
 
+#: Under a log folder: one small file per attempt running now, naming its folder (what a look reads).
+RUNNING_INDEX = ".running"
+
+
+def _marker(log_dir: Path, folder: Path) -> Path:
+    return log_dir / RUNNING_INDEX / (safe_name(str(folder.relative_to(log_dir)).replace("/", ".")) + ".json")
+
+
+def _mark_running(log_dir: Path, folder: Path) -> None:
+    """Index an attempt as running, so that a look reads the running attempts, not every attempt ever made."""
+    atomic_write_json(_marker(log_dir, folder), {"folder": str(folder.relative_to(log_dir))})
+
+
 def _finish(folder: Path, record: StepRecord) -> StepRecord:
     record.finished = datetime.now(UTC).isoformat()
     atomic_write_json(folder / "status.json", record.model_dump(mode="json"))
+    for log_dir in folder.parents:  # the attempt is no longer running: out of the index
+        marker = log_dir / RUNNING_INDEX
+        if marker.is_dir():
+            _marker(log_dir, folder).unlink(missing_ok=True)
+            break
     return record
 
 
@@ -229,6 +248,12 @@ def _outcome(
         record.failures = [
             QuantumFailure(task=None, data_id={}, cause=log_tail_cause(attempt.log, launch.timed_out, timeout))
         ]
+    unmade = launch.graph is not None and not launch.graph.is_file()  # this attempt's graph was never written
+    if attempt.extend and unmade and launch.returncode not in (0, None) and not launch.already_done:
+        # the command failed before it built this attempt's graph: the cause is in its log, not the quanta
+        cause = log_tail_cause(attempt.log, launch.timed_out, timeout)
+        record.failures = [QuantumFailure(task="(command)", data_id={}, cause=cause), *record.failures]
+        record.state = StepState.FAILED
     record.note = " ".join(notes)
     return record
 
@@ -238,6 +263,22 @@ def _status_files(run_dir: str | os.PathLike[str]) -> list[Path]:
     logs = logs_dir(run_dir)
     found = [*logs.glob("*/*/attempt-*/status.json"), *logs.glob("*/*/g*/attempt-*/status.json")]
     return sorted(p for p in found if p.relative_to(logs).parts[0] != REFERENCE)
+
+
+def _running_files(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The ``status.json`` of each attempt indexed as running (a folder without the index: every attempt's)."""
+    logs = logs_dir(run_dir)
+    index = logs / RUNNING_INDEX
+    if not index.is_dir():
+        return _status_files(run_dir)  # written before attempts were indexed
+    out = []
+    for marker in sorted(index.glob("*.json")):
+        try:
+            folder = logs / str(json.loads(marker.read_text())["folder"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        out.append(folder / "status.json")
+    return out
 
 
 def close_dead_attempts(run_dir: str | os.PathLike[str]) -> list[StepRecord]:
@@ -250,7 +291,7 @@ def close_dead_attempts(run_dir: str | os.PathLike[str]) -> list[StepRecord]:
     Returns the records it closed.
     """
     closed = []
-    for path in _status_files(run_dir):
+    for path in _running_files(run_dir):
         try:
             record = StepRecord.model_validate_json(path.read_bytes())
         except (OSError, ValueError):
@@ -274,15 +315,24 @@ def close_dead_attempts(run_dir: str | os.PathLike[str]) -> list[StepRecord]:
     return closed
 
 
-def latest_attempts(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, StepRecord]]:
-    """Site → step → the step as its attempts' ``status.json`` say now (dead ones closed).
+def latest_attempts(
+    run_dir: str | os.PathLike[str], also: Iterable[tuple[str, str]] = ()
+) -> dict[str, dict[str, StepRecord]]:
+    """Site → step → the step as its attempts' ``status.json`` say now (dead ones closed), for every
+    step with an attempt running or found dead by this look, and the (site, step) pairs in ``also``
+    (those a result recorded in flight); the phases' results have the others.
 
     A step run as groups is one record of all its groups (each group's latest attempt), with
     its groups counted by state (:func:`~multisite_nb.domain.groups.step_of_groups`).
     """
     closed = {(r.site, r.step, r.group, r.attempt): r for r in close_dead_attempts(run_dir)}
+    logs = logs_dir(run_dir)
+    touched = {p.relative_to(logs).parts[:2] for p in _running_files(run_dir)}
+    touched |= {(safe_name(r.site), safe_name(r.step)) for r in closed.values()}
+    touched |= {(safe_name(site), safe_name(step)) for site, step in also}
     latest: dict[tuple[str, str, str], StepRecord] = {}
-    for path in _status_files(run_dir):
+    paths = [p for p in _status_files(run_dir) if p.relative_to(logs).parts[:2] in touched]
+    for path in paths:
         try:
             record = StepRecord.model_validate_json(path.read_bytes())
         except (OSError, ValueError):
