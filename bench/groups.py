@@ -387,11 +387,11 @@ def dr1(results: list[dict[str, Any]]) -> dict[str, Any]:
 def report(results: list[dict[str, Any]], fit: dict[str, Any]) -> None:
     """Print a table per world, the group-vs-site ratios, the flatness and the data-release fit."""
     for r in results:
-        print(f"\n{r['world_name']}: {r['raws']:,} raws, {r['visits']:,} visits (world built in {r['build_s']} s)")
+        print(f"\n{r['world_name']}: {r['raws']:,} raws, {r['visits']:,} visits (world up in {r['build_s']} s)")
         print(f"  group plans ({r['plans_wall_s']} s for all, with the tracemalloc pass):")
         steps = list(next(iter(r["plans"].values())))
         sites = list(r["plans"])
-        print("    " + f"{'step':6s} {'cut':>9s} " + " ".join(f"{s:>24s}" for s in sites))
+        print("    " + f"{'step':6s} {'cut':>12s} " + " ".join(f"{s:>24s}" for s in sites))
         for step in steps:
             first = r["plans"][sites[0]][step]
             cut = f"{first['size']} {first['dimension']}" if first["dimension"] else "not cut"
@@ -399,7 +399,7 @@ def report(results: list[dict[str, Any]], fit: dict[str, Any]) -> None:
             for site in sites:
                 p = r["plans"][site][step]
                 cells.append(f"{p['groups']:>5,} {p['seconds']:6.2f} s {p['peak_mb']:5.1f} MB")
-            print("    " + f"{step:6s} {cut:>9s} " + " ".join(f"{c:>24s}" for c in cells))
+            print("    " + f"{step:6s} {cut:>12s} " + " ".join(f"{c:>24s}" for c in cells))
         print("    (each: groups, plan seconds, Python heap peak during the plan)")
         full = "partial: the whole site" if r["group_qg_partial"] else "full"
         print(
@@ -441,9 +441,10 @@ def report(results: list[dict[str, Any]], fit: dict[str, Any]) -> None:
     q = fit["qg_fit"]
     size = results[0]["plans"][next(iter(results[0]["plans"]))][QG_STEP]["size"]
     print(f"\ndata release ({DR1_RAWS / 1e6:.0f} M raws, ~{DR1_TRACTS:,} tracts), fitted on {len(results)} world(s):")
+    basis = f"{q['points']} graphs" if q["points"] > 1 else "one graph: through the origin"
     print(
         f"  step 1 graph = {q['a_s']:.1f} s + {q['s_per_value']:.3f} s a visit, peak RSS {q['a_mb']:.0f} MB + "
-        f"{q['mb_per_value']:.2f} MB a visit ({q['points']} graphs): a {size}-visit group "
+        f"{q['mb_per_value']:.2f} MB a visit ({basis}): a {size}-visit group "
         f"{fit['dr1_group_qg_s']:.0f} s, {fit['dr1_group_qg_peak_rss_mb']:.0f} MB"
     )
     steps = list(next(iter(fit["dr1_groups"].values())))

@@ -126,7 +126,9 @@ def test_a_failing_group_is_retried_then_held_while_every_other_group_finishes(g
 def test_the_gates_command_reruns_only_the_held_group_and_the_campaign_passes(groups_run) -> None:
     second = groups_run["second"]
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-3000:]
-    assert re.search(r"verdict:\s+PASS", second.stdout), second.stdout[-2000:]
+    assert "run passed: all 9 phase(s) passed" in second.stdout, second.stdout[-2000:]
+    qa = json.loads((groups_run["run_dir"] / "results" / "qa.json").read_text())
+    assert qa["passed"] and "values equal to the reference" in qa["reason"], qa["reason"]
     before, after = groups_run["attempts_held"], groups_run["attempts_after"]
     site, step, group, _ = FAIL_AT
     assert after[f"{site}/{step}/{group}"] == [*before[f"{site}/{step}/{group}"], "succeeded"]

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from lsst.daf.butler import Butler, CollectionType
 from lsst.pipe.base import QuantumGraph
 
@@ -20,6 +21,7 @@ from multisite_nb.domain.records import StepRecord, StepState
 from multisite_nb.phases.submit.preflight import preflight
 from multisite_nb.phases.submit.runner import run_step
 from multisite_nb.phases.submit.selection import site_visits, step_run
+from multisite_nb.phases.submit.stage import run_groups
 from multisite_nb.world.butler_world import (
     collections_for,
     copy_site_inputs,
@@ -398,20 +400,24 @@ def test_failure_is_reported_and_restart_finishes_without_rerunning(root: Path, 
 
 
 @pytest.mark.slow
-def test_bps_parsl_runs_a_step(root: Path, campaign: Campaign, step1: StepRecord) -> None:
+def test_bps_parsl_runs_a_step_as_one_submission_per_group(root: Path, campaign: Campaign, step1: StepRecord) -> None:
     # An extra input collection (as a redistributed run would be) joins the site's chain.
     butler = Butler.from_config(campaign.butler_repo("IN2P3"), writeable=True)
     butler.collections.register("3x3/USDF/extra", CollectionType.RUN)
     butler.close()
-    sr = step_run(campaign, "IN2P3", "step2a", ["3x3/USDF/extra"])
-    status = run_step(campaign, sr, "bps", log_dir=root / "logs")
+    status = run_groups(campaign, "IN2P3", "step2a", root / "logs", extra_inputs=["3x3/USDF/extra"], mode="bps")
     assert status.state == StepState.SUCCEEDED, str(status)
     assert (status.mode, status.total, status.succeeded, status.failed) == ("bps", 12, 12, 0)
-    attempt = Path(status.log).parent
-    assert (attempt / "submit.yaml").is_file() and list((attempt / "submit").glob("*.qg"))
+    assert status.groups is not None and (status.groups.total, status.groups.done) == (1, 1)
+    attempt = root / "logs" / "IN2P3" / "step2a" / "g0001" / "attempt-01"
+    submit = yaml.safe_load((attempt / "submit.yaml").read_text())
+    assert submit["payload"]["outputRun"] == "3x3/IN2P3/step2a/g0001"
+    assert submit["payload"]["output"] == "3x3/IN2P3/step2a/g0001/chain"
+    assert list((attempt / "submit").glob("*.qg"))
     butler = Butler.from_config(campaign.butler_repo("IN2P3"))
     chain = butler.collections.get_info("3x3/IN2P3").children
     assert chain[:2] == ("3x3/IN2P3/step2a", "3x3/IN2P3/step1") and chain[-1] == "3x3/USDF/extra"
+    assert butler.collections.get_info("3x3/IN2P3/step2a").children == ("3x3/IN2P3/step2a/g0001",)
     assert len(butler.query_datasets("visitSummary", collections="3x3/IN2P3/step2a", explain=False)) == 6
     butler.close()
 

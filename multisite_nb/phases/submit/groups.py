@@ -155,9 +155,9 @@ def _mark_held(record: StepRecord) -> StepRecord:
 def link_group(sr: StepRun) -> None:
     """Chain a succeeded group's RUN into the step's ``P/S/T`` (group order), and ``P/S/T`` into the site's chain.
 
-    The site's chain ``P/S`` lists its steps' collections newest first, then every input
-    collection a step read (the campaign's inputs, runs delivered to the site), as ``pipetask -o``
-    made it when a step was one run. Idempotent: linking a group again changes nothing.
+    The site's chain ``P/S`` lists its steps' collections newest first, then the RUNs of every
+    input collection a step read (the campaign's inputs, runs delivered to the site), as
+    ``pipetask -o`` made it when a step was one run. Idempotent: linking a group again changes nothing.
     """
     with _CHAIN_LOCK, open_butler(sr.repo, writeable=True, db_auth=sr.db_auth) as butler:
         step = sr.chain_into
@@ -168,8 +168,10 @@ def link_group(sr: StepRun) -> None:
         chain = step.rsplit("/", 1)[0]
         butler.collections.register(chain, CollectionType.CHAINED)
         have = list(butler.collections.get_info(chain).children)
-        others = [c for c in sr.inputs if c != chain and c not in have]
-        new = ([step] if step not in have else []) + have + others
+        flat = set(butler.collections.query(chain, flatten_chains=True)) if have else set()
+        wanted = [c for c in sr.inputs if c != chain]
+        others = [c for c in butler.collections.query(wanted, flatten_chains=True) if c not in flat] if wanted else []
+        new = ([step] if step not in have else []) + have + [c for c in dict.fromkeys(others) if c not in have]
         if new != have:
             butler.collections.redefine_chain(chain, new)
 
