@@ -78,7 +78,7 @@ result, steps = phases.submit.run(
 if prepare_only:
     display(summarize(pd.read_csv(table_path(run_dir, result.phase, "prepared")), max_rows=40))
 else:
-    display(Markdown("**Groups per site and step** (how each step was cut, its groups by state; held ones with their cause):"))
+    display(Markdown("**Groups per site and step**: how each step was cut, its groups by state, held ones' causes"))
     display(groups_table(steps))
     display(steps_table(steps))
     failures = failures_table(steps)
