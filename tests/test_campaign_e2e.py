@@ -137,7 +137,7 @@ def test_final_products_are_home_per_site(campaign_run) -> None:
                 str(world / "butler" / site),
                 "fgcmPhotoCalibCatalog",
                 "--collections",
-                "3x3/USDF/step2c",
+                "3x3/USDF/step2c/*",  # the central step's group RUNs, delivered under their own names
             ],
             capture_output=True,
             text=True,
