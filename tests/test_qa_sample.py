@@ -114,8 +114,10 @@ def test_a_missing_product_of_an_unsampled_unit_is_reported(world, tmp_path: Pat
 
     # an unsampled unit's product goes missing at the site and at the central site
     gone = {"tract": 1, "patch": 4, "band": "g"}
-    for site, collections in (("IN2P3", [f"{NAME}/IN2P3"]), ("USDF", [f"{NAME}/IN2P3/step3"])):
+    # at the central site the gathered products are in the IN2P3 step's group RUNs
+    for site, pattern in (("IN2P3", f"{NAME}/IN2P3"), ("USDF", f"{NAME}/IN2P3/step3/*")):
         with open_site_butler(campaign, site, writeable=True) as butler:
+            collections = list(butler.collections.query(pattern))
             refs = list(
                 butler.query_datasets(
                     "deepCoadd_calexp_background",

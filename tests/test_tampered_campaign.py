@@ -66,11 +66,12 @@ def test_a_swapped_calibration_is_caught_on_the_sample(calibrated) -> None:
         }  # fmt: skip
     # swap the files of two sampled visits' calibration at the site: each now says the other's numbers
     with open_site_butler(campaign, "IN2P3") as butler:
+        delivered = list(butler.collections.query(f"{NAME}/USDF/step2c/*"))  # the central step's group RUNs
         refs = sorted(
             (
                 r
                 for r in butler.query_datasets(
-                    "fgcmPhotoCalibCatalog", collections=[f"{NAME}/USDF/step2c"], limit=None, explain=False
+                    "fgcmPhotoCalibCatalog", collections=delivered, limit=None, explain=False
                 )
                 if r.dataId["visit"] in sampled
             ),
