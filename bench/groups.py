@@ -24,7 +24,10 @@ every graph is built against the central repository with the campaign's input co
 step-1 group of the default size is 500 LSSTCam exposures (94,500 raws), more than the biggest site
 of ``scale_20k`` (75 visits) or ``scale_wide`` holds: there the group is the whole site (flagged
 "partial") and its graph grows with the world; ``--qg-size N`` builds a group of N visits, which
-every world fills, to compare like with like. The world's services are stopped at the end, also
+every world fills, to compare like with like. Visits with a detector that no reference-catalog
+shard overlaps are left out of the graphs (``pipetask qgraph`` refuses them: the scale worlds' shards
+cover their tracts, and ``scale_wide``'s 3.5-deg visits at the grid's edge reach beyond them); how
+many is printed. The world's services are stopped at the end, also
 on an error or an interrupt. Asserts nothing.
 
     .venv/bin/python bench/groups.py [--worlds scale_20k,scale_wide,scale_wide4] [--world DIR ...]
@@ -217,6 +220,55 @@ def build_graph(sr: Any, central_repo: str, folder: Path, values: int, raws_per_
     )
 
 
+def uncovered_visits(
+    repo: str, sr: Any, instrument: str, visits: list[int], enough: int, chunk: int = 200
+) -> tuple[set[int], int]:
+    """The visits (of ``visits``, in order) with a detector that no shard of the step's sky-pixel prerequisites
+    (the reference catalog) overlaps: ``pipetask qgraph`` refuses a graph holding one of their quanta.
+
+    Visits are examined in chunks until ``enough`` good ones are found; returns the bad ones and how
+    many visits were examined.
+    """
+    from lsst.daf.butler import Butler
+
+    from multisite_nb.domain.queries import id_ranges
+    from multisite_nb.domain.wiring import load_pipeline_graph
+
+    graph = load_pipeline_graph(sr.pipeline_path)
+    names = {
+        edge.parent_dataset_type_name
+        for label in graph.task_subsets[sr.subset]
+        for edge in graph.tasks[label].prerequisite_inputs.values()
+        if (dims := graph.dataset_types[edge.parent_dataset_type_name].dimensions).skypix
+        and set(dims.required) <= set(dims.skypix)
+    }
+    bad: set[int] = set()
+    examined = 0
+    if not names:
+        return bad, examined
+    with Butler.from_config(repo) as butler:
+        shards: dict[str, set[int]] = {}
+        for name in names:
+            refs = butler.query_datasets(name, collections=sr.inputs, limit=None, explain=False)
+            for ref in refs:
+                for dim in ref.dataId.dimensions.skypix:
+                    shards.setdefault(dim, set()).add(int(ref.dataId[dim]))
+        pixels = {dim: butler.dimensions.skypix_dimensions[dim].pixelization for dim in shards}
+        for i in range(0, len(visits), chunk):
+            if examined - len(bad) >= enough:
+                break
+            part = visits[i : i + chunk]
+            where = f"instrument = '{instrument}' AND visit IN ({id_ranges(part)})"
+            records = butler.query_dimension_records("visit_detector_region", where=where, limit=None, explain=False)
+            for r in records:
+                if not all(
+                    any(p in shards[d] for a, b in pixels[d].envelope(r.region) for p in range(a, b)) for d in shards
+                ):
+                    bad.add(int(r.dataId["visit"]))
+            examined += len(part)
+    return bad, examined
+
+
 def measure_graphs(
     campaign: Any,
     original: Any,
@@ -234,13 +286,32 @@ def measure_graphs(
     base = step_run(campaign, site, QG_STEP)
     default = cut_step(campaign, base)
     size = args.qg_size or default.size
+    central_repo = original.butler_repo(original.central)
+    per_value = raws / max(1, visits)
+    left_out: list[int] = []
+    table = base.data_id_table
+    if table is not None and "visit" in table.columns:  # leave out visits whose graph pipetask refuses
+        at = table.columns.index("visit")
+        ordered = sorted({int(r[at]) for r in table.rows})
+        whole_site = not args.skip_site_qg and len(ordered) * per_value <= args.site_qg_max_raws
+        bad, examined = uncovered_visits(
+            central_repo, base, campaign.config.instrument, ordered, len(ordered) if whole_site else size
+        )
+        if bad:
+            left_out = sorted(bad)
+            kept = tuple(r for r in table.rows if int(r[at]) not in bad)
+            base = replace(base, data_id_table=replace(table, rows=kept))
+            print(
+                f"    {len(bad)} of the first {examined} visits of {site} left out: a detector with no "
+                "reference-catalog shard (pipetask qgraph refuses them)",
+                flush=True,
+            )
     plan = cut_step(sized(campaign, default.dimension, size), base) if default.dimension else default
     group_sr = group_runs(campaign, base, plan)[0]
     group_values = cut_values(campaign, replace(plan, groups=plan.groups[:1]))
     site_values = cut_values(campaign, plan)
-    per_value = raws / max(1, visits)
-    central_repo = original.butler_repo(original.central)
     out: dict[str, Any] = {"site": site, "dimension": plan.dimension, "size": size, "site_values": site_values}
+    out["left_out"] = left_out
     print(f"    step 1 graph of {site}'s group 1 ({group_values} of {size} {plan.dimension}s) ...", flush=True)
     group = build_graph(group_sr, central_repo, scratch / "group", group_values, per_value)
     out["group"] = group
@@ -293,7 +364,11 @@ def run_world(name: str, world: Path, spec: Path | None, args: argparse.Namespac
             plans = measure_plans(campaign, Path(tmp) / "plans")
             out["plans_wall_s"] = round(time.monotonic() - t0, 1)
             out["plans"] = plans
-            graphs = measure_graphs(campaign, original, plans, args, out["raws"], visits, Path(tmp) / "graphs")
+            try:
+                graphs = measure_graphs(campaign, original, plans, args, out["raws"], visits, Path(tmp) / "graphs")
+            except RuntimeError as exc:  # a graph pipetask refused: the other figures still stand
+                print(f"    {exc}", flush=True)
+                graphs, out["qg_error"] = None, str(exc)[-2000:]
         out.update(_figures(plans, graphs))
     finally:
         down = [cli, "world", "down", "--dir", str(world), "--params", str(campaign_file)]
@@ -302,13 +377,19 @@ def run_world(name: str, world: Path, spec: Path | None, args: argparse.Namespac
     return out
 
 
-def _figures(plans: dict[str, dict[str, dict[str, Any]]], graphs: dict[str, Any]) -> dict[str, Any]:
-    """The JSON figures of one world."""
-    group, site = graphs["group"], graphs["site_graph"]
-    return {
+def _figures(plans: dict[str, dict[str, dict[str, Any]]], graphs: dict[str, Any] | None) -> dict[str, Any]:
+    """The JSON figures of one world (``graphs`` None: no graph could be built)."""
+    out = {
         "groups": {s: {t: p["groups"] for t, p in steps.items()} for s, steps in plans.items()},
         "group_plan_s": {s: {t: round(p["seconds"], 3) for t, p in steps.items()} for s, steps in plans.items()},
         "group_plan_peak_mb": {s: {t: round(p["peak_mb"], 2) for t, p in steps.items()} for s, steps in plans.items()},
+    }
+    if graphs is None:
+        return out
+    group, site = graphs["group"], graphs["site_graph"]
+    return {
+        **out,
+        "qg_visits_left_out": graphs["left_out"],
         "group_qg_site": graphs["site"],
         "group_qg_dimension": graphs["dimension"],
         "group_qg_size": graphs["size"],
@@ -359,6 +440,8 @@ def dr1(results: list[dict[str, Any]]) -> dict[str, Any]:
     # seconds and peak RSS of a step-1 graph as a line in its group's values (every graph measured)
     points = []
     for r in results:
+        if "group_qg_s" not in r:
+            continue
         points.append((r["group_qg_values"], r["group_qg_s"], r["group_qg_peak_rss_mb"]))
         if r["site_qg_s"] is not None and r["site_qg_values"] != r["group_qg_values"]:
             points.append((r["site_qg_values"], r["site_qg_s"], r["site_qg_peak_rss_mb"]))
@@ -401,6 +484,14 @@ def report(results: list[dict[str, Any]], fit: dict[str, Any]) -> None:
                 cells.append(f"{p['groups']:>5,} {p['seconds']:6.2f} s {p['peak_mb']:5.1f} MB")
             print("    " + f"{step:6s} {cut:>12s} " + " ".join(f"{c:>24s}" for c in cells))
         print("    (each: groups, plan seconds, Python heap peak during the plan)")
+        if "group_qg_s" not in r:
+            print(f"  step 1 graph: not built ({r.get('qg_error', '').strip().splitlines()[-1]})")
+            continue
+        if r["qg_visits_left_out"]:
+            print(
+                f"  {len(r['qg_visits_left_out'])} visits left out of the graphs: a detector with no "
+                "reference-catalog shard (the world's shards cover its tracts, not its visits)"
+            )
         full = "partial: the whole site" if r["group_qg_partial"] else "full"
         print(
             f"  step 1 graph, {r['group_qg_site']}'s group 1: {r['group_qg_values']} {r['group_qg_dimension']}s "
@@ -423,13 +514,14 @@ def report(results: list[dict[str, Any]], fit: dict[str, Any]) -> None:
                 f"peak RSS x{r['group_qg_peak_rss_mb'] / r['site_qg_peak_rss_mb']:.2f}"
             )
     print("\ngroup graph across the worlds (step 1, first group of the biggest site):")
-    for r in results:
+    built = [r for r in results if "group_qg_s" in r]
+    for r in built:
         full = " partial" if r["group_qg_partial"] else ""
         print(
             f"  {r['world_name']:12s} {r['raws']:>9,} raws: group of {r['group_qg_values']:>4d}{full:8s} "
             f"{r['group_qg_s']:7.1f} s  peak RSS {r['group_qg_peak_rss_mb']:6.0f} MB"
         )
-    full = [r for r in results if not r["group_qg_partial"]]
+    full = [r for r in built if not r["group_qg_partial"]]
     if len(full) > 1:
         rss = [r["group_qg_peak_rss_mb"] for r in full]
         secs = [r["group_qg_s"] for r in full]
@@ -511,6 +603,8 @@ def main(argv: list[str]) -> None:
     for i, name in enumerate(names):
         world = (args.world[i] if args.world else work / name).resolve()
         results.append(run_world(name, world, specs[name], args))
+        if args.json:  # what is measured so far, should a later world fail
+            args.json.write_text(json.dumps(results, indent=1))
     fit = dr1(results)
     for r in results:
         r.update(fit)
