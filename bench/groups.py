@@ -437,32 +437,40 @@ def dr1(results: list[dict[str, Any]]) -> dict[str, Any]:
                 n = max(0, round(a + b * DR1_RAWS))
             values[site][step] = n
             groups[site][step] = max(1, math.ceil(n / p["size"])) if p["size"] else 1
-    # seconds and peak RSS of a step-1 graph as a line in its group's values (every graph measured)
+    # a step-1 graph's peak RSS: a line in its group's visits (every graph measured); its seconds per visit at
+    # the largest world measured (a floor: they grow with the registry), and as a line in the world's raws
+    built = [r for r in results if "group_qg_s" in r]
     points = []
-    for r in results:
-        if "group_qg_s" not in r:
-            continue
-        points.append((r["group_qg_values"], r["group_qg_s"], r["group_qg_peak_rss_mb"]))
+    for r in built:
+        points.append((r["group_qg_values"], r["group_qg_peak_rss_mb"]))
         if r["site_qg_s"] is not None and r["site_qg_values"] != r["group_qg_values"]:
-            points.append((r["site_qg_values"], r["site_qg_s"], r["site_qg_peak_rss_mb"]))
-    xs = [float(p[0]) for p in points]
-    qa, qb = line(xs, [float(p[1]) for p in points])
-    ma, mb = line(xs, [float(p[2]) for p in points])
+            points.append((r["site_qg_values"], r["site_qg_peak_rss_mb"]))
+    ma, mb = line([float(x) for x, _ in points], [float(y) for _, y in points])
     size = first[next(iter(first))][QG_STEP]["size"] or 1
-    per_group_s = qa + qb * size
-    hours = {s: round(groups[s][QG_STEP] * per_group_s / 3600, 1) for s in groups}
+    per_visit = [(float(r["raws"]), r["group_qg_s"] / max(1, r["group_qg_values"])) for r in built]
+    largest = max(per_visit, default=(0.0, 0.0))
+    per_group_s = largest[1] * size
+    trend: tuple[float, float] | None = None
+    if len({x for x, _ in per_visit}) > 1:
+        trend = line([x for x, _ in per_visit], [y for _, y in per_visit])
+    per_group_fit_s = (trend[0] + trend[1] * DR1_RAWS) * size if trend else None
     return {
         "dr1_values": values,
         "dr1_groups": groups,
-        "dr1_qg_hours": hours,
+        "dr1_qg_hours": {s: round(groups[s][QG_STEP] * per_group_s / 3600, 1) for s in groups},
+        "dr1_qg_hours_fit": {s: round(groups[s][QG_STEP] * per_group_fit_s / 3600, 1) for s in groups}
+        if per_group_fit_s is not None
+        else None,
         "qg_fit": {
-            "a_s": round(qa, 2),
-            "s_per_value": round(qb, 4),
-            "a_mb": round(ma, 1),
-            "mb_per_value": round(mb, 3),
-            "points": len(points),
+            "mb_a": round(ma, 1),
+            "mb_per_visit": round(mb, 3),
+            "rss_points": len(points),
+            "s_per_visit": {r["world_name"]: round(y, 3) for r, (_, y) in zip(built, per_visit, strict=True)},
+            "s_per_visit_per_m_raws": round(trend[1] * 1e6, 3) if trend else None,
+            "s_per_visit_a": round(trend[0], 3) if trend else None,
         },
         "dr1_group_qg_s": round(per_group_s, 1),
+        "dr1_group_qg_s_fit": round(per_group_fit_s, 1) if per_group_fit_s is not None else None,
         "dr1_group_qg_peak_rss_mb": round(ma + mb * size, 0),
     }
 
@@ -533,17 +541,25 @@ def report(results: list[dict[str, Any]], fit: dict[str, Any]) -> None:
     q = fit["qg_fit"]
     size = results[0]["plans"][next(iter(results[0]["plans"]))][QG_STEP]["size"]
     print(f"\ndata release ({DR1_RAWS / 1e6:.0f} M raws, ~{DR1_TRACTS:,} tracts), fitted on {len(results)} world(s):")
-    basis = f"{q['points']} graphs" if q["points"] > 1 else "one graph: through the origin"
+    per = ", ".join(f"{w} {v:.2f}" for w, v in q["s_per_visit"].items())
+    print(f"  step 1 graph seconds per visit of a group: {per}")
     print(
-        f"  step 1 graph = {q['a_s']:.1f} s + {q['s_per_value']:.3f} s a visit, peak RSS {q['a_mb']:.0f} MB + "
-        f"{q['mb_per_value']:.2f} MB a visit ({basis}): a {size}-visit group "
-        f"{fit['dr1_group_qg_s']:.0f} s, {fit['dr1_group_qg_peak_rss_mb']:.0f} MB"
+        f"  a {size}-visit group's graph: {fit['dr1_group_qg_s']:.0f} s at the largest world's cost (a floor), "
+        f"peak RSS {fit['dr1_group_qg_peak_rss_mb']:.0f} MB ({q['mb_a']:.0f} MB + {q['mb_per_visit']:.2f} MB a visit, "
+        f"{q['rss_points']} graphs)"
     )
+    if fit["dr1_group_qg_s_fit"] is not None:
+        print(
+            f"  its seconds per visit as a line in the registry's raws: {q['s_per_visit_a']:.2f} s + "
+            f"{q['s_per_visit_per_m_raws']:.2f} s per million raws: {fit['dr1_group_qg_s_fit'] / 3600:.1f} h a group "
+            "at 45 M (if the growth stayed linear)"
+        )
     steps = list(next(iter(fit["dr1_groups"].values())))
-    print("    " + f"{'site':6s} " + " ".join(f"{s:>7s}" for s in steps) + "  step-1 graph hours")
+    print("    " + f"{'site':6s} " + " ".join(f"{s:>7s}" for s in steps) + "  step-1 graph hours (floor; fit)")
     for site, by_step in fit["dr1_groups"].items():
         cells = " ".join(f"{n:>7,}" for n in by_step.values())
-        print(f"    {site:6s} {cells}  {fit['dr1_qg_hours'][site]:8.1f} h")
+        fitted = f"; {fit['dr1_qg_hours_fit'][site]:,.0f} h" if fit["dr1_qg_hours_fit"] else ""
+        print(f"    {site:6s} {cells}  {fit['dr1_qg_hours'][site]:8,.1f} h{fitted}")
     print("    (groups per step: visits and exposures a line in raws, tracts the site's share of the release's)")
 
 
