@@ -13,9 +13,13 @@ own functions (``multisite_nb.phases.submit.groups``):
   (``--site-qg-max-raws``), else "skipped (too large)"; a site that is one group is not built twice;
 * a data release (45 M raws): each site's groups per step, fitted on the worlds measured (the
   visits of a visit- or exposure-cut step as a line in raws; the tracts of a tract-cut step as the
-  site's share of ~8,000 tracts), and the summed step-1 graph-building hours per site (its groups
-  times the seconds of a default-size group's graph, a line in the group's visits fitted on every
-  graph measured).
+  site's share of ~8,000 tracts), and the summed step-1 graph-building hours per site: its groups
+  times a default-size group's seconds, at the per-visit cost of the largest world measured (a
+  floor: that cost grows with the registry) and with that cost as a line in the world's raws; the
+  peak RSS of a default-size group as a line in the group's visits over every graph measured.
+
+Run all three worlds on 2 busy cores: ~90 min (the 378,000-raw world alone takes ~30 min to build);
+``--worlds scale_20k`` ~6 min.
 
 A world that has only been brought up holds everything in the central repository (USDF) and
 nothing at the remote sites, so every plan is cut from the central registry (each remote site's
@@ -27,8 +31,8 @@ of ``scale_20k`` (75 visits) or ``scale_wide`` holds: there the group is the who
 every world fills, to compare like with like. Visits with a detector that no reference-catalog
 shard overlaps are left out of the graphs (``pipetask qgraph`` refuses them: the scale worlds' shards
 cover their tracts, and ``scale_wide``'s 3.5-deg visits at the grid's edge reach beyond them); how
-many is printed. The world's services are stopped at the end, also
-on an error or an interrupt. Asserts nothing.
+many is printed. The world's services are stopped at the end, also on an error or an interrupt
+(``--leave-up``: not). Asserts nothing.
 
     .venv/bin/python bench/groups.py [--worlds scale_20k,scale_wide,scale_wide4] [--world DIR ...]
         [--work DIR] [--qg-size N] [--site-qg-max-raws N] [--skip-site-qg] [--json FILE]
@@ -37,7 +41,8 @@ JSON (one object per world, a list if several): ``raws``, ``groups`` and ``group
 step -> groups, seconds), ``group_plan_peak_mb``, ``group_qg_s``, ``group_qg_peak_rss_mb`` (and the
 group's site, visits, raws, quanta, ``group_qg_partial``), ``site_qg_s``, ``site_qg_peak_rss_mb``
 (None: skipped), ``dr1_groups`` (site -> step -> groups at 45 M raws), ``dr1_qg_hours`` (site ->
-hours of step-1 graph building), plus ``build_s`` and the fits.
+hours of step-1 graph building, the floor) and ``dr1_qg_hours_fit``, plus ``build_s`` (``world up``),
+``qg_visits_left_out`` and the fits (``qg_fit``).
 """
 
 from __future__ import annotations
