@@ -27,6 +27,7 @@ from multisite_nb.phases import cleanup as cleanup_phase
 from multisite_nb.phases import qa as qa_phase
 from multisite_nb.phases import repair as repair_phase
 from multisite_nb.phases.registry import chain_for
+from multisite_nb.phases.registry import phases as registered_phases
 from multisite_nb.run.context import WORLD_VARIABLE, campaign_env, load_for_world
 from multisite_nb.run.launch import campaign_of_run, launch, run_status
 from multisite_nb.run.preflight import preflight
@@ -132,6 +133,23 @@ def _recorded_run(run_dir: str) -> tuple[str | None, str | None]:
         return None, None
     params, world = record.parameters.get("campaign_file"), record.parameters.get("world_dir")
     return (str(params) if params else None), (str(world) if world else None)
+
+
+def _recorded_chain(run_dir: str) -> list[str] | None:
+    """The phases a run folder's chain was started with (None: not recorded)."""
+    try:
+        record = load_run_record(Path(run_dir))
+    except (OSError, ValueError):
+        return None
+    if record is None or not record.phases_requested:
+        return None
+    staged = sorted((p.name for p in registered_phases() if p.staged), key=len, reverse=True)
+
+    def spec(label: str) -> str:
+        name = next((n for n in staged if label.startswith(f"{n}_")), None)
+        return f"{name}@{label[len(name) + 1 :]}" if name else label
+
+    return [spec(label) for label in record.phases_requested]
 
 
 world_dir_option = click.option("--dir", "dir_", default=None, help="World folder (default: $MSNB_WORLD or ./world).")
@@ -240,8 +258,19 @@ def check_cmd(params: str, world_dir: str | None, offline: bool) -> None:
 @world_option
 @click.option("--runs-root", default=None, help="Where run folders go (default: <checkout>/runs).")
 @click.option("--resume", "resume_dir", default=None, help="Continue this run folder, skipping passed phases.")
+@click.option(
+    "--phase-by-phase",
+    is_flag=True,
+    default=False,
+    help="Transfer, verification and the first site stage one after the other for every site (default: flowing).",
+)
 def run(
-    params: str | None, phases: str | None, world_dir: str | None, runs_root: str | None, resume_dir: str | None
+    params: str | None,
+    phases: str | None,
+    world_dir: str | None,
+    runs_root: str | None,
+    resume_dir: str | None,
+    phase_by_phase: bool,
 ) -> None:
     """Execute phase notebooks with papermill into a run folder; stop at a failed gate.
 
@@ -254,7 +283,12 @@ def run(
     world_root = _given_world(world_dir)
     with _operator_errors():
         campaign = load_for_world(params or DEFAULT_PARAMS, world_root)
-        wanted = [p.strip() for p in phases.split(",") if p.strip()] if phases else chain_for(campaign)
+        if phases:
+            wanted = [p.strip() for p in phases.split(",") if p.strip()]
+        elif resume_dir and not phase_by_phase:  # a resumed run keeps the chain it was started with
+            wanted = _recorded_chain(resume_dir) or chain_for(campaign)
+        else:
+            wanted = chain_for(campaign, flowing=not phase_by_phase)
         secrets = world_secrets(world_root) if world_root else []
         run_dir, outcome = launch(
             campaign,
@@ -281,8 +315,17 @@ def run(
     default=None,
     help="A new world's database back end (default: what the world was built with, else sqlite).",
 )
-def campaign_cmd(params: str, world_dir: str | None, runs_root: str | None, down: bool, db: str | None) -> None:
-    """The main job: bring the embedded world up and run the whole campaign on it."""
+@click.option(
+    "--phase-by-phase",
+    is_flag=True,
+    default=False,
+    help="Every site waits for the others between transfer, verification and the first stage (default: "
+    "flowing: a site's groups start as their inputs are verified there).",
+)
+def campaign_cmd(
+    params: str, world_dir: str | None, runs_root: str | None, down: bool, db: str | None, phase_by_phase: bool
+) -> None:
+    """The main job: bring the embedded world up and run the whole campaign on it (flowing, by default)."""
     t0 = time.monotonic()
     w = _world(world_dir, params, db=db)
     with _operator_errors():
@@ -290,7 +333,7 @@ def campaign_cmd(params: str, world_dir: str | None, runs_root: str | None, down
         try:
             run_dir, outcome = launch(
                 w.campaign,
-                chain_for(w.campaign),
+                chain_for(w.campaign, flowing=not phase_by_phase),
                 runs_root=runs_root,
                 world=w.root,
                 secrets=world_secrets(w.root),

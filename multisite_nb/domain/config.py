@@ -265,11 +265,14 @@ class ProcessingSettings(_Strict):
 
     ``group_size``: dimension -> values per group (merged over :data:`DEFAULT_GROUP_SIZE`; the
     campaign's own entries come first when a step names several); ``retries``: how many times a
-    failed group is rerun (its failed quanta only) before it is held for an operator.
+    failed group is rerun (its failed quanta only) before it is held for an operator;
+    ``groups_per_shipment``: in a flowing campaign, how many of the first step's groups have their
+    raws moved as one shipment (each shipment verified on its own, then its groups released).
     """
 
     group_size: dict[str, PositiveCount] = Field(default_factory=dict)
     retries: Annotated[int, Field(strict=True, ge=0, le=100)] = 2
+    groups_per_shipment: PositiveCount = 1
 
     @field_validator("group_size")
     @classmethod

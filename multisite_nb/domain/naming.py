@@ -15,7 +15,9 @@ says where it was made (``P/S/...`` is site ``S``'s work).
 
 Rucio datasets (in the campaign's scope): ``<campaign>.<label>.<site>`` for a shipment (label
 ``placement``, ``gather_<stage>``, ``redistribute_<stage>``, ``final``) and
-``<shipment>.dimensions`` for the dimension records that travel ahead of it.
+``<shipment>.dimensions`` for the dimension records that travel ahead of it. A flowing campaign
+ships a site's placement as ``<placement>.common`` (what every group needs: calibrations,
+reference shards) and ``<placement>.bNNNN`` (the raws of a batch of the first step's groups).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ __all__ = [
     "made_at",
     "owner_collection",
     "placement_dataset",
+    "placement_batch",
+    "placement_site",
     "plan_path",
     "records_dataset",
     "group_chain",
@@ -135,6 +139,23 @@ def campaign_dataset(campaign: Campaign, name: str) -> bool:
 def placement_dataset(campaign: Campaign, site: str) -> str:
     """The Rucio dataset that carries a site's placed inputs."""
     return shipment_dataset(campaign, "placement", site)
+
+
+def placement_batch(campaign: Campaign, site: str, batch: int) -> str:
+    """A flowing placement's shipment ``batch`` to ``site`` (0: what every group needs, ``.common``)."""
+    base = placement_dataset(campaign, site)
+    return f"{base}.common" if batch == 0 else f"{base}.b{batch:04d}"
+
+
+def placement_site(campaign: Campaign, name: str) -> str | None:
+    """The site a placement dataset (whole, one of its batches, or their records) goes to; None: not one."""
+    for site in campaign.remote_sites:
+        base = placement_dataset(campaign, site)
+        if name == base or re.match(rf"^{re.escape(base)}\.(common|b\d{{4,}})(\.dimensions)?$", name):
+            return site
+        if name == records_dataset(base):
+            return site
+    return None
 
 
 def shard_dataset(shipment: str, index: int) -> str:

@@ -288,3 +288,5 @@ class ShipmentOutcome(_Record):
     already_present: int = 0
     records_files: list[str] = Field(default_factory=list)  # LFNs: shipment-wide values, then per part
     seconds: dict[str, float] = Field(default_factory=dict)
+    ok_at: datetime | None = None  # when its data were in place and ingested at the destination
+    verified_at: datetime | None = None  # when verification found them all (a flowing campaign checks each)

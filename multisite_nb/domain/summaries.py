@@ -23,6 +23,8 @@ __all__ = [
     "BoundaryCost",
     "CleanupSummary",
     "DashboardSummary",
+    "FlowSummary",
+    "SiteFlow",
     "GatherSummary",
     "PhaseSummary",
     "PlacementSummary",
@@ -100,6 +102,12 @@ class ShipmentRow(BaseModel):
     already_present: int = 0
     error: str = ""
     seconds: dict[str, float] = Field(default_factory=dict, description="by stage: records, register, rule, ...")
+    bytes: int = 0
+    parts: int = Field(default=1, description="the shipments this row sums (a flowing placement's batches)")
+    groups: list[str] = Field(default_factory=list, description="the first step's groups whose raws it carries")
+    ok_at: str = Field(default="", description="when its data were ingested at the destination (the last of parts)")
+    first_ok_at: str = Field(default="", description="when its first part was (a flowing placement)")
+    verified_at: str = Field(default="", description="when verification found its files in place")
 
     @classmethod
     def of(cls, o: ShipmentOutcome) -> ShipmentRow:
@@ -113,6 +121,35 @@ class ShipmentRow(BaseModel):
             already_present=o.already_present,
             error=o.error or "",
             seconds={k: round(v, 2) for k, v in o.seconds.items()},
+            ok_at=o.ok_at.isoformat() if o.ok_at else "",
+            first_ok_at=o.ok_at.isoformat() if o.ok_at else "",
+            verified_at=o.verified_at.isoformat() if o.verified_at else "",
+        )
+
+    @classmethod
+    def total(cls, dest: str, name: str, rows: list[ShipmentRow]) -> ShipmentRow:
+        """Several shipments to ``dest`` as one row: files summed, the first error, the last time."""
+        bad = next((r for r in rows if r.error or r.rule != "OK"), None)
+        oks = sorted(r.ok_at for r in rows if r.ok_at)
+        seconds: dict[str, float] = {}
+        for r in rows:
+            for k, v in r.seconds.items():
+                seconds[k] = round(seconds.get(k, 0.0) + v, 2)
+        return cls(
+            shipment=name,
+            dest=dest,
+            files=sum(r.files for r in rows),
+            rule=bad.rule if bad else ("OK" if rows else "none"),
+            rule_id=bad.rule_id if bad else None,
+            ingested=sum(r.ingested for r in rows),
+            already_present=sum(r.already_present for r in rows),
+            error=f"{bad.shipment}: {bad.error}" if bad and bad.error else "",
+            seconds=seconds,
+            bytes=sum(r.bytes for r in rows),
+            parts=len(rows),
+            ok_at=oks[-1] if oks and len(oks) == len(rows) else "",
+            first_ok_at=oks[0] if oks else "",
+            verified_at=max((r.verified_at for r in rows), default=""),
         )
 
 
@@ -121,6 +158,28 @@ class TransferSummary(PhaseSummary):
 
 
 # -- verification and repair ---------------------------------------------------------------
+
+
+class SiteFlow(BaseModel):
+    """One site in a flowing stage: its shipments, when they and its first groups got going."""
+
+    shipments: int = 0
+    verified: int = Field(default=0, description="shipments whose files verification found in place")
+    groups: int = Field(default=0, description="the first step's groups")
+    released: int = Field(default=0, description="groups whose inputs were verified (they could start)")
+    first_ok_at: str = ""
+    last_ok_at: str = Field(default="", description="when its last shipment was in place (empty: not all were)")
+    first_group_at: str = Field(default="", description="when its first group of the first step started")
+    error: str = ""
+
+
+class FlowSummary(PhaseSummary):
+    """A flowing stage: per site how its shipments and groups overlapped (the three gates it records are
+    ``transfer``, ``verify`` and ``submit_<stage>``)."""
+
+    stage: str = ""
+    sites: dict[str, SiteFlow] = Field(default_factory=dict)
+    gates: dict[str, bool] = Field(default_factory=dict, description="the gates it recorded, passed or not")
 
 
 class VerifySummary(PhaseSummary):
@@ -219,6 +278,7 @@ class CleanupSummary(PhaseSummary):
 _MODELS: dict[str, type[PhaseSummary]] = {
     "placement": PlacementSummary,
     "transfer": TransferSummary,
+    "flow": FlowSummary,
     "verify": VerifySummary,
     "repair": RepairSummary,
     "submit": SubmitSummary,

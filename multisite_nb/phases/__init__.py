@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["cleanup", "gather_redistribute", "placement", "qa", "repair", "submit", "transfer", "verify"]
+__all__ = ["cleanup", "flow", "gather_redistribute", "placement", "qa", "repair", "submit", "transfer", "verify"]
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -24,7 +24,7 @@ from multisite_nb.adapters.butler.repo import count_datasets, open_site_butler
 from multisite_nb.adapters.results import finish_phase, save_table
 from multisite_nb.adapters.rucio.ops import RucioOps
 from multisite_nb.domain.config import Campaign
-from multisite_nb.domain.naming import campaign_dataset, lock_collection, placement_dataset
+from multisite_nb.domain.naming import campaign_dataset, lock_collection, placement_site
 from multisite_nb.domain.results import PhaseResult, utcnow
 from multisite_nb.domain.summaries import CleanupSummary
 from multisite_nb.phases.spec import phase
@@ -66,7 +66,6 @@ def _collections(campaign: Campaign, site: str) -> list[CleanupItem]:
 
 
 def _rules(campaign: Campaign, ops: RucioOps) -> list[CleanupItem]:
-    placement = {placement_dataset(campaign, s) for s in campaign.remote_sites}
     site_of = {campaign.site(s).rse: s for s in campaign.all_sites}
     return [
         CleanupItem(
@@ -77,7 +76,7 @@ def _rules(campaign: Campaign, ops: RucioOps) -> list[CleanupItem]:
         )
         for r in ops.list_rules()
         if campaign_dataset(campaign, r.name)
-        and r.name.split(".dimensions")[0] not in placement
+        and placement_site(campaign, r.name) is None
         and not r.ending()  # a deleted rule only waits for Rucio's cleaner
     ]
 

@@ -146,8 +146,12 @@ def _stage_kinds(campaign: Campaign) -> dict[str, StageKind]:
     return kinds
 
 
-def chain_for(campaign: Campaign) -> list[str]:
+def chain_for(campaign: Campaign, *, flowing: bool = True) -> list[str]:
     """The phase chain of a campaign, derived from the phases' declarations and its stage plan.
+
+    ``flowing`` (the default): a phase that stands for others (``flow``: the transfer, the
+    verification and the first site stage, each site's groups starting as their inputs are
+    verified) takes the place of their first uses; otherwise (phase by phase) it is left out.
 
     Each phase in the chain comes after what it needs and follows; a staged phase is used once
     per stage of a kind it serves, the stages in the plan's order (each after the stage before,
@@ -155,7 +159,25 @@ def chain_for(campaign: Campaign) -> list[str]:
     a phase that closes the chain comes last. Ties keep the order the phases were registered in.
     """
     _load()
-    order = [p for p in _PHASES.values() if p.in_chain]
+    order = [p for p in _PHASES.values() if p.in_chain and not p.stands_for]
+    chain = _phase_by_phase(campaign, order)
+    if not flowing:
+        return chain
+    for p in _PHASES.values():
+        if not (p.in_chain and p.stands_for):
+            continue
+        firsts = [next((u for u in chain if u.partition("@")[0] == name), None) for name in p.stands_for]
+        replaced = [u for u in firsts if u is not None]
+        if not replaced:
+            continue
+        at = min(chain.index(u) for u in replaced)
+        chain = [u for u in chain if u not in replaced]
+        chain.insert(at, p.name)
+    return chain
+
+
+def _phase_by_phase(campaign: Campaign, order: list[Phase]) -> list[str]:
+    """The chain of ``order``'s phases, each after what it needs (see :func:`chain_for`)."""
     index = {p.name: i for i, p in enumerate(order)}
     of_phase: dict[str, list[str]] = {p.name: [] for p in order}
     staged_sequence: list[str] = []

@@ -83,6 +83,10 @@ class Phase:
         It belongs in a campaign's chain (repair and cleanup run on purpose only).
     closes_chain
         It comes after every other phase of a chain (the dashboard's last page).
+    stands_for
+        Phases whose first use in the chain it does in one go (the flowing campaign's ``flow`` does
+        ``transfer``, ``verify`` and the first ``submit``): it takes their place in a flowing chain,
+        and is left out of a phase-by-phase one.
     progress
         ``(campaign, run_dir) -> str``: what it had done, read from the systems it acts on, for a
         run whose chain died while it ran (``multisite-nb status``); None: its in-progress result says.
@@ -99,6 +103,7 @@ class Phase:
     acting: bool = False
     in_chain: bool = True
     closes_chain: bool = False
+    stands_for: tuple[str, ...] = ()
     doc: str = field(default="", compare=False)
     progress: Callable[[Campaign, Path], str] | None = field(default=None, compare=False)
 
@@ -139,6 +144,7 @@ def phase(
     acting: bool = False,
     in_chain: bool = True,
     closes_chain: bool = False,
+    stands_for: tuple[str, ...] = (),
     progress: Callable[[Campaign, Path], str] | None = None,
 ) -> Callable[[Callable[..., Any]], Phase]:
     """Declare a library function as a phase (see the module's docstring); its summary model is
@@ -148,7 +154,7 @@ def phase(
         register_summary(name, summary)
         declared = Phase(
             name, notebook, function, summary, needs, follows, stages, starts_run, acting, in_chain, closes_chain,
-            doc=function.__doc__ or "", progress=progress,
+            stands_for, doc=function.__doc__ or "", progress=progress,
         )  # fmt: skip
         return declared
 

@@ -49,7 +49,12 @@ def site_patches(campaign: Campaign, site: str, units: Sequence[SkyUnit] | None 
 
 
 def data_selection(
-    campaign: Campaign, site: str, step: str, units: Sequence[SkyUnit] | None = None
+    campaign: Campaign,
+    site: str,
+    step: str,
+    units: Sequence[SkyUnit] | None = None,
+    *,
+    visits: Sequence[int] | None = None,
 ) -> tuple[str, DataIdTable | None]:
     """The Butler expression selecting what ``step`` works on at ``site``, from the step's quantum dimensions.
 
@@ -68,6 +73,8 @@ def data_selection(
     expression (whole tracts are one ``IN`` list of ranges; the patch-level terms of a mixed set,
     or of a visit-level step, grow with the tracts cut by a sky boundary: daf_butler's rewriting of
     ``OR``-ed tract-and-patch terms fails from about ten).
+
+    ``visits`` gives the visits instead (a flowing campaign's plan, before they reach the site).
 
     Returns
     -------
@@ -93,8 +100,9 @@ def data_selection(
         parts.append(f"skymap = '{cfg.skymap}' AND tract IN ({id_ranges(u.tract for u in units)})")
     table: DataIdTable | None = None
     if "tract" not in dims or dims & {"visit", "exposure", "detector"}:
-        visits = site_visits(campaign, site, units)
-        if visits is None and site != campaign.central:
+        if visits is None:
+            visits = site_visits(campaign, site, units)
+        if not visits and site != campaign.central:  # unreadable here, or nothing there yet
             visits = site_visits(campaign, campaign.central, units)
         if not visits:
             return by_units, None
@@ -125,6 +133,7 @@ def step_run(
     extra_inputs: Sequence[str] = (),
     *,
     chain_exists: bool | None = None,
+    visits: Sequence[int] | None = None,
 ) -> StepRun:
     """Describe ``step`` at ``site`` following the campaign's collection convention.
 
@@ -141,6 +150,8 @@ def step_run(
     chain_exists
         Whether ``P/S`` exists; `None` = look in the site's repo, or, when the repo cannot
         be opened from here (a remote facility), predict it from the stage plan.
+    visits
+        The visits to select (default: looked up, see `data_selection`).
 
     Raises
     ------
@@ -157,7 +168,7 @@ def step_run(
             chain_exists = _planned_before(campaign, site, step)
     inputs = _dedupe([*([chain] if chain_exists else []), *campaign.config.collections.inputs, *extra_inputs])
     # site, step, repo, inputs, output chain and run, data query, pipeline subset
-    (query, table), pipeline = data_selection(campaign, site, step), f"{campaign.pipeline_path}#{step}"
+    (query, table), pipeline = data_selection(campaign, site, step, visits=visits), f"{campaign.pipeline_path}#{step}"
     return StepRun(site, step, repo, inputs, chain, run, query, pipeline, table, campaign.db_auth)
 
 

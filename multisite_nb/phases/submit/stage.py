@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from multisite_nb.domain.config import Campaign
@@ -108,6 +108,8 @@ def run_groups(
     stop: threading.Event | None = None,
     mode: str | None = None,
     progress: Callable[[StepRecord], None] | None = None,
+    release: Iterable[str] | None = None,
+    withheld: Mapping[str, str] | None = None,
 ) -> StepRecord:
     """Run one site's step as its groups, at most the manifest's ``workflow.groups_in_flight`` at once.
 
@@ -116,12 +118,18 @@ def run_groups(
     touched; every other group runs to its end (`run_group`: retried, then held), whatever
     happens to the others. Returns the step as one record, its groups counted by state
     (``progress`` gets it each time a group starts or ends).
+
+    With ``release`` (a flowing campaign), a group starts when its name comes out of it (its
+    inputs verified at the site), each checked on its own just before it runs; a group never
+    released does not run: it is recorded not started, with its reason from ``withheld``
+    (group -> why its inputs are not there, read once ``release`` has run out).
     """
     base, plan = plan_groups(campaign, site, step, log_dir, extra_inputs=extra_inputs)
     runs = group_runs(campaign, base, plan)
-    problems = preflight(campaign, whole_step_check(campaign, base, plan), restart=True)
-    if problems:
-        return StepRecord.not_started(site, step, problems)
+    if release is None:
+        problems = preflight(campaign, whole_step_check(campaign, base, plan), restart=True)
+        if problems:
+            return StepRecord.not_started(site, step, problems)
     done = linked_groups(base)
     records: dict[str, StepRecord] = {}
     for sr in runs:
@@ -148,7 +156,11 @@ def run_groups(
         if progress:
             progress(whole())
         try:
-            rec = run_group(campaign, sr, log_dir, retries=campaign.config.processing.retries, mode=mode, stop=stop)
+            problems = preflight(campaign, sr, restart=True) if release is not None else []
+            if problems:
+                rec = StepRecord.not_started(site, step, problems).model_copy(update={"group": sr.group})
+            else:
+                rec = run_group(campaign, sr, log_dir, retries=campaign.config.processing.retries, mode=mode, stop=stop)
         except Exception as exc:  # the workflow system refused this group: it fails, the others go on
             rec = StepRecord.not_started(site, step, [f"{sr.where}: {type(exc).__name__}: {exc}"])
             rec = rec.model_copy(update={"group": sr.group})
@@ -159,9 +171,20 @@ def run_groups(
 
     if todo:
         in_flight = min(len(todo), campaign.manifest.workflow.groups_in_flight)
+        by_name = {sr.group: sr for sr in todo}
+        order = (by_name[g] for g in release if g in by_name) if release is not None else iter(todo)
         with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix=f"{site}-groups") as pool:
-            for future in [pool.submit(one, sr) for sr in todo]:
+            for future in [pool.submit(one, sr) for sr in order]:
                 future.result()
+    elif release is not None:
+        for _ in release:  # nothing to run: let the releases run out
+            pass
+    if release is not None and not (stop is not None and stop.is_set()):
+        why = withheld or {}
+        for g in plan.groups:
+            if g.name not in records:
+                cause = why.get(g.name, "its inputs were not verified at the site")
+                records[g.name] = StepRecord.not_started(site, step, [cause]).model_copy(update={"group": g.name})
     return whole()
 
 

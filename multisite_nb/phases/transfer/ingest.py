@@ -120,6 +120,16 @@ def _present(butler: Butler, files: Sequence[PlannedFile], shipment: Shipment) -
     return {str(r.id) for r in found}
 
 
+def _exists(butler: Butler, name: str) -> bool:
+    """Whether collection ``name`` is there yet (a flowing placement's chains fill as its batches land)."""
+    from lsst.daf.butler import MissingCollectionError
+
+    try:
+        return bool(butler.collections.query(name, include_chains=True))
+    except MissingCollectionError:
+        return False
+
+
 def apply_collections(butler: Butler, plan: PlacementPlan, site: str) -> dict[str, int]:
     """Re-make at a site the calibration validity ranges and the input chains of the plan."""
     from astropy.time import Time
@@ -148,7 +158,7 @@ def apply_collections(butler: Butler, plan: PlacementPlan, site: str) -> dict[st
     chains = 0
     for name, children in plan.chains.items():
         butler.collections.register(name, CollectionType.CHAINED)
-        existing = [c for c in children if butler.collections.query(c, include_chains=True)]
+        existing = [c for c in children if _exists(butler, c)]
         if list(butler.collections.get_info(name).children) != existing:
             butler.collections.redefine_chain(name, existing)
             chains += 1

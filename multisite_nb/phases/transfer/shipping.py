@@ -30,6 +30,7 @@ from multisite_nb.domain.errors import MsnbError
 from multisite_nb.domain.naming import placement_dataset
 from multisite_nb.domain.plan import PlacementPlan
 from multisite_nb.domain.records import RuleRecord, RuleState, ShipmentOutcome
+from multisite_nb.domain.results import utcnow
 from multisite_nb.phases.collisions import claim
 from multisite_nb.phases.transfer.ingest import apply_collections, ingest_shipment
 from multisite_nb.phases.transfer.register import register_shipment
@@ -39,13 +40,57 @@ from multisite_nb.phases.transfer.shipment import Shipment
 if TYPE_CHECKING:
     from lsst.daf.butler import Butler
 
-__all__ = ["Shipment", "ShipmentOutcome", "ingest_shipment", "register_shipment", "run_shipments", "watch_rules"]
+__all__ = [
+    "Shipment",
+    "ShipmentOutcome",
+    "claim_sites",
+    "ingest_shipment",
+    "placement_args",
+    "register_shipment",
+    "run_shipments",
+    "watch_rules",
+]
 
 
 # -- dimension records ------------------------------------------------------------------
 
 
 # -- the steps --------------------------------------------------------------------------
+
+
+def placement_args(campaign: Campaign, plan: PlacementPlan, site: str) -> dict[str, object]:
+    """What a placement's shipment to ``site`` carries besides its files (whole, or one batch of it)."""
+    return {
+        "raw_inputs": True,
+        # a part's visits are its raws' exposures' (the detectors come with the raws)
+        "value_links": [("exposure", "visit", plan.exposure_visit)],
+        "extra_values": {
+            "tract": {u.tract for u in campaign.sky_units(site)},
+            "patch": {u.patch for u in campaign.sky_units(site) if u.patch is not None},
+            "skymap": {campaign.config.skymap},
+            "instrument": {campaign.config.instrument},
+        },
+    }
+
+
+def claim_sites(
+    campaign: Campaign, sites: Sequence[str], name: Callable[[str], str]
+) -> tuple[list[str], list[ShipmentOutcome]]:
+    """Claim the output prefix at the central site, then at each of ``sites``: (claimed, refused outcomes)."""
+    claim(campaign, campaign.central)  # the campaign acts here from now on: its output prefix is its own
+    refused: list[ShipmentOutcome] = []
+    ready = []
+    for site in sites:
+        try:
+            claim(campaign, site)
+            ready.append(site)
+        except Exception as exc:  # that site's part fails; the others go on
+            refused.append(
+                ShipmentOutcome(
+                    name=name(site), dest=site, error=f"claim {campaign.output_prefix}/ at {site}: {exc}"[:500]
+                )
+            )
+    return ready, refused
 
 
 def place_data(
@@ -66,36 +111,14 @@ def place_data(
     sites
         Only these remote sites (default: all).
     """
-    claim(campaign, campaign.central)  # the campaign acts here from now on: its output prefix is its own
-    refused: list[ShipmentOutcome] = []
-    ready = []
-    for site in sites or campaign.remote_sites:
-        try:
-            claim(campaign, site)
-            ready.append(site)
-        except Exception as exc:  # that site's part fails; the others go on
-            refused.append(
-                ShipmentOutcome(
-                    name=placement_dataset(campaign, site),
-                    dest=site,
-                    error=f"claim {campaign.output_prefix}/ at {site}: {exc}"[:500],
-                )
-            )
+    ready, refused = claim_sites(campaign, sites or campaign.remote_sites, lambda s: placement_dataset(campaign, s))
     shipments = [
         Shipment(
             name=placement_dataset(campaign, site),
             source=campaign.central,
             dest=site,
             files=site_source(plan, site),
-            raw_inputs=True,
-            # a part's visits are its raws' exposures' (the detectors come with the raws)
-            value_links=[("exposure", "visit", plan.exposure_visit)],
-            extra_values={
-                "tract": {u.tract for u in campaign.sky_units(site)},
-                "patch": {u.patch for u in campaign.sky_units(site) if u.patch is not None},
-                "skymap": {campaign.config.skymap},
-                "instrument": {campaign.config.instrument},
-            },
+            **placement_args(campaign, plan, site),  # type: ignore[arg-type]
         )
         for site in ready
     ]
@@ -189,7 +212,8 @@ def run_shipments(
                 o.error = st.error or f"rule {st.state}: no lock moved for {timeout_s:.0f} s"
                 log(f"{s.name}: rule {o.rule_id} {st.state}: {o.error}")
                 continue
-            isolated(s, f"ingest at {s.dest}", do_ingest)
+            if isolated(s, f"ingest at {s.dest}", do_ingest):
+                o.ok_at = utcnow()
         for s in ok:  # a pin the judge-injector filled meanwhile, and found it could not hold
             o = outcomes[s.name]
             pin = ops.rule(o.source_rule_id) if o.error is None and o.source_rule_id else None
