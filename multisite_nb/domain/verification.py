@@ -71,6 +71,17 @@ class SiteReport:
         return SiteVerification(site=self.site, shipment=self.dataset, planned=self.planned, ok=self.ok, **by_kind)
 
 
+def merge_reports(site: str, dataset: str, reports: Sequence[SiteReport]) -> SiteReport:
+    """Several shipments' reports of one site as one (a flowing placement's batches)."""
+    merged = SiteReport(site=site, planned=0, dataset=dataset)
+    for r in reports:
+        merged.planned += r.planned
+        merged.problems += r.problems
+        for k, v in r.checked.items():
+            merged.checked[k] = merged.checked.get(k, 0) + v
+    return merged
+
+
 def problems_table(reports: Sequence[SiteReport]) -> list[dict[str, str]]:
     """Every problem of ``reports`` as a table row."""
     return [p.as_row() for r in reports for p in r.problems]

@@ -35,8 +35,9 @@ from multisite_nb.domain.results import PhaseResult, utcnow
 from multisite_nb.domain.summaries import RepairAction, RepairSummary
 from multisite_nb.domain.verification import Problem, SiteReport
 from multisite_nb.phases.spec import phase
+from multisite_nb.phases.transfer.batches import shipped_batches
 from multisite_nb.phases.transfer.rules import watch_rules
-from multisite_nb.phases.transfer.shipping import place_data
+from multisite_nb.phases.transfer.shipping import place_data, run_shipments
 from multisite_nb.phases.verify import verify_placement
 
 __all__ = ["repair", "run"]
@@ -92,7 +93,7 @@ def run(
     """
     started = utcnow()
     plan = load_plan(plan_path(run_dir))
-    before = [r for r in verify_placement(campaign, plan) if not r.ok]
+    before = [r for r in verify_placement(campaign, plan, run_dir=run_dir) if not r.ok]
     ops = RucioOps.for_campaign(campaign)
     suspect = {p.what for r in before for p in r.problems if p.layer == "disk"}
     planned: dict[str, PlannedFile] = {}  # one pass over the plan's tables, a batch at a time
@@ -142,19 +143,21 @@ def run(
                 for lfn in good
             ]
             declared[rse] = good
-        found = ops.find_rule(placement_dataset(campaign, site), rse)
-        rule_id = found.id if found else None
-        if stuck and rule_id:
-            state = ops.rule(rule_id)
-            if state.state is RuleState.STUCK:
-                ops.retry_rule(rule_id)
-                actions.append(
-                    RepairAction(
-                        site=site, what=f"rule {rule_id}", action="rule retried", detail=state.error or "STUCK"
+        batches = shipped_batches(campaign, plan, site, run_dir)
+        names = [b.name for b in batches] if batches else [placement_dataset(campaign, site)]
+        for found in (ops.find_rule(name, rse) for name in names):
+            rule_id = found.id if found else None
+            if stuck and rule_id:
+                state = ops.rule(rule_id)
+                if state.state is RuleState.STUCK:
+                    ops.retry_rule(rule_id)
+                    actions.append(
+                        RepairAction(
+                            site=site, what=f"rule {rule_id}", action="rule retried", detail=state.error or "STUCK"
+                        )
                     )
-                )
-        if rule_id and (good or stuck):
-            rules.append(rule_id)
+            if rule_id and (good or stuck):
+                rules.append(rule_id)
         if butler:
             reingest.append(site)
         log(
@@ -184,7 +187,12 @@ def run(
                     )
                 )
     if reingest:
-        for o in place_data(campaign, plan, progress=False, timeout_s=timeout_s, log=log, sites=reingest):
+        flowed = {s: shipped_batches(campaign, plan, s, run_dir) for s in reingest}
+        again = [o for s, bs in flowed.items() if bs for o in run_shipments(campaign, bs, progress=False, log=log)]
+        plain = [s for s, bs in flowed.items() if not bs]
+        if plain:
+            again += place_data(campaign, plan, progress=False, timeout_s=timeout_s, log=log, sites=plain)
+        for o in again:
             actions.append(
                 RepairAction(
                     site=o.dest,
@@ -194,7 +202,7 @@ def run(
                 )
             )
     sites = sorted({r.site for r in before})
-    after = verify_placement(campaign, plan, sites=sites) if sites else []
+    after = verify_placement(campaign, plan, sites=sites, run_dir=run_dir) if sites else []
     still = [p for r in after for p in r.problems]
     by_kind: dict[str, int] = defaultdict(int)
     for a in actions:

@@ -37,8 +37,9 @@ from multisite_nb.domain.plan import PlacementPlan, PlannedFile
 from multisite_nb.domain.records import RuleState
 from multisite_nb.domain.results import PhaseResult, utcnow
 from multisite_nb.domain.summaries import VerifySummary
-from multisite_nb.domain.verification import Problem, SiteReport, problems_table
+from multisite_nb.domain.verification import Problem, SiteReport, merge_reports, problems_table
 from multisite_nb.phases.spec import phase
+from multisite_nb.phases.transfer.batches import shipped_batches
 
 __all__ = ["run", "verify_placement", "verify_shipments", "verify_site"]
 
@@ -283,11 +284,30 @@ def verify_shipments(
 
 
 def verify_placement(
-    campaign: Campaign, plan: PlacementPlan, *, checksums: bool = True, sites: Sequence[str] | None = None
+    campaign: Campaign,
+    plan: PlacementPlan,
+    *,
+    checksums: bool = True,
+    sites: Sequence[str] | None = None,
+    run_dir: str | Path | None = None,
 ) -> list[SiteReport]:
-    """Phase 3 for the placement of phase 1/2 (``sites``: only these remote sites)."""
-    groups = [(s, placement_dataset(campaign, s), site_source(plan, s)) for s in (sites or campaign.remote_sites)]
-    return verify_shipments(campaign, groups, checksums=checksums)
+    """Phase 3 for the placement of phase 1/2 (``sites``: only these remote sites).
+
+    With ``run_dir``, a site whose placement flowed (batch by batch, see
+    :mod:`~multisite_nb.phases.transfer.batches`) is verified shipment by shipment, as one report.
+    """
+    ops = RucioOps.for_campaign(campaign)
+    reports = []
+    for s in sites or campaign.remote_sites:
+        batches = shipped_batches(campaign, plan, s, run_dir) if run_dir is not None else None
+        if batches is None:
+            reports.append(
+                verify_site(campaign, ops, s, site_source(plan, s), placement_dataset(campaign, s), checksums=checksums)
+            )
+            continue
+        parts = [verify_site(campaign, ops, s, b.files, b.name, checksums=checksums) for b in batches]
+        reports.append(merge_reports(s, placement_dataset(campaign, s), parts))
+    return reports
 
 
 def _first_problem(report: SiteReport) -> str:
@@ -300,7 +320,7 @@ def run(campaign: Campaign, run_dir: str | Path, *, checksums: bool = True) -> t
     """Phase 3: reconcile the plan with Rucio, each site's Butler and the disk."""
     started = utcnow()
     plan = load_plan(plan_path(run_dir))
-    reports = verify_placement(campaign, plan, checksums=checksums)
+    reports = verify_placement(campaign, plan, checksums=checksums, run_dir=run_dir)
     counts = pd.DataFrame([r.counts().model_dump() for r in reports])
     problems = problems_table(reports)
     artifacts = [

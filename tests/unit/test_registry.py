@@ -39,9 +39,24 @@ def test_the_builtin_phases_are_found_in_their_modules_and_the_dashboard_by_its_
     assert registry.get("03_verify").name == "verify"
 
 
-def test_the_chain_follows_from_the_declarations_and_the_stage_plan() -> None:
+def test_the_chain_flows_by_default_one_phase_standing_for_transfer_verify_and_the_first_stage() -> None:
     campaign = load_campaign(CAMPAIGN, env=ENV)
     assert registry.chain_for(campaign) == [
+        "placement",
+        "flow",
+        "gather_redistribute@calibration",
+        "submit@late",
+        "gather_redistribute@final",
+        "qa",
+        "dashboard",
+    ]
+    assert registry.get("flow").stands_for == ("transfer", "verify", "submit")
+    assert registry.get("02_flow").notebook == "02_flow"
+
+
+def test_the_chain_follows_from_the_declarations_and_the_stage_plan() -> None:
+    campaign = load_campaign(CAMPAIGN, env=ENV)
+    assert registry.chain_for(campaign, flowing=False) == [
         "placement",
         "transfer",
         "verify",
@@ -64,14 +79,21 @@ def test_another_stage_plan_gives_another_chain(tmp_path: Path) -> None:
     ]
     path = tmp_path / "campaign.yaml"
     path.write_text(yaml.safe_dump(data))
-    chain = registry.chain_for(load_campaign(path, env=ENV))
+    chain = registry.chain_for(load_campaign(path, env=ENV), flowing=False)
     assert chain[3:6] == ["submit@all", "gather_redistribute@global", "gather_redistribute@final"]
+    assert registry.chain_for(load_campaign(path, env=ENV))[1:4] == [
+        "flow",
+        "gather_redistribute@global",
+        "gather_redistribute@final",
+    ]
 
 
 def test_a_phase_registered_from_a_test_joins_the_chain_after_what_it_needs(census: registry.Phase) -> None:
-    chain = registry.chain_for(load_campaign(CAMPAIGN, env=ENV))
+    chain = registry.chain_for(load_campaign(CAMPAIGN, env=ENV), flowing=False)
     assert "census" in chain
     assert chain.index("verify") < chain.index("census") < chain.index("dashboard")  # the dashboard closes it
+    flowing = registry.chain_for(load_campaign(CAMPAIGN, env=ENV))
+    assert flowing.index("flow") < flowing.index("census") < flowing.index("dashboard")  # the flow verifies
     assert registry.parse("census").phase is census
 
 

@@ -3,10 +3,11 @@
 A phase-by-phase campaign moves everything, then verifies everything, then runs the first
 stage: every site waits for the slowest site's last file. A flowing campaign (the default)
 runs this one phase instead: at each site, side by side, the inputs move as a shipment per batch
-of the first step's groups (:mod:`.batches`), each shipment is verified as it lands, and its
-groups start as soon as it is verified (:mod:`.site`). Nothing is ordered by a step's name: the
-groups come from the first step's group plan, the later steps follow from the stage plan, and
-the central stage after it (a gather) waits for every site's stage as before.
+of the first step's groups (:mod:`~multisite_nb.phases.transfer.batches`), each shipment is
+verified as it lands, and its groups start as soon as it is verified (:mod:`.site`). Nothing is
+ordered by a step's name: the groups come from the first step's group plan, the later steps
+follow from the stage plan, and the central stage after it (a gather) waits for every site's
+stage as before.
 
 The phase records the three gates it stands for, each judging all of its shipments or groups,
 so everything after it reads them as it would after the phases one by one: ``transfer``
@@ -32,7 +33,6 @@ from multisite_nb.adapters.tables import load_plan
 from multisite_nb.domain.config import Campaign, Stage
 from multisite_nb.domain.errors import ConfigError
 from multisite_nb.domain.naming import (
-    artifacts_dir,
     campaign_dataset,
     logs_dir,
     placement_dataset,
@@ -49,11 +49,12 @@ from multisite_nb.domain.summaries import (
     TransferSummary,
     VerifySummary,
 )
-from multisite_nb.domain.verification import SiteReport, problems_table
+from multisite_nb.domain.verification import SiteReport, merge_reports, problems_table
 from multisite_nb.phases.flow.site import SiteFlowOutcome, flow_site
 from multisite_nb.phases.spec import phase
 from multisite_nb.phases.submit.runner import stop_running_steps
 from multisite_nb.phases.submit.summary import InFlight, groups_table, steps_table, steps_verdict
+from multisite_nb.phases.transfer.batches import batches_dir
 from multisite_nb.phases.transfer.shipping import claim_sites
 
 __all__ = ["first_site_stage", "run"]
@@ -104,7 +105,7 @@ def run(
     sites, refused = claim_sites(campaign, campaign.remote_sites, lambda s: placement_dataset(campaign, s))
     label = f"submit_{stage.name}"
     live = InFlight(run_dir, label, started, SubmitSummary(stage=stage.name))
-    folder = artifacts_dir(run_dir, "flow") / "batches"
+    folder = batches_dir(run_dir)
     stop = threading.Event()
     outcomes: dict[str, SiteFlowOutcome] = {}
     at_once = min(len(sites), campaign.manifest.workflow.sites_at_once or len(sites)) or 1
@@ -197,20 +198,13 @@ def _record(
     unverified: dict[str, list[str]] = {}
     for site in sites:
         o = outcomes[site]
-        rep = SiteReport(site=site, planned=0, dataset=placement_dataset(campaign, site))
-        for b in o.batches:
-            r = o.reports.get(b.name)
-            if r is None:
-                unverified.setdefault(site, []).append(b.name)
-                rep.planned += b.files
-                continue
-            rep.planned += r.planned
-            rep.problems += r.problems
-            for k, v in r.checked.items():
-                rep.checked[k] = rep.checked.get(k, 0) + v
-        if o.error and not o.batches:
-            unverified.setdefault(site, []).append(o.error)
-        merged[site] = rep
+        missing = [b for b in o.batches if b.name not in o.reports]
+        if missing:
+            unverified[site] = [b.name for b in missing]
+        elif o.error and not o.batches:
+            unverified[site] = [o.error]
+        merged[site] = merge_reports(site, placement_dataset(campaign, site), list(o.reports.values()))
+        merged[site].planned += sum(b.files for b in missing)
     problems = problems_table(list(merged.values()))
     v_artifacts = [
         str(save_table(run_dir, "verify", "counts", pd.DataFrame([r.counts().model_dump() for r in merged.values()]))),

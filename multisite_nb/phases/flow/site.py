@@ -1,6 +1,6 @@
 """One site's flowing stage: its shipments one after the other, its groups starting as each is verified.
 
-Two threads per site. The shipper moves the site's batches in order (:mod:`.batches`): each
+Two threads per site. The shipper moves the site's batches in order (:mod:`~multisite_nb.phases.transfer.batches`): each
 shipment is moved end to end (:func:`~multisite_nb.phases.transfer.shipping.run_shipments`), the
 site's collections are brought up to date, and the shipment's files are verified (Rucio, the
 site's Butler, the disk); only then are its groups released. The site's first step runs its
@@ -21,18 +21,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from multisite_nb.adapters.butler.repo import open_site_butler
+from multisite_nb.adapters.grouptable import read_group_plan, write_group_plan
 from multisite_nb.domain.config import Campaign
+from multisite_nb.domain.errors import PlanError
+from multisite_nb.domain.groups import GroupPlan
+from multisite_nb.domain.naming import group_plan_file
 from multisite_nb.domain.plan import PlacementPlan
 from multisite_nb.domain.records import ShipmentOutcome, StepRecord, StepState
 from multisite_nb.domain.results import utcnow
 from multisite_nb.domain.verification import SiteReport
-from multisite_nb.phases.flow.batches import Batch, first_step_plan, plan_batches
+from multisite_nb.phases.submit.groups import cut_step
+from multisite_nb.phases.submit.selection import step_run
 from multisite_nb.phases.submit.stage import run_groups, run_steps
+from multisite_nb.phases.transfer.batches import Batch, plan_batches, raw_visits
 from multisite_nb.phases.transfer.ingest import apply_collections
 from multisite_nb.phases.transfer.shipping import placement_args, run_shipments
 from multisite_nb.phases.verify import verify_shipments
 
-__all__ = ["SiteFlowOutcome", "flow_site"]
+__all__ = ["SiteFlowOutcome", "first_step_plan", "flow_site"]
 
 
 @dataclass
@@ -53,6 +59,22 @@ def _first_problem(report: SiteReport) -> str:
     return f"{len(report.problems)} problem(s), first: {p.layer} {p.kind} {p.what}" + (
         f" ({p.detail})" if p.detail else ""
     )
+
+
+def first_step_plan(
+    campaign: Campaign, plan: PlacementPlan, site: str, step: str, log_dir: str | os.PathLike[str]
+) -> GroupPlan:
+    """The first step's group plan at ``site``, cut from the visits placement gives it (kept in the run folder)."""
+    path = group_plan_file(log_dir, site, step)
+    if path.is_file():
+        try:
+            return read_group_plan(path)
+        except PlanError:
+            path.unlink()  # a plan cut, not a record of work done: cut it again
+    visits = sorted({v for _, v in raw_visits(plan, site) if v is not None})
+    gplan = cut_step(campaign, step_run(campaign, site, step, visits=visits))
+    write_group_plan(path, gplan)
+    return gplan
 
 
 def flow_site(

@@ -7,12 +7,10 @@ places there, before any of them has arrived):
   anything without a visit): every group needs them, so they move once per site, first;
 * batch k, ``<placement>.bNNNN``: the raws of ``groups_per_shipment`` consecutive groups.
 
-Each batch is written as a plan table of its own (``<folder>/<site>/<batch>.parquet``, streamed a
-record batch at a time), so a shipment and its verification read it as they read a whole
-placement. The group plan is written where the step's groups are looked for
-(:func:`~multisite_nb.domain.naming.group_plan_file`): the groups that run are the ones shipped.
-A first step cut along anything but visits or exposures (or not cut) is one batch: its groups
-start once every raw is there.
+Each batch is written as a plan table of its own (``<run>/artifacts/flow/batches/<site>/<batch>.parquet``,
+streamed a record batch at a time), so a shipment, its verification and a repair read it as they
+read a whole placement (:func:`shipped_batches`). A first step cut along anything but visits or
+exposures (or not cut) is one batch: its groups start once every raw is there.
 """
 
 from __future__ import annotations
@@ -27,18 +25,15 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
-from multisite_nb.adapters.grouptable import read_group_plan, write_group_plan
 from multisite_nb.adapters.tables import SCHEMA, FileTableSource, read_site, site_table_path
 from multisite_nb.domain.config import Campaign
-from multisite_nb.domain.errors import PlanError
 from multisite_nb.domain.groups import GroupPlan
-from multisite_nb.domain.naming import group_plan_file, placement_batch
+from multisite_nb.domain.naming import artifacts_dir, placement_batch
 from multisite_nb.domain.plan import PlacementPlan
-from multisite_nb.phases.submit.groups import cut_step
-from multisite_nb.phases.submit.selection import step_run
 from multisite_nb.phases.transfer.shipment import Shipment
+from multisite_nb.phases.transfer.shipping import placement_args
 
-__all__ = ["Batch", "first_step_plan", "plan_batches"]
+__all__ = ["Batch", "batches_dir", "plan_batches", "raw_visits", "shipped_batches"]
 
 #: The group dimensions whose groups own raws by visit.
 _BY_VISIT = ("visit", "exposure")
@@ -59,7 +54,7 @@ class Batch:
         return self.shipment.name
 
 
-def _raw_visits(plan: PlacementPlan, site: str) -> Iterator[tuple[int, int | None]]:
+def raw_visits(plan: PlacementPlan, site: str) -> Iterator[tuple[int, int | None]]:
     """(row number, visit or None) of each of the site's planned files, streamed."""
     row = 0
     for batch in read_site(plan.tables, site, columns=["data_id"]):
@@ -70,22 +65,6 @@ def _raw_visits(plan: PlacementPlan, site: str) -> Iterator[tuple[int, int | Non
                 visit = plan.exposure_visit.get(int(ids["exposure"]))
             yield row, None if visit is None else int(visit)
             row += 1
-
-
-def first_step_plan(
-    campaign: Campaign, plan: PlacementPlan, site: str, step: str, log_dir: str | os.PathLike[str]
-) -> GroupPlan:
-    """The first step's group plan at ``site``, cut from the visits placement gives it (kept in the run folder)."""
-    path = group_plan_file(log_dir, site, step)
-    if path.is_file():
-        try:
-            return read_group_plan(path)
-        except PlanError:
-            path.unlink()  # a plan cut, not a record of work done: cut it again
-    visits = sorted({v for _, v in _raw_visits(plan, site) if v is not None})
-    gplan = cut_step(campaign, step_run(campaign, site, step, visits=visits))
-    write_group_plan(path, gplan)
-    return gplan
 
 
 def _group_of_visit(gplan: GroupPlan) -> dict[int, int] | None:
@@ -133,7 +112,7 @@ def plan_batches(
     tables.mkdir(parents=True, exist_ok=True)
     writers: dict[int, pq.ParquetWriter] = {}
     counts: dict[int, list[int]] = {}
-    visits = _raw_visits(plan, site)
+    visits = raw_visits(plan, site)
     try:
         for batch in read_site(plan.tables, site):
             keys = [batch_of(v) for _, v in (next(visits) for _ in range(batch.num_rows))]
@@ -178,6 +157,36 @@ def plan_batches(
             first = out[0]
             out[0] = Batch(first.index, first.shipment, first.groups + orphans, first.files, first.bytes)
     return out
+
+
+def batches_dir(run_dir: str | os.PathLike[str]) -> Path:
+    """Where a flowing placement's batch tables are (``<site>/<batch>.parquet``)."""
+    return artifacts_dir(run_dir, "flow") / "batches"
+
+
+def shipped_batches(
+    campaign: Campaign, plan: PlacementPlan, site: str, run_dir: str | os.PathLike[str]
+) -> list[Shipment] | None:
+    """The shipments a flowing placement made to ``site`` (from its batch tables); None: it did not flow."""
+    tables = batches_dir(run_dir) / site
+    paths = sorted(tables.glob("*.parquet")) if tables.is_dir() else []
+    out = []
+    for path in paths:
+        label = path.stem
+        if label != "common" and not (label.startswith("b") and label[1:].isdigit()):
+            continue
+        key = 0 if label == "common" else int(label[1:])
+        files = FileTableSource(tables, label, pq.ParquetFile(path).metadata.num_rows, owner=plan)
+        out.append(
+            Shipment(
+                name=placement_batch(campaign, site, key),
+                source=campaign.central,
+                dest=site,
+                files=files,
+                **placement_args(campaign, plan, site),  # type: ignore[arg-type]
+            )
+        )
+    return out or None
 
 
 def _label(key: int) -> str:
