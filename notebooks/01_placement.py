@@ -24,6 +24,7 @@ campaign_file = "parameters/campaign_3x3.yaml"
 run_dir = ""
 world_dir = ""  # the world the campaign runs on (the chain passes it); empty: $MSNB_WORLD, or none
 suggest_max_units = 2000  # the suggested assignment is a second footprint pass: skipped above this many sky units
+measured_from = "last"  # the forecast's capacities: "last" = the campaign's last passed run's figures, "" = the manifest's, or a run folder
 
 # %%
 from IPython.display import Markdown, display
@@ -53,6 +54,27 @@ display(
     )
 )
 tables.boundary_frame(plan)
+
+# %% [markdown]
+# ## Forecast, before a byte moves
+#
+# From the plan (files and bytes per site), the group plan and the capacities in the site manifest (each link's bandwidth and per-file cost, a group's and a shipment's fixed cost, each step's seconds per quantum; `measured_from`: a passed run's measured figures instead): the expected wall time of each stage at each site, phase by phase and flowing, the critical path, the bytes each link carries and what the boundary visits cost. A manifest without a capacity the forecast needs is refused here, naming the file and the key.
+
+# %%
+from multisite_nb.phases.placement.forecast import campaign_forecast, last_passed_run, save_forecast
+
+calibration = last_passed_run(run_dir) if measured_from == "last" else (measured_from or None)
+forecast = campaign_forecast(campaign, plan, measured_from=calibration)
+save_forecast(run_dir, forecast)
+display(
+    Markdown(
+        f"**Expected wall time**: {forecast.flowing_s:.0f} s flowing, {forecast.phase_by_phase_s:.0f} s phase by phase; "
+        f"critical path: {forecast.critical_path}; capacities: {forecast.capacities_from}. "
+        f"Boundary visits: {forecast.boundary_extra_bytes} extra bytes, {forecast.boundary_extra_s:.1f} s on the slowest link."
+    )
+)
+display(tables.forecast_frame(forecast))
+display(tables.links_frame(forecast))
 
 # %% [markdown]
 # ## Suggested assignment (optional)

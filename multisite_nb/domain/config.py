@@ -136,11 +136,46 @@ class WorkflowSpec(_Strict):
     )
 
 
+#: A capacity: a positive, finite real (an integer is read as one).
+Capacity = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class LinkCapacity(_Strict):
+    """What moving files over one source -> destination link costs."""
+
+    mb_per_s: Capacity = Field(description="sustained bandwidth, MB (1e6 bytes) per second")
+    per_file_s: Capacity = Field(description="seconds of overhead per file (catalogue, request, checks)")
+
+
+class Capacities(_Strict):
+    """What the forecast before a campaign works from (see :mod:`multisite_nb.domain.forecast`).
+
+    ``links``: ``"SRC->DST"`` -> link capacity, for every pair that moves files; ``per_quantum_s``:
+    step -> seconds one quantum takes (``default`` for steps not named); ``per_group_s``: a group's
+    fixed cost (its graph, the workflow system's start); ``per_shipment_s``: a shipment's fixed cost
+    (registration, rules, records, ingest). A run's measured figures can stand in for them.
+    """
+
+    links: dict[str, LinkCapacity] = Field(default_factory=dict)
+    per_quantum_s: dict[str, Capacity] = Field(default_factory=dict)
+    per_group_s: Capacity = 10.0
+    per_shipment_s: Capacity = 5.0
+
+    @field_validator("links")
+    @classmethod
+    def _pairs(cls, v: dict[str, LinkCapacity]) -> dict[str, LinkCapacity]:
+        for pair in v:
+            if not re.match(rf"{_NAME[:-1]}->{_NAME[1:]}", pair):
+                raise ValueError(f"link {pair!r} is not 'SOURCE->DESTINATION' (two site names)")
+        return v
+
+
 class SiteManifest(_Strict):
     """The deployment: Rucio access, workflow system and every site's locations."""
 
     rucio: RucioAccess = RucioAccess()
     workflow: WorkflowSpec = WorkflowSpec()
+    capacities: Capacities | None = Field(default=None, description="what the forecast works from")
     butler_db_auth: str | None = Field(
         default=None,
         description="daf_butler's credentials file for PostgreSQL registries (LSST_DB_AUTH), used when it "

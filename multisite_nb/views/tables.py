@@ -12,6 +12,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from multisite_nb.adapters.tables import manifest_rows
+from multisite_nb.domain.forecast import Forecast
 from multisite_nb.domain.plan import PlacementPlan
 from multisite_nb.domain.qa import QAReport
 from multisite_nb.domain.records import ShipmentOutcome
@@ -63,6 +64,19 @@ def frame(rows: Iterable[BaseModel], index: str | None = None) -> pd.DataFrame:
 
 
 # -- placement ------------------------------------------------------------------------------
+
+
+def forecast_frame(fc: Forecast) -> pd.DataFrame:
+    """The forecast in seconds, a row per stage and a column per site, with what sets each stage's time."""
+    table = pd.DataFrame(fc.table()).pivot(index="stage", columns="site", values="forecast_s")
+    table = table.reindex([st.stage for st in fc.stages])
+    table["critical"] = [st.critical for st in fc.stages]
+    return table
+
+
+def links_frame(fc: Forecast) -> pd.DataFrame:
+    """What each link carries in the forecast's plan: files and bytes."""
+    return pd.DataFrame({"files": fc.files_per_link, "bytes": fc.bytes_per_link}).rename_axis("link")
 
 
 def placement_frame(plan: PlacementPlan) -> pd.DataFrame:
