@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from multisite_nb.adapters.files import atomic_write_json
 from multisite_nb.domain.config import Campaign
@@ -24,7 +25,16 @@ from multisite_nb.domain.naming import artifacts_dir
 from multisite_nb.domain.plan import PlacementPlan
 from multisite_nb.domain.wiring import campaign_wiring, load_pipeline_graph
 
-__all__ = ["campaign_forecast", "last_passed_run", "load_forecast", "manifest_rates", "measured_rates", "save_forecast"]
+__all__ = [
+    "campaign_forecast",
+    "forecast_against_measured",
+    "last_passed_run",
+    "load_forecast",
+    "manifest_rates",
+    "measured_rates",
+    "measured_stages",
+    "save_forecast",
+]
 
 #: The per-quantum cost of a step the capacities do not name.
 DEFAULT_KEY = "default"
@@ -239,3 +249,74 @@ def last_passed_run(run_dir: str | Path) -> Path | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+def _load(results: Path, label: str) -> dict[str, Any]:
+    try:
+        data = json.loads((results / f"{label}.json").read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _span(records: Iterable[dict[str, Any]]) -> float:
+    """Wall seconds from the first record's start to the last one's end."""
+    starts = [r["started"] for r in records if r.get("started")]
+    ends = [r["finished"] for r in records if r.get("finished")]
+    return _seconds(min(starts), max(ends)) if starts and ends else 0.0
+
+
+def measured_stages(campaign: Campaign, run_dir: str | Path) -> dict[str, dict[str, float]]:
+    """What a run took, in the forecast's terms: stage -> site (and ``(stage)``) -> wall seconds.
+
+    ``transfer``: per site, from the start of the shipping to its last shipment in place (a flowing
+    run: its shipments overlap its first stage); a site stage: per site, its steps' first start to
+    their last end; a central stage and the final gather: the phase's duration.
+    """
+    results = Path(run_dir) / "results"
+    out: dict[str, dict[str, float]] = {}
+    transfer = _load(results, "transfer")
+    if transfer:
+        rows = (transfer.get("summary") or {}).get("shipments") or {}
+        start = transfer.get("started", "")
+        per_site = {s: _seconds(start, r["ok_at"]) for s, r in rows.items() if r.get("ok_at") and start}
+        out["transfer"] = {**per_site, "(stage)": max(per_site.values(), default=0.0)}
+    for st in campaign.config.stages:
+        data = _load(results, f"{'submit' if st.where == 'sites' else 'gather_redistribute'}_{st.name}")
+        if not data:
+            continue
+        if st.where == "sites":
+            steps = (data.get("summary") or {}).get("steps") or {}
+            per_site = {s: _span(by.values()) for s, by in steps.items()}
+            out[st.name] = {**per_site, "(stage)": max(per_site.values(), default=0.0)}
+        else:
+            out[st.name] = {"(stage)": _seconds(data.get("started", ""), data.get("finished", ""))}
+    final = _load(results, "gather_redistribute_final")
+    if final:
+        out["final"] = {"(stage)": _seconds(final.get("started", ""), final.get("finished", ""))}
+    return out
+
+
+def forecast_against_measured(campaign: Campaign, run_dir: str | Path) -> list[dict[str, Any]]:
+    """Per stage and site: the forecast notebook 01 made, what the run took, and measured / forecast."""
+    fc = load_forecast(run_dir)
+    if fc is None:
+        return []
+    measured = measured_stages(campaign, run_dir)
+    rows = []
+    for st in fc.stages:
+        got = measured.get(st.stage, {})
+        for site, expected in [*st.sites.items(), ("(stage)", st.seconds)]:
+            if site in got:
+                m = got[site]
+                ratio = round(m / expected, 2) if expected > 0 else None
+                rows.append(
+                    {
+                        "stage": st.stage,
+                        "site": site,
+                        "forecast_s": round(expected, 1),
+                        "measured_s": round(m, 1),
+                        "ratio": ratio,
+                    }
+                )
+    return rows
