@@ -24,6 +24,7 @@ from multisite_nb.adapters.results import load_results, load_run_record, run_sta
 from multisite_nb.domain.redaction import redact_parameters
 from multisite_nb.domain.results import PhaseResult, PhaseRun, PhaseStatus, RunRecord
 from multisite_nb.domain.summaries import StepsSummary
+from multisite_nb.phases.placement.forecast import forecast_against_measured
 from multisite_nb.views.html import render
 
 __all__ = ["render_index", "render_notebook_html"]
@@ -200,6 +201,7 @@ def render_index(run_dir: str | os.PathLike[str]) -> Path:
         findings=findings[:_FINDINGS_SHOWN],
         more_findings=len(findings) - _FINDINGS_SHOWN,
         parameters=_parameters(record.parameters if record else {}),
+        forecast=forecast_against_measured(run_dir),
     )
     target = run_dir / "index.html"
     atomic_write_text(target, page)

@@ -266,43 +266,43 @@ def _span(records: Iterable[dict[str, Any]]) -> float:
     return _seconds(min(starts), max(ends)) if starts and ends else 0.0
 
 
-def measured_stages(campaign: Campaign, run_dir: str | Path) -> dict[str, dict[str, float]]:
+def measured_stages(run_dir: str | Path, stages: Iterable[str]) -> dict[str, dict[str, float]]:
     """What a run took, in the forecast's terms: stage -> site (and ``(stage)``) -> wall seconds.
 
     ``transfer``: per site, from the start of the shipping to its last shipment in place (a flowing
-    run: its shipments overlap its first stage); a site stage: per site, its steps' first start to
-    their last end; a central stage and the final gather: the phase's duration.
+    run: its shipments overlap its first stage); a stage at the sites (``submit_<stage>``): per
+    site, its steps' first start to their last end; a central stage and the final gather
+    (``gather_redistribute_<stage>``): the phase's duration.
     """
     results = Path(run_dir) / "results"
     out: dict[str, dict[str, float]] = {}
-    transfer = _load(results, "transfer")
-    if transfer:
-        rows = (transfer.get("summary") or {}).get("shipments") or {}
-        start = transfer.get("started", "")
-        per_site = {s: _seconds(start, r["ok_at"]) for s, r in rows.items() if r.get("ok_at") and start}
-        out["transfer"] = {**per_site, "(stage)": max(per_site.values(), default=0.0)}
-    for st in campaign.config.stages:
-        data = _load(results, f"{'submit' if st.where == 'sites' else 'gather_redistribute'}_{st.name}")
-        if not data:
+    for stage in stages:
+        if stage == "transfer":
+            data = _load(results, "transfer")
+            rows = (data.get("summary") or {}).get("shipments") or {}
+            start = data.get("started", "")
+            per_site = {s: _seconds(start, r["ok_at"]) for s, r in rows.items() if r.get("ok_at") and start}
+            if per_site:
+                out[stage] = {**per_site, "(stage)": max(per_site.values())}
             continue
-        if st.where == "sites":
-            steps = (data.get("summary") or {}).get("steps") or {}
+        site_stage = _load(results, f"submit_{stage}")
+        if site_stage:
+            steps = (site_stage.get("summary") or {}).get("steps") or {}
             per_site = {s: _span(by.values()) for s, by in steps.items()}
-            out[st.name] = {**per_site, "(stage)": max(per_site.values(), default=0.0)}
-        else:
-            out[st.name] = {"(stage)": _seconds(data.get("started", ""), data.get("finished", ""))}
-    final = _load(results, "gather_redistribute_final")
-    if final:
-        out["final"] = {"(stage)": _seconds(final.get("started", ""), final.get("finished", ""))}
+            out[stage] = {**per_site, "(stage)": max(per_site.values(), default=0.0)}
+            continue
+        central = _load(results, f"gather_redistribute_{stage}")
+        if central:
+            out[stage] = {"(stage)": _seconds(central.get("started", ""), central.get("finished", ""))}
     return out
 
 
-def forecast_against_measured(campaign: Campaign, run_dir: str | Path) -> list[dict[str, Any]]:
+def forecast_against_measured(run_dir: str | Path) -> list[dict[str, Any]]:
     """Per stage and site: the forecast notebook 01 made, what the run took, and measured / forecast."""
     fc = load_forecast(run_dir)
     if fc is None:
         return []
-    measured = measured_stages(campaign, run_dir)
+    measured = measured_stages(run_dir, [st.stage for st in fc.stages])
     rows = []
     for st in fc.stages:
         got = measured.get(st.stage, {})
