@@ -7,6 +7,7 @@ Plain dataclasses (JSON-able with ``to_dict``) over the typed records of the sys
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -113,6 +114,31 @@ class SiteStatus:
     site_steps: list[str] = field(default_factory=list)  # the steps that run at this site
     butler: ButlerHealth = field(default_factory=ButlerHealth)
     issues: list[Issue] = field(default_factory=list)
+    groups_in_flight: int = 1
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds until the site's steps are done, from its groups' measured durations (None: nothing measured).
+
+        Each step's groups not done yet, at its own mean group duration (a step not started: the
+        mean over every measured group), ``groups_in_flight`` at a time, the steps one after the other.
+        """
+        measured = [(r.seconds, r.groups.done) for r in self.steps.values() if r.groups and r.groups.done]
+        if not measured:
+            return None
+        overall = sum(s for s, _ in measured) / sum(n for _, n in measured)
+        left = 0.0
+        for label in self.site_steps:
+            rec = self.steps.get(label)
+            if rec is None:
+                left += overall  # a step to come: one group's worth until it is cut
+                continue
+            if rec.groups is None or rec.state == "succeeded":
+                continue
+            mean = rec.seconds / rec.groups.done if rec.groups.done else overall
+            todo = rec.groups.total - rec.groups.done - rec.groups.held
+            left += math.ceil(max(0, todo) / max(1, self.groups_in_flight)) * mean
+        return round(left, 1)
 
     @property
     def last_error(self) -> str | None:
@@ -134,6 +160,7 @@ class SiteStatus:
         if self.transfers is not None:
             d["transfers"]["rules"] = [r.model_dump(mode="json") for r in self.transfers.rules]
         d["last_error"] = self.last_error
+        d["eta_s"] = self.eta_s
         d["last_error_cause"] = self.last_error_cause
         return d
 

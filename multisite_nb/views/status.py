@@ -449,6 +449,7 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
                 role="central" if central else "remote",
                 rse=spec.rse,
                 compute_site=spec.compute_site,
+                groups_in_flight=campaign.manifest.workflow.groups_in_flight,
                 site_steps=[
                     st
                     for stage in campaign.config.stages

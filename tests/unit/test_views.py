@@ -169,3 +169,26 @@ def test_held_groups_are_counted_and_named_with_their_cause_never_one_row_each(
     assert "399/400 groups, 1 held" in page and page.count("g0001") == 0  # counts, no row per group
     steps_figure(status)  # draws the counts
     assert "groups done: RAL 399/400 (1 held)" in render_index(run_dir).read_text()
+
+
+def test_a_sites_eta_comes_from_its_groups_measured_durations(campaign: Campaign, tmp_path: Path) -> None:
+    from multisite_nb.domain.groups import GroupCut, step_of_groups
+
+    run_dir = tmp_path / "run"
+    done = [
+        StepRecord(
+            site="RAL", step="step1", group=f"g{i:04d}", state=StepState.SUCCEEDED, total=4, succeeded=4, seconds=30
+        )
+        for i in range(1, 5)
+    ]
+    running = [StepRecord(site="RAL", step="step1", group="g0005", state=StepState.RUNNING)]
+    step = step_of_groups("RAL", "step1", done + running, GroupCut("exposure", 1, 12, 12))
+    summary = SubmitSummary(stage="early", steps={"RAL": {"step1": step}})
+    record_result(run_dir, PhaseResult(phase="submit_early", passed=False, reason="running", summary=summary))
+    ral = collect(campaign, run_dir, butler=False).sites["RAL"]
+    in_flight = campaign.manifest.workflow.groups_in_flight
+    later = len(ral.site_steps) - 1  # the early and late steps still to come, a measured group each
+    expected = -(-8 // in_flight) * 30.0 + later * 30.0  # 8 of 12 groups left at 30 s each, in_flight at a time
+    assert ral.eta_s == pytest.approx(expected)
+    assert f'data-eta="{ral.eta_s}"' in snapshot_html(collect(campaign, run_dir, butler=False))
+    assert collect(campaign, tmp_path / "empty", butler=False).sites["RAL"].eta_s is None  # nothing measured
