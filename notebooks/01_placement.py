@@ -61,10 +61,9 @@ tables.boundary_frame(plan)
 # From the plan (files and bytes per site), the group plan and the capacities in the site manifest (each link's bandwidth and per-file cost, a group's and a shipment's fixed cost, each step's seconds per quantum; `measured_from`: a passed run's measured figures instead): the expected wall time of each stage at each site, phase by phase and flowing, the critical path, the bytes each link carries and what the boundary visits cost. A manifest without a capacity the forecast needs is refused here, naming the file and the key.
 
 # %%
-from multisite_nb.phases.placement.forecast import campaign_forecast, last_passed_run, save_forecast
+from multisite_nb.phases.placement.forecast import campaign_forecast, save_forecast
 
-calibration = last_passed_run(run_dir) if measured_from == "last" else (measured_from or None)
-forecast = campaign_forecast(campaign, plan, measured_from=calibration)
+forecast = campaign_forecast(campaign, plan, measured_from=measured_from or None, run_dir=run_dir)
 save_forecast(run_dir, forecast)
 display(
     Markdown(

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from multisite_nb.domain.verification import Problem, SiteReport, merge_reports,
 from multisite_nb.phases.spec import phase
 from multisite_nb.phases.transfer.batches import shipped_batches
 
-__all__ = ["run", "verify_placement", "verify_shipments", "verify_site"]
+__all__ = ["record_verification", "run", "verify_placement", "verify_shipments", "verify_site"]
 
 
 def verify_site(
@@ -315,16 +316,23 @@ def _first_problem(report: SiteReport) -> str:
     return f"{p.layer} {p.kind} {p.what}" + (f" ({p.detail})" if p.detail else "")
 
 
-@phase("verify", notebook="03_verify", summary=VerifySummary, needs=("placement",), follows=("transfer",))
-def run(campaign: Campaign, run_dir: str | Path, *, checksums: bool = True) -> tuple[PhaseResult, list[SiteReport]]:
-    """Phase 3: reconcile the plan with Rucio, each site's Butler and the disk."""
-    started = utcnow()
-    plan = load_plan(plan_path(run_dir))
-    reports = verify_placement(campaign, plan, checksums=checksums, run_dir=run_dir)
-    counts = pd.DataFrame([r.counts().model_dump() for r in reports])
+def record_verification(
+    run_dir: str | Path,
+    reports: Sequence[SiteReport],
+    started: datetime,
+    *,
+    unverified: Mapping[str, Sequence[str]] | None = None,
+    checked: str = "",
+) -> PhaseResult:
+    """The ``verify`` gate over the sites' reports: its tables, reason and summary.
+
+    ``unverified``: per site, what could not be verified (a flowing placement's shipments that never
+    landed); the gate fails naming them. ``checked`` is added to a passing reason.
+    """
+    unverified = unverified or {}
     problems = problems_table(reports)
     artifacts = [
-        str(save_table(run_dir, "verify", "counts", counts)),
+        str(save_table(run_dir, "verify", "counts", pd.DataFrame([r.counts().model_dump() for r in reports]))),
         str(
             save_table(
                 run_dir,
@@ -335,20 +343,40 @@ def run(campaign: Campaign, run_dir: str | Path, *, checksums: bool = True) -> t
         ),
     ]
     bad = [r for r in reports if not r.ok]
-    passed = not bad
-    if passed:
-        planned = sum(r.planned for r in reports)
-        reason = f"all {planned} planned files in place at {len(reports)} sites (Rucio, Butler, disk)"
-    else:
+    passed = not bad and not unverified
+    parts = []
+    if bad:
         first = bad[0].problems[0]
-        reason = (
+        parts.append(
             f"{sum(len(r.problems) for r in bad)} problems at {', '.join(r.site for r in bad)}; "
             f"first: {first.site} {first.layer} {first.kind} {first.what} ({first.detail})"
         )
+    if unverified:
+        parts.append(
+            "not verified (not in place): "
+            + "; ".join(
+                f"{s}: {', '.join(names[:3])}" + (" ..." if len(names) > 3 else "") for s, names in unverified.items()
+            )
+        )
+    planned = sum(r.planned for r in reports)
+    reason = (
+        f"all {planned} planned files in place at {len(reports)} sites (Rucio, Butler, disk){checked}"
+        if passed
+        else "; ".join(parts)
+    )
     summary = VerifySummary(
-        sites={r.site: r.counts() for r in reports},
+        sites={r.site: r.counts().model_copy(update={"ok": r.ok and r.site not in unverified}) for r in reports},
         problems=len(problems),
         first_problems={r.site: _first_problem(r)[:300] for r in bad},
     )
-    result = finish_phase(run_dir, "verify", passed, reason, started, summary=summary, artifacts=artifacts)
+    return finish_phase(run_dir, "verify", passed, reason, started, summary=summary, artifacts=artifacts)
+
+
+@phase("verify", notebook="03_verify", summary=VerifySummary, needs=("placement",), follows=("transfer",))
+def run(campaign: Campaign, run_dir: str | Path, *, checksums: bool = True) -> tuple[PhaseResult, list[SiteReport]]:
+    """Phase 3: reconcile the plan with Rucio, each site's Butler and the disk."""
+    started = utcnow()
+    plan = load_plan(plan_path(run_dir))
+    reports = verify_placement(campaign, plan, checksums=checksums, run_dir=run_dir)
+    result = record_verification(run_dir, reports, started)
     return result, reports

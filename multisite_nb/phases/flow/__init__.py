@@ -47,15 +47,15 @@ from multisite_nb.domain.summaries import (
     SiteFlow,
     SubmitSummary,
     TransferSummary,
-    VerifySummary,
 )
-from multisite_nb.domain.verification import SiteReport, merge_reports, problems_table
+from multisite_nb.domain.verification import SiteReport, merge_reports
 from multisite_nb.phases.flow.site import SiteFlowOutcome, flow_site
 from multisite_nb.phases.spec import phase
 from multisite_nb.phases.submit.runner import stop_running_steps
 from multisite_nb.phases.submit.summary import InFlight, groups_table, steps_table, steps_verdict
 from multisite_nb.phases.transfer.batches import batches_dir
 from multisite_nb.phases.transfer.shipping import claim_sites
+from multisite_nb.phases.verify import record_verification
 
 __all__ = ["first_site_stage", "run"]
 
@@ -142,10 +142,6 @@ def run(
     return _record(campaign, run_dir, stage, started, outcomes), outcomes
 
 
-def _stamp(value: datetime | None) -> str:
-    return value.isoformat() if value else ""
-
-
 def _record(
     campaign: Campaign, run_dir: str | Path, stage: Stage, started: datetime, outcomes: dict[str, SiteFlowOutcome]
 ) -> PhaseResult:
@@ -205,57 +201,12 @@ def _record(
             unverified[site] = [o.error]
         merged[site] = merge_reports(site, placement_dataset(campaign, site), list(o.reports.values()))
         merged[site].planned += sum(b.files for b in missing)
-    problems = problems_table(list(merged.values()))
-    v_artifacts = [
-        str(save_table(run_dir, "verify", "counts", pd.DataFrame([r.counts().model_dump() for r in merged.values()]))),
-        str(
-            save_table(
-                run_dir,
-                "verify",
-                "problems",
-                pd.DataFrame(problems, columns=["site", "layer", "problem", "file", "detail"]),
-            )
-        ),
-    ]
-    wrong = [r for r in merged.values() if not r.ok]
-    v_passed = not wrong and not unverified
-    if v_passed:
-        v_reason = (
-            f"all {sum(r.planned for r in merged.values())} planned files in place at {len(merged)} sites "
-            f"(Rucio, Butler, disk), {len(rows)} shipments verified as they landed"
-        )
-    else:
-        parts = []
-        if wrong:
-            p = wrong[0].problems[0]
-            parts.append(
-                f"{sum(len(r.problems) for r in wrong)} problems at {', '.join(r.site for r in wrong)}; "
-                f"first: {p.site} {p.layer} {p.kind} {p.what} ({p.detail})"
-            )
-        if unverified:
-            parts.append(
-                "not verified (not in place): "
-                + "; ".join(
-                    f"{s}: {', '.join(names[:3])}" + (" ..." if len(names) > 3 else "")
-                    for s, names in unverified.items()
-                )
-            )
-        v_reason = "; ".join(parts)
-    counts = {s: r.counts().model_copy(update={"ok": r.ok and s not in unverified}) for s, r in merged.items()}
-    verify = finish_phase(
+    verify = record_verification(
         run_dir,
-        "verify",
-        v_passed,
-        v_reason,
+        list(merged.values()),
         started,
-        summary=VerifySummary(
-            sites=counts,
-            problems=len(problems),
-            first_problems={
-                r.site: f"{r.problems[0].layer} {r.problems[0].kind} {r.problems[0].what}"[:300] for r in wrong
-            },
-        ),
-        artifacts=v_artifacts,
+        unverified=unverified,
+        checked=f", {len(rows)} shipments verified as they landed",
     )
     # -- submit_<stage>: every group of every step
     steps: dict[str, dict[str, StepRecord]] = {s: dict(outcomes[s].steps) for s in sites}

@@ -156,11 +156,20 @@ def measured_rates(rates: Rates, run_dir: str | Path) -> Rates:
     return Rates(rates.links, quantum, rates.default_quantum_s, rates.per_group_s, shipment, rates.in_flight)
 
 
-def campaign_forecast(campaign: Campaign, plan: PlacementPlan, *, measured_from: str | Path | None = None) -> Forecast:
+def campaign_forecast(
+    campaign: Campaign,
+    plan: PlacementPlan,
+    *,
+    measured_from: str | Path | None = None,
+    run_dir: str | Path | None = None,
+) -> Forecast:
     """The campaign's forecast from its placement plan (see :mod:`multisite_nb.domain.forecast`).
 
-    ``measured_from``: an earlier run folder whose measured figures replace the manifest's.
+    ``measured_from``: an earlier run folder whose measured figures replace the manifest's;
+    ``"last"``: the campaign's last passed run beside ``run_dir`` (none: the manifest's).
     """
+    if measured_from == "last":
+        measured_from = last_passed_run(run_dir) if run_dir is not None else None
     rates = manifest_rates(campaign)
     source = str(campaign.manifest_path)
     if measured_from:
