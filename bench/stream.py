@@ -53,7 +53,10 @@ def _campaign(spec: str, params: str, world: Path, runs: Path, *extra: str) -> P
         _run("world", "down", "--dir", str(world))
     (run_dir,) = [p for p in runs.glob("*/*") if p.is_dir() and p not in before]
     if proc.returncode != 0:
-        raise SystemExit(f"campaign {' '.join(extra) or '(flowing)'} failed: {proc.stdout[-3000:]}")
+        raise SystemExit(
+            f"campaign {' '.join(extra) or '(flowing)'} failed (exit {proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return run_dir
 
 

@@ -24,7 +24,7 @@ campaign_file = "parameters/campaign_3x3.yaml"
 run_dir = ""
 world_dir = ""  # the world the campaign runs on (the chain passes it); empty: $MSNB_WORLD, or none
 suggest_max_units = 2000  # the suggested assignment is a second footprint pass: skipped above this many sky units
-measured_from = "last"  # the forecast's capacities: "last" = the campaign's last passed run's figures, "" = the manifest's, or a run folder
+measured_from = "last"  # capacities for the forecast: "last" (the last passed run of this campaign), "" (the manifest), or a run folder
 
 # %%
 from IPython.display import Markdown, display

@@ -64,6 +64,17 @@ def test_a_flipped_byte_is_repaired_by_rucio(world, tmp_path: Path) -> None:
     assert load_result(run_dir, "repair").passed
     assert path.read_bytes() != bytes(data)  # the bad copy was replaced
 
+    # The same file corrupted again: Rucio ignores, silently, a second declaration of a replica it
+    # had declared bad once (the replica stays AVAILABLE); repair sees that and declares it with force.
+    twice = bytearray(path.read_bytes())
+    twice[len(twice) // 3] ^= 0xFF
+    path.write_bytes(bytes(twice))
+    assert not phases.verify.run(campaign, run_dir)[0].passed
+    second, actions, _ = phases.repair.run(campaign, run_dir, timeout_s=300, log=lambda _: None)
+    assert second.passed, second.reason
+    assert [a.action for a in actions if a.what == raw.lfn] == ["declared bad"]
+    assert path.read_bytes() != bytes(twice)
+
     again = new_run(tmp_path / "runs", campaign.name)
     _phases_1_3(world, again)
     assert load_result(again, "verify").passed, load_result(again, "verify").reason

@@ -27,10 +27,10 @@ from multisite_nb.phases import cleanup as cleanup_phase
 from multisite_nb.phases import qa as qa_phase
 from multisite_nb.phases import repair as repair_phase
 from multisite_nb.phases.registry import chain_for
-from multisite_nb.phases.registry import phases as registered_phases
 from multisite_nb.run.context import WORLD_VARIABLE, campaign_env, load_for_world
-from multisite_nb.run.launch import campaign_of_run, launch, run_status
+from multisite_nb.run.launch import campaign_of_run, launch, recorded_chain, run_status
 from multisite_nb.run.preflight import preflight
+from multisite_nb.run.supervise import supervise
 from multisite_nb.world.manager import World, default_world_dir, has_services, is_world, world_secrets
 
 DEFAULT_PARAMS = "parameters/campaign_3x3.yaml"
@@ -135,23 +135,6 @@ def _recorded_run(run_dir: str) -> tuple[str | None, str | None]:
     return (str(params) if params else None), (str(world) if world else None)
 
 
-def _recorded_chain(run_dir: str) -> list[str] | None:
-    """The phases a run folder's chain was started with (None: not recorded)."""
-    try:
-        record = load_run_record(Path(run_dir))
-    except (OSError, ValueError):
-        return None
-    if record is None or not record.phases_requested:
-        return None
-    staged = sorted((p.name for p in registered_phases() if p.staged), key=len, reverse=True)
-
-    def spec(label: str) -> str:
-        name = next((n for n in staged if label.startswith(f"{n}_")), None)
-        return f"{name}@{label[len(name) + 1 :]}" if name else label
-
-    return [spec(label) for label in record.phases_requested]
-
-
 world_dir_option = click.option("--dir", "dir_", default=None, help="World folder (default: $MSNB_WORLD or ./world).")
 params_option = click.option("--params", default=DEFAULT_PARAMS, show_default=True, help="Campaign parameter file.")
 campaign_argument = click.argument("params", default=DEFAULT_PARAMS)
@@ -228,6 +211,59 @@ def world_status(dir_: str | None, params: str, as_json: bool) -> None:
         sys.exit(1)
 
 
+@world.command("check")
+@world_dir_option
+@params_option
+def world_check(dir_: str | None, params: str) -> None:
+    """Exit 0 when every service of the world runs and Rucio answers, 1 when one is down (a health check)."""
+    w = _world(dir_, params)
+    up = w.services_up()
+    click.echo(f"world {w.root}: {'services up' if up else 'a service is down: multisite-nb world up brings it back'}")
+    if not up:
+        sys.exit(1)
+
+
+@main.command("supervise")
+@campaign_argument
+@world_option
+@click.option("--runs-root", default=None, help="Where run folders go (default: <checkout>/runs).")
+@click.option("--new", is_flag=True, help="Start a new run even if the campaign has one to go on with.")
+@click.option("--phase-by-phase", is_flag=True, default=False, help="A new run's chain phase by phase.")
+@click.option("--max-rounds", type=int, default=None, help="Stop after this many chain attempts (default: none).")
+@click.option("--max-hours", type=float, default=None, help="Stop after this long (default: until the verdict).")
+def supervise_cmd(
+    params: str,
+    world_dir: str | None,
+    runs_root: str | None,
+    new: bool,
+    phase_by_phase: bool,
+    max_rounds: int | None,
+    max_hours: float | None,
+) -> None:
+    """Keep the campaign going until its verdict: resume, retry, repair; alert a person only when needed.
+
+    Safe to kill and start again at any moment (from a timer or a service manager). Exit 0 on a PASS
+    verdict, 1 on FAIL, 3 when it stopped while a person is asked for something (or was stopped).
+    """
+    world_root = _given_world(world_dir)
+    with _operator_errors():
+        campaign = load_for_world(params, world_root)
+        out = supervise(
+            campaign,
+            runs_root=runs_root,
+            world=world_root,
+            secrets=world_secrets(world_root) if world_root else [],
+            log=click.echo,
+            flowing=not phase_by_phase,
+            new=new,
+            max_rounds=max_rounds,
+            max_s=max_hours * 3600 if max_hours else None,
+        )
+    click.echo(f"supervise: {out.verdict}: {out.reason} ({out.rounds} chain attempt(s); run {out.run_dir})")
+    if out.verdict != "PASS":
+        sys.exit(1 if out.verdict == "FAIL" else 3)
+
+
 @main.command("check")
 @campaign_argument
 @world_option
@@ -286,7 +322,7 @@ def run(
         if phases:
             wanted = [p.strip() for p in phases.split(",") if p.strip()]
         elif resume_dir and not phase_by_phase:  # a resumed run keeps the chain it was started with
-            wanted = _recorded_chain(resume_dir) or chain_for(campaign)
+            wanted = recorded_chain(resume_dir) or chain_for(campaign)
         else:
             wanted = chain_for(campaign, flowing=not phase_by_phase)
         secrets = world_secrets(world_root) if world_root else []

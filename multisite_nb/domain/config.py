@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from multisite_nb.domain.errors import ConfigError
 
@@ -33,6 +33,7 @@ __all__ = [
     "Campaign",
     "CampaignConfig",
     "Collections",
+    "Notify",
     "QASettings",
     "RemoteSite",
     "RucioAccess",
@@ -40,6 +41,7 @@ __all__ = [
     "SiteSpec",
     "SkyUnit",
     "Stage",
+    "Supervision",
     "WorkflowSpec",
 ]
 
@@ -136,6 +138,35 @@ class WorkflowSpec(_Strict):
     )
 
 
+class Notify(_Strict):
+    """Where the alerts that need a person go (see :mod:`multisite_nb.adapters.notify`): exactly one way.
+
+    ``command``: an argv list run with the alert's JSON on stdin; ``webhook``: an ``http(s)`` URL
+    that takes an HTTP POST of JSON, Slack-style (``{"text": ..., "alert": {...}}``). A webhook's URL
+    usually carries a secret token: give it as ``${VAR}`` (``webhook: ${MSNB_ALERT_WEBHOOK}``), never
+    in the file; it is never written to the run folder, the logs or the alert records. A refused
+    connection, a timeout or an HTTP 5xx is tried again ``retries`` times, ``backoff_s`` doubling.
+    """
+
+    command: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    webhook: SecretStr | None = Field(default=None, description="an http(s) URL; give it as ${VAR}")
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
+    retries: Annotated[int, Field(strict=True, ge=0, le=100)] = 3
+    backoff_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 2.0
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Notify:
+        if (self.command is None) == (self.webhook is None):
+            raise ValueError(
+                "give exactly one of notify.command (a command, the alert's JSON on stdin) and notify.webhook "
+                "(an http(s) URL, as ${VAR})"
+            )
+        url = self.webhook.get_secret_value() if self.webhook is not None else ""
+        if self.webhook is not None and not re.match(r"(?i)^https?://[^/\s]+", url):
+            raise ValueError("notify.webhook is not an http(s) URL (its value is not shown: it may hold a token)")
+        return self
+
+
 #: A capacity: a positive, finite real (an integer is read as one).
 Capacity = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -170,17 +201,40 @@ class Capacities(_Strict):
         return v
 
 
+class Supervision(_Strict):
+    """How ``multisite-nb supervise`` keeps a campaign going (see :mod:`multisite_nb.run.supervise`).
+
+    ``health`` and ``heal`` are the deployment's own commands (argv lists, ``${VAR}`` expanded):
+    ``health`` exits non-zero when a service the campaign needs is down, ``heal`` brings it back
+    (the embedded world: ``multisite-nb world check`` / ``world up``; a facility: its own, or none,
+    when its services are kept by the facility).
+    """
+
+    health: list[str] | None = Field(default=None, description="exits non-zero when a service is down")
+    heal: list[str] | None = Field(default=None, description="brings stopped services back (idempotent)")
+    watch_s: Capacity = Field(default=30.0, description="how often services are checked while a chain runs")
+    retries: Annotated[int, Field(ge=0, le=1000)] = Field(
+        default=6, description="transient failures of one kind in a row before a person is asked"
+    )
+    backoff_s: Capacity = Field(default=10.0, description="the first wait after a transient failure (doubles)")
+    max_backoff_s: Capacity = Field(default=300.0, description="the longest wait between two attempts")
+    site_down_alert_s: Capacity = Field(default=900.0, description="a site down this long is a person's matter")
+    person_wait_s: Capacity = Field(default=600.0, description="how often a run waiting for a person is tried again")
+
+
 class SiteManifest(_Strict):
     """The deployment: Rucio access, workflow system and every site's locations."""
 
     rucio: RucioAccess = RucioAccess()
     workflow: WorkflowSpec = WorkflowSpec()
     capacities: Capacities | None = Field(default=None, description="what the forecast works from")
+    supervision: Supervision = Supervision()
     butler_db_auth: str | None = Field(
         default=None,
         description="daf_butler's credentials file for PostgreSQL registries (LSST_DB_AUTH), used when it "
         "exists; None: the user's own (~/.lsst/db-auth.yaml)",
     )
+    notify: Notify | None = Field(default=None, description="where alerts that need a person go")
     sites: dict[str, SiteSpec]
 
     @field_validator("sites")

@@ -71,6 +71,21 @@ def _wait_available(ops: RucioOps, names: list[str], rse: str, timeout_s: float)
         time.sleep(1.0)
 
 
+def _declare_confirmed(ops: RucioOps, names: list[str], rse: str, reason: str) -> set[str]:
+    """Declare ``names`` bad on ``rse`` and confirm Rucio took it: Rucio ignores, silently, a replica it
+    already had declared bad once, and leaves it AVAILABLE. Those are declared again with ``force``;
+    returns the ones still ignored."""
+    ignored: set[str] = set()
+    for force in (False, True):
+        ops.declare_bad(names, rse, reason, force=force)
+        states = ops.file_replica_states(names, rse)
+        ignored = {n for n in names if states.get(n) == "AVAILABLE"}
+        if not ignored:
+            break
+        names = sorted(ignored)
+    return ignored
+
+
 def _plan_site(problems: list[Problem]) -> tuple[set[str], set[str], bool]:
     """(files to declare bad, rules to retry, Butler datasets missing) from one site's problems."""
     bad = {p.what for p in problems if p.layer == "disk" and p.kind in ("corrupt", "missing")}
@@ -130,9 +145,19 @@ def run(
                     )
                 )
         if good:
-            ops.declare_bad(
-                good, rse, f"multisite_nb repair: verification found {len(good)} corrupt or missing replicas on {rse}"
-            )
+            why = f"multisite_nb repair: verification found {len(good)} corrupt or missing replicas on {rse}"
+            ignored = _declare_confirmed(ops, good, rse, why)
+            actions += [
+                RepairAction(
+                    site=site,
+                    what=lfn,
+                    action="cannot repair",
+                    detail=f"Rucio ignored the bad-replica declaration twice (its replica on {rse} stays AVAILABLE): "
+                    "ask Rucio's operators, then run repair again",
+                )
+                for lfn in ignored
+            ]
+            good = [lfn for lfn in good if lfn not in ignored]
             actions += [
                 RepairAction(
                     site=site,

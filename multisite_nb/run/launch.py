@@ -37,7 +37,7 @@ from multisite_nb.run.chain import ChainOutcome, run_chain
 from multisite_nb.run.context import RunContext, load_for_world
 from multisite_nb.run.folder import new_run, pid_records
 
-__all__ = ["PhaseLine", "RunStatus", "campaign_of_run", "launch", "run_status"]
+__all__ = ["PhaseLine", "RunStatus", "campaign_of_run", "launch", "recorded_chain", "run_status"]
 
 
 def launch(
@@ -100,6 +100,23 @@ def launch(
             rucio_config=campaign.manifest.rucio.config,
         )
     return run_dir, outcome
+
+
+def recorded_chain(run_dir: str | os.PathLike[str]) -> list[str] | None:
+    """The phases (as ``--phases`` specs) a run folder's chain was started with (None: not recorded)."""
+    try:
+        record = load_run_record(Path(run_dir))
+    except (OSError, ValueError):
+        return None
+    if record is None or not record.phases_requested:
+        return None
+    staged = sorted((p.name for p in registered_phases() if p.staged), key=len, reverse=True)
+
+    def spec(label: str) -> str:
+        name = next((n for n in staged if label.startswith(f"{n}_")), None)
+        return f"{name}@{label[len(name) + 1 :]}" if name else label
+
+    return [spec(label) for label in record.phases_requested]
 
 
 def campaign_of_run(

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from multisite_nb.domain.alerts import AlertEntry
 from multisite_nb.domain.records import RuleRecord, StepRecord
 from multisite_nb.domain.results import PhaseResult
 
@@ -181,6 +182,7 @@ class CampaignStatus:
     rucio_ok: bool | None = None
     rucio_error: str | None = None
     problems: list[str] = field(default_factory=list)  # campaign-level read problems
+    alerts: list[AlertEntry] = field(default_factory=list)  # the run folder's open alerts, oldest first
 
     def states(self) -> dict[str, SiteState]:
         """Site → state."""
@@ -203,6 +205,7 @@ class CampaignStatus:
             "rucio_ok": self.rucio_ok,
             "rucio_error": self.rucio_error,
             "problems": list(self.problems),
+            "alerts": [a.model_dump(mode="json") for a in self.alerts],
         }
 
     def to_json(self, *, indent: int | None = None) -> str:

@@ -1,11 +1,11 @@
 """The run page ``<run_dir>/index.html`` and the executed notebooks rendered as HTML.
 
-One page per run: campaign, who ran it and when, the outcome, one row per phase (status,
-duration, gate reason, links to the executed notebook rendered as HTML, the raw notebook,
-the result JSON and the artifacts), the parameters used (secret-looking keys redacted) and
-any secret-scan findings. Every link is relative and points to a file inside the run
-folder, so the folder can be copied, zipped or served as is. The markup is in
-``templates/index.html.j2`` and ``templates/notebook.html.j2``.
+One page per run: the open alerts (what needs a person) on top, then the campaign, who ran it and
+when, the outcome, one row per phase (status, duration, gate reason, links to the executed
+notebook rendered as HTML, the raw notebook, the result JSON and the artifacts), the parameters
+used (secret-looking keys redacted) and any secret-scan findings. Every link is relative and
+points to a file inside the run folder, so the folder can be copied, zipped or served as is. The
+markup is in ``templates/index.html.j2`` and ``templates/notebook.html.j2``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from markupsafe import Markup
 
+from multisite_nb.adapters.alerts import load_alerts
 from multisite_nb.adapters.files import atomic_write_text
 from multisite_nb.adapters.results import load_results, load_run_record, run_state
 from multisite_nb.domain.redaction import redact_parameters
@@ -190,6 +191,7 @@ def render_index(run_dir: str | os.PathLike[str]) -> Path:
     record = load_run_record(run_dir)
     results = load_results(run_dir, strict=False)
     findings = record.secret_findings if record else []
+    alerts = load_alerts(run_dir)
     page = render(
         "index.html.j2",
         title=f"{record.campaign} / {record.run_id}" if record else run_dir.name,
@@ -202,6 +204,8 @@ def render_index(run_dir: str | os.PathLike[str]) -> Path:
         more_findings=len(findings) - _FINDINGS_SHOWN,
         parameters=_parameters(record.parameters if record else {}),
         forecast=forecast_against_measured(run_dir),
+        alerts=[a for a in alerts if a.open],
+        resolved_alerts=sum(not a.open for a in alerts),
     )
     target = run_dir / "index.html"
     atomic_write_text(target, page)

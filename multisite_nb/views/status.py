@@ -20,6 +20,8 @@ called and without any cache:
   problem concerns its site only). When several results describe the same site and step, the one
   that finished last wins;
 * **Butler** — the site's repository answers, and how many datasets its RUN collections hold.
+* **alerts** — the run folder's open alerts (:func:`~multisite_nb.adapters.alerts.open_alerts`): what
+  needs a person, shown above everything else.
 
 State rules (per site)
 ----------------------
@@ -49,6 +51,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from multisite_nb.adapters.alerts import open_alerts
 from multisite_nb.adapters.butler.repo import count_datasets, open_butler
 from multisite_nb.adapters.results import load_run_record, results_dir, run_state
 from multisite_nb.adapters.rucio.ops import RucioOps
@@ -411,6 +414,7 @@ def collect(campaign: Campaign, run_dir: str | Path | None = None, *, butler: bo
             status.run_state = run_state(record) if record else None
         except (OSError, ValueError) as exc:
             status.problems.append(f"cannot read run.json: {_short(exc, 200)}")
+        status.alerts = open_alerts(run)
 
     with ThreadPoolExecutor(max_workers=1 + len(campaign.all_sites)) as pool:
         rucio_f = pool.submit(_rucio_rules, campaign)

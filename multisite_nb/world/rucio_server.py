@@ -312,6 +312,10 @@ class RucioServer:
         while port and _port_listening(port) and time.monotonic() < port_deadline:
             time.sleep(0.05)
 
+    def pids(self) -> dict[str, int]:
+        """The live processes of this world's Rucio: name (``gunicorn``, ``site_services``) -> PID."""
+        return {name: pid for name in _PROCESSES if (pid := self._live_pid(name)) is not None}
+
     def is_up(self) -> bool:
         """True if both processes are alive and the server answers ``/ping``."""
         return all(self._live_pid(n) is not None for n in _PROCESSES) and self._ping() is not None

@@ -18,11 +18,14 @@ output ``multiple: true`` and one dataset is written per output ref the graph as
 Failure injection: ``fail_condition`` (a Butler expression on the quantum data ID, e.g.
 ``-c isr:fail_condition="exposure=1003 AND detector=1"`` on the ``pipetask`` command line)
 makes matching quanta raise `StandInFailure` (``pipetask --mock-failure`` only acts together
-with ``--mock``, which would rename every dataset type).
+with ``--mock``, which would rename every dataset type). ``$MSNB_STANDIN_FAIL_ONCE`` names a file:
+while it exists, the first quantum to claim it (an atomic rename) raises once — a transient
+failure injected from outside a running campaign (``multisite_nb.world.chaos``).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -178,6 +181,22 @@ def _value_of(obj: Any) -> Any:
     return stable_value(repr(obj))
 
 
+#: The environment variable naming the fail-once file (see the module's docstring).
+FAIL_ONCE_VARIABLE = "MSNB_STANDIN_FAIL_ONCE"
+
+
+def _claim_fail_once() -> bool:
+    """True for the one quantum that renames the fail-once file away (none when it is absent)."""
+    path = os.environ.get(FAIL_ONCE_VARIABLE)
+    if not path or not os.path.exists(path):
+        return False
+    try:
+        os.rename(path, f"{path}.claimed-{os.getpid()}")
+    except OSError:
+        return False  # another quantum claimed it first
+    return True
+
+
 class StandInTask(PipelineTask):
     """A PipelineTask that reads its inputs and writes deterministic digests of them."""
 
@@ -203,6 +222,8 @@ class StandInTask(PipelineTask):
         assert quantum_id is not None
         if self.config.sleep:
             time.sleep(self.config.sleep)
+        if _claim_fail_once():
+            raise StandInFailure(f"injected failure, once: task={self.getName()} dataId={data_id_dict(quantum_id)}")
         if self._fail_match is not None and self._fail_match.match(quantum_id):
             exc_type = doImportType(self.config.fail_exception)
             raise exc_type(f"injected failure: task={self.getName()} dataId={data_id_dict(quantum_id)}")

@@ -95,11 +95,15 @@ class Replicas(Dids):
         """Names (of ``names``) that have a replica (any state) on ``rse``."""
         return set(self._replicas(names, rse))
 
-    def declare_bad(self, names: Sequence[str], rse: str, reason: str) -> None:
-        """Declare replicas on ``rse`` bad: Rucio re-replicates each from a good copy (or marks it lost)."""
+    def declare_bad(self, names: Sequence[str], rse: str, reason: str, *, force: bool = False) -> None:
+        """Declare replicas on ``rse`` bad: Rucio re-replicates each from a good copy (or marks it lost).
+
+        Rucio ignores, without a word, the declaration of a replica it already holds as declared bad
+        once (its ``bad_replicas`` table): ``force`` tells it to act on it again.
+        """
         for part in chunked(list(names), DID_LIMIT):
             unknown = self.client.declare_bad_file_replicas(
-                [{"scope": self.scope, "name": n, "rse": rse} for n in part], reason
+                [{"scope": self.scope, "name": n, "rse": rse} for n in part], reason, force=force
             )
             if unknown:
                 raise RucioError(f"Rucio did not take these bad replicas on {rse}: {unknown}")

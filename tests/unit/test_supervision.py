@@ -1,0 +1,124 @@
+"""What the supervisor makes of a stopped chain (multisite_nb.domain.supervision.diagnose).
+
+Each case is a phase result as the phases record it (their typed summaries); the diagnosis decides
+between retrying, repairing first, asking a person, and the verdict.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from multisite_nb.domain.alerts import AlertKind
+from multisite_nb.domain.records import GroupCounts, HeldGroup, StepRecord, StepState
+from multisite_nb.domain.results import PhaseResult, utcnow
+from multisite_nb.domain.summaries import (
+    FlowSummary,
+    PhaseSummary,
+    PlacementSummary,
+    RepairAction,
+    RepairSummary,
+    StepsSummary,
+    VerifySummary,
+)
+from multisite_nb.domain.supervision import Remedy, SupervisionRecord, diagnose
+
+SITES = ("USDF", "IN2P3", "RAL", "LANCS")
+
+
+def _result(phase: str, reason: str, summary: PhaseSummary | None = None) -> PhaseResult:
+    return PhaseResult(phase=phase, passed=False, reason=reason, summary=summary or PhaseSummary())
+
+
+def test_a_phase_that_raised_is_transient_and_names_its_site() -> None:
+    found = diagnose(
+        _result("transfer", "raised", PhaseSummary(error="RucioError: RAL_DISK: connection refused")), "", sites=SITES
+    )
+    assert found.remedy is Remedy.RETRY
+    assert found.site == "RAL" and found.phase == "transfer"
+
+
+def test_a_chain_that_left_no_result_is_retried() -> None:
+    found = diagnose(None, "02_flow recorded no result (the kernel died)", sites=SITES)
+    assert found.remedy is Remedy.RETRY
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [
+        VerifySummary(problems=3),
+        FlowSummary(gates={"transfer": True, "verify": False}),
+    ],
+)
+def test_a_verification_that_found_problems_is_repaired_first(summary: PhaseSummary) -> None:
+    found = diagnose(_result(summary.__class__.__name__.lower(), "3 problems at IN2P3", summary), "", sites=SITES)
+    assert found.remedy is Remedy.REPAIR
+    assert found.site == "IN2P3"
+
+
+def test_a_file_repair_cannot_mend_asks_a_person_with_what_to_restore() -> None:
+    summary = RepairSummary(
+        actions=[
+            RepairAction(site="RAL", what="raw/a.fits", action="declared bad"),
+            RepairAction(site="LANCS", what="raw/b.fits", action="cannot repair", detail="restore it at USDF"),
+        ],
+        remaining=1,
+    )
+    found = diagnose(_result("repair", "1 problem remains", summary), "", sites=SITES)
+    assert found.remedy is Remedy.PERSON
+    assert AlertKind(found.kind) is AlertKind.NO_GOOD_COPY
+    assert (found.site, found.subject) == ("LANCS", "raw/b.fits")
+    assert "restore it at USDF" in found.action
+
+
+def test_a_held_group_asks_a_person_naming_site_step_and_group() -> None:
+    record = StepRecord(
+        site="RAL",
+        step="step1",
+        state=StepState.HELD,
+        groups=GroupCounts(total=3, done=2, held=1, held_groups=[HeldGroup(group="g002", attempts=3, cause="boom")]),
+    )
+    summary = StepsSummary(stage="early", steps={"RAL": {"step1": record}})
+    found = diagnose(_result("submit_early", "1 group(s) held after their retries", summary), "", sites=SITES)
+    assert found.remedy is Remedy.PERSON and AlertKind(found.kind) is AlertKind.GROUP_HELD
+    assert found.site == "RAL" and found.subject == "step1 g002"
+    assert "--resume" in found.action
+
+
+def test_a_collision_at_placement_asks_a_person() -> None:
+    summary = PlacementSummary(collisions=["collection u/other/run exists"])
+    found = diagnose(_result("placement", "1 collision", summary), "", sites=SITES)
+    assert found.remedy is Remedy.PERSON and AlertKind(found.kind) is AlertKind.PLACEMENT_COLLISION
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        ("OSError: [Errno 28] No space left on device: '/data/rse/LANCS_DISK/raw/x'", AlertKind.DISK_FULL),
+        ("CannotAuthenticate: Cannot authenticate with given credentials", AlertKind.CREDENTIAL_REFUSED),
+    ],
+)
+def test_a_full_disk_or_a_refused_credential_asks_a_person(error: str, kind: AlertKind) -> None:
+    found = diagnose(_result("flow", "raised", PhaseSummary(error=error)), "", sites=SITES)
+    assert found.remedy is Remedy.PERSON and AlertKind(found.kind) is kind
+    if kind is AlertKind.DISK_FULL:
+        assert found.site == "LANCS"
+
+
+def test_a_qa_that_differs_from_the_reference_is_the_verdict() -> None:
+    found = diagnose(_result("qa", "2 products differ from the reference"), "", sites=SITES)
+    assert found.remedy is Remedy.VERDICT
+
+
+def test_a_qa_phase_that_raised_is_retried_not_a_verdict() -> None:
+    found = diagnose(_result("qa", "raised", PhaseSummary(error="ButlerError: database is locked")), "", sites=SITES)
+    assert found.remedy is Remedy.RETRY
+
+
+def test_the_record_keeps_its_last_rounds_only() -> None:
+    now = utcnow()
+    record = SupervisionRecord(campaign="c", started=now, updated=now)
+    for i in range(250):
+        record.note(now, "waited", str(i))
+    assert len(record.rounds) == 200 and record.rounds[-1].note == "249"
+    again = SupervisionRecord.model_validate_json(record.model_dump_json())
+    assert again.rounds[0].note == "50"
