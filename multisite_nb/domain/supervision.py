@@ -21,6 +21,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from multisite_nb.domain.alike import UNLIKE_MARK
 from multisite_nb.domain.results import PhaseResult
 from multisite_nb.domain.summaries import (
     FlowSummary,
@@ -212,6 +213,29 @@ def diagnose(result: PhaseResult | None, reason: str, *, sites: Sequence[str] = 
             blocked="every call to the system that refused it",
             action="renew the credential the manifest names (a proxy, a token, a password file)",
         )
+    if UNLIKE_MARK in text:
+        odd = re.search(rf"{UNLIKE_MARK}: site ([A-Za-z0-9_.-]+):", text)  # the first difference names its site
+        return Finding(
+            remedy=Remedy.PERSON,
+            kind="phase_failed",
+            phase=phase,
+            site=odd.group(1) if odd else site,
+            subject="sites differ",
+            cause=text[:300],
+            blocked="the stage at every site (nothing was submitted)",
+            action="make the site named run with what the others run (its config, software, calibrations, "
+            "dataset types), then: multisite-nb run --resume RUN_DIR",
+        )
+    if "possible credential leak" in text:
+        return Finding(
+            remedy=Remedy.PERSON,
+            kind="phase_failed",
+            phase=phase,
+            subject="secret scan",
+            cause=reason[:300],
+            blocked="the run's pages (their HTML is withheld)",
+            action="clean the files named and rotate the credential, then: multisite-nb run --resume RUN_DIR",
+        )
     if result is None:
         return Finding(remedy=Remedy.RETRY, kind="chain stopped", phase=phase, site=site, cause=reason[:300])
     summary = result.summary
@@ -224,6 +248,16 @@ def diagnose(result: PhaseResult | None, reason: str, *, sites: Sequence[str] = 
             cause=f"{len(summary.collisions)} collision(s) at placement; first: {summary.collisions[0]}",
             blocked="the whole campaign (nothing moved)",
             action="give the campaign its own collections.output_prefix, or fix the definition named",
+        )
+    if isinstance(summary, PlacementSummary) and summary.refused:
+        return Finding(
+            remedy=Remedy.PERSON,
+            kind="phase_failed",
+            phase=phase,
+            subject="placement",
+            cause=f"placement refused: {summary.refused[0]}"[:300],
+            blocked="the whole campaign (nothing moved)",
+            action="change the sky split as the gate suggests (or run that step centrally), then start again",
         )
     found = _no_good_copy(result) or _held(result)
     if found is not None:

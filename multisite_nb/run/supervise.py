@@ -451,6 +451,8 @@ def supervise(
         record = load_run_record(sup.run_dir)
         if record is not None and run_state(record) == "passed":
             return sup.passed(sup.run_dir)
+        if sup.record.verdict == "FAIL":  # the verdict is in: a restart does not run it again
+            return SuperviseOutcome("FAIL", "the campaign's verdict is FAIL (supervise.json)", sup.run_dir, 0)
         if record is not None and run_state(record) == "running":
             holder = OperatorLock(campaign).holder()
             raise LockedError(f"{sup.run_dir} is running (lock held by {holder}): one supervisor at a time")

@@ -277,10 +277,6 @@ class World:
             self.postgres.stop()
         log(f"world down: {self.root}")
 
-    def services_up(self) -> bool:
-        """Every process the world runs is alive and Rucio answers (cheap: PIDs and one ping)."""
-        return self.rucio.is_up() and (self.postgres is None or self.postgres.is_up())
-
     def status(self) -> dict[str, Any]:
         """Each site's health: Rucio reachable, RSE known, Butler repo answering, dataset counts."""
         from multisite_nb.adapters.butler import repo as butler_ops

@@ -122,3 +122,34 @@ def test_the_record_keeps_its_last_rounds_only() -> None:
     assert len(record.rounds) == 200 and record.rounds[-1].note == "249"
     again = SupervisionRecord.model_validate_json(record.model_dump_json())
     assert again.rounds[0].note == "50"
+
+
+def test_a_refused_placement_and_a_credential_leak_ask_a_person_not_a_retry() -> None:
+    refused = diagnose(
+        _result("placement", "cannot be made consistent", PlacementSummary(refused=["tract 3 at RAL and LANCS"])),
+        "",
+        sites=SITES,
+    )
+    assert refused.remedy is Remedy.PERSON and "tract 3" in refused.cause
+    leak = diagnose(None, "possible credential leak in logs/chain.log", sites=SITES)
+    assert leak.remedy is Remedy.PERSON and leak.subject == "secret scan"
+
+
+def test_sites_that_differ_ask_a_person() -> None:
+    from multisite_nb.domain.alike import Difference, refusal
+
+    why = refusal(
+        "early",
+        [
+            Difference(
+                site="RAL",
+                kind="software version",
+                item="lsst-daf-butler",
+                reference_site="IN2P3",
+                reference_value="29.0",
+                value="28.2",
+            )
+        ],
+    )
+    found = diagnose(_result("submit_early", why), why, sites=SITES)
+    assert found.remedy is Remedy.PERSON and found.subject == "sites differ" and found.site == "RAL"

@@ -30,6 +30,7 @@ from multisite_nb.adapters.results import finish_phase, save_table
 from multisite_nb.adapters.rucio.ops import RucioOps
 from multisite_nb.adapters.rucio.probe import ping
 from multisite_nb.adapters.tables import load_plan
+from multisite_nb.domain.alike import refusal
 from multisite_nb.domain.config import Campaign, Stage
 from multisite_nb.domain.errors import ConfigError
 from multisite_nb.domain.naming import (
@@ -49,6 +50,7 @@ from multisite_nb.domain.summaries import (
     TransferSummary,
 )
 from multisite_nb.domain.verification import SiteReport, merge_reports
+from multisite_nb.phases.alike import AlikeGate
 from multisite_nb.phases.flow.site import SiteFlowOutcome, flow_site
 from multisite_nb.phases.spec import phase
 from multisite_nb.phases.submit.runner import stop_running_steps
@@ -109,6 +111,12 @@ def run(
     stop = threading.Event()
     outcomes: dict[str, SiteFlowOutcome] = {}
     at_once = min(len(sites), campaign.manifest.workflow.sites_at_once or len(sites)) or 1
+    # the sites compared alike once each has its common inputs (all at once when they run side by side)
+    alike = (
+        AlikeGate(campaign, stage.name, sites, logs_dir(run_dir) / "alike" / stage.name, wait=at_once >= len(sites))
+        if len(sites) > 1
+        else None
+    )
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="flow") as pool:
         futures = {
             site: pool.submit(
@@ -123,6 +131,7 @@ def run(
                 progress=live.site(site),
                 checksums=checksums,
                 timeout_s=timeout_s,
+                alike=alike,
             )
             for site in sites
         }
@@ -139,13 +148,20 @@ def run(
             raise
     for o in refused:
         outcomes[o.dest] = SiteFlowOutcome(o.dest, error=o.error or "")
-    return _record(campaign, run_dir, stage, started, outcomes), outcomes
+    unlike = refusal(stage.name, alike.differences) if alike is not None and alike.differences else ""
+    return _record(campaign, run_dir, stage, started, outcomes, unlike=unlike), outcomes
 
 
 def _record(
-    campaign: Campaign, run_dir: str | Path, stage: Stage, started: datetime, outcomes: dict[str, SiteFlowOutcome]
+    campaign: Campaign,
+    run_dir: str | Path,
+    stage: Stage,
+    started: datetime,
+    outcomes: dict[str, SiteFlowOutcome],
+    *,
+    unlike: str = "",
 ) -> PhaseResult:
-    """The three gates the flow stands for, then its own."""
+    """The three gates the flow stands for, then its own (``unlike``: why the stage's sites were refused)."""
     sites = [s for s in campaign.remote_sites if s in outcomes]
     # -- transfer: every shipment in place
     rows: list[ShipmentRow] = []
@@ -214,6 +230,8 @@ def _record(
         if not steps[site] and outcomes[site].error:
             steps[site] = {stage.steps[0]: StepRecord.not_started(site, stage.steps[0], [outcomes[site].error])}
     s_passed, s_reason = steps_verdict(steps, retry=f"multisite-nb run --resume {Path(run_dir).resolve()}")
+    if unlike:
+        s_passed, s_reason = False, unlike
     label = f"submit_{stage.name}"
     s_table = save_table(run_dir, label, "steps", steps_table(steps))
     save_table(run_dir, label, "groups", groups_table(steps))

@@ -3,8 +3,10 @@
 Two threads per site. The shipper moves the site's batches in order (:mod:`~multisite_nb.phases.transfer.batches`): each
 shipment is moved end to end (:func:`~multisite_nb.phases.transfer.shipping.run_shipments`), the
 site's collections are brought up to date, and the shipment's files are verified (Rucio, the
-site's Butler, the disk); only then are its groups released. The site's first step runs its
-groups as they are released, at most ``groups_in_flight`` at once
+site's Butler, the disk); only then are its groups released. Once the first (common) shipment is
+verified, the site waits for the stage's other sites to be compared with them (an
+:class:`~multisite_nb.phases.alike.AlikeGate`): if the sites differ, no group is released anywhere.
+The site's first step runs its groups as they are released, at most ``groups_in_flight`` at once
 (:func:`~multisite_nb.phases.submit.stage.run_groups`); the stage's later steps run once the
 first step's groups have all succeeded (they read its outputs). A shipment that fails, or that
 verification finds wrong, holds back its own groups only (the common inputs, every group):
@@ -30,6 +32,7 @@ from multisite_nb.domain.plan import PlacementPlan
 from multisite_nb.domain.records import ShipmentOutcome, StepRecord, StepState
 from multisite_nb.domain.results import utcnow
 from multisite_nb.domain.verification import SiteReport
+from multisite_nb.phases.alike import AlikeGate
 from multisite_nb.phases.submit.groups import cut_step
 from multisite_nb.phases.submit.selection import step_run
 from multisite_nb.phases.submit.stage import run_groups, run_steps
@@ -90,19 +93,28 @@ def flow_site(
     checksums: bool = True,
     timeout_s: float = 900,
     log: Callable[[str], None] = lambda m: None,
+    alike: AlikeGate | None = None,
 ) -> SiteFlowOutcome:
-    """Ship, verify and run one site's stage, its groups starting as their inputs are verified (module notes)."""
+    """Ship, verify and run one site's stage, its groups starting as their inputs are verified (module notes).
+
+    ``alike``: the stage's sites compared once each has its common shipment (none: not compared).
+    """
     out = SiteFlowOutcome(site)
-    gplan = first_step_plan(campaign, plan, site, steps[0], log_dir)
-    out.batches = plan_batches(
-        campaign,
-        plan,
-        site,
-        gplan,
-        Path(folder),
-        groups_per_shipment=campaign.config.processing.groups_per_shipment,
-        shipment_args=placement_args(campaign, plan, site),
-    )
+    try:
+        gplan = first_step_plan(campaign, plan, site, steps[0], log_dir)
+        out.batches = plan_batches(
+            campaign,
+            plan,
+            site,
+            gplan,
+            Path(folder),
+            groups_per_shipment=campaign.config.processing.groups_per_shipment,
+            shipment_args=placement_args(campaign, plan, site),
+        )
+    except BaseException:
+        if alike is not None:
+            alike.leave(site)
+        raise
     released: queue.Queue[str | None] = queue.Queue()
 
     def hold(batch: Batch, why: str) -> None:
@@ -111,6 +123,7 @@ def flow_site(
 
     def ship() -> None:
         common_ok = True
+        unlike = ""  # why the stage's sites are not alike ("" while they are, or not yet compared)
         try:
             for batch in out.batches:
                 if stop.is_set():
@@ -127,14 +140,24 @@ def flow_site(
                 if o.error:
                     hold(batch, f"its shipment {batch.name} failed: {o.error}"[:500])
                     common_ok = common_ok and batch.index != 0
+                    if alike is not None and batch.index == 0:
+                        alike.leave(site)  # the other sites are compared without it
                     continue
                 report = verify_shipments(campaign, [(site, batch.name, batch.shipment.files)], checksums=checksums)[0]
                 out.reports[batch.name] = report
                 if not report.ok:
                     hold(batch, f"its shipment {batch.name} failed verification: {_first_problem(report)}"[:500])
                     common_ok = common_ok and batch.index != 0
+                    if alike is not None and batch.index == 0:
+                        alike.leave(site)
                     continue
                 o.verified_at = utcnow()
+                if alike is not None and batch.index == 0:
+                    problems = alike.ready(site, stop)
+                    unlike = problems[0] if problems else ""
+                if unlike:
+                    hold(batch, unlike)
+                    continue
                 if not common_ok:
                     hold(batch, "the inputs every group needs (the common shipment) are not verified")
                     continue
@@ -146,6 +169,8 @@ def flow_site(
                 if b.name not in out.outcomes:
                     hold(b, out.error)
         finally:
+            if alike is not None:
+                alike.leave(site)
             released.put(None)
 
     def release() -> Iterator[str]:

@@ -16,12 +16,15 @@ from pathlib import Path
 import pandas as pd
 
 from multisite_nb.adapters.results import finish_phase, load_results, save_table
+from multisite_nb.domain.alike import refusal
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import ConfigError
 from multisite_nb.domain.naming import logs_dir
 from multisite_nb.domain.params import with_manifest
+from multisite_nb.domain.records import StepRecord
 from multisite_nb.domain.results import PhaseResult, utcnow
 from multisite_nb.domain.summaries import GatherSummary, SiteSteps, SubmitSummary
+from multisite_nb.phases.alike import check_alike
 from multisite_nb.phases.spec import phase
 from multisite_nb.phases.submit.samples import prepare_stage
 from multisite_nb.phases.submit.stage import run_sites
@@ -46,8 +49,11 @@ def run(
 ) -> tuple[PhaseResult, SiteSteps]:
     """Phase 4: run a site stage's steps at every remote site, side by side.
 
-    Every site's first step is checked before anything runs there: a site with problems does
-    not run (named in the gate), the others go on. Returns the steps by site and step.
+    The stage's sites are first checked alike (task configs, software, calibration and reference
+    inputs, dataset type definitions: :func:`~multisite_nb.phases.alike.check_alike`): when they
+    differ nothing is submitted and the gate names each difference. Then every site's first step
+    is checked before anything runs there: a site with problems does not run (named in the gate),
+    the others go on. Returns the steps by site and step.
 
     With ``prepare_only``, each site's PanDA workflow of every step of the stage is built offline
     (with ``manifest``, e.g. the facilities' site manifest; default the campaign's) and nothing is
@@ -59,6 +65,18 @@ def run(
         raise ConfigError(f"{campaign.path}: stage {stage!r} runs centrally: use gather_redistribute")
     if prepare_only:
         return _prepare(campaign, run_dir, stage, manifest, started), {}
+    differences = check_alike(campaign, stage, campaign.remote_sites, folder=logs_dir(run_dir) / "alike" / stage)
+    if differences:  # nothing submitted: every site's first step is refused with the differences
+        why = refusal(stage, differences)
+        first = st.steps[0]
+        refused = {
+            site: {first: StepRecord.not_started(site, first, [d.message for d in differences[:20]])}
+            for site in campaign.remote_sites
+        }
+        table = save_table(run_dir, f"submit_{stage}", "steps", steps_table(refused))
+        summary = SubmitSummary(stage=stage, steps=refused)
+        result = finish_phase(run_dir, f"submit_{stage}", False, why, started, summary=summary, artifacts=[str(table)])
+        return result, refused
     live = InFlight(run_dir, f"submit_{stage}", started, SubmitSummary(stage=stage))
     records = run_sites(
         campaign, campaign.remote_sites, st.steps, logs_dir(run_dir), extra=delivered_runs(run_dir), live=live
