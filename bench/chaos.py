@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from multisite_nb.adapters.alerts import load_alerts  # noqa: E402
-from multisite_nb.world.chaos import FAULTS, NEEDS_A_PERSON, Chaos, files_lost  # noqa: E402
+from multisite_nb.world.chaos import FAULTS, NEEDS_A_PERSON, Chaos, files_lost, world_up  # noqa: E402
 from multisite_nb.world.manager import World  # noqa: E402
 
 SPEC = ROOT / "parameters" / "worlds" / "groups.yaml"
@@ -74,7 +74,7 @@ def _unmount(world: World, site: str) -> None:
 
 def _one(tmp: Path, params: Path, faults: list[str], args: argparse.Namespace) -> dict[str, object]:
     world = World(tmp / "world", params, SPEC)
-    world.up(log=lambda _: None)
+    world_up(world, SPEC)
     small = None
     if "disk_full" in faults:
         if _small_disk(world, SMALL_DISK, args.disk_mb):

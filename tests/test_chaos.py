@@ -23,7 +23,7 @@ from multisite_nb.adapters.alerts import load_alerts
 from multisite_nb.domain.params import repo_root
 from multisite_nb.domain.supervision import SupervisionRecord
 from multisite_nb.run.supervise import SUPERVISION_RECORD
-from multisite_nb.world.chaos import Chaos, files_lost
+from multisite_nb.world.chaos import Chaos, files_lost, world_up
 from multisite_nb.world.manager import World
 
 pytestmark = [pytest.mark.slow, pytest.mark.world, pytest.mark.timeout(2400)]
@@ -54,7 +54,7 @@ def chaos_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chaos")
     params = chaos_campaign(tmp)
     world = World(tmp / "world", params, SPEC)
-    world.up(log=lambda _: None)
+    world_up(world, SPEC)
     try:
         chaos = Chaos(world, params, tmp / "runs", FAULTS, seed=7, interval_s=25, first_s=20, hold_s=60, restart_s=3)
         report = chaos.run(timeout_s=1800)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from multisite_nb.adapters.alerts import load_alerts
 from multisite_nb.domain.params import repo_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.world]
@@ -73,7 +74,13 @@ def groups_run(tmp_path_factory):
     pipeline.write_text((CAMPAIGN.parent / "pipelines" / "drp_3x3.yaml").read_text())
     _set_condition(pipeline, CONDITION)
     data = yaml.safe_load(CAMPAIGN.read_text())
-    data.update(manifest=str(CAMPAIGN.parent / data["manifest"]), pipeline=str(pipeline))
+    manifest = yaml.safe_load((CAMPAIGN.parent / data["manifest"]).read_text())
+    manifest["workflow"]["bps_site_config"] = str(repo_root() / manifest["workflow"]["bps_site_config"])
+    notified = tmp / "notified.jsonl"  # the alert hook: a command that keeps what it was sent
+    keep = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read().strip() + chr(10))"
+    manifest["notify"] = {"command": [sys.executable, "-c", keep, str(notified)], "retries": 0}
+    (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    data.update(manifest=str(tmp / "manifest.yaml"), pipeline=str(pipeline))
     data["sites"] = {s: data["sites"][s] for s in SITES}  # two remote sites show it all, in less time
     params = tmp / "campaign_groups.yaml"
     params.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -86,6 +93,12 @@ def groups_run(tmp_path_factory):
         out["run_dir"] = run_dir
         out["early"] = json.loads((run_dir / "results" / "submit_early.json").read_text())
         out["attempts_held"] = _attempts(run_dir)
+        # supervise, one round: the held group is run again, held again, and a person is asked, once
+        where = ["--world", str(world), "--runs-root", str(runs)]
+        out["supervised"] = _nb("supervise", str(params), *where, "--max-rounds", "1")
+        out["notified"] = [json.loads(ln) for ln in notified.read_text().splitlines()] if notified.exists() else []
+        out["alerts"] = load_alerts(run_dir)
+        out["attempts_supervised"] = _attempts(run_dir)
         repo = str(world / "butler" / "RAL")
         out["g1_before"] = _butler("query-datasets", repo, "--collections", "groups/RAL/step1/g0001")
         _set_condition(pipeline, None)  # the operator fixed the cause
@@ -133,13 +146,31 @@ def test_the_gates_command_reruns_only_the_held_group_and_the_campaign_passes(gr
     assert "run passed: all 7 phase(s) passed" in second.stdout, second.stdout[-2000:]  # the flowing chain
     qa = json.loads((groups_run["run_dir"] / "results" / "qa.json").read_text())
     assert qa["passed"] and "values equal to the reference" in qa["reason"], qa["reason"]
-    before, after = groups_run["attempts_held"], groups_run["attempts_after"]
+    before, after = groups_run["attempts_supervised"], groups_run["attempts_after"]
     site, step, group, _ = FAIL_AT
     assert after[f"{site}/{step}/{group}"] == [*before[f"{site}/{step}/{group}"], "succeeded"]
     for key, states in before.items():  # every group that had succeeded was left as it was
         if key != f"{site}/{step}/{group}":
             assert after[key] == states, key
     assert groups_run["g1_before"] == groups_run["g1_after"]  # its RUN untouched
+
+
+def test_supervise_runs_the_held_group_again_then_asks_a_person_once(groups_run) -> None:
+    sup = groups_run["supervised"]
+    assert sup.returncode == 3, sup.stdout[-3000:] + sup.stderr[-2000:]  # stopped while a person is asked
+    site, step, group, _ = FAIL_AT
+    (sent,) = groups_run["notified"]  # one alert, through the manifest's hook, with the alert's JSON
+    alert = sent["alert"]
+    assert (alert["kind"], alert["site"], alert["subject"]) == ("group_held", site, f"{step} {group}"), sent
+    assert "multisite-nb run --resume" in alert["action"] and sent["text"].startswith("[group_held] RAL")
+    (entry,) = groups_run["alerts"]
+    assert entry.alert.key == f"group_held/{site}/{step} {group}" and entry.delivery.delivered and entry.open
+    retries = yaml.safe_load(CAMPAIGN.read_text())["processing"]["retries"]
+    held, supervised = groups_run["attempts_held"], groups_run["attempts_supervised"]
+    assert supervised[f"{site}/{step}/{group}"][len(held[f"{site}/{step}/{group}"]) :] == ["failed"] * retries + [
+        "held"
+    ]
+    assert all(supervised[k] == v for k, v in held.items() if k != f"{site}/{step}/{group}")
 
 
 def test_the_campaign_flowed_a_sites_groups_starting_before_its_last_shipment_was_in_place(groups_run) -> None:

@@ -34,6 +34,7 @@ from multisite_nb.domain.summaries import (
 __all__ = [
     "FULL_DISK",
     "REFUSED_CREDENTIAL",
+    "UNREACHABLE",
     "Finding",
     "Remedy",
     "Round",
@@ -47,6 +48,12 @@ FULL_DISK = re.compile(r"No space left on device|ENOSPC|Errno 28\b|Disk quota ex
 REFUSED_CREDENTIAL = re.compile(
     r"CannotAuthenticate|CannotAuthorize|AccessDenied|\b401\b|Unauthorized|credential[s]? (?:was |were )?refused",
     re.I,
+)
+
+
+#: An error text that says a system did not answer (a collision check that could not be made is not a collision).
+UNREACHABLE = re.compile(
+    r"Cannot connect|ServerConnectionException|Connection refused|cannot be reached|timed out|database is locked", re.I
 )
 
 
@@ -239,7 +246,11 @@ def diagnose(result: PhaseResult | None, reason: str, *, sites: Sequence[str] = 
     if result is None:
         return Finding(remedy=Remedy.RETRY, kind="chain stopped", phase=phase, site=site, cause=reason[:300])
     summary = result.summary
-    if isinstance(summary, PlacementSummary) and summary.collisions:
+    if (
+        isinstance(summary, PlacementSummary)
+        and summary.collisions
+        and not all(UNREACHABLE.search(c) for c in summary.collisions)
+    ):
         return Finding(
             remedy=Remedy.PERSON,
             kind="placement_collision",

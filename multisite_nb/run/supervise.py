@@ -226,6 +226,7 @@ class _Supervisor:
         self.settings = campaign.manifest.supervision
         self.run_dir: Path | None = None
         self.record = _load_record(None, campaign.name)
+        self.pending_s = 0.0
 
     @property
     def alert_dir(self) -> Path:
@@ -242,8 +243,14 @@ class _Supervisor:
         return float(min(self.settings.max_backoff_s, self.settings.backoff_s * 2 ** max(0, n - 1)))
 
     def wait(self, seconds: float, why: str) -> None:
-        self.note("waited", f"{seconds:.0f} s: {why}")
-        self.sleep(seconds)
+        """Wait ``seconds`` before the next round (not after the last: a limit reached ends at once)."""
+        self.note("waits", f"{seconds:.0f} s: {why}")
+        self.pending_s = seconds
+
+    def serve_wait(self) -> None:
+        if self.pending_s:
+            self.sleep(self.pending_s)
+            self.pending_s = 0.0
 
     def adopt(self, run_dir: Path | None) -> None:
         if run_dir is not None and run_dir != self.run_dir:
@@ -462,6 +469,7 @@ def supervise(
             while max_rounds is None or rounds < max_rounds:
                 if max_s is not None and time.monotonic() - start > max_s:
                     break
+                sup.serve_wait()
                 if not sup.services_ready():
                     continue
                 rounds += 1

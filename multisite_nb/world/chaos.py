@@ -44,7 +44,7 @@ from multisite_nb.domain.naming import plan_path
 from multisite_nb.world.manager import World
 from multisite_nb.world.standin import FAIL_ONCE_VARIABLE
 
-__all__ = ["FAULTS", "NEEDS_A_PERSON", "Chaos", "ChaosReport", "Injected", "files_lost"]
+__all__ = ["FAULTS", "NEEDS_A_PERSON", "Chaos", "ChaosReport", "Injected", "files_lost", "world_up"]
 
 #: Every fault :class:`Chaos` knows, in the order of the module's docstring.
 FAULTS = (
@@ -305,6 +305,19 @@ class Chaos:
                 pass
         self._undo.append((time.monotonic() + self.hold_s, lambda: filler.unlink(missing_ok=True)))
         return f"{site}: {root} filled for {self.hold_s:.0f} s"
+
+
+def world_up(world: World, spec: Path) -> None:
+    """Bring ``world`` up through the command line, as an operator does: its daemons are then nobody's
+    children here (a daemon a fault kills is reaped by the system, not left a zombie of this process)."""
+    proc = subprocess.run(
+        [_exe(), "world", "up", "--spec", str(spec), "--params", str(world.campaign_file), "--dir", str(world.root)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"world up failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
 
 def files_lost(world: World, run_dir: Path) -> list[str]:

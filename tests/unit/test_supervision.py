@@ -153,3 +153,11 @@ def test_sites_that_differ_ask_a_person() -> None:
     )
     found = diagnose(_result("submit_early", why), why, sites=SITES)
     assert found.remedy is Remedy.PERSON and found.subject == "sites differ" and found.site == "RAL"
+
+
+def test_a_collision_check_that_could_not_reach_rucio_is_retried() -> None:
+    summary = PlacementSummary(
+        collisions=["Rucio: cannot check the campaign's rules: ServerConnectionException: Cannot connect"]
+    )
+    found = diagnose(_result("placement", "1 collision(s) before anything moved", summary), "", sites=SITES)
+    assert found.remedy is Remedy.RETRY
