@@ -106,7 +106,8 @@ def _one(tmp: Path, params: Path, faults: list[str], args: argparse.Namespace) -
     qa = json.loads((report.run_dir / "results" / "qa.json").read_text()) if report.run_dir else {}
     verdict = "PASS" if report.exit_code == 0 and qa.get("passed") else "FAIL"
     kinds = [i.kind for i in report.injected]
-    person = [a for a in alerts if str(a.alert.kind) == "disk_full" and "disk_full" in kinds]
+    # a true alert: one about the site whose disk was made full (a disk_full, or the group the full disk held)
+    person = [a for a in alerts if "disk_full" in kinds and (a.alert.site == small or str(a.alert.kind) == "disk_full")]
     untrue = [a for a in alerts if a not in person]
     need = sum(1 for k in kinds if k in NEEDS_A_PERSON)
     return {

@@ -1,4 +1,4 @@
-"""A campaign that rides out faults on its own: the groups campaign (two remote sites) under ``supervise``,
+"""A campaign that rides out faults on its own: the groups campaign (one remote site) under ``supervise``,
 with five kinds of fault injected from a seeded list while it runs.
 
 The supervising process is SIGKILLed (and started again, as a service manager would), the Rucio
@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.world, pytest.mark.timeout(2400)]
 BIN = Path(sys.executable).parent
 SPEC = repo_root() / "parameters" / "worlds" / "groups.yaml"
 CAMPAIGN = repo_root() / "parameters" / "campaign_groups.yaml"
-SITES = ("IN2P3", "RAL")
+SITES = ("RAL",)  # one site: the faults act the same, in less time (the CI suite's budget)
 FAULTS = ["kill_rucio", "fail_group", "kill_supervisor", "flip_byte", "kill_daemons"]
 
 

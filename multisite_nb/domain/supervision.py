@@ -40,6 +40,7 @@ __all__ = [
     "Round",
     "SupervisionRecord",
     "diagnose",
+    "diagnose_stop",
 ]
 
 #: An error text that says a disk is full (the errno's name, its number, its words).
@@ -181,6 +182,20 @@ def _no_good_copy(result: PhaseResult) -> Finding | None:
         blocked=f"the groups that read {first.what} at {first.site}",
         action=first.detail or "restore the file at its source, then: multisite-nb repair RUN_DIR",
     )
+
+
+#: Which finding goes first when a stopped phase's gates say several things (a repair may mend a held group).
+_FIRST = (Remedy.REPAIR, Remedy.PERSON, Remedy.VERDICT, Remedy.RETRY)
+
+
+def diagnose_stop(results: Sequence[PhaseResult], reason: str, *, sites: Sequence[str] = ()) -> Finding:
+    """What to do about a chain that stopped: ``results`` are the failed phase's result and those of the
+    failed gates it recorded for the phases it stands for (a flow's transfer, verify and submit gates).
+    The first by :data:`_FIRST` wins: a repair before a person, a person before a retry."""
+    if not results:
+        return diagnose(None, reason, sites=sites)
+    found = [diagnose(r, reason if i == 0 else "", sites=sites) for i, r in enumerate(results)]
+    return min(found, key=lambda f: _FIRST.index(f.remedy))
 
 
 def diagnose(result: PhaseResult | None, reason: str, *, sites: Sequence[str] = ()) -> Finding:

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from multisite_nb.adapters.alerts import raise_alert
+from multisite_nb.adapters.alerts import raise_alert, resolve_alert
 from multisite_nb.adapters.butler.lock import LockedError, OperatorLock
 from multisite_nb.adapters.files import atomic_write_text
 from multisite_nb.adapters.results import RUN_RECORD, load_result, load_results, load_run_record, run_state
@@ -45,7 +45,8 @@ from multisite_nb.domain.errors import ConfigError, NotReadyError, Problem
 from multisite_nb.domain.naming import plan_path
 from multisite_nb.domain.params import repo_root
 from multisite_nb.domain.results import PhaseResult, utcnow
-from multisite_nb.domain.supervision import Finding, Remedy, SupervisionRecord, diagnose
+from multisite_nb.domain.summaries import FlowSummary
+from multisite_nb.domain.supervision import Finding, Remedy, SupervisionRecord, diagnose, diagnose_stop
 from multisite_nb.phases import repair as repair_phase
 from multisite_nb.phases.readiness import readiness_problems
 from multisite_nb.phases.registry import chain_for
@@ -175,16 +176,16 @@ def _stoppable() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _first_failed(run_dir: Path, order: Sequence[str]) -> PhaseResult | None:
-    """The result of the first phase of the chain that did not pass (None: it left none)."""
+def _stopped_at(run_dir: Path) -> list[PhaseResult]:
+    """The first failed phase's result, then the failed gates it recorded for the phases it stands for."""
     results = load_results(run_dir, strict=False)
     record = load_run_record(run_dir)
-    labels = [p.phase for p in record.phases] if record else list(order)
-    for label in labels:
+    for label in [p.phase for p in record.phases] if record else []:
         res = results.get(label)
         if res is not None and not res.passed:
-            return res
-    return None
+            gates = res.summary.gates if isinstance(res.summary, FlowSummary) else {}
+            return [res, *(results[g] for g, ok in gates.items() if not ok and g in results and g != label)]
+    return []
 
 
 def _alert(
@@ -269,6 +270,9 @@ class _Supervisor:
         if not problems:
             if self.record.down_since is not None:
                 self.record.faults_ridden_out += 1
+                for key in [k for k in self.record.waiting_for if k.startswith(f"{AlertKind.SITE_DOWN}/")]:
+                    resolve_alert(self.alert_dir, key, note="the site answers again (seen by the supervisor)")
+                    self.record.waiting_for.remove(key)
                 self.note("recovered", "every system answers again")
             self.record.down_since = None
             self.record.streak.pop("down", None)
@@ -495,7 +499,7 @@ def supervise(
                 if record is not None and run_state(record) == "interrupted":
                     sup.note("stopped", "the chain was interrupted (SIGTERM or Ctrl-C): the supervisor ends")
                     return SuperviseOutcome("stopped", outcome.reason, run_dir, sup.record.attempts)
-                finding = diagnose(_first_failed(run_dir, []), outcome.reason, sites=campaign.all_sites)
+                finding = diagnose_stop(_stopped_at(run_dir), outcome.reason, sites=campaign.all_sites)
                 sup.note("stopped at", f"{finding.phase or '?'}: {finding.remedy}: {finding.cause}"[:400])
                 done = sup.act(finding)
                 if done is not None:

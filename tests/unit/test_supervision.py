@@ -20,7 +20,7 @@ from multisite_nb.domain.summaries import (
     StepsSummary,
     VerifySummary,
 )
-from multisite_nb.domain.supervision import Remedy, SupervisionRecord, diagnose
+from multisite_nb.domain.supervision import Remedy, SupervisionRecord, diagnose, diagnose_stop
 
 SITES = ("USDF", "IN2P3", "RAL", "LANCS")
 
@@ -161,3 +161,25 @@ def test_a_collision_check_that_could_not_reach_rucio_is_retried() -> None:
     )
     found = diagnose(_result("placement", "1 collision(s) before anything moved", summary), "", sites=SITES)
     assert found.remedy is Remedy.RETRY
+
+
+def test_a_flow_that_held_a_group_asks_a_person_through_its_submit_gate() -> None:
+    record = StepRecord(
+        site="RAL",
+        step="step1",
+        state=StepState.HELD,
+        groups=GroupCounts(total=3, done=2, held=1, held_groups=[HeldGroup(group="g0002", attempts=4, cause="x")]),
+    )
+    flow = _result("flow", "submit_early: 1 group(s) held", FlowSummary(gates={"verify": True, "submit_early": False}))
+    gate = _result("submit_early", "1 group(s) held", StepsSummary(stage="early", steps={"RAL": {"step1": record}}))
+    assert diagnose(flow, flow.reason, sites=SITES).remedy is Remedy.RETRY  # the flow's own summary does not say
+    found = diagnose_stop([flow, gate], flow.reason, sites=SITES)
+    assert found.remedy is Remedy.PERSON and found.subject == "step1 g0002"
+
+
+def test_a_repair_goes_before_a_person_when_a_flow_says_both() -> None:
+    record = StepRecord(site="RAL", step="step1", state=StepState.HELD, groups=GroupCounts(total=1, held=1))
+    flow = _result("flow", "verify failed", FlowSummary(gates={"verify": False, "submit_early": False}))
+    verify = _result("verify", "1 problem at RAL", VerifySummary(problems=1))
+    gate = _result("submit_early", "held", StepsSummary(stage="early", steps={"RAL": {"step1": record}}))
+    assert diagnose_stop([flow, verify, gate], flow.reason, sites=SITES).remedy is Remedy.REPAIR
