@@ -137,6 +137,12 @@ def main() -> int:
     ap.add_argument("--disk-mb", type=int, default=64, help="the small disk's size (MiB)")
     ap.add_argument("--timeout", type=float, default=5400.0)
     ap.add_argument("--no-clean", action="store_true", help="skip the run without faults")
+    ap.add_argument(
+        "--clean-from",
+        default=None,
+        help="instead of a run without faults, take its wall time from bench/stream.py's --json (flowing_s: the "
+        "same campaign, flowing, on a fresh world)",
+    )
     ap.add_argument("--json", dest="json_out", default=None, help="write the figures to this file")
     ap.add_argument("--keep", action="store_true", help="keep the worlds and run folders")
     args = ap.parse_args()
@@ -145,7 +151,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="msnb-chaos-"))
     try:
         clean_wall = None
-        if not args.no_clean:
+        if args.clean_from:
+            clean_wall = json.loads(Path(args.clean_from).read_text())["flowing_s"]
+        elif not args.no_clean:
             (tmp / "clean").mkdir()
             clean = _one(tmp / "clean", _campaign(tmp / "clean", args.interval), [], args)
             clean_wall = clean["wall_s"]
