@@ -364,7 +364,7 @@ class _Supervisor:
             return None
         if finding.remedy is Remedy.REPAIR:
             self.note("repairing", finding.cause)
-            result, actions, _ = repair_phase.run(self.campaign, self.run_dir, log=self.log)
+            result = self.repair()
             lost = diagnose(result, result.reason, sites=self.campaign.all_sites)
             if lost.remedy is Remedy.PERSON:
                 return self.act(lost)
@@ -374,6 +374,17 @@ class _Supervisor:
         self.record.faults_ridden_out += 1
         self.wait(self.backoff(finding.kind), f"transient: {finding.kind}: {finding.cause}")
         return None
+
+    def repair(self) -> PhaseResult:
+        """Run the repair phase with the services watched: a repair waits on Rucio's daemons, which
+        may stop while it waits (a killed conveyor left alone for the repair's whole timeout)."""
+        assert self.run_dir is not None
+        with _watching(self.settings, self.log) as dog:
+            result, _, _ = repair_phase.run(self.campaign, self.run_dir, log=self.log)
+        if dog.healed:
+            self.record.faults_ridden_out += dog.healed
+            self.note("healed", f"{dog.healed} time(s) while the repair ran")
+        return result
 
     def count(self, kind: str) -> int:
         """One more failure of ``kind`` in a row (a failure of another kind ends the other streaks)."""
@@ -405,7 +416,7 @@ class _Supervisor:
             return False, None
         problems = sum(len(r.problems) for r in bad)
         self.note("audit", f"{problems} problem(s) at {', '.join(r.site for r in bad)}: repairing")
-        result, _, _ = repair_phase.run(self.campaign, self.run_dir, log=self.log)
+        result = self.repair()
         if not result.passed:
             return False, diagnose(result, result.reason, sites=self.campaign.all_sites)
         self.record.faults_ridden_out += 1
