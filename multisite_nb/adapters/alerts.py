@@ -2,8 +2,10 @@
 
 :func:`raise_alert` keeps the alert and sends it (:func:`multisite_nb.adapters.notify.send`), unless
 an entry with the same key is there already: then nothing is sent again and that entry is returned
-(one that was never delivered is tried again, a person not having heard of it yet). Raising the same
-key from two threads or processes at once sends it once (a lock file per key). :func:`load_alerts`
+(one that was never delivered is tried again, a person not having heard of it yet). A key raised again
+after a person (or the supervisor) resolved it is the same trouble back: a new alert, sent, its entry
+counting the times before. Raising the same key from two threads or processes at once sends it once
+(a lock file per key). :func:`load_alerts`
 reads them all, oldest first, skipping a file that cannot be read; :func:`resolve_alert` marks one
 dealt with, keeping it. Every file is written atomically, and holds no credential: the alert's
 texts are redacted when it is made, and the delivery's error never names a webhook's URL.
@@ -98,20 +100,24 @@ def raise_alert(
     AlertEntry
         The entry now in ``alerts/``: the one already there for this key (not sent again), or the new
         one with its delivery. An entry there that was never delivered (and is not resolved) is
-        sent again when ``notify`` is given, its attempts added up.
+        sent again when ``notify`` is given, its attempts added up; one that was resolved is
+        replaced by ``alert``, sent as new.
     """
     alert = _scrubbed(alert, notify)
     path = alert_path(run_dir, alert.key)
     with _held(run_dir, alert.key):
         have = _read(path) if path.is_file() else None
-        if have is not None and (have.delivery.delivered or not have.open or notify is None):
+        before = 0
+        if have is not None and not have.open:  # resolved, and raised again: the trouble is back
+            before, have = have.raised_before + 1, None
+        if have is not None and (have.delivery.delivered or notify is None):
             return have
         delivery = send(have.alert if have is not None else alert, notify, log=log)
         if have is not None:
             delivery = delivery.model_copy(update={"attempts": have.delivery.attempts + delivery.attempts})
             entry = have.model_copy(update={"delivery": delivery})
         else:
-            entry = AlertEntry(alert=alert, delivery=delivery)
+            entry = AlertEntry(alert=alert, delivery=delivery, raised_before=before)
         _write(run_dir, entry)
         return entry
 

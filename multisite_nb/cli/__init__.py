@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from multisite_nb.adapters.alerts import load_alerts, resolve_alert
 from multisite_nb.adapters.butler.lock import OperatorLock
 from multisite_nb.adapters.files import atomic_write_text
 from multisite_nb.adapters.results import load_result, load_run_record
@@ -266,6 +267,43 @@ def supervise_cmd(
     click.echo(f"supervise: {out.verdict}: {out.reason} ({out.rounds} chain attempt(s); run {out.run_dir})")
     if out.verdict != "PASS":
         sys.exit(1 if out.verdict == "FAIL" else 3)
+
+
+@main.command("alerts")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--all", "show_all", is_flag=True, help="Resolved ones too.")
+@click.option("--resolve", "key", default=None, help="Mark the alert of this key dealt with.")
+@click.option("--note", default="", help="With --resolve: what was done (one line, kept with it).")
+@click.option("--json", "as_json", is_flag=True, help="The entries as JSON.")
+def alerts_cmd(run_dir: str, show_all: bool, key: str | None, note: str, as_json: bool) -> None:
+    """What a person is asked for: a run folder's open alerts (or a campaign's runs folder, for those
+    raised before its first run), each with its cause, what it blocks and the one command.
+
+    ``--resolve KEY`` marks one dealt with: the supervisor stops waiting on it, and raises it anew
+    (and sends it again) if the trouble comes back. Exit 1 when open alerts remain.
+    """
+    folder = Path(run_dir).resolve()
+    if key is not None:
+        entry = resolve_alert(folder, key, note=note)
+        if entry is None:
+            listing = f"multisite-nb alerts {run_dir} --all lists them"
+            raise BadInput(f"{folder / 'alerts'}: no alert of key {key!r} ({listing})")
+        click.echo(f"resolved: {entry.key} at {entry.resolved:%Y-%m-%d %H:%M:%S} UTC" if entry.resolved else entry.key)
+    entries = [e for e in load_alerts(folder) if show_all or e.open]
+    if as_json:
+        click.echo(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
+    else:
+        for e in entries:
+            a = e.alert
+            state = f"resolved {e.resolved:%Y-%m-%d %H:%M} UTC: {e.note}" if e.resolved else "open"
+            again = f", raised {e.raised_before + 1} times" if e.raised_before else ""
+            click.echo(f"{a.raised:%Y-%m-%d %H:%M} UTC  {a.kind}  {a.site or '-'}  {a.subject}  ({state}{again})")
+            click.echo(f"    cause:   {a.cause}\n    blocks:  {a.blocked}\n    do:      {a.action}")
+            click.echo(f"    key:     {e.key}")
+        still = sum(e.open for e in load_alerts(folder))
+        click.echo(f"{still} open alert(s)" + ("" if show_all else f" in {folder}"))
+    if any(e.open for e in load_alerts(folder)):
+        sys.exit(1)
 
 
 @main.command("check")

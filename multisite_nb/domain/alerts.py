@@ -218,6 +218,8 @@ class AlertEntry(BaseModel):
         When a person marked it dealt with (``None``: still open).
     note : str
         What they said.
+    raised_before : int
+        How many times this key was raised and resolved before this alert (the same trouble back).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -226,6 +228,7 @@ class AlertEntry(BaseModel):
     delivery: Delivery = Delivery()
     resolved: UtcTime | None = None
     note: Line = ""
+    raised_before: Annotated[int, Field(ge=0)] = 0
 
     @property
     def key(self) -> str:

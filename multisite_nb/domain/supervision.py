@@ -88,7 +88,7 @@ class Round(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     at: datetime
-    action: str  # ran | resumed | healed | repaired | waited | alerted | verdict
+    action: str  # ran | resumed | healed | repaired | waits | resolved | verdict | ...
     note: str = ""
 
 

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from multisite_nb.adapters.alerts import raise_alert, resolve_alert
+from multisite_nb.adapters.alerts import open_alerts, raise_alert, resolve_alert
 from multisite_nb.adapters.butler.lock import LockedError, OperatorLock
 from multisite_nb.adapters.files import atomic_write_text
 from multisite_nb.adapters.results import RUN_RECORD, load_result, load_results, load_run_record, run_state
@@ -247,6 +247,14 @@ class _Supervisor:
         """Wait ``seconds`` before the next round (not after the last: a limit reached ends at once)."""
         self.note("waits", f"{seconds:.0f} s: {why}")
         self.pending_s = seconds
+
+    def forget_resolved(self) -> None:
+        """Stop waiting on what a person marked resolved (``multisite-nb alerts RUN_DIR --resolve KEY``)."""
+        still = {e.key for e in open_alerts(self.alert_dir)} if self.record.waiting_for else set()
+        done = [k for k in self.record.waiting_for if k not in still]
+        if done:
+            self.record.waiting_for = [k for k in self.record.waiting_for if k in still]
+            self.note("resolved", f"a person dealt with {', '.join(done)}"[:400])
 
     def serve_wait(self) -> None:
         if self.pending_s:
@@ -485,6 +493,7 @@ def supervise(
                 if max_s is not None and time.monotonic() - start > max_s:
                     break
                 sup.serve_wait()
+                sup.forget_resolved()
                 if not sup.services_ready():
                     continue
                 rounds += 1

@@ -129,6 +129,9 @@ def test_the_same_alert_twice_is_posted_once(tmp_path: Path, listener: Listener)
     again = raise_alert(tmp_path, _alert(raised=datetime.now(UTC) + timedelta(minutes=5), cause="other words"), notify)
     assert len(listener.posts) == 1
     assert again == first  # the entry already there, as it was
+    resolve_alert(tmp_path, first.key, note="the group was dropped")
+    back = raise_alert(tmp_path, _alert(raised=datetime.now(UTC) + timedelta(minutes=9)), notify)
+    assert len(listener.posts) == 2 and back.open and back.raised_before == 1  # the trouble came back
 
 
 def test_the_same_alert_from_several_threads_at_once_is_posted_once(tmp_path: Path, listener: Listener) -> None:
@@ -269,7 +272,10 @@ def test_load_resolve_and_unreadable_files(tmp_path: Path) -> None:
     done = resolve_alert(tmp_path, older.key, note="dropped from the plan")
     assert done is not None and not done.open and done.note == "dropped from the plan"
     assert [e.key for e in open_alerts(tmp_path)] == [newer.key] and len(load_alerts(tmp_path)) == 2
-    assert raise_alert(tmp_path, older, None).resolved == done.resolved  # kept resolved, not raised anew
+    again = raise_alert(tmp_path, older.model_copy(update={"raised": datetime(2026, 1, 3, tzinfo=UTC)}), None)
+    assert again.open and again.raised_before == 1  # resolved, then raised again: the trouble is back
+    assert [e.key for e in open_alerts(tmp_path)] == [newer.key, older.key]
+    assert raise_alert(tmp_path, older, None) == again  # open again: not raised twice
     assert resolve_alert(tmp_path, "phase_failed/-/nothing") is None
     assert load_alerts(tmp_path / "no-such-run") == []
 
@@ -323,3 +329,42 @@ def test_the_run_page_lists_open_alerts_on_top(tmp_path: Path) -> None:
 def test_a_status_without_a_run_folder_has_no_alerts() -> None:
     status = CampaignStatus(campaign="c", central="USDF", run_dir=None, collected_at="2026-01-01T00:00:00Z")
     assert 'class="msnb-alerts"' not in header_html(status)
+
+
+def test_the_alerts_command_lists_resolves_and_exits_1_while_one_is_open(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from multisite_nb.cli import main
+
+    held = raise_alert(tmp_path, _alert(), None)
+    disk = raise_alert(tmp_path, _alert(kind="disk_full", site="LANCS", subject="LANCS_DISK", action="free 2 TB"), None)
+    run = CliRunner()
+    listed = run.invoke(main, ["alerts", str(tmp_path)])
+    assert listed.exit_code == 1 and "2 open alert(s)" in listed.output
+    assert f"key:     {held.key}" in listed.output and "do:      free 2 TB" in listed.output
+    bad = run.invoke(main, ["alerts", str(tmp_path), "--resolve", "group_held/RAL/nothing"])
+    assert bad.exit_code == 2 and "no alert of key 'group_held/RAL/nothing'" in bad.output
+    assert len(open_alerts(tmp_path)) == 2  # nothing was touched
+    one = run.invoke(main, ["alerts", str(tmp_path), "--resolve", held.key, "--note", "the group was dropped"])
+    assert one.exit_code == 1 and f"resolved: {held.key}" in one.output and "1 open alert(s)" in one.output
+    two = run.invoke(main, ["alerts", str(tmp_path), "--resolve", disk.key, "--json"])
+    assert two.exit_code == 0 and json.loads(two.output[two.output.index("[") :]) == []
+    every = run.invoke(main, ["alerts", str(tmp_path), "--all", "--json"])
+    entries = json.loads(every.output)
+    assert every.exit_code == 0 and [e["note"] for e in entries] == ["the group was dropped", ""]
+
+
+def test_the_supervisor_stops_waiting_on_what_a_person_resolved(campaign: Campaign, tmp_path: Path) -> None:
+    from multisite_nb.run.supervise import _Supervisor
+
+    lines: list[str] = []
+    sup = _Supervisor(campaign, tmp_path / "runs", None, [], lines.append, True, lambda _: None)
+    sup.adopt(tmp_path / "run")
+    held, disk = (raise_alert(sup.alert_dir, a, None) for a in (_alert(), _alert(kind="disk_full", subject="RAL_DISK")))
+    sup.record.waiting_for = [held.key, disk.key]
+    sup.forget_resolved()
+    assert sup.record.waiting_for == [held.key, disk.key]  # both still open
+    resolve_alert(sup.alert_dir, held.key, note="dropped from the plan")
+    sup.forget_resolved()
+    assert sup.record.waiting_for == [disk.key]
+    assert sup.record.rounds[-1].action == "resolved" and held.key in lines[-1]
