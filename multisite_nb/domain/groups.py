@@ -40,7 +40,6 @@ __all__ = [
     "cut_selection",
     "cut_values",
     "group_dimension",
-    "group_names",
     "step_of_groups",
 ]
 
@@ -163,11 +162,6 @@ def step_of_groups(
         groups=counts,
         note="; ".join(dict.fromkeys(r.note for r in records if r.note))[:500],
     )
-
-
-def group_names(n: int) -> list[str]:
-    """The names of ``n`` groups, in order."""
-    return [group_name(i + 1) for i in range(n)]
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REFERENCE",
+    "safe_name",
     "artifacts_dir",
     "dashboard_dir",
     "samples_dir",
@@ -203,11 +204,11 @@ def samples_dir(run_dir: str | os.PathLike[str], stage: str) -> Path:
 
 def group_plan_file(log_dir: str | os.PathLike[str], site: str, step: str) -> Path:
     """``<log_dir>/<site>/<step>/groups.parquet``: a step's group plan at a site (one row per data ID)."""
-    return Path(log_dir) / _plain(site) / _plain(step) / "groups.parquet"
+    return Path(log_dir) / safe_name(site) / safe_name(step) / "groups.parquet"
 
 
-def _plain(name: str) -> str:
-    """``name`` with anything but letters, digits and ``_.-`` replaced (a file name)."""
+def safe_name(name: str) -> str:
+    """``name`` with anything but letters, digits and ``_.-`` replaced (for file and payload names)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 

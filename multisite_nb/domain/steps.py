@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import io
-import re
 from dataclasses import dataclass
 
 from astropy.table import Table
@@ -16,7 +15,7 @@ from astropy.table import Table
 from multisite_nb.domain.config import Campaign, SkyUnit
 from multisite_nb.domain.wiring import load_pipeline_graph
 
-__all__ = ["DataIdTable", "StepRun", "safe_name", "site_units", "step_dimensions"]
+__all__ = ["DataIdTable", "StepRun", "site_units", "step_dimensions"]
 
 
 @dataclass(frozen=True)
@@ -96,11 +95,6 @@ class StepRun:
     def where(self) -> str:
         """``"<site> <step>"`` (``"<site> <step> <group>"``), how messages name it."""
         return f"{self.site} {self.step}" + (f" {self.group}" if self.group else "")
-
-
-def safe_name(name: str) -> str:
-    """``name`` with anything but letters, digits, ``_.-`` replaced (for file and payload names)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def site_units(campaign: Campaign, site: str) -> list[SkyUnit]:

@@ -20,7 +20,8 @@ from multisite_nb.adapters.files import atomic_write_text
 from multisite_nb.adapters.workflow import BpsPlugin, bps_executor_for, get_executor, site_config_path
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import ConfigError, MsnbError
-from multisite_nb.domain.steps import StepRun, safe_name
+from multisite_nb.domain.naming import safe_name
+from multisite_nb.domain.steps import StepRun
 
 __all__ = ["submit_file", "write_submit_file"]
 

@@ -19,15 +19,14 @@ from pathlib import Path
 from lsst.daf.butler import CollectionType, MissingCollectionError
 
 from multisite_nb.adapters.butler.repo import open_butler
-from multisite_nb.adapters.files import atomic_write_json
 from multisite_nb.adapters.grouptable import read_group_plan, write_group_plan
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import PlanError
 from multisite_nb.domain.groups import Group, GroupPlan, cut_selection, cut_values, group_dimension
-from multisite_nb.domain.naming import group_chain, group_name, group_plan_file, group_run
+from multisite_nb.domain.naming import group_chain, group_name, group_plan_file, group_run, safe_name
 from multisite_nb.domain.records import StepRecord, StepState
-from multisite_nb.domain.steps import StepRun, safe_name, site_units
-from multisite_nb.phases.submit.runner import run_step
+from multisite_nb.domain.steps import StepRun, site_units
+from multisite_nb.phases.submit.runner import run_step, save_attempt
 from multisite_nb.phases.submit.selection import data_selection, step_run
 
 __all__ = [
@@ -147,9 +146,7 @@ def run_group(
 
 def _mark_held(record: StepRecord) -> StepRecord:
     """Record the group's last attempt as held (its ``status.json``, beside its log)."""
-    if record.log:
-        atomic_write_json(Path(record.log).parent / "status.json", record.model_dump(mode="json"))
-    return record
+    return save_attempt(Path(record.log).parent, record) if record.log else record
 
 
 def link_group(sr: StepRun) -> None:

@@ -30,12 +30,12 @@ from multisite_nb.adapters.workflow.status import graph_status, log_tail_cause, 
 from multisite_nb.domain.config import Campaign
 from multisite_nb.domain.errors import PreflightError
 from multisite_nb.domain.groups import step_of_groups
-from multisite_nb.domain.naming import REFERENCE, group_plan_file, logs_dir
+from multisite_nb.domain.naming import REFERENCE, group_plan_file, logs_dir, safe_name
 from multisite_nb.domain.records import QuantumFailure, StepRecord, StepState
-from multisite_nb.domain.steps import StepRun, safe_name
+from multisite_nb.domain.steps import StepRun
 from multisite_nb.phases.submit.preflight import preflight
 
-__all__ = ["close_dead_attempts", "latest_attempts", "run_step", "running_steps", "stop_running_steps"]
+__all__ = ["close_dead_attempts", "latest_attempts", "run_step", "running_steps", "save_attempt", "stop_running_steps"]
 
 #: The step commands this process is waiting for (what `stop_running_steps` stops).
 _STEPS = ChildRegistry()
@@ -201,9 +201,15 @@ def _mark_running(log_dir: Path, folder: Path) -> None:
     atomic_write_json(_marker(log_dir, folder), {"folder": str(folder.relative_to(log_dir))})
 
 
+def save_attempt(folder: Path, record: StepRecord) -> StepRecord:
+    """Write an attempt's ``status.json`` (atomically): the one writer of attempt records."""
+    atomic_write_json(folder / "status.json", record.model_dump(mode="json"))
+    return record
+
+
 def _finish(folder: Path, record: StepRecord) -> StepRecord:
     record.finished = datetime.now(UTC).isoformat()
-    atomic_write_json(folder / "status.json", record.model_dump(mode="json"))
+    save_attempt(folder, record)
     for log_dir in folder.parents:  # the attempt is no longer running: out of the index
         marker = log_dir / RUNNING_INDEX
         if marker.is_dir():
