@@ -1,11 +1,10 @@
 """QA at scale: the reference covers a sample of sky units; completeness is checked for every unit.
 
 Fast tests: the campaign's ``qa`` key (errors naming the file and the key) and the sample's
-deterministic choice, boundary units among it. World test: a one-site campaign holding two
-tracts (IN2P3 gets tracts 0 and 1) with one unit per site sampled runs end to end; the
-reference covers tract 0 only and reads the campaign's own central calibration, QA passes,
-the registry rule agrees with the reference on the sample; then a product of an unsampled
-unit is removed at the site and at the central site, and QA names it.
+deterministic choice, boundary units among it. The world's part (a one-site campaign over two
+tracts, one unit sampled: the reference covers tract 0 only, a missing product of the unsampled
+tract is named) runs in ``test_tampered_campaign.py``, on the one campaign that file runs; a
+clean sampled campaign passing QA is the groups campaign's (``test_groups_e2e.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import campaign_variant, run_through_calibration
+from conftest import campaign_variant
 
 from multisite_nb.domain.errors import ConfigError
 from multisite_nb.domain.params import load_campaign
@@ -69,74 +68,3 @@ def test_the_sample_is_deterministic_and_takes_boundary_units(tmp_path: Path) ->
     assert [u.key for u in chosen["RAL"]] == [(10, None), (12, None)]  # the explicit unit on top
     everything = _write(tmp_path, "all", sites=sites, qa={"sample_units_per_site": "all"})
     assert len(choose_sample(load_campaign(everything, env={}))["IN2P3"]) == 12
-
-
-@pytest.mark.world
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-def test_a_missing_product_of_an_unsampled_unit_is_reported(world, tmp_path: Path) -> None:
-    from multisite_nb import phases
-    from multisite_nb.adapters.butler.repo import open_site_butler
-    from multisite_nb.run.folder import new_run
-
-    units = [{"tract": t, "patch": p} for t in (0, 1) for p in (3, 4)]
-    path = _write(tmp_path, NAME, sites={"IN2P3": {"sky_units": units}}, qa={"sample_units_per_site": 1})
-    campaign = load_campaign(path)
-    run_dir = new_run(tmp_path / "runs", campaign.name)
-    run_through_calibration(campaign, run_dir)
-    assert phases.submit.run(campaign, run_dir, "late")[0].passed
-    assert phases.gather_redistribute.run(campaign, run_dir, "final")[0].passed
-
-    result, report = phases.qa.run(campaign, run_dir)
-    assert result.passed, result.reason
-    sample = result.summary.sample
-    assert not sample.full and sample.units == {"IN2P3": ["tract 0 patch 3", "tract 0 patch 4"]}
-    assert "step2c" not in result.summary.reference_steps  # the campaign's own calibration is read
-    rows = {(r.sky_unit, r.band): r for r in report.units}
-    patches = {f"tract {t} patch {p}" for t in (0, 1) for p in (3, 4)}
-    # tract-wide products under their tract; visit-level ones of the unsampled visits in their own cell
-    assert {u for u, _ in rows} == patches | {"tract 0", "tract 1", "(visits off the sample)"}
-    off = [r for (u, _), r in rows.items() if u == "(visits off the sample)"]
-    assert off and all(r.at_site == r.at_central == r.expected > 0 for r in off)
-    for (unit, _), r in rows.items():
-        assert r.sampled == unit.startswith("tract 0"), r
-        assert r.expected == r.by_rule > 0, r  # the rule agrees with the reference where both exist
-    (m,) = report.metrics
-    assert m.compared > 0 and m.agree
-    with open_site_butler(campaign, campaign.central) as central:
-        in_ref = {
-            int(r.dataId["tract"])
-            for r in central.query_datasets(
-                "forcedSourceTable_tract", collections=[f"{NAME}/reference"], limit=None, explain=False
-            )
-        }
-    assert in_ref == {0}  # the reference did not redo the unsampled tract
-
-    # an unsampled unit's product goes missing at the site and at the central site
-    gone = {"tract": 1, "patch": 4, "band": "g"}
-    # at the central site the gathered products are in the IN2P3 step's group RUNs
-    for site, pattern in (("IN2P3", f"{NAME}/IN2P3"), ("USDF", f"{NAME}/IN2P3/step3/*")):
-        with open_site_butler(campaign, site, writeable=True) as butler:
-            collections = list(butler.collections.query(pattern))
-            refs = list(
-                butler.query_datasets(
-                    "deepCoadd_calexp_background",
-                    collections=collections,
-                    where="tract = 1 AND patch = 4 AND band = 'g'",
-                    skymap=campaign.config.skymap,
-                    limit=None,
-                    explain=False,
-                )
-            )
-            assert len(refs) == 1, (site, refs)
-            butler.pruneDatasets(refs, disassociate=True, unstore=True, purge=True)
-
-    result, report = phases.qa.run(campaign, run_dir)
-    assert not result.passed
-    assert "1 products missing" not in result.reason  # one at the site and one at the central site
-    assert "2 products missing (first: IN2P3 deepCoadd_calexp_background, tract 1 patch 4)" in result.reason
-    (row,) = [r for r in report.units if r.at_site < r.expected]
-    assert (row.sky_unit, row.band, row.sampled) == ("tract 1 patch 4", gone["band"], False)
-    assert row.at_central == row.expected - 1
-    (dt,) = [r for r in report.completeness if r.missing_at_site]
-    assert dt.dataset_type == "deepCoadd_calexp_background" and dt.missing_at_central == 1

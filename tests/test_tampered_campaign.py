@@ -6,12 +6,14 @@ whose visits do not reach tract 1). The campaign runs its early stage and the ce
 calibration once (the fixture); then, in this order:
 
 1. The calibration files of two sampled visits are swapped on the site's disk (each file now
-   holds the other visit's catalogue) before the late stage runs. The pipeline notices nothing;
-   QA's value comparison names the site, the dataset type and both visits, no other visit's own
-   product differs, and the verdict is FAIL. The sample is what the campaign set: tract 0 only,
-   the campaign's own central calibration read, the unsampled tract complete.
-   (A clean sampled campaign passing QA, and a missing product of an unsampled unit, are
-   ``test_qa_sample.py``'s.)
+   holds the other visit's catalogue) before the late stage runs. The pipeline notices nothing.
+   After the late stage, one product of the unsampled tract is removed at the site and at the
+   central site. QA's value comparison names the site, the dataset type and both visits, no other
+   visit's own product differs; its completeness check names the missing product, unsampled; the
+   verdict is FAIL. The sample is what the campaign set: tract 0 only (the reference did not redo
+   tract 1), the campaign's own central calibration read, every other unsampled product in place,
+   the registry rule agreeing with the reference where both exist. (A clean sampled campaign
+   passing QA is ``test_groups_e2e.py``'s; the sample's choice is ``test_qa_sample.py``'s.)
 2. The operator removes the campaign's products: ``multisite-nb cleanup`` first lists what
    would go and changes nothing; with ``--yes`` the collections under the prefix are gone from
    every Butler and the campaign's product rules from Rucio, while the placement rules that pin
@@ -86,10 +88,36 @@ def test_a_swapped_calibration_is_caught_on_the_sample(calibrated) -> None:
 
     assert phases.submit.run(campaign, run_dir, "late")[0].passed  # the pipeline itself notices nothing
     assert phases.gather_redistribute.run(campaign, run_dir, "final")[0].passed
+
+    # an unsampled unit's product goes missing at the site and at the central site (where the
+    # gathered products are in the IN2P3 step's group RUNs)
+    gone = {"tract": 1, "patch": 4, "band": "g"}
+    for site, pattern in (("IN2P3", f"{NAME}/IN2P3"), ("USDF", f"{NAME}/IN2P3/step3/*")):
+        with open_site_butler(campaign, site, writeable=True) as butler:
+            found = list(
+                butler.query_datasets(
+                    "deepCoadd_calexp_background",
+                    collections=list(butler.collections.query(pattern)),
+                    where="tract = 1 AND patch = 4 AND band = 'g'",
+                    skymap=skymap,
+                    limit=None,
+                    explain=False,
+                )
+            )
+            assert len(found) == 1, (site, found)
+            butler.pruneDatasets(found, disassociate=True, unstore=True, purge=True)
+
     result, report = phases.qa.run(campaign, run_dir)
     assert not result.passed
-    assert "values differ from the reference (first: IN2P3" in result.reason
-    assert "missing" not in result.reason
+    missing, differ = result.reason.split("; ")
+    # one at the site and one at the central site, of the unsampled tract
+    assert missing == "2 products missing (first: IN2P3 deepCoadd_calexp_background, tract 1 patch 4)", missing
+    assert " values differ from the reference (first: IN2P3 " in differ, differ
+    (row,) = [r for r in report.units if r.at_site < r.expected]
+    assert (row.sky_unit, row.band, row.sampled) == ("tract 1 patch 4", gone["band"], False)
+    assert row.at_central == row.expected - 1
+    (dt,) = [r for r in report.completeness if r.missing_at_site]
+    assert dt.dataset_type == "deepCoadd_calexp_background" and dt.missing_at_central == 1
     named = {(m.site, m.dataset_type, m.data_id.get("visit")) for m in report.mismatches}
     for visit in visits:
         assert ("IN2P3", "sourceTable_visit", visit) in named, sorted(named)
@@ -104,8 +132,22 @@ def test_a_swapped_calibration_is_caught_on_the_sample(calibrated) -> None:
     sample = result.summary.sample
     assert not sample.full and sample.units == {"IN2P3": ["tract 0 patch 3", "tract 0 patch 4"]}
     assert "step2c" not in result.summary.reference_steps
-    unsampled = [r for r in report.units if not r.sampled]
+    unsampled = [r for r in report.units if not r.sampled and r is not row]
     assert unsampled and all(r.at_site == r.at_central == r.expected > 0 for r in unsampled)
+    patches = {f"tract {t} patch {p}" for t in (0, 1) for p in (3, 4)}
+    # tract-wide products under their tract; visit-level ones of the unsampled visits in their own cell
+    assert {r.sky_unit for r in report.units} == patches | {"tract 0", "tract 1", "(visits off the sample)"}
+    for r in report.units:
+        assert r.sampled == r.sky_unit.startswith("tract 0"), r
+        assert r.expected == r.by_rule > 0, r  # the rule agrees with the reference where both exist
+    with open_site_butler(campaign, campaign.central) as central:
+        in_ref = {
+            int(r.dataId["tract"])
+            for r in central.query_datasets(
+                "forcedSourceTable_tract", collections=[f"{NAME}/reference"], limit=None, explain=False
+            )
+        }
+    assert in_ref == {0}  # the reference did not redo the unsampled tract
 
 
 def test_cleanup_lists_then_removes_products_and_their_rules(world, calibrated, tmp_path: Path) -> None:
