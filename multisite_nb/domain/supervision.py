@@ -34,6 +34,7 @@ from multisite_nb.domain.summaries import (
 __all__ = [
     "FULL_DISK",
     "REFUSED_CREDENTIAL",
+    "SYSTEM_DOWN",
     "UNREACHABLE",
     "Finding",
     "Remedy",
@@ -55,6 +56,10 @@ REFUSED_CREDENTIAL = re.compile(
 #: An error text that says a system did not answer (a collision check that could not be made is not a collision).
 UNREACHABLE = re.compile(
     r"Cannot connect|ServerConnectionException|Connection refused|cannot be reached|timed out|database is locked", re.I
+)
+#: A system that did not answer at all (no time-out: a step or a rule that timed out is not an outage).
+SYSTEM_DOWN = re.compile(
+    r"Cannot connect|ServerConnectionException|Connection refused|cannot be reached|database is locked", re.I
 )
 
 
@@ -191,11 +196,13 @@ _FIRST = (Remedy.REPAIR, Remedy.PERSON, Remedy.VERDICT, Remedy.RETRY)
 def diagnose_stop(results: Sequence[PhaseResult], reason: str, *, sites: Sequence[str] = ()) -> Finding:
     """What to do about a chain that stopped: ``results`` are the failed phase's result and those of the
     failed gates it recorded for the phases it stands for (a flow's transfer, verify and submit gates).
-    The first by :data:`_FIRST` wins: a repair before a person, a person before a retry."""
+    A system that did not answer comes first (a retry once it answers: the rest may be its consequence);
+    then the first by :data:`_FIRST`: a repair before a person, a person before a retry."""
     if not results:
         return diagnose(None, reason, sites=sites)
     found = [diagnose(r, reason if i == 0 else "", sites=sites) for i, r in enumerate(results)]
-    return min(found, key=lambda f: _FIRST.index(f.remedy))
+    down = [f for f in found if f.kind == "unreachable"]
+    return down[0] if down else min(found, key=lambda f: _FIRST.index(f.remedy))
 
 
 def diagnose(result: PhaseResult | None, reason: str, *, sites: Sequence[str] = ()) -> Finding:
@@ -298,6 +305,8 @@ def diagnose(result: PhaseResult | None, reason: str, *, sites: Sequence[str] = 
             blocked="the campaign's verdict",
             action="read the QA notebook of the run: what differs from the reference decides",
         )
+    if SYSTEM_DOWN.search(text):  # what it did not find in place may be there once the system answers
+        return Finding(remedy=Remedy.RETRY, kind="unreachable", phase=phase, site=site, cause=text[:300])
     if _needs_repair(result):
         return Finding(remedy=Remedy.REPAIR, kind="verification", phase=phase, site=site, cause=result.reason[:300])
     return Finding(remedy=Remedy.RETRY, kind=f"{phase} failed", phase=phase, site=site, cause=result.reason[:300])

@@ -431,6 +431,15 @@ class _Supervisor:
         self.note("repaired", result.reason)
         return True, None
 
+    def after(self, run_dir: Path, outcome: ChainOutcome) -> SuperviseOutcome | None:
+        """What follows a chain's end: the final audit and the verdict, or what its stop asks for."""
+        if outcome.passed:
+            _, lost = self.audit()  # what a disk lost after its verification
+            return self.passed(run_dir) if lost is None else self.act(lost)
+        finding = diagnose_stop(_stopped_at(run_dir), outcome.reason, sites=self.campaign.all_sites)
+        self.note("stopped at", f"{finding.phase or '?'}: {finding.remedy}: {finding.cause}"[:400])
+        return self.act(finding)
+
     def passed(self, run_dir: Path) -> SuperviseOutcome:
         qa = load_result(run_dir, "qa")
         self.record.verdict = "PASS"
@@ -507,21 +516,17 @@ def supervise(
                 except Exception as exc:  # a system that failed under the chain's start: transient
                     sup.transient("raised", f"{type(exc).__name__}: {exc}"[:300])
                     continue
-                if outcome.passed:
-                    _, lost = sup.audit()  # what a disk lost after its verification
-                    if lost is None:
-                        return sup.passed(run_dir)
-                    done = sup.act(lost)
-                    if done is not None:
-                        return done
-                    continue
                 record = load_run_record(run_dir)
-                if record is not None and run_state(record) == "interrupted":
+                if not outcome.passed and record is not None and run_state(record) == "interrupted":
                     sup.note("stopped", "the chain was interrupted (SIGTERM or Ctrl-C): the supervisor ends")
                     return SuperviseOutcome("stopped", outcome.reason, run_dir, sup.record.attempts)
-                finding = diagnose_stop(_stopped_at(run_dir), outcome.reason, sites=campaign.all_sites)
-                sup.note("stopped at", f"{finding.phase or '?'}: {finding.remedy}: {finding.cause}"[:400])
-                done = sup.act(finding)
+                try:
+                    done = sup.after(run_dir, outcome)
+                except (LockedError, ConfigError):
+                    raise
+                except Exception as exc:  # a repair or an audit that a system failed under: transient
+                    sup.transient("raised", f"{type(exc).__name__}: {exc}"[:300])
+                    continue
                 if done is not None:
                     return done
         except (_Stop, KeyboardInterrupt) as exc:

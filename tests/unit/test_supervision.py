@@ -183,3 +183,22 @@ def test_a_repair_goes_before_a_person_when_a_flow_says_both() -> None:
     verify = _result("verify", "1 problem at RAL", VerifySummary(problems=1))
     gate = _result("submit_early", "held", StepsSummary(stage="early", steps={"RAL": {"step1": record}}))
     assert diagnose_stop([flow, verify, gate], flow.reason, sites=SITES).remedy is Remedy.REPAIR
+
+
+def test_a_flow_stopped_by_rucio_being_down_is_retried_not_repaired() -> None:
+    # what the chaos test met: Rucio killed while the flow shipped; verify then found nothing in place
+    down = "RAL: groups.placement.RAL.common: pin at the source: ServerConnectionException: Cannot connect"
+    flow = _result(
+        "flow", f"transfer: {down}; verify: not verified", FlowSummary(gates={"transfer": False, "verify": False})
+    )
+    transfer = _result("transfer", down)
+    verify = _result(
+        "verify", "not verified (not in place): RAL: groups.placement.RAL.common", VerifySummary(problems=3)
+    )
+    found = diagnose_stop([flow, transfer, verify], flow.reason, sites=SITES)
+    assert (found.remedy, found.kind, found.site) == (Remedy.RETRY, "unreachable", "RAL")
+    # the same verification without the outage is a repair
+    assert diagnose_stop([verify], verify.reason, sites=SITES).remedy is Remedy.REPAIR
+    # a step that timed out is not an outage
+    slow = _result("verify", "rule 1234 not OK: timed out after 600 s; STUCK", VerifySummary(problems=1))
+    assert diagnose_stop([slow], slow.reason, sites=SITES).remedy is Remedy.REPAIR
