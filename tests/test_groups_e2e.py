@@ -1,41 +1,58 @@
-"""Groups end to end: the groups campaign (two of its remote sites), flowing, every site's step 1 and step 3
-in three groups each, its step-1 groups starting as their shipments are verified.
+"""Groups end to end, as one operator runs them: the groups campaign (two of its remote sites) under
+``supervise``, flowing, while faults are injected from a seeded list, and one group that only a person
+can mend.
 
-One group of one site is made to fail (the stand-in task's ``fail_condition`` on one data ID, in a
-copy of the pipeline): every other group of every site runs to its end, the failed one is retried
-and then held, and the gate names it with its cause and the one command that retries it. Once
-the condition is gone, that command reruns that group alone (the other groups' RUNs and attempts
-untouched) and the campaign ends PASS, QA equal to the single-site reference. The chaining of
-the groups' RUNs into the step and site collections is read with the real ``butler`` CLI.
+Every remote site's step 1 and step 3 run in three groups each, the step-1 groups starting as their
+shipments are verified. Meanwhile the Rucio server, the supervising process and the conveyor daemons
+are SIGKILLed (the supervisor started again, as a service manager would) and a byte of a raw already
+moved to a site is flipped: the toolkit rides those out alone. One group of one site fails for good
+(the stand-in task's ``fail_condition`` on one data ID, in a copy of the pipeline): it is retried,
+then held, while every other group of every site runs to its end; a person is asked, once, through
+the manifest's hook, with the group, its cause and the one command. The person mends the cause and
+marks the alert resolved (``multisite-nb alerts RUN --resolve KEY``); the supervisor reruns that
+group alone (the other groups' RUNs untouched) and the campaign ends PASS, QA equal to the
+single-site reference. An independent check of Rucio, the sites' Butlers and their disks against
+the plan finds no file lost. The chaining of the groups' RUNs into the step and site collections is
+read with the real ``butler`` CLI.
+
+(One campaign for both: the groups and the chaos each took a campaign of their own, minutes of the
+suite each.)
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from multisite_nb.adapters.alerts import load_alerts
+from multisite_nb.adapters.alerts import load_alerts, open_alerts
 from multisite_nb.domain.params import repo_root
+from multisite_nb.domain.supervision import SupervisionRecord
+from multisite_nb.run.supervise import SUPERVISION_RECORD
+from multisite_nb.world.chaos import Chaos, files_lost, world_up
+from multisite_nb.world.manager import World
 
-pytestmark = [pytest.mark.slow, pytest.mark.world]
+pytestmark = [pytest.mark.slow, pytest.mark.world, pytest.mark.timeout(2700)]
 
 BIN = Path(sys.executable).parent
-SPEC = "parameters/worlds/groups.yaml"
+SPEC = repo_root() / "parameters" / "worlds" / "groups.yaml"
 CAMPAIGN = repo_root() / "parameters" / "campaign_groups.yaml"
 SITES = ("IN2P3", "RAL")
 FAIL_AT = "RAL", "step1", "g0002", 5001  # RAL's second exposure: its step 1 group 2
 CONDITION = f"exposure IN ({FAIL_AT[3]}) AND detector IN (1)"
+FAULTS = ["kill_rucio", "kill_supervisor", "flip_byte", "kill_daemons"]
+HELD_KEY = f"group_held/{FAIL_AT[0]}/{FAIL_AT[1]} {FAIL_AT[2]}"
+NOTE = "the fail_condition was taken out of the pipeline"
 
 
-def _nb(*args: str, timeout: float = 2400) -> subprocess.CompletedProcess[str]:
+def _nb(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "multisite-nb"), *args], cwd=repo_root(), capture_output=True, text=True, timeout=timeout
     )
@@ -66,111 +83,138 @@ def _attempts(run_dir: Path) -> dict[str, list[str]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def groups_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("groups")
-    world, runs = tmp / "world", tmp / "runs"
-    pipeline = tmp / "drp_failing.yaml"
-    pipeline.write_text((CAMPAIGN.parent / "pipelines" / "drp_3x3.yaml").read_text())
-    _set_condition(pipeline, CONDITION)
+def _campaign(tmp: Path, pipeline: Path, notified: Path) -> Path:
+    """The groups campaign on ``SITES`` with the failing pipeline, an alert hook and quick supervision."""
     data = yaml.safe_load(CAMPAIGN.read_text())
     manifest = yaml.safe_load((CAMPAIGN.parent / data["manifest"]).read_text())
     manifest["workflow"]["bps_site_config"] = str(repo_root() / manifest["workflow"]["bps_site_config"])
-    notified = tmp / "notified.jsonl"  # the alert hook: a command that keeps what it was sent
     keep = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read().strip() + chr(10))"
     manifest["notify"] = {"command": [sys.executable, "-c", keep, str(notified)], "retries": 0}
+    manifest["supervision"].update(watch_s=10, backoff_s=5, max_backoff_s=30, person_wait_s=30)
     (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     data.update(manifest=str(tmp / "manifest.yaml"), pipeline=str(pipeline))
     data["sites"] = {s: data["sites"][s] for s in SITES}  # two remote sites show it all, in less time
     params = tmp / "campaign_groups.yaml"
     params.write_text(yaml.safe_dump(data, sort_keys=False))
-    out: dict = {"world": world}
+    return params
+
+
+class _Operator:
+    """The person on call: when the held group's alert comes, mend its cause and mark it resolved."""
+
+    def __init__(self, runs: Path, pipeline: Path, repo: Path) -> None:
+        self.runs, self.pipeline, self.repo = runs, pipeline, repo
+        self.seen: dict[str, Any] = {}
+
+    def __call__(self) -> None:
+        if "resolved" in self.seen:
+            return
+        runs = sorted(p for p in (self.runs / "groups").glob("*") if (p / "run.json").is_file())
+        held = [e for e in open_alerts(runs[-1]) if e.key == HELD_KEY] if runs else []
+        if not held:
+            return
+        self.seen["attempts"] = _attempts(runs[-1])
+        self.seen["g1"] = _butler("query-datasets", str(self.repo), "--collections", "groups/RAL/step1/g0001")
+        _set_condition(self.pipeline, None)  # the cause, mended
+        self.seen["resolved"] = _nb("alerts", str(runs[-1]), "--resolve", HELD_KEY, "--note", NOTE)
+
+
+@pytest.fixture(scope="module")
+def groups_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("groups")
+    pipeline = tmp / "drp_failing.yaml"
+    pipeline.write_text((CAMPAIGN.parent / "pipelines" / "drp_3x3.yaml").read_text())
+    _set_condition(pipeline, CONDITION)
+    notified = tmp / "notified.jsonl"  # the alert hook: a command that keeps what it was sent
+    params = _campaign(tmp, pipeline, notified)
+    world = World(tmp / "world", params, SPEC)
+    operator = _Operator(tmp / "runs", pipeline, world.root / "butler" / "RAL")
+    world_up(world, SPEC)
+    out: dict[str, Any] = {"world": world}
     try:
-        up = _nb("world", "up", "--spec", SPEC, "--params", str(params), "--dir", str(world), timeout=600)
-        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
-        out["first"] = _nb("campaign", str(params), "--world", str(world), "--runs-root", str(runs))
-        (run_dir,) = sorted(p for p in (runs / "groups").iterdir() if p.is_dir())
-        out["run_dir"] = run_dir
-        out["early"] = json.loads((run_dir / "results" / "submit_early.json").read_text())
-        out["attempts_held"] = _attempts(run_dir)
-        # supervise, one round: the held group is run again, held again, and a person is asked, once
-        where = ["--world", str(world), "--runs-root", str(runs)]
-        out["supervised"] = _nb("supervise", str(params), *where, "--max-rounds", "1")
+        chaos = Chaos(world, params, tmp / "runs", FAULTS, seed=7, interval_s=25, first_s=20, hold_s=60, restart_s=3)
+        report = chaos.run(timeout_s=2100, operator=operator)
+        out["report"], out["operator"] = report, operator.seen
+        run_dir = out["run_dir"] = report.run_dir
+        assert run_dir is not None, report.log.read_text()[-4000:] if report.log else "no log"
+        out["lost"] = files_lost(world, run_dir)
         out["notified"] = [json.loads(ln) for ln in notified.read_text().splitlines()] if notified.exists() else []
-        out["alerts"] = load_alerts(run_dir)
-        out["attempts_supervised"] = _attempts(run_dir)
-        repo = str(world / "butler" / "RAL")
-        out["g1_before"] = _butler("query-datasets", repo, "--collections", "groups/RAL/step1/g0001")
-        _set_condition(pipeline, None)  # the operator fixed the cause
-        retry = re.search(r"Retry them: (.+)$", out["early"]["reason"])
-        out["retry"] = retry.group(1) if retry else ""
-        command = shlex.split(out["retry"])
-        assert command[:1] == ["multisite-nb"], out["early"]["reason"]
-        out["second"] = _nb(*command[1:])
-        out["attempts_after"] = _attempts(run_dir)
+        out["attempts"] = _attempts(run_dir)
+        repo = str(world.root / "butler" / "RAL")
         out["g1_after"] = _butler("query-datasets", repo, "--collections", "groups/RAL/step1/g0001")
         out["chains"] = _butler("query-collections", repo, "groups/RAL*", "--chains", "TREE")
         out["types"] = _butler("query-collections", repo, "groups/RAL/step*")
+        out["status"] = _nb("status", str(run_dir))
     finally:
-        _nb("world", "down", "--dir", str(world), timeout=120)
+        world.down(log=lambda _: None)
     return out
 
 
-def test_a_failing_group_is_retried_then_held_while_every_other_group_finishes(groups_run) -> None:
-    first, early = groups_run["first"], groups_run["early"]
-    assert first.returncode != 0, first.stdout[-3000:]
-    site, step, group, _ = FAIL_AT
-    assert not early["passed"]
-    reason = early["reason"]
-    assert f"{site} {step} {group}" in reason and "held after their retries" in reason, reason
-    assert "injected" in reason.lower() or "fail" in reason.lower(), reason  # the cause, from the log
-    assert f"multisite-nb run --resume {groups_run['run_dir']}" in reason
-    attempts = groups_run["attempts_held"]
-    retries = yaml.safe_load(CAMPAIGN.read_text())["processing"]["retries"]
-    assert attempts[f"{site}/{step}/{group}"] == ["failed"] * retries + ["held"]
-    # every other group of every site ran to its end: the other sites' whole stage, RAL's other step-1 groups
-    steps = early["summary"]["steps"]
-    for other in ("IN2P3",):
-        assert [r["state"] for r in steps[other].values()] == ["succeeded"] * 3, steps[other]
-        assert steps[other]["step1"]["groups"]["total"] == 3
-        assert steps[other]["step2b"]["groups"]["done"] == 3
-    ral = steps[site][step]["groups"]
-    assert (ral["total"], ral["done"], ral["held"]) == (3, 2, 1)
-    assert [h["group"] for h in ral["held_groups"]] == [group]
-    assert attempts[f"{site}/{step}/g0001"] == ["succeeded"] and attempts[f"{site}/{step}/g0003"] == ["succeeded"]
+def _log(groups_run: dict[str, Any]) -> str:
+    report = groups_run["report"]
+    return report.log.read_text()[-6000:] if report.log else ""
 
 
-def test_the_gates_command_reruns_only_the_held_group_and_the_campaign_passes(groups_run) -> None:
-    second = groups_run["second"]
-    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-3000:]
-    assert "run passed: all 7 phase(s) passed" in second.stdout, second.stdout[-2000:]  # the flowing chain
+def test_the_supervised_campaign_ends_pass_after_every_fault(groups_run) -> None:
+    report, log = groups_run["report"], _log(groups_run)
+    assert [i.kind for i in report.injected] == FAULTS, (report.injected, log)
+    assert report.exit_code == 0, log
+    assert report.restarts == 1  # the one SIGKILL of the supervisor, and it went on from its records
     qa = json.loads((groups_run["run_dir"] / "results" / "qa.json").read_text())
     assert qa["passed"] and "values equal to the reference" in qa["reason"], qa["reason"]
-    before, after = groups_run["attempts_supervised"], groups_run["attempts_after"]
+    assert "supervise: PASS" in log
+    status = groups_run["status"]
+    assert status.returncode == 0 and ": passed" in status.stdout.splitlines()[0], status.stdout
+
+
+def test_no_file_is_lost(groups_run) -> None:
+    assert groups_run["lost"] == []
+
+
+def test_the_failing_group_was_retried_held_and_the_others_ran_to_their_end(groups_run) -> None:
+    seen = groups_run["operator"]
+    assert "attempts" in seen, _log(groups_run)  # the person was asked
     site, step, group, _ = FAIL_AT
-    assert after[f"{site}/{step}/{group}"] == [*before[f"{site}/{step}/{group}"], "succeeded"]
-    for key, states in before.items():  # every group that had succeeded was left as it was
-        if key != f"{site}/{step}/{group}":
-            assert after[key] == states, key
-    assert groups_run["g1_before"] == groups_run["g1_after"]  # its RUN untouched
+    retries = yaml.safe_load(CAMPAIGN.read_text())["processing"]["retries"]
+    when_asked = seen["attempts"]
+    held = when_asked[f"{site}/{step}/{group}"]
+    assert held[-(retries + 1) :] == ["failed"] * retries + ["held"], held
+    # every other group of every site had run to its end (a supervisor killed under a step leaves
+    # that attempt unfinished, and the resume runs it again)
+    others = {k: v for k, v in when_asked.items() if k != f"{site}/{step}/{group}"}
+    assert {f"{s}/step1/g000{i}" for s in SITES for i in (1, 2, 3)} - {f"{site}/{step}/{group}"} <= set(others)
+    assert all(v[-1] == "succeeded" for v in others.values()), others
 
 
-def test_supervise_runs_the_held_group_again_then_asks_a_person_once(groups_run) -> None:
-    sup = groups_run["supervised"]
-    assert sup.returncode == 3, sup.stdout[-3000:] + sup.stderr[-2000:]  # stopped while a person is asked
+def test_a_person_was_asked_once_and_the_supervisor_reran_only_that_group(groups_run) -> None:
     site, step, group, _ = FAIL_AT
     (sent,) = groups_run["notified"]  # one alert, through the manifest's hook, with the alert's JSON
     alert = sent["alert"]
     assert (alert["kind"], alert["site"], alert["subject"]) == ("group_held", site, f"{step} {group}"), sent
     assert "multisite-nb run --resume" in alert["action"] and sent["text"].startswith("[group_held] RAL")
-    (entry,) = groups_run["alerts"]
-    assert entry.alert.key == f"group_held/{site}/{step} {group}" and entry.delivery.delivered and entry.open
-    retries = yaml.safe_load(CAMPAIGN.read_text())["processing"]["retries"]
-    held, supervised = groups_run["attempts_held"], groups_run["attempts_supervised"]
-    assert supervised[f"{site}/{step}/{group}"][len(held[f"{site}/{step}/{group}"]) :] == ["failed"] * retries + [
-        "held"
-    ]
-    assert all(supervised[k] == v for k, v in held.items() if k != f"{site}/{step}/{group}")
+    assert "injected" in alert["cause"].lower() or "fail" in alert["cause"].lower(), alert["cause"]
+    (entry,) = load_alerts(groups_run["run_dir"])  # every alert a true one: this one only
+    assert entry.key == HELD_KEY and entry.delivery.delivered and entry.delivery.via == "command"
+    assert not entry.open and entry.note == NOTE
+    resolved = groups_run["operator"]["resolved"]
+    assert resolved.returncode == 0 and f"resolved: {HELD_KEY}" in resolved.stdout, resolved.stdout
+    assert not (groups_run["run_dir"].parent / "alerts").exists()  # none before the run either
+    before, after = groups_run["operator"]["attempts"], groups_run["attempts"]
+    key = f"{site}/{step}/{group}"
+    assert after[key][: len(before[key])] == before[key] and after[key][-1] == "succeeded", after[key]
+    for other, states in before.items():  # every group that had succeeded was left as it was
+        if other != key and states[-1] == "succeeded":
+            assert after[other] == states, other
+    assert groups_run["operator"]["g1"] == groups_run["g1_after"]  # its RUN untouched
+
+
+def test_the_supervisors_record_says_what_it_did(groups_run) -> None:
+    record = SupervisionRecord.model_validate_json((groups_run["run_dir"] / SUPERVISION_RECORD).read_text())
+    assert record.verdict == "PASS" and record.waiting_for == []
+    assert record.attempts >= 3  # the killed supervisor's chain and the held group's were resumed
+    assert record.faults_ridden_out >= 2
+    actions = {r.action for r in record.rounds}
+    assert {"resumed", "resolved", "verdict"} <= actions, actions
 
 
 def test_the_campaign_flowed_a_sites_groups_starting_before_its_last_shipment_was_in_place(groups_run) -> None:
@@ -191,7 +235,7 @@ def test_the_campaign_flowed_a_sites_groups_starting_before_its_last_shipment_wa
 
 
 def test_every_remote_sites_step1_and_step3_ran_as_three_groups(groups_run) -> None:
-    after = groups_run["attempts_after"]
+    after = groups_run["attempts"]
     for site in SITES:
         for step in ("step1", "step3"):
             assert sorted(k for k in after if k.startswith(f"{site}/{step}/")) == [

@@ -151,8 +151,12 @@ class Chaos:
         with self.report.log.open("ab") as out:
             self._proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def run(self, timeout_s: float = 3600.0) -> ChaosReport:
-        """Run until the supervisor exits by itself (its verdict) or ``timeout_s``; undo what is held."""
+    def run(self, timeout_s: float = 3600.0, operator: Callable[[], object] | None = None) -> ChaosReport:
+        """Run until the supervisor exits by itself (its verdict) or ``timeout_s``; undo what is held.
+
+        ``operator``, if given, is called every second meanwhile: the person who answers the alerts
+        (a test's, or a bench's, stand-in for one).
+        """
         self._t0 = time.monotonic()
         self._start()
         next_fault = self._t0 + self.first_s
@@ -180,6 +184,8 @@ class Chaos:
                         next_fault = now + self.interval_s
                     else:
                         next_fault = now + 5.0
+                if operator is not None:
+                    operator()
                 time.sleep(1.0)
             else:
                 self.log(f"chaos: {timeout_s:.0f} s passed without a verdict: stopping the supervisor")
