@@ -24,6 +24,7 @@ from multisite_nb.adapters.butler.lock import OperatorLock
 from multisite_nb.adapters.files import atomic_write_text
 from multisite_nb.adapters.results import load_result, load_run_record
 from multisite_nb.domain.errors import ConfigError, MsnbError, NotReadyError
+from multisite_nb.domain.supervision import SYSTEM_DOWN
 from multisite_nb.phases import cleanup as cleanup_phase
 from multisite_nb.phases import qa as qa_phase
 from multisite_nb.phases import repair as repair_phase
@@ -87,6 +88,12 @@ class _Main(click.Group):
                 traceback.print_exception(exc)
                 log = f"(none: {failed})"
             what = " ".join(str(exc).split())[:300]
+            if SYSTEM_DOWN.search(f"{type(exc).__name__}: {what}"):  # an outage, not a bug
+                raise click.ClickException(
+                    f"a system did not answer: {type(exc).__name__}: {what}\n(bring it back: for the embedded "
+                    f"world, multisite-nb world check names what is down; then run the command again; "
+                    f"the traceback is in {log})"
+                ) from None
             raise click.ClickException(
                 f"unexpected {type(exc).__name__}: {what}\n(a bug, or a case the toolkit does not name yet: "
                 f"the traceback is in {log})"

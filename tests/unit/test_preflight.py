@@ -176,3 +176,21 @@ def test_an_unexpected_error_is_one_line_and_a_log(tmp_path: Path, monkeypatch: 
     assert "unexpected KeyError: 'missing'" in result.output and "Traceback" not in result.output
     (log,) = (tmp_path / "state" / "multisite_nb" / "errors").glob("*.log")
     assert str(log) in result.output and "Traceback" in log.read_text()
+
+
+def test_a_system_that_did_not_answer_is_named_as_an_outage_not_a_bug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rucio.common.exception import ServerConnectionException
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    group = _Main()
+
+    @group.command("down")
+    def down() -> None:
+        raise ServerConnectionException("Cannot connect to the Rucio server.")
+
+    result = CliRunner().invoke(group, ["down"], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "a system did not answer: ServerConnectionException" in result.output, result.output
+    assert "world check" in result.output and "a bug" not in result.output and "Traceback" not in result.output
