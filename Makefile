@@ -9,9 +9,8 @@ test: setup-test lint test-unit test-world  ## set up, lint and type-check, then
 test-unit: setup           ## the fast tier: no world (parameter files, domain, registries, views, the chain)
 	.venv/bin/python -m pytest tests/unit
 
-test-world: setup-test     ## the world tier: against the embedded world the session starts (then PostgreSQL)
-	.venv/bin/python -m pytest tests --ignore=tests/unit
-	$(MAKE) test-postgresql
+test-world: setup-test     ## the world tier: against the embedded world the session starts, the PostgreSQL session beside it
+	bash scripts/world_tiers.sh
 
 test-postgresql: setup-test  ## the phase 1-3 tests and the neighbours campaign, on PostgreSQL worlds
 	.venv/bin/python -m pytest --db postgresql tests/test_phases_1_3.py tests/test_neighbours_e2e.py

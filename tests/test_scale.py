@@ -1,8 +1,9 @@
 """Phases 1-3 on the ~20,000-raw scale world, with the servers' limits exercised.
 
 ``parameters/worlds/scale_20k.yaml`` (1,500 tracts, 189-detector visits) with
-``parameters/campaign_scale_20k.yaml``: IN2P3 holds 1,050 whole tracts (a site query over more
-than 1,000 tracts) and a shipment of over 16,000 files — far over Rucio's 1,000 DIDs a call —
+``parameters/campaign_scale_20k.yaml``, its site IN2P3 alone (``scale_job.SITES``): IN2P3 holds
+1,050 whole tracts (a site query over more than 1,000 tracts) and a shipment of over 16,000 files —
+far over Rucio's 1,000 DIDs a call —
 which, with datasets capped at 5,000 files here, travels as a container of four datasets
 under one asynchronous rule. Placement, transfer and verification run through the CLI as an
 operator runs them, in the background from the start of the session (``tests/scale_job.py``):
@@ -16,7 +17,7 @@ import math
 from typing import Any
 
 import pytest
-from scale_job import SHARD
+from scale_job import SHARD, SITES
 
 from multisite_nb.adapters.rucio.ops import RucioOps
 from multisite_nb.adapters.tables import load_plan, site_files, site_table
@@ -51,7 +52,7 @@ def test_a_site_of_over_a_thousand_tracts_gets_exactly_its_raws(scale_run: dict[
     """The plan equals what the sky model says each site's tracts were observed with."""
     campaign = load_campaign(scale_run["params"], env={"MSNB_WORLD": str(scale_run["world"])})
     tracts = {s: {u.tract for u in campaign.sky_units(s)} for s in campaign.remote_sites}
-    assert len(tracts["IN2P3"]) > 1000
+    assert list(tracts) == list(SITES) and len(tracts["IN2P3"]) > 1000
     _, spec = load_spec(PARAMS / "worlds" / "scale_20k.yaml")
     model = build_sky(spec)
     plan = load_plan(scale_run["run_dir"] / "artifacts" / "placement" / "plan.json")
