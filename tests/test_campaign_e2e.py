@@ -44,7 +44,7 @@ def campaign_run(tmp_path_factory):
     cmd = [str(BIN / "multisite-nb"), "campaign", "--world", str(world), "--runs-root", str(runs)]
     status = [str(BIN / "multisite-nb"), "world", "status", "--dir", str(world), "--json"]
     try:
-        proc = subprocess.run(cmd, cwd=repo_root(), capture_output=True, text=True, timeout=1500)
+        proc = subprocess.run(cmd, cwd=repo_root(), capture_output=True, text=True, timeout=2700)
         run_dirs = sorted(p for p in (runs / "3x3").iterdir() if p.is_dir()) if (runs / "3x3").exists() else []
         counts = {}
         if proc.returncode == 0:  # the same phases again: each reads the state and does nothing new
