@@ -248,9 +248,16 @@ class _Supervisor:
         self.note("waits", f"{seconds:.0f} s: {why}")
         self.pending_s = seconds
 
+    @property
+    def alert_dirs(self) -> list[Path]:
+        """Every folder this supervisor's alerts may be in: the campaign's runs folder (those raised
+        before a run existed) and the run folder."""
+        return list(dict.fromkeys([self.runs_root / self.campaign.name, self.alert_dir]))
+
     def forget_resolved(self) -> None:
         """Stop waiting on what a person marked resolved (``multisite-nb alerts RUN_DIR --resolve KEY``)."""
-        still = {e.key for e in open_alerts(self.alert_dir)} if self.record.waiting_for else set()
+        waiting = self.record.waiting_for
+        still = {e.key for d in self.alert_dirs for e in open_alerts(d)} if waiting else set()
         done = [k for k in self.record.waiting_for if k not in still]
         if done:
             self.record.waiting_for = [k for k in self.record.waiting_for if k in still]
@@ -279,7 +286,8 @@ class _Supervisor:
             if self.record.down_since is not None:
                 self.record.faults_ridden_out += 1
                 for key in [k for k in self.record.waiting_for if k.startswith(f"{AlertKind.SITE_DOWN}/")]:
-                    resolve_alert(self.alert_dir, key, note="the site answers again (seen by the supervisor)")
+                    for folder in self.alert_dirs:
+                        resolve_alert(folder, key, note="the site answers again (seen by the supervisor)")
                     self.record.waiting_for.remove(key)
                 self.note("recovered", "every system answers again")
             self.record.down_since = None

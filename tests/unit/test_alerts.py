@@ -368,3 +368,8 @@ def test_the_supervisor_stops_waiting_on_what_a_person_resolved(campaign: Campai
     sup.forget_resolved()
     assert sup.record.waiting_for == [disk.key]
     assert sup.record.rounds[-1].action == "resolved" and held.key in lines[-1]
+    # one raised before the run existed is in the campaign's runs folder: still open, still waited on
+    early = raise_alert(tmp_path / "runs" / campaign.name, _alert(kind="site_down", subject="RAL"), None)
+    sup.record.waiting_for.append(early.key)
+    sup.forget_resolved()
+    assert sup.record.waiting_for == [disk.key, early.key]
