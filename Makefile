@@ -1,4 +1,7 @@
 # The two commands a newcomer needs (see README.md). Both set up what they need on first use.
+# what the PostgreSQL session runs (make test-postgresql, and beside the main session in test-world)
+POSTGRESQL_TESTS := tests/test_phases_1_3.py tests/test_neighbours_e2e.py
+
 .PHONY: campaign test test-unit test-world test-postgresql setup setup-test lock lint notebooks world-up world-down clean-world
 
 campaign: setup            ## set up, bring the world up, run the whole 3x3 campaign
@@ -10,10 +13,10 @@ test-unit: setup           ## the fast tier: no world (parameter files, domain, 
 	.venv/bin/python -m pytest tests/unit
 
 test-world: setup-test     ## the world tier: against the embedded world the session starts, the PostgreSQL session beside it
-	bash scripts/world_tiers.sh
+	bash scripts/world_tiers.sh $(POSTGRESQL_TESTS)
 
 test-postgresql: setup-test  ## the phase 1-3 tests and the neighbours campaign, on PostgreSQL worlds
-	.venv/bin/python -m pytest --db postgresql tests/test_phases_1_3.py tests/test_neighbours_e2e.py
+	.venv/bin/python -m pytest --db postgresql $(POSTGRESQL_TESTS)
 
 lint: setup                ## ruff (lint + format check) and mypy, as CI runs them
 	.venv/bin/ruff check multisite_nb tests bench scripts notebooks

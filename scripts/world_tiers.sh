@@ -5,11 +5,16 @@
 # a campaign waits on a conveyor or a subprocess's start, so the two together take far less than one
 # after the other on two cores. The PostgreSQL session's output is kept in a log and printed after the
 # main session's; the tier fails if either does. A SIGTERM or Ctrl-C stops both.
+# Arguments: the PostgreSQL session's test files (the Makefile's POSTGRESQL_TESTS).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .test-logs
 pg_log=.test-logs/postgresql.log
-.venv/bin/python -m pytest --db postgresql tests/test_phases_1_3.py tests/test_neighbours_e2e.py >"$pg_log" 2>&1 &
+if [ "$#" -eq 0 ]; then
+    echo "usage: $0 POSTGRESQL_TEST_FILE..." >&2
+    exit 2
+fi
+.venv/bin/python -m pytest --db postgresql "$@" >"$pg_log" 2>&1 &
 pg=$!
 trap 'kill -TERM "$pg" 2>/dev/null; wait "$pg"; exit 130' INT TERM
 .venv/bin/python -m pytest tests --ignore=tests/unit

@@ -296,7 +296,9 @@ def alerts_cmd(run_dir: str, show_all: bool, key: str | None, note: str, as_json
             listing = f"multisite-nb alerts {run_dir} --all lists them"
             raise BadInput(f"{folder / 'alerts'}: no alert of key {key!r} ({listing})")
         click.echo(f"resolved: {entry.key} at {entry.resolved:%Y-%m-%d %H:%M:%S} UTC" if entry.resolved else entry.key)
-    entries = [e for e in load_alerts(folder) if show_all or e.open]
+    every = load_alerts(folder)
+    entries = [e for e in every if show_all or e.open]
+    still = sum(e.open for e in every)
     if as_json:
         click.echo(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
     else:
@@ -307,9 +309,8 @@ def alerts_cmd(run_dir: str, show_all: bool, key: str | None, note: str, as_json
             click.echo(f"{a.raised:%Y-%m-%d %H:%M} UTC  {a.kind}  {a.site or '-'}  {a.subject}  ({state}{again})")
             click.echo(f"    cause:   {a.cause}\n    blocks:  {a.blocked}\n    do:      {a.action}")
             click.echo(f"    key:     {e.key}")
-        still = sum(e.open for e in load_alerts(folder))
         click.echo(f"{still} open alert(s)" + ("" if show_all else f" in {folder}"))
-    if any(e.open for e in load_alerts(folder)):
+    if still:
         sys.exit(1)
 
 

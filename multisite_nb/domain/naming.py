@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REFERENCE",
-    "safe_name",
     "artifacts_dir",
     "dashboard_dir",
+    "safe_name",
     "samples_dir",
     "table_path",
     "lock_collection",

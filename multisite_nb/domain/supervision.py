@@ -54,13 +54,11 @@ REFUSED_CREDENTIAL = re.compile(
 
 
 #: An error text that says a system did not answer (a collision check that could not be made is not a collision).
-UNREACHABLE = re.compile(
-    r"Cannot connect|ServerConnectionException|Connection refused|cannot be reached|timed out|database is locked", re.I
-)
+_DOWN = r"Cannot connect|ServerConnectionException|Connection refused|cannot be reached|database is locked"
 #: A system that did not answer at all (no time-out: a step or a rule that timed out is not an outage).
-SYSTEM_DOWN = re.compile(
-    r"Cannot connect|ServerConnectionException|Connection refused|cannot be reached|database is locked", re.I
-)
+SYSTEM_DOWN = re.compile(_DOWN, re.I)
+#: That, or a call that timed out: what a wait may mend.
+UNREACHABLE = re.compile(rf"{_DOWN}|timed out", re.I)
 
 
 class Remedy(StrEnum):
